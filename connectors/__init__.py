@@ -1,0 +1,1 @@
+"""Backends that hold identity attributes, behind one protocol."""

@@ -1,0 +1,146 @@
+"""`create_app(settings)`: the one place where the gateway is wired. No logic lives here."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+from authlib.common.security import is_secure_transport
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from gateway import __version__
+from gateway.api import oauth, ops, problems
+from gateway.audit.log import AccessLog, StubAccessLog
+from gateway.auth.bearer import BearerValidator
+from gateway.auth.keys import load_signing_keys
+from gateway.auth.replay import MemoryReplayGuard, RedisReplayGuard, ReplayGuard
+from gateway.auth.server import TokenService
+from gateway.auth.trusted import TrustedIssuers, load_trusted_issuers
+from gateway.middleware import AccessMiddleware
+from gateway.policy.loader import load_policies
+from gateway.policy.store import PolicyStore
+from gateway.services import Services
+from gateway.settings import Settings
+from gateway.telemetry import Metrics
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Verify people against the national civil register, under policy, consent and audit.
+
+Every operation that names a person is a `POST` with the NIN in the body; every `/v1/*` and
+`/oauth2/token` response carries a `transaction_id`, the id of its access-log event."""
+
+
+class ConfigurationError(Exception):
+    """The settings cannot make a safe gateway; the message says which and why."""
+
+
+def create_app(settings: Settings | None = None, *, access_log: AccessLog | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if not is_secure_transport(settings.token_endpoint):
+        raise ConfigurationError(f"GATEWAY_ISSUER must be https (plain http only on loopback): {settings.issuer}")
+
+    policies = PolicyStore(load_policies(settings.policies_dir))
+    signing_keys = load_signing_keys(
+        settings.signing_key_path,
+        settings.keys_dir,
+        settings.signing_alg,
+        retire_after_s=settings.token_lifetime_s + settings.clock_leeway_s,
+    )
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100), follow_redirects=False)
+    redis = (
+        Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s,
+                       socket_connect_timeout=settings.redis_timeout_s)
+        if settings.redis_url else None
+    )
+    replay: ReplayGuard = (
+        RedisReplayGuard(redis, settings.redis_key_prefix) if redis is not None else MemoryReplayGuard()
+    )
+    trusted = None
+    if settings.trusted_issuers_file is not None:
+        try:
+            configs = load_trusted_issuers(settings.trusted_issuers_file)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        trusted = TrustedIssuers(
+            configs, http,
+            refresh_interval_s=settings.jwks_refresh_interval_s,
+            max_age_s=settings.jwks_max_age_s,
+            timeout_s=settings.jwks_fetch_timeout_s,
+        )
+    access_log = access_log or StubAccessLog()
+    metrics = Metrics()
+
+    readiness = {"access_log": access_log.ready}
+    if redis is not None:
+        redis_client = redis
+
+        async def redis_ready() -> bool:
+            return bool(await redis_client.ping())
+
+        readiness["redis"] = redis_ready
+
+    app_services = Services(
+        settings=settings,
+        policies=policies,
+        signing_keys=signing_keys,
+        tokens=TokenService(
+            token_endpoint=settings.token_endpoint,
+            issuer=settings.issuer,
+            audience=settings.audience,
+            policies=policies,
+            keys=signing_keys,
+            replay=replay,
+            token_lifetime_s=settings.token_lifetime_s,
+            leeway_s=settings.clock_leeway_s,
+            assertion_max_lifetime_s=settings.client_assertion_max_lifetime_s,
+        ),
+        bearer=BearerValidator(
+            issuer=settings.issuer,
+            audience=settings.audience,
+            signing_keys=signing_keys,
+            policies=policies,
+            trusted=trusted,
+            leeway_s=settings.clock_leeway_s,
+            max_token_bytes=settings.max_token_bytes,
+            cache_size=settings.token_cache_size,
+        ),
+        access_log=access_log,
+        metrics=metrics,
+        readiness=readiness,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await access_log.close()
+            await http.aclose()
+            if redis is not None:
+                await redis.aclose()
+
+    app = FastAPI(
+        title="Jamu gateway",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.services = app_services
+    problems.install(app)
+    problems.describe(app)
+    app.include_router(oauth.router)
+    app.include_router(ops.router)
+    app.add_middleware(
+        AccessMiddleware,
+        access_log=access_log,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        problem_base=settings.issuer,
+    )
+    return app

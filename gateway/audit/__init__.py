@@ -1,0 +1,1 @@
+"""The access log: every access recorded, and proof it was not altered."""

@@ -1,0 +1,63 @@
+"""The access record: what one request did, filled stage by stage and appended once (CONTRACT §7)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from time import perf_counter
+from typing import Any, Literal
+
+Decision = Literal["permit", "deny", "error"]
+
+
+def decision_for(status: int) -> Decision:
+    """A 2xx/3xx performed the operation; a 4xx was refused; a 5xx failed."""
+    if status >= 500:
+        return "error"
+    if status >= 400:
+        return "deny"
+    return "permit"
+
+
+@dataclass(slots=True)
+class AccessRecord:
+    """Request-scoped; stages set fields, none of them writes the log (ARCHITECTURE: one writer)."""
+
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: float = field(default_factory=perf_counter)
+    operation: str | None = None
+    administration: str | None = None
+    client_id: str | None = None
+    purpose: str | None = None
+    legal_basis: str | None = None
+    consent_id: str | None = None
+    subject_hash: str | None = None
+    attributes_requested: list[str] = field(default_factory=list)
+    attributes_released: list[str] = field(default_factory=list)
+    decision: Decision | None = None
+    reason: str | None = None
+    status: int | None = None
+    latency_ms: float | None = None
+    trace_id: str | None = None
+    releases_data: bool = False
+
+    def finish(self, status: int) -> None:
+        self.status = status
+        self.decision = decision_for(status)
+        if self.decision == "permit":
+            self.reason = None
+        elif self.reason is None:
+            self.reason = "internal_error" if status >= 500 else "invalid_request"
+        if self.decision != "permit":
+            self.attributes_released = []
+        self.latency_ms = round((perf_counter() - self.started) * 1000, 3)
+
+    def event(self) -> dict[str, Any]:
+        """The fields that go into the log, in the contract's names."""
+        data = asdict(self)
+        data.pop("started")
+        data.pop("releases_data")
+        data["time"] = self.time.isoformat().replace("+00:00", "Z")
+        return data

@@ -1,0 +1,268 @@
+"""The `jamu` command (CONTRACT §11)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from joserfc import jwt
+from joserfc.jwk import ECKey, Key, OKPKey
+
+from gateway.auth.keys import (
+    algorithm_of,
+    generate_private_key,
+    load_signing_keys,
+    public_jwk,
+    rotate_signing_key,
+)
+from gateway.policy.loader import PolicyError, load_policies
+from gateway.settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def app_from_env() -> Any:
+    """uvicorn factory for `jamu serve --workers N`: each worker builds its app from the environment."""
+    from gateway.app import create_app
+
+    return create_app(_settings())
+
+
+def _prepare(settings: Settings) -> None:
+    """Check policies and make the signing key once, in the parent, before any worker starts."""
+    load_policies(settings.policies_dir)
+    load_signing_keys(settings.signing_key_path, settings.keys_dir, settings.signing_alg,
+                      retire_after_s=settings.token_lifetime_s + settings.clock_leeway_s)
+
+
+def _serve(host: str, port: int, workers: int) -> int:
+    import uvicorn
+
+    if "GATEWAY_ISSUER" not in os.environ:
+        # Unset issuer: the address we serve on, so tokens' aud matches what clients call.
+        public_host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host  # noqa: S104
+        os.environ["GATEWAY_ISSUER"] = f"http://{public_host}:{port}"
+    settings = _settings()
+    try:
+        _prepare(settings)
+    except PolicyError as exc:
+        print(f"jamu: refusing to start, the policies are not valid:\n{exc}", file=sys.stderr)
+        return 1
+    uvicorn.run(
+        "gateway.cli:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+        server_header=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=20,
+        log_level="info",
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _serve(args.host, args.port, args.workers)
+
+
+def write_client_keys(client_id: str, private_dir: Path, jwks_path: Path, alg: str = "Ed25519") -> Path:
+    """A client key pair: the private PEM (owner-only) and the public JWKS to put in a policy."""
+    key = generate_private_key("ES256" if alg == "ES256" else "Ed25519")
+    private_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pem_path = private_dir / f"{client_id}.pem"
+    pem_path.touch(mode=0o600, exist_ok=False)
+    pem_path.write_bytes(key.as_pem(private=True))
+    jwks_path.parent.mkdir(parents=True, exist_ok=True)
+    jwks_path.write_text(json.dumps({"keys": [public_jwk(key, algorithm_of(key))]}, indent=2) + "\n")
+    return pem_path
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    if args.secret:
+        secret = secrets.token_urlsafe(32)
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        print(f"client_id:   {args.client_id}")
+        print(f"secret:      {secret}")
+        print(f'secret_hash: "sha256:{digest}"')
+        print("Give the secret to the client once; put only secret_hash in the policy.", file=sys.stderr)
+        return 0
+    out = Path(args.out)
+    jwks_path = out / f"{args.client_id}.jwks.json"
+    try:
+        pem = write_client_keys(args.client_id, out, jwks_path, args.alg)
+    except FileExistsError:
+        print(f"jamu: {out / (args.client_id + '.pem')} already exists; not overwriting", file=sys.stderr)
+        return 1
+    print(f"private key: {pem}  (keep it with the client; never in a policy)")
+    print(f"public JWKS: {jwks_path}  (reference it from the policy as jwks_file)")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    settings = _settings()
+    kid = rotate_signing_key(settings.signing_key_path, settings.signing_alg)
+    load_signing_keys(settings.signing_key_path, settings.keys_dir, settings.signing_alg,
+                      retire_after_s=settings.token_lifetime_s + settings.clock_leeway_s)
+    print(f"new signing key {kid}; restart the gateway. Old public keys stay published until their "
+          f"tokens expire ({settings.token_lifetime_s + settings.clock_leeway_s} s).")
+    return 0
+
+
+def cmd_policies_check(args: argparse.Namespace) -> int:
+    directory = Path(args.dir) if args.dir else _settings().policies_dir
+    try:
+        policies = load_policies(directory)
+    except PolicyError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    purposes = sum(len(a.purposes) for a in policies.administrations.values())
+    print(f"{directory}: {len(policies.administrations)} administrations, {len(policies.clients)} clients, "
+          f"{purposes} purposes: valid")
+    return 0
+
+
+def _load_private_key(path: Path) -> Key:
+    pem = path.read_bytes()
+    try:
+        return OKPKey.import_key(pem)
+    except Exception:  # an EC key
+        return ECKey.import_key(pem)
+
+
+def client_assertion(client_id: str, key: Key, audience: str, lifetime_s: int = 60) -> str:
+    now = int(time.time())
+    claims = {"iss": client_id, "sub": client_id, "aud": audience, "iat": now, "exp": now + lifetime_s,
+              "jti": secrets.token_urlsafe(16)}
+    alg = algorithm_of(key)
+    return jwt.encode({"alg": alg, "kid": key.thumbprint()}, claims, key, algorithms=[alg])
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = _settings()
+    issuer = (args.issuer or settings.issuer).rstrip("/")
+    key = _load_private_key(Path(args.key))
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": client_assertion(args.client_id, key, f"{issuer}/oauth2/token"),
+    }
+    if args.scope:
+        form["scope"] = args.scope
+    response = httpx.post(f"{issuer}/oauth2/token", data=form, timeout=10)
+    if response.status_code != 200:
+        print(response.text, file=sys.stderr)
+        return 1
+    body = response.json()
+    print(json.dumps(body, indent=2) if args.json else body["access_token"])
+    return 0
+
+
+def _ensure_demo_keys(settings: Settings) -> list[tuple[str, Path]]:
+    """Make a key pair for every demo client whose public JWKS is missing; private halves stay in the data dir."""
+    made: list[tuple[str, Path]] = []
+    private_dir = settings.data_dir / "demo-clients"
+    for path in sorted(settings.policies_dir.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        for client in raw.get("clients", []) or []:
+            jwks_file, client_id = client.get("jwks_file"), client.get("client_id")
+            if not jwks_file or not client_id:
+                continue
+            pem = private_dir / f"{client_id}.pem"
+            jwks_path = path.parent / jwks_file
+            if not jwks_path.exists() or not pem.exists():
+                pem.unlink(missing_ok=True)
+                write_client_keys(client_id, private_dir, jwks_path)
+            made.append((client_id, pem))
+    return made
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    settings = _settings()
+    clients = _ensure_demo_keys(settings)
+    base = f"http://{args.host}:{args.port}"
+    lines = [
+        "",
+        "Jamu demo: synthetic data only. Client keys are in " + str(settings.data_dir / "demo-clients"),
+        "",
+        "  # discovery and keys",
+        f"  curl -s {base}/.well-known/oauth-authorization-server",
+        f"  curl -s {base}/.well-known/jwks.json",
+        "  # a token for a client (private_key_jwt; `jamu token` signs the client assertion)",
+    ]
+    for client_id, pem in clients:
+        lines.append(f"  .venv/bin/jamu token {client_id} --key {pem} --issuer {base} --json")
+    lines += [
+        "  TOKEN=$(.venv/bin/jamu token " + (clients[0][0] if clients else "CLIENT") + " --key "
+        + (str(clients[0][1]) if clients else "KEY.pem") + f" --issuer {base})",
+        "  # an unknown client is refused with problem+json, and the refusal is logged",
+        f"  curl -s -X POST {base}/oauth2/token -u nobody:wrong -d grant_type=client_credentials",
+        f"  curl -s {base}/readyz",
+        f"  open {base}/docs",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+    return _serve(args.host, args.port, 1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jamu", description="Jamu identity-verification gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the gateway")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="make demo client keys, print a walk-through, serve")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.set_defaults(func=cmd_demo)
+
+    policies = sub.add_parser("policies", help="policy files").add_subparsers(dest="policies_command", required=True)
+    check = policies.add_parser("check", help="validate a policy directory")
+    check.add_argument("dir", nargs="?")
+    check.set_defaults(func=cmd_policies_check)
+
+    keys = sub.add_parser("keys", help="client and signing keys").add_subparsers(dest="keys_command", required=True)
+    generate = keys.add_parser("generate", help="a client key pair (private PEM, public JWKS), or a secret")
+    generate.add_argument("client_id")
+    generate.add_argument("--secret", action="store_true", help="a random secret and its secret_hash instead")
+    generate.add_argument("--out", default=".", help="directory for the PEM and JWKS files")
+    generate.add_argument("--alg", choices=["Ed25519", "ES256"], default="Ed25519")
+    generate.set_defaults(func=cmd_keys_generate)
+    rotate = keys.add_parser("rotate", help="replace the gateway's token-signing key")
+    rotate.set_defaults(func=cmd_keys_rotate)
+
+    token = sub.add_parser("token", help="get an access token for a client holding a private key")
+    token.add_argument("client_id")
+    token.add_argument("--key", required=True, help="the client's private key (PEM)")
+    token.add_argument("--scope")
+    token.add_argument("--issuer", help="gateway base URL (default GATEWAY_ISSUER)")
+    token.add_argument("--json", action="store_true", help="print the whole token response")
+    token.set_defaults(func=cmd_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""What each administration may ask, why, and through which clients."""

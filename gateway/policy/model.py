@@ -1,0 +1,120 @@
+"""The policy schema (CONTRACT §12). Unknown fields are refused so a typo never silently widens access."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from gateway.policy.catalogue import ATTRIBUTES, CLAIMS, CLIENT_AUTH_METHODS, OPERATIONS, PREDICATES, SCOPES
+
+Scope = Literal[SCOPES]  # type: ignore[valid-type]
+Attribute = Literal[ATTRIBUTES]  # type: ignore[valid-type]
+Claim = Literal[CLAIMS]  # type: ignore[valid-type]
+Predicate = Literal[PREDICATES]  # type: ignore[valid-type]
+Operation = Literal[OPERATIONS]  # type: ignore[valid-type]
+AuthMethod = Literal[CLIENT_AUTH_METHODS]  # type: ignore[valid-type]
+
+Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+
+_WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _unique(values: list[Any], what: str) -> list[Any]:
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{what} {value!r} is listed twice")
+        seen.add(value)
+    return values
+
+
+class ClientPolicy(_Strict):
+    client_id: Identifier
+    auth: AuthMethod
+    jwks: dict[str, Any] | None = None
+    jwks_file: str | None = None
+    secret_hash: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
+    scopes: list[Scope] = Field(min_length=1)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes_unique(cls, value: list[str]) -> list[str]:
+        return _unique(value, "scope")
+
+    @model_validator(mode="after")
+    def _credentials_match_method(self) -> ClientPolicy:
+        if self.auth == "private_key_jwt":
+            if (self.jwks is None) == (self.jwks_file is None):
+                raise ValueError("private_key_jwt needs exactly one of jwks or jwks_file")
+            if self.secret_hash is not None:
+                raise ValueError("secret_hash is only for client_secret_basic")
+        else:
+            if self.secret_hash is None:
+                raise ValueError('client_secret_basic needs secret_hash: "sha256:<hex>"')
+            if self.jwks is not None or self.jwks_file is not None:
+                raise ValueError("jwks and jwks_file are only for private_key_jwt")
+        return self
+
+
+class PurposePolicy(_Strict):
+    legal_basis: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
+    consent: Literal["required", "not_required"]
+    operations: list[Operation] = Field(min_length=1)
+    claims: list[Claim] = []
+    predicates: list[Predicate] = []
+    attributes: list[Attribute] = []
+    claim_details: bool = False
+    fuzzy_threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_consent_days: Annotated[int, Field(ge=1, le=3660)] = 365
+
+    @field_validator("operations", "claims", "predicates", "attributes")
+    @classmethod
+    def _lists_unique(cls, value: list[str]) -> list[str]:
+        return _unique(value, "entry")
+
+    @model_validator(mode="after")
+    def _basis_for_processing(self) -> PurposePolicy:
+        if self.consent == "not_required" and not self.legal_basis:
+            raise ValueError("consent: not_required needs a legal_basis")
+        return self
+
+
+class RateLimitWindow(_Strict):
+    name: Identifier
+    limit: Annotated[int, Field(ge=1)]
+    window: str
+
+    @field_validator("window")
+    @classmethod
+    def _window_syntax(cls, value: str) -> str:
+        if not _WINDOW.match(value):
+            raise ValueError("window must be a count and a unit: 1s, 10m, 1h, 1d")
+        return value
+
+    @property
+    def seconds(self) -> int:
+        match = _WINDOW.match(self.window)
+        assert match is not None
+        return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+class AdministrationPolicy(_Strict):
+    id: Identifier
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    sector: Annotated[str, StringConstraints(min_length=1, max_length=50)] | None = None
+    clients: list[ClientPolicy] = []
+    purposes: dict[Identifier, PurposePolicy] = {}
+    rate_limits: list[RateLimitWindow] = []
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> AdministrationPolicy:
+        _unique([c.client_id for c in self.clients], "client_id")
+        _unique([w.name for w in self.rate_limits], "rate limit")
+        return self

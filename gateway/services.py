@@ -1,0 +1,34 @@
+"""The services one app instance runs with; built by `create_app`, reached through `request.app.state`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+
+from gateway.audit.log import AccessLog
+from gateway.auth.bearer import BearerValidator
+from gateway.auth.keys import SigningKeys
+from gateway.auth.server import TokenService
+from gateway.policy.store import PolicyStore
+from gateway.settings import Settings
+from gateway.telemetry import Metrics
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    policies: PolicyStore
+    signing_keys: SigningKeys
+    tokens: TokenService
+    bearer: BearerValidator
+    access_log: AccessLog
+    metrics: Metrics
+    readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services

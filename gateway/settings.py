@@ -1,0 +1,67 @@
+"""Runtime settings, read from `GATEWAY_*` environment variables (CONTRACT §10).
+
+Everything the gateway needs to start is here with a safe default, so `jamu serve` works on a fresh
+machine; production sets the database, Redis and issuer explicitly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SigningAlgorithm = Literal["Ed25519", "ES256"]
+
+
+class Settings(BaseSettings):
+    """The gateway's configuration. Extra knobs beyond CONTRACT §10 are documented in docs/configuration.md."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    policies_dir: Path = Path("./policies")
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    redis_url: str | None = None
+    issuer: str = "http://127.0.0.1:8000"
+    connectors_file: Path | None = None
+    signing_key_file: Path | None = None
+    trusted_issuers_file: Path | None = None
+
+    signing_alg: SigningAlgorithm = "Ed25519"
+    token_lifetime_s: int = Field(300, ge=30, le=3600)
+    clock_leeway_s: int = Field(30, ge=0, le=300)
+    client_assertion_max_lifetime_s: int = Field(300, ge=30, le=3600)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    max_token_bytes: int = Field(8 * 1024, ge=512)
+    token_cache_size: int = Field(10_000, ge=0)
+    jwks_refresh_interval_s: float = Field(60.0, ge=0)
+    jwks_max_age_s: float = Field(3600.0, gt=0)
+    jwks_fetch_timeout_s: float = Field(3.0, gt=0)
+    redis_key_prefix: str = "jamu:"
+    redis_timeout_s: float = Field(0.25, gt=0)
+
+    @field_validator("issuer")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file or self.data_dir / "keys" / "signing-key.pem"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.issuer}/oauth2/token"
+
+    @property
+    def audience(self) -> str:
+        """The audience our own access tokens carry and protected routes demand."""
+        return self.issuer

@@ -1,0 +1,43 @@
+"""Prometheus metrics, one registry per app (no module-level singletons, so tests build their own)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        # OpenTelemetry semantic-convention name, in Prometheus spelling.
+        self.request_duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests.",
+            ["http_request_method", "http_route", "http_response_status_code"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "jamu_access_decisions_total",
+            "Access decisions by administration, operation and decision.",
+            ["administration", "operation", "decision"],
+            registry=self.registry,
+        )
+        self.access_log_append = Histogram(
+            "jamu_access_log_append_seconds",
+            "Time to append one access-log event durably.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.access_log_failures = Counter(
+            "jamu_access_log_failures_total",
+            "Access-log appends that failed (the response was withheld or turned into 503).",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
