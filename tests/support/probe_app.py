@@ -1,0 +1,52 @@
+"""The gateway as served in end-to-end tests, plus probe routes that stand for protected operations.
+
+Built through `create_app` like production; the probes only add routes that exercise the bearer check,
+validation and the access record, and a read-out of what the (stub) access log holds.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.api.deps import access_record, protected
+from gateway.app import create_app
+from gateway.audit.log import StubAccessLog
+from gateway.auth.bearer import Caller
+from gateway.settings import Settings
+
+
+class ProbeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=100)
+    count: int
+
+
+def create() -> Any:
+    access_log = StubAccessLog()
+    app = create_app(Settings(), access_log=access_log)
+    calls = {"verify": 0, "lookup": 0}
+
+    @app.get("/v1/probe/verify", name="verify")
+    async def probe_verify(
+        request: Request, caller: Annotated[Caller, Depends(protected("verify", "identity:verify"))]
+    ) -> dict[str, Any]:
+        calls["verify"] += 1
+        return {"transaction_id": access_record(request).id, "administration": caller.administration,
+                "client_id": caller.client_id, "scopes": sorted(caller.scopes)}
+
+    @app.post("/v1/probe/lookup", name="lookup")
+    async def probe_lookup(
+        request: Request, body: ProbeBody,
+        caller: Annotated[Caller, Depends(protected("lookup", "identity:lookup"))],
+    ) -> dict[str, Any]:
+        calls["lookup"] += 1
+        return {"transaction_id": access_record(request).id, "name": body.name}
+
+    @app.get("/test-state")
+    async def state() -> dict[str, Any]:
+        return {"calls": calls, "events": list(access_log.events)}
+
+    return app
