@@ -24,9 +24,9 @@ class ProbeBody(BaseModel):
     count: int
 
 
-def create() -> Any:
-    access_log = StubAccessLog()
-    app = create_app(Settings(), access_log=access_log)
+def create(settings: Settings | None = None, access_log: StubAccessLog | None = None) -> Any:
+    access_log = access_log or StubAccessLog()
+    app = create_app(settings or Settings(), access_log=access_log)
     calls = {"verify": 0, "lookup": 0}
 
     @app.get("/v1/probe/verify", name="verify")
@@ -44,6 +44,10 @@ def create() -> Any:
     ) -> dict[str, Any]:
         calls["lookup"] += 1
         return {"transaction_id": access_record(request).id, "name": body.name}
+
+    @app.get("/v1/probe/crash", name="verify")
+    async def probe_crash() -> dict[str, Any]:
+        raise RuntimeError("a secret stack detail 120394857602914")
 
     @app.get("/test-state")
     async def state() -> dict[str, Any]:

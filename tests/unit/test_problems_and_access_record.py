@@ -1,0 +1,159 @@
+"""In-process checks of the request stage every route shares: problem+json for every error, the access
+record handed to the writer before the answer leaves, and fail-closed behaviour when it cannot be."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.audit.log import StubAccessLog
+from gateway.errors import CATALOGUE
+from gateway.settings import Settings
+from tests.support import probe_app
+from tests.support.keys import access_claims, load_pem, sign
+from tests.support.realm import Realm, build_realm
+
+ISSUER = "http://127.0.0.1:8000"
+NIN = "120394857602914"
+
+
+@pytest.fixture
+def local_realm(tmp_path: Path) -> Realm:
+    return build_realm(tmp_path)
+
+
+@pytest.fixture
+def access_log() -> StubAccessLog:
+    return StubAccessLog()
+
+
+@pytest.fixture
+async def client(local_realm: Realm, access_log: StubAccessLog) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(policies_dir=local_realm.policies_dir, data_dir=local_realm.data_dir, issuer=ISSUER)
+    app = probe_app.create(settings, access_log)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as http:
+        yield http
+
+
+def _token(realm: Realm, scope: str = "identity:verify identity:lookup") -> str:
+    key = load_pem(realm.data_dir / "keys" / "signing-key.pem")
+    return sign({"alg": "Ed25519", "typ": "at+jwt", "kid": key.thumbprint()},
+                access_claims(ISSUER, "elections-app", scope), key)
+
+
+def _problem(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert set(body) >= {"type", "title", "status", "detail", "code", "transaction_id"}
+    assert (body["status"], body["code"]) == (status, code)
+    assert "Traceback" not in response.text
+    return body
+
+
+@pytest.mark.parametrize(("content", "pointer"), [
+    (b'{"name": "x", "count": "many"}', "/count"),
+    (b'{"name": "x"}', "/count"),
+    (b'{"name": "x", "count": 1, "nin": "' + NIN.encode() + b'"}', "/nin"),
+    (b'{"name": "x", "count": 1', ""),
+    (b"", ""),
+    (b'["not", "an", "object"]', ""),
+    (b'{"name": "\\ud800", "count": 1}', None),
+    (b'{"name": "' + "\u202e".encode() + b'\\u0000", "count": 1.5}', "/count"),
+    (b'{"name": "\x00", "count": 1}', ""),
+])
+async def test_validation_errors_point_at_the_fault(client: httpx.AsyncClient, local_realm: Realm,
+                                                    access_log: StubAccessLog, content: bytes,
+                                                    pointer: str | None) -> None:
+    response = await client.post("/v1/probe/lookup", content=content, headers={
+        "Authorization": f"Bearer {_token(local_realm)}", "content-type": "application/json"})
+    if response.status_code == 200:  # a lone surrogate is a valid JSON string escape
+        assert pointer is None
+        return
+    body = _problem(response, 400, "invalid_request")
+    assert body["errors"], body
+    if pointer is not None:
+        assert pointer in [e.get("pointer") for e in body["errors"]]
+    assert NIN not in response.text, "validation errors never echo what was sent"
+    event = access_log.events[-1]
+    assert (event["id"], event["decision"], event["reason"], event["operation"]) == (
+        body["transaction_id"], "deny", "invalid_request", "lookup")
+
+
+async def test_unknown_route_and_method(client: httpx.AsyncClient, access_log: StubAccessLog) -> None:
+    body = _problem(await client.get("/v1/nothing-here"), 404, "not_found")
+    assert access_log.events[-1]["id"] == body["transaction_id"]
+    response = await client.delete("/oauth2/token")
+    _problem(response, 405, "invalid_request")
+    assert "POST" in response.headers["allow"]
+
+
+async def test_unexpected_exception_is_a_bare_500(client: httpx.AsyncClient, local_realm: Realm,
+                                                  access_log: StubAccessLog) -> None:
+    response = await client.get("/v1/probe/crash", headers={"Authorization": f"Bearer {_token(local_realm)}"})
+    body = _problem(response, 500, "internal_error")
+    assert "secret stack detail" not in response.text and NIN not in response.text
+    event = access_log.events[-1]
+    assert (event["id"], event["decision"], event["reason"], event["status"]) == (
+        body["transaction_id"], "error", "internal_error", 500)
+
+
+async def test_every_response_is_logged_before_it_leaves(client: httpx.AsyncClient, local_realm: Realm,
+                                                         access_log: StubAccessLog) -> None:
+    response = await client.get("/v1/probe/verify", headers={"Authorization": f"Bearer {_token(local_realm)}"})
+    assert response.status_code == 200
+    event = access_log.events[-1]
+    assert event["id"] == response.json()["transaction_id"]
+    assert event["decision"] == "permit" and event["status"] == 200 and event["latency_ms"] >= 0
+    assert len(event["trace_id"]) == 32
+    # Routes outside /v1 and the token endpoint are not access events.
+    count = len(access_log.events)
+    await client.get("/healthz")
+    assert len(access_log.events) == count
+
+
+async def test_traceparent_is_honoured(client: httpx.AsyncClient, local_realm: Realm,
+                                       access_log: StubAccessLog) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    await client.get("/v1/probe/verify", headers={"Authorization": f"Bearer {_token(local_realm)}",
+                                                   "traceparent": f"00-{trace}-00f067aa0ba902b7-01"})
+    assert access_log.events[-1]["trace_id"] == trace
+
+
+async def test_no_log_no_data(client: httpx.AsyncClient, local_realm: Realm, access_log: StubAccessLog) -> None:
+    access_log.failing = True
+    response = await client.get("/v1/probe/verify", headers={"Authorization": f"Bearer {_token(local_realm)}"})
+    _problem(response, 503, "audit_unavailable")
+    assert "elections-app" not in response.text, "the operation's answer is withheld"
+    # A refusal releases nothing, so it is still answered as what it is.
+    _problem(await client.get("/v1/probe/verify"), 401, "invalid_token")
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["access_log"] == "failing"
+    access_log.failing = False
+    assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_docs_document_every_problem_code(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/docs", headers={"Accept": "application/json"})).json()
+    assert spec["openapi"].startswith("3.")
+    assert set(spec["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]) == set(CATALOGUE)
+    for code in CATALOGUE:
+        assert f"`{code}`" in spec["info"]["description"]
+    assert "/oauth2/token" in spec["paths"]
+    html = await client.get("/docs", headers={"Accept": "text/html"})
+    assert html.status_code == 200 and "swagger" in html.text.lower()
+    described = (await client.get("/problems/consent_invalid")).json()
+    assert described["status"] == 403
+    _problem(await client.get("/problems/nope"), 404, "not_found")
+
+
+async def test_metrics_exposition(client: httpx.AsyncClient, local_realm: Realm) -> None:
+    await client.get("/v1/probe/verify", headers={"Authorization": f"Bearer {_token(local_realm)}"})
+    text = (await client.get("/metrics")).text
+    assert 'http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="200",http_route="/v1/probe/verify"' in text
+    assert 'jamu_access_decisions_total{administration="elections",decision="permit",operation="verify"}' in text
