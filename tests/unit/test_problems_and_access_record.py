@@ -155,5 +155,6 @@ async def test_docs_document_every_problem_code(client: httpx.AsyncClient) -> No
 async def test_metrics_exposition(client: httpx.AsyncClient, local_realm: Realm) -> None:
     await client.get("/v1/probe/verify", headers={"Authorization": f"Bearer {_token(local_realm)}"})
     text = (await client.get("/metrics")).text
-    assert 'http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="200",http_route="/v1/probe/verify"' in text
+    assert ('http_server_request_duration_seconds_count{http_request_method="GET",'
+            'http_response_status_code="200",http_route="/v1/probe/verify"}') in text
     assert 'jamu_access_decisions_total{administration="elections",decision="permit",operation="verify"}' in text
