@@ -1,0 +1,95 @@
+"""The `jamu` command as an operator runs it: demo, key generation, tokens, serve with workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.cli import main
+from gateway.policy.loader import check_client_jwks
+from tests.support.servers import REPO, free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+JAMU = [sys.executable, "-m", "gateway.cli"]
+
+
+def test_keys_generate_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "generate", "minsante-app", "--out", str(tmp_path)]) == 0
+    pem = tmp_path / "minsante-app.pem"
+    assert pem.stat().st_mode & 0o077 == 0
+    assert b"PRIVATE KEY" in pem.read_bytes()
+    jwks = json.loads((tmp_path / "minsante-app.jwks.json").read_text())
+    check_client_jwks(jwks)  # public only, an accepted kind
+    assert main(["keys", "generate", "minsante-app", "--out", str(tmp_path)]) == 1, "never overwrites a key"
+
+
+def test_keys_generate_secret(capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    assert main(["keys", "generate", "counter", "--secret"]) == 0
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    secret = lines["secret"].strip()
+    assert len(secret) >= 40
+    assert lines["secret_hash"].strip() == f'"sha256:{hashlib.sha256(secret.encode()).hexdigest()}"'
+
+
+def test_demo_serves_and_its_walkthrough_works(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "policies", tmp_path / "policies", ignore=shutil.ignore_patterns("keys"))
+    port = free_port()
+    env = {**os.environ, "GATEWAY_POLICIES_DIR": str(tmp_path / "policies"), "GATEWAY_DATA_DIR": str(tmp_path / "var")}
+    env.pop("GATEWAY_ISSUER", None)
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*JAMU, "demo", "--port", str(port)], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{base}/healthz").status_code == 200, 30, "jamu demo")
+        text = log.read_text()
+        command = next(line.strip() for line in text.splitlines() if "token ceni-voter-roll" in line)
+        args = command.split()[1:]  # the printed line, as a user would paste it, minus the program path
+        assert args[:2] == ["token", "ceni-voter-roll"]
+        result = subprocess.run([*JAMU, *args], capture_output=True, text=True, env=env, timeout=30)
+        assert result.returncode == 0, result.stderr
+        body = json.loads(result.stdout)
+        assert body["scope"] == "identity:verify" and body["token_type"] == "Bearer"
+        assert httpx.get(f"{base}/.well-known/oauth-authorization-server").json()["issuer"] == base
+        assert "PRIVATE KEY" not in text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+    assert not any((tmp_path / "policies" / "keys").glob("*.pem")), "private halves never go next to policies"
+
+
+def test_serve_with_two_workers(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "policies", tmp_path / "policies", ignore=shutil.ignore_patterns("keys"))
+    from gateway.cli import _ensure_demo_keys
+    from gateway.settings import Settings
+
+    [(client, pem), *_] = [c for c in _ensure_demo_keys(
+        Settings(policies_dir=tmp_path / "policies", data_dir=tmp_path / "var")) if c[0] == "apdp-audit"]
+    port = free_port()
+    env = {**os.environ, "GATEWAY_POLICIES_DIR": str(tmp_path / "policies"), "GATEWAY_DATA_DIR": str(tmp_path / "var")}
+    env.pop("GATEWAY_ISSUER", None)
+    with open(tmp_path / "serve.log", "wb") as out:
+        proc = subprocess.Popen([*JAMU, "serve", "--port", str(port), "--workers", "2"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(f"{base}/healthz").status_code == 200, 40, "jamu serve --workers 2")
+        kids = {k["kid"] for _ in range(6) for k in httpx.get(f"{base}/.well-known/jwks.json").json()["keys"]}
+        assert len(kids) == 1, "every worker signs with the one key made before they started"
+        result = subprocess.run([*JAMU, "token", client, "--key", str(pem), "--issuer", base],
+                                capture_output=True, text=True, env=env, timeout=30)
+        assert result.returncode == 0, result.stderr
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
