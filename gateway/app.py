@@ -22,7 +22,9 @@ from gateway.auth.trusted import TrustedIssuers, load_trusted_issuers
 from gateway.middleware import AccessMiddleware
 from gateway.policy.loader import load_policies
 from gateway.policy.store import PolicyStore
-from gateway.services import Services
+from gateway.ratelimit.backends import RedisBackend
+from gateway.ratelimit.limiter import RateLimiter, RateLimits, parse_windows
+from gateway.services import ReadinessCheck, Services
 from gateway.settings import Settings
 from gateway.telemetry import Metrics
 
@@ -74,14 +76,32 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     access_log = access_log or StubAccessLog()
     metrics = Metrics()
 
-    readiness = {"access_log": access_log.ready}
+    try:
+        unauthenticated = parse_windows(settings.unauthenticated_rate_limits)
+    except ValueError as exc:
+        raise ConfigurationError(f"GATEWAY_UNAUTHENTICATED_RATE_LIMITS: {exc}") from None
+    limiter = RateLimiter(
+        RedisBackend(redis, settings.redis_key_prefix) if redis is not None else None,
+        replicas=settings.replicas,
+        retry_shared_after_s=settings.redis_retry_s,
+        timeout_s=settings.redis_timeout_s,
+        metrics=metrics,
+    )
+    rate_limits = RateLimits(limiter, policies, unauthenticated)
+
+    readiness: dict[str, ReadinessCheck] = {"access_log": access_log.ready}
     if redis is not None:
         redis_client = redis
 
-        async def redis_ready() -> bool:
-            return bool(await redis_client.ping())
+        async def rate_limit_ready() -> str:
+            # Without Redis the limits still hold, locally: degraded, not unready.
+            try:
+                await redis_client.ping()
+            except Exception:
+                return "degraded"
+            return limiter.health()
 
-        readiness["redis"] = redis_ready
+        readiness["rate_limit"] = rate_limit_ready
 
     app_services = Services(
         settings=settings,
@@ -110,6 +130,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         ),
         access_log=access_log,
         metrics=metrics,
+        rate_limits=rate_limits,
         readiness=readiness,
     )
 

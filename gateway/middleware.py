@@ -94,6 +94,7 @@ class AccessMiddleware:
                         record.administration or "", record.operation or "", record.decision or "").inc()
                 headers = list(message.get("headers", []))
                 headers.append((b"x-content-type-options", b"nosniff"))
+                headers += scope["state"].get("rate_limit_headers", ())
                 if logged and not any(k == b"cache-control" for k, _ in headers):
                     headers.append((b"cache-control", b"no-store"))
                 message = {**message, "headers": headers}

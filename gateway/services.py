@@ -12,10 +12,12 @@ from gateway.auth.bearer import BearerValidator
 from gateway.auth.keys import SigningKeys
 from gateway.auth.server import TokenService
 from gateway.policy.store import PolicyStore
+from gateway.ratelimit.limiter import RateLimits
 from gateway.settings import Settings
 from gateway.telemetry import Metrics
 
-ReadinessCheck = Callable[[], Awaitable[bool]]
+# A check answers True/"ok", "degraded" (still serving safely) or False/"failing".
+ReadinessCheck = Callable[[], Awaitable[bool | str]]
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Services:
     bearer: BearerValidator
     access_log: AccessLog
     metrics: Metrics
+    rate_limits: RateLimits
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
 
 

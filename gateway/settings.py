@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     jwks_fetch_timeout_s: float = Field(3.0, gt=0)
     redis_key_prefix: str = "jamu:"
     redis_timeout_s: float = Field(0.25, gt=0)
+    replicas: int = Field(1, ge=1, le=1000)
+    redis_retry_s: float = Field(2.0, gt=0)
+    unauthenticated_rate_limits: str = "burst:20/1s,hourly:1200/1h"
 
     @field_validator("issuer")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -36,6 +36,23 @@ class Metrics:
         self.access_log_failures = Counter(
             "jamu_access_log_failures_total",
             "Access-log appends that failed (the response was withheld or turned into 503).",
+            registry=self.registry,
+        )
+
+        self.ratelimit_refusals = Counter(
+            "jamu_ratelimit_refusals_total",
+            "Requests refused by a rate limit, by administration ('unauthenticated' for per-address limits).",
+            ["administration"],
+            registry=self.registry,
+        )
+        self.ratelimit_degraded = Gauge(
+            "jamu_ratelimit_degraded",
+            "1 while the shared rate-limit backend is unreachable and limits are enforced locally.",
+            registry=self.registry,
+        )
+        self.ratelimit_backend_errors = Counter(
+            "jamu_ratelimit_backend_errors_total",
+            "Failed or timed-out calls to the shared rate-limit backend.",
             registry=self.registry,
         )
 

@@ -8,6 +8,7 @@ from fastapi import Request
 
 from gateway.audit.record import AccessRecord
 from gateway.auth.bearer import Caller, insufficient_scope
+from gateway.errors import Problem
 from gateway.services import services
 
 
@@ -16,14 +17,21 @@ def access_record(request: Request) -> AccessRecord:
 
 
 def protected(operation: str, scope: str) -> Callable[[Request], Awaitable[Caller]]:
-    """Authenticate the bearer token, note the caller on the access record, demand `scope`."""
+    """Authenticate the bearer token, note the caller, apply its rate limits, demand `scope`."""
 
     async def guard(request: Request) -> Caller:
         record = access_record(request)
         record.operation = operation
-        caller = await services(request).bearer.authenticate(request.headers.get("authorization"))
+        app = services(request)
+        try:
+            caller = await app.bearer.authenticate(request.headers.get("authorization"))
+        except Problem:
+            # Unauthenticated callers are limited per address: guessing tokens is not free.
+            await app.rate_limits.source(request.state, request.client.host if request.client else None)
+            raise
         record.administration = caller.administration
         record.client_id = caller.client_id
+        await app.rate_limits.administration(request.state, caller.administration)
         if scope not in caller.scopes:
             raise insufficient_scope(scope)
         return caller

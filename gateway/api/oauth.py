@@ -46,7 +46,9 @@ _TOKEN_FORM = {
 async def token(request: Request) -> FastJSONResponse:
     record = access_record(request)
     record.operation = "token"
-    tokens = services(request).tokens
+    app = services(request)
+    await app.rate_limits.source(request.state, request.client.host if request.client else None)
+    tokens = app.tokens
     body = await request.body()
     try:
         issued = await tokens.issue(request.headers, body)

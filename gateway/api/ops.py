@@ -22,19 +22,22 @@ async def healthz() -> FastJSONResponse:
     return FastJSONResponse({"status": "ok"})
 
 
-async def _run_check(check: ReadinessCheck) -> bool:
+async def _run_check(check: ReadinessCheck) -> str:
     try:
-        return bool(await asyncio.wait_for(check(), _CHECK_TIMEOUT_S))
+        result = await asyncio.wait_for(check(), _CHECK_TIMEOUT_S)
     except Exception:  # a failing or hanging dependency is simply not ready
-        return False
+        return "failing"
+    if isinstance(result, str):
+        return result
+    return "ok" if result else "failing"
 
 
 @router.get("/readyz", summary="The access log, rate-limit backend and connectors are reachable")
 async def readyz(request: Request) -> FastJSONResponse:
     checks = services(request).readiness
     results = await asyncio.gather(*(_run_check(c) for c in checks.values()))
-    report = {name: ("ok" if ok else "failing") for name, ok in zip(checks, results, strict=True)}
-    ready = all(results)
+    report = dict(zip(checks, results, strict=True))
+    ready = "failing" not in results
     return FastJSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": report},
         status_code=200 if ready else 503,

@@ -23,7 +23,9 @@ class Realm:
     secrets: dict[str, str] = field(default_factory=dict)
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {"GATEWAY_POLICIES_DIR": str(self.policies_dir), "GATEWAY_DATA_DIR": str(self.data_dir), **extra}
+        # Tests send many unauthenticated calls from one address; the per-address limit has its own tests.
+        return {"GATEWAY_POLICIES_DIR": str(self.policies_dir), "GATEWAY_DATA_DIR": str(self.data_dir),
+                "GATEWAY_UNAUTHENTICATED_RATE_LIMITS": "burst:10000/1s", **extra}
 
 
 def _write(path: Path, doc: dict[str, Any]) -> None:

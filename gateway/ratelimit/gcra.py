@@ -1,0 +1,61 @@
+"""The generic cell rate algorithm over several windows at once, as a pure function.
+
+State per window is one number, the theoretical arrival time (TAT). A window of `limit` requests per
+`period` admits a request at `now` when `max(TAT, now) + interval - period <= now`, where
+`interval = period / limit`; admitting moves the TAT on by one interval. All windows are decided
+together: a request passes only if every window admits it, and a refused request changes no TAT.
+
+Times are integer microseconds so this function and the Redis script compute exactly the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    name: str
+    limit: int
+    period_us: int
+
+    @property
+    def interval_us(self) -> int:
+        return self.period_us // self.limit
+
+    @property
+    def period_s(self) -> int:
+        return self.period_us // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class WindowState:
+    window: Window
+    remaining: int
+    reset_us: int  # until the window is entirely replenished
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    retry_after_us: int
+    windows: tuple[WindowState, ...]
+
+
+def decide(windows: Sequence[Window], tats: Sequence[int | None], now_us: int) -> tuple[Verdict, list[int]]:
+    """Decide one request; return the verdict and the TATs to store (unchanged when refused)."""
+    current = [now_us if tat is None or tat < now_us else tat for tat in tats]
+    proposed = [tat + w.interval_us for w, tat in zip(windows, current, strict=True)]
+    retry = 0
+    for window, new_tat in zip(windows, proposed, strict=True):
+        allow_at = new_tat - window.period_us
+        if allow_at > now_us:
+            retry = max(retry, allow_at - now_us)
+    allowed = retry == 0
+    stored = proposed if allowed else current
+    states = tuple(
+        WindowState(w, max((w.period_us - (tat - now_us)) // w.interval_us, 0), tat - now_us)
+        for w, tat in zip(windows, stored, strict=True)
+    )
+    return Verdict(allowed, retry, states), stored

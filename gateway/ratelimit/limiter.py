@@ -1,0 +1,177 @@
+"""The rate-limit stage: which windows apply to whom, the shared backend with its local fallback, and
+the `RateLimit-Policy` / `RateLimit` fields (IETF httpapi draft syntax).
+
+When Redis fails or is slow (bounded timeout), the gateway never fails open: it limits locally at the
+policy's limit divided by the replica count, flags itself degraded (metric and /readyz), and retries
+Redis after a short pause so a dead Redis does not cost a timeout on every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+from starlette.datastructures import State
+
+from gateway.errors import Problem
+from gateway.policy.model import AdministrationPolicy
+from gateway.policy.store import PolicyStore
+from gateway.ratelimit.backends import LimiterBackend, MemoryBackend
+from gateway.ratelimit.gcra import Verdict, Window
+from gateway.telemetry import Metrics
+
+log = logging.getLogger(__name__)
+
+_SPEC = re.compile(r"^([a-z0-9_-]+):([1-9][0-9]*)/([1-9][0-9]*)([smhd])$")
+_UNIT_US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
+
+
+def parse_windows(spec: str) -> tuple[Window, ...]:
+    """`burst:20/1s,hourly:600/1h` → windows (the unauthenticated limits setting)."""
+    windows = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        match = _SPEC.match(part)
+        if not match:
+            raise ValueError(f"rate limit {part!r} is not name:limit/window (e.g. burst:20/1s)")
+        name, limit, count, unit = match.groups()
+        windows.append(Window(name, int(limit), int(count) * _UNIT_US[unit]))
+    return tuple(windows)
+
+
+def policy_windows(admin: AdministrationPolicy) -> tuple[Window, ...]:
+    return tuple(Window(w.name, w.limit, w.seconds * 1_000_000) for w in admin.rate_limits)
+
+
+def source_key(host: str | None) -> str:
+    """Per source address; IPv6 by /64, since one host commonly holds a whole /64."""
+    if not host:
+        return "ip:unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"ip:{host[:64]}"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"ip:{address.ipv4_mapped}"
+        return f"ip:{ipaddress.ip_network(f'{address}/64', strict=False).network_address}/64"
+    return f"ip:{address}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    verdict: Verdict
+    headers: list[tuple[bytes, bytes]]
+
+    def refusal(self) -> Problem | None:
+        if self.verdict.allowed:
+            return None
+        retry = max(math.ceil(self.verdict.retry_after_us / 1_000_000), 1)
+        return Problem("rate_limited", f"rate limit exceeded; retry after {retry} s",
+                       headers={"Retry-After": str(retry)})
+
+
+def _fields(verdict: Verdict) -> list[tuple[bytes, bytes]]:
+    policy = ", ".join(f'"{s.window.name}";q={s.window.limit};w={s.window.period_s}' for s in verdict.windows)
+    state = ", ".join(
+        f'"{s.window.name}";r={s.remaining};t={math.ceil(s.reset_us / 1_000_000)}' for s in verdict.windows)
+    return [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        shared: LimiterBackend | None,
+        *,
+        replicas: int,
+        retry_shared_after_s: float,
+        timeout_s: float,
+        metrics: Metrics,
+    ) -> None:
+        self._shared = shared
+        self._local = MemoryBackend()
+        self._replicas = max(replicas, 1)
+        self._retry_after_s = retry_shared_after_s
+        self._timeout_s = timeout_s
+        self._metrics = metrics
+        self._shared_down_until = 0.0
+        self._local_windows: dict[tuple[Window, ...], tuple[Window, ...]] = {}
+
+    @property
+    def degraded(self) -> bool:
+        return self._shared is not None and time.monotonic() < self._shared_down_until
+
+    def _scaled(self, windows: tuple[Window, ...]) -> tuple[Window, ...]:
+        scaled = self._local_windows.get(windows)
+        if scaled is None:
+            scaled = tuple(Window(w.name, max(w.limit // self._replicas, 1), w.period_us) for w in windows)
+            self._local_windows[windows] = scaled
+        return scaled
+
+    async def acquire(self, key: str, windows: tuple[Window, ...]) -> Verdict:
+        if self._shared is not None and not self.degraded:
+            try:
+                return await asyncio.wait_for(self._shared.acquire(key, windows), self._timeout_s)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._shared_down_until = time.monotonic() + self._retry_after_s
+                self._metrics.ratelimit_backend_errors.inc()
+                log.warning("rate-limit backend failed (%s); limiting locally at 1/%d of each limit",
+                            type(exc).__name__, self._replicas)
+        if self._shared is None:
+            return await self._local.acquire(key, windows)
+        self._metrics.ratelimit_degraded.set(1)
+        verdict = await self._local.acquire(key, self._scaled(windows))
+        return verdict
+
+    async def check(self, key: str, windows: tuple[Window, ...], subject: str) -> Outcome:
+        verdict = await self.acquire(key, windows)
+        if self._shared is not None and not self.degraded:
+            self._metrics.ratelimit_degraded.set(0)
+        if not verdict.allowed:
+            self._metrics.ratelimit_refusals.labels(subject).inc()
+        return Outcome(verdict, _fields(verdict))
+
+    def health(self) -> str:
+        return "degraded" if self.degraded else "ok"
+
+
+class RateLimits:
+    """The stage itself: per administration after authentication, per source address before it."""
+
+    def __init__(self, limiter: RateLimiter, policies: PolicyStore, unauthenticated: tuple[Window, ...]) -> None:
+        self.limiter = limiter
+        self._policies = policies
+        self._unauthenticated = unauthenticated
+        self._windows: dict[str, tuple[Window, ...]] = {}
+        self._generation = -1
+
+    def windows_for(self, administration: str) -> tuple[Window, ...]:
+        if self._generation != self._policies.generation:
+            self._windows, self._generation = {}, self._policies.generation
+        windows = self._windows.get(administration)
+        if windows is None:
+            admin = self._policies.current.administrations.get(administration)
+            windows = self._windows[administration] = policy_windows(admin) if admin else ()
+        return windows
+
+    async def _enforce(self, state: State, key: str, windows: tuple[Window, ...], subject: str) -> None:
+        if not windows:
+            return
+        outcome = await self.limiter.check(key, windows, subject)
+        state.rate_limit_headers = outcome.headers
+        problem = outcome.refusal()
+        if problem is not None:
+            raise problem
+
+    async def administration(self, state: State, administration: str) -> None:
+        """Raise `429 rate_limited` when any of the administration's windows refuses."""
+        await self._enforce(state, f"adm:{administration}", self.windows_for(administration), administration)
+
+    async def source(self, state: State, host: str | None) -> None:
+        """The same for a caller not (yet) authenticated, keyed by its address."""
+        await self._enforce(state, source_key(host), self._unauthenticated, "unauthenticated")
