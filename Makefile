@@ -35,5 +35,8 @@ fmt: $(VENV)/.dev-installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m loadtests.bench_ratelimit
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

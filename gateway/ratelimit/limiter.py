@@ -116,7 +116,8 @@ class RateLimiter:
     async def acquire(self, key: str, windows: tuple[Window, ...]) -> Verdict:
         if self._shared is not None and not self.degraded:
             try:
-                return await asyncio.wait_for(self._shared.acquire(key, windows), self._timeout_s)
+                async with asyncio.timeout(self._timeout_s):
+                    return await self._shared.acquire(key, windows)
             except (RedisError, OSError, TimeoutError) as exc:
                 self._shared_down_until = time.monotonic() + self._retry_after_s
                 self._metrics.ratelimit_backend_errors.inc()
