@@ -12,13 +12,18 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from gateway import __version__
-from gateway.api import oauth, ops, problems
-from gateway.audit.log import AccessLog, StubAccessLog
+from gateway.api import audit, oauth, ops, problems
+from gateway.audit.chain import CheckpointSigner
+from gateway.audit.log import AccessLog
+from gateway.audit.store import AccessLogStore
+from gateway.audit.writer import DurableAccessLog
 from gateway.auth.bearer import BearerValidator
 from gateway.auth.keys import load_signing_keys
 from gateway.auth.replay import MemoryReplayGuard, RedisReplayGuard, ReplayGuard
 from gateway.auth.server import TokenService
 from gateway.auth.trusted import TrustedIssuers, load_trusted_issuers
+from gateway.identity.pseudonyms import SubjectHasher
+from gateway.keyfiles import load_or_create_ed25519, load_or_create_secret
 from gateway.middleware import AccessMiddleware
 from gateway.policy.loader import load_policies
 from gateway.policy.store import PolicyStore
@@ -26,6 +31,7 @@ from gateway.ratelimit.backends import RedisBackend
 from gateway.ratelimit.limiter import RateLimiter, RateLimits, parse_windows
 from gateway.services import ReadinessCheck, Services
 from gateway.settings import Settings
+from gateway.storage.database import DatabaseConfigError, create_engine, database_url, migrate
 from gateway.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -73,8 +79,20 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
             max_age_s=settings.jwks_max_age_s,
             timeout_s=settings.jwks_fetch_timeout_s,
         )
-    access_log = access_log or StubAccessLog()
     metrics = Metrics()
+    try:
+        engine = create_engine(database_url(settings.database_url, settings.data_dir),
+                               schema=settings.database_schema, statement_timeout_s=settings.database_timeout_s)
+    except DatabaseConfigError as exc:
+        raise ConfigurationError(f"GATEWAY_DATABASE_URL: {exc}") from None
+    signer = CheckpointSigner(load_or_create_ed25519(settings.checkpoint_key_path))
+    audit_store = AccessLogStore(engine, signer, seal_every=settings.audit_seal_every)
+    access_log = access_log or DurableAccessLog(
+        audit_store, metrics,
+        max_batch=settings.audit_max_batch,
+        write_timeout_s=settings.database_timeout_s,
+        seal_interval_s=settings.audit_seal_interval_s,
+    )
 
     try:
         unauthenticated = parse_windows(settings.unauthenticated_rate_limits)
@@ -129,6 +147,9 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
             cache_size=settings.token_cache_size,
         ),
         access_log=access_log,
+        audit=audit_store,
+        checkpoint_keys={signer.key_id: signer.public_key},
+        subjects=SubjectHasher(load_or_create_secret(settings.subject_key_path)),
         metrics=metrics,
         rate_limits=rate_limits,
         readiness=readiness,
@@ -136,10 +157,13 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await migrate(engine, settings.database_schema)
+        await access_log.start()
         try:
             yield
         finally:
             await access_log.close()
+            await engine.dispose()
             await http.aclose()
             if redis is not None:
                 await redis.aclose()
@@ -157,6 +181,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     problems.describe(app)
     app.include_router(oauth.router)
     app.include_router(ops.router)
+    app.include_router(audit.router)
     app.add_middleware(
         AccessMiddleware,
         access_log=access_log,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import logging
@@ -10,6 +11,7 @@ import os
 import secrets
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ import yaml
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, OKPKey
 
+from gateway.audit import offline
+from gateway.audit.store import EventFilter, rfc3339
 from gateway.auth.keys import (
     algorithm_of,
     generate_private_key,
@@ -27,6 +31,7 @@ from gateway.auth.keys import (
 )
 from gateway.policy.loader import PolicyError, load_policies
 from gateway.settings import Settings
+from gateway.storage.database import database_url
 
 
 def _settings() -> Settings:
@@ -218,6 +223,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _serve(args.host, args.port, 1)
 
 
+def _timestamp(value: str) -> str:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {value!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give a time zone (e.g. Z): {value!r}")
+    return rfc3339(moment)
+
+
+def _audit_database(args: argparse.Namespace, settings: Settings) -> tuple[str, str | None]:
+    return (database_url(args.database_url or settings.database_url, settings.data_dir),
+            args.schema or settings.database_schema)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    settings = _settings()
+    url, schema = _audit_database(args, settings)
+    key_files = args.public_keys or [settings.checkpoint_key_path.with_name(
+        settings.checkpoint_key_path.name.removesuffix(".pem") + ".pub.pem")]
+    try:
+        offline.require_database(url)
+        keys = offline.load_public_keys(key_files)
+        report = asyncio.run(offline.verify(url, schema, keys, require_sealed=not args.allow_unsealed))
+    except offline.OfflineError as exc:
+        print(f"jamu audit verify: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    elif report.ok:
+        sealed = report.last_checkpoint["seq"] if report.last_checkpoint else 0
+        print(f"ok: {report.events_checked} events, last seq {report.last_seq}, sealed up to seq {sealed}")
+    else:
+        first = report.problems[0]
+        print(f"BROKEN at seq {first['seq']}: {first['problem']}")
+        for problem in report.problems[1:]:
+            print(f"  also at seq {problem['seq']}: {problem['problem']}")
+    return 0 if report.ok else 1
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    settings = _settings()
+    url, schema = _audit_database(args, settings)
+    where = EventFilter(administration=args.administration, since=args.since, until=args.until)
+    try:
+        offline.require_database(url)
+        if args.output is None:
+            count = asyncio.run(offline.export(url, schema, where, args.format))
+        else:
+            with open(args.output, "w", encoding="utf-8", newline="") as out:
+                count = asyncio.run(offline.export(url, schema, where, args.format, out))
+    except offline.OfflineError as exc:
+        print(f"jamu audit export: {exc}", file=sys.stderr)
+        return 2
+    print(f"{count} events exported", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jamu", description="Jamu identity-verification gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -255,6 +318,27 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--issuer", help="gateway base URL (default GATEWAY_ISSUER)")
     token.add_argument("--json", action="store_true", help="print the whole token response")
     token.set_defaults(func=cmd_token)
+
+    audit = sub.add_parser("audit", help="the access log, offline").add_subparsers(
+        dest="audit_command", required=True)
+    verify = audit.add_parser("verify", help="check the hash chain and signed checkpoints (exit 1 if broken)")
+    verify.add_argument("--database-url", help="default: GATEWAY_DATABASE_URL, else SQLite in the data dir")
+    verify.add_argument("--schema", help="PostgreSQL schema (default GATEWAY_DATABASE_SCHEMA)")
+    verify.add_argument("--public-key", action="append", type=Path, dest="public_keys",
+                        help="checkpoint public key PEM, repeatable (default: the data dir's)")
+    verify.add_argument("--allow-unsealed", action="store_true",
+                        help="a copy of a running log: events after the last checkpoint are not a fault")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(func=cmd_audit_verify)
+    export = audit.add_parser("export", help="stream events as JSON Lines or CSV")
+    export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    export.add_argument("--database-url")
+    export.add_argument("--schema")
+    export.add_argument("--since", type=_timestamp, help="RFC 3339, inclusive")
+    export.add_argument("--until", type=_timestamp, help="RFC 3339, exclusive")
+    export.add_argument("--administration")
+    export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    export.set_defaults(func=cmd_audit_export)
     return parser
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from starlette.requests import Request
 
 from gateway.audit.log import AccessLog
+from gateway.audit.store import AccessLogStore
 from gateway.auth.bearer import BearerValidator
 from gateway.auth.keys import SigningKeys
 from gateway.auth.server import TokenService
+from gateway.identity.pseudonyms import SubjectHasher
 from gateway.policy.store import PolicyStore
 from gateway.ratelimit.limiter import RateLimits
 from gateway.settings import Settings
@@ -28,6 +31,9 @@ class Services:
     tokens: TokenService
     bearer: BearerValidator
     access_log: AccessLog
+    audit: AccessLogStore
+    checkpoint_keys: dict[str, Ed25519PublicKey]
+    subjects: SubjectHasher
     metrics: Metrics
     rate_limits: RateLimits
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)

@@ -7,9 +7,9 @@ machine; production sets the database, Redis and issuer explicitly.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, StringConstraints, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SigningAlgorithm = Literal["Ed25519", "ES256"]
@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     replicas: int = Field(1, ge=1, le=1000)
     redis_retry_s: float = Field(2.0, gt=0)
     unauthenticated_rate_limits: str = "burst:20/1s,hourly:1200/1h"
+    database_schema: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] | None = None
+    database_timeout_s: float = Field(5.0, gt=0)
+    subject_key_file: Path | None = None
+    checkpoint_key_file: Path | None = None
+    audit_seal_every: int = Field(1000, ge=1)
+    audit_seal_interval_s: float = Field(60.0, gt=0)
+    audit_max_batch: int = Field(512, ge=1, le=10_000)
 
     @field_validator("issuer")
     @classmethod
@@ -55,6 +62,14 @@ class Settings(BaseSettings):
     @property
     def signing_key_path(self) -> Path:
         return self.signing_key_file or self.data_dir / "keys" / "signing-key.pem"
+
+    @property
+    def subject_key_path(self) -> Path:
+        return self.subject_key_file or self.keys_dir / "subject-key"
+
+    @property
+    def checkpoint_key_path(self) -> Path:
+        return self.checkpoint_key_file or self.keys_dir / "checkpoint-key.pem"
 
     @property
     def keys_dir(self) -> Path:

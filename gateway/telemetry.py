@@ -38,6 +38,23 @@ class Metrics:
             "Access-log appends that failed (the response was withheld or turned into 503).",
             registry=self.registry,
         )
+        self.access_log_queue_depth = Gauge(
+            "jamu_access_log_queue_depth",
+            "Events waiting for the access-log writer.",
+            registry=self.registry,
+        )
+        self.access_log_batch = Histogram(
+            "jamu_access_log_batch_events",
+            "Events committed together in one access-log transaction (group commit).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
+        self.access_log_commit = Histogram(
+            "jamu_access_log_commit_seconds",
+            "Time of one access-log transaction, flush to disk included.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
 
         self.ratelimit_refusals = Counter(
             "jamu_ratelimit_refusals_total",

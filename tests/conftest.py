@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import text
 
+from gateway.storage.database import create_engine, database_url
 from tests.support.realm import Realm, build_realm
-from tests.support.servers import GatewayProcess, RedisProcess
+from tests.support.servers import GatewayProcess, PostgresProcess, RedisProcess
 
 
 def _missing(what: str, variable: str) -> None:
@@ -60,3 +65,35 @@ async def redis(redis_url: str, redis_prefix: str) -> AsyncIterator[Redis]:
     if keys:
         await client.delete(*keys)
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("JAMU_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    if not PostgresProcess.available():
+        _missing("PostgreSQL", "JAMU_TEST_DATABASE_URL")
+    server = PostgresProcess(tmp_path_factory.mktemp("postgres"))
+    try:
+        server.start()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        _missing(f"PostgreSQL ({exc})", "JAMU_TEST_DATABASE_URL")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def postgres_schema(postgres_url: str) -> Iterator[str]:
+    """A schema of the test's own (the code under test creates it), dropped afterwards."""
+    schema = f"jamu_test_{uuid.uuid4().hex[:12]}"
+    yield schema
+
+    async def drop() -> None:
+        engine = create_engine(database_url(postgres_url, Path(".")))
+        async with engine.begin() as connection:
+            await connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        await engine.dispose()
+
+    asyncio.run(drop())

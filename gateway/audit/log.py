@@ -1,4 +1,4 @@
-"""The access-log writer boundary, and the stand-in used until the durable log is wired."""
+"""The access-log writer boundary, and an in-memory stand-in for tests that watch events directly."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ class AccessLogUnavailable(Exception):
 class AccessLog(Protocol):
     """The single writer of ARCHITECTURE.md: `append` returns only once the event is durable."""
 
+    async def start(self) -> None: ...
+
     async def append(self, record: AccessRecord) -> None: ...
 
     async def ready(self) -> bool: ...
@@ -23,15 +25,15 @@ class AccessLog(Protocol):
 
 
 class StubAccessLog:
-    """STUB: keeps the most recent events in memory only. Not durable, not chained.
-
-    It holds the writer's place so every stage already hands its record to one writer; the durable,
-    hash-chained store replaces it without touching any caller.
-    """
+    """In memory only, not durable, not chained: for tests that inspect events as they are appended and
+    inject a failing log. The gateway itself always runs `DurableAccessLog`."""
 
     def __init__(self, capacity: int = 10_000) -> None:
         self.events: deque[dict[str, Any]] = deque(maxlen=capacity)
         self.failing = False
+
+    async def start(self) -> None:
+        return None
 
     async def append(self, record: AccessRecord) -> None:
         if self.failing:

@@ -55,9 +55,23 @@ class AccessRecord:
         self.latency_ms = round((perf_counter() - self.started) * 1000, 3)
 
     def event(self) -> dict[str, Any]:
-        """The fields that go into the log, in the contract's names."""
+        """The fields that go into the log, in the contract's names. Strings are bounded and stripped
+        of NULs, whatever a stage copied into them, so no event can fail to store."""
         data = asdict(self)
         data.pop("started")
         data.pop("releases_data")
-        data["time"] = self.time.isoformat().replace("+00:00", "Z")
+        data["time"] = self.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        for name, value in data.items():
+            if isinstance(value, str):
+                data[name] = _bounded(value)
+        for name in ("attributes_requested", "attributes_released"):
+            data[name] = [_bounded(item) for item in data[name]][:_MAX_LIST]
         return data
+
+
+_MAX_TEXT = 512
+_MAX_LIST = 64
+
+
+def _bounded(value: str) -> str:
+    return value.replace("\x00", "")[:_MAX_TEXT]

@@ -19,6 +19,7 @@ from typing import Any
 
 from joserfc.jwk import ECKey, Key, KeySet, OKPKey
 
+from gateway.keyfiles import create_exclusive
 from gateway.settings import SigningAlgorithm
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,7 @@ def algorithm_of(key: Key) -> SigningAlgorithm:
 
 def write_private_pem(path: Path, key: Key) -> bool:
     """Write a new private key readable by its owner only; False if the file already exists."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as out:
-        out.write(key.as_pem(private=True))
-    return True
+    return create_exclusive(path, key.as_pem(private=True))
 
 
 def public_jwk(key: Key, alg: str) -> dict[str, Any]:

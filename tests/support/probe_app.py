@@ -15,7 +15,14 @@ from gateway.api.deps import access_record, protected
 from gateway.app import create_app
 from gateway.audit.log import StubAccessLog
 from gateway.auth.bearer import Caller
+from gateway.services import services
 from gateway.settings import Settings
+
+
+class PersonBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    nin: str = Field(max_length=64)
+    purpose: str = Field("voter_roll", max_length=100)
 
 
 class ProbeBody(BaseModel):
@@ -24,8 +31,14 @@ class ProbeBody(BaseModel):
     count: int
 
 
-def create(settings: Settings | None = None, access_log: StubAccessLog | None = None) -> Any:
-    access_log = access_log or StubAccessLog()
+def create_durable() -> Any:
+    """The probes over the gateway's own durable access log (what production runs)."""
+    return create(durable=True)
+
+
+def create(settings: Settings | None = None, access_log: StubAccessLog | None = None, *,
+           durable: bool = False) -> Any:
+    access_log = None if durable else access_log or StubAccessLog()
     app = create_app(settings or Settings(), access_log=access_log)
     calls = {"verify": 0, "lookup": 0}
 
@@ -45,12 +58,27 @@ def create(settings: Settings | None = None, access_log: StubAccessLog | None = 
         calls["lookup"] += 1
         return {"transaction_id": access_record(request).id, "name": body.name}
 
+    @app.post("/v1/probe/person", name="verify")
+    async def probe_person(
+        request: Request, body: PersonBody,
+        caller: Annotated[Caller, Depends(protected("verify", "identity:verify"))],
+    ) -> dict[str, Any]:
+        """Stands for an operation on one person: records their pseudonym and what was released."""
+        record = access_record(request)
+        record.subject_hash = services(request).subjects(body.nin)
+        record.purpose = body.purpose
+        record.attributes_requested = ["family_name"]
+        record.attributes_released = ["family_name"]
+        record.releases_data = True
+        return {"transaction_id": record.id, "match": True}
+
     @app.get("/v1/probe/crash", name="verify")
     async def probe_crash() -> dict[str, Any]:
         raise RuntimeError("a secret stack detail 120394857602914")
 
     @app.get("/test-state")
     async def state() -> dict[str, Any]:
-        return {"calls": calls, "events": list(access_log.events)}
+        events = list(access_log.events) if isinstance(access_log, StubAccessLog) else []
+        return {"calls": calls, "events": events}
 
     return app

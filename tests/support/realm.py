@@ -39,6 +39,7 @@ def build_realm(root: Path) -> Realm:
     realm.keys["elections-app"] = new_key("Ed25519")
     realm.keys["elections-es"] = new_key("ES256")
     realm.keys["oversight-app"] = new_key("Ed25519")
+    realm.keys["channel-app"] = new_key("Ed25519")
     secret = secrets.token_urlsafe(24)
     realm.secrets["health-app"] = secret
     (policies / "keys" / "elections-es.jwks.json").write_text(json.dumps(jwks_of(realm.keys["elections-es"])))
@@ -66,5 +67,10 @@ def build_realm(root: Path) -> Realm:
         "id": "oversight", "name": "Autorité de protection des données",
         "clients": [{"client_id": "oversight-app", "auth": "private_key_jwt",
                      "jwks": jwks_of(realm.keys["oversight-app"]), "scopes": ["audit:read"]}],
+    })
+    _write(policies / "channel.yaml", {
+        "id": "channel", "name": "Centre d'état civil",
+        "clients": [{"client_id": "channel-app", "auth": "private_key_jwt",
+                     "jwks": jwks_of(realm.keys["channel-app"]), "scopes": ["subject:history"]}],
     })
     return realm

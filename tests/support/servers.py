@@ -110,3 +110,34 @@ class RedisProcess:
             self.proc.terminate()
             self.proc.wait(timeout=10)
             self.proc = None
+
+
+class PostgresProcess:
+    """A throwaway PostgreSQL cluster (initdb + pg_ctl) on a free loopback port, trust auth."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.datadir = workdir / "pgdata"
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("initdb") is not None and shutil.which("pg_ctl") is not None
+
+    def start(self) -> PostgresProcess:
+        """Raises RuntimeError with PostgreSQL's own words when it cannot run here (e.g. as root)."""
+        init = subprocess.run(["initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-N"],
+                              capture_output=True, text=True, timeout=120)
+        if init.returncode != 0:
+            raise RuntimeError(f"initdb failed: {init.stderr.strip()[-300:]}")
+        start = subprocess.run(
+            ["pg_ctl", "-D", str(self.datadir), "-w", "-t", "30", "-l", str(self.datadir / "log"), "start",
+             "-o", f"-p {self.port} -h 127.0.0.1 -k {self.datadir} -c fsync=off"],
+            capture_output=True, text=True, timeout=60)
+        if start.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {start.stderr.strip()[-300:]}")
+        return self
+
+    def stop(self) -> None:
+        subprocess.run(["pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=60, check=False)

@@ -1,0 +1,148 @@
+"""Reading the access log (CONTRACT §7): security officers' listing, person search and integrity check,
+and a citizen's access history through a channel. Every read is itself an access and is logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from gateway.api.deps import access_record, protected
+from gateway.api.responses import FastJSONResponse
+from gateway.audit.chain import ChainVerifier
+from gateway.audit.store import EventFilter, rfc3339
+from gateway.auth.bearer import Caller
+from gateway.errors import Problem
+from gateway.identity.pseudonyms import valid_nin
+from gateway.services import services
+
+router = APIRouter(tags=["Access log"])
+
+Operation = Literal["token", "verify", "lookup", "consent.create", "consent.read", "consent.revoke",
+                    "audit.search", "audit.integrity", "subject.history"]
+Decision = Literal["permit", "deny", "error"]
+# What a citizen sees: who used their record, not who audited it.
+HISTORY_OPERATIONS = ("verify", "lookup", "consent.create", "consent.read", "consent.revoke")
+HISTORY_LIMIT = 1000
+
+
+def _cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).rstrip(b"=").decode()
+
+
+def _after(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = text.partition(":")
+        seq = int(value)
+        if kind != "seq" or seq < 0:
+            raise ValueError
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Problem("invalid_request", "the cursor is not one this API handed out", extra={
+            "errors": [{"in": "query", "parameter": "cursor", "detail": "unknown cursor"}]}) from None
+    return seq
+
+
+def _nin(value: str) -> str:
+    if not valid_nin(value):
+        raise ValueError("not a NIN: 6 to 32 digits or capital letters")
+    return value
+
+
+class PersonSearch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    nin: str = Field(max_length=64)
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    limit: int = Field(100, ge=1, le=1000)
+    cursor: str | None = Field(None, max_length=200)
+
+    _check_nin = field_validator("nin")(_nin)
+
+
+class HistoryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    nin: str = Field(max_length=64)
+
+    _check_nin = field_validator("nin")(_nin)
+
+
+async def _page(request: Request, where: EventFilter, cursor: str | None, limit: int) -> FastJSONResponse:
+    events = await services(request).audit.events(where, _after(cursor), limit)
+    next_cursor = _cursor(events[-1]["seq"]) if len(events) == limit else None
+    return FastJSONResponse({"transaction_id": access_record(request).id, "events": events,
+                             "next_cursor": next_cursor})
+
+
+@router.get("/v1/audit/events", name="audit.search", summary="List access events (security officers)")
+async def list_events(
+    request: Request,
+    caller: Annotated[Caller, Depends(protected("audit.search", "audit:read"))],
+    administration: Annotated[str | None, Query(max_length=100)] = None,
+    client_id: Annotated[str | None, Query(max_length=200)] = None,
+    operation: Operation | None = None,
+    decision: Decision | None = None,
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> FastJSONResponse:
+    """Events in log order (oldest first). `next_cursor` is set when the page is full; pass it back for
+    the next page. `since` is inclusive, `until` exclusive."""
+    where = EventFilter(administration=administration, client_id=client_id, operation=operation,
+                        decision=decision, since=rfc3339(since) if since else None,
+                        until=rfc3339(until) if until else None)
+    return await _page(request, where, cursor, limit)
+
+
+@router.post("/v1/audit/search", name="audit.search", summary="Every access to one person's record")
+async def search_person(
+    request: Request, body: PersonSearch,
+    caller: Annotated[Caller, Depends(protected("audit.search", "audit:read"))],
+) -> FastJSONResponse:
+    subject = services(request).subjects(body.nin)
+    access_record(request).subject_hash = subject
+    where = EventFilter(subject_hash=subject, since=rfc3339(body.since) if body.since else None,
+                        until=rfc3339(body.until) if body.until else None)
+    return await _page(request, where, body.cursor, body.limit)
+
+
+@router.get("/v1/audit/integrity", name="audit.integrity", summary="Check the hash chain and checkpoints")
+async def integrity(
+    request: Request, caller: Annotated[Caller, Depends(protected("audit.integrity", "audit:read"))],
+) -> FastJSONResponse:
+    """Walks the whole chain. The tail written since the last checkpoint is reported in
+    `unsealed_events`, not as a problem: a running log always has one."""
+    app = services(request)
+    verifier = ChainVerifier(await app.audit.checkpoints(), app.checkpoint_keys, require_sealed=False)
+    async for event in app.audit.stream():
+        verifier.feed(event)
+    return FastJSONResponse({"transaction_id": access_record(request).id, **verifier.finish().as_dict()})
+
+
+@router.post("/v1/subjects/access-history", name="subject.history",
+             summary="Who used a person's record, for the person (through a channel)")
+async def access_history(
+    request: Request, body: HistoryRequest,
+    caller: Annotated[Caller, Depends(protected("subject.history", "subject:history"))],
+) -> FastJSONResponse:
+    """The latest uses of the person's record by administrations (verify, lookup, consents), oldest first.
+    Audit reads are not shown: an investigation is not announced to the person investigated."""
+    app = services(request)
+    subject = app.subjects(body.nin)
+    access_record(request).subject_hash = subject
+    events = await app.audit.subject_events(subject, HISTORY_OPERATIONS, HISTORY_LIMIT)
+    names = {a.id: a.name for a in app.policies.current.administrations.values()}
+    history: list[dict[str, Any]] = [
+        {"time": e["time"], "administration": e["administration"],
+         "administration_name": names.get(e["administration"] or ""), "operation": e["operation"],
+         "purpose": e["purpose"], "attributes_released": e["attributes_released"], "decision": e["decision"]}
+        for e in events
+    ]
+    return FastJSONResponse({"transaction_id": access_record(request).id, "events": history})

@@ -1,0 +1,131 @@
+"""The one writer of the access log (ARCHITECTURE.md), with group commit.
+
+Requests hand their record to `append` and wait. A single task takes everything that queued up while
+the previous commit was on disk and commits it as one transaction, so under load many events share one
+flush, and when idle an event commits alone at once. A timer seals the chain with a signed checkpoint
+every `seal_interval_s`; the store also seals every `seal_every` events, and `close` seals the tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from gateway.audit.log import AccessLogUnavailable
+from gateway.audit.record import AccessRecord
+from gateway.audit.store import AccessLogStore
+from gateway.telemetry import Metrics
+
+log = logging.getLogger(__name__)
+
+_Item = tuple[dict[str, Any], asyncio.Future[None]]
+
+
+class DurableAccessLog:
+    def __init__(self, store: AccessLogStore, metrics: Metrics, *, max_batch: int = 512,
+                 max_queue: int = 10_000, write_timeout_s: float = 5.0, seal_interval_s: float = 60.0) -> None:
+        self.store = store
+        self._metrics = metrics
+        self._max_batch = max_batch
+        self._write_timeout_s = write_timeout_s
+        self._seal_interval_s = seal_interval_s
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(max_queue)  # None: stop
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failing = False
+        self._closed = False
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._commit_loop(), name="access-log-writer"),
+                       asyncio.create_task(self._seal_loop(), name="access-log-sealer")]
+
+    async def append(self, record: AccessRecord) -> None:
+        if self._closed or not self._tasks:
+            raise AccessLogUnavailable("the access log is not running")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((record.event(), done))
+        except asyncio.QueueFull:
+            raise AccessLogUnavailable("the access log is saturated") from None
+        self._metrics.access_log_queue_depth.set(self._queue.qsize())
+        try:
+            # Shielded: a client that goes away does not withdraw its event.
+            await asyncio.wait_for(asyncio.shield(done), self._write_timeout_s)
+        except TimeoutError:
+            self._failing = True
+            raise AccessLogUnavailable("the access log did not confirm the event in time") from None
+
+    async def _commit_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            item = await self._queue.get()
+            batch: list[_Item] = []
+            while True:
+                if item is None:
+                    stopping = True
+                else:
+                    batch.append(item)
+                if stopping or len(batch) >= self._max_batch or self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            self._metrics.access_log_queue_depth.set(self._queue.qsize())
+            if batch:
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            await self.store.append([event for event, _ in batch])
+        except Exception as exc:
+            if not self._failing:
+                log.error("access log commit failed (%d events): %s", len(batch), exc)
+            self._failing = True
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(AccessLogUnavailable(str(exc)))
+            return
+        self._failing = False
+        self._metrics.access_log_batch.observe(len(batch))
+        self._metrics.access_log_commit.observe(time.perf_counter() - started)
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
+
+    async def _seal_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._seal_interval_s)
+            try:
+                await self.store.seal(older_than_s=self._seal_interval_s / 2)
+            except Exception as exc:
+                log.warning("access log checkpoint failed: %s", exc)
+
+    async def ready(self) -> bool:
+        """Ready when an append could commit now: after a failure, proven by taking the writers' lock."""
+        if self._closed or not self._tasks or any(task.done() for task in self._tasks):
+            return False
+        if self._failing:
+            await self.store.probe()
+            self._failing = False
+        return True
+
+    async def close(self) -> None:
+        """Commit what is queued, seal the tail, stop."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._tasks:
+            commit_loop, seal_loop = self._tasks
+            seal_loop.cancel()
+            if not commit_loop.done():
+                await self._queue.put(None)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(commit_loop, self._write_timeout_s * 2)
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        try:
+            await self.store.seal()
+        except Exception as exc:
+            log.warning("access log final checkpoint failed: %s", exc)

@@ -1,0 +1,1 @@
+"""Identity: matching, predicates and pseudonyms, as pure functions."""

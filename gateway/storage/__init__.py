@@ -1,0 +1,1 @@
+"""The shared storage layer: SQLAlchemy Core (async) over SQLite or PostgreSQL, migrated by Alembic."""

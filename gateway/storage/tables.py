@@ -1,0 +1,54 @@
+"""Table definitions shared by the stores and their migrations (SQLAlchemy Core)."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Float, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+# One row per access event, in chain order. `time` is RFC 3339 text of fixed width, so text order is time
+# order on both engines and the hashed form round-trips byte for byte.
+access_events = Table(
+    "access_events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", Text, nullable=False, unique=True),
+    Column("time", String(32), nullable=False, index=True),
+    Column("administration", Text, index=True),
+    Column("client_id", Text),
+    Column("operation", Text),
+    Column("purpose", Text),
+    Column("legal_basis", Text),
+    Column("consent_id", Text),
+    Column("subject_hash", String(64), index=True),
+    Column("attributes_requested", Text, nullable=False),
+    Column("attributes_released", Text, nullable=False),
+    Column("decision", String(8), nullable=False),
+    Column("reason", Text),
+    Column("status", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("trace_id", Text),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# The chain's head, one row: every writer (any process) locks it, so the chain has one order.
+access_log_head = Table(
+    "access_log_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("checkpoint_seq", BigInteger, nullable=False),
+    Column("checkpoint_at", Float, nullable=False),
+)
+
+access_checkpoints = Table(
+    "access_checkpoints",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("head_hash", String(64), nullable=False),
+    Column("time", String(32), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
+)

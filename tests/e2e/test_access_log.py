@@ -1,0 +1,369 @@
+"""The access log over real HTTP, on a gateway serving its own durable log: every request recorded and
+readable by security officers, a person's history for citizens, fail-closed when the log cannot be
+written, survival of SIGKILL under load, and an offline verifier that locates tampering."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.keys import token_form
+from tests.support.realm import Realm, build_realm
+from tests.support.servers import GatewayProcess
+
+pytestmark = pytest.mark.e2e
+JAMU = [sys.executable, "-m", "gateway.cli"]
+DURABLE = "tests.support.probe_app:create_durable"
+# NINs queried in this module; none may be found at rest anywhere.
+AMINATA, BAKARY, NOBODY = "120394857602914", "220394857602915", "999999999999999"
+
+
+def serve(realm: Realm, log: Path, **env: str) -> GatewayProcess:
+    settings = {"GATEWAY_DATABASE_TIMEOUT_S": "1", "GATEWAY_AUDIT_SEAL_INTERVAL_S": "1", **env}
+    return GatewayProcess(realm.env(**settings), factory=DURABLE).start(log)
+
+
+def token(gateway: GatewayProcess, realm: Realm, client_id: str) -> dict[str, str]:
+    form = token_form(client_id, realm.keys[client_id], f"{gateway.base_url}/oauth2/token")
+    response = httpx.post(f"{gateway.base_url}/oauth2/token", data=form, timeout=10)
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def person(gateway: GatewayProcess, headers: dict[str, str], nin: str) -> httpx.Response:
+    return httpx.post(f"{gateway.base_url}/v1/probe/person", json={"nin": nin}, headers=headers, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def realm(tmp_path_factory: pytest.TempPathFactory) -> Realm:
+    return build_realm(tmp_path_factory.mktemp("audit"))
+
+
+@pytest.fixture(scope="module")
+def gateway(realm: Realm) -> Iterator[GatewayProcess]:
+    server = serve(realm, realm.data_dir.parent / "gateway.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def traffic(gateway: GatewayProcess, realm: Realm) -> dict[str, Any]:
+    """A small history: two people verified, one denial, one refused token."""
+    elections = token(gateway, realm, "elections-app")
+    ids = {"aminata": [person(gateway, elections, AMINATA).json()["transaction_id"] for _ in range(3)],
+           "bakary": [person(gateway, elections, BAKARY).json()["transaction_id"]]}
+    denied = httpx.post(f"{gateway.base_url}/v1/probe/person", json={"nin": AMINATA},
+                        headers={"Authorization": "Bearer not-a-token"}, timeout=10)
+    assert denied.status_code == 401
+    ids["denied"] = denied.json()["transaction_id"]
+    bad_client = httpx.post(f"{gateway.base_url}/oauth2/token", data={"grant_type": "client_credentials"},
+                            auth=("nobody", "wrong"), timeout=10)
+    ids["token_refused"] = bad_client.json()["transaction_id"]
+    return {"ids": ids, "officer": token(gateway, realm, "oversight-app"),
+            "channel": token(gateway, realm, "channel-app"), "elections": elections}
+
+
+def events(gateway: GatewayProcess, headers: dict[str, str], **params: Any) -> dict[str, Any]:
+    response = httpx.get(f"{gateway.base_url}/v1/audit/events", params=params, headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_every_request_is_an_event_with_the_contract_fields(gateway: GatewayProcess, traffic: dict) -> None:
+    listing = events(gateway, traffic["officer"], limit=1000)
+    by_id = {e["id"]: e for e in listing["events"]}
+    for tx in traffic["ids"]["aminata"] + traffic["ids"]["bakary"]:
+        event = by_id[tx]
+        assert (event["administration"], event["client_id"], event["operation"]) == \
+            ("elections", "elections-app", "verify")
+        assert (event["decision"], event["status"], event["reason"]) == ("permit", 200, None)
+        assert event["attributes_released"] == ["family_name"] and event["purpose"] == "voter_roll"
+        assert len(event["subject_hash"]) == 64 and len(event["trace_id"]) == 32
+    denied = by_id[traffic["ids"]["denied"]]
+    assert (denied["decision"], denied["reason"], denied["status"], denied["administration"]) == \
+        ("deny", "invalid_token", 401, None)
+    refused = by_id[traffic["ids"]["token_refused"]]
+    assert (refused["operation"], refused["decision"], refused["reason"]) == ("token", "deny", "invalid_client")
+    expected = {"seq", "id", "time", "administration", "client_id", "operation", "purpose", "legal_basis",
+                "consent_id", "subject_hash", "attributes_requested", "attributes_released", "decision",
+                "reason", "status", "latency_ms", "trace_id", "prev_hash", "hash"}
+    assert set(denied) == expected
+    seqs = [e["seq"] for e in listing["events"]]
+    assert seqs == sorted(seqs) and listing["next_cursor"] is None
+    assert all(b["prev_hash"] == a["hash"] for a, b in zip(listing["events"], listing["events"][1:], strict=False))
+
+
+def test_filters_and_cursor_pages(gateway: GatewayProcess, traffic: dict) -> None:
+    officer = traffic["officer"]
+    permits = events(gateway, officer, administration="elections", decision="permit", operation="verify")
+    assert {e["id"] for e in permits["events"]} >= set(traffic["ids"]["aminata"])
+    assert all(e["administration"] == "elections" and e["decision"] == "permit" for e in permits["events"])
+    first = events(gateway, officer, limit=2)
+    assert len(first["events"]) == 2 and first["next_cursor"]
+    second = events(gateway, officer, limit=2, cursor=first["next_cursor"])
+    assert second["events"][0]["seq"] == first["events"][-1]["seq"] + 1
+    future = events(gateway, officer, since="2999-01-01T00:00:00Z")
+    assert future["events"] == []
+    past = events(gateway, officer, until="2000-01-01T00:00:00Z")
+    assert past["events"] == []
+    for params in ({"cursor": "bm9wZQ"}, {"limit": 0}, {"limit": 5000}, {"decision": "maybe"},
+                   {"since": "yesterday"}, {"since": "2026-01-01T00:00:00"}):
+        response = httpx.get(f"{gateway.base_url}/v1/audit/events", params=params, headers=officer, timeout=10)
+        assert response.status_code == 400, params
+        assert response.json()["code"] == "invalid_request"
+
+
+def test_search_by_person_finds_their_events_and_only_theirs(gateway: GatewayProcess, traffic: dict) -> None:
+    url = f"{gateway.base_url}/v1/audit/search"
+    found = httpx.post(url, json={"nin": AMINATA}, headers=traffic["officer"], timeout=10).json()
+    ids = {e["id"] for e in found["events"]}
+    assert set(traffic["ids"]["aminata"]) <= ids
+    assert not ids & set(traffic["ids"]["bakary"])
+    spaced = httpx.post(url, json={"nin": " ".join(AMINATA)}, headers=traffic["officer"], timeout=10).json()
+    assert {e["id"] for e in spaced["events"]} >= set(traffic["ids"]["aminata"])
+    nobody = httpx.post(url, json={"nin": NOBODY}, headers=traffic["officer"], timeout=10).json()
+    assert nobody["events"] == []
+    for body in ({"nin": "12"}, {"nin": 120394857602914}, {"nin": AMINATA, "extra": 1}, {}):
+        response = httpx.post(url, json=body, headers=traffic["officer"], timeout=10)
+        assert response.status_code == 400, body
+        assert AMINATA not in response.text
+
+
+def test_reads_need_their_scope_and_are_themselves_logged(gateway: GatewayProcess, traffic: dict) -> None:
+    for method, path in (("GET", "/v1/audit/events"), ("GET", "/v1/audit/integrity"),
+                         ("POST", "/v1/audit/search")):
+        response = httpx.request(method, f"{gateway.base_url}{path}", json={"nin": AMINATA},
+                                 headers=traffic["elections"], timeout=10)
+        assert response.status_code == 403 and response.json()["code"] == "insufficient_scope"
+    history = httpx.post(f"{gateway.base_url}/v1/subjects/access-history", json={"nin": AMINATA},
+                         headers=traffic["officer"], timeout=10)
+    assert history.status_code == 403
+    search = httpx.post(f"{gateway.base_url}/v1/audit/search", json={"nin": BAKARY},
+                        headers=traffic["officer"], timeout=10).json()
+    reads = events(gateway, traffic["officer"], operation="audit.search", limit=1000)["events"]
+    logged = {e["id"]: e for e in reads}
+    assert search["transaction_id"] in logged
+    assert logged[search["transaction_id"]]["client_id"] == "oversight-app"
+    assert logged[search["transaction_id"]]["subject_hash"]  # which person was searched, as a pseudonym
+    refused = events(gateway, traffic["officer"], decision="deny", limit=1000)["events"]
+    assert any(e["operation"] == "audit.search" and e["reason"] == "insufficient_scope" for e in refused)
+
+
+def test_integrity_report(gateway: GatewayProcess, traffic: dict) -> None:
+    response = httpx.get(f"{gateway.base_url}/v1/audit/integrity", headers=traffic["officer"], timeout=10)
+    report = response.json()
+    assert response.status_code == 200
+    assert report["ok"] is True and report["problems"] == []
+    assert report["events_checked"] == report["last_seq"] >= 7
+    time.sleep(1.6)  # a checkpoint is written every second here
+    later = httpx.get(f"{gateway.base_url}/v1/audit/integrity", headers=traffic["officer"], timeout=10).json()
+    assert later["last_checkpoint"]["seq"] >= report["last_seq"]
+    logged = events(gateway, traffic["officer"], operation="audit.integrity", limit=1000)["events"]
+    assert report["transaction_id"] in {e["id"] for e in logged}
+
+
+def test_a_citizen_sees_who_used_their_record(gateway: GatewayProcess, traffic: dict) -> None:
+    url = f"{gateway.base_url}/v1/subjects/access-history"
+    history = httpx.post(url, json={"nin": AMINATA}, headers=traffic["channel"], timeout=10).json()
+    verifications = [e for e in history["events"] if e["operation"] == "verify"]
+    assert len(verifications) >= 3
+    assert verifications[0] == {"time": verifications[0]["time"], "administration": "elections",
+                                "administration_name": "Commission électorale", "operation": "verify",
+                                "purpose": "voter_roll", "attributes_released": ["family_name"],
+                                "decision": "permit"}
+    assert all(e["operation"] not in ("audit.search", "subject.history") for e in history["events"])
+    assert httpx.post(url, json={"nin": NOBODY}, headers=traffic["channel"], timeout=10).json()["events"] == []
+    logged = events(gateway, traffic["officer"], operation="subject.history", limit=1000)["events"]
+    assert history["transaction_id"] in {e["id"] for e in logged}
+
+
+def test_no_nin_at_rest(gateway: GatewayProcess, realm: Realm, traffic: dict, tmp_path: Path) -> None:
+    events(gateway, traffic["officer"])  # the traffic has happened
+    export = tmp_path / "export.jsonl"
+    env = {**os.environ, **realm.env()}
+    subprocess.run([*JAMU, "audit", "export", "--format", "jsonl", "--output", str(export)], env=env,
+                   check=True, timeout=60, capture_output=True)
+    files = [*realm.data_dir.rglob("*"), realm.data_dir.parent / "gateway.log", export]
+    scanned = 0
+    for path in files:
+        if path.is_file():
+            data = path.read_bytes()
+            scanned += 1
+            for nin in (AMINATA, BAKARY, NOBODY):
+                assert nin.encode() not in data, f"{nin} found in {path}"
+                assert nin.encode("utf-16-le") not in data
+    assert scanned >= 4 and export.stat().st_size > 0
+
+
+def test_nothing_is_released_when_the_log_cannot_be_written(realm: Realm, tmp_path: Path) -> None:
+    server = serve(realm, tmp_path / "locked.log", GATEWAY_DATA_DIR=str(tmp_path / "var"))
+    try:
+        elections = token(server, realm, "elections-app")
+        assert person(server, elections, AMINATA).status_code == 200
+        held = sqlite3.connect(tmp_path / "var" / "jamu.db", isolation_level=None)
+        held.execute("BEGIN EXCLUSIVE")  # another process holds the database
+        try:
+            refused = person(server, elections, AMINATA)
+            assert refused.status_code == 503
+            assert refused.json()["code"] == "audit_unavailable"
+            assert "match" not in refused.text
+            ready = httpx.get(f"{server.base_url}/readyz", timeout=10)
+            assert ready.status_code == 503 and ready.json()["checks"]["access_log"] == "failing"
+        finally:
+            held.execute("ROLLBACK")
+            held.close()
+        assert httpx.get(f"{server.base_url}/readyz", timeout=10).status_code == 200
+        assert person(server, elections, AMINATA).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_sigkill_under_load_loses_no_acknowledged_event(realm: Realm, tmp_path: Path) -> None:
+    data = tmp_path / "var"
+    server = serve(realm, tmp_path / "killed.log", GATEWAY_DATA_DIR=str(data))
+    acknowledged: list[str] = []
+    headers = token(server, realm, "elections-app")
+
+    async def load(stop_at: float) -> None:
+        async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=5) as client:
+
+            async def worker() -> None:
+                while time.monotonic() < stop_at:
+                    try:
+                        response = await client.post("/v1/probe/person", json={"nin": AMINATA})
+                    except httpx.HTTPError:
+                        return  # the server is gone
+                    if response.is_success:
+                        acknowledged.append(response.json()["transaction_id"])
+
+            await asyncio.gather(*(worker() for _ in range(8)))
+
+    async def run() -> None:
+        loader = asyncio.create_task(load(time.monotonic() + 10))
+        await asyncio.sleep(1.5)
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGKILL)
+        await loader
+
+    asyncio.run(run())
+    server.proc.wait(timeout=10)  # type: ignore[union-attr]
+    server.proc = None
+    assert len(acknowledged) > 20
+
+    restarted = serve(realm, tmp_path / "restarted.log", GATEWAY_DATA_DIR=str(data))
+    try:
+        officer = token(restarted, realm, "oversight-app")
+        found: set[str] = set()
+        cursor = None
+        while True:
+            params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+            page = events(restarted, officer, **params)
+            found |= {e["id"] for e in page["events"]}
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        missing = set(acknowledged) - found
+        assert not missing, f"{len(missing)} acknowledged events lost"
+    finally:
+        restarted.stop()
+    verified = subprocess.run([*JAMU, "audit", "verify"], env={**os.environ, **realm.env(GATEWAY_DATA_DIR=str(data))},
+                              capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def _tamper(source: Path, target: Path, *statements: str) -> Path:
+    target.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{source}{suffix}").exists():
+            shutil.copy(f"{source}{suffix}", target / f"jamu.db{suffix}")
+    with sqlite3.connect(target / "jamu.db") as db:
+        for statement in statements:
+            db.execute(statement)
+    return target / "jamu.db"
+
+
+def test_offline_verify_and_export_of_a_copy(realm: Realm, tmp_path: Path) -> None:
+    data = tmp_path / "var"
+    server = serve(realm, tmp_path / "copy.log", GATEWAY_DATA_DIR=str(data))
+    try:
+        elections = token(server, realm, "elections-app")
+        for nin in (AMINATA, BAKARY) * 5:
+            assert person(server, elections, nin).status_code == 200
+    finally:
+        server.stop()  # a clean stop seals the tail
+    env = {**os.environ, **realm.env(GATEWAY_DATA_DIR=str(data))}
+    public_key = data / "keys" / "checkpoint-key.pub.pem"
+
+    def verify(db: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*JAMU, "audit", "verify", "--database-url", f"sqlite:///{db}",
+                               "--public-key", str(public_key), *extra],
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    db = data / "jamu.db"
+    ok = verify(db)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("ok: 11 events")
+    cases = {
+        "changed": ("UPDATE access_events SET decision = 'deny' WHERE seq = 4", 4),
+        "deleted": ("DELETE FROM access_events WHERE seq = 6", 7),
+        "swapped": ("UPDATE access_events SET seq = -1 WHERE seq = 3; UPDATE access_events SET seq = 3 WHERE "
+                    "seq = 5; UPDATE access_events SET seq = 5 WHERE seq = -1", 3),
+    }
+    for name, (statements, bad_seq) in cases.items():
+        copy = _tamper(db, tmp_path / name, *statements.split("; "))
+        broken = verify(copy)
+        assert broken.returncode == 1, name
+        assert broken.stdout.startswith(f"BROKEN at seq {bad_seq}:"), (name, broken.stdout)
+
+    # A forged event appended with a correctly recomputed chain, but no checkpoint can be made for it.
+    from gateway.audit.chain import link
+
+    with sqlite3.connect(db) as source:
+        source.row_factory = sqlite3.Row
+        last = dict(source.execute("SELECT * FROM access_events ORDER BY seq DESC LIMIT 1").fetchone())
+    fields = {k: v for k, v in last.items() if k not in ("seq", "prev_hash", "hash")}
+    fields.update(id="forged", attributes_requested=[], attributes_released=[])
+    forged = link([fields], last["seq"], last["hash"])[0]
+    forged.update(attributes_requested="[]", attributes_released="[]")
+    columns = ", ".join(forged)
+    copy = _tamper(db, tmp_path / "forged")
+    with sqlite3.connect(copy) as target:
+        target.execute(f"INSERT INTO access_events ({columns}) VALUES ({', '.join('?' * len(forged))})",
+                       list(forged.values()))
+    broken = verify(copy)
+    assert broken.returncode == 1 and broken.stdout.startswith("BROKEN at seq 12:"), broken.stdout
+    assert "not covered by a signed checkpoint" in broken.stdout
+    assert verify(copy, "--allow-unsealed").returncode == 0  # a live copy's tail is not, by itself, a fault
+
+    missing = subprocess.run([*JAMU, "audit", "verify", "--database-url", f"sqlite:///{tmp_path}/none.db"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no database" in missing.stderr
+
+    out = tmp_path / "events.csv"
+    exported = subprocess.run([*JAMU, "audit", "export", "--format", "csv", "--output", str(out),
+                               "--administration", "elections", "--since", "2000-01-01T00:00:00Z"],
+                              env=env, capture_output=True, text=True, timeout=60)
+    assert exported.returncode == 0, exported.stderr
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert len(rows) == 11 and {r["administration"] for r in rows} == {"elections"}  # its token, 10 calls
+    assert rows[0]["operation"] == "token" and rows[1]["attributes_released"] == "family_name"
+    lines = subprocess.run([*JAMU, "audit", "export", "--format", "jsonl", "--until", "2000-01-01T00:00:00Z"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert lines.returncode == 0 and lines.stdout == ""
+    everything = subprocess.run([*JAMU, "audit", "export"], env=env, capture_output=True, text=True, timeout=60)
+    parsed = [json.loads(line) for line in everything.stdout.splitlines()]
+    assert [e["seq"] for e in parsed] == list(range(1, 12))
