@@ -163,7 +163,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
             yield
         finally:
             await access_log.close()
-            await engine.dispose()
+            await audit_store.close()
             await http.aclose()
             if redis is not None:
                 await redis.aclose()

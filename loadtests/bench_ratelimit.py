@@ -20,7 +20,7 @@ import httpx
 import redis as redis_sync
 import yaml
 
-from loadtests.harness import Run, drive, drive_at_rate
+from loadtests.harness import Run, drive_at_rate, merge
 from tests.support.keys import jwks_of, new_key, token_form
 from tests.support.realm import build_realm
 from tests.support.servers import GatewayProcess, RedisProcess
@@ -62,8 +62,8 @@ def main() -> int:
             token = httpx.post(f"{gateway.base_url}/oauth2/token", data=form).json()["access_token"]
             headers[admin] = {"Authorization": f"Bearer {token}"}
         url = f"{gateway.base_url}/v1/probe/verify"
-        asyncio.run(drive(url, headers["limited"], 300, 8))  # warm up both paths
-        asyncio.run(drive(url, headers["unlimited"], 300, 8))
+        asyncio.run(drive_at_rate(url, headers["limited"], args.rate, 300))  # warm up both paths
+        asyncio.run(drive_at_rate(url, headers["unlimited"], args.rate, 300))
         runs: dict[str, list[Run]] = {"limited": [], "unlimited": []}
         commands_sent = 0
         evalsha_sent = 0
@@ -84,13 +84,8 @@ def main() -> int:
         if redis_server:
             redis_server.stop()
 
-    def merged(name: str) -> Run:
-        parts = runs[name]
-        return Run(sum(r.requests for r in parts), sum(r.seconds for r in parts),
-                   [x for r in parts for x in r.latencies_ms], {})
-
-    limited, unlimited = merged("limited"), merged("unlimited")
-    failed = {name: r.statuses for name, parts in runs.items() for r in parts if set(r.statuses) != {200}}
+    limited, unlimited = merge(runs["limited"]), merge(runs["unlimited"])
+    failed = {name: merge(parts).statuses for name, parts in runs.items() if set(merge(parts).statuses) != {200}}
     if failed:
         print(json.dumps({"bench": "ratelimit", "error": "non-200 answers", "statuses": failed}))
         return 1

@@ -79,7 +79,7 @@ async def verify(url: str, schema: str | None, keys: dict[str, Ed25519PublicKey]
             verifier.feed(event)
         return verifier.finish()
     finally:
-        await store.engine.dispose()
+        await store.close()
 
 
 async def export(url: str, schema: str | None, where: EventFilter, fmt: str, out: TextIO = sys.stdout) -> int:
@@ -98,5 +98,5 @@ async def export(url: str, schema: str | None, where: EventFilter, fmt: str, out
                 out.write(orjson.dumps(event).decode() + "\n")
             count += 1
     finally:
-        await store.engine.dispose()
+        await store.close()
     return count

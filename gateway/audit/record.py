@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any, Literal
@@ -57,9 +57,7 @@ class AccessRecord:
     def event(self) -> dict[str, Any]:
         """The fields that go into the log, in the contract's names. Strings are bounded and stripped
         of NULs, whatever a stage copied into them, so no event can fail to store."""
-        data = asdict(self)
-        data.pop("started")
-        data.pop("releases_data")
+        data = {name: getattr(self, name) for name in _EVENT_FIELDS}
         data["time"] = self.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         for name, value in data.items():
             if isinstance(value, str):
@@ -67,6 +65,9 @@ class AccessRecord:
         for name in ("attributes_requested", "attributes_released"):
             data[name] = [_bounded(item) for item in data[name]][:_MAX_LIST]
         return data
+
+
+_EVENT_FIELDS = tuple(f.name for f in fields(AccessRecord) if f.name not in ("started", "releases_data"))
 
 
 _MAX_TEXT = 512

@@ -13,7 +13,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -54,10 +55,27 @@ def create_engine(url: str, *, schema: str | None = None, statement_timeout_s: f
                                    pool_pre_ping=True)
     if url.startswith("sqlite+aiosqlite:///") and not url.endswith(":memory:"):
         Path(url.removeprefix("sqlite+aiosqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": statement_timeout_s})
+    engine = create_async_engine(url, connect_args={"timeout": statement_timeout_s},
+                                 execution_options={"jamu_timeout_s": statement_timeout_s})
+    _sqlite_discipline(engine.sync_engine, statement_timeout_s)
+    return engine
+
+
+def sync_twin(engine: AsyncEngine) -> Engine:
+    """A synchronous engine on the same SQLite file, for work done whole in one thread."""
+    url = engine.url.set(drivername="sqlite+pysqlite")
+    timeout = engine.get_execution_options().get("jamu_timeout_s", 5.0)
+    twin = create_sync_engine(url, connect_args={"timeout": timeout, "check_same_thread": False},
+                              pool_size=1, max_overflow=0)
+    _sqlite_discipline(twin, timeout)
+    return twin
+
+
+def _sqlite_discipline(engine: Engine, statement_timeout_s: float) -> None:
+    """WAL, synchronous=FULL, a bounded busy wait, and BEGIN IMMEDIATE for writers."""
     busy_ms = int(statement_timeout_s * 1000)
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
         cursor = dbapi_connection.cursor()
@@ -66,12 +84,10 @@ def create_engine(url: str, *, schema: str | None = None, statement_timeout_s: f
         cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         immediate = connection.get_execution_options().get("jamu_writer")
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
 
 
 def _upgrade(connection: Connection, schema: str | None) -> None:

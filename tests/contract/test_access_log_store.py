@@ -24,6 +24,7 @@ from gateway.telemetry import Metrics
 
 SIGNER = CheckpointSigner(Ed25519PrivateKey.generate())
 EngineFactory = Callable[[], AsyncEngine]
+StoreFactory = Callable[..., AccessLogStore]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -45,6 +46,21 @@ async def engines(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     yield make
     for engine in made:
         await engine.dispose()
+
+
+@pytest.fixture
+async def stores(engines: EngineFactory) -> AsyncIterator[StoreFactory]:
+    """Makes stores, each on its own engine (its own process, as it were), closed afterwards."""
+    made: list[AccessLogStore] = []
+
+    def make(**options: Any) -> AccessLogStore:
+        store = AccessLogStore(engines(), SIGNER, **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.close()
 
 
 @contextlib.asynccontextmanager
@@ -84,8 +100,8 @@ async def verify(store: AccessLogStore, *, sealed: bool) -> Any:
     return verifier.finish()
 
 
-async def test_appended_events_come_back_exactly_and_chain(engines: EngineFactory) -> None:
-    store = AccessLogStore(engines(), SIGNER, seal_every=1000)
+async def test_appended_events_come_back_exactly_and_chain(stores: StoreFactory) -> None:
+    store = stores(seal_every=1000)
     first = record(1, attributes_requested=["family_name"], legal_basis="Loi électorale n°2016-048")
     first.attributes_released = ["family_name"]
     await store.append(events_of(first))
@@ -99,8 +115,8 @@ async def test_appended_events_come_back_exactly_and_chain(engines: EngineFactor
     assert report.ok and report.unsealed_events == 3
 
 
-async def test_seals_every_n_events_and_on_demand(engines: EngineFactory) -> None:
-    store = AccessLogStore(engines(), SIGNER, seal_every=5)
+async def test_seals_every_n_events_and_on_demand(stores: StoreFactory) -> None:
+    store = stores(seal_every=5)
     for n in range(12):
         await store.append(events_of(record(n)))
     assert [c.seq for c in await store.checkpoints()] == [5, 10]
@@ -112,22 +128,22 @@ async def test_seals_every_n_events_and_on_demand(engines: EngineFactory) -> Non
     assert report.ok and report.last_checkpoint["seq"] == 12
 
 
-async def test_writers_in_separate_processes_extend_one_chain(engines: EngineFactory) -> None:
-    stores = [AccessLogStore(engines(), SIGNER, seal_every=7) for _ in range(3)]
+async def test_writers_in_separate_processes_extend_one_chain(stores: StoreFactory) -> None:
+    writers = [stores(seal_every=7) for _ in range(3)]
 
     async def write(store: AccessLogStore, offset: int) -> None:
         for n in range(10):
             await store.append(events_of(record(offset + n), record(offset + n + 100)))
 
-    await asyncio.gather(*(write(s, i * 1000) for i, s in enumerate(stores)))
-    await stores[0].seal()
-    report = await verify(stores[1], sealed=True)
+    await asyncio.gather(*(write(s, i * 1000) for i, s in enumerate(writers)))
+    await writers[0].seal()
+    report = await verify(writers[1], sealed=True)
     assert report.ok, report.problems
     assert report.events_checked == 60
 
 
-async def test_filters_pages_and_one_persons_events(engines: EngineFactory) -> None:
-    store = AccessLogStore(engines(), SIGNER)
+async def test_filters_pages_and_one_persons_events(stores: StoreFactory) -> None:
+    store = stores()
     person = "ab" * 32
     batch = [record(n, administration="ceni" if n % 2 else "canam", subject_hash=person if n % 3 == 0 else None)
              for n in range(30)]
@@ -148,13 +164,13 @@ async def test_filters_pages_and_one_persons_events(engines: EngineFactory) -> N
     assert all(times[2] <= e["time"] < times[5] for e in window) and window
 
 
-async def test_the_writer_commits_concurrent_events_in_groups(engines: EngineFactory) -> None:
+async def test_the_writer_commits_concurrent_events_in_groups(stores: StoreFactory) -> None:
     metrics = Metrics()
-    log = DurableAccessLog(AccessLogStore(engines(), SIGNER), metrics, seal_interval_s=3600)
+    log = DurableAccessLog(stores(), metrics, seal_interval_s=3600)
     await log.start()
     await asyncio.gather(*(log.append(record(n)) for n in range(300)))
     await log.close()
-    store = AccessLogStore(engines(), SIGNER)
+    store = stores()
     report = await verify(store, sealed=True)  # close sealed the tail
     assert report.ok and report.events_checked == 300
     commits = metrics.registry.get_sample_value("jamu_access_log_batch_events_count")
@@ -162,9 +178,8 @@ async def test_the_writer_commits_concurrent_events_in_groups(engines: EngineFac
 
 
 async def test_a_write_that_cannot_commit_fails_the_append_and_readiness_then_recovers(
-        engines: EngineFactory) -> None:
-    engine = engines()
-    log = DurableAccessLog(AccessLogStore(engine, SIGNER), Metrics(), write_timeout_s=2.0, seal_interval_s=3600)
+        engines: EngineFactory, stores: StoreFactory) -> None:
+    log = DurableAccessLog(stores(), Metrics(), write_timeout_s=2.0, seal_interval_s=3600)
     await log.start()
     await log.append(record(1))
     # Another session holds the log locked, as a stuck writer or an operator's transaction would.
@@ -176,12 +191,12 @@ async def test_a_write_that_cannot_commit_fails_the_append_and_readiness_then_re
     assert await log.ready() is True
     await log.append(record(3))
     await log.close()
-    ids = [e["id"] async for e in AccessLogStore(engines(), SIGNER).stream()]
+    ids = [e["id"] async for e in stores().stream()]
     assert len(ids) in (2, 3)  # the refused event may still have committed after its timeout, never half
 
 
-async def test_append_after_close_is_refused(engines: EngineFactory) -> None:
-    log = DurableAccessLog(AccessLogStore(engines(), SIGNER), Metrics())
+async def test_append_after_close_is_refused(stores: StoreFactory) -> None:
+    log = DurableAccessLog(stores(), Metrics())
     await log.start()
     await log.close()
     with pytest.raises(AccessLogUnavailable):

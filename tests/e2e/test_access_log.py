@@ -367,3 +367,26 @@ def test_offline_verify_and_export_of_a_copy(realm: Realm, tmp_path: Path) -> No
     everything = subprocess.run([*JAMU, "audit", "export"], env=env, capture_output=True, text=True, timeout=60)
     parsed = [json.loads(line) for line in everything.stdout.splitlines()]
     assert [e["seq"] for e in parsed] == list(range(1, 12))
+
+
+@pytest.mark.postgres
+def test_a_gateway_on_postgresql_logs_and_verifies(realm: Realm, tmp_path: Path, postgres_url: str,
+                                                   postgres_schema: str) -> None:
+    server = serve(realm, tmp_path / "pg.log", GATEWAY_DATA_DIR=str(tmp_path / "var"),
+                   GATEWAY_DATABASE_URL=postgres_url, GATEWAY_DATABASE_SCHEMA=postgres_schema)
+    try:
+        elections = token(server, realm, "elections-app")
+        sent = [person(server, elections, AMINATA).json()["transaction_id"] for _ in range(5)]
+        officer = token(server, realm, "oversight-app")
+        found = httpx.post(f"{server.base_url}/v1/audit/search", json={"nin": AMINATA}, headers=officer,
+                           timeout=10).json()
+        assert [e["id"] for e in found["events"]] == sent
+        report = httpx.get(f"{server.base_url}/v1/audit/integrity", headers=officer, timeout=10).json()
+        assert report["ok"] and report["events_checked"] >= 8
+    finally:
+        server.stop()
+    env = {**os.environ, **realm.env(GATEWAY_DATA_DIR=str(tmp_path / "var"), GATEWAY_DATABASE_URL=postgres_url,
+                                     GATEWAY_DATABASE_SCHEMA=postgres_schema)}
+    verified = subprocess.run([*JAMU, "audit", "verify"], env=env, capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert AMINATA not in verified.stdout

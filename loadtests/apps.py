@@ -1,0 +1,33 @@
+"""App factories for benchmarks: the probe gateway with its durable log, and with a writer that discards
+(the baseline that isolates what the log costs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.audit.record import AccessRecord
+from tests.support.probe_app import create
+
+
+class DiscardingAccessLog:
+    """Accepts every event and keeps none: a baseline only, never a gateway's log."""
+
+    async def start(self) -> None:
+        return None
+
+    async def append(self, record: AccessRecord) -> None:
+        record.event()  # the serialisation every writer pays
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+def create_discarding() -> Any:
+    return create(access_log=DiscardingAccessLog())  # type: ignore[arg-type]
+
+
+def create_durable() -> Any:
+    return create(durable=True)
