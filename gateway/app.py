@@ -11,8 +11,9 @@ from authlib.common.security import is_secure_transport
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
+from connectors.router import ConnectorRouter, build_connectors, load_connectors_file
 from gateway import __version__
-from gateway.api import audit, oauth, ops, problems
+from gateway.api import audit, identity, oauth, ops, problems
 from gateway.audit.chain import CheckpointSigner
 from gateway.audit.log import AccessLog
 from gateway.audit.store import AccessLogStore
@@ -22,7 +23,7 @@ from gateway.auth.keys import load_signing_keys
 from gateway.auth.replay import MemoryReplayGuard, RedisReplayGuard, ReplayGuard
 from gateway.auth.server import TokenService
 from gateway.auth.trusted import TrustedIssuers, load_trusted_issuers
-from gateway.identity.pseudonyms import SubjectHasher
+from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
 from gateway.keyfiles import load_or_create_ed25519, load_or_create_secret
 from gateway.middleware import AccessMiddleware
 from gateway.policy.loader import load_policies
@@ -107,7 +108,16 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     )
     rate_limits = RateLimits(limiter, policies, unauthenticated)
 
-    readiness: dict[str, ReadinessCheck] = {"access_log": access_log.ready}
+    try:
+        connectors_config = load_connectors_file(settings.connectors_file)
+    except ValueError as exc:
+        raise ConfigurationError(f"GATEWAY_CONNECTORS_FILE: {exc}") from None
+    router = ConnectorRouter(build_connectors(connectors_config, settings.data_dir, http))
+
+    async def connectors_ready() -> bool:
+        return all((await router.health()).values())
+
+    readiness: dict[str, ReadinessCheck] = {"access_log": access_log.ready, "connectors": connectors_ready}
     if redis is not None:
         redis_client = redis
 
@@ -150,6 +160,8 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         audit=audit_store,
         checkpoint_keys={signer.key_id: signer.public_key},
         subjects=SubjectHasher(load_or_create_secret(settings.subject_key_path)),
+        subject_refs=SubjectRefs(load_or_create_secret(settings.pseudonym_key_path)),
+        identity=router,
         metrics=metrics,
         rate_limits=rate_limits,
         readiness=readiness,
@@ -164,6 +176,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         finally:
             await access_log.close()
             await audit_store.close()
+            await router.close()
             await http.aclose()
             if redis is not None:
                 await redis.aclose()
@@ -181,6 +194,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     problems.describe(app)
     app.include_router(oauth.router)
     app.include_router(ops.router)
+    app.include_router(identity.router)
     app.include_router(audit.router)
     app.add_middleware(
         AccessMiddleware,

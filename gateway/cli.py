@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import secrets
+import sqlite3
 import sys
 import time
 from datetime import datetime
@@ -20,6 +21,8 @@ import yaml
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, OKPKey
 
+from connectors.importer import import_people
+from connectors.population import seed_register
 from gateway.audit import offline
 from gateway.audit.store import EventFilter, rfc3339
 from gateway.auth.keys import (
@@ -195,10 +198,44 @@ def _ensure_demo_keys(settings: Settings) -> list[tuple[str, Path]]:
     return made
 
 
+DEMO_POPULATION = 20_000
+DEMO_SEED = 2026
+
+
+def _register_path(settings: Settings) -> Path:
+    return settings.data_dir / "register.db"
+
+
+def _demo_person(register: Path) -> dict[str, Any]:
+    """An active person with a full birth date, for the walk-through."""
+    with sqlite3.connect(f"file:{register}?mode=ro", uri=True) as connection:
+        connection.row_factory = sqlite3.Row
+        row = connection.execute(
+            "SELECT * FROM people WHERE record_status = 'active' AND length(birth_date) = 10 "
+            "AND birth_date < '2000' ORDER BY nin LIMIT 1").fetchone()
+    return dict(row)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings()
     clients = _ensure_demo_keys(settings)
+    register = _register_path(settings)
+    if not register.exists():
+        print(f"seeding a synthetic register of {DEMO_POPULATION} people (seed {DEMO_SEED}) in {register}")
+        seed_register(register, DEMO_POPULATION, DEMO_SEED)
+    person = _demo_person(register)
+    keys = dict(clients)
     base = f"http://{args.host}:{args.port}"
+
+    def token(client_id: str) -> str:
+        return f"$(.venv/bin/jamu token {client_id} --key {keys.get(client_id, 'KEY.pem')} --issuer {base})"
+
+    verify = json.dumps({"nin": person["nin"], "purpose": "voter_roll",
+                         "claims": {"family_name": person["family_name"], "given_names": person["given_names"],
+                                    "birth_date": person["birth_date"]},
+                         "predicates": [{"name": "age_at_least", "value": 18}, {"name": "alive"},
+                                        {"name": "resides_in", "value": person["residence_region"]}]},
+                        ensure_ascii=False)
     lines = [
         "",
         "Jamu demo: synthetic data only. Client keys are in " + str(settings.data_dir / "demo-clients"),
@@ -216,11 +253,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "  # an unknown client is refused with problem+json, and the refusal is logged",
         f"  curl -s -X POST {base}/oauth2/token -u nobody:wrong -d grant_type=client_credentials",
         f"  curl -s {base}/readyz",
+        "  # the electoral commission verifies a voter (booleans only, nothing released)",
+        f"  curl -s {base}/v1/verify -H \"Authorization: Bearer {token('ceni-voter-roll')}\" \\",
+        f"       -H 'Content-Type: application/json' -d '{verify}'",
+        "  # it may not read attributes: it holds no lookup scope, and its purpose grants none",
+        f"  curl -s {base}/v1/lookup -H \"Authorization: Bearer {token('ceni-voter-roll')}\" \\",
+        f"       -H 'Content-Type: application/json' -d '{{\"nin\": \"{person['nin']}\", "
+        f"\"purpose\": \"voter_roll\", \"attributes\": [\"birth_place\"]}}'",
+        "  # the data-protection authority sees who looked at this person",
+        f"  curl -s {base}/v1/audit/search -H \"Authorization: Bearer {token('apdp-audit')}\" \\",
+        f"       -H 'Content-Type: application/json' -d '{{\"nin\": \"{person['nin']}\"}}'",
         f"  open {base}/docs",
         "",
     ]
     print("\n".join(lines), flush=True)
     return _serve(args.host, args.port, 1)
+
+
+def cmd_register_seed(args: argparse.Namespace) -> int:
+    settings = _settings()
+    register = _register_path(settings)
+    started = time.perf_counter()
+    count = seed_register(register, args.count, args.seed)
+    print(f"{count} people seeded into {register} in {time.perf_counter() - started:.1f} s (seed {args.seed})")
+    return 0
+
+
+def cmd_register_import(args: argparse.Namespace) -> int:
+    settings = _settings()
+    try:
+        report = import_people(Path(args.file), _register_path(settings), fmt=args.format,
+                               skip_bad=args.skip_bad_lines)
+    except OSError as exc:
+        print(f"jamu register import: {args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    for line, reason in report.rejected:
+        print(f"{args.file}:{line}: {reason}", file=sys.stderr)
+    if report.rejected_count > len(report.rejected):
+        print(f"… and {report.rejected_count - len(report.rejected)} more rejected lines", file=sys.stderr)
+    if report.rejected_count and not args.skip_bad_lines:
+        print(f"nothing imported: {report.rejected_count} of {report.read} lines rejected "
+              "(--skip-bad-lines imports the others)", file=sys.stderr)
+        return 1
+    print(f"{report.imported} people imported, {report.rejected_count} lines rejected")
+    return 0
 
 
 def _timestamp(value: str) -> str:
@@ -318,6 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--issuer", help="gateway base URL (default GATEWAY_ISSUER)")
     token.add_argument("--json", action="store_true", help="print the whole token response")
     token.set_defaults(func=cmd_token)
+
+    register = sub.add_parser("register", help="the embedded register").add_subparsers(
+        dest="register_command", required=True)
+    seed = register.add_parser("seed", help="build a deterministic synthetic population")
+    seed.add_argument("--count", type=int, required=True)
+    seed.add_argument("--seed", type=int, default=1)
+    seed.set_defaults(func=cmd_register_seed)
+    importer = register.add_parser("import", help="load people from JSON Lines or CSV, all or nothing")
+    importer.add_argument("file")
+    importer.add_argument("--format", choices=["jsonl", "csv"], help="default: from the file's extension")
+    importer.add_argument("--skip-bad-lines", action="store_true", help="import the valid lines anyway")
+    importer.set_defaults(func=cmd_register_import)
 
     audit = sub.add_parser("audit", help="the access log, offline").add_subparsers(
         dest="audit_command", required=True)

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from starlette.requests import Request
 
+from connectors.router import ConnectorRouter
 from gateway.audit.log import AccessLog
 from gateway.audit.store import AccessLogStore
 from gateway.auth.bearer import BearerValidator
 from gateway.auth.keys import SigningKeys
 from gateway.auth.server import TokenService
-from gateway.identity.pseudonyms import SubjectHasher
+from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
 from gateway.policy.store import PolicyStore
 from gateway.ratelimit.limiter import RateLimits
 from gateway.settings import Settings
@@ -34,6 +35,8 @@ class Services:
     audit: AccessLogStore
     checkpoint_keys: dict[str, Ed25519PublicKey]
     subjects: SubjectHasher
+    subject_refs: SubjectRefs
+    identity: ConnectorRouter
     metrics: Metrics
     rate_limits: RateLimits
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     database_schema: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] | None = None
     database_timeout_s: float = Field(5.0, gt=0)
     subject_key_file: Path | None = None
+    pseudonym_key_file: Path | None = None
     checkpoint_key_file: Path | None = None
     audit_seal_every: int = Field(1000, ge=1)
     audit_seal_interval_s: float = Field(60.0, gt=0)
@@ -66,6 +67,10 @@ class Settings(BaseSettings):
     @property
     def subject_key_path(self) -> Path:
         return self.subject_key_file or self.keys_dir / "subject-key"
+
+    @property
+    def pseudonym_key_path(self) -> Path:
+        return self.pseudonym_key_file or self.keys_dir / "pseudonym-key"
 
     @property
     def checkpoint_key_path(self) -> Path:

@@ -42,6 +42,7 @@ class AccessRecord:
     latency_ms: float | None = None
     trace_id: str | None = None
     releases_data: bool = False
+    outcome: str | None = None  # what the log must say even when the answer does not (e.g. suspended)
 
     def finish(self, status: int) -> None:
         self.status = status
@@ -50,6 +51,8 @@ class AccessRecord:
             self.reason = None
         elif self.reason is None:
             self.reason = "internal_error" if status >= 500 else "invalid_request"
+        if self.outcome is not None:
+            self.reason = self.outcome
         if self.decision != "permit":
             self.attributes_released = []
         self.latency_ms = round((perf_counter() - self.started) * 1000, 3)
@@ -67,7 +70,7 @@ class AccessRecord:
         return data
 
 
-_EVENT_FIELDS = tuple(f.name for f in fields(AccessRecord) if f.name not in ("started", "releases_data"))
+_EVENT_FIELDS = tuple(f.name for f in fields(AccessRecord) if f.name not in ("started", "releases_data", "outcome"))
 
 
 _MAX_TEXT = 512

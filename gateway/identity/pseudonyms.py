@@ -4,6 +4,7 @@ key (the gateway) can find a person's events from their NIN, but a copy of the d
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -31,3 +32,22 @@ class SubjectHasher:
 
     def __call__(self, nin: str) -> str:
         return hmac.new(self._key, normalise_nin(nin).encode(), hashlib.sha256).hexdigest()
+
+
+class SubjectRefs:
+    """`subject_ref`: stable for one administration and one person, unlinkable across administrations
+    (each administration's key is derived from the gateway's pseudonym secret and its id)."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("the pseudonym secret needs at least 16 bytes")
+        self._secret = secret
+        self._keys: dict[str, bytes] = {}
+
+    def __call__(self, administration: str, nin: str) -> str:
+        key = self._keys.get(administration)
+        if key is None:
+            key = hmac.new(self._secret, f"subject_ref/v1/{administration}".encode(), hashlib.sha256).digest()
+            self._keys[administration] = key
+        digest = hmac.new(key, normalise_nin(nin).encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:18]).decode()

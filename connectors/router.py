@@ -1,0 +1,186 @@
+"""Which connector serves which attribute (`GATEWAY_CONNECTORS_FILE`), and the fetch that asks each
+connector a request needs, concurrently.
+
+```yaml
+connectors:
+  - {name: register, type: embedded, attributes: [nin, family_name, …, record_status]}
+  - {name: idp, type: idp, url: https://idp.example.ml/api,
+     attributes: [displacement_status, displacement_site, idp_household_id]}
+```
+
+Every attribute is served by exactly one connector; exactly one connector is authoritative (it serves
+`record_status`: when it has no record, the person is unknown); the others only lack those attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import httpx
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from connectors.base import Connector, TraceContext
+from connectors.embedded import EmbeddedRegister
+from connectors.fhir import FhirConnector
+from connectors.resilience import ResiliencePolicy
+from connectors.rest import IDP_ATTRIBUTES, IDP_MAPPING, RestConnector
+from gateway.policy.catalogue import ATTRIBUTES
+
+Attribute = Literal[ATTRIBUTES]  # type: ignore[valid-type]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    connect_timeout_s: float = Field(1.0, gt=0, le=30)
+    read_timeout_s: float = Field(2.0, gt=0, le=60)
+    retries: int = Field(2, ge=0, le=5)
+    max_concurrency: int = Field(32, ge=1, le=1000)
+    failure_threshold: int = Field(5, ge=1)
+    open_s: float = Field(10.0, gt=0)
+
+    def policy(self) -> ResiliencePolicy:
+        return ResiliencePolicy(**self.model_dump())
+
+
+class EmbeddedConfig(_Strict):
+    name: str = "register"
+    type: Literal["embedded"]
+    attributes: list[Attribute] = list(ATTRIBUTES)
+    path: str | None = None  # default: <data dir>/register.db
+
+
+class RestConfig(Timeouts):
+    name: str
+    type: Literal["rest"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    path: str = "/"
+    attributes: list[Attribute]
+    mapping: dict[Attribute, str] = {}
+    nin_field: str = "nin"
+    body: dict[str, Any] = {}
+    result: str = ""
+    not_found_status: list[int] = [404]
+
+
+class IdpConfig(Timeouts):
+    name: str = "idp"
+    type: Literal["idp"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    path: str = "/v1/persons/search"
+    attributes: list[Attribute] = sorted(IDP_ATTRIBUTES)
+
+
+class FhirConfig(Timeouts):
+    name: str
+    type: Literal["fhir"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    identifier_system: str = "urn:ml:nina"
+    attributes: list[Attribute]
+
+
+ConnectorConfig = Annotated[EmbeddedConfig | RestConfig | IdpConfig | FhirConfig, Field(discriminator="type")]
+
+
+class ConnectorsFile(_Strict):
+    connectors: list[ConnectorConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _coverage(self) -> ConnectorsFile:
+        owners: dict[str, str] = {}
+        names = [c.name for c in self.connectors]
+        if len(set(names)) != len(names):
+            raise ValueError("connector names must be unique")
+        for connector in self.connectors:
+            for attribute in connector.attributes:
+                if attribute in owners:
+                    raise ValueError(f"{attribute} is served by both {owners[attribute]} and {connector.name}")
+                owners[attribute] = connector.name
+        missing = [a for a in ATTRIBUTES if a not in owners]
+        if missing:
+            raise ValueError(f"no connector serves {', '.join(missing)}")
+        return self
+
+
+DEFAULT = ConnectorsFile(connectors=[EmbeddedConfig(type="embedded")])
+
+
+def load_connectors_file(path: Path | None) -> ConnectorsFile:
+    if path is None:
+        return DEFAULT
+    try:
+        return ConnectorsFile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not YAML ({exc})") from None
+    except ValidationError as exc:
+        faults = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{path}: {faults}") from None
+
+
+def build_connectors(config: ConnectorsFile, data_dir: Path, client: httpx.AsyncClient) -> list[Connector]:
+    made: list[Connector] = []
+    for entry in config.connectors:
+        attributes = frozenset(entry.attributes)
+        authoritative = "record_status" in attributes
+        if isinstance(entry, EmbeddedConfig):
+            path = Path(entry.path) if entry.path else data_dir / "register.db"
+            made.append(EmbeddedRegister(path, name=entry.name, attributes=attributes))
+        elif isinstance(entry, RestConfig):
+            made.append(RestConnector(
+                name=entry.name, url=entry.url, path=entry.path, attributes=attributes, mapping=dict(entry.mapping),
+                nin_field=entry.nin_field, body=entry.body, result=entry.result,
+                not_found_status=tuple(entry.not_found_status), authoritative=authoritative, client=client,
+                policy=entry.policy()))
+        elif isinstance(entry, IdpConfig):
+            made.append(RestConnector(
+                name=entry.name, url=entry.url, path=entry.path, attributes=attributes, mapping=IDP_MAPPING,
+                authoritative=authoritative, client=client, policy=entry.policy()))
+        else:
+            made.append(FhirConnector(
+                name=entry.name, url=entry.url, identifier_system=entry.identifier_system, attributes=attributes,
+                authoritative=authoritative, client=client, policy=entry.policy()))
+    return made
+
+
+class ConnectorRouter:
+    def __init__(self, connectors: list[Connector]) -> None:
+        self.connectors = connectors
+        self._owner = {attribute: c for c in connectors for attribute in c.attributes}
+        self._authority = next(c for c in connectors if c.authoritative)
+
+    async def fetch(self, nin: str, attributes: frozenset[str], trace: TraceContext | None = None
+                    ) -> dict[str, Any] | None:
+        """The person's `attributes` (and record status), or None when the register has no such person.
+        Each connector involved is asked once; several are asked concurrently."""
+        wanted = attributes | {"record_status"}
+        groups: dict[str, tuple[Connector, set[str]]] = {}
+        for attribute in wanted:
+            owner = self._owner[attribute]
+            groups.setdefault(owner.name, (owner, set()))[1].add(attribute)
+        ordered = list(groups.values())
+        answers = await asyncio.gather(*(c.fetch(nin, frozenset(a), trace) for c, a in ordered))
+        person: dict[str, Any] = {}
+        for (connector, asked), answer in zip(ordered, answers, strict=True):
+            if answer is None:
+                if connector is self._authority:
+                    return None
+                answer = {}
+            person.update({a: answer.get(a) for a in asked})
+        return person
+
+    async def health(self) -> dict[str, bool]:
+        results = await asyncio.gather(*(c.health() for c in self.connectors), return_exceptions=True)
+        return {c.name: r is True for c, r in zip(self.connectors, results, strict=True)}
+
+    async def close(self) -> None:
+        for connector in self.connectors:
+            await connector.close()
+
+

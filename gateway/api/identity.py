@@ -1,0 +1,165 @@
+"""Verification and attribute release (CONTRACT §4, §5).
+
+Each follows the request flow: authenticate and rate-limit (`protected`), authorise against the
+purpose (the one enforcement point), consent, fetch from the connectors that hold the attributes,
+decide, and leave the access record for the one writer.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from connectors.base import TraceContext
+from gateway.api.deps import access_record, protected
+from gateway.api.responses import FastJSONResponse
+from gateway.auth.bearer import Caller
+from gateway.errors import Problem
+from gateway.identity import decide
+from gateway.identity.dates import PartialDate
+from gateway.identity.pseudonyms import normalise_nin, valid_nin
+from gateway.policy.enforce import authorise
+from gateway.policy.model import Attribute, Claim, PurposePolicy
+from gateway.services import Services, services
+
+router = APIRouter(tags=["Identity"])
+
+Purpose = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+ClaimValue = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    nin: str = Field(max_length=64, description="the person's NIN; never sent in a URL")
+    purpose: Purpose
+    consent_id: str | None = Field(None, max_length=64)
+
+    @field_validator("nin")
+    @classmethod
+    def _nin(cls, value: str) -> str:
+        if not valid_nin(value):
+            raise ValueError("not a NIN: 6 to 32 digits or capital letters")
+        return normalise_nin(value)
+
+
+class PredicateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["age_at_least", "alive", "resides_in", "registered_idp"]
+    value: int | str | None = None
+    as_of: date | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> PredicateRequest:
+        if self.name == "age_at_least":
+            if not isinstance(self.value, int) or isinstance(self.value, bool) or not 0 <= self.value <= 150:
+                raise ValueError("age_at_least needs an integer value from 0 to 150")
+        elif self.name == "resides_in":
+            if not isinstance(self.value, str) or not 0 < len(self.value) <= 100:
+                raise ValueError("resides_in needs a place name as value")
+        elif self.value is not None:
+            raise ValueError(f"{self.name} takes no value")
+        if self.as_of is not None and self.name != "age_at_least":
+            raise ValueError("only age_at_least takes as_of")
+        return self
+
+
+class VerifyRequest(_Body):
+    claims: dict[Claim, ClaimValue] | None = None
+    predicates: list[PredicateRequest] | None = Field(None, max_length=10)
+
+    @field_validator("claims")
+    @classmethod
+    def _dates(cls, claims: dict[str, str] | None) -> dict[str, str] | None:
+        for name in ("birth_date", "death_date"):
+            if claims and name in claims:
+                try:
+                    PartialDate.parse(claims[name])
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+        return claims
+
+    @model_validator(mode="after")
+    def _something(self) -> VerifyRequest:
+        if not self.claims and not self.predicates:
+            raise ValueError("send at least one of claims, predicates")
+        return self
+
+
+class LookupRequest(_Body):
+    attributes: list[Attribute] = Field(min_length=1, max_length=32)
+
+    @field_validator("attributes")
+    @classmethod
+    def _unique(cls, attributes: list[str]) -> list[str]:
+        return list(dict.fromkeys(attributes))
+
+
+def _consent(policy: PurposePolicy, consent_id: str | None) -> None:
+    """Consent-based purposes need a valid consent naming this person, grantee, purpose and attributes.
+    Consents are recorded through the consents API; until one matches, the request is refused."""
+    if policy.consent != "required":
+        return
+    if consent_id is None:
+        raise Problem("consent_required", "this purpose needs the person's consent: send consent_id")
+    raise Problem("consent_invalid", "no valid consent with this id covers this request", extra={"reason": "unknown"})
+
+
+def _start(request: Request, caller: Caller, body: _Body, operation: str, **asked: Any) -> tuple[Services,
+                                                                                               PurposePolicy]:
+    app = services(request)
+    record = access_record(request)
+    record.subject_hash = app.subjects(body.nin)
+    record.purpose = body.purpose
+    record.consent_id = body.consent_id
+    policy = authorise(app.policies.current.administrations.get(caller.administration), body.purpose, operation,
+                       **asked)
+    record.legal_basis = policy.legal_basis
+    _consent(policy, body.consent_id)
+    return app, policy
+
+
+@router.post("/v1/verify", name="verify", summary="Verify claims and predicates about a person")
+async def verify(
+    request: Request, body: VerifyRequest,
+    caller: Annotated[Caller, Depends(protected("verify", "identity:verify"))],
+) -> FastJSONResponse:
+    """Answers booleans only; an unknown or suspended NIN answers like a person who matches nothing."""
+    claims = body.claims or {}
+    predicates = [decide.Predicate(p.name, p.value, p.as_of) for p in body.predicates or ()]
+    record = access_record(request)
+    record.attributes_requested = sorted(claims)
+    app, policy = _start(request, caller, body, "verify", claims=claims,
+                         predicates={p.name for p in predicates})
+    person = await app.identity.fetch(body.nin, decide.needed_attributes(claims, predicates),
+                                      TraceContext(record.trace_id or "0" * 32))
+    if person is None or person.get("record_status") == "suspended":
+        record.outcome = "subject_not_found" if person is None else "subject_suspended"
+        person = None
+    answer = decide.verify(person, claims, predicates, today=datetime.now(UTC).date(),
+                           threshold=policy.fuzzy_threshold, claim_details=policy.claim_details)
+    record.releases_data = True
+    return FastJSONResponse({"transaction_id": record.id,
+                             "subject_ref": app.subject_refs(caller.administration, body.nin), **answer})
+
+
+@router.post("/v1/lookup", name="lookup", summary="Release a person's attributes")
+async def lookup(
+    request: Request, body: LookupRequest,
+    caller: Annotated[Caller, Depends(protected("lookup", "identity:lookup"))],
+) -> FastJSONResponse:
+    """Every requested attribute must be granted by the purpose (and the consent, where required)."""
+    record = access_record(request)
+    record.attributes_requested = body.attributes
+    app, _ = _start(request, caller, body, "lookup", attributes=body.attributes)
+    person = await app.identity.fetch(body.nin, frozenset(body.attributes), TraceContext(record.trace_id or "0" * 32))
+    if person is None or person.get("record_status") == "suspended":
+        record.outcome = "subject_not_found" if person is None else "subject_suspended"
+        raise Problem("subject_not_found", "no usable record for this person")
+    record.releases_data = True
+    record.attributes_released = body.attributes
+    return FastJSONResponse({"transaction_id": record.id,
+                             "subject_ref": app.subject_refs(caller.administration, body.nin),
+                             "attributes": {name: person.get(name) for name in body.attributes}})

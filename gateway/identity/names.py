@@ -1,0 +1,42 @@
+"""Name comparison as the register's users write names: accents, case, hyphens, apostrophes and spacing
+do not matter; given names compare as a set; a purpose may allow close spellings (Jaro-Winkler)."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from rapidfuzz.distance import JaroWinkler
+
+# Apostrophes and their look-alikes (written as escapes: several are invisible twins of each other).
+_APOSTROPHES = dict.fromkeys(map(ord, "'\u2019\u02bc\u2018`\u00b4\u02b9"), None)
+_SEPARATORS = dict.fromkeys(map(ord, "-\u2010\u2011\u2012\u2013\u2014_.,/"), " ")
+
+
+def normalise(text: str) -> str:
+    """NFKD, combining marks and invisible format characters dropped, case folded, hyphens read as
+    spaces, apostrophes dropped, spaces folded. Idempotent."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    kept = "".join(c for c in decomposed if unicodedata.category(c) not in ("Mn", "Me", "Cf", "Cc"))
+    folded = kept.casefold().translate(_APOSTROPHES).translate(_SEPARATORS)
+    return " ".join(unicodedata.normalize("NFKD", folded).split())
+
+
+def given_names_key(text: str) -> tuple[str, ...]:
+    """Given names as an order-free multiset."""
+    return tuple(sorted(normalise(text).split()))
+
+
+def same_name(claim: str, record: str, threshold: float | None = None) -> bool:
+    a, b = normalise(claim), normalise(record)
+    if a == b:
+        return True
+    return threshold is not None and bool(a) and JaroWinkler.similarity(a, b) >= threshold
+
+
+def same_given_names(claim: str, record: str, threshold: float | None = None) -> bool:
+    a, b = given_names_key(claim), given_names_key(record)
+    if a == b:
+        return True
+    if threshold is None or len(a) != len(b) or not a:
+        return False
+    return all(JaroWinkler.similarity(x, y) >= threshold for x, y in zip(a, b, strict=True))
