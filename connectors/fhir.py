@@ -108,7 +108,8 @@ class FhirConnector:
             if len(patients) > 1:
                 raise BackendError(self.name, "several patients carry this identifier")
             mapped = patient_attributes(patients[0])
-            return validated(self.name, nin, {a: mapped[a] for a in attributes & self.attributes - {"nin"}})
+            return validated(self.name, nin, {a: mapped[a] for a in attributes & self.attributes - {"nin"}},
+                             attributes)
 
         return await self._http.call(attempt, parse)
 

@@ -37,13 +37,14 @@ def plant(path: str, value: Any, into: dict[str, Any]) -> dict[str, Any]:
     return into
 
 
-def validated(connector: str, nin: str, values: Mapping[str, Any]) -> dict[str, Any]:
+def validated(connector: str, nin: str, values: Mapping[str, Any], asked: frozenset[str]) -> dict[str, Any]:
+    """Check a backend's values like any record; answer exactly the asked attributes it serves."""
     try:
         record = PersonRecord.model_validate({**values, "nin": nin})
     except ValidationError as exc:
         fields = sorted({str(e["loc"][0]) for e in exc.errors() if e["loc"]})
         raise BackendError(connector, f"invalid {', '.join(fields) or 'record'}") from None
-    return record.model_dump(include=set(values) | {"nin"})
+    return record.model_dump(include=set(values) | ({"nin"} & asked))
 
 
 class RestConnector:
@@ -89,7 +90,7 @@ class RestConnector:
             for attribute in attributes & self.attributes - {"nin"}:
                 value = dig(person, self._mapping.get(attribute, attribute))
                 values[attribute] = None if value is MISSING else value
-            return validated(self.name, nin, values)
+            return validated(self.name, nin, values, attributes)
 
         return await self._http.call(attempt, parse)
 

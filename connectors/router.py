@@ -45,7 +45,7 @@ class Timeouts(_Strict):
     open_s: float = Field(10.0, gt=0)
 
     def policy(self) -> ResiliencePolicy:
-        return ResiliencePolicy(**self.model_dump())
+        return ResiliencePolicy(**self.model_dump(include=set(Timeouts.model_fields)))
 
 
 class EmbeddedConfig(_Strict):
