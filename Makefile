@@ -38,6 +38,7 @@ fmt: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m loadtests.bench_ratelimit
 	$(BIN)/python -m loadtests.bench_audit
+	$(BIN)/python -m loadtests.bench_identity
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.api.responses import FastJSONResponse
 from gateway.audit.record import AccessRecord
 from tests.support.probe_app import create
 
@@ -30,4 +31,12 @@ def create_discarding() -> Any:
 
 
 def create_durable() -> Any:
-    return create(durable=True)
+    """The gateway with everything on, plus `GET /bare`: the baseline on the same server stack (a
+    FastAPI route returning a small dict, no authentication, not logged)."""
+    app = create(durable=True)
+
+    @app.get("/bare", include_in_schema=False)
+    async def bare() -> FastJSONResponse:
+        return FastJSONResponse({"status": "ok", "match": True})
+
+    return app

@@ -99,3 +99,34 @@ async def drive_at_rate(url: str, headers: dict[str, str], rate: float, requests
     while not pool.empty():
         pool.get_nowait()[1].close()
     return Run(requests, elapsed, latencies, statuses)
+
+
+async def drive_closed(url: str, headers: dict[str, str], requests: int, connections: int = 8,
+                       bodies: list[dict[str, Any]] | None = None) -> Run:
+    """Closed loop for throughput: `connections` keep-alive connections each send their next request as
+    soon as the previous answer arrives, `requests` in all. With `bodies`, POSTs them round-robin."""
+    encoded = [encode_request(url, headers, body)[2] for body in bodies] if bodies else \
+        [encode_request(url, headers, None)[2]]
+    host, port, _ = encode_request(url, headers, None)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    remaining = requests
+
+    async def worker(offset: int) -> None:
+        nonlocal remaining
+        reader, writer = await asyncio.open_connection(host, port)
+        index = offset
+        try:
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                status = await _exchange(reader, writer, encoded[index % len(encoded)])
+                latencies.append((time.perf_counter() - started) * 1000)
+                statuses[status] = statuses.get(status, 0) + 1
+                index += connections
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(connections)))
+    return Run(requests, time.perf_counter() - started, latencies, statuses)

@@ -98,6 +98,12 @@ class RateLimitWindow(_Strict):
             raise ValueError("window must be a count and a unit: 1s, 10m, 1h, 1d")
         return value
 
+    @model_validator(mode="after")
+    def _rate(self) -> RateLimitWindow:
+        if self.limit > self.seconds * 1_000_000:
+            raise ValueError("limit: at most 1000000 requests per second")
+        return self
+
     @property
     def seconds(self) -> int:
         match = _WINDOW.match(self.window)

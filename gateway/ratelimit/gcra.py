@@ -13,12 +13,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+MAX_PER_SECOND = 1_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class Window:
     name: str
     limit: int
     period_us: int
+
+    def __post_init__(self) -> None:
+        # The arithmetic is in whole microseconds: a window needs at least 1 µs between requests.
+        if not 1 <= self.limit <= self.period_us:
+            raise ValueError(f"window {self.name}: at most {MAX_PER_SECOND} requests per second")
 
     @property
     def interval_us(self) -> int:

@@ -88,3 +88,13 @@ def test_no_burst_beyond_limit(offsets: list[int]) -> None:
     admitted = [t for t in sorted(offsets) if clock.hit(t).allowed]
     for start in admitted:
         assert len([t for t in admitted if start <= t < start + BURST.interval_us]) <= BURST.limit
+
+
+def test_a_window_finer_than_a_microsecond_is_refused() -> None:
+    import pytest
+
+    from gateway.ratelimit.gcra import Window
+
+    with pytest.raises(ValueError, match="per second"):
+        Window("burst", 10_000_000, 1_000_000)
+    assert Window("burst", 1_000_000, 1_000_000).interval_us == 1

@@ -87,6 +87,8 @@ def test_duplicate_client_across_files(tmp_path: Path) -> None:
     (lambda d: d["purposes"]["check"].update(claims=["nin"]), "purposes.check.claims[0]", "'nin'"),
     (lambda d: d["purposes"]["check"].update(fuzzy_threshold=1.5), "purposes.check.fuzzy_threshold", "1"),
     (lambda d: d.update(rate_limits=[{"name": "b", "limit": 5, "window": "1w"}]), "rate_limits[0].window", "1s"),
+    (lambda d: d.update(rate_limits=[{"name": "b", "limit": 10_000_000, "window": "1s"}]), "rate_limits[0]",
+     "at most 1000000 requests per second"),
     (lambda d: d["clients"][0].update(auth="client_secret_basic"), "clients[0]", "secret_hash"),
     (lambda d: d["clients"][0].update(jwks={"keys": [new_key().as_dict(private=True)]}), "clients[0].jwks",
      "private key material"),

@@ -1,0 +1,193 @@
+"""Benchmark: the register and `/v1/verify`.
+
+- Seeding: `jamu register seed` of 1,000,000 people (target: under 60 s).
+- Lookup by NIN at two register sizes (default 50,000 and 5,000,000): µs per point read, p50 and p99.
+- The gateway's resident memory after the same verify load on each register size.
+- `/v1/verify` throughput (everything on: token check, in-process limiter, policy, embedded register,
+  durable access log) against `GET /bare` on the same server, closed loop, same run; and p99 of both at
+  half the bare throughput, open loop.
+- Verification time for known and unknown NINs, interleaved at a moderate rate (the answer must not
+  reveal whether a NIN exists, by its time either).
+
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from connectors.population import seed_register
+from loadtests.harness import Run, drive_at_rate, drive_closed
+from tests.support.keys import token_form
+from tests.support.realm import build_realm
+from tests.support.servers import GatewayProcess
+
+VOTER_ROLL = {"legal_basis": "Loi électorale", "consent": "not_required", "operations": ["verify"],
+              "claims": ["family_name", "given_names", "birth_date"], "predicates": ["age_at_least", "alive"]}
+
+
+def _seed_seconds(root: Path, count: int) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "gateway.cli", "register", "seed", "--count", str(count), "--seed", "1"],  # noqa: S603
+                   env={**os.environ, "GATEWAY_DATA_DIR": str(root)}, check=True, capture_output=True, timeout=900)
+    return time.perf_counter() - started
+
+
+def _nins(register: Path, count: int, seed: int) -> list[str]:
+    """NINs spread over the whole key range (every k-th row)."""
+    with sqlite3.connect(f"file:{register}?mode=ro", uri=True) as connection:
+        total = connection.execute("SELECT count(*) FROM people").fetchone()[0]
+        step = max(total // count, 1)
+        rows = connection.execute("SELECT nin FROM people").fetchall()[::step][:count]
+    nins = [r[0] for r in rows]
+    random.Random(seed).shuffle(nins)  # noqa: S311
+    return nins
+
+
+def _lookup_us(register: Path, nins: list[str]) -> tuple[float, float]:
+    connection = sqlite3.connect(f"file:{register}?mode=ro", uri=True)
+    connection.execute("PRAGMA cache_size=-16384")
+    timings = []
+    for nin in nins:
+        started = time.perf_counter()
+        connection.execute("SELECT * FROM people WHERE nin = ?", (nin,)).fetchone()
+        timings.append((time.perf_counter() - started) * 1e6)
+    connection.close()
+    timings.sort()
+    return round(statistics.median(timings), 1), round(timings[int(len(timings) * 0.99)], 1)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def _bodies(register: Path, count: int, unknown: bool = False) -> list[dict[str, Any]]:
+    with sqlite3.connect(f"file:{register}?mode=ro", uri=True) as connection:
+        connection.row_factory = sqlite3.Row
+        rows = connection.execute("SELECT * FROM people WHERE record_status = 'active' LIMIT ?", (count,)).fetchall()
+    bodies = []
+    for index, row in enumerate(rows):
+        nin = f"9{index:014d}" if unknown else row["nin"]
+        bodies.append({"nin": nin, "purpose": "voter_roll",
+                       "claims": {"family_name": row["family_name"], "given_names": row["given_names"],
+                                  "birth_date": row["birth_date"]},
+                       "predicates": [{"name": "age_at_least", "value": 18}, {"name": "alive"}]})
+    return bodies
+
+
+class Gateway:
+    """The probe gateway with everything on, an electoral client without rate limits in the way."""
+
+    def __init__(self, root: Path, register: Path) -> None:
+        realm = build_realm(root)
+        elections = realm.policies_dir / "elections.yaml"
+        policy = yaml.safe_load(elections.read_text())
+        policy.update(rate_limits=[{"name": "burst", "limit": 1_000_000, "window": "1s"}],
+                      purposes={"voter_roll": VOTER_ROLL})
+        elections.write_text(yaml.safe_dump(policy, allow_unicode=True))
+        data = root / "var"
+        data.mkdir(exist_ok=True)
+        (data / "register.db").symlink_to(register)
+        self.server = GatewayProcess(realm.env(), factory="loadtests.apps:create_durable")
+        self.server.start(root / "gateway.log")
+        form = token_form("elections-app", realm.keys["elections-app"], f"{self.server.base_url}/oauth2/token")
+        token = httpx.post(f"{self.server.base_url}/oauth2/token", data=form, timeout=10).json()["access_token"]
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def url(self, path: str) -> str:
+        return f"{self.server.base_url}{path}"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def _checked(run: Run, what: str) -> Run:
+    if set(run.statuses) != {200}:
+        raise RuntimeError(f"{what}: answers {run.statuses}")
+    return run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seed-count", type=int, default=1_000_000)
+    parser.add_argument("--small", type=int, default=50_000)
+    parser.add_argument("--large", type=int, default=5_000_000)
+    parser.add_argument("--requests", type=int, default=20_000, help="per throughput measurement")
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="jamu-bench-identity-"))
+    result: dict[str, Any] = {"bench": "identity"}
+    started = time.perf_counter()
+
+    result[f"seed_{args.seed_count}_s"] = round(_seed_seconds(root / "seed", args.seed_count), 1)
+    registers = {}
+    for size in (args.small, args.large):
+        path = root / f"register-{size}.db"
+        seed_register(path, size, 1)
+        registers[size] = path
+        p50, p99 = _lookup_us(path, _nins(path, 20_000, 2))
+        result[f"lookup_{size}_p50_us"], result[f"lookup_{size}_p99_us"] = p50, p99
+
+    for size, path in registers.items():
+        gateway = Gateway(root / f"gw-{size}", path)
+        try:
+            bodies = _bodies(path, 2000)
+            _checked(asyncio.run(drive_closed(gateway.url("/v1/verify"), gateway.headers, 4000, 8, bodies)), "warm")
+            result[f"gateway_rss_{size}_mb"] = _rss_mb(gateway.server.proc.pid)  # type: ignore[union-attr]
+            if size != args.small:
+                continue
+            bare = _checked(asyncio.run(drive_closed(gateway.url("/bare"), {}, args.requests, args.connections)),
+                            "bare")
+            verify = _checked(asyncio.run(drive_closed(gateway.url("/v1/verify"), gateway.headers, args.requests,
+                                                       args.connections, bodies)), "verify")
+            half = bare.rps / 2
+            bare_half = _checked(asyncio.run(drive_at_rate(gateway.url("/bare"), {}, half, int(half * 5))), "bare½")
+            verify_half = asyncio.run(drive_at_rate(gateway.url("/v1/verify"), gateway.headers, half, int(half * 5),
+                                                    bodies[0]))
+            result.update(
+                bare_rps=round(bare.rps), verify_rps=round(verify.rps), verify_ratio=round(verify.rps / bare.rps, 3),
+                bare_p50_ms=round(bare.percentile(0.5), 2), bare_p99_ms=round(bare.percentile(0.99), 2),
+                verify_p50_ms=round(verify.percentile(0.5), 2), verify_p99_ms=round(verify.percentile(0.99), 2),
+                half_load_rps=round(half), bare_half_p99_ms=round(bare_half.percentile(0.99), 2),
+                verify_half_p99_ms=round(verify_half.percentile(0.99), 2),
+                verify_half_p99_over_bare=round(verify_half.percentile(0.99) / bare_half.percentile(0.99), 2),
+                verify_half_statuses={str(k): v for k, v in verify_half.statuses.items()},
+            )
+            known, unknown = _bodies(path, 1), _bodies(path, 1, unknown=True)
+            timings: dict[str, list[float]] = {"known": [], "unknown": []}
+            for _ in range(5):
+                for name, body in (("known", known[0]), ("unknown", unknown[0])):
+                    run = _checked(asyncio.run(drive_at_rate(gateway.url("/v1/verify"), gateway.headers, 200, 400,
+                                                             body)), name)
+                    timings[name] += run.latencies_ms
+            for name, values in timings.items():
+                values.sort()
+                result[f"{name}_nin_p50_ms"] = round(statistics.median(values), 3)
+            result["known_minus_unknown_p50_ms"] = round(result["known_nin_p50_ms"] - result["unknown_nin_p50_ms"], 3)
+        finally:
+            gateway.stop()
+    result["bench_seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
