@@ -63,6 +63,14 @@ def test_demo_serves_and_its_walkthrough_works(tmp_path: Path) -> None:
         assert body["scope"] == "identity:verify" and body["token_type"] == "Bearer"
         assert httpx.get(f"{base}/.well-known/oauth-authorization-server").json()["issuer"] == base
         assert "PRIVATE KEY" not in text
+        # The walk-through's verification, against the register the demo seeded, says yes.
+        verify = next(line for line in text.splitlines() if "-d '{\"nin\"" in line and "claims" in line)
+        request = json.loads(verify.split("-d '", 1)[1].rsplit("'", 1)[0])
+        answer = httpx.post(f"{base}/v1/verify", json=request,
+                            headers={"Authorization": f"Bearer {body['access_token']}"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["match"] is True
+        assert [p["result"] for p in answer.json()["predicates"]] == [True, True, True]
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
