@@ -4,18 +4,16 @@ registry and a FHIR R4 server, holding the same people, each switchable to slow,
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.support.servers import free_port, wait_until
+from tests.support.servers import ThreadedServer
 
 
 def fhir_patient(person: Mapping[str, Any]) -> dict[str, Any]:
@@ -43,8 +41,6 @@ def fhir_patient(person: Mapping[str, Any]) -> dict[str, Any]:
 class FakeBackends:
     def __init__(self, people: list[dict[str, Any]]) -> None:
         self.people = {p["nin"]: p for p in people}
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
         self.mode = "ok"  # ok | slow | fail | malformed
         self.requests: list[dict[str, Any]] = []
 
@@ -100,18 +96,15 @@ class FakeBackends:
         app = Starlette(routes=[Route("/people/search", rest, methods=["POST"]),
                                 Route("/v1/persons/search", idp, methods=["POST"]),
                                 Route("/fhir/Patient/_search", fhir, methods=["POST"])])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.server = ThreadedServer(app, "fake backends")
+        self.base = self.server.base
 
     def start(self) -> FakeBackends:
-        self.thread.start()
-        wait_until(lambda: self.server.started, 10, "fake backends")
+        self.server.start()
         return self
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.server.stop()
 
     def connectors_file(self, **timeouts: Any) -> dict[str, Any]:
         """A connectors file: the register over REST, displacement from the IDP registry."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
-import uvicorn
 from joserfc.jwk import Key
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -13,14 +11,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.support.keys import jwks_of, new_key
-from tests.support.servers import free_port, wait_until
+from tests.support.servers import ThreadedServer
 
 
 class FakeIdP:
     def __init__(self) -> None:
-        self.port = free_port()
-        self.issuer = f"http://127.0.0.1:{self.port}"
-        self.jwks_url = f"{self.issuer}/jwks.json"
         self.keys: list[Key] = [new_key("ES256")]
         self.fetches = 0
 
@@ -28,19 +23,17 @@ class FakeIdP:
             self.fetches += 1
             return JSONResponse(jwks_of(*self.keys))
 
-        config = uvicorn.Config(Starlette(routes=[Route("/jwks.json", jwks)]), host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.server = ThreadedServer(Starlette(routes=[Route("/jwks.json", jwks)]), "fake IdP")
+        self.port = self.server.port
+        self.issuer = self.server.base
+        self.jwks_url = f"{self.issuer}/jwks.json"
 
     def start(self) -> FakeIdP:
-        self.thread.start()
-        wait_until(lambda: self.server.started, 10, "fake IdP")
+        self.server.start()
         return self
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.server.stop()
 
     def rotate(self) -> Key:
         key = new_key("ES256")

@@ -7,10 +7,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import uvicorn
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -141,3 +144,23 @@ class PostgresProcess:
     def stop(self) -> None:
         subprocess.run(["pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop"],
                        capture_output=True, timeout=60, check=False)
+
+
+class ThreadedServer:
+    """A small ASGI app served by uvicorn in a background thread on a loopback port (fake peers)."""
+
+    def __init__(self, app: Any, what: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.what = what
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        wait_until(lambda: self.server.started, 10, self.what)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
