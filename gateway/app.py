@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from connectors.router import ConnectorRouter, build_connectors, load_connectors_file
 from gateway import __version__
-from gateway.api import audit, identity, oauth, ops, problems
+from gateway.api import audit, consents, identity, oauth, ops, problems
 from gateway.audit.chain import CheckpointSigner
 from gateway.audit.log import AccessLog
 from gateway.audit.store import AccessLogStore
@@ -23,10 +23,12 @@ from gateway.auth.keys import load_signing_keys
 from gateway.auth.replay import MemoryReplayGuard, RedisReplayGuard, ReplayGuard
 from gateway.auth.server import TokenService
 from gateway.auth.trusted import TrustedIssuers, load_trusted_issuers
+from gateway.consent.store import ConsentStore
 from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
 from gateway.keyfiles import load_or_create_ed25519, load_or_create_secret
 from gateway.middleware import AccessMiddleware
 from gateway.policy.loader import load_policies
+from gateway.policy.reload import PolicyReloader
 from gateway.policy.store import PolicyStore
 from gateway.ratelimit.backends import RedisBackend
 from gateway.ratelimit.limiter import RateLimiter, RateLimits, parse_windows
@@ -162,18 +164,23 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         subjects=SubjectHasher(load_or_create_secret(settings.subject_key_path)),
         subject_refs=SubjectRefs(load_or_create_secret(settings.pseudonym_key_path)),
         identity=router,
+        consents=ConsentStore(engine),
         metrics=metrics,
         rate_limits=rate_limits,
         readiness=readiness,
     )
 
+    reloader = PolicyReloader(policies, settings.policies_dir, metrics, settings.policy_reload_interval_s)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await migrate(engine, settings.database_schema)
         await access_log.start()
+        reloader.start()
         try:
             yield
         finally:
+            await reloader.stop()
             await access_log.close()
             await audit_store.close()
             await router.close()
@@ -195,6 +202,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     app.include_router(oauth.router)
     app.include_router(ops.router)
     app.include_router(identity.router)
+    app.include_router(consents.router)
     app.include_router(audit.router)
     app.add_middleware(
         AccessMiddleware,

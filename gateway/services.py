@@ -14,6 +14,7 @@ from gateway.audit.store import AccessLogStore
 from gateway.auth.bearer import BearerValidator
 from gateway.auth.keys import SigningKeys
 from gateway.auth.server import TokenService
+from gateway.consent.store import ConsentStore
 from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
 from gateway.policy.store import PolicyStore
 from gateway.ratelimit.limiter import RateLimits
@@ -37,6 +38,7 @@ class Services:
     subjects: SubjectHasher
     subject_refs: SubjectRefs
     identity: ConnectorRouter
+    consents: ConsentStore
     metrics: Metrics
     rate_limits: RateLimits
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)

@@ -56,6 +56,17 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.policy_reload_failures = Counter(
+            "jamu_policy_reload_failures_total",
+            "Policy reloads refused because the new set was invalid (the previous set stayed in force).",
+            registry=self.registry,
+        )
+        self.policy_generation = Gauge(
+            "jamu_policy_generation",
+            "How many times the policy set in force has been replaced since start.",
+            registry=self.registry,
+        )
+
         self.ratelimit_refusals = Counter(
             "jamu_ratelimit_refusals_total",
             "Requests refused by a rate limit, by administration ('unauthenticated' for per-address limits).",

@@ -7,8 +7,9 @@ decide, and leave the access record for the one writer.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -17,6 +18,7 @@ from connectors.base import TraceContext
 from gateway.api.deps import access_record, protected
 from gateway.api.responses import FastJSONResponse
 from gateway.auth.bearer import Caller
+from gateway.consent.check import require_consent
 from gateway.errors import Problem
 from gateway.identity import decide
 from gateway.identity.dates import PartialDate
@@ -97,27 +99,22 @@ class LookupRequest(_Body):
         return list(dict.fromkeys(attributes))
 
 
-def _consent(policy: PurposePolicy, consent_id: str | None) -> None:
-    """Consent-based purposes need a valid consent naming this person, grantee, purpose and attributes.
-    Consents are recorded through the consents API; until one matches, the request is refused."""
-    if policy.consent != "required":
-        return
-    if consent_id is None:
-        raise Problem("consent_required", "this purpose needs the person's consent: send consent_id")
-    raise Problem("consent_invalid", "no valid consent with this id covers this request", extra={"reason": "unknown"})
-
-
-def _start(request: Request, caller: Caller, body: _Body, operation: str, **asked: Any) -> tuple[Services,
-                                                                                               PurposePolicy]:
+async def _start(request: Request, caller: Caller, body: _Body, operation: str, *, claims: Iterable[str] = (),
+                 predicates: Iterable[str] = (), attributes: Iterable[str] = ()) -> tuple[Services, PurposePolicy]:
+    """Policy, then consent: both before any connector is asked."""
     app = services(request)
     record = access_record(request)
     record.subject_hash = app.subjects(body.nin)
     record.purpose = body.purpose
     record.consent_id = body.consent_id
     policy = authorise(app.policies.current.administrations.get(caller.administration), body.purpose, operation,
-                       **asked)
+                       claims=claims, predicates=predicates, attributes=attributes)
     record.legal_basis = policy.legal_basis
-    _consent(policy, body.consent_id)
+    if policy.consent == "required":
+        # A verification uses the claimed attributes; a lookup the released ones.
+        await require_consent(app.consents, body.consent_id, subject_hash=record.subject_hash,
+                              grantee=caller.administration, purpose=body.purpose, operation=operation,
+                              attributes=[*claims, *attributes])
     return app, policy
 
 
@@ -131,8 +128,8 @@ async def verify(
     predicates = [decide.Predicate(p.name, p.value, p.as_of) for p in body.predicates or ()]
     record = access_record(request)
     record.attributes_requested = sorted(claims)
-    app, policy = _start(request, caller, body, "verify", claims=claims,
-                         predicates={p.name for p in predicates})
+    app, policy = await _start(request, caller, body, "verify", claims=claims,
+                               predicates={p.name for p in predicates})
     person = await app.identity.fetch(body.nin, decide.needed_attributes(claims, predicates),
                                       TraceContext(record.trace_id or "0" * 32))
     if person is None or person.get("record_status") == "suspended":
@@ -153,7 +150,7 @@ async def lookup(
     """Every requested attribute must be granted by the purpose (and the consent, where required)."""
     record = access_record(request)
     record.attributes_requested = body.attributes
-    app, _ = _start(request, caller, body, "lookup", attributes=body.attributes)
+    app, _ = await _start(request, caller, body, "lookup", attributes=body.attributes)
     person = await app.identity.fetch(body.nin, frozenset(body.attributes), TraceContext(record.trace_id or "0" * 32))
     if person is None or person.get("record_status") == "suspended":
         record.outcome = "subject_not_found" if person is None else "subject_suspended"

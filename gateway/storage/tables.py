@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -51,4 +51,25 @@ access_checkpoints = Table(
     Column("time", String(32), nullable=False),
     Column("key_id", String(64), nullable=False),
     Column("signature", String(128), nullable=False),
+)
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("subject_hash", String(64), nullable=False),
+    Column("grantee", Text, nullable=False),
+    Column("purpose", Text, nullable=False),
+    Column("attributes", Text, nullable=False),
+    Column("operations", Text, nullable=False),
+    Column("issued_by", Text, nullable=False),
+    Column("issued_by_client", Text, nullable=False),
+    Column("evidence_method", Text, nullable=False),
+    Column("evidence_reference", Text),
+    Column("created_at", String(32), nullable=False),
+    Column("expires_at", String(32), nullable=False),
+    Column("revoked_at", String(32)),
+    Column("max_uses", Integer),
+    Column("uses", Integer, nullable=False, server_default="0"),
+    Index("ix_consents_subject_grantee", "subject_hash", "grantee"),
 )
