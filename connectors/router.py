@@ -28,8 +28,7 @@ from connectors.fhir import FhirConnector
 from connectors.resilience import ResiliencePolicy
 from connectors.rest import IDP_ATTRIBUTES, IDP_MAPPING, RestConnector
 from gateway.policy.catalogue import ATTRIBUTES
-
-Attribute = Literal[ATTRIBUTES]  # type: ignore[valid-type]
+from gateway.policy.model import Attribute
 
 
 class _Strict(BaseModel):
