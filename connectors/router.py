@@ -15,11 +15,14 @@ Every attribute is served by exactly one connector; exactly one connector is aut
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import httpx
 import yaml
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from connectors.base import Connector, TraceContext
@@ -27,8 +30,10 @@ from connectors.embedded import EmbeddedRegister
 from connectors.fhir import FhirConnector
 from connectors.resilience import ResiliencePolicy
 from connectors.rest import IDP_ATTRIBUTES, IDP_MAPPING, RestConnector
+from gateway.errors import Problem
 from gateway.policy.catalogue import ATTRIBUTES
 from gateway.policy.model import Attribute
+from gateway.telemetry import Metrics
 
 
 class _Strict(BaseModel):
@@ -149,12 +154,15 @@ def build_connectors(config: ConnectorsFile, data_dir: Path, client: httpx.Async
 
 
 class ConnectorRouter:
-    def __init__(self, connectors: list[Connector]) -> None:
+    def __init__(self, connectors: list[Connector], metrics: Metrics | None = None,
+                 tracer: trace.Tracer | None = None) -> None:
         self.connectors = connectors
+        self._metrics = metrics or Metrics()
+        self._tracer = tracer or trace.NoOpTracer()
         self._owner = {attribute: c for c in connectors for attribute in c.attributes}
         self._authority = next(c for c in connectors if c.authoritative)
 
-    async def fetch(self, nin: str, attributes: frozenset[str], trace: TraceContext | None = None
+    async def fetch(self, nin: str, attributes: frozenset[str], context: TraceContext | None = None
                     ) -> dict[str, Any] | None:
         """The person's `attributes` (and record status), or None when the register has no such person.
         Each connector involved is asked once; several are asked concurrently."""
@@ -164,7 +172,7 @@ class ConnectorRouter:
             owner = self._owner[attribute]
             groups.setdefault(owner.name, (owner, set()))[1].add(attribute)
         ordered = list(groups.values())
-        answers = await asyncio.gather(*(c.fetch(nin, frozenset(a), trace) for c, a in ordered))
+        answers = await asyncio.gather(*(self._ask(c, nin, frozenset(a), context) for c, a in ordered))
         person: dict[str, Any] = {}
         for (connector, asked), answer in zip(ordered, answers, strict=True):
             if answer is None:
@@ -174,9 +182,28 @@ class ConnectorRouter:
             person.update({a: answer.get(a) for a in asked})
         return person
 
+    async def _ask(self, connector: Connector, nin: str, attributes: frozenset[str], context: TraceContext | None
+                   ) -> Mapping[str, Any] | None:
+        started = time.perf_counter()
+        outcome = "ok"
+        with self._tracer.start_as_current_span(f"connector {connector.name}",
+                                                attributes={"jamu.connector": connector.name}):
+            try:
+                return await connector.fetch(nin, attributes, context)
+            except Problem as exc:
+                outcome = exc.code
+                self._metrics.connector_errors.labels(connector.name, exc.code).inc()
+                raise
+            finally:
+                self._metrics.connector_duration.labels(connector.name, outcome).observe(
+                    time.perf_counter() - started)
+
     async def health(self) -> dict[str, bool]:
         results = await asyncio.gather(*(c.health() for c in self.connectors), return_exceptions=True)
-        return {c.name: r is True for c, r in zip(self.connectors, results, strict=True)}
+        report = {c.name: r is True for c, r in zip(self.connectors, results, strict=True)}
+        for name, up in report.items():
+            self._metrics.connector_up.labels(name).set(1 if up else 0)
+        return report
 
     async def close(self) -> None:
         for connector in self.connectors:

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 from authlib.common.security import is_secure_transport
 from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from redis.asyncio import Redis
 
 from connectors.router import ConnectorRouter, build_connectors, load_connectors_file
@@ -27,6 +29,7 @@ from gateway.consent.store import ConsentStore
 from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
 from gateway.keyfiles import load_or_create_ed25519, load_or_create_secret
 from gateway.middleware import AccessMiddleware
+from gateway.observability import tracer_for, tracer_provider
 from gateway.policy.loader import load_policies
 from gateway.policy.reload import PolicyReloader
 from gateway.policy.store import PolicyStore
@@ -114,7 +117,9 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         connectors_config = load_connectors_file(settings.connectors_file)
     except ValueError as exc:
         raise ConfigurationError(f"GATEWAY_CONNECTORS_FILE: {exc}") from None
-    router = ConnectorRouter(build_connectors(connectors_config, settings.data_dir, http))
+    provider = tracer_provider()
+    tracer = tracer_for(provider)
+    router = ConnectorRouter(build_connectors(connectors_config, settings.data_dir, http), metrics, tracer)
 
     async def connectors_ready() -> bool:
         return all((await router.health()).values())
@@ -165,6 +170,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         subject_refs=SubjectRefs(load_or_create_secret(settings.pseudonym_key_path)),
         identity=router,
         consents=ConsentStore(engine),
+        tracer=tracer,
         metrics=metrics,
         rate_limits=rate_limits,
         readiness=readiness,
@@ -184,6 +190,8 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
             await access_log.close()
             await audit_store.close()
             await router.close()
+            if provider is not None:
+                provider.shutdown()
             await http.aclose()
             if redis is not None:
                 await redis.aclose()
@@ -210,5 +218,10 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         problem_base=settings.issuer,
+        tracer=tracer,
     )
+    if provider is not None:
+        # Outermost, so the access record takes the server span's trace id.
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics")
+        HTTPXClientInstrumentor.instrument_client(http, tracer_provider=provider)
     return app

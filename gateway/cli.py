@@ -32,6 +32,7 @@ from gateway.auth.keys import (
     public_jwk,
     rotate_signing_key,
 )
+from gateway.observability import logging_config
 from gateway.policy.loader import PolicyError, load_policies
 from gateway.settings import Settings
 from gateway.storage.database import database_url
@@ -79,6 +80,7 @@ def _serve(host: str, port: int, workers: int) -> int:
         proxy_headers=True,
         timeout_graceful_shutdown=20,
         log_level="info",
+        log_config=logging_config(settings.log_format),
     )
     return 0
 

@@ -12,12 +12,14 @@ import re
 import secrets
 import time
 
+from opentelemetry import trace
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.audit.log import AccessLog
 from gateway.audit.record import AccessRecord
 from gateway.errors import Problem, send_problem
+from gateway.observability import request_trace_id
 from gateway.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ def is_logged(path: str) -> bool:
 
 
 def _trace_id(scope: Scope) -> str:
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:  # tracing on: the server span's trace, which honoured traceparent already
+        return format(context.trace_id, "032x")
     for name, value in scope["headers"]:
         if name == b"traceparent":
             match = _TRACEPARENT.match(value.strip())
@@ -53,8 +58,9 @@ def _trace_id(scope: Scope) -> str:
 
 class AccessMiddleware:
     def __init__(self, app: ASGIApp, *, access_log: AccessLog, metrics: Metrics, max_body_bytes: int,
-                 problem_base: str) -> None:
+                 problem_base: str, tracer: trace.Tracer) -> None:
         self.app = app
+        self.tracer = tracer
         self.access_log = access_log
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
@@ -67,6 +73,7 @@ class AccessMiddleware:
         path: str = scope["path"]
         logged = is_logged(path)
         record = AccessRecord(trace_id=_trace_id(scope))
+        request_trace_id.set(record.trace_id)
         scope.setdefault("state", {})["access_record"] = record
         started = time.perf_counter()
         response_started = False
@@ -135,7 +142,8 @@ class AccessMiddleware:
     async def _append(self, record: AccessRecord) -> bool:
         started = time.perf_counter()
         try:
-            await self.access_log.append(record)
+            with self.tracer.start_as_current_span("access_log.append"):
+                await self.access_log.append(record)
         except Exception:
             log.exception("access log append failed (transaction %s)", record.id)
             self.metrics.access_log_failures.inc()

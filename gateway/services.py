@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from opentelemetry import trace
 from starlette.requests import Request
 
 from connectors.router import ConnectorRouter
@@ -39,6 +40,7 @@ class Services:
     subject_refs: SubjectRefs
     identity: ConnectorRouter
     consents: ConsentStore
+    tracer: trace.Tracer
     metrics: Metrics
     rate_limits: RateLimits
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)

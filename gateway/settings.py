@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     subject_key_file: Path | None = None
     pseudonym_key_file: Path | None = None
     checkpoint_key_file: Path | None = None
+    log_format: Literal["json", "text"] = "json"
     policy_reload_interval_s: float = Field(5.0, ge=0)
     audit_seal_every: int = Field(1000, ge=1)
     audit_seal_interval_s: float = Field(60.0, gt=0)

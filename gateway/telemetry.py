@@ -56,6 +56,25 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.connector_duration = Histogram(
+            "jamu_connector_request_duration_seconds",
+            "Time of one connector fetch (retries included), by connector and outcome code.",
+            ["connector", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.connector_errors = Counter(
+            "jamu_connector_errors_total",
+            "Connector fetches that failed, by connector and problem code.",
+            ["connector", "code"],
+            registry=self.registry,
+        )
+        self.connector_up = Gauge(
+            "jamu_connector_up",
+            "1 when the connector is healthy (for remote ones: circuit breaker not open), at the last check.",
+            ["connector"],
+            registry=self.registry,
+        )
         self.policy_reload_failures = Counter(
             "jamu_policy_reload_failures_total",
             "Policy reloads refused because the new set was invalid (the previous set stayed in force).",

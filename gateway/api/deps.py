@@ -24,14 +24,17 @@ def protected(operation: str, scope: str) -> Callable[[Request], Awaitable[Calle
         record.operation = operation
         app = services(request)
         try:
-            caller = await app.bearer.authenticate(request.headers.get("authorization"))
+            with app.tracer.start_as_current_span("authenticate"):
+                caller = await app.bearer.authenticate(request.headers.get("authorization"))
         except Problem:
             # Unauthenticated callers are limited per address: guessing tokens is not free.
-            await app.rate_limits.source(request.state, request.client.host if request.client else None)
+            with app.tracer.start_as_current_span("rate_limit"):
+                await app.rate_limits.source(request.state, request.client.host if request.client else None)
             raise
         record.administration = caller.administration
         record.client_id = caller.client_id
-        await app.rate_limits.administration(request.state, caller.administration)
+        with app.tracer.start_as_current_span("rate_limit", attributes={"jamu.administration": caller.administration}):
+            await app.rate_limits.administration(request.state, caller.administration)
         if scope not in caller.scopes:
             raise insufficient_scope(scope)
         return caller

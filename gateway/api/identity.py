@@ -107,14 +107,16 @@ async def _start(request: Request, caller: Caller, body: _Body, operation: str, 
     record.subject_hash = app.subjects(body.nin)
     record.purpose = body.purpose
     record.consent_id = body.consent_id
-    policy = authorise(app.policies.current.administrations.get(caller.administration), body.purpose, operation,
-                       claims=claims, predicates=predicates, attributes=attributes)
+    with app.tracer.start_as_current_span("authorise", attributes={"jamu.purpose": body.purpose}):
+        policy = authorise(app.policies.current.administrations.get(caller.administration), body.purpose,
+                           operation, claims=claims, predicates=predicates, attributes=attributes)
     record.legal_basis = policy.legal_basis
     if policy.consent == "required":
         # A verification uses the claimed attributes; a lookup the released ones.
-        await require_consent(app.consents, body.consent_id, subject_hash=record.subject_hash,
-                              grantee=caller.administration, purpose=body.purpose, operation=operation,
-                              attributes=[*claims, *attributes])
+        with app.tracer.start_as_current_span("consent"):
+            await require_consent(app.consents, body.consent_id, subject_hash=record.subject_hash,
+                                  grantee=caller.administration, purpose=body.purpose, operation=operation,
+                                  attributes=[*claims, *attributes])
     return app, policy
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -14,6 +15,8 @@ from typing import Any
 
 import httpx
 import uvicorn
+
+from gateway.observability import logging_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,10 +53,13 @@ class GatewayProcess:
 
     def start(self, log_path: Path) -> GatewayProcess:
         self.log_path = log_path
+        log_config = log_path.with_name(log_path.name + ".logging.json")
+        log_config.write_text(json.dumps(logging_config("json")))  # as `jamu serve` logs
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "--factory", self.factory, "--host", "127.0.0.1",
-                 "--port", str(self.port), "--no-access-log", "--timeout-graceful-shutdown", "3"],
+                 "--port", str(self.port), "--no-access-log", "--timeout-graceful-shutdown", "3",
+                 "--log-config", str(log_config)],
                 cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
 
