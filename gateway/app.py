@@ -222,6 +222,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     )
     if provider is not None:
         # Outermost, so the access record takes the server span's trace id.
-        FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics")
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics",
+                                           exclude_spans=["receive", "send"])
         HTTPXClientInstrumentor.instrument_client(http, tracer_provider=provider)
     return app
