@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo serve test lint fmt bench clean
+.PHONY: demo serve test lint fmt bench loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m loadtests.bench_ratelimit
 	$(BIN)/python -m loadtests.bench_audit
 	$(BIN)/python -m loadtests.bench_identity
+
+# Locust scenarios against a local gateway for LOADTEST_DURATION (60s); CSV and HTML in loadtests/reports;
+# non-zero exit when an SLO is missed.
+loadtest: $(VENV)/.dev-installed
+	$(BIN)/python -m loadtests.run_loadtest
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
