@@ -36,9 +36,7 @@ fmt: $(VENV)/.dev-installed
 	$(BIN)/ruff format .
 
 bench: $(VENV)/.dev-installed
-	$(BIN)/python -m loadtests.bench_ratelimit
-	$(BIN)/python -m loadtests.bench_audit
-	$(BIN)/python -m loadtests.bench_identity
+	$(BIN)/python -m loadtests.bench
 
 # Locust scenarios against a local gateway for LOADTEST_DURATION (60s); CSV and HTML in loadtests/reports;
 # non-zero exit when an SLO is missed.

@@ -133,7 +133,7 @@ def _export_rss_mb(root: Path, events: int) -> float:
     return round(int(done.stderr.strip().splitlines()[-1]) / 1024, 1)
 
 
-def main() -> int:
+def measure(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20_000, help="events per append measurement")
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent appenders")
@@ -141,7 +141,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--export-sizes", default="20000,200000")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="jamu-bench-audit-"))
     result: dict[str, Any] = {"bench": "audit"}
@@ -167,8 +167,13 @@ def main() -> int:
     for size in (int(s) for s in args.export_sizes.split(",")):
         result[f"export_{size}_max_rss_mb"] = _export_rss_mb(root, size)
     result["bench_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def main() -> int:
+    result = measure()
     print(json.dumps(result))
-    return 0
+    return 1 if "error" in result else 0
 
 
 if __name__ == "__main__":

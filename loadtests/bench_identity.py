@@ -37,6 +37,8 @@ from tests.support.keys import token_form
 from tests.support.realm import build_realm
 from tests.support.servers import GatewayProcess
 
+FILE_CHECK = {"legal_basis": "Loi électorale", "consent": "not_required", "operations": ["lookup"],
+              "attributes": ["family_name", "given_names", "birth_date", "residence_commune"]}
 VOTER_ROLL = {"legal_basis": "Loi électorale", "consent": "not_required", "operations": ["verify"],
               "claims": ["family_name", "given_names", "birth_date"], "predicates": ["age_at_least", "alive"]}
 
@@ -101,7 +103,7 @@ class Gateway:
         elections = realm.policies_dir / "elections.yaml"
         policy = yaml.safe_load(elections.read_text())
         policy.update(rate_limits=[{"name": "burst", "limit": 1_000_000, "window": "1s"}],
-                      purposes={"voter_roll": VOTER_ROLL})
+                      purposes={"voter_roll": VOTER_ROLL, "file_check": FILE_CHECK})
         elections.write_text(yaml.safe_dump(policy, allow_unicode=True))
         data = root / "var"
         data.mkdir(exist_ok=True)
@@ -125,14 +127,14 @@ def _checked(run: Run, what: str) -> Run:
     return run
 
 
-def main() -> int:
+def measure(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed-count", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=50_000)
     parser.add_argument("--large", type=int, default=5_000_000)
     parser.add_argument("--requests", type=int, default=20_000, help="per throughput measurement")
     parser.add_argument("--connections", type=int, default=8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="jamu-bench-identity-"))
     result: dict[str, Any] = {"bench": "identity"}
     started = time.perf_counter()
@@ -158,6 +160,10 @@ def main() -> int:
                             "bare")
             verify = _checked(asyncio.run(drive_closed(gateway.url("/v1/verify"), gateway.headers, args.requests,
                                                        args.connections, bodies)), "verify")
+            lookups = [{"nin": b["nin"], "purpose": "file_check", "attributes": FILE_CHECK["attributes"]}
+                       for b in bodies]
+            lookup = _checked(asyncio.run(drive_closed(gateway.url("/v1/lookup"), gateway.headers, args.requests,
+                                                       args.connections, lookups)), "lookup")
             half = bare.rps / 2
             bare_half = _checked(asyncio.run(drive_at_rate(gateway.url("/bare"), {}, half, int(half * 5))), "bare½")
             verify_half = asyncio.run(drive_at_rate(gateway.url("/v1/verify"), gateway.headers, half, int(half * 5),
@@ -170,6 +176,8 @@ def main() -> int:
                 verify_half_p99_ms=round(verify_half.percentile(0.99), 2),
                 verify_half_p99_over_bare=round(verify_half.percentile(0.99) / bare_half.percentile(0.99), 2),
                 verify_half_statuses={str(k): v for k, v in verify_half.statuses.items()},
+                lookup_rps=round(lookup.rps), lookup_ratio=round(lookup.rps / bare.rps, 3),
+                lookup_p50_ms=round(lookup.percentile(0.5), 2), lookup_p99_ms=round(lookup.percentile(0.99), 2),
             )
             known, unknown = _bodies(path, 1), _bodies(path, 1, unknown=True)
             timings: dict[str, list[float]] = {"known": [], "unknown": []}
@@ -185,8 +193,13 @@ def main() -> int:
         finally:
             gateway.stop()
     result["bench_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def main() -> int:
+    result = measure()
     print(json.dumps(result))
-    return 0
+    return 1 if "error" in result else 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis as redis_sync
@@ -30,12 +31,12 @@ def _commands(client: redis_sync.Redis) -> dict[str, int]:
     return {name: stats["calls"] for name, stats in client.info("commandstats").items()}
 
 
-def main() -> int:
+def measure(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=300.0, help="requests per second, below saturation")
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="jamu-bench-"))
     redis_server = None
@@ -87,8 +88,7 @@ def main() -> int:
     limited, unlimited = merge(runs["limited"]), merge(runs["unlimited"])
     failed = {name: merge(parts).statuses for name, parts in runs.items() if set(merge(parts).statuses) != {200}}
     if failed:
-        print(json.dumps({"bench": "ratelimit", "error": "non-200 answers", "statuses": failed}))
-        return 1
+        return {"bench": "ratelimit", "error": "non-200 answers", "statuses": failed}
     result = {
         "bench": "ratelimit",
         "requests_per_side": limited.requests,
@@ -104,8 +104,13 @@ def main() -> int:
     }
     result["added_p50_ms"] = round(result["with_limiter_p50_ms"] - result["without_limiter_p50_ms"], 3)
     result["added_p99_ms"] = round(result["with_limiter_p99_ms"] - result["without_limiter_p99_ms"], 3)
+    return result
+
+
+def main() -> int:
+    result = measure()
     print(json.dumps(result))
-    return 0
+    return 1 if "error" in result else 0
 
 
 if __name__ == "__main__":

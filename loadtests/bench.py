@@ -1,0 +1,33 @@
+"""`make bench`: every benchmark in one run, one JSON line.
+
+The gateway's headline figures are at the top level (`bare_rps`, `verify_rps`, `lookup_rps`,
+`verify_ratio`, `lookup_ratio`, `*_p50_ms`, `*_p99_ms`: the gateway with everything on against a bare
+endpoint on the same server, driven by the same load generator); each benchmark's full result is under
+its name. Loopback only, bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from loadtests import bench_audit, bench_identity, bench_ratelimit
+
+HEADLINE = ("bare_rps", "verify_rps", "lookup_rps", "verify_ratio", "lookup_ratio", "bare_p50_ms", "bare_p99_ms",
+            "verify_p50_ms", "verify_p99_ms", "lookup_p50_ms", "lookup_p99_ms", "half_load_rps",
+            "bare_half_p99_ms", "verify_half_p99_ms", "verify_half_p99_over_bare")
+
+
+def main() -> int:
+    identity = bench_identity.measure([])
+    result: dict[str, Any] = {key: identity[key] for key in HEADLINE if key in identity}
+    result["identity"] = identity
+    result["ratelimit"] = bench_ratelimit.measure([])
+    result["audit"] = bench_audit.measure([])
+    print(json.dumps(result))
+    return 1 if any("error" in part for part in (result["ratelimit"], result["audit"])) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
