@@ -30,13 +30,22 @@ def create_discarding() -> Any:
     return create(access_log=DiscardingAccessLog())  # type: ignore[arg-type]
 
 
-def create_durable() -> Any:
-    """The gateway with everything on, plus `GET /bare`: the baseline on the same server stack (a
-    FastAPI route returning a small dict, no authentication, not logged)."""
-    app = create(durable=True)
+def create_discarding_with_bare() -> Any:
+    """The same, with a writer that discards: what the durable log costs, by difference."""
+    app = create(access_log=DiscardingAccessLog())  # type: ignore[arg-type]
+    _add_bare(app)
+    return app
 
+
+def _add_bare(app: Any) -> None:
     @app.get("/bare", include_in_schema=False)
     async def bare() -> FastJSONResponse:
         return FastJSONResponse({"status": "ok", "match": True})
 
+
+def create_durable() -> Any:
+    """The gateway with everything on, plus `GET /bare`: the baseline on the same server stack (a
+    FastAPI route returning a small dict, no authentication, not logged)."""
+    app = create(durable=True)
+    _add_bare(app)
     return app
