@@ -49,10 +49,10 @@ class DurableAccessLog:
             self._queue.put_nowait((record.event(), done))
         except asyncio.QueueFull:
             raise AccessLogUnavailable("the access log is saturated") from None
-        self._metrics.access_log_queue_depth.set(self._queue.qsize())
         try:
-            # Shielded: a client that goes away does not withdraw its event.
-            await asyncio.wait_for(asyncio.shield(done), self._write_timeout_s)
+            # A request cancelled while waiting cancels only its wait: the event stays queued and commits.
+            async with asyncio.timeout(self._write_timeout_s):
+                await done
         except TimeoutError:
             self._failing = True
             raise AccessLogUnavailable("the access log did not confirm the event in time") from None

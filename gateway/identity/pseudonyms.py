@@ -28,10 +28,12 @@ class SubjectHasher:
     def __init__(self, key: bytes) -> None:
         if len(key) < 16:
             raise ValueError("the subject key needs at least 16 bytes")
-        self._key = key
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)  # copied per use: the key is hashed once
 
     def __call__(self, nin: str) -> str:
-        return hmac.new(self._key, normalise_nin(nin).encode(), hashlib.sha256).hexdigest()
+        mac = self._keyed.copy()
+        mac.update(normalise_nin(nin).encode())
+        return mac.hexdigest()
 
 
 class SubjectRefs:
@@ -42,12 +44,13 @@ class SubjectRefs:
         if len(secret) < 16:
             raise ValueError("the pseudonym secret needs at least 16 bytes")
         self._secret = secret
-        self._keys: dict[str, bytes] = {}
+        self._keyed: dict[str, hmac.HMAC] = {}
 
     def __call__(self, administration: str, nin: str) -> str:
-        key = self._keys.get(administration)
-        if key is None:
+        keyed = self._keyed.get(administration)
+        if keyed is None:
             key = hmac.new(self._secret, f"subject_ref/v1/{administration}".encode(), hashlib.sha256).digest()
-            self._keys[administration] = key
-        digest = hmac.new(key, normalise_nin(nin).encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest[:18]).decode()
+            keyed = self._keyed[administration] = hmac.new(key, digestmod=hashlib.sha256)
+        mac = keyed.copy()
+        mac.update(normalise_nin(nin).encode())
+        return base64.urlsafe_b64encode(mac.digest()[:18]).decode()
