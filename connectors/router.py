@@ -57,6 +57,7 @@ class EmbeddedConfig(_Strict):
     type: Literal["embedded"]
     attributes: list[Attribute] = list(ATTRIBUTES)
     path: str | None = None  # default: <data dir>/register.db
+    reads: Literal["thread", "inline"] = "thread"
 
 
 class RestConfig(Timeouts):
@@ -135,7 +136,8 @@ def build_connectors(config: ConnectorsFile, data_dir: Path, client: httpx.Async
         authoritative = "record_status" in attributes
         if isinstance(entry, EmbeddedConfig):
             path = Path(entry.path) if entry.path else data_dir / "register.db"
-            made.append(EmbeddedRegister(path, name=entry.name, attributes=attributes))
+            made.append(EmbeddedRegister(path, name=entry.name, attributes=attributes,
+                                         inline_reads=entry.reads == "inline"))
         elif isinstance(entry, RestConfig):
             made.append(RestConnector(
                 name=entry.name, url=entry.url, path=entry.path, attributes=attributes, mapping=dict(entry.mapping),
