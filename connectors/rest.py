@@ -50,12 +50,13 @@ def validated(connector: str, nin: str, values: Mapping[str, Any], asked: frozen
 class RestConnector:
     def __init__(self, *, name: str, url: str, path: str, attributes: frozenset[str], mapping: dict[str, str],
                  nin_field: str = "nin", body: dict[str, Any] | None = None, result: str = "",
-                 not_found_status: tuple[int, ...] = (404,), authoritative: bool = True,
+                 not_found_status: tuple[int, ...] = (404,), authoritative: bool = True, method: str = "POST",
                  client: httpx.AsyncClient, policy: ResiliencePolicy) -> None:
         self.name = name
         self.attributes = attributes
         self.authoritative = authoritative
         self._url = url.rstrip("/") + path
+        self._method = method
         self._mapping = mapping
         self._nin_field = nin_field
         self._body = body or {}
@@ -70,7 +71,7 @@ class RestConnector:
         headers = {"Accept": "application/json", **traceparent(trace)}
 
         async def attempt(client: httpx.AsyncClient, limits: httpx.Timeout) -> httpx.Response:
-            return await client.post(self._url, json=body, headers=headers, timeout=limits)
+            return await client.request(self._method, self._url, json=body, headers=headers, timeout=limits)
 
         def parse(response: httpx.Response) -> dict[str, Any] | None:
             if response.status_code in self._not_found:

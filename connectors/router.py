@@ -65,6 +65,7 @@ class RestConfig(Timeouts):
     type: Literal["rest"]
     url: Annotated[str, Field(pattern=r"^https?://")]
     path: str = "/"
+    method: Literal["POST", "PUT"] = "POST"  # the NIN travels in the body, never in a URL
     attributes: list[Attribute]
     mapping: dict[Attribute, str] = {}
     nin_field: str = "nin"
@@ -142,7 +143,8 @@ def build_connectors(config: ConnectorsFile, data_dir: Path, client: httpx.Async
             made.append(RestConnector(
                 name=entry.name, url=entry.url, path=entry.path, attributes=attributes, mapping=dict(entry.mapping),
                 nin_field=entry.nin_field, body=entry.body, result=entry.result,
-                not_found_status=tuple(entry.not_found_status), authoritative=authoritative, client=client,
+                not_found_status=tuple(entry.not_found_status), authoritative=authoritative, method=entry.method,
+                client=client,
                 policy=entry.policy()))
         elif isinstance(entry, IdpConfig):
             made.append(RestConnector(

@@ -243,6 +243,7 @@ async def test_the_router_asks_each_connector_once_and_merges(backends: FakeBack
     ([{"name": "a", "type": "ftp"}], "does not match any of the expected tags"),
     ([{"name": "a", "type": "embedded", "attributes": ["nin", "shoe_size"]}], "Input should be"),
     ([{"name": "a", "type": "embedded", "reads": "sometimes"}], "'thread' or 'inline'"),
+    ([{"name": "r", "type": "rest", "url": "http://x", "method": "GET", "attributes": ["nin"]}], "'POST' or 'PUT'"),
 ])
 def test_a_bad_connectors_file_is_refused_with_its_fault(connectors: list, fault: str, tmp_path: Path) -> None:
     from connectors.router import load_connectors_file
