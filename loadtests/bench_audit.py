@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from gateway.audit.store import AccessLogStore
 from gateway.audit.writer import DurableAccessLog
 from gateway.storage.database import create_engine, database_url, migrate
 from gateway.telemetry import Metrics
-from loadtests.harness import Run, drive_at_rate, merge
+from loadtests.harness import Run, drive_at_rate, merge, report
 from tests.support.keys import token_form
 from tests.support.realm import build_realm
 from tests.support.servers import GatewayProcess
@@ -170,11 +169,5 @@ def measure(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def main() -> int:
-    result = measure()
-    print(json.dumps(result))
-    return 1 if "error" in result else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report(measure()))

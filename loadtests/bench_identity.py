@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import sqlite3
@@ -32,7 +31,7 @@ import httpx
 import yaml
 
 from connectors.population import seed_register
-from loadtests.harness import Run, drive_at_rate, drive_closed
+from loadtests.harness import Run, drive_at_rate, drive_closed, report
 from tests.support.keys import token_form
 from tests.support.realm import build_realm
 from tests.support.servers import GatewayProcess
@@ -196,11 +195,5 @@ def measure(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def main() -> int:
-    result = measure()
-    print(json.dumps(result))
-    return 1 if "error" in result else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report(measure()))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import httpx
 import redis as redis_sync
 import yaml
 
-from loadtests.harness import Run, drive_at_rate, merge
+from loadtests.harness import Run, drive_at_rate, merge, report
 from tests.support.keys import jwks_of, new_key, token_form
 from tests.support.realm import build_realm
 from tests.support.servers import GatewayProcess, RedisProcess
@@ -107,11 +106,5 @@ def measure(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def main() -> int:
-    result = measure()
-    print(json.dumps(result))
-    return 1 if "error" in result else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(report(measure()))

@@ -34,6 +34,12 @@ class Run:
         return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
+def report(result: dict[str, Any]) -> int:
+    """A benchmark's end: its one JSON line, and a failing exit when it could not measure."""
+    print(orjson.dumps(result).decode())
+    return 1 if "error" in result else 0
+
+
 def merge(runs: list[Run]) -> Run:
     statuses: dict[int, int] = {}
     for run in runs:
