@@ -124,8 +124,10 @@ async def _fill(path: Path, events: int) -> None:
 def _export_rss_mb(root: Path, events: int) -> float:
     data = root / f"export-{events}"
     asyncio.run(_fill(data, events))
-    code = ("import resource, sys; from gateway.cli import main; rc = main(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the forking parent.
+    code = ("import sys; from gateway.cli import main; rc = main(sys.argv[1:]); "
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0], file=sys.stderr); "
+            "sys.exit(rc)")
     command = [sys.executable, "-c", code, "audit", "export", "--format", "jsonl", "--output", os.devnull]
     done = subprocess.run(command, env={**os.environ, "GATEWAY_DATA_DIR": str(data)},  # noqa: S603
                           capture_output=True, text=True, timeout=600, check=True)

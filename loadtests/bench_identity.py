@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import sqlite3
@@ -54,8 +55,8 @@ def _nins(register: Path, count: int, seed: int) -> list[str]:
     with sqlite3.connect(f"file:{register}?mode=ro", uri=True) as connection:
         total = connection.execute("SELECT count(*) FROM people").fetchone()[0]
         step = max(total // count, 1)
-        rows = connection.execute("SELECT nin FROM people").fetchall()[::step][:count]
-    nins = [r[0] for r in rows]
+        rows = itertools.islice(connection.execute("SELECT nin FROM people"), 0, step * count, step)  # streamed
+        nins = [r[0] for r in rows]
     random.Random(seed).shuffle(nins)  # noqa: S311
     return nins
 
