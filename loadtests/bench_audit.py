@@ -2,7 +2,7 @@
 
 1. Events appended per second through the one writer, with group commit and (for reference) with one
    transaction per event, on SQLite and on PostgreSQL.
-2. The log's added latency on a person route: the same route on the same server stack, once with the
+2. The log's added latency on `/v1/verify`: the same route on the same server stack, once with the
    durable log and once with a writer that discards, driven alternately open loop at a fixed rate.
 3. `jamu audit export` peak memory at two log sizes (constant memory means the two are close).
 
@@ -27,6 +27,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
+from connectors.population import population, seed_register
 from gateway.audit.chain import CheckpointSigner
 from gateway.audit.record import AccessRecord
 from gateway.audit.store import AccessLogStore
@@ -78,6 +79,9 @@ def _latency(root: Path, rate: float, requests: int, rounds: int) -> dict[str, f
     realm = build_realm(root)
     policy = realm.policies_dir / "elections.yaml"
     policy.write_text(yaml.safe_dump({**yaml.safe_load(policy.read_text()), "rate_limits": []}))  # not measured here
+    people = list(population(200, 7))
+    for name in ("durable", "discarding"):
+        seed_register(root / name / "register.db", 200, 7)
     servers = {name: GatewayProcess(realm.env(GATEWAY_DATA_DIR=str(root / name)), factory=f"loadtests.apps:{factory}")
                for name, factory in (("durable", "create_durable"), ("discarding", "create_discarding"))}
     runs: dict[str, list[Run]] = {name: [] for name in servers}
@@ -88,11 +92,12 @@ def _latency(root: Path, rate: float, requests: int, rounds: int) -> dict[str, f
             form = token_form("elections-app", realm.keys["elections-app"], f"{server.base_url}/oauth2/token")
             token = httpx.post(f"{server.base_url}/oauth2/token", data=form, timeout=10).json()["access_token"]
             headers[name] = {"Authorization": f"Bearer {token}"}
-        body = {"nin": "120394857602914"}
+        person = next(p for p in people if p["record_status"] == "active")
+        body = {"nin": person["nin"], "purpose": "voter_roll", "claims": {"family_name": person["family_name"]},
+                "predicates": [{"name": "alive"}]}
         for _ in range(rounds + 1):  # the first round warms both up and is dropped
             for name, server in servers.items():
-                run = asyncio.run(drive_at_rate(f"{server.base_url}/v1/probe/person", headers[name], rate,
-                                                requests, body))
+                run = asyncio.run(drive_at_rate(f"{server.base_url}/v1/verify", headers[name], rate, requests, body))
                 if set(run.statuses) != {200}:
                     raise RuntimeError(f"{name}: non-200 answers {run.statuses}")
                 runs[name].append(run)
