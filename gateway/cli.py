@@ -24,7 +24,8 @@ from joserfc.jwk import ECKey, Key, OKPKey
 from connectors.importer import import_people
 from connectors.population import seed_register
 from gateway.audit import offline
-from gateway.audit.store import EventFilter, rfc3339
+from gateway.audit.record import rfc3339
+from gateway.audit.store import EventFilter
 from gateway.auth.keys import (
     algorithm_of,
     generate_private_key,

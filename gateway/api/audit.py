@@ -9,15 +9,16 @@ import binascii
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from gateway.api.deps import access_record, protected
+from gateway.api.fields import Nin
 from gateway.api.responses import FastJSONResponse
 from gateway.audit.chain import ChainVerifier
-from gateway.audit.store import EventFilter, rfc3339
+from gateway.audit.record import rfc3339
+from gateway.audit.store import EventFilter
 from gateway.auth.bearer import Caller
 from gateway.errors import Problem
-from gateway.identity.pseudonyms import valid_nin
 from gateway.services import services
 
 router = APIRouter(tags=["Access log"])
@@ -49,28 +50,18 @@ def _after(cursor: str | None) -> int:
     return seq
 
 
-def _nin(value: str) -> str:
-    if not valid_nin(value):
-        raise ValueError("not a NIN: 6 to 32 digits or capital letters")
-    return value
-
-
 class PersonSearch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    nin: str = Field(max_length=64)
+    nin: Nin
     since: AwareDatetime | None = None
     until: AwareDatetime | None = None
     limit: int = Field(100, ge=1, le=1000)
     cursor: str | None = Field(None, max_length=200)
 
-    _check_nin = field_validator("nin")(_nin)
-
 
 class HistoryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    nin: str = Field(max_length=64)
-
-    _check_nin = field_validator("nin")(_nin)
+    nin: Nin
 
 
 async def _page(request: Request, where: EventFilter, cursor: str | None, limit: int) -> FastJSONResponse:

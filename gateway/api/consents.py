@@ -7,15 +7,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from gateway.api.deps import access_record, protected
+from gateway.api.fields import Nin
 from gateway.api.responses import FastJSONResponse
-from gateway.audit.store import rfc3339
+from gateway.audit.record import rfc3339
 from gateway.auth.bearer import Caller
 from gateway.consent.store import Consent, now_text
 from gateway.errors import Problem
-from gateway.identity.pseudonyms import normalise_nin, valid_nin
 from gateway.policy.model import Attribute, Operation
 from gateway.services import services
 
@@ -32,7 +32,7 @@ class Evidence(BaseModel):
 
 class ConsentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    nin: str = Field(max_length=64)
+    nin: Nin
     grantee: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     purpose: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     attributes: list[Attribute] = Field(max_length=32)
@@ -40,13 +40,6 @@ class ConsentRequest(BaseModel):
     expires_at: AwareDatetime
     max_uses: int | None = Field(None, ge=1, le=1_000_000)
     evidence: Evidence
-
-    @field_validator("nin")
-    @classmethod
-    def _nin(cls, value: str) -> str:
-        if not valid_nin(value):
-            raise ValueError("not a NIN: 6 to 32 digits or capital letters")
-        return normalise_nin(value)
 
 
 def _invalid(pointer: str, detail: str) -> Problem:

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from connectors.base import TraceContext
 from gateway.api.deps import access_record, protected
+from gateway.api.fields import Nin
 from gateway.api.responses import FastJSONResponse
+from gateway.audit.record import AccessRecord
 from gateway.auth.bearer import Caller
 from gateway.consent.check import require_consent
 from gateway.errors import Problem
 from gateway.identity import decide
 from gateway.identity.dates import PartialDate
-from gateway.identity.pseudonyms import normalise_nin, valid_nin
 from gateway.policy.enforce import authorise
 from gateway.policy.model import Attribute, Claim, PurposePolicy
 from gateway.services import Services, services
@@ -35,16 +36,9 @@ ClaimValue = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    nin: str = Field(max_length=64, description="the person's NIN; never sent in a URL")
+    nin: Nin
     purpose: Purpose
     consent_id: str | None = Field(None, max_length=64)
-
-    @field_validator("nin")
-    @classmethod
-    def _nin(cls, value: str) -> str:
-        if not valid_nin(value):
-            raise ValueError("not a NIN: 6 to 32 digits or capital letters")
-        return normalise_nin(value)
 
 
 class PredicateRequest(BaseModel):
@@ -120,6 +114,17 @@ async def _start(request: Request, caller: Caller, body: _Body, operation: str, 
     return app, policy
 
 
+async def _usable_person(app: Services, record: AccessRecord, nin: str, attributes: frozenset[str]
+                         ) -> dict[str, Any] | None:
+    """The person's attributes, or None when there is no usable record (unknown or suspended): the
+    answer treats both alike, the access log keeps which."""
+    person = await app.identity.fetch(nin, attributes, TraceContext(record.trace_id or "0" * 32))
+    if person is None or person.get("record_status") == "suspended":
+        record.outcome = "subject_not_found" if person is None else "subject_suspended"
+        return None
+    return person
+
+
 @router.post("/v1/verify", name="verify", summary="Verify claims and predicates about a person")
 async def verify(
     request: Request, body: VerifyRequest,
@@ -132,11 +137,7 @@ async def verify(
     record.attributes_requested = sorted(claims)
     app, policy = await _start(request, caller, body, "verify", claims=claims,
                                predicates={p.name for p in predicates})
-    person = await app.identity.fetch(body.nin, decide.needed_attributes(claims, predicates),
-                                      TraceContext(record.trace_id or "0" * 32))
-    if person is None or person.get("record_status") == "suspended":
-        record.outcome = "subject_not_found" if person is None else "subject_suspended"
-        person = None
+    person = await _usable_person(app, record, body.nin, decide.needed_attributes(claims, predicates))
     answer = decide.verify(person, claims, predicates, today=datetime.now(UTC).date(),
                            threshold=policy.fuzzy_threshold, claim_details=policy.claim_details)
     record.releases_data = True
@@ -153,9 +154,8 @@ async def lookup(
     record = access_record(request)
     record.attributes_requested = body.attributes
     app, _ = await _start(request, caller, body, "lookup", attributes=body.attributes)
-    person = await app.identity.fetch(body.nin, frozenset(body.attributes), TraceContext(record.trace_id or "0" * 32))
-    if person is None or person.get("record_status") == "suspended":
-        record.outcome = "subject_not_found" if person is None else "subject_suspended"
+    person = await _usable_person(app, record, body.nin, frozenset(body.attributes))
+    if person is None:
         raise Problem("subject_not_found", "no usable record for this person")
     record.releases_data = True
     record.attributes_released = body.attributes

@@ -11,6 +11,11 @@ from typing import Any, Literal
 Decision = Literal["permit", "deny", "error"]
 
 
+def rfc3339(moment: datetime) -> str:
+    """Fixed width, microseconds, `Z`: text order is time order, and the hashed form is stable."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def decision_for(status: int) -> Decision:
     """A 2xx/3xx performed the operation; a 4xx was refused; a 5xx failed."""
     if status >= 500:
@@ -61,7 +66,7 @@ class AccessRecord:
         """The fields that go into the log, in the contract's names. Strings are bounded and stripped
         of NULs, whatever a stage copied into them, so no event can fail to store."""
         data = {name: getattr(self, name) for name in _EVENT_FIELDS}
-        data["time"] = self.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        data["time"] = rfc3339(self.time)
         for name, value in data.items():
             if isinstance(value, str):
                 data[name] = _bounded(value)

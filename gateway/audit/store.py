@@ -20,16 +20,12 @@ from sqlalchemy import Connection, Engine, Select, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.chain import Checkpoint, CheckpointSigner, link
-from gateway.storage.database import WRITER, is_sqlite, sync_twin
+from gateway.audit.record import rfc3339
+from gateway.storage.database import WRITER, is_sqlite, row_dict, sync_twin
 from gateway.storage.tables import access_checkpoints, access_events, access_log_head
 
 _T = TypeVar("_T")
 _LIST_FIELDS = ("attributes_requested", "attributes_released")
-
-
-def rfc3339(moment: datetime) -> str:
-    """Fixed width, microseconds, `Z`: text order is time order."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)
@@ -63,7 +59,7 @@ def _to_row(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def _from_row(row: Any) -> dict[str, Any]:
-    event = {str(name): value for name, value in row._mapping.items()}  # names are str subclasses
+    event = row_dict(row)
     for name in _LIST_FIELDS:
         event[name] = orjson.loads(event[name])
     return event

@@ -13,8 +13,8 @@ import orjson
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.audit.store import rfc3339
-from gateway.storage.database import WRITER
+from gateway.audit.record import rfc3339
+from gateway.storage.database import WRITER, row_dict
 from gateway.storage.tables import consents
 
 
@@ -55,7 +55,7 @@ def now_text() -> str:
 
 
 def _from_row(row: Any) -> Consent:
-    values = {str(k): v for k, v in row._mapping.items()}
+    values = row_dict(row)
     values["attributes"] = orjson.loads(values["attributes"])
     values["operations"] = orjson.loads(values["operations"])
     return Consent(**values)

@@ -39,6 +39,11 @@ def database_url(url: str | None, data_dir: Path) -> str:
     raise DatabaseConfigError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
 
 
+def row_dict(row: Any) -> dict[str, Any]:
+    """A result row as a plain dict (column names come back as str subclasses orjson refuses)."""
+    return {str(name): value for name, value in row._mapping.items()}
+
+
 def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 

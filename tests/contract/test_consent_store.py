@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit.store import rfc3339
+from gateway.audit.record import rfc3339
 from gateway.consent.check import require_consent
 from gateway.consent.store import ConsentStore
 from gateway.errors import Problem
