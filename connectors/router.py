@@ -31,6 +31,7 @@ from connectors.fhir import FhirConnector
 from connectors.resilience import ResiliencePolicy
 from connectors.rest import IDP_ATTRIBUTES, IDP_MAPPING, RestConnector
 from gateway.errors import Problem
+from gateway.observability import OffTracer
 from gateway.policy.catalogue import ATTRIBUTES
 from gateway.policy.model import Attribute
 from gateway.telemetry import Metrics
@@ -57,7 +58,7 @@ class EmbeddedConfig(_Strict):
     type: Literal["embedded"]
     attributes: list[Attribute] = list(ATTRIBUTES)
     path: str | None = None  # default: <data dir>/register.db
-    reads: Literal["thread", "inline"] = "thread"
+    reads: Literal["thread", "inline"] = "inline"
 
 
 class RestConfig(Timeouts):
@@ -162,7 +163,7 @@ class ConnectorRouter:
                  tracer: trace.Tracer | None = None) -> None:
         self.connectors = connectors
         self._metrics = metrics or Metrics()
-        self._tracer = tracer or trace.NoOpTracer()
+        self._tracer = tracer or OffTracer()
         self._owner = {attribute: c for c in connectors for attribute in c.attributes}
         self._authority = next(c for c in connectors if c.authoritative)
 
@@ -176,7 +177,11 @@ class ConnectorRouter:
             owner = self._owner[attribute]
             groups.setdefault(owner.name, (owner, set()))[1].add(attribute)
         ordered = list(groups.values())
-        answers = await asyncio.gather(*(self._ask(c, nin, frozenset(a), context) for c, a in ordered))
+        if len(ordered) == 1:  # the common case: no task to schedule
+            connector, asked = ordered[0]
+            answers = [await self._ask(connector, nin, frozenset(asked), context)]
+        else:
+            answers = await asyncio.gather(*(self._ask(c, nin, frozenset(a), context) for c, a in ordered))
         person: dict[str, Any] = {}
         for (connector, asked), answer in zip(ordered, answers, strict=True):
             if answer is None:

@@ -3,8 +3,8 @@
 Tracing follows the standard `OTEL_*` variables and is off unless they ask for it
 (`OTEL_TRACES_EXPORTER=otlp|console` or an `OTEL_EXPORTER_OTLP_*ENDPOINT`): then spans go to OTLP over
 HTTP (or the console), sampled as `OTEL_TRACES_SAMPLER` says (default: parent-based, always on), FastAPI
-and httpx are instrumented, and each stage of a request has its span. Off, the tracer is the API's no-op
-and nothing is instrumented: a few microseconds a request.
+and httpx are instrumented, and each stage of a request has its span. Off, nothing is instrumented and the
+stages' tracer hands out one shared do-nothing context: no span objects, no context switching.
 
 Logs are one JSON object a line with the request's trace id. No stage logs a NIN, no span attribute or
 metric label carries one.
@@ -12,6 +12,7 @@ metric label carries one.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -55,8 +56,19 @@ def tracer_provider() -> TracerProvider | None:
     return provider
 
 
+_NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
+
+
+class OffTracer(trace.NoOpTracer):
+    """The tracer while tracing is off. The API's no-op tracer still builds a span and swaps the context
+    for each stage (about 10 µs a stage, five stages a request); this returns one shared empty context."""
+
+    def start_as_current_span(self, *_args: Any, **_kwargs: Any) -> Any:
+        return _NO_SPAN
+
+
 def tracer_for(provider: TracerProvider | None) -> trace.Tracer:
-    return provider.get_tracer("jamu.gateway") if provider is not None else trace.NoOpTracer()
+    return provider.get_tracer("jamu.gateway") if provider is not None else OffTracer()
 
 
 class JsonFormatter(logging.Formatter):

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 GENESIS = "0" * 64
 HASHED_FIELDS = (
@@ -71,6 +71,10 @@ class CheckpointSigner:
         self._private = private_key
         self.public_key = private_key.public_key()
         self.key_id = key_id(self.public_key)
+
+    def private_bytes(self) -> bytes:
+        """The raw key, for handing to the access-log writer process over its pipe."""
+        return self._private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
     def sign(self, seq: int, head_hash: str, time: str) -> Checkpoint:
         signature = self._private.sign(checkpoint_message(seq, head_hash))

@@ -8,13 +8,13 @@ which is what lets several processes share one file without spurious "database i
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, event, text
-from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -66,28 +66,34 @@ def create_engine(url: str, *, schema: str | None = None, statement_timeout_s: f
     return engine
 
 
-def sync_twin(engine: AsyncEngine) -> Engine:
-    """A synchronous engine on the same SQLite file, for work done whole in one thread."""
-    url = engine.url.set(drivername="sqlite+pysqlite")
-    timeout = engine.get_execution_options().get("jamu_timeout_s", 5.0)
-    twin = create_sync_engine(url, connect_args={"timeout": timeout, "check_same_thread": False},
-                              pool_size=1, max_overflow=0)
-    _sqlite_discipline(twin, timeout)
-    return twin
+def sqlite_file(engine: AsyncEngine) -> tuple[str, float]:
+    """The engine's SQLite file and its busy timeout."""
+    return engine.url.database or "", engine.get_execution_options().get("jamu_timeout_s", 5.0)
+
+
+def open_sqlite(path: str, timeout_s: float) -> sqlite3.Connection:
+    """A plain sqlite3 connection with the engines' discipline, for the access-log writer process (the
+    engine's per-statement work was most of a commit's CPU). The caller issues BEGIN IMMEDIATE/COMMIT."""
+    connection = sqlite3.connect(path, timeout=timeout_s, isolation_level=None)
+    _pragmas(connection, timeout_s)
+    return connection
+
+
+def _pragmas(dbapi_connection: Any, statement_timeout_s: float) -> None:
+    dbapi_connection.isolation_level = None  # BEGIN is issued explicitly
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute(f"PRAGMA busy_timeout={int(statement_timeout_s * 1000)}")
+    cursor.close()
 
 
 def _sqlite_discipline(engine: Engine, statement_timeout_s: float) -> None:
     """WAL, synchronous=FULL, a bounded busy wait, and BEGIN IMMEDIATE for writers."""
-    busy_ms = int(statement_timeout_s * 1000)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
-        cursor.close()
+        _pragmas(dbapi_connection, statement_timeout_s)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:

@@ -56,8 +56,8 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 def make(kind: str, base: str, register_file: Path, client: httpx.AsyncClient, policy: ResiliencePolicy) -> Connector:
     if kind == "embedded":
         return EmbeddedRegister(register_file)
-    if kind == "embedded-inline":
-        return EmbeddedRegister(register_file, inline_reads=True)
+    if kind == "embedded-thread":
+        return EmbeddedRegister(register_file, inline_reads=False)
     if kind == "rest":
         return RestConnector(name="rest", url=base, path="/people/search", attributes=frozenset(REST_ATTRIBUTES),
                              mapping={}, nin_field="query.nin", result="person", client=client, policy=policy)
@@ -68,7 +68,7 @@ def make(kind: str, base: str, register_file: Path, client: httpx.AsyncClient, p
                          mapping=IDP_MAPPING, authoritative=False, client=client, policy=policy)
 
 
-@pytest.fixture(params=["embedded", "embedded-inline", "rest", "fhir", "idp"])
+@pytest.fixture(params=["embedded", "embedded-thread", "rest", "fhir", "idp"])
 async def connector(request: pytest.FixtureRequest, backends: FakeBackends, register_file: Path,
                     client: httpx.AsyncClient) -> AsyncIterator[Connector]:
     backends.mode = "ok"
@@ -213,7 +213,7 @@ async def test_the_router_asks_each_connector_once_and_merges(backends: FakeBack
                                                                client: httpx.AsyncClient, tmp_path: Path) -> None:
     backends.mode = "ok"
     config = ConnectorsFile.model_validate({"connectors": [
-        {"name": "register", "type": "embedded", "path": str(register_file), "reads": "inline",
+        {"name": "register", "type": "embedded", "path": str(register_file), "reads": "thread",
          "attributes": [a for a in REST_ATTRIBUTES]},
         {"name": "idp", "type": "idp", "url": backends.base, "retries": 0},
     ]})
