@@ -26,7 +26,7 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
 from connectors.base import BackendError, TraceContext
-from connectors.resilience import ResiliencePolicy, Resilient, traceparent
+from connectors.resilience import CircuitBreaker, ResiliencePolicy, Resilient, traceparent
 from connectors.rest import validated
 
 BIRTH_PLACE = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
@@ -112,6 +112,10 @@ class FhirConnector:
                              attributes)
 
         return await self._http.call(attempt, parse)
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._http.breaker
 
     async def health(self) -> bool:
         return self._http.breaker.state != "open"

@@ -51,6 +51,8 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._trial = False
 
+    STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}  # as the metric reports them
+
     @property
     def state(self) -> str:
         if self._opened_at is None:

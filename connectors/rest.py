@@ -13,7 +13,7 @@ import httpx
 from pydantic import ValidationError
 
 from connectors.base import BackendError, PersonRecord, TraceContext
-from connectors.resilience import ResiliencePolicy, Resilient, traceparent
+from connectors.resilience import CircuitBreaker, ResiliencePolicy, Resilient, traceparent
 
 MISSING = object()
 
@@ -94,6 +94,10 @@ class RestConnector:
             return validated(self.name, nin, values, attributes)
 
         return await self._http.call(attempt, parse)
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._http.breaker
 
     async def health(self) -> bool:
         return self._http.breaker.state != "open"

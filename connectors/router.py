@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from connectors.base import Connector, TraceContext
 from connectors.embedded import EmbeddedRegister
 from connectors.fhir import FhirConnector
-from connectors.resilience import ResiliencePolicy
+from connectors.resilience import CircuitBreaker, ResiliencePolicy
 from connectors.rest import IDP_ATTRIBUTES, IDP_MAPPING, RestConnector
 from gateway.errors import Problem
 from gateway.observability import OffTracer
@@ -165,6 +165,11 @@ class ConnectorRouter:
         self._metrics = metrics or Metrics()
         self._tracer = tracer or OffTracer()
         self._owner = {attribute: c for c in connectors for attribute in c.attributes}
+        for connector in connectors:
+            breaker = getattr(connector, "breaker", None)
+            if isinstance(breaker, CircuitBreaker):
+                self._metrics.connector_breaker_state.labels(connector.name).set_function(
+                    lambda b=breaker: CircuitBreaker.STATE_VALUES[b.state])
         self._authority = next(c for c in connectors if c.authoritative)
 
     async def fetch(self, nin: str, attributes: frozenset[str], context: TraceContext | None = None
@@ -201,10 +206,10 @@ class ConnectorRouter:
                 return await connector.fetch(nin, attributes, context)
             except Problem as exc:
                 outcome = exc.code
-                self._metrics.connector_errors.labels(connector.name, exc.code).inc()
+                self._metrics.labelled(self._metrics.connector_errors, connector.name, exc.code).inc()
                 raise
             finally:
-                self._metrics.connector_duration.labels(connector.name, outcome).observe(
+                self._metrics.labelled(self._metrics.connector_duration, connector.name, outcome).observe(
                     time.perf_counter() - started)
 
     async def health(self) -> dict[str, bool]:

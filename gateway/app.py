@@ -207,9 +207,9 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     app.state.services = app_services
     problems.install(app)
     problems.describe(app)
+    app.include_router(identity.router)  # the busiest routes first: matching walks routes in order
     app.include_router(oauth.router)
     app.include_router(ops.router)
-    app.include_router(identity.router)
     app.include_router(consents.router)
     app.include_router(audit.router)
     app.add_middleware(

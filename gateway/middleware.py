@@ -97,8 +97,8 @@ class AccessMiddleware:
                         await send_problem(send, Problem("audit_unavailable"), record.id, self.problem_base)
                         self._observe(scope, 503, started)
                         return
-                    self.metrics.decisions.labels(
-                        record.administration or "", record.operation or "", record.decision or "").inc()
+                    self.metrics.labelled(self.metrics.decisions, record.administration or "",
+                                          record.operation or "", record.decision or "").inc()
                 headers = list(message.get("headers", []))
                 headers.append((b"x-content-type-options", b"nosniff"))
                 headers += scope["state"].get("rate_limit_headers", ())
@@ -154,7 +154,7 @@ class AccessMiddleware:
     def _observe(self, scope: Scope, status: int, started: float) -> None:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
-        self.metrics.request_duration.labels(scope["method"], template, str(status)).observe(
+        self.metrics.labelled(self.metrics.request_duration, scope["method"], template, str(status)).observe(
             time.perf_counter() - started)
 
 

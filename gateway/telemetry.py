@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -13,6 +15,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # OpenTelemetry semantic-convention name, in Prometheus spelling.
         self.request_duration = Histogram(
             "http_server_request_duration_seconds",
@@ -75,6 +78,12 @@ class Metrics:
             ["connector"],
             registry=self.registry,
         )
+        self.connector_breaker_state = Gauge(
+            "jamu_connector_breaker_state",
+            "Circuit breaker of a remote connector, read at scrape time: 0 closed, 1 half-open, 2 open.",
+            ["connector"],
+            registry=self.registry,
+        )
         self.policy_reload_failures = Counter(
             "jamu_policy_reload_failures_total",
             "Policy reloads refused because the new set was invalid (the previous set stayed in force).",
@@ -102,6 +111,15 @@ class Metrics:
             "Failed or timed-out calls to the shared rate-limit backend.",
             registry=self.registry,
         )
+
+    def labelled(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, remembered: the hot path pays one dict lookup, not the client's
+        validation and lock. Label values here come from bounded sets (routes, codes, administrations)."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

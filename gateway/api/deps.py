@@ -13,7 +13,7 @@ from gateway.services import services
 
 
 def access_record(request: Request) -> AccessRecord:
-    return request.state.access_record
+    return request.scope["state"]["access_record"]  # set by the middleware; no State wrapper per call
 
 
 def protected(operation: str, scope: str) -> Callable[[Request], Awaitable[Caller]]:

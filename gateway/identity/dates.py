@@ -22,8 +22,10 @@ class PartialDate:
         match = _PATTERN.match(text)
         if not match:
             raise ValueError("a date is YYYY-MM-DD, YYYY-MM or YYYY")
-        year, month, day = (int(g) if g else None for g in match.groups())
-        assert year is not None
+        year_text, month_text, day_text = match.groups()
+        year = int(year_text)
+        month = int(month_text) if month_text else None
+        day = int(day_text) if day_text else None
         if year < 1800:
             raise ValueError("year out of range")
         if month is not None and not 1 <= month <= 12:

@@ -12,9 +12,15 @@ _APOSTROPHES = dict.fromkeys(map(ord, "'\u2019\u02bc\u2018`\u00b4\u02b9"), None)
 _SEPARATORS = dict.fromkeys(map(ord, "-\u2010\u2011\u2012\u2013\u2014_.,/"), " ")
 
 
+# ASCII needs none of the Unicode work: only its control characters go.
+_ASCII_CONTROLS = dict.fromkeys([*range(32), 127], None)
+
+
 def normalise(text: str) -> str:
     """NFKD, combining marks and invisible format characters dropped, case folded, hyphens read as
     spaces, apostrophes dropped, spaces folded. Idempotent."""
+    if text.isascii():  # most claims: the same result without decomposing
+        return " ".join(text.translate(_ASCII_CONTROLS).lower().translate(_APOSTROPHES).translate(_SEPARATORS).split())
     decomposed = unicodedata.normalize("NFKD", text)
     kept = "".join(c for c in decomposed if unicodedata.category(c) not in ("Mn", "Me", "Cf", "Cc"))
     folded = kept.casefold().translate(_APOSTROPHES).translate(_SEPARATORS)

@@ -19,6 +19,7 @@ from connectors.population import population, seed_register
 from connectors.resilience import CircuitBreaker, ResiliencePolicy
 from connectors.rest import IDP_ATTRIBUTES, IDP_MAPPING, RestConnector
 from connectors.router import ConnectorRouter, ConnectorsFile, build_connectors
+from gateway.telemetry import Metrics
 from tests.support.fake_backends import REST_ATTRIBUTES, FakeBackends
 from tests.support.servers import free_port
 
@@ -177,6 +178,21 @@ async def test_a_dead_backend_is_503_and_opens_the_breaker(kind: str, register_f
         await connector.fetch(PEOPLE[0]["nin"], connector.attributes, TRACE)
     assert "circuit open" in caught.value.detail and time.monotonic() - started < 0.1
     assert await connector.health() is False
+
+
+@pytest.mark.parametrize("kind", REMOTE)
+async def test_the_breaker_state_is_a_metric_read_at_scrape_time(kind: str, register_file: Path,
+                                                                 client: httpx.AsyncClient, tmp_path: Path) -> None:
+    connector = make(kind, f"http://127.0.0.1:{free_port()}", register_file, client, FAST)
+    metrics = Metrics()
+    ConnectorRouter([EmbeddedRegister(register_file), connector], metrics)
+    line = f'jamu_connector_breaker_state{{connector="{connector.name}"}}'
+    assert f"{line} 0.0" in metrics.render().decode()
+    for _ in range(FAST.failure_threshold):
+        with pytest.raises(BackendUnavailable):
+            await connector.fetch(PEOPLE[0]["nin"], connector.attributes, TRACE)
+    assert f"{line} 2.0" in metrics.render().decode()
+    assert 'jamu_connector_breaker_state{connector="register"}' not in metrics.render().decode()
 
 
 async def test_the_bulkhead_refuses_what_it_cannot_hold(backends: FakeBackends, register_file: Path,
