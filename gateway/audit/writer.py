@@ -38,6 +38,11 @@ class DurableAccessLog:
         self._closed = False
 
     async def start(self) -> None:
+        try:  # start the store's writer (SQLite: its process) now rather than on the first request
+            await self.store.probe()
+        except Exception as exc:
+            log.warning("access log not writable at start: %s", exc)  # /readyz says so until it is
+            self._failing = True
         self._tasks = [asyncio.create_task(self._commit_loop(), name="access-log-writer"),
                        asyncio.create_task(self._seal_loop(), name="access-log-sealer")]
 
