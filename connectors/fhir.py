@@ -26,7 +26,7 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
 from connectors.base import BackendError, TraceContext
-from connectors.resilience import CircuitBreaker, ResiliencePolicy, Resilient, traceparent
+from connectors.resilience import RemoteConnector, ResiliencePolicy, Resilient, traceparent
 from connectors.rest import validated
 
 BIRTH_PLACE = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
@@ -74,7 +74,7 @@ def patient_attributes(patient: Patient) -> dict[str, Any]:
     }
 
 
-class FhirConnector:
+class FhirConnector(RemoteConnector):
     def __init__(self, *, name: str, url: str, identifier_system: str, attributes: frozenset[str],
                  authoritative: bool = True, client: httpx.AsyncClient, policy: ResiliencePolicy) -> None:
         self.name = name
@@ -112,13 +112,3 @@ class FhirConnector:
                              attributes)
 
         return await self._http.call(attempt, parse)
-
-    @property
-    def breaker(self) -> CircuitBreaker:
-        return self._http.breaker
-
-    async def health(self) -> bool:
-        return self._http.breaker.state != "open"
-
-    async def close(self) -> None:
-        return None

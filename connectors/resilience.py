@@ -143,3 +143,20 @@ class Resilient:
                 continue
             return parse(response)
         raise BackendUnavailable(self.name, why)
+
+
+class RemoteConnector:
+    """What every remote connector shares: its resilient client, whose breaker is its health (and a
+    metric), and nothing of its own to close (the HTTP client belongs to the gateway)."""
+
+    _http: Resilient
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._http.breaker
+
+    async def health(self) -> bool:
+        return self._http.breaker.state != "open"
+
+    async def close(self) -> None:
+        return None

@@ -13,7 +13,7 @@ import httpx
 from pydantic import ValidationError
 
 from connectors.base import BackendError, PersonRecord, TraceContext
-from connectors.resilience import CircuitBreaker, ResiliencePolicy, Resilient, traceparent
+from connectors.resilience import RemoteConnector, ResiliencePolicy, Resilient, traceparent
 
 MISSING = object()
 
@@ -47,7 +47,7 @@ def validated(connector: str, nin: str, values: Mapping[str, Any], asked: frozen
     return record.model_dump(include=set(values) | ({"nin"} & asked))
 
 
-class RestConnector:
+class RestConnector(RemoteConnector):
     def __init__(self, *, name: str, url: str, path: str, attributes: frozenset[str], mapping: dict[str, str],
                  nin_field: str = "nin", body: dict[str, Any] | None = None, result: str = "",
                  not_found_status: tuple[int, ...] = (404,), authoritative: bool = True, method: str = "POST",
@@ -94,16 +94,6 @@ class RestConnector:
             return validated(self.name, nin, values, attributes)
 
         return await self._http.call(attempt, parse)
-
-    @property
-    def breaker(self) -> CircuitBreaker:
-        return self._http.breaker
-
-    async def health(self) -> bool:
-        return self._http.breaker.state != "open"
-
-    async def close(self) -> None:
-        return None
 
 
 IDP_MAPPING = {"displacement_status": "status", "displacement_site": "site", "idp_household_id": "household_id"}

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from connectors.base import Connector, TraceContext
 from connectors.embedded import EmbeddedRegister
 from connectors.fhir import FhirConnector
-from connectors.resilience import CircuitBreaker, ResiliencePolicy
+from connectors.resilience import CircuitBreaker, RemoteConnector, ResiliencePolicy
 from connectors.rest import IDP_ATTRIBUTES, IDP_MAPPING, RestConnector
 from gateway.errors import Problem
 from gateway.observability import OffTracer
@@ -166,10 +166,9 @@ class ConnectorRouter:
         self._tracer = tracer or OffTracer()
         self._owner = {attribute: c for c in connectors for attribute in c.attributes}
         for connector in connectors:
-            breaker = getattr(connector, "breaker", None)
-            if isinstance(breaker, CircuitBreaker):
+            if isinstance(connector, RemoteConnector):
                 self._metrics.connector_breaker_state.labels(connector.name).set_function(
-                    lambda b=breaker: CircuitBreaker.STATE_VALUES[b.state])
+                    lambda b=connector.breaker: CircuitBreaker.STATE_VALUES[b.state])
         self._authority = next(c for c in connectors if c.authoritative)
 
     async def fetch(self, nin: str, attributes: frozenset[str], context: TraceContext | None = None
