@@ -90,12 +90,14 @@ async def test_a_writer_that_does_not_answer_is_killed(tmp_path: Path) -> None:
         await store.append(events(1))
         pid = child_pid(store)
         os.kill(pid, signal.SIGSTOP)  # alive but silent
-        store._process._reply_timeout_s = 0.5
+        writer = store._process
+        usual, writer._reply_timeout_s = writer._reply_timeout_s, 0.5
         with pytest.raises(WriterError, match="in time"):
             await store.append(events(1))
         await asyncio.sleep(0.2)
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+        writer._reply_timeout_s = usual  # a new child needs its interpreter's start-up time
         await store.append(events(1))  # a new child
         assert child_pid(store) != pid
     finally:
