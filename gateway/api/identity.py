@@ -18,6 +18,7 @@ from connectors.base import TraceContext
 from gateway.api.deps import access_record, protected
 from gateway.api.fields import Nin
 from gateway.api.responses import FastJSONResponse
+from gateway.api.routes import GuardedBodyRoute
 from gateway.audit.record import AccessRecord
 from gateway.auth.bearer import Caller
 from gateway.consent.check import require_consent
@@ -28,7 +29,7 @@ from gateway.policy.enforce import authorise
 from gateway.policy.model import Attribute, Claim, PurposePolicy
 from gateway.services import Services, services
 
-router = APIRouter(tags=["Identity"])
+router = APIRouter(tags=["Identity"], route_class=GuardedBodyRoute)
 
 Purpose = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 ClaimValue = Annotated[str, StringConstraints(min_length=1, max_length=200)]
