@@ -15,6 +15,8 @@ NIN_PATTERN = re.compile(r"^[0-9A-Z]{6,32}$")
 
 def normalise_nin(nin: str) -> str:
     """One spelling per NIN: compatibility forms folded (fullwidth digits), spaces dropped, upper case."""
+    if nin.isascii():  # NFKC leaves ASCII as it is; the common case skips it
+        return nin.upper() if nin.isalnum() else "".join(nin.split()).upper()
     return "".join(unicodedata.normalize("NFKC", nin).split()).upper()
 
 

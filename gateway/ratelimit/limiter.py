@@ -76,11 +76,25 @@ class Outcome:
                        headers={"Retry-After": str(retry)})
 
 
+_POLICY_FIELDS: dict[tuple[Window, ...], bytes] = {}
+
+
+def _policy_field(verdict: Verdict) -> bytes:
+    """`RateLimit-Policy` depends on the windows only: built once per set of windows."""
+    windows = tuple(s.window for s in verdict.windows)
+    field = _POLICY_FIELDS.get(windows)
+    if field is None:
+        if len(_POLICY_FIELDS) > 1024:  # policies reloaded many times: start over
+            _POLICY_FIELDS.clear()
+        field = _POLICY_FIELDS[windows] = ", ".join(
+            f'"{w.name}";q={w.limit};w={w.period_s}' for w in windows).encode()
+    return field
+
+
 def _fields(verdict: Verdict) -> list[tuple[bytes, bytes]]:
-    policy = ", ".join(f'"{s.window.name}";q={s.window.limit};w={s.window.period_s}' for s in verdict.windows)
     state = ", ".join(
         f'"{s.window.name}";r={s.remaining};t={math.ceil(s.reset_us / 1_000_000)}' for s in verdict.windows)
-    return [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]
+    return [(b"ratelimit-policy", _policy_field(verdict)), (b"ratelimit", state.encode())]
 
 
 class RateLimiter:

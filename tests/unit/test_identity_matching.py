@@ -13,6 +13,7 @@ from connectors.population import FAMILY_NAMES, FEMALE_NAMES, MALE_NAMES
 from gateway.identity import decide
 from gateway.identity.dates import PartialDate, age_at_least, anniversary, same_date
 from gateway.identity.names import normalise, same_given_names, same_name
+from gateway.identity.pseudonyms import normalise_nin
 
 NAMES = st.sampled_from(FAMILY_NAMES + FEMALE_NAMES + MALE_NAMES)
 
@@ -173,3 +174,15 @@ def test_what_a_verification_fetches() -> None:
 def test_matching_any_text_never_raises(text: str) -> None:
     assert isinstance(same_name(text, "Traoré", threshold=0.9), bool)
     assert isinstance(same_given_names(text, "Aminata Fanta", threshold=0.9), bool)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
+def test_nin_ascii_shortcut_is_the_full_normalisation(text: str) -> None:
+    full = "".join(unicodedata.normalize("NFKC", text).split()).upper()
+    assert normalise_nin(text) == full
+
+
+def test_nin_normalisation_folds_compatibility_forms() -> None:
+    # fullwidth digits, a space, lower case
+    assert normalise_nin("\uff11\uff12\uff13 \uff14\uff15\uff16ab") == "123456AB"
+    assert normalise_nin(" ML12\t34 ") == "ML1234"

@@ -4,12 +4,16 @@ record handed to the writer before the answer leaves, and fail-closed behaviour 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.audit.log import StubAccessLog
+from gateway.audit.record import rfc3339
 from gateway.errors import CATALOGUE
 from gateway.settings import Settings
 from tests.support import probe_app
@@ -158,3 +162,11 @@ async def test_metrics_exposition(client: httpx.AsyncClient, local_realm: Realm)
     assert ('http_server_request_duration_seconds_count{http_request_method="GET",'
             'http_response_status_code="200",http_route="/v1/probe/verify"}') in text
     assert 'jamu_access_decisions_total{administration="elections",decision="permit",operation="verify"}' in text
+
+
+@given(st.datetimes(min_value=datetime(1000, 1, 1), timezones=st.sampled_from(
+    [UTC, timezone(timedelta(hours=-9, minutes=-30)), timezone(timedelta(hours=5, minutes=45))])))
+def test_rfc3339_is_fixed_width_utc(moment: datetime) -> None:
+    text = rfc3339(moment)
+    assert text == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert len(text) == 27 and text.endswith("Z")
