@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -50,6 +51,15 @@ Every operation that names a person is a `POST` with the NIN in the body; every 
 
 class ConfigurationError(Exception):
     """The settings cannot make a safe gateway; the message says which and why."""
+
+
+def _freeze_startup_objects() -> None:
+    """Move what start-up built (modules, routes, schemas, policies: ~170k objects) out of the cyclic
+    collector's reach. A full collection walked all of it and paused the loop 80 to 120 ms, the gateway's
+    p99 under load; requests' own garbage is young and is still collected. Unfrozen at shutdown, so a
+    process that builds many apps (the test suite) does not keep their cycles."""
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(settings: Settings | None = None, *, access_log: AccessLog | None = None) -> FastAPI:
@@ -183,9 +193,11 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         await migrate(engine, settings.database_schema)
         await access_log.start()
         reloader.start()
+        _freeze_startup_objects()
         try:
             yield
         finally:
+            gc.unfreeze()
             await reloader.stop()
             await access_log.close()
             await audit_store.close()

@@ -3,6 +3,7 @@ record handed to the writer before the answer leaves, and fail-closed behaviour 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -170,3 +171,13 @@ def test_rfc3339_is_fixed_width_utc(moment: datetime) -> None:
     text = rfc3339(moment)
     assert text == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert len(text) == 27 and text.endswith("Z")
+
+
+async def test_startup_objects_frozen_while_serving(local_realm: Realm) -> None:
+    """What start-up built is out of the cyclic collector's reach while serving, and back at shutdown."""
+    settings = Settings(policies_dir=local_realm.policies_dir, data_dir=local_realm.data_dir, issuer=ISSUER)
+    app = probe_app.create(settings, StubAccessLog())
+    gc.unfreeze()
+    async with app.router.lifespan_context(app):
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0
