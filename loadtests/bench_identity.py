@@ -4,8 +4,10 @@
 - Lookup by NIN at two register sizes (default 50,000 and 5,000,000): µs per point read, p50 and p99.
 - The gateway's resident memory after the same verify load on each register size.
 - `/v1/verify` throughput (everything on: token check, in-process limiter, policy, embedded register,
-  durable access log) against `GET /bare` on the same server, closed loop, same run; and p99 of both,
-  open loop, at half the throughput target (the target being half the bare throughput: a quarter of it).
+  durable access log) against `GET /bare` on the same server, closed loop, in interleaved rounds: the
+  ratio is the median of each round's ratio, so a slow spell of the shared machine hits both sides; and
+  p99 of both, open loop, at half the throughput target (the target being half the bare throughput: a
+  quarter of it).
 - Verification time for known and unknown NINs, interleaved at a moderate rate (the answer must not
   reveal whether a NIN exists, by its time either).
 
@@ -32,7 +34,7 @@ import httpx
 import yaml
 
 from connectors.population import seed_register
-from loadtests.harness import Run, drive_at_rate, drive_closed, report
+from loadtests.harness import Run, drive_at_rate, drive_closed, merge, report
 from tests.support.keys import token_form
 from tests.support.realm import build_realm
 from tests.support.servers import GatewayProcess
@@ -127,6 +129,11 @@ def _checked(run: Run, what: str) -> Run:
     return run
 
 
+def _median_ratio(runs: list[Run], baselines: list[Run]) -> float:
+    """The median of each round's ratio to the baseline measured just before it."""
+    return round(statistics.median(r.rps / b.rps for r, b in zip(runs, baselines, strict=True)), 3)
+
+
 def measure(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed-count", type=int, default=1_000_000)
@@ -134,6 +141,7 @@ def measure(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--large", type=int, default=5_000_000)
     parser.add_argument("--requests", type=int, default=20_000, help="per throughput measurement")
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved bare/verify/lookup rounds")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="jamu-bench-identity-"))
     result: dict[str, Any] = {"bench": "identity"}
@@ -156,28 +164,38 @@ def measure(argv: list[str] | None = None) -> dict[str, Any]:
             result[f"gateway_rss_{size}_mb"] = _rss_mb(gateway.server.proc.pid)  # type: ignore[union-attr]
             if size != args.small:
                 continue
-            bare = _checked(asyncio.run(drive_closed(gateway.url("/bare"), {}, args.requests, args.connections)),
-                            "bare")
-            verify = _checked(asyncio.run(drive_closed(gateway.url("/v1/verify"), gateway.headers, args.requests,
-                                                       args.connections, bodies)), "verify")
             lookups = [{"nin": b["nin"], "purpose": "file_check", "attributes": FILE_CHECK["attributes"]}
                        for b in bodies]
-            lookup = _checked(asyncio.run(drive_closed(gateway.url("/v1/lookup"), gateway.headers, args.requests,
-                                                       args.connections, lookups)), "lookup")
-            half = bare.rps / 4  # half of the target load, which is half the bare throughput
-            bare_half = _checked(asyncio.run(drive_at_rate(gateway.url("/bare"), {}, half, int(half * 5))), "bare½")
-            verify_half = asyncio.run(drive_at_rate(gateway.url("/v1/verify"), gateway.headers, half, int(half * 5),
-                                                    bodies[0]))
+            per_round = args.requests // args.rounds
+            runs: dict[str, list[Run]] = {"bare": [], "verify": [], "lookup": []}
+            for _ in range(args.rounds):  # interleaved, so a slow spell of the machine hits all three
+                runs["bare"].append(_checked(asyncio.run(drive_closed(
+                    gateway.url("/bare"), {}, per_round, args.connections)), "bare"))
+                runs["verify"].append(_checked(asyncio.run(drive_closed(
+                    gateway.url("/v1/verify"), gateway.headers, per_round, args.connections, bodies)), "verify"))
+                runs["lookup"].append(_checked(asyncio.run(drive_closed(
+                    gateway.url("/v1/lookup"), gateway.headers, per_round, args.connections, lookups)), "lookup"))
+            bare, verify, lookup = (merge(runs[name]) for name in ("bare", "verify", "lookup"))
+            bare_rps = statistics.median(r.rps for r in runs["bare"])
+            half = bare_rps / 4  # half of the target load, which is half the bare throughput
+            bare_half = merge([_checked(asyncio.run(drive_at_rate(gateway.url("/bare"), {}, half, int(half * 5))),
+                                        "bare½") for _ in range(2)])
+            verify_half = merge([asyncio.run(drive_at_rate(gateway.url("/v1/verify"), gateway.headers, half,
+                                                           int(half * 5), bodies[0])) for _ in range(2)])
             result.update(
-                bare_rps=round(bare.rps), verify_rps=round(verify.rps), verify_ratio=round(verify.rps / bare.rps, 3),
+                bare_rps=round(bare_rps), verify_rps=round(statistics.median(r.rps for r in runs["verify"])),
+                verify_ratio=_median_ratio(runs["verify"], runs["bare"]),
+                verify_ratios=[round(v.rps / b.rps, 3) for v, b in zip(runs["verify"], runs["bare"], strict=True)],
                 bare_p50_ms=round(bare.percentile(0.5), 2), bare_p99_ms=round(bare.percentile(0.99), 2),
                 verify_p50_ms=round(verify.percentile(0.5), 2), verify_p99_ms=round(verify.percentile(0.99), 2),
-                half_load_rps=round(half), verify_half_utilisation=round(half / verify.rps, 2),
+                half_load_rps=round(half),
+                verify_half_utilisation=round(half / statistics.median(r.rps for r in runs["verify"]), 2),
                 bare_half_p99_ms=round(bare_half.percentile(0.99), 2),
                 verify_half_p99_ms=round(verify_half.percentile(0.99), 2),
                 verify_half_p99_over_bare=round(verify_half.percentile(0.99) / bare_half.percentile(0.99), 2),
                 verify_half_statuses={str(k): v for k, v in verify_half.statuses.items()},
-                lookup_rps=round(lookup.rps), lookup_ratio=round(lookup.rps / bare.rps, 3),
+                lookup_rps=round(statistics.median(r.rps for r in runs["lookup"])),
+                lookup_ratio=_median_ratio(runs["lookup"], runs["bare"]),
                 lookup_p50_ms=round(lookup.percentile(0.5), 2), lookup_p99_ms=round(lookup.percentile(0.99), 2),
             )
             known, unknown = _bodies(path, 1), _bodies(path, 1, unknown=True)
