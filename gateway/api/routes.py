@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from email.message import Message
 from typing import Any
 
+from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import request_body_to_args
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -52,6 +53,11 @@ def parse_body(raw: bytes, content_type: str | None) -> Any:
         raise HTTPException(400, "There was an error parsing the body") from None
 
 
+def _takes_only_request(dependant: Dependant) -> bool:
+    return not (dependant.path_params or dependant.query_params or dependant.header_params
+                or dependant.cookie_params or dependant.body_params or dependant.dependencies)
+
+
 class GuardedBodyRoute(APIRoute):
     """For endpoints `async def f(request, body, caller) -> Response` whose `caller` comes from one async
     guard dependency without sub-dependencies; anything else is refused when the route is declared."""
@@ -60,8 +66,10 @@ class GuardedBodyRoute(APIRoute):
         endpoint = self.dependant.call
         guards = self.dependant.dependencies
         body_field = self.body_field
-        if (endpoint is None or body_field is None or len(guards) != 1 or guards[0].dependencies
-                or guards[0].call is None):
+        own = self.dependant
+        if (endpoint is None or body_field is None or len(own.body_params) != 1 or len(guards) != 1
+                or own.path_params or own.query_params or own.header_params or own.cookie_params
+                or guards[0].call is None or not _takes_only_request(guards[0])):
             raise TypeError(f"{self.path}: GuardedBodyRoute serves (request, body, caller) endpoints only")
         guard: Callable[[Request], Awaitable[Any]] = guards[0].call
         body_name, caller_name = body_field.name, guards[0].name

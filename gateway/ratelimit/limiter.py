@@ -9,6 +9,7 @@ Redis after a short pause so a dead Redis does not cost a timeout on every reque
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import math
@@ -76,25 +77,17 @@ class Outcome:
                        headers={"Retry-After": str(retry)})
 
 
-_POLICY_FIELDS: dict[tuple[Window, ...], bytes] = {}
-
-
-def _policy_field(verdict: Verdict) -> bytes:
+@functools.lru_cache(maxsize=256)
+def _policy_field(windows: tuple[Window, ...]) -> bytes:
     """`RateLimit-Policy` depends on the windows only: built once per set of windows."""
-    windows = tuple(s.window for s in verdict.windows)
-    field = _POLICY_FIELDS.get(windows)
-    if field is None:
-        if len(_POLICY_FIELDS) > 1024:  # policies reloaded many times: start over
-            _POLICY_FIELDS.clear()
-        field = _POLICY_FIELDS[windows] = ", ".join(
-            f'"{w.name}";q={w.limit};w={w.period_s}' for w in windows).encode()
-    return field
+    return ", ".join(f'"{w.name}";q={w.limit};w={w.period_s}' for w in windows).encode()
 
 
 def _fields(verdict: Verdict) -> list[tuple[bytes, bytes]]:
     state = ", ".join(
         f'"{s.window.name}";r={s.remaining};t={math.ceil(s.reset_us / 1_000_000)}' for s in verdict.windows)
-    return [(b"ratelimit-policy", _policy_field(verdict)), (b"ratelimit", state.encode())]
+    policy = _policy_field(tuple(s.window for s in verdict.windows))
+    return [(b"ratelimit-policy", policy), (b"ratelimit", state.encode())]
 
 
 class RateLimiter:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -137,3 +137,16 @@ def test_refuses_other_shapes() -> None:
 
     with pytest.raises(TypeError, match="GuardedBodyRoute"):
         router.post("/x")(no_guard)
+
+
+def test_refuses_a_guard_with_parameters_of_its_own() -> None:
+    router = APIRouter(route_class=GuardedBodyRoute)
+
+    async def header_guard(request: Request, x_key: Annotated[str, Header()]) -> str:
+        return x_key
+
+    async def endpoint(request: Request, body: Body, caller: Annotated[str, Depends(header_guard)]) -> Any:
+        return None
+
+    with pytest.raises(TypeError, match="GuardedBodyRoute"):
+        router.post("/y")(endpoint)
