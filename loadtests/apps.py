@@ -38,9 +38,14 @@ def create_discarding_with_bare() -> Any:
 
 
 def _add_bare(app: Any) -> None:
+    """`GET /bare`, matched first as `/v1/verify` is: a route at the end of the table pays for matching
+    every route before it (~70 µs on this stack), which would flatter the ratio."""
+
     @app.get("/bare", include_in_schema=False)
     async def bare() -> FastJSONResponse:
         return FastJSONResponse({"status": "ok", "match": True})
+
+    app.router.routes.insert(0, app.router.routes.pop())
 
 
 def create_durable() -> Any:
