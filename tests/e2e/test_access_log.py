@@ -235,33 +235,36 @@ def test_nothing_is_released_when_the_log_cannot_be_written(realm: Realm, tmp_pa
 def test_sigkill_under_load_loses_no_acknowledged_event(realm: Realm, tmp_path: Path) -> None:
     data = tmp_path / "var"
     server = serve(realm, tmp_path / "killed.log", GATEWAY_DATA_DIR=str(data))
-    acknowledged: list[str] = []
-    headers = token(server, realm, "elections-app")
+    try:  # stopped whatever fails before the kill, so no gateway outlives the test
+        acknowledged: list[str] = []
+        headers = token(server, realm, "elections-app")
 
-    async def load(stop_at: float) -> None:
-        async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=5) as client:
+        async def load(stop_at: float) -> None:
+            async with httpx.AsyncClient(base_url=server.base_url, headers=headers, timeout=5) as client:
 
-            async def worker() -> None:
-                while time.monotonic() < stop_at:
-                    try:
-                        response = await client.post("/v1/probe/person", json={"nin": AMINATA})
-                    except httpx.HTTPError:
-                        return  # the server is gone
-                    if response.is_success:
-                        acknowledged.append(response.json()["transaction_id"])
+                async def worker() -> None:
+                    while time.monotonic() < stop_at:
+                        try:
+                            response = await client.post("/v1/probe/person", json={"nin": AMINATA})
+                        except httpx.HTTPError:
+                            return  # the server is gone
+                        if response.is_success:
+                            acknowledged.append(response.json()["transaction_id"])
 
-            await asyncio.gather(*(worker() for _ in range(8)))
+                await asyncio.gather(*(worker() for _ in range(8)))
 
-    async def run() -> None:
-        loader = asyncio.create_task(load(time.monotonic() + 10))
-        await asyncio.sleep(1.5)
-        assert server.proc is not None
-        os.kill(server.proc.pid, signal.SIGKILL)
-        await loader
+        async def run() -> None:
+            loader = asyncio.create_task(load(time.monotonic() + 10))
+            await asyncio.sleep(1.5)
+            assert server.proc is not None
+            os.kill(server.proc.pid, signal.SIGKILL)
+            await loader
 
-    asyncio.run(run())
-    server.proc.wait(timeout=10)  # type: ignore[union-attr]
-    server.proc = None
+        asyncio.run(run())
+        server.proc.wait(timeout=10)  # type: ignore[union-attr]
+        server.proc = None
+    finally:
+        server.stop()
     assert len(acknowledged) > 20
 
     restarted = serve(realm, tmp_path / "restarted.log", GATEWAY_DATA_DIR=str(data))
