@@ -53,9 +53,10 @@ def parse_body(raw: bytes, content_type: str | None) -> Any:
         raise HTTPException(400, "There was an error parsing the body") from None
 
 
-def _takes_only_request(dependant: Dependant) -> bool:
-    return not (dependant.path_params or dependant.query_params or dependant.header_params
-                or dependant.cookie_params or dependant.body_params or dependant.dependencies)
+def _reads_request_parts(dependant: Dependant) -> bool:
+    """Path, query, header or cookie parameters: what this handler does not fill."""
+    return bool(dependant.path_params or dependant.query_params or dependant.header_params
+                or dependant.cookie_params)
 
 
 class GuardedBodyRoute(APIRoute):
@@ -63,13 +64,11 @@ class GuardedBodyRoute(APIRoute):
     guard dependency without sub-dependencies; anything else is refused when the route is declared."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        endpoint = self.dependant.call
-        guards = self.dependant.dependencies
-        body_field = self.body_field
         own = self.dependant
-        if (endpoint is None or body_field is None or len(own.body_params) != 1 or len(guards) != 1
-                or own.path_params or own.query_params or own.header_params or own.cookie_params
-                or guards[0].call is None or not _takes_only_request(guards[0])):
+        endpoint, guards, body_field = own.call, own.dependencies, self.body_field
+        if (endpoint is None or body_field is None or len(own.body_params) != 1 or _reads_request_parts(own)
+                or len(guards) != 1 or guards[0].call is None or _reads_request_parts(guards[0])
+                or guards[0].body_params or guards[0].dependencies):
             raise TypeError(f"{self.path}: GuardedBodyRoute serves (request, body, caller) endpoints only")
         guard: Callable[[Request], Awaitable[Any]] = guards[0].call
         body_name, caller_name = body_field.name, guards[0].name
