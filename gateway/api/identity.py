@@ -36,7 +36,8 @@ ClaimValue = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Only keys go in the JSON parser's process-wide string cache: NINs and names are not kept there.
+    model_config = ConfigDict(extra="forbid", cache_strings="keys")
     nin: Nin
     purpose: Purpose
     consent_id: str | None = Field(None, max_length=64)

@@ -3,6 +3,7 @@ declared both ways, the same requests, the same statuses and error lists, in the
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import httpx
@@ -10,10 +11,13 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
-from gateway.api.routes import GuardedBodyRoute
+from gateway.api.identity import LookupRequest, VerifyRequest
+from gateway.api.routes import GuardedBodyRoute, parse_body, read_valid_body
 
 
 class Body(BaseModel):
@@ -150,3 +154,140 @@ def test_refuses_a_guard_with_parameters_of_its_own() -> None:
 
     with pytest.raises(TypeError, match="GuardedBodyRoute"):
         router.post("/y")(endpoint)
+
+
+def test_refuses_a_body_that_is_not_a_model() -> None:
+    router = APIRouter(route_class=GuardedBodyRoute)
+
+    async def endpoint(request: Request, body: list[int], caller: Annotated[str, Depends(guard)]) -> Any:
+        return None
+
+    with pytest.raises(TypeError, match="pydantic model"):
+        router.post("/z")(endpoint)
+
+
+# Documents near the identity bodies, mostly valid so both outcomes are exercised: right and wrong keys,
+# values of every JSON type, odd strings (lone surrogates, fullwidth digits, NULs), big and float numbers.
+_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=12) | st.sampled_from(
+    [
+        "voter_roll",
+        "1984-06-15",
+        "1984-06",
+        "1984",
+        "2023-02-30",
+        "Diarra",
+        "Awa Kadiatou",
+        "\ud800",
+        "1e2",
+        " ",
+        "",
+        "ML\uff11\uff12\uff13\uff14\uff15\uff16\uff17",
+        "a\x00b",
+    ]
+)
+_NINS = st.from_regex(r"[0-9A-Z]{6,32}", fullmatch=True) | st.from_regex(r" ?[0-9a-z]{5,12} ?", fullmatch=True) | _TEXT
+_DATES = st.dates().map(str) | st.sampled_from(["1984", "1984-06", "2023-02-30", "84-06-15"]) | _TEXT
+_NUMBERS = (
+    st.integers(-5, 200)
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.sampled_from([18.0, 18.5, True])
+)
+_SCALARS = st.none() | st.booleans() | _NUMBERS | _TEXT
+_KEYS = st.sampled_from(["nin", "purpose", "claims", "predicates", "attributes", "name", "value", "extra"]) | _TEXT
+_VALUES = st.recursive(
+    _SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4), max_leaves=8
+)
+_CLAIMS = st.dictionaries(
+    st.sampled_from(["family_name", "given_names", "birth_date", "birth_place", "sex", "nin", "favourite"]),
+    _DATES | _TEXT | _SCALARS,
+    max_size=4,
+)
+_PREDICATES = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({"name": st.just("age_at_least"), "value": _NUMBERS | _TEXT}, optional={"as_of": _DATES}),
+        st.fixed_dictionaries({"name": st.sampled_from(["alive", "registered_idp"])}, optional={"value": _SCALARS}),
+        st.fixed_dictionaries({"name": st.just("resides_in"), "value": _TEXT | _SCALARS}),
+        st.fixed_dictionaries({"name": _TEXT}),
+    ),
+    max_size=3,
+)
+_GOOD_NINS = st.from_regex(r"[0-9A-Z]{6,32}", fullmatch=True)
+_GOOD_CLAIMS = st.dictionaries(
+    st.sampled_from(["family_name", "given_names", "birth_place"]),
+    st.sampled_from(["Diarra", "Awa Kadiatou", "Ségou", "N'Diaye"]) | _TEXT,
+    max_size=2,
+) | st.fixed_dictionaries({"birth_date": _DATES})
+_GOOD_PREDICATES = st.lists(
+    st.one_of(
+        st.fixed_dictionaries(
+            {"name": st.just("age_at_least"), "value": st.integers(0, 150) | st.just(18.0)},
+            optional={"as_of": st.dates().map(str)},
+        ),
+        st.fixed_dictionaries({"name": st.sampled_from(["alive", "registered_idp"])}),
+        st.fixed_dictionaries({"name": st.just("resides_in"), "value": st.sampled_from(["Ségou", "Mopti"]) | _TEXT}),
+    ),
+    min_size=1,
+    max_size=3,
+)
+_NEAR_VERIFY = st.fixed_dictionaries(
+    {"nin": _GOOD_NINS | _NINS, "purpose": st.just("voter_roll"), "predicates": _GOOD_PREDICATES},
+    optional={"claims": _GOOD_CLAIMS, "consent_id": st.none() | st.just("c-1")},
+)
+_NEAR_LOOKUP = st.fixed_dictionaries(
+    {
+        "nin": _GOOD_NINS | _NINS,
+        "purpose": st.just("file_check"),
+        "attributes": st.lists(st.sampled_from(["family_name", "birth_date", "favourite"]), min_size=1, max_size=3),
+    },
+    optional={"consent_id": st.none() | st.just("c-1") | _SCALARS},
+)
+_NEAR_BODY = st.fixed_dictionaries(
+    {"nin": _TEXT, "count": _NUMBERS}, optional={"tags": st.lists(_TEXT, max_size=2) | st.none()}
+)
+_ANY_DOCUMENT = st.one_of(
+    st.fixed_dictionaries(
+        {"nin": _NINS, "purpose": st.sampled_from(["voter_roll", "", "x" * 65]) | _TEXT},
+        optional={
+            "claims": _CLAIMS | _VALUES,
+            "predicates": _PREDICATES | _VALUES,
+            "consent_id": _TEXT | st.none(),
+            "extra": _SCALARS,
+            "attributes": st.lists(st.sampled_from(["family_name", "birth_date", "x"]), max_size=3) | _VALUES,
+        },
+    ),
+    st.fixed_dictionaries(
+        {"nin": _TEXT, "count": _NUMBERS | _SCALARS}, optional={"tags": st.lists(_TEXT, max_size=2) | _VALUES}
+    ),
+    _VALUES,
+)
+_CASES = st.one_of(
+    st.tuples(st.just(VerifyRequest), _NEAR_VERIFY),
+    st.tuples(st.just(LookupRequest), _NEAR_LOOKUP),
+    st.tuples(st.just(Body), _NEAR_BODY),
+    st.tuples(st.sampled_from([VerifyRequest, LookupRequest, Body]), _ANY_DOCUMENT),
+)
+
+
+def _standard(model: type[BaseModel], raw: bytes) -> BaseModel | None:
+    try:
+        received = parse_body(raw, "application/json")
+        return model.model_validate(received)
+    except (RequestValidationError, HTTPException, ValidationError):
+        return None
+
+
+@settings(max_examples=600, deadline=None)
+@given(_CASES, st.sampled_from(["", " ", "\n"]))
+def test_the_one_pass_read_accepts_only_what_the_standard_path_accepts_and_alike(
+    case: tuple[type[BaseModel], Any], padding: str
+) -> None:
+    model, document = case
+    raw = padding.encode() + json.dumps(document, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    fast = read_valid_body(model, raw, "application/json")
+    standard = _standard(model, raw)
+    if fast is not None:
+        assert standard is not None
+        assert fast.model_dump() == standard.model_dump()
+        assert repr(fast) == repr(standard)  # the same types too (1 is not 1.0, "1" is not 1)
+    assert read_valid_body(model, raw, "application/json; charset=utf-8") is None  # the standard path's
