@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import json
 import sqlite3
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from connectors.base import PersonRecord
+from connectors.embedded import SNAPSHOT_S, EmbeddedRegister
 from connectors.importer import import_people
 from connectors.population import GEOGRAPHY, IDP_SITES, luhn_digit, population, seed_register
 from gateway.cli import main
@@ -125,3 +130,78 @@ def test_the_cli_reports_lines_and_exit_codes(tmp_path: Path, monkeypatch: pytes
     assert main(["register", "import", str(source), "--skip-bad-lines"]) == 0
     assert "1 people imported, 1 lines rejected" in capsys.readouterr().out
     assert main(["register", "import", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def _rename_in_thread(path: Path, nin: str, name: str, ready: threading.Event) -> threading.Thread:
+    """An import's transaction: changes a row, says so, then commits (waiting for readers' locks)."""
+
+    def write() -> None:
+        with contextlib.closing(sqlite3.connect(path, timeout=10, isolation_level=None)) as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("UPDATE people SET family_name = ? WHERE nin = ?", (name, nin))
+            ready.set()
+            connection.execute("COMMIT")
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    return thread
+
+
+async def test_loop_reads_share_a_short_snapshot_that_an_import_gets_past(tmp_path: Path) -> None:
+    path = tmp_path / "register.db"
+    seed_register(path, 50, 1)
+    nin = people_in(path)[0]["nin"]
+    register = EmbeddedRegister(path)
+    try:
+        assert (await register.fetch(nin, frozenset({"family_name"})))["family_name"] != "Imported"
+        ready = threading.Event()
+        writer = _rename_in_thread(path, nin, "Imported", ready)
+        assert await asyncio.to_thread(ready.wait, 5)
+        # The loop keeps reading: the snapshot's timer ends it, the import commits, reads see it.
+        seen = None
+        for _ in range(400):
+            seen = (await register.fetch(nin, frozenset({"family_name"})))["family_name"]
+            if seen == "Imported":
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.to_thread(writer.join, 10)
+        assert not writer.is_alive() and seen == "Imported"
+    finally:
+        await register.close()
+
+
+async def test_a_snapshot_whose_timer_could_not_run_is_not_read_past_its_time(tmp_path: Path) -> None:
+    path = tmp_path / "register.db"
+    seed_register(path, 50, 1)
+    nin = people_in(path)[0]["nin"]
+    register = EmbeddedRegister(path)
+    try:
+        await register.fetch(nin, frozenset({"family_name"}))
+        ready = threading.Event()
+        writer = _rename_in_thread(path, nin, "Imported", ready)
+        assert ready.wait(5)
+        time.sleep(SNAPSHOT_S * 4)  # noqa: ASYNC251 (the point: a blocked loop cannot run the snapshot's timer)
+        assert writer.is_alive()  # the import waits for the snapshot's lock
+        assert (await register.fetch(nin, frozenset({"family_name"})))["family_name"] == "Imported"
+        writer.join(10)
+        assert not writer.is_alive()
+    finally:
+        await register.close()
+
+
+async def test_a_read_returns_what_was_asked_and_close_lets_writers_in(tmp_path: Path) -> None:
+    path = tmp_path / "register.db"
+    seed_register(path, 50, 1)
+    person = people_in(path)[0]
+    register = EmbeddedRegister(path)
+    asked = frozenset({"birth_date", "record_status", "not_an_attribute"})
+    assert await register.fetch(person["nin"], asked) == {
+        "birth_date": person["birth_date"],
+        "record_status": person["record_status"],
+        "not_an_attribute": None,
+    }
+    assert await register.fetch("999999999999999", asked) is None
+    await register.close()
+    with contextlib.closing(sqlite3.connect(path, timeout=0)) as connection:  # no lock left behind
+        connection.execute("UPDATE people SET family_name = 'X' WHERE nin = ?", (person["nin"],))
+        connection.commit()
