@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -16,24 +17,10 @@ class PartialDate:
     month: int | None = None
     day: int | None = None
 
-    @classmethod
-    def parse(cls, text: str) -> PartialDate:
+    @staticmethod
+    def parse(text: str) -> PartialDate:
         """`YYYY`, `YYYY-MM` or `YYYY-MM-DD`, a real calendar date; ValueError otherwise."""
-        match = _PATTERN.match(text)
-        if not match:
-            raise ValueError("a date is YYYY-MM-DD, YYYY-MM or YYYY")
-        year_text, month_text, day_text = match.groups()
-        year = int(year_text)
-        month = int(month_text) if month_text else None
-        day = int(day_text) if day_text else None
-        if year < 1800:
-            raise ValueError("year out of range")
-        if month is not None and not 1 <= month <= 12:
-            raise ValueError("month out of range")
-        if day is not None:
-            assert month is not None
-            date(year, month, day)  # raises ValueError for 2023-02-30
-        return cls(year, month, day)
+        return _parse(text)
 
     @property
     def precision(self) -> int:
@@ -52,6 +39,27 @@ class PartialDate:
 
     def __str__(self) -> str:
         return "-".join([f"{self.year:04d}", *(f"{p:02d}" for p in (self.month, self.day) if p is not None)])
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse(text: str) -> PartialDate:
+    """Dates repeat: a verification parses the claimed one twice and the recorded one twice. A valid
+    date alone names nobody, so the parsed ones are kept, a bounded number (invalid ones are not)."""
+    match = _PATTERN.match(text)
+    if not match:
+        raise ValueError("a date is YYYY-MM-DD, YYYY-MM or YYYY")
+    year_text, month_text, day_text = match.groups()
+    year = int(year_text)
+    month = int(month_text) if month_text else None
+    day = int(day_text) if day_text else None
+    if year < 1800:
+        raise ValueError("year out of range")
+    if month is not None and not 1 <= month <= 12:
+        raise ValueError("month out of range")
+    if day is not None:
+        assert month is not None
+        date(year, month, day)  # raises ValueError for 2023-02-30
+    return PartialDate(year, month, day)
 
 
 def same_date(claim: PartialDate, record: PartialDate) -> bool:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from connectors.population import FAMILY_NAMES, FEMALE_NAMES, MALE_NAMES
 from gateway.identity import decide
 from gateway.identity.dates import PartialDate, age_at_least, anniversary, same_date
-from gateway.identity.names import normalise, same_given_names, same_name
+from gateway.identity.names import normalise, normalise_unicode, same_given_names, same_name
 from gateway.identity.pseudonyms import normalise_nin
 
 NAMES = st.sampled_from(FAMILY_NAMES + FEMALE_NAMES + MALE_NAMES)
@@ -39,6 +39,11 @@ def variants(draw: st.DrawFn, name: str) -> str:
     if draw(st.booleans()):
         text = "\u200b" + text
     return draw(st.sampled_from(["", " ", "\t"])) + text + draw(st.sampled_from(["", " "]))
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
+def test_ascii_shortcut_is_the_full_normalisation(text: str) -> None:
+    assert normalise(text) == normalise_unicode(text)
 
 
 @given(st.text(max_size=40))
