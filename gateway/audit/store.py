@@ -74,12 +74,16 @@ class AccessLogStore:
         async with self._writer.begin() as connection:
             return await connection.run_sync(lambda sync: work(EngineWrites(sync)))
 
-    async def append(self, events: Sequence[dict[str, Any]]) -> None:
-        """Chain and store `events` in one transaction; they are durable when this returns."""
+    async def append(self, events: Sequence[dict[str, Any]], settle: Callable[[], None] | None = None) -> None:
+        """Chain and store `events` in one transaction; they are durable when this returns. `settle` runs
+        as soon as they are, before this coroutine resumes (on SQLite, in the callback that reads the
+        writer's answer: one loop turn sooner)."""
         if self._process is not None:
-            await self._process.call({"op": "append", "events": events})
+            await self._process.call({"op": "append", "events": events}, settle)
             return
         await self._write(lambda writes: append_events(writes, self._signer, events, self._seal_every))
+        if settle is not None:
+            settle()
 
     async def seal(self, older_than_s: float = 0.0) -> bool:
         """Write a checkpoint over the head if events are unsealed and the last checkpoint is at least

@@ -81,8 +81,17 @@ class DurableAccessLog:
 
     async def _commit(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
+
+        def settle() -> None:
+            """The batch is durable: its requests go on at once (this may run in the writer's callback)."""
+            self._failing = False
+            self._metrics.access_log_commit.observe(time.perf_counter() - started)
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
         try:
-            await self.store.append([event for event, _ in batch])
+            await self.store.append([event for event, _ in batch], settle)
         except Exception as exc:
             if not self._failing:
                 log.error("access log commit failed (%d events): %s", len(batch), exc)
@@ -91,12 +100,7 @@ class DurableAccessLog:
                 if not done.done():
                     done.set_exception(AccessLogUnavailable(str(exc)))
             return
-        self._failing = False
         self._metrics.access_log_batch.observe(len(batch))
-        self._metrics.access_log_commit.observe(time.perf_counter() - started)
-        for _, done in batch:
-            if not done.done():
-                done.set_result(None)
 
     async def _seal_loop(self) -> None:
         while True:

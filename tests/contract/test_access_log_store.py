@@ -115,6 +115,18 @@ async def test_appended_events_come_back_exactly_and_chain(stores: StoreFactory)
     assert report.ok and report.unsealed_events == 3
 
 
+async def test_settle_runs_once_when_the_events_are_durable_and_never_for_a_failed_write(
+        engines: EngineFactory, stores: StoreFactory) -> None:
+    store = stores(seal_every=1000)
+    settled: list[int] = []
+    await store.append(events_of(record(1), record(2)), lambda: settled.append(1))
+    assert settled == [1] and [e["seq"] async for e in store.stream()] == [1, 2]
+    async with lock_held(engines()):  # this write cannot commit
+        with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises
+            await asyncio.wait_for(store.append(events_of(record(3)), lambda: settled.append(2)), 5)
+    assert settled == [1]
+
+
 async def test_seals_every_n_events_and_on_demand(stores: StoreFactory) -> None:
     store = stores(seal_every=5)
     for n in range(12):

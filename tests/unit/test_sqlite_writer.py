@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import uvloop
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit.chain import ChainVerifier, CheckpointSigner
@@ -28,8 +29,8 @@ def events(n: int) -> list[dict]:
 
 def child_pid(store: AccessLogStore) -> int:
     writer = store._process
-    assert isinstance(writer, SqliteWriterProcess) and writer._process is not None
-    return writer._process.pid
+    assert isinstance(writer, SqliteWriterProcess) and writer.pid is not None
+    return writer.pid
 
 
 async def chain_ok(store: AccessLogStore) -> int:
@@ -102,3 +103,26 @@ async def test_a_writer_that_does_not_answer_is_killed(tmp_path: Path) -> None:
         assert child_pid(store) != pid
     finally:
         await store.close()
+
+
+def test_the_writer_serves_under_uvloop_as_the_gateway_runs(tmp_path: Path) -> None:
+    """The served gateway runs uvloop, whose pipe transports are not asyncio's own classes."""
+
+    async def scenario() -> None:
+        engine = create_engine(database_url(None, tmp_path), statement_timeout_s=2.0)
+        await migrate(engine)
+        store = AccessLogStore(engine, SIGNER, seal_every=1000)
+        try:
+            settled: list[int] = []
+            await store.append(events(2), lambda: settled.append(2))
+            pid = child_pid(store)
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.2)
+            await store.append(events(1), lambda: settled.append(1))  # a new child takes over
+            assert child_pid(store) != pid and settled == [2, 1]
+            assert await store.seal() is True
+            assert await chain_ok(store) == 3
+        finally:
+            await store.close()
+
+    uvloop.run(scenario())
