@@ -215,10 +215,6 @@ class SqliteWriterProcess:
             except (ConnectionError, RuntimeError) as exc:
                 self._kill(process)
                 raise WriterError(f"the access-log writer is gone: {exc}") from None
-            except WriterError as exc:
-                if replies.closed:
-                    self._kill(process)
-                raise exc from None
 
     def _kill(self, process: asyncio.SubprocessTransport) -> None:
         if process.get_returncode() is None:
