@@ -16,7 +16,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -34,7 +33,7 @@ from gateway.audit.store import AccessLogStore
 from gateway.audit.writer import DurableAccessLog
 from gateway.storage.database import create_engine, database_url, migrate
 from gateway.telemetry import Metrics
-from loadtests.harness import Run, drive_at_rate, merge, report
+from loadtests.harness import Run, drive_at_rate, in_scratch_dir, merge, report
 from tests.support.keys import token_form
 from tests.support.realm import build_realm
 from tests.support.servers import GatewayProcess
@@ -140,6 +139,10 @@ def _export_rss_mb(root: Path, events: int) -> float:
 
 
 def measure(argv: list[str] | None = None) -> dict[str, Any]:
+    return in_scratch_dir("jamu-bench-audit-", lambda root: _measure(root, argv))
+
+
+def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20_000, help="events per append measurement")
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent appenders")
@@ -149,7 +152,6 @@ def measure(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--export-sizes", default="20000,200000")
     args = parser.parse_args(argv)
 
-    root = Path(tempfile.mkdtemp(prefix="jamu-bench-audit-"))
     result: dict[str, Any] = {"bench": "audit"}
     started = time.perf_counter()
     sqlite_url = database_url(None, root / "appends")

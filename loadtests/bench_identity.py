@@ -25,7 +25,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import httpx
 import yaml
 
 from connectors.population import seed_register
-from loadtests.harness import Run, drive_at_rate, drive_closed, merge, report
+from loadtests.harness import Run, drive_at_rate, drive_closed, in_scratch_dir, merge, report
 from tests.support.keys import token_form
 from tests.support.realm import build_realm
 from tests.support.servers import GatewayProcess
@@ -135,6 +134,10 @@ def _median_ratio(runs: list[Run], baselines: list[Run]) -> float:
 
 
 def measure(argv: list[str] | None = None) -> dict[str, Any]:
+    return in_scratch_dir("jamu-bench-identity-", lambda root: _measure(root, argv))
+
+
+def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed-count", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=50_000)
@@ -142,8 +145,11 @@ def measure(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--requests", type=int, default=20_000, help="per throughput measurement")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4, help="interleaved bare/verify/lookup rounds")
+    parser.add_argument("--half-rounds", type=int, default=5,
+                        help="interleaved bare/verify rounds at half the target load (p99 swings from round to round)")
+    parser.add_argument("--half-seconds", type=float, default=5.0, help="each run at half the target load")
+    parser.add_argument("--timing-requests", type=int, default=400, help="per known/unknown NIN timing run")
     args = parser.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="jamu-bench-identity-"))
     result: dict[str, Any] = {"bench": "identity"}
     started = time.perf_counter()
 
@@ -180,11 +186,11 @@ def measure(argv: list[str] | None = None) -> dict[str, Any]:
             verify_rps = statistics.median(r.rps for r in runs["verify"])
             half = bare_rps / 4  # half of the target load, which is half the bare throughput
             halves: dict[str, list[Run]] = {"bare": [], "verify": []}
-            for _ in range(args.rounds - 1):  # p99 is a tail: judged per round, each against its own baseline
+            for _ in range(args.half_rounds):  # p99 is a tail: judged per round, each against its own baseline
                 halves["bare"].append(_checked(asyncio.run(drive_at_rate(
-                    gateway.url("/bare"), {}, half, int(half * 5))), "bare½"))
+                    gateway.url("/bare"), {}, half, int(half * args.half_seconds))), "bare½"))
                 halves["verify"].append(asyncio.run(drive_at_rate(
-                    gateway.url("/v1/verify"), gateway.headers, half, int(half * 5), bodies[0])))
+                    gateway.url("/v1/verify"), gateway.headers, half, int(half * args.half_seconds), bodies[0])))
             verify_half = merge(halves["verify"])
             half_p99_ratios = [round(v.percentile(0.99) / b.percentile(0.99), 2)
                                for v, b in zip(halves["verify"], halves["bare"], strict=True)]
@@ -209,8 +215,8 @@ def measure(argv: list[str] | None = None) -> dict[str, Any]:
             timings: dict[str, list[float]] = {"known": [], "unknown": []}
             for _ in range(5):
                 for name, body in (("known", known[0]), ("unknown", unknown[0])):
-                    run = _checked(asyncio.run(drive_at_rate(gateway.url("/v1/verify"), gateway.headers, 200, 400,
-                                                             body)), name)
+                    run = _checked(asyncio.run(drive_at_rate(gateway.url("/v1/verify"), gateway.headers, 200,
+                                                             args.timing_requests, body)), name)
                     timings[name] += run.latencies_ms
             for name, values in timings.items():
                 values.sort()

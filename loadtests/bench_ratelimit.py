@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import httpx
 import redis as redis_sync
 import yaml
 
-from loadtests.harness import Run, drive_at_rate, merge, report
+from loadtests.harness import Run, drive_at_rate, in_scratch_dir, merge, report
 from tests.support.keys import jwks_of, new_key, token_form
 from tests.support.realm import build_realm
 from tests.support.servers import GatewayProcess, RedisProcess
@@ -31,13 +30,16 @@ def _commands(client: redis_sync.Redis) -> dict[str, int]:
 
 
 def measure(argv: list[str] | None = None) -> dict[str, Any]:
+    return in_scratch_dir("jamu-bench-", lambda root: _measure(root, argv))
+
+
+def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=300.0, help="requests per second, below saturation")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
 
-    root = Path(tempfile.mkdtemp(prefix="jamu-bench-"))
     redis_server = None
     redis_url = os.environ.get("JAMU_BENCH_REDIS_URL") or os.environ.get("JAMU_TEST_REDIS_URL")
     if not redis_url:

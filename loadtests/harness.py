@@ -12,13 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import shutil
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,16 @@ class Run:
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
         return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def in_scratch_dir(prefix: str, run: Callable[[Path], _T]) -> _T:
+    """`run` in a new temporary directory, removed afterwards whatever happens: a benchmark seeds
+    registers of millions of people (about 1 GB) and must not leave them behind."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return run(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def report(result: dict[str, Any]) -> int:

@@ -32,3 +32,42 @@ def test_the_scenarios_run_and_the_slos_decide_the_exit_code(tmp_path: Path) -> 
     assert (tmp_path / "reports" / "jamu_stats.csv").read_text().count("/v1/") >= 5
     strict, verdict = run(tmp_path, LOADTEST_MAX_P99_MS="0.001")
     assert strict == 1 and verdict["slo_missed"] == ["p99"]
+
+
+def test_the_identity_benchmark_prints_its_headline_figures(tmp_path: Path) -> None:
+    """`make bench`'s identity part, at toy sizes: it runs, every answer is a 200, and the figures the
+    issue names are there and plausible (the targets themselves are judged by the full run)."""
+    argv = ["--seed-count", "2000", "--small", "1000", "--large", "3000", "--requests", "1200", "--rounds", "2",
+            "--half-rounds", "1", "--half-seconds", "0.5", "--timing-requests", "20"]
+    result = _bench(tmp_path, "bench_identity", argv)
+    for name in ("bare", "verify", "lookup"):
+        assert result[f"{name}_rps"] > 50, result
+        assert 0 < result[f"{name}_p50_ms"] <= result[f"{name}_p99_ms"], result
+    for name in ("verify", "lookup"):
+        assert 0 < result[f"{name}_ratio"] < 2, result
+    assert len(result["verify_ratios"]) == 2 and len(result["verify_half_p99_ratios"]) == 1
+    assert set(result["verify_half_statuses"]) == {"200"}, result
+    assert result["gateway_rss_1000_mb"] > 0 and result["gateway_rss_3000_mb"] > 0
+
+
+def _bench(tmp_path: Path, module: str, argv: list[str], **env: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", f"loadtests.{module}", *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path), **env})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not list(tmp_path.glob("jamu-bench-*"))  # what it built is removed
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_rate_limit_benchmark_runs(tmp_path: Path, redis_url: str) -> None:
+    result = _bench(tmp_path, "bench_ratelimit", ["--requests", "60", "--rounds", "1", "--rate", "200"],
+                    JAMU_BENCH_REDIS_URL=redis_url)
+    assert "error" not in result and result["redis_commands_per_request"] >= 1, result
+    assert result["with_limiter_p99_ms"] > 0 and result["without_limiter_p99_ms"] > 0
+
+
+def test_the_access_log_benchmark_runs(tmp_path: Path) -> None:
+    result = _bench(tmp_path, "bench_audit", ["--events", "400", "--requests", "60", "--rounds", "1", "--rate",
+                                              "200", "--export-sizes", "100,300"])
+    assert "error" not in result, result
+    assert result["sqlite_appends_per_s"] > 0 and result["sqlite_one_per_commit_appends_per_s"] > 0
+    assert result["durable_p99_ms"] > 0 and result["export_300_max_rss_mb"] > 0
