@@ -147,10 +147,17 @@ def _rename_in_thread(path: Path, nin: str, name: str, ready: threading.Event) -
     return thread
 
 
-async def test_loop_reads_share_a_short_snapshot_that_an_import_gets_past(tmp_path: Path) -> None:
+@pytest.fixture
+def small_register(tmp_path: Path) -> tuple[Path, dict]:
+    """A seeded register file and its first person."""
     path = tmp_path / "register.db"
     seed_register(path, 50, 1)
-    nin = people_in(path)[0]["nin"]
+    return path, people_in(path)[0]
+
+
+async def test_loop_reads_share_a_short_snapshot_that_an_import_gets_past(small_register: tuple[Path, dict]) -> None:
+    path, person = small_register
+    nin = person["nin"]
     register = EmbeddedRegister(path)
     try:
         assert (await register.fetch(nin, frozenset({"family_name"})))["family_name"] != "Imported"
@@ -170,10 +177,10 @@ async def test_loop_reads_share_a_short_snapshot_that_an_import_gets_past(tmp_pa
         await register.close()
 
 
-async def test_a_snapshot_whose_timer_could_not_run_is_not_read_past_its_time(tmp_path: Path) -> None:
-    path = tmp_path / "register.db"
-    seed_register(path, 50, 1)
-    nin = people_in(path)[0]["nin"]
+async def test_a_snapshot_whose_timer_could_not_run_is_not_read_past_its_time(
+        small_register: tuple[Path, dict]) -> None:
+    path, person = small_register
+    nin = person["nin"]
     register = EmbeddedRegister(path)
     try:
         await register.fetch(nin, frozenset({"family_name"}))
@@ -189,10 +196,8 @@ async def test_a_snapshot_whose_timer_could_not_run_is_not_read_past_its_time(tm
         await register.close()
 
 
-async def test_a_read_returns_what_was_asked_and_close_lets_writers_in(tmp_path: Path) -> None:
-    path = tmp_path / "register.db"
-    seed_register(path, 50, 1)
-    person = people_in(path)[0]
+async def test_a_read_returns_what_was_asked_and_close_lets_writers_in(small_register: tuple[Path, dict]) -> None:
+    path, person = small_register
     register = EmbeddedRegister(path)
     asked = frozenset({"birth_date", "record_status", "not_an_attribute"})
     assert await register.fetch(person["nin"], asked) == {
