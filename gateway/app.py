@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import logging
 from collections.abc import AsyncIterator
 
@@ -60,6 +61,16 @@ def _freeze_startup_objects() -> None:
     process that builds many apps (the test suite) does not keep their cycles."""
     gc.collect()
     gc.freeze()
+
+
+# The gateway's telemetry is its own (OpenTelemetry instrumentation with the gateway's spans, Prometheus
+# metrics), so the framework's built-in telemetry (FastAPI ≥ 0.165) stays off: it would record validation
+# failures with their input, which can hold a NIN, and it asks the OpenTelemetry API on every request
+# whether providers are configured (about 5 µs a request).
+FRAMEWORK_TELEMETRY_OFF: dict[str, object] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False,
+                   "auto_configure": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
 
 
 def create_app(settings: Settings | None = None, *, access_log: AccessLog | None = None) -> FastAPI:
@@ -215,6 +226,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        **FRAMEWORK_TELEMETRY_OFF,
     )
     app.state.services = app_services
     problems.install(app)

@@ -173,6 +173,23 @@ def test_rfc3339_is_fixed_width_utc(moment: datetime) -> None:
     assert len(text) == 27 and text.endswith("Z")
 
 
+def test_framework_telemetry_stays_off_when_providers_are_configured(local_realm: Realm,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """FastAPI's own telemetry would log validation failures with their input (a NIN, say) once an
+    OpenTelemetry provider is configured; the gateway's telemetry is its own, so the framework's stays off."""
+    from fastapi import FastAPI
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    native = getattr(FastAPI(), "_native_telemetry", None)
+    if native is None:
+        pytest.skip("this FastAPI has no built-in telemetry")
+    monkeypatch.setattr(trace, "get_tracer_provider", TracerProvider)  # as if one were configured
+    assert native.enabled()  # the framework's default: on
+    settings = Settings(policies_dir=local_realm.policies_dir, data_dir=local_realm.data_dir, issuer=ISSUER)
+    assert not probe_app.create(settings, StubAccessLog())._native_telemetry.enabled()
+
+
 async def test_startup_objects_frozen_while_serving(local_realm: Realm) -> None:
     """What start-up built is out of the cyclic collector's reach while serving, and back at shutdown."""
     settings = Settings(policies_dir=local_realm.policies_dir, data_dir=local_realm.data_dir, issuer=ISSUER)
