@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from time import perf_counter
@@ -18,6 +18,16 @@ def rfc3339(moment: datetime) -> str:
     return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"  # C-fast, same text
 
 
+def new_id() -> str:
+    """A random (version 4) UUID as text, as `str(uuid.uuid4())` writes it, without building a UUID
+    object: a third of the cost, on every request."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}  # RFC 4122 variant bits
+
+
 def decision_for(status: int) -> Decision:
     """A 2xx/3xx performed the operation; a 4xx was refused; a 5xx failed."""
     if status >= 500:
@@ -31,7 +41,7 @@ def decision_for(status: int) -> Decision:
 class AccessRecord:
     """Request-scoped; stages set fields, none of them writes the log (ARCHITECTURE: one writer)."""
 
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=new_id)
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=perf_counter)
     operation: str | None = None
@@ -65,23 +75,30 @@ class AccessRecord:
         self.latency_ms = round((perf_counter() - self.started) * 1000, 3)
 
     def event(self) -> dict[str, Any]:
-        """The fields that go into the log, in the contract's names. Strings are bounded and stripped
-        of NULs, whatever a stage copied into them, so no event can fail to store."""
-        data: dict[str, Any] = {}
-        for name in _EVENT_FIELDS:
-            value = getattr(self, name)
-            data[name] = _bounded(value) if isinstance(value, str) else value
-        data["time"] = rfc3339(self.time)
-        data["attributes_requested"] = [_bounded(item) for item in self.attributes_requested[:_MAX_LIST]]
-        data["attributes_released"] = [_bounded(item) for item in self.attributes_released[:_MAX_LIST]]
-        return data
+        """The fields that go into the log, in the contract's names (EVENT_FIELDS). Text is bounded
+        and stripped of NULs, whatever a stage copied into it, so no event can fail to store."""
+        return {
+            "id": _text(self.id), "time": rfc3339(self.time), "operation": _text(self.operation),
+            "administration": _text(self.administration), "client_id": _text(self.client_id),
+            "purpose": _text(self.purpose), "legal_basis": _text(self.legal_basis),
+            "consent_id": _text(self.consent_id), "subject_hash": _text(self.subject_hash),
+            "attributes_requested": [_bounded(item) for item in self.attributes_requested[:_MAX_LIST]],
+            "attributes_released": [_bounded(item) for item in self.attributes_released[:_MAX_LIST]],
+            "decision": self.decision, "reason": _text(self.reason), "status": self.status,
+            "latency_ms": self.latency_ms, "trace_id": _text(self.trace_id),
+        }
 
 
-_EVENT_FIELDS = tuple(f.name for f in fields(AccessRecord) if f.name not in ("started", "releases_data", "outcome"))
+# Every field but the request-scoped working ones: what `event` writes (a test holds the two together).
+EVENT_FIELDS = tuple(f.name for f in fields(AccessRecord) if f.name not in ("started", "releases_data", "outcome"))
 
 
 _MAX_TEXT = 512
 _MAX_LIST = 64
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else _bounded(value)
 
 
 def _bounded(value: str) -> str:

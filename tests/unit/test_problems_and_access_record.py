@@ -4,6 +4,7 @@ record handed to the writer before the answer leaves, and fail-closed behaviour 
 from __future__ import annotations
 
 import gc
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.audit.log import StubAccessLog
-from gateway.audit.record import rfc3339
+from gateway.audit.record import EVENT_FIELDS, AccessRecord, new_id, rfc3339
 from gateway.errors import CATALOGUE
 from gateway.settings import Settings
 from tests.support import probe_app
@@ -171,6 +172,35 @@ def test_rfc3339_is_fixed_width_utc(moment: datetime) -> None:
     text = rfc3339(moment)
     assert text == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert len(text) == 27 and text.endswith("Z")
+
+
+def test_transaction_ids_are_version_4_uuids() -> None:
+    ids = [new_id() for _ in range(2000)]
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text  # canonical lower-case 8-4-4-4-12 text
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    assert len(set(ids)) == len(ids)
+    assert {text[19] for text in ids} == set("89ab")  # the variant digit takes all four values
+
+
+@given(st.text(max_size=700), st.lists(st.text(max_size=600), max_size=80))
+def test_event_has_every_field_bounded(text: str, items: list[str]) -> None:
+    """Whatever a stage copied into the record, the event names each field once, in bounds."""
+    record = AccessRecord(operation=text, administration=text, client_id=text, purpose=text, legal_basis=text,
+                          consent_id=text, subject_hash=text, reason=text, trace_id=text,
+                          attributes_requested=items, attributes_released=items)
+    record.finish(200)
+    event = record.event()
+    assert sorted(event) == sorted(EVENT_FIELDS)
+    bounded = text.replace("\x00", "")[:512]
+    for name in ("operation", "administration", "client_id", "purpose", "legal_basis", "consent_id",
+                 "subject_hash", "trace_id"):
+        assert event[name] == bounded
+    assert event["reason"] is None  # a permit has no reason
+    assert event["attributes_requested"] == [item.replace("\x00", "")[:512] for item in items[:64]]
+    assert event["status"] == 200 and event["decision"] == "permit" and event["id"] == record.id
+    assert event["time"] == rfc3339(record.time)
 
 
 def test_framework_telemetry_stays_off_when_providers_are_configured(local_realm: Realm,
