@@ -23,19 +23,29 @@ class MemoryBackend:
 
     def __init__(self, clock=time.time, sweep_every: int = 10_000) -> None:
         self._tats: dict[str, int] = {}
+        self._names: dict[str, tuple[tuple[Window, ...], list[str]]] = {}  # per key: its windows' state names
         self._clock = clock
         self._sweep_every = sweep_every
         self._calls = 0
 
+    def _state_names(self, key: str, windows: tuple[Window, ...]) -> list[str]:
+        """Built once per key and set of windows (callers pass the same tuple until policies change)."""
+        known = self._names.get(key)
+        if known is None or known[0] is not windows:
+            known = self._names[key] = (windows, [f"{key}:{w.name}:{w.limit}:{w.period_us}" for w in windows])
+        return known[1]
+
     async def acquire(self, key: str, windows: tuple[Window, ...]) -> Verdict:
         now = int(self._clock() * 1_000_000)
-        names = [f"{key}:{w.name}:{w.limit}:{w.period_us}" for w in windows]
-        verdict, stored = decide(windows, [self._tats.get(n) for n in names], now)
+        names = self._state_names(key, windows)
+        tats = self._tats
+        verdict, stored = decide(windows, [tats.get(n) for n in names], now)
         if verdict.allowed:
-            self._tats.update(zip(names, stored, strict=True))
+            tats.update(zip(names, stored, strict=True))
         self._calls += 1
         if self._calls % self._sweep_every == 0:
-            self._tats = {n: t for n, t in self._tats.items() if t > now}
+            self._tats = {n: t for n, t in tats.items() if t > now}
+            self._names = {}
         return verdict
 
     def __len__(self) -> int:

@@ -54,6 +54,26 @@ async def test_all_windows_together_and_refusals_consume_nothing(backend: Limite
     assert [(await backend.acquire("adm:c", (PER_HOUR,))).allowed for _ in range(3)] == [True, True, False]
 
 
+async def test_changed_windows_for_one_key_are_counted_apart(backend: LimiterBackend) -> None:
+    """A policy reload hands new window tuples for the same key: a changed limit is a new count, an
+    unchanged one (an equal tuple, not the same object) keeps its count."""
+    for _ in range(5):
+        assert (await backend.acquire("adm:e", (PER_MINUTE,))).allowed
+    assert not (await backend.acquire("adm:e", (Window("minute", 5, MINUTE),))).allowed
+    assert (await backend.acquire("adm:e", (Window("minute", 6, MINUTE),))).allowed
+
+
+async def test_memory_backend_forgets_expired_state() -> None:
+    now = [1000.0]
+    backend = MemoryBackend(clock=lambda: now[0], sweep_every=4)
+    for key in ("a", "b", "c"):
+        await backend.acquire(key, (PER_MINUTE,))
+    assert len(backend) == 3
+    now[0] += 3600
+    await backend.acquire("d", (PER_MINUTE,))  # the fourth call sweeps what has expired
+    assert len(backend) == 1
+
+
 async def test_concurrent_requests_never_exceed_the_limit(backend: LimiterBackend) -> None:
     verdicts = await asyncio.gather(*(backend.acquire("adm:d", (PER_MINUTE,)) for _ in range(40)))
     assert sum(v.allowed for v in verdicts) == 5
