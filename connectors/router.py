@@ -114,6 +114,7 @@ class ConnectorsFile(_Strict):
         return self
 
 
+MAX_PLANS = 1024  # sets of attributes whose routing is remembered (a handful in practice)
 DEFAULT = ConnectorsFile(connectors=[EmbeddedConfig(type="embedded")])
 
 
@@ -170,22 +171,18 @@ class ConnectorRouter:
                 self._metrics.connector_breaker_state.labels(connector.name).set_function(
                     lambda b=connector.breaker: CircuitBreaker.STATE_VALUES[b.state])
         self._authority = next(c for c in connectors if c.authoritative)
+        self._plans: dict[frozenset[str], list[tuple[Connector, frozenset[str]]]] = {}
 
     async def fetch(self, nin: str, attributes: frozenset[str], context: TraceContext | None = None
                     ) -> dict[str, Any] | None:
         """The person's `attributes` (and record status), or None when the register has no such person.
         Each connector involved is asked once; several are asked concurrently."""
-        wanted = attributes | {"record_status"}
-        groups: dict[str, tuple[Connector, set[str]]] = {}
-        for attribute in wanted:
-            owner = self._owner[attribute]
-            groups.setdefault(owner.name, (owner, set()))[1].add(attribute)
-        ordered = list(groups.values())
+        ordered = self._plan(attributes)
         if len(ordered) == 1:  # the common case: no task to schedule
             connector, asked = ordered[0]
-            answers = [await self._ask(connector, nin, frozenset(asked), context)]
+            answers = [await self._ask(connector, nin, asked, context)]
         else:
-            answers = await asyncio.gather(*(self._ask(c, nin, frozenset(a), context) for c, a in ordered))
+            answers = await asyncio.gather(*(self._ask(c, nin, a, context) for c, a in ordered))
         person: dict[str, Any] = {}
         for (connector, asked), answer in zip(ordered, answers, strict=True):
             if answer is None:
@@ -194,6 +191,20 @@ class ConnectorRouter:
                 answer = {}
             person.update({a: answer.get(a) for a in asked})
         return person
+
+    def _plan(self, attributes: frozenset[str]) -> list[tuple[Connector, frozenset[str]]]:
+        """Which connector is asked for what (the record status always): worked out once per set of
+        attributes, since purposes ask for few sets."""
+        plan = self._plans.get(attributes)
+        if plan is None:
+            groups: dict[str, tuple[Connector, set[str]]] = {}
+            for attribute in attributes | {"record_status"}:
+                owner = self._owner[attribute]
+                groups.setdefault(owner.name, (owner, set()))[1].add(attribute)
+            plan = [(connector, frozenset(asked)) for connector, asked in groups.values()]
+            if len(self._plans) < MAX_PLANS:
+                self._plans[attributes] = plan
+        return plan
 
     async def _ask(self, connector: Connector, nin: str, attributes: frozenset[str], context: TraceContext | None
                    ) -> Mapping[str, Any] | None:
