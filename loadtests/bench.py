@@ -17,7 +17,8 @@ from loadtests import bench_audit, bench_identity, bench_ratelimit
 HEADLINE = ("bare_rps", "verify_rps", "lookup_rps", "verify_ratio", "verify_ratios", "lookup_ratio",
             "bare_p50_ms", "bare_p99_ms", "verify_p50_ms", "verify_p99_ms", "lookup_p50_ms", "lookup_p99_ms",
             "half_load_rps", "verify_half_utilisation", "bare_half_p99_ms", "verify_half_p99_ms",
-            "verify_half_p99_over_bare", "verify_half_p99_ratios")
+            "verify_half_p99_over_bare", "verify_half_p99_ratios", "bare_gateway_cpu_us", "verify_gateway_cpu_us",
+            "lookup_gateway_cpu_us", "verify_writer_cpu_us", "verify_cpu_ratio")
 
 
 def main() -> int:

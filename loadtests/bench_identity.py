@@ -33,7 +33,7 @@ import httpx
 import yaml
 
 from connectors.population import seed_register
-from loadtests.harness import Run, drive_at_rate, drive_closed, in_scratch_dir, merge, report
+from loadtests.harness import Run, cpu_seconds, drive_at_rate, drive_closed, in_scratch_dir, merge, report
 from tests.support.keys import token_form
 from tests.support.realm import build_realm
 from tests.support.servers import GatewayProcess
@@ -174,13 +174,18 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
                        for b in bodies]
             per_round = args.requests // args.rounds
             runs: dict[str, list[Run]] = {"bare": [], "verify": [], "lookup": []}
+            cpu: dict[str, list[tuple[float, float]]] = {"bare": [], "verify": [], "lookup": []}
+            pid: int = gateway.server.proc.pid  # type: ignore[union-attr]
             for _ in range(args.rounds):  # interleaved, so a slow spell of the machine hits all three
-                runs["bare"].append(_checked(asyncio.run(drive_closed(
-                    gateway.url("/bare"), {}, per_round, args.connections)), "bare"))
-                runs["verify"].append(_checked(asyncio.run(drive_closed(
-                    gateway.url("/v1/verify"), gateway.headers, per_round, args.connections, bodies)), "verify"))
-                runs["lookup"].append(_checked(asyncio.run(drive_closed(
-                    gateway.url("/v1/lookup"), gateway.headers, per_round, args.connections, lookups)), "lookup"))
+                for name, route, headers, body in (("bare", "/bare", {}, None),
+                                                   ("verify", "/v1/verify", gateway.headers, bodies),
+                                                   ("lookup", "/v1/lookup", gateway.headers, lookups)):
+                    before = cpu_seconds(pid)
+                    runs[name].append(_checked(asyncio.run(drive_closed(
+                        gateway.url(route), headers, per_round, args.connections, body)), name))
+                    after = cpu_seconds(pid)
+                    cpu[name].append(((after[0] - before[0]) / per_round * 1e6,
+                                      (after[1] - before[1]) / per_round * 1e6))
             bare, verify, lookup = (merge(runs[name]) for name in ("bare", "verify", "lookup"))
             bare_rps = statistics.median(r.rps for r in runs["bare"])
             verify_rps = statistics.median(r.rps for r in runs["verify"])
@@ -210,6 +215,12 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
                 lookup_rps=round(statistics.median(r.rps for r in runs["lookup"])),
                 lookup_ratio=_median_ratio(runs["lookup"], runs["bare"]),
                 lookup_p50_ms=round(lookup.percentile(0.5), 2), lookup_p99_ms=round(lookup.percentile(0.99), 2),
+                # CPU a request costs the gateway's process and the log's writer, median of the rounds.
+                **{f"{name}_gateway_cpu_us": round(statistics.median(c[0] for c in cpu[name])) for name in cpu},
+                **{f"{name}_writer_cpu_us": round(statistics.median(c[1] for c in cpu[name]))
+                   for name in ("verify", "lookup")},
+                verify_cpu_ratio=round(statistics.median(b[0] / v[0] if v[0] else 0.0
+                                                         for b, v in zip(cpu["bare"], cpu["verify"], strict=True)), 3),
             )
             known, unknown = _bodies(path, 1), _bodies(path, 1, unknown=True)
             timings: dict[str, list[float]] = {"known": [], "unknown": []}

@@ -48,6 +48,11 @@ def test_the_identity_benchmark_prints_its_headline_figures(tmp_path: Path) -> N
     assert len(result["verify_ratios"]) == 2 and len(result["verify_half_p99_ratios"]) == 1
     assert set(result["verify_half_statuses"]) == {"200"}, result
     assert result["gateway_rss_1000_mb"] > 0 and result["gateway_rss_3000_mb"] > 0
+    # CPU per request, read from /proc: the gateway pays more for a verification than for the bare
+    # route, and only logged requests make the log's writer work.
+    assert 0 < result["bare_gateway_cpu_us"] < result["verify_gateway_cpu_us"], result
+    assert result["verify_writer_cpu_us"] > 0 and result["lookup_writer_cpu_us"] > 0, result
+    assert 0 < result["verify_cpu_ratio"] < 1, result
 
 
 def _bench(tmp_path: Path, module: str, argv: list[str], **env: str) -> dict:
