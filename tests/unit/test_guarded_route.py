@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
 from gateway.api.identity import LookupRequest, VerifyRequest
-from gateway.api.routes import GuardedBodyRoute, parse_body, read_valid_body
+from gateway.api.routes import GuardedBodyRoute, add_routes, parse_body, read_valid_body
 
 
 class Body(BaseModel):
@@ -291,3 +291,45 @@ def test_the_one_pass_read_accepts_only_what_the_standard_path_accepts_and_alike
         assert fast.model_dump() == standard.model_dump()
         assert repr(fast) == repr(standard)  # the same types too (1 is not 1.0, "1" is not 1)
     assert read_valid_body(model, raw, "application/json; charset=utf-8") is None  # the standard path's
+
+
+def _routed_app(*routers: APIRouter) -> FastAPI:
+    app = FastAPI()
+    add_routes(app, *routers)
+    return app
+
+
+async def test_added_routes_answer_as_included_ones() -> None:
+    """Routes added flat answer, refuse a wrong method and document themselves as included ones do."""
+    def build() -> tuple[APIRouter, APIRouter]:
+        first, second = APIRouter(tags=["First"]), APIRouter(tags=["Second"])
+
+        @first.get("/a/{name}", responses={418: {"description": "teapot"}})
+        async def a(name: str) -> dict[str, str]:
+            return {"a": name}
+
+        @second.post("/b")
+        async def b() -> dict[str, str]:
+            return {"b": "yes"}
+
+        return first, second
+
+    flat = _routed_app(*build())
+    included = FastAPI()
+    for router in build():
+        included.include_router(router)
+    assert flat.openapi() == included.openapi()
+    assert all(type(route).__name__ in ("APIRoute", "Route") for route in flat.router.routes)
+    for app in (flat, included):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            assert (await client.get("/a/x")).json() == {"a": "x"}
+            assert (await client.post("/b")).json() == {"b": "yes"}
+            assert (await client.get("/b")).status_code == 405
+            assert (await client.get("/c")).status_code == 404
+
+
+def test_add_routes_refuses_what_it_would_drop() -> None:
+    with pytest.raises(TypeError, match="prefix"):
+        _routed_app(APIRouter(prefix="/v2"))
+    with pytest.raises(TypeError, match="shutdown"):
+        _routed_app(APIRouter(on_shutdown=[lambda: None]))
