@@ -4,9 +4,8 @@ answer out, the same work whatever the record, so an unknown NIN costs what a kn
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.identity.dates import PartialDate, age_at_least, same_date
 from gateway.identity.names import normalise, same_given_names, same_name
@@ -39,11 +38,16 @@ def claim_matches(name: str, claimed: str, recorded: Any, threshold: float | Non
     return normalise(claimed) == normalise(str(recorded))
 
 
-@dataclass(frozen=True)
-class Predicate:
+class Predicate(NamedTuple):
     name: str
     value: Any = None
     as_of: date | None = None
+
+
+# What each predicate reads from the record.
+_READS: dict[str, frozenset[str]] = {"alive": frozenset({"death_date"}), "age_at_least": frozenset({"birth_date"}),
+                                     "resides_in": frozenset(RESIDENCE),
+                                     "registered_idp": frozenset({"displacement_status"})}
 
 
 def evaluate(predicate: Predicate, record: Mapping[str, Any], today: date) -> bool | None:
@@ -90,8 +94,7 @@ def verify(record: Mapping[str, Any] | None, claims: Mapping[str, str], predicat
 
 def needed_attributes(claims: Mapping[str, str], predicates: list[Predicate]) -> frozenset[str]:
     """What a verification must fetch: its claims, what its predicates read, and the record status."""
-    needed = set(claims) | {"record_status"}
+    needed = {*claims, "record_status"}
     for predicate in predicates:
-        needed |= {"alive": {"death_date"}, "age_at_least": {"birth_date"}, "resides_in": set(RESIDENCE),
-                   "registered_idp": {"displacement_status"}}[predicate.name]
+        needed |= _READS[predicate.name]
     return frozenset(needed)
