@@ -26,10 +26,28 @@ def normalise(text: str) -> str:
     return normalise_unicode(text)
 
 
+_DROPPED_CATEGORIES = frozenset({"Mn", "Me", "Cf", "Cc"})  # combining marks, invisible format, control
+_CACHED_BELOW = 0x3000  # Latin, Arabic, N'Ko, Tifinagh, combining marks: what names here are written in
+
+
+class _Dropping(dict[int, int | None]):
+    """A `str.translate` table that drops the characters of `_DROPPED_CATEGORIES` and keeps the rest,
+    each code point's category looked up once. Kept only below `_CACHED_BELOW`, so no text can grow it
+    past a few thousand entries."""
+
+    def __missing__(self, code: int) -> int | None:
+        kept = None if unicodedata.category(chr(code)) in _DROPPED_CATEGORIES else code
+        if code < _CACHED_BELOW:
+            self[code] = kept
+        return kept
+
+
+_DROPPING = _Dropping()
+
+
 def normalise_unicode(text: str) -> str:
     """`normalise` for any text; the reference its ASCII shortcut is tested against."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    kept = "".join(c for c in decomposed if unicodedata.category(c) not in ("Mn", "Me", "Cf", "Cc"))
+    kept = unicodedata.normalize("NFKD", text).translate(_DROPPING)
     folded = kept.casefold().translate(_APOSTROPHES).translate(_SEPARATORS)
     return " ".join(unicodedata.normalize("NFKD", folded).split())
 
