@@ -203,18 +203,26 @@ class SqliteWriterProcess:
         answer is read, before this coroutine resumes."""
         async with self._lock:
             process, replies = await self._started()
-            call = _Call(asyncio.get_running_loop().create_future(), settle)
+            loop = asyncio.get_running_loop()
+            call = _Call(loop.create_future(), settle)
             replies.waiting.append(call)
+
+            def expire() -> None:
+                if not call.done.done():
+                    call.fail("the access-log writer did not answer in time")
+                    self._kill(process)
+
+            # A bare timer rather than `asyncio.timeout`, which costs ~5x more: this runs once a batch,
+            # and under light load a batch is a single request.
+            deadline = loop.call_later(self._reply_timeout_s, expire)
             try:
                 self._stdin(process).write(orjson.dumps(request) + b"\n")
-                async with asyncio.timeout(self._reply_timeout_s):
-                    return await call.done
-            except TimeoutError:
-                self._kill(process)
-                raise WriterError("the access-log writer did not answer in time") from None
+                return await call.done
             except (ConnectionError, RuntimeError) as exc:
                 self._kill(process)
                 raise WriterError(f"the access-log writer is gone: {exc}") from None
+            finally:
+                deadline.cancel()
 
     def _kill(self, process: asyncio.SubprocessTransport) -> None:
         if process.get_returncode() is None:
