@@ -24,18 +24,38 @@ def valid_nin(nin: str) -> bool:
     return bool(NIN_PATTERN.match(normalise_nin(nin)))
 
 
+class KeyedSha256:
+    """HMAC-SHA256 under one key (RFC 2104), built from two SHA-256 states that have already absorbed the
+    padded key. Each MAC copies them: half the cost of copying a `hmac.HMAC`, whose Python wrapper
+    dominates at the size of a NIN. Tested against `hmac` for keys shorter and longer than a block."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:  # SHA-256's block size: longer keys are hashed first
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 class SubjectHasher:
     """HMAC-SHA256 of the normalised NIN under the gateway's subject key."""
 
     def __init__(self, key: bytes) -> None:
         if len(key) < 16:
             raise ValueError("the subject key needs at least 16 bytes")
-        self._keyed = hmac.new(key, digestmod=hashlib.sha256)  # copied per use: the key is hashed once
+        self._keyed = KeyedSha256(key)
 
     def __call__(self, nin: str) -> str:
-        mac = self._keyed.copy()
-        mac.update(normalise_nin(nin).encode())
-        return mac.hexdigest()
+        return self._keyed.digest(normalise_nin(nin).encode()).hex()
 
 
 class SubjectRefs:
@@ -46,13 +66,11 @@ class SubjectRefs:
         if len(secret) < 16:
             raise ValueError("the pseudonym secret needs at least 16 bytes")
         self._secret = secret
-        self._keyed: dict[str, hmac.HMAC] = {}
+        self._keyed: dict[str, KeyedSha256] = {}
 
     def __call__(self, administration: str, nin: str) -> str:
         keyed = self._keyed.get(administration)
         if keyed is None:
             key = hmac.new(self._secret, f"subject_ref/v1/{administration}".encode(), hashlib.sha256).digest()
-            keyed = self._keyed[administration] = hmac.new(key, digestmod=hashlib.sha256)
-        mac = keyed.copy()
-        mac.update(normalise_nin(nin).encode())
-        return base64.urlsafe_b64encode(mac.digest()[:18]).decode()
+            keyed = self._keyed[administration] = KeyedSha256(key)
+        return base64.urlsafe_b64encode(keyed.digest(normalise_nin(nin).encode())[:18]).decode()
