@@ -6,13 +6,14 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from gateway.identity.pseudonyms import normalise_nin, valid_nin
+from gateway.identity.pseudonyms import NIN_PATTERN, normalise_nin
 
 
 def _nin(value: str) -> str:
-    if not valid_nin(value):
+    nin = normalise_nin(value)
+    if not NIN_PATTERN.match(nin):
         raise ValueError("not a NIN: 6 to 32 digits or capital letters")
-    return normalise_nin(value)
+    return nin
 
 
 # A NIN in a request body (never a URL): checked, then in its one normalised spelling.
