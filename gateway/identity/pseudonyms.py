@@ -20,10 +20,6 @@ def normalise_nin(nin: str) -> str:
     return "".join(unicodedata.normalize("NFKC", nin).split()).upper()
 
 
-def valid_nin(nin: str) -> bool:
-    return bool(NIN_PATTERN.match(normalise_nin(nin)))
-
-
 class KeyedSha256:
     """HMAC-SHA256 under one key (RFC 2104), built from two SHA-256 states that have already absorbed the
     padded key. Each MAC copies them: half the cost of copying a `hmac.HMAC`, whose Python wrapper
