@@ -48,8 +48,8 @@ async def test_a_commit_that_does_not_come_in_time_fails_the_wait_and_readiness_
     await log.start()
     try:
         started = asyncio.get_running_loop().time()
-        with pytest.raises(AccessLogUnavailable, match="in time"):
-            await log.append(record(1))
+        with pytest.raises(AccessLogUnavailable, match="in time"):  # not wait_for's TimeoutError
+            await asyncio.wait_for(log.append(record(1)), 3.0)
         assert 0.15 < asyncio.get_running_loop().time() - started < 2.0
         probes = store.probes
         assert await log.ready() is True and store.probes == probes + 1  # failing: proven by a probe
