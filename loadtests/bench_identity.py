@@ -4,7 +4,8 @@
 - Lookup by NIN at two register sizes (default 50,000 and 5,000,000): µs per point read, p50 and p99.
 - The gateway's resident memory after the same verify load on each register size.
 - `/v1/verify` throughput (everything on: token check, in-process limiter, policy, embedded register,
-  durable access log) against `GET /bare` on the same server, closed loop, in interleaved rounds: the
+  durable access log) against `GET /bare` on the same server, closed loop, in interleaved rounds (with
+  `GET /v1/bare`, the bare answer logged, which isolates what the durable log costs): the
   ratio is the median of each round's ratio, so a slow spell of the shared machine hits both sides; and
   p99 of both, open loop, at half the throughput target (the target being half the bare throughput: a
   quarter of it), again in interleaved rounds, each p99 against the bare p99 measured just before it.
@@ -173,11 +174,12 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
             lookups = [{"nin": b["nin"], "purpose": "file_check", "attributes": FILE_CHECK["attributes"]}
                        for b in bodies]
             per_round = args.requests // args.rounds
-            runs: dict[str, list[Run]] = {"bare": [], "verify": [], "lookup": []}
-            cpu: dict[str, list[tuple[float, float]]] = {"bare": [], "verify": [], "lookup": []}
+            runs: dict[str, list[Run]] = {"bare": [], "logged_bare": [], "verify": [], "lookup": []}
+            cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
             pid: int = gateway.server.proc.pid  # type: ignore[union-attr]
-            for _ in range(args.rounds):  # interleaved, so a slow spell of the machine hits all three
+            for _ in range(args.rounds):  # interleaved, so a slow spell of the machine hits them all
                 for name, route, headers, body in (("bare", "/bare", {}, None),
+                                                   ("logged_bare", "/v1/bare", {}, None),
                                                    ("verify", "/v1/verify", gateway.headers, bodies),
                                                    ("lookup", "/v1/lookup", gateway.headers, lookups)):
                     before = cpu_seconds(pid)
@@ -215,10 +217,13 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
                 lookup_rps=round(statistics.median(r.rps for r in runs["lookup"])),
                 lookup_ratio=_median_ratio(runs["lookup"], runs["bare"]),
                 lookup_p50_ms=round(lookup.percentile(0.5), 2), lookup_p99_ms=round(lookup.percentile(0.99), 2),
+                # The same bare answer, logged: what the durable access log alone leaves of the throughput.
+                logged_bare_rps=round(statistics.median(r.rps for r in runs["logged_bare"])),
+                logged_bare_ratio=_median_ratio(runs["logged_bare"], runs["bare"]),
                 # CPU a request costs the gateway's process and the log's writer, median of the rounds.
                 **{f"{name}_gateway_cpu_us": round(statistics.median(c[0] for c in cpu[name])) for name in cpu},
                 **{f"{name}_writer_cpu_us": round(statistics.median(c[1] for c in cpu[name]))
-                   for name in ("verify", "lookup")},
+                   for name in ("logged_bare", "verify", "lookup")},
                 verify_cpu_ratio=round(statistics.median(b[0] / v[0] if v[0] else 0.0
                                                          for b, v in zip(cpu["bare"], cpu["verify"], strict=True)), 3),
             )

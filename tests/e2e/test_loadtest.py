@@ -52,6 +52,8 @@ def test_the_identity_benchmark_prints_its_headline_figures(tmp_path: Path) -> N
     # route, and only logged requests make the log's writer work.
     assert 0 < result["bare_gateway_cpu_us"] < result["verify_gateway_cpu_us"], result
     assert result["verify_writer_cpu_us"] > 0 and result["lookup_writer_cpu_us"] > 0, result
+    # The bare answer under /v1/ is logged, so the writer works for it too.
+    assert result["logged_bare_writer_cpu_us"] > 0 and 0 < result["logged_bare_ratio"] < 2, result
     assert 0 < result["verify_cpu_ratio"] < 1, result
 
 

@@ -320,12 +320,16 @@ async def test_added_routes_answer_as_included_ones() -> None:
         included.include_router(router)
     assert flat.openapi() == included.openapi()
     assert all(type(route).__name__ in ("APIRoute", "Route") for route in flat.router.routes)
+    # Matching walks the table in order: the application's routes first, the framework's own after.
+    paths = [getattr(route, "path", None) for route in flat.router.routes]
+    assert paths[:2] == ["/a/{name}", "/b"] and "/openapi.json" in paths[2:], paths
     for app in (flat, included):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
             assert (await client.get("/a/x")).json() == {"a": "x"}
             assert (await client.post("/b")).json() == {"b": "yes"}
             assert (await client.get("/b")).status_code == 405
             assert (await client.get("/c")).status_code == 404
+            assert (await client.get("/openapi.json")).json() == included.openapi()
 
 
 def test_add_routes_refuses_what_it_would_drop() -> None:
