@@ -127,10 +127,12 @@ def add_routes(app: FastAPI, *routers: APIRouter) -> None:
     table and the OpenAPI document are the same either way. The framework's own routes go after them,
     so the first routes matched are the busiest.
     """
-    framework = list(app.router.routes)  # what FastAPI declared itself (`/openapi.json`): rarely asked
-    app.router.routes.clear()
+    # What FastAPI declared itself (`/openapi.json`, the docs): rarely asked, so matched last.
+    own_paths = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url} - {None}
+    framework = [route for route in app.router.routes if getattr(route, "path", None) in own_paths]
+    routes = [route for route in app.router.routes if route not in framework]
     for router in routers:
         if router.prefix or router.on_startup or router.on_shutdown:
             raise TypeError("add_routes takes routers without a prefix or start-up and shutdown handlers")
-        app.router.routes.extend(router.routes)
-    app.router.routes.extend(framework)
+        routes.extend(router.routes)
+    app.router.routes[:] = routes + framework

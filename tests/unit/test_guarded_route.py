@@ -332,6 +332,27 @@ async def test_added_routes_answer_as_included_ones() -> None:
             assert (await client.get("/openapi.json")).json() == included.openapi()
 
 
+async def test_routes_added_later_go_after_the_earlier_ones_and_before_the_framework_s() -> None:
+    first, later = APIRouter(), APIRouter()
+
+    @first.get("/a")
+    async def a() -> dict[str, str]:
+        return {"a": "first"}
+
+    @later.get("/later")
+    async def b() -> dict[str, str]:
+        return {"b": "later"}
+
+    app = _routed_app(first)
+    add_routes(app, later)
+    paths = [getattr(route, "path", None) for route in app.router.routes]
+    assert paths[:2] == ["/a", "/later"] and set(paths[2:]) == {"/openapi.json", "/docs", "/docs/oauth2-redirect",
+                                                                "/redoc"}, paths
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        assert (await client.get("/later")).json() == {"b": "later"}
+        assert set((await client.get("/openapi.json")).json()["paths"]) == {"/a", "/later"}
+
+
 def test_add_routes_refuses_what_it_would_drop() -> None:
     with pytest.raises(TypeError, match="prefix"):
         _routed_app(APIRouter(prefix="/v2"))
