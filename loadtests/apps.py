@@ -51,10 +51,7 @@ def _add_bare(app: Any) -> None:
 
     app.router.routes.insert(0, app.router.routes.pop())
 
-    @app.get("/v1/bare", include_in_schema=False)
-    async def logged_bare() -> FastJSONResponse:
-        return FastJSONResponse({"status": "ok", "match": True})
-
+    app.add_api_route("/v1/bare", bare, methods=["GET"], name="logged_bare", include_in_schema=False)
     routes = app.router.routes
     routes.insert(next(i for i, r in enumerate(routes) if getattr(r, "path", "") == "/v1/lookup") + 1, routes.pop())
 
