@@ -35,6 +35,7 @@ from gateway.observability import OffTracer
 from gateway.policy.catalogue import ATTRIBUTES
 from gateway.policy.model import Attribute
 from gateway.telemetry import Metrics
+from gateway.urls import SecureUrl
 
 
 class _Strict(BaseModel):
@@ -64,7 +65,7 @@ class EmbeddedConfig(_Strict):
 class RestConfig(Timeouts):
     name: str
     type: Literal["rest"]
-    url: Annotated[str, Field(pattern=r"^https?://")]
+    url: SecureUrl
     path: str = "/"
     method: Literal["POST", "PUT"] = "POST"  # the NIN travels in the body, never in a URL
     attributes: list[Attribute]
@@ -78,7 +79,7 @@ class RestConfig(Timeouts):
 class IdpConfig(Timeouts):
     name: str = "idp"
     type: Literal["idp"]
-    url: Annotated[str, Field(pattern=r"^https?://")]
+    url: SecureUrl
     path: str = "/v1/persons/search"
     attributes: list[Attribute] = sorted(IDP_ATTRIBUTES)
 
@@ -86,7 +87,7 @@ class IdpConfig(Timeouts):
 class FhirConfig(Timeouts):
     name: str
     type: Literal["fhir"]
-    url: Annotated[str, Field(pattern=r"^https?://")]
+    url: SecureUrl
     identifier_system: str = "urn:ml:nina"
     attributes: list[Attribute]
 

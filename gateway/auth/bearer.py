@@ -24,12 +24,13 @@ from joserfc.jwt import JWTClaimsRegistry
 from gateway.auth.keys import SigningKeys
 from gateway.auth.trusted import TrustedIssuers
 from gateway.errors import Problem
-from gateway.policy.catalogue import SCOPES
+from gateway.policy.catalogue import SCOPES, SENSITIVE_SCOPES
 from gateway.policy.store import PolicyStore
 
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 _OWN_ALGORITHMS = ("Ed25519", "EdDSA", "ES256")
+_KNOWN_SCOPES = frozenset(SCOPES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +43,16 @@ class Caller:
     issuer: str
     token_id: str
     expires_at: float
+    key_id: str = ""  # for an external token: re-checked against the issuer's JWKS on every use
+
+
+# The challenge is a constant: nothing a client sent (an `alg`, a claim) is ever echoed into a header,
+# where a quote would add parameters and a non-Latin-1 character would break the response.
+_INVALID_TOKEN_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="jamu", error="invalid_token"'}
 
 
 def _unauthorized(detail: str) -> Problem:
-    return Problem(
-        "invalid_token",
-        detail,
-        headers={"WWW-Authenticate": f'Bearer realm="jamu", error="invalid_token", error_description="{detail}"'},
-    )
+    return Problem("invalid_token", detail, headers=_INVALID_TOKEN_CHALLENGE)
 
 
 def insufficient_scope(scope: str) -> Problem:
@@ -110,15 +113,22 @@ class BearerValidator:
         cached = self._cache.get(token)
         if cached is not None:
             caller, generation = cached
-            if generation == self._policies.generation and now < caller.expires_at + self._leeway:
+            if (generation == self._policies.generation and now < caller.expires_at + self._leeway
+                    and await self._key_still_published(caller)):
                 return caller
-            del self._cache[token]
+            self._cache.pop(token, None)
         caller = await self._verify(token, now)
         if self._cache_size:
             if len(self._cache) >= self._cache_size:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[token] = (caller, self._policies.generation)
         return caller
+
+    async def _key_still_published(self, caller: Caller) -> bool:
+        """Our own keys retire by expiry; an external issuer's key is valid while its JWKS lists it."""
+        if caller.issuer == self._issuer or self._trusted is None:
+            return True
+        return await self._trusted.key(caller.issuer, caller.key_id) is not None
 
     def _registry(self, algorithms: tuple[str, ...]) -> JWSRegistry:
         registry = self._registries.get(algorithms)
@@ -152,7 +162,7 @@ class BearerValidator:
         else:
             raise _unauthorized("token issuer is not trusted")
         if alg not in algorithms:
-            raise _unauthorized(f"token algorithm {alg} is not accepted")
+            raise _unauthorized("token algorithm is not accepted")
         if key is None:
             raise _unauthorized("token is signed by an unknown key")
 
@@ -178,7 +188,7 @@ class BearerValidator:
         scope = claims.get("scope", "")
         if not isinstance(scope, str):
             raise _unauthorized("token scope must be a string")
-        granted = frozenset(scope.split()) & frozenset(SCOPES)
+        granted = frozenset(scope.split()) & _KNOWN_SCOPES
         token_id = str(claims.get("jti", ""))
 
         if external is None:
@@ -192,10 +202,15 @@ class BearerValidator:
         else:
             client_id = claims.get(external.client_claim)
             mapping = external.mapping(client_id) if isinstance(client_id, str) else None
-            if mapping is None or mapping.administration not in self._policies.current.administrations:
+            admin = self._policies.current.administrations.get(mapping.administration) if mapping else None
+            if mapping is None or admin is None:
                 raise _unauthorized("token client is not mapped to an administration")
-            if mapping.scopes is not None:
-                granted &= frozenset(mapping.scopes)
+            granted = external_scopes(granted, admin.scopes, mapping.scopes)
+            lifetime = _lifetime(claims)
+            if lifetime is None:
+                raise _unauthorized("token lacks a numeric iat")
+            if lifetime > external.max_lifetime_s:
+                raise _unauthorized("token lifetime exceeds what this issuer is trusted for")
             administration = mapping.administration
 
         return Caller(
@@ -205,7 +220,27 @@ class BearerValidator:
             issuer=iss,
             token_id=token_id,
             expires_at=float(claims["exp"]),
+            key_id=kid,
         )
+
+
+def external_scopes(claimed: frozenset[str], administration: frozenset[str], mapped: list[str] | None
+                    ) -> frozenset[str]:
+    """What an external token may do (CONTRACT §2): what it claims, within what the administration's own
+    clients hold, within the mapping's list when it has one; the scopes that read the log, a person's
+    history or record consents only when the mapping names them."""
+    granted = claimed & administration
+    if mapped is None:
+        return granted - SENSITIVE_SCOPES
+    return granted & frozenset(mapped)
+
+
+def _lifetime(claims: dict[str, Any]) -> float | None:
+    iat, exp = claims.get("iat"), claims.get("exp")
+    numeric = (int, float)
+    if not isinstance(iat, numeric) or isinstance(iat, bool) or not isinstance(exp, numeric):
+        return None
+    return float(exp) - float(iat)
 
 
 def _claim_problem(exc: JoseError) -> str:

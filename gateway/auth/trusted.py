@@ -2,19 +2,19 @@
 
 Keys are fetched with the shared httpx client, kept for `jwks_max_age_s`, and refetched early when a
 token names an unknown `kid` — at most once every `jwks_refresh_interval_s`, so a flood of tokens with
-made-up key ids cannot turn the gateway into a load generator against the IdP.
+made-up key ids cannot turn the gateway into a load generator against the IdP. A key that has left the
+JWKS stops validating at the next refresh, tokens already verified and cached included: the bearer check
+asks for the key on every use of an external token.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway.policy.catalogue import ASYMMETRIC_ALGORITHMS
 from gateway.policy.loader import check_client_jwks
 from gateway.policy.model import Identifier, Scope
+from gateway.urls import SecureUrl
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +41,13 @@ class ClientMapping(BaseModel):
 class TrustedIssuerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     issuer: Annotated[str, Field(min_length=1)]
-    jwks_url: str
+    jwks_url: SecureUrl
     audience: str | None = None
     algorithms: list[str] = Field(default_factory=lambda: ["Ed25519", "EdDSA", "ES256", "PS256", "RS256"])
     client_claim: str = "client_id"
+    # The longest `exp - iat` accepted: an IdP's token for the gateway is short-lived like our own.
+    max_lifetime_s: int = Field(300, ge=1, le=86_400)
     clients: dict[str, Identifier | ClientMapping]
-
-    @field_validator("jwks_url")
-    @classmethod
-    def _secure_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme == "https":
-            return value
-        if parts.scheme == "http" and parts.hostname:
-            try:
-                if ipaddress.ip_address(parts.hostname).is_loopback:
-                    return value
-            except ValueError:
-                if parts.hostname == "localhost":
-                    return value
-        raise ValueError("jwks_url must be https (plain http only on loopback)")
 
     @field_validator("algorithms")
     @classmethod
@@ -125,6 +113,8 @@ class TrustedIssuers:
         return entry.config if entry else None
 
     async def key(self, issuer: str, kid: str) -> Key | None:
+        """The issuer's key `kid` as of its latest JWKS (refetched when older than `max_age_s`, or early
+        for an unknown kid); None once the key has left the JWKS."""
         entry = self._issuers.get(issuer)
         if entry is None:
             return None

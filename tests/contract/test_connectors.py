@@ -253,7 +253,11 @@ async def test_the_router_asks_each_connector_once_and_merges(backends: FakeBack
 
 
 @pytest.mark.parametrize("connectors, fault", [
-    ([{"name": "a", "type": "embedded"}, {"name": "b", "type": "idp", "url": "http://x"}], "served by both"),
+    ([{"name": "a", "type": "embedded"}, {"name": "b", "type": "idp", "url": "https://x"}], "served by both"),
+    ([{"name": "a", "type": "embedded", "attributes": ["family_name"]},
+      {"name": "b", "type": "idp", "url": "http://idp.example.ml"}], "must be https"),
+    ([{"name": "a", "type": "embedded", "attributes": ["family_name"]},
+      {"name": "b", "type": "fhir", "url": "http://10.0.0.5:8080/fhir", "attributes": ["sex"]}], "must be https"),
     ([{"name": "a", "type": "embedded", "attributes": ["nin"]}], "no connector serves"),
     ([{"name": "a", "type": "embedded", "atributes": ["nin"]}], "Extra inputs"),
     ([{"name": "a", "type": "ftp"}], "does not match any of the expected tags"),
