@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from gateway.identity.dates import PartialDate, age_at_least, same_date
 from gateway.identity.names import normalise, same_given_names, same_name
+from gateway.policy.catalogue import PREDICATE_READS
 
 NAME_CLAIMS = frozenset({"family_name", "father_name", "mother_name", "birth_place", "residence_region",
                          "residence_cercle", "residence_commune", "displacement_site"})
@@ -44,10 +45,6 @@ class Predicate(NamedTuple):
     as_of: date | None = None
 
 
-# What each predicate reads from the record.
-_READS: dict[str, frozenset[str]] = {"alive": frozenset({"death_date"}), "age_at_least": frozenset({"birth_date"}),
-                                     "resides_in": frozenset(RESIDENCE),
-                                     "registered_idp": frozenset({"displacement_status"})}
 
 
 def evaluate(predicate: Predicate, record: Mapping[str, Any], today: date) -> bool | None:
@@ -96,5 +93,5 @@ def needed_attributes(claims: Mapping[str, str], predicates: list[Predicate]) ->
     """What a verification must fetch: its claims, what its predicates read, and the record status."""
     needed = {*claims, "record_status"}
     for predicate in predicates:
-        needed |= _READS[predicate.name]
+        needed |= PREDICATE_READS[predicate.name]
     return frozenset(needed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 SCOPES = (
     "identity:verify",
     "identity:lookup",
@@ -9,7 +11,13 @@ SCOPES = (
     "consent:read",
     "audit:read",
     "subject:history",
+    "register:declare",
+    "events:read",
+    "metrics:read",
 )
+
+# Scopes an external issuer's token never carries unless its mapping lists them (CONTRACT §2).
+SENSITIVE_SCOPES = frozenset({"audit:read", "subject:history", "consent:write"})
 
 ATTRIBUTES = (
     "nin",
@@ -35,6 +43,19 @@ ATTRIBUTES = (
 CLAIMS = tuple(a for a in ATTRIBUTES if a != "nin")
 
 PREDICATES = ("age_at_least", "alive", "resides_in", "registered_idp")
+
+# What each predicate reads from the record: a consent must cover these to let the predicate answer.
+PREDICATE_READS: dict[str, frozenset[str]] = {
+    "age_at_least": frozenset({"birth_date"}),
+    "alive": frozenset({"record_status", "death_date"}),
+    "resides_in": frozenset({"residence_region", "residence_cercle", "residence_commune"}),
+    "registered_idp": frozenset({"displacement_status"}),
+}
+
+
+def predicate_reads(predicates: Iterable[str]) -> set[str]:
+    """Every attribute the named predicates read."""
+    return {attribute for name in predicates for attribute in PREDICATE_READS[name]}
 
 OPERATIONS = ("verify", "lookup")
 

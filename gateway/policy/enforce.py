@@ -1,6 +1,9 @@
 """The single enforcement point (ARCHITECTURE.md): what an administration may ask, for which purpose,
 decided from its policy before any connector is called. Pure: policy and request in, purpose out or a
-refusal with the contract's code."""
+refusal with the contract's code.
+
+A claim, predicate or released attribute outside the purpose is one refusal, `attribute_not_permitted`,
+naming every name refused (claims and predicates by their own names)."""
 
 from __future__ import annotations
 
@@ -18,17 +21,9 @@ def authorise(administration: AdministrationPolicy | None, purpose: str, operati
         raise Problem("purpose_not_permitted", "this administration has no such purpose")
     if operation not in policy.operations:
         raise Problem("operation_not_permitted", f"the purpose does not allow {operation}")
-    claims_out = sorted(set(claims) - set(policy.claims))
-    if claims_out:
-        raise Problem("operation_not_permitted", f"the purpose does not allow the claims {', '.join(claims_out)}",
-                      extra={"claims": claims_out})
-    predicates_out = sorted(set(predicates) - set(policy.predicates))
-    if predicates_out:
-        raise Problem("operation_not_permitted",
-                      f"the purpose does not allow the predicates {', '.join(predicates_out)}",
-                      extra={"predicates": predicates_out})
-    attributes_out = sorted(set(attributes) - set(policy.attributes))
-    if attributes_out:
-        raise Problem("attribute_not_permitted", "the purpose does not grant these attributes",
-                      extra={"attributes": attributes_out})
+    refused = sorted((set(claims) - set(policy.claims)) | (set(predicates) - set(policy.predicates))
+                     | (set(attributes) - set(policy.attributes)))
+    if refused:
+        raise Problem("attribute_not_permitted", f"the purpose does not grant {', '.join(refused)}",
+                      extra={"attributes": refused})
     return policy

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.audit.record import rfc3339
-from gateway.consent.check import require_consent
+from gateway.consent.check import find_consent, use_consent
 from gateway.consent.store import ConsentStore
 from gateway.errors import Problem
 from gateway.storage.database import create_engine, database_url, migrate
@@ -41,9 +41,11 @@ async def grant(store: ConsentStore, *, max_uses: int | None = None, expires_in:
 
 
 async def check(store: ConsentStore, consent_id: str | None, **overrides: object) -> None:
-    asked = {"subject_hash": PERSON, "grantee": "canam", "purpose": "amo_enrolment", "operation": "lookup",
-             "attributes": ["family_name"], **overrides}
-    await require_consent(store, consent_id, **asked)  # type: ignore[arg-type]
+    asked: dict = {"subject_hash": PERSON, "grantee": "canam", "purpose": "amo_enrolment", "operation": "lookup",
+                   "attributes": ["family_name"], **overrides}
+    consent = await find_consent(store, consent_id, subject_hash=asked.pop("subject_hash"),
+                                 grantee=asked.pop("grantee"))
+    await use_consent(store, consent, **asked)
 
 
 async def reason(store: ConsentStore, consent_id: str | None, **overrides: object) -> tuple[str, object]:
@@ -67,12 +69,35 @@ async def test_every_mismatch_has_its_reason(store: ConsentStore) -> None:
     assert await reason(store, "cns_nope") == ("consent_invalid", "unknown")
     assert await reason(store, consent_id, grantee="dnds") == ("consent_invalid", "unknown")
     assert await reason(store, consent_id, purpose="other") == ("consent_invalid", "purpose")
-    assert await reason(store, consent_id, subject_hash=OTHER) == ("consent_invalid", "subject")
+    assert await reason(store, consent_id, subject_hash=OTHER) == ("consent_invalid", "unknown")
     assert await reason(store, consent_id, operation="audit") == ("consent_invalid", "operation")
     assert await reason(store, consent_id, attributes=["family_name", "residence_commune"]) == \
         ("consent_invalid", "attributes")
     await check(store, consent_id)
     assert (await store.get(consent_id)).uses == 1  # type: ignore[union-attr]
+
+
+async def test_another_persons_consent_answers_exactly_like_an_unknown_one(store: ConsentStore) -> None:
+    consent_id = await grant(store)
+
+    async def refusal(consent: str, subject: str) -> tuple:
+        with pytest.raises(Problem) as caught:
+            await check(store, consent, subject_hash=subject)
+        problem = caught.value
+        return problem.code, problem.status, problem.detail, problem.extra, problem.headers
+
+    assert await refusal(consent_id, OTHER) == await refusal("cns_" + "x" * 24, OTHER)
+    assert (await store.get(consent_id)).uses == 0  # type: ignore[union-attr]
+
+
+async def test_a_predicate_needs_the_consent_to_cover_what_it_reads(store: ConsentStore) -> None:
+    consent_id = await grant(store, attributes=("family_name",))
+    with pytest.raises(Problem) as caught:
+        await check(store, consent_id, operation="verify", attributes=[], predicates=["alive"])
+    assert caught.value.code == "consent_invalid"
+    assert caught.value.extra["attributes"] == ["death_date", "record_status"]
+    wide = await grant(store, attributes=("family_name", "death_date", "record_status"))
+    await check(store, wide, operation="verify", attributes=[], predicates=["alive"])
 
 
 async def test_uses_run_out(store: ConsentStore) -> None:

@@ -182,16 +182,19 @@ def test_lookup_releases_what_the_purpose_grants(clients: dict[str, Client]) -> 
     ("electoral", {"nin": "120394857602914", "purpose": "marketing", "claims": {"family_name": "X"}}, 403,
      "purpose_not_permitted"),
     ("electoral", {"nin": "120394857602914", "purpose": "voter_roll", "claims": {"sex": "F"}}, 403,
-     "operation_not_permitted"),
+     "attribute_not_permitted"),
     ("social", {"nin": "120394857602914", "purpose": "idp_check", "predicates": [{"name": "resides_in",
                                                                                    "value": "Mopti"}]}, 403,
-     "operation_not_permitted"),
+     "attribute_not_permitted"),
     ("health", {"nin": "120394857602914", "purpose": "enrolment", "claims": {"family_name": "X"}}, 403,
      "operation_not_permitted"),
 ])
 def test_policy_refusals(clients: dict[str, Client], client: str, body: dict, status: int, code: str) -> None:
     response = clients[client].verify(body)
     assert (response.status_code, response.json()["code"]) == (status, code)
+    if code == "attribute_not_permitted":  # CONTRACT 1.1 §4: names what was refused, claim or predicate
+        assert response.json()["attributes"] == [*body.get("claims", {}), *(p["name"] for p in body.get(
+            "predicates", []))]
 
 
 def test_consent_based_purposes_need_a_consent(clients: dict[str, Client]) -> None:
