@@ -9,7 +9,7 @@ import binascii
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from gateway.api.deps import access_record, protected
 from gateway.api.fields import Nin
@@ -19,6 +19,9 @@ from gateway.audit.record import rfc3339
 from gateway.audit.store import EventFilter
 from gateway.auth.bearer import Caller
 from gateway.errors import Problem
+from gateway.identity.pseudonyms import reference_names_person
+from gateway.ratelimit.gcra import Window
+from gateway.ratelimit.limiter import Outcome
 from gateway.services import services
 
 router = APIRouter(tags=["Access log"])
@@ -26,9 +29,11 @@ router = APIRouter(tags=["Access log"])
 Operation = Literal["token", "verify", "lookup", "consent.create", "consent.read", "consent.revoke",
                     "audit.search", "audit.integrity", "subject.history"]
 Decision = Literal["permit", "deny", "error"]
-# What a citizen sees: who used their record, not who audited it.
-HISTORY_OPERATIONS = ("verify", "lookup", "consent.create", "consent.read", "consent.revoke")
+# What a citizen sees: every use of their record, but not security officers reading the log (an
+# investigation is not announced to the person investigated).
+HIDDEN_FROM_HISTORY = ("audit.", "console.")
 HISTORY_LIMIT = 1000
+_DAY_US = 86_400_000_000
 
 
 def _cursor(seq: int) -> str:
@@ -59,9 +64,23 @@ class PersonSearch(BaseModel):
     cursor: str | None = Field(None, max_length=200)
 
 
+class HistoryEvidence(BaseModel):
+    """How the channel knows the person is the one asking: present at the counter, an OTP, a signed form."""
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["in_person", "otp", "signed_form"]
+    reference: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
 class HistoryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     nin: Nin
+    evidence: HistoryEvidence
+
+    @model_validator(mode="after")
+    def _reference_is_not_an_identity_number(self) -> HistoryRequest:
+        if reference_names_person(self.evidence.reference, self.nin):
+            raise ValueError("evidence.reference must name the channel's own record, not the person's NIN")
+        return self
 
 
 async def _page(request: Request, where: EventFilter, cursor: str | None, limit: int) -> FastJSONResponse:
@@ -123,17 +142,28 @@ async def access_history(
     request: Request, body: HistoryRequest,
     caller: Annotated[Caller, Depends(protected("subject.history", "subject:history"))],
 ) -> FastJSONResponse:
-    """The latest uses of the person's record by administrations (verify, lookup, consents), oldest first.
-    Audit reads are not shown: an investigation is not announced to the person investigated."""
+    """The latest uses of the person's record, oldest first, this read included: the channel's reads of
+    histories show in the person's own. The channel must say how it knows the person is asking
+    (`evidence`, recorded in the event), and its policy may cap such reads a day."""
     app = services(request)
+    record = access_record(request)
     subject = app.subjects(body.nin)
-    access_record(request).subject_hash = subject
-    events = await app.audit.subject_events(subject, HISTORY_OPERATIONS, HISTORY_LIMIT)
+    record.subject_hash = subject
+    record.evidence = body.evidence.model_dump()
+    admin = app.policies.current.administrations.get(caller.administration)
+    if admin is not None and admin.history_reads_per_day is not None:
+        window = Window("history_daily", admin.history_reads_per_day, _DAY_US)
+        verdict = await app.rate_limits.limiter.acquire(f"hist:{caller.administration}", (window,))
+        if not verdict.allowed:
+            raise Outcome(verdict, []).refusal() or Problem("rate_limited")
+    events = await app.audit.subject_events(subject, HIDDEN_FROM_HISTORY, HISTORY_LIMIT)
     names = {a.id: a.name for a in app.policies.current.administrations.values()}
+    this_read = {"time": rfc3339(record.time), "administration": caller.administration,
+                 "operation": "subject.history", "purpose": None, "attributes_released": [], "decision": "permit"}
     history: list[dict[str, Any]] = [
         {"time": e["time"], "administration": e["administration"],
          "administration_name": names.get(e["administration"] or ""), "operation": e["operation"],
          "purpose": e["purpose"], "attributes_released": e["attributes_released"], "decision": e["decision"]}
-        for e in events
+        for e in [*events[-(HISTORY_LIMIT - 1):], this_read]
     ]
-    return FastJSONResponse({"transaction_id": access_record(request).id, "events": history})
+    return FastJSONResponse({"transaction_id": record.id, "events": history})

@@ -16,6 +16,7 @@ from gateway.audit.record import rfc3339
 from gateway.auth.bearer import Caller
 from gateway.consent.store import Consent, now_text
 from gateway.errors import Problem
+from gateway.policy.catalogue import predicate_reads
 from gateway.policy.model import Attribute, Operation
 from gateway.services import services
 
@@ -61,7 +62,6 @@ async def create_consent(
     app = services(request)
     record = access_record(request)
     record.subject_hash = app.subjects(body.nin)
-    record.purpose = body.purpose
     record.attributes_requested = sorted(set(body.attributes))
     if body.grantee == caller.administration:
         raise Problem("operation_not_permitted", "a channel cannot record consent for its own administration")
@@ -71,7 +71,10 @@ async def create_consent(
     purpose = grantee.purposes.get(body.purpose)
     if purpose is None or purpose.consent != "required":
         raise _invalid("/purpose", "the grantee has no consent-based purpose by this name")
-    outside = sorted(set(body.attributes) - set(purpose.attributes) - set(purpose.claims))
+    record.purpose = body.purpose  # a purpose of the grantee's own policy: never a made-up one
+    # Within what the purpose may touch: released attributes, claims, and what its predicates read.
+    outside = sorted(set(body.attributes) - set(purpose.attributes) - set(purpose.claims)
+                     - predicate_reads(purpose.predicates))
     if outside:
         raise Problem("attribute_not_permitted", "the purpose does not cover these attributes",
                       extra={"attributes": outside})
@@ -98,11 +101,11 @@ async def read_consent(
     caller: Annotated[Caller, Depends(protected("consent.read", "consent:read"))],
 ) -> FastJSONResponse:
     record = access_record(request)
-    record.consent_id = consent_id
     consent = await services(request).consents.get(consent_id)
     if consent is None or caller.administration not in (consent.issued_by, consent.grantee):
         raise Problem("not_found", "no such consent")
-    record.subject_hash, record.purpose = consent.subject_hash, consent.purpose
+    # Logged only once the consent is known to be the caller's.
+    record.consent_id, record.subject_hash, record.purpose = consent.id, consent.subject_hash, consent.purpose
     return _answer(request, consent)
 
 
@@ -113,9 +116,8 @@ async def revoke_consent(
 ) -> FastJSONResponse:
     """Effective for the very next request. Revoking twice answers the same revoked consent."""
     record = access_record(request)
-    record.consent_id = consent_id
     consent = await services(request).consents.revoke(consent_id, caller.administration)
     if consent is None:
         raise Problem("not_found", "no such consent")
-    record.subject_hash, record.purpose = consent.subject_hash, consent.purpose
+    record.consent_id, record.subject_hash, record.purpose = consent.id, consent.subject_hash, consent.purpose
     return _answer(request, consent)

@@ -21,7 +21,7 @@ from gateway.api.responses import FastJSONResponse
 from gateway.api.routes import GuardedBodyRoute
 from gateway.audit.record import AccessRecord
 from gateway.auth.bearer import Caller
-from gateway.consent.check import require_consent
+from gateway.consent.check import find_consent, use_consent
 from gateway.errors import Problem
 from gateway.identity import decide
 from gateway.identity.dates import PartialDate
@@ -101,18 +101,20 @@ async def _start(request: Request, caller: Caller, body: _Body, operation: str, 
     app = services(request)
     record = access_record(request)
     record.subject_hash = app.subjects(body.nin)
-    record.purpose = body.purpose
-    record.consent_id = body.consent_id
-    with app.tracer.start_as_current_span("authorise", attributes={"jamu.purpose": body.purpose}):
+    with app.tracer.start_as_current_span("authorise"):
         policy = authorise(app.policies.current.administrations.get(caller.administration), body.purpose,
                            operation, claims=claims, predicates=predicates, attributes=attributes)
+    # Only now is the purpose known to be one of the caller's own: a made-up one is never logged.
+    record.purpose = body.purpose
     record.legal_basis = policy.legal_basis
     if policy.consent == "required":
-        # A verification uses the claimed attributes; a lookup the released ones.
+        # A verification uses the claimed attributes and what its predicates read; a lookup the released ones.
         with app.tracer.start_as_current_span("consent"):
-            await require_consent(app.consents, body.consent_id, subject_hash=record.subject_hash,
-                                  grantee=caller.administration, purpose=body.purpose, operation=operation,
-                                  attributes=[*claims, *attributes])
+            consent = await find_consent(app.consents, body.consent_id, subject_hash=record.subject_hash,
+                                         grantee=caller.administration)
+            record.consent_id = consent.id  # logged only once it is known to be the caller's
+            await use_consent(app.consents, consent, purpose=body.purpose, operation=operation,
+                              attributes=[*claims, *attributes], predicates=predicates)
     return app, policy
 
 

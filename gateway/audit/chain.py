@@ -24,12 +24,20 @@ HASHED_FIELDS = (
     "subject_hash", "attributes_requested", "attributes_released", "decision", "reason", "status",
     "latency_ms", "trace_id", "prev_hash",
 )
+# Fields added after the log's first version: hashed only when set, so every earlier event, which has
+# none of them, keeps the hash it was written with.
+OPTIONAL_HASHED_FIELDS = ("claimed_client_id", "evidence", "job_id", "count", "source")
 MAX_PROBLEMS = 100
 
 
 def canonical(event: Mapping[str, Any]) -> bytes:
     """The bytes an event's hash covers. orjson: sorted keys, compact, UTF-8, refuses NaN/Infinity."""
-    return orjson.dumps({name: event[name] for name in HASHED_FIELDS}, option=orjson.OPT_SORT_KEYS)
+    hashed = {name: event[name] for name in HASHED_FIELDS}
+    for name in OPTIONAL_HASHED_FIELDS:
+        value = event.get(name)
+        if value is not None:
+            hashed[name] = value
+    return orjson.dumps(hashed, option=orjson.OPT_SORT_KEYS)
 
 
 def event_hash(event: Mapping[str, Any]) -> str:

@@ -13,8 +13,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+    load_pem_public_key,
+)
 from sqlalchemy import inspect
 
 from gateway.audit.chain import ChainVerifier, IntegrityReport, key_id
@@ -23,7 +28,31 @@ from gateway.storage.database import create_engine
 
 EXPORT_FIELDS = ("seq", "id", "time", "administration", "client_id", "operation", "purpose", "legal_basis",
                  "consent_id", "subject_hash", "attributes_requested", "attributes_released", "decision",
-                 "reason", "status", "latency_ms", "trace_id", "prev_hash", "hash")
+                 "reason", "status", "latency_ms", "trace_id", "prev_hash", "hash", "claimed_client_id",
+                 "evidence", "job_id", "count", "source")
+
+# What a spreadsheet would run as a formula when a cell starts with it (OWASP "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A cell a spreadsheet shows as text: a leading formula character gets a `'` before it."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_row(event: dict[str, Any]) -> dict[str, Any]:
+    """One event as CSV cells: lists space-separated, objects as JSON, every cell formula-safe."""
+    row: dict[str, Any] = {}
+    for name in EXPORT_FIELDS:
+        value = event.get(name)
+        if isinstance(value, list):
+            value = " ".join(value)
+        elif isinstance(value, dict):
+            value = orjson.dumps(value).decode()
+        row[name] = spreadsheet_safe(value)
+    return row
 
 
 class OfflineError(Exception):
@@ -41,6 +70,21 @@ def load_public_keys(paths: Sequence[Path]) -> dict[str, Ed25519PublicKey]:
             raise OfflineError(f"{path}: not an Ed25519 public key")
         keys[key_id(key)] = key
     return keys
+
+
+def public_keys_of(private_key_path: Path) -> dict[str, Ed25519PublicKey]:
+    """The checkpoint key's public half, derived from the private key file (read, never created)."""
+    try:
+        key = load_pem_private_key(private_key_path.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise OfflineError(f"{private_key_path}: no readable checkpoint key; pass --public-key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise OfflineError(f"{private_key_path}: not an Ed25519 private key")
+    return {key_id(key.public_key()): key.public_key()}
+
+
+def public_pem_of(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
 
 
 class _NoSigner:
@@ -92,8 +136,7 @@ async def export(url: str, schema: str | None, where: EventFilter, fmt: str, out
             writer.writeheader()
         async for event in store.stream(where):
             if writer is not None:
-                writer.writerow({**event, "attributes_requested": " ".join(event["attributes_requested"]),
-                                 "attributes_released": " ".join(event["attributes_released"])})
+                writer.writerow(csv_row(event))
             else:
                 out.write(orjson.dumps(event).decode() + "\n")
             count += 1

@@ -58,6 +58,12 @@ class AccessRecord:
     status: int | None = None
     latency_ms: float | None = None
     trace_id: str | None = None
+    # Set only where they apply (CONTRACT §7, 1.1); hashed only when set, so older events keep their hashes.
+    claimed_client_id: str | None = None
+    evidence: dict[str, str] | None = None
+    job_id: str | None = None
+    count: int | None = None
+    source: str | None = None
     releases_data: bool = False
     outcome: str | None = None  # what the log must say even when the answer does not (e.g. suspended)
 
@@ -86,6 +92,9 @@ class AccessRecord:
             "attributes_released": [_bounded(item) for item in self.attributes_released[:_MAX_LIST]],
             "decision": self.decision, "reason": _text(self.reason), "status": self.status,
             "latency_ms": self.latency_ms, "trace_id": _text(self.trace_id),
+            "claimed_client_id": _text(self.claimed_client_id),
+            "evidence": None if self.evidence is None else {k: _bounded(v) for k, v in self.evidence.items()},
+            "job_id": _text(self.job_id), "count": self.count, "source": _text(self.source),
         }
 
 

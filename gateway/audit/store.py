@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.chain import Checkpoint, CheckpointSigner
 from gateway.audit.sqlite_writer import SqliteWriterProcess
-from gateway.audit.writes import LIST_FIELDS, EngineWrites, Writes, append_events, seal_head
+from gateway.audit.writes import JSON_FIELDS, LIST_FIELDS, EngineWrites, Writes, append_events, seal_head
 from gateway.storage.database import WRITER, is_sqlite, row_dict, sqlite_file
 from gateway.storage.tables import access_checkpoints, access_events, access_log_head
 
@@ -52,6 +52,9 @@ def _from_row(row: Any) -> dict[str, Any]:
     event = row_dict(row)
     for name in LIST_FIELDS:
         event[name] = orjson.loads(event[name])
+    for name in JSON_FIELDS:
+        if event[name] is not None:
+            event[name] = orjson.loads(event[name])
     return event
 
 
@@ -110,12 +113,15 @@ class AccessLogStore:
             rows = await connection.execute(query.order_by(access_events.c.seq).limit(limit))
             return [_from_row(row) for row in rows]
 
-    async def subject_events(self, subject_hash: str, operations: Sequence[str], limit: int
+    async def subject_events(self, subject_hash: str, hidden_prefixes: Sequence[str], limit: int
                              ) -> list[dict[str, Any]]:
-        """One person's latest `limit` events of these operations, oldest first."""
+        """One person's latest `limit` events, oldest first, but for operations that start with one of
+        `hidden_prefixes`."""
         c = access_events.c
-        query = (select(access_events).where(c.subject_hash == subject_hash, c.operation.in_(operations))
-                 .order_by(c.seq.desc()).limit(limit))
+        query = select(access_events).where(c.subject_hash == subject_hash)
+        for prefix in hidden_prefixes:
+            query = query.where(c.operation.not_like(prefix.replace("_", "\\_") + "%", escape="\\"))
+        query = query.order_by(c.seq.desc()).limit(limit)
         async with self.engine.connect() as connection:
             rows = [_from_row(row) for row in await connection.execute(query)]
         rows.reverse()

@@ -17,11 +17,12 @@ import orjson
 from sqlalchemy import Connection, Table, bindparam, select, update
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
-from gateway.audit.chain import CheckpointSigner, link
+from gateway.audit.chain import OPTIONAL_HASHED_FIELDS, CheckpointSigner, link
 from gateway.audit.record import rfc3339
 from gateway.storage.tables import access_checkpoints, access_events, access_log_head
 
 LIST_FIELDS = ("attributes_requested", "attributes_released")
+JSON_FIELDS = ("evidence",)  # nullable JSON objects, stored as text
 
 
 class Head(NamedTuple):
@@ -43,6 +44,11 @@ def to_row(event: dict[str, Any]) -> dict[str, Any]:
     row = dict(event)
     for name in LIST_FIELDS:
         row[name] = orjson.dumps(row[name]).decode()
+    for name in OPTIONAL_HASHED_FIELDS:
+        row.setdefault(name, None)  # events written before these fields existed have none of them
+    for name in JSON_FIELDS:
+        value = row[name]
+        row[name] = None if value is None else orjson.dumps(value).decode()
     return row
 
 

@@ -40,6 +40,7 @@ from gateway.auth.replay import ReplayGuard
 from gateway.errors import Problem
 from gateway.policy.catalogue import ASYMMETRIC_ALGORITHMS
 from gateway.policy.loader import RegisteredClient
+from gateway.policy.model import is_identifier
 from gateway.policy.store import PolicyStore
 
 _MAX_FORM_FIELDS = 16
@@ -236,8 +237,9 @@ class TokenService(AuthorizationServer):
         return status, body, headers
 
     # The gateway's entry point --------------------------------------------------------------------
-    def claimed_client(self, headers: Headers, body: bytes) -> RegisteredClient | None:
-        """The registered client a request claims to be, before it is authenticated (for the log)."""
+    def claimed_client_id(self, headers: Headers, body: bytes) -> str | None:
+        """The client id a failed request claimed, when it is a well-formed one (for the log, as
+        `claimed_client_id` only: a claim is not an identity)."""
         try:
             form = _parse_form(headers, body)
             client_id = form.get("client_id") or _basic_credentials(headers)[0]
@@ -251,7 +253,7 @@ class TokenService(AuthorizationServer):
             except Exception:  # any garbage: no claim
                 return None
             client_id = claims.get("sub") if isinstance(claims, dict) else None
-        return self._policies.current.client(client_id) if isinstance(client_id, str) else None
+        return client_id if is_identifier(client_id) else None
 
     async def issue(self, headers: Headers, body: bytes) -> IssuedToken:
         """Authenticate the client and issue a token, or raise a Problem the contract names."""

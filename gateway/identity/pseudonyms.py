@@ -70,3 +70,9 @@ class SubjectRefs:
             key = hmac.new(self._secret, f"subject_ref/v1/{administration}".encode(), hashlib.sha256).digest()
             keyed = self._keyed[administration] = KeyedSha256(key)
         return base64.urlsafe_b64encode(keyed.digest(normalise_nin(nin).encode())[:18]).decode()
+
+
+def reference_names_person(reference: str, nin: str) -> bool:
+    """Whether an evidence reference carries the person's NIN (in any spelling the NIN field accepts):
+    a reference names the channel's own record (a form number), never an identity number."""
+    return nin in normalise_nin(reference).replace(" ", "").replace("-", "")

@@ -16,7 +16,16 @@ Predicate = Literal[PREDICATES]  # type: ignore[valid-type]
 Operation = Literal[OPERATIONS]  # type: ignore[valid-type]
 AuthMethod = Literal[CLIENT_AUTH_METHODS]  # type: ignore[valid-type]
 
-Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+IDENTIFIER_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
+
+
+def is_identifier(value: object) -> bool:
+    """A well-formed administration, client or purpose id: what may be copied from a request into the log."""
+    return isinstance(value, str) and _IDENTIFIER.fullmatch(value) is not None
+
+
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 
 _WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -118,6 +127,13 @@ class AdministrationPolicy(_Strict):
     clients: list[ClientPolicy] = []
     purposes: dict[Identifier, PurposePolicy] = {}
     rate_limits: list[RateLimitWindow] = []
+    # A consent channel's daily cap on reads of people's access histories (CONTRACT §7); none: no cap.
+    history_reads_per_day: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        """Every scope some client of this administration holds: the most an external token may carry."""
+        return frozenset(scope for client in self.clients for scope in client.scopes)
 
     @model_validator(mode="after")
     def _names_unique(self) -> AdministrationPolicy:

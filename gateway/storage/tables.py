@@ -30,6 +30,11 @@ access_events = Table(
     Column("trace_id", Text),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    Column("claimed_client_id", Text),
+    Column("evidence", Text),
+    Column("job_id", Text),
+    Column("count", Integer),
+    Column("source", Text),
 )
 
 # The chain's head, one row: every writer (any process) locks it, so the chain has one order.

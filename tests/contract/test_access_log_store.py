@@ -169,8 +169,13 @@ async def test_filters_pages_and_one_persons_events(stores: StoreFactory) -> Non
     assert [e["seq"] for e in await store.events(EventFilter(operation="lookup"), 0, 10)] == [5]
     mine = await store.events(EventFilter(subject_hash=person), 0, 100)
     assert [e["seq"] for e in mine] == [n + 1 for n in range(0, 30, 3)]
-    latest = await store.subject_events(person, ("verify",), 3)
+    latest = await store.subject_events(person, ("audit.",), 3)
     assert [e["seq"] for e in latest] == [22, 25, 28]
+    audited = record(99, subject_hash=person)
+    audited.operation = "audit.search"
+    await store.append(events_of(audited))
+    assert [e["seq"] for e in await store.subject_events(person, ("audit.",), 3)] == [22, 25, 28]
+    assert [e["seq"] for e in await store.subject_events(person, (), 1)] == [31]
     times = sorted(e["time"] for e in canam)
     window = await store.events(EventFilter(since=times[2], until=times[5]), 0, 100)
     assert all(times[2] <= e["time"] < times[5] for e in window) and window

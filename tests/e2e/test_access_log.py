@@ -100,7 +100,8 @@ def test_every_request_is_an_event_with_the_contract_fields(gateway: GatewayProc
     assert (refused["operation"], refused["decision"], refused["reason"]) == ("token", "deny", "invalid_client")
     expected = {"seq", "id", "time", "administration", "client_id", "operation", "purpose", "legal_basis",
                 "consent_id", "subject_hash", "attributes_requested", "attributes_released", "decision",
-                "reason", "status", "latency_ms", "trace_id", "prev_hash", "hash"}
+                "reason", "status", "latency_ms", "trace_id", "prev_hash", "hash", "claimed_client_id",
+                "evidence", "job_id", "count", "source"}
     assert set(denied) == expected
     seqs = [e["seq"] for e in listing["events"]]
     assert seqs == sorted(seqs) and listing["next_cursor"] is None
@@ -149,8 +150,8 @@ def test_reads_need_their_scope_and_are_themselves_logged(gateway: GatewayProces
         response = httpx.request(method, f"{gateway.base_url}{path}", json={"nin": AMINATA},
                                  headers=traffic["elections"], timeout=10)
         assert response.status_code == 403 and response.json()["code"] == "insufficient_scope"
-    history = httpx.post(f"{gateway.base_url}/v1/subjects/access-history", json={"nin": AMINATA},
-                         headers=traffic["officer"], timeout=10)
+    history = httpx.post(f"{gateway.base_url}/v1/subjects/access-history",
+                         json={"nin": AMINATA, "evidence": EVIDENCE}, headers=traffic["officer"], timeout=10)
     assert history.status_code == 403
     search = httpx.post(f"{gateway.base_url}/v1/audit/search", json={"nin": BAKARY},
                         headers=traffic["officer"], timeout=10).json()
@@ -176,19 +177,43 @@ def test_integrity_report(gateway: GatewayProcess, traffic: dict) -> None:
     assert report["transaction_id"] in {e["id"] for e in logged}
 
 
+EVIDENCE = {"method": "in_person", "reference": "GUICHET-2026-0042"}
+
+
 def test_a_citizen_sees_who_used_their_record(gateway: GatewayProcess, traffic: dict) -> None:
     url = f"{gateway.base_url}/v1/subjects/access-history"
-    history = httpx.post(url, json={"nin": AMINATA}, headers=traffic["channel"], timeout=10).json()
+    history = httpx.post(url, json={"nin": AMINATA, "evidence": EVIDENCE}, headers=traffic["channel"],
+                         timeout=10).json()
     verifications = [e for e in history["events"] if e["operation"] == "verify"]
     assert len(verifications) >= 3
     assert verifications[0] == {"time": verifications[0]["time"], "administration": "elections",
                                 "administration_name": "Commission électorale", "operation": "verify",
                                 "purpose": "voter_roll", "attributes_released": ["family_name"],
                                 "decision": "permit"}
-    assert all(e["operation"] not in ("audit.search", "subject.history") for e in history["events"])
-    assert httpx.post(url, json={"nin": NOBODY}, headers=traffic["channel"], timeout=10).json()["events"] == []
-    logged = events(gateway, traffic["officer"], operation="subject.history", limit=1000)["events"]
-    assert history["transaction_id"] in {e["id"] for e in logged}
+    assert all(not e["operation"].startswith("audit.") for e in history["events"])
+    assert history["events"][-1]["operation"] == "subject.history"  # this read, shown to the person
+    again = httpx.post(url, json={"nin": AMINATA, "evidence": EVIDENCE}, headers=traffic["channel"],
+                       timeout=10).json()
+    reads = [e for e in again["events"] if e["operation"] == "subject.history"]
+    assert len(reads) >= 2 and reads[-2]["administration"] == "channel"  # the earlier read, from the log
+    nobody = httpx.post(url, json={"nin": NOBODY, "evidence": EVIDENCE}, headers=traffic["channel"], timeout=10)
+    assert [e["operation"] for e in nobody.json()["events"]] == ["subject.history"]
+    logged = {e["id"]: e for e in events(gateway, traffic["officer"], operation="subject.history",
+                                           limit=1000)["events"]}
+    assert logged[history["transaction_id"]]["evidence"] == EVIDENCE
+
+
+@pytest.mark.parametrize("body", [
+    {"nin": AMINATA},
+    {"nin": AMINATA, "evidence": {"method": "telepathy", "reference": "x"}},
+    {"nin": AMINATA, "evidence": {"method": "in_person"}},
+    {"nin": AMINATA, "evidence": {"method": "otp", "reference": f"NIN {AMINATA}"}},
+])
+def test_a_history_read_needs_evidence_of_the_person(gateway: GatewayProcess, traffic: dict, body: dict) -> None:
+    response = httpx.post(f"{gateway.base_url}/v1/subjects/access-history", json=body,
+                          headers=traffic["channel"], timeout=10)
+    assert response.status_code == 400 and response.json()["code"] == "invalid_request"
+    assert AMINATA not in response.text
 
 
 def test_no_nin_at_rest(gateway: GatewayProcess, realm: Realm, traffic: dict, tmp_path: Path) -> None:
@@ -309,7 +334,9 @@ def test_offline_verify_and_export_of_a_copy(realm: Realm, tmp_path: Path) -> No
     finally:
         server.stop()  # a clean stop seals the tail
     env = {**os.environ, **realm.env(GATEWAY_DATA_DIR=str(data))}
-    public_key = data / "keys" / "checkpoint-key.pub.pem"
+    public_key = tmp_path / "checkpoint-key.pub.pem"  # as an officer receives it: `jamu audit public-key`
+    public_key.write_text(subprocess.run([*JAMU, "audit", "public-key"], env=env, capture_output=True, text=True,
+                                         check=True, timeout=60).stdout)
 
     def verify(db: Path, *extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*JAMU, "audit", "verify", "--database-url", f"sqlite:///{db}",

@@ -18,20 +18,23 @@ import yaml
 from connectors.population import population, seed_register
 from tests.support.keys import jwks_of, new_key, token_form
 from tests.support.realm import Realm, build_realm
-from tests.support.servers import GatewayProcess, wait_until
+from tests.support.servers import GatewayProcess, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 PEOPLE = [p for p in population(500, 31) if p["record_status"] == "active"]
 PERSON, NEIGHBOUR = PEOPLE[0], PEOPLE[1]
 ENROLMENT = {"consent": "required", "operations": ["verify", "lookup"], "claims": ["family_name", "birth_date"],
-             "attributes": ["family_name", "given_names", "birth_date", "residence_commune"], "max_consent_days": 90}
+             "predicates": ["alive"], "attributes": ["family_name", "given_names", "birth_date", "residence_commune"],
+             "max_consent_days": 90}
 ADMINISTRATIONS = {
     "health": (["identity:verify", "identity:lookup", "consent:read"], {"enrolment": ENROLMENT, "care": {
         "legal_basis": "Code de la santé", "consent": "not_required", "operations": ["verify"],
         "claims": ["family_name"]}}),
     "counter": (["consent:write", "consent:read"], {}),
     "intruder": (["consent:write", "consent:read", "identity:lookup"], {"enrolment": ENROLMENT}),
+    "desk": (["subject:history"], {}),
 }
+HISTORY_READS_PER_DAY = 2  # the desk's quota
 
 
 def build(root: Path) -> Realm:
@@ -40,6 +43,7 @@ def build(root: Path) -> Realm:
         realm.keys[admin] = new_key()
         (realm.policies_dir / f"{admin}.yaml").write_text(yaml.safe_dump({
             "id": admin, "name": admin.title(), "purposes": purposes,
+            **({"history_reads_per_day": HISTORY_READS_PER_DAY} if admin == "desk" else {}),
             "clients": [{"client_id": admin, "auth": "private_key_jwt", "jwks": jwks_of(realm.keys[admin]),
                          "scopes": scopes}]}, allow_unicode=True))
     seed_register(realm.data_dir / "register.db", 500, 31)
@@ -59,9 +63,12 @@ class Client:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("consents")
     realm = build(root)
-    server = GatewayProcess(realm.env(GATEWAY_POLICY_RELOAD_INTERVAL_S="0.3"),
+    metrics_port = free_port()
+    server = GatewayProcess(realm.env(GATEWAY_POLICY_RELOAD_INTERVAL_S="0.3", GATEWAY_METRICS_PORT=str(metrics_port),
+                                      GATEWAY_METRICS_HOST="127.0.0.1"),
                             factory="tests.support.probe_app:create_durable")
     server.start(root / "gateway.log")
+    server.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # type: ignore[attr-defined]
     clients = {name: Client(server, realm, name) for name in ADMINISTRATIONS}
     clients["officer"] = Client(server, realm, "oversight-app")
     clients["channel"] = Client(server, realm, "channel-app")
@@ -120,7 +127,12 @@ def test_others_cannot_see_revoke_or_use_it(world: dict[str, Any]) -> None:
     widened = lookup(world, consent["id"], attributes=("family_name", "residence_commune"))
     assert (widened.json()["reason"], widened.json()["attributes"]) == ("attributes", ["residence_commune"])
     other = lookup(world, consent["id"], nin=NEIGHBOUR["nin"])
-    assert other.json()["reason"] == "subject" and NEIGHBOUR["family_name"] not in other.text
+    unknown = lookup(world, "cns_" + "A" * 24, nin=NEIGHBOUR["nin"])
+    # Another person's consent is no consent at all: the very answer an unknown id gets.
+    assert (other.status_code, other.headers["content-type"]) == (unknown.status_code, unknown.headers["content-type"])
+    assert {k: v for k, v in other.json().items() if k != "transaction_id"} == \
+        {k: v for k, v in unknown.json().items() if k != "transaction_id"}
+    assert other.json()["reason"] == "unknown" and NEIGHBOUR["family_name"] not in other.text
     assert world["counter"].http.get(url).json()["uses"] == 0  # refusals used nothing
 
 
@@ -145,6 +157,43 @@ def test_recording_a_consent_is_checked_against_the_grantees_purpose(world: dict
     own = world["intruder"].http.post("/v1/consents", json=consent_body(grantee="intruder"))
     assert own.json()["code"] == "operation_not_permitted"  # a channel granting consent to itself
     assert world["health"].http.post("/v1/consents", json=consent_body()).json()["code"] == "insufficient_scope"
+
+
+def test_a_consent_must_cover_what_a_predicate_reads(world: dict[str, Any]) -> None:
+    narrow = record(world, attributes=["family_name"])
+    body = {"nin": PERSON["nin"], "purpose": "enrolment", "consent_id": narrow["id"], "predicates": [{"name": "alive"}]}
+    refused = world["health"].http.post("/v1/verify", json=body)
+    assert (refused.status_code, refused.json()["code"]) == (403, "consent_invalid")
+    assert refused.json()["attributes"] == ["death_date", "record_status"] and "result" not in refused.text
+    wide = record(world, attributes=["family_name", "death_date", "record_status"])
+    answered = world["health"].http.post("/v1/verify", json={**body, "consent_id": wide["id"]})
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["predicates"] == [{"name": "alive", "result": True}]
+
+
+def test_only_the_callers_own_purposes_and_consents_are_logged(world: dict[str, Any]) -> None:
+    stranger = record(world)  # given to health; the intruder names it
+    made_up = world["intruder"].http.post("/v1/lookup", json={
+        "nin": PERSON["nin"], "purpose": "police_investigation", "attributes": ["family_name"]})
+    assert made_up.json()["code"] == "purpose_not_permitted"
+    borrowed = lookup(world, stranger["id"], who="intruder")
+    assert borrowed.json()["code"] == "consent_invalid"
+    events = world["officer"].http.post("/v1/audit/search", json={"nin": PERSON["nin"], "limit": 1000}).json()
+    by_id = {e["id"]: e for e in events["events"]}
+    assert (by_id[made_up.json()["transaction_id"]]["purpose"], by_id[made_up.json()["transaction_id"]]["reason"]) \
+        == (None, "purpose_not_permitted")
+    assert by_id[borrowed.json()["transaction_id"]]["consent_id"] is None
+    history = world["channel"].http.post("/v1/subjects/access-history", json={
+        "nin": PERSON["nin"], "evidence": {"method": "in_person", "reference": "G-1"}}).json()
+    assert "police_investigation" not in str(history)
+
+
+def test_a_channel_reads_histories_within_its_daily_quota(world: dict[str, Any]) -> None:
+    desk = Client(world["server"], world["realm"], "desk")
+    body = {"nin": NEIGHBOUR["nin"], "evidence": {"method": "otp", "reference": "OTP-5"}}
+    answers = [desk.http.post("/v1/subjects/access-history", json=body) for _ in range(HISTORY_READS_PER_DAY + 1)]
+    assert [a.status_code for a in answers] == [200] * HISTORY_READS_PER_DAY + [429]
+    assert answers[-1].json()["code"] == "rate_limited" and int(answers[-1].headers["retry-after"]) > 0
 
 
 def test_one_use_raced_and_revocation(world: dict[str, Any]) -> None:
@@ -174,7 +223,8 @@ def test_consents_are_in_the_log_and_in_the_persons_history(world: dict[str, Any
     created = next(e for e in events if e["id"] == consent["transaction_id"])
     assert (created["operation"], created["consent_id"], created["client_id"]) == \
         ("consent.create", consent["id"], "counter")
-    history = world["channel"].http.post("/v1/subjects/access-history", json={"nin": PERSON["nin"]}).json()
+    history = world["channel"].http.post("/v1/subjects/access-history", json={
+        "nin": PERSON["nin"], "evidence": {"method": "signed_form", "reference": "F-77"}}).json()
     operations = {e["operation"] for e in history["events"]}
     assert {"consent.create", "consent.read", "lookup"} <= operations
 
@@ -189,7 +239,7 @@ def _care_verify(world: dict[str, Any], purpose: str) -> httpx.Response:
 
 
 def _metric(world: dict[str, Any], name: str) -> float:
-    for line in httpx.get(f"{world['server'].base_url}/metrics", timeout=5).text.splitlines():
+    for line in httpx.get(world["server"].metrics_url, timeout=5).text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0

@@ -104,11 +104,27 @@ def test_client_secret_basic(gateway: GatewayProcess, realm: Realm) -> None:
     assert body["error"] == "invalid_client"
     assert realm.secrets["health-app"] not in wrong.text
     event = _event(gateway, body["transaction_id"])
-    assert (event["decision"], event["reason"], event["client_id"]) == ("deny", "invalid_client", "health-app")
+    # A failed authentication is not that client's act: the claim is recorded as a claim only.
+    assert (event["decision"], event["reason"], event["client_id"], event["administration"]) == \
+        ("deny", "invalid_client", None, None)
+    assert event["claimed_client_id"] == "health-app" and event["source"] == "127.0.0.1"
 
     unknown = _post(gateway, form, auth=("nobody", "secret"))
     body = _assert_problem(unknown, 401, "invalid_client")
-    assert _event(gateway, body["transaction_id"])["client_id"] is None
+    event = _event(gateway, body["transaction_id"])
+    assert (event["client_id"], event["claimed_client_id"]) == (None, "nobody")
+    formula = _post(gateway, form, auth=("=HYPERLINK(x)", "secret"))
+    event = _event(gateway, _assert_problem(formula, 401, "invalid_client")["transaction_id"])
+    assert event["claimed_client_id"] is None  # not a well-formed client id: not recorded
+
+
+def test_garbage_assertions_are_not_blamed_on_the_client_they_name(gateway: GatewayProcess, realm: Realm) -> None:
+    form = {"grant_type": "client_credentials", "client_id": "oversight-app", "client_assertion": "a.b.c",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}
+    body = _assert_problem(_post(gateway, form), 401, "invalid_client")
+    event = _event(gateway, body["transaction_id"])
+    assert (event["client_id"], event["administration"], event["claimed_client_id"]) == \
+        (None, None, "oversight-app")
 
 
 def test_secret_client_cannot_use_assertions_and_key_client_cannot_use_secrets(
