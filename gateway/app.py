@@ -9,8 +9,8 @@ import logging
 from collections.abc import AsyncIterator
 
 import httpx
-from authlib.common.security import is_secure_transport
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from redis.asyncio import Redis
@@ -21,6 +21,7 @@ from gateway.api import audit, consents, identity, oauth, ops, problems
 from gateway.api.routes import add_routes
 from gateway.audit.chain import CheckpointSigner
 from gateway.audit.log import AccessLog
+from gateway.audit.refusals import RefusalTally
 from gateway.audit.store import AccessLogStore
 from gateway.audit.writer import DurableAccessLog
 from gateway.auth.bearer import BearerValidator
@@ -29,6 +30,7 @@ from gateway.auth.replay import MemoryReplayGuard, RedisReplayGuard, ReplayGuard
 from gateway.auth.server import TokenService
 from gateway.auth.trusted import TrustedIssuers, load_trusted_issuers
 from gateway.consent.store import ConsentStore
+from gateway.datadir import secure_data_dir
 from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
 from gateway.keyfiles import load_or_create_ed25519, load_or_create_secret
 from gateway.middleware import AccessMiddleware
@@ -36,12 +38,15 @@ from gateway.observability import tracer_for, tracer_provider
 from gateway.policy.loader import load_policies
 from gateway.policy.reload import PolicyReloader
 from gateway.policy.store import PolicyStore
+from gateway.ratelimit.admission import Admitter, parse_networks
 from gateway.ratelimit.backends import RedisBackend
 from gateway.ratelimit.limiter import RateLimiter, RateLimits, parse_windows
+from gateway.scrape import ScrapeListener
 from gateway.services import ReadinessCheck, Services
 from gateway.settings import Settings
 from gateway.storage.database import DatabaseConfigError, create_engine, database_url, migrate
 from gateway.telemetry import Metrics
+from gateway.urls import secure_url
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +81,12 @@ FRAMEWORK_TELEMETRY_OFF: dict[str, object] = (
 
 def create_app(settings: Settings | None = None, *, access_log: AccessLog | None = None) -> FastAPI:
     settings = settings or Settings()
-    if not is_secure_transport(settings.token_endpoint):
-        raise ConfigurationError(f"GATEWAY_ISSUER must be https (plain http only on loopback): {settings.issuer}")
+    secure_data_dir(settings.data_dir)
+    try:
+        secure_url(settings.token_endpoint)
+    except ValueError:
+        raise ConfigurationError(f"GATEWAY_ISSUER must be https (plain http only on loopback): {settings.issuer}"
+                                 ) from None
 
     policies = PolicyStore(load_policies(settings.policies_dir))
     signing_keys = load_signing_keys(
@@ -134,6 +143,22 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         metrics=metrics,
     )
     rate_limits = RateLimits(limiter, policies, unauthenticated)
+    try:
+        trusted_proxies = parse_networks(settings.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigurationError(f"GATEWAY_TRUSTED_PROXIES: {exc}") from None
+    bearer = BearerValidator(
+        issuer=settings.issuer,
+        audience=settings.audience,
+        signing_keys=signing_keys,
+        policies=policies,
+        trusted=trusted,
+        leeway_s=settings.clock_leeway_s,
+        max_token_bytes=settings.max_token_bytes,
+        cache_size=settings.token_cache_size,
+    )
+    refusals = RefusalTally(access_log)
+    scrape = ScrapeListener(metrics, settings.metrics_host, settings.metrics_port) if settings.metrics_port else None
 
     try:
         connectors_config = load_connectors_file(settings.connectors_file)
@@ -175,16 +200,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
             leeway_s=settings.clock_leeway_s,
             assertion_max_lifetime_s=settings.client_assertion_max_lifetime_s,
         ),
-        bearer=BearerValidator(
-            issuer=settings.issuer,
-            audience=settings.audience,
-            signing_keys=signing_keys,
-            policies=policies,
-            trusted=trusted,
-            leeway_s=settings.clock_leeway_s,
-            max_token_bytes=settings.max_token_bytes,
-            cache_size=settings.token_cache_size,
-        ),
+        bearer=bearer,
         access_log=access_log,
         audit=audit_store,
         checkpoint_keys={signer.key_id: signer.public_key},
@@ -204,6 +220,9 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await migrate(engine, settings.database_schema)
         await access_log.start()
+        refusals.start()
+        if scrape is not None:
+            await scrape.start()
         reloader.start()
         _freeze_startup_objects()
         try:
@@ -211,6 +230,9 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         finally:
             gc.unfreeze()
             await reloader.stop()
+            if scrape is not None:
+                await scrape.close()
+            await refusals.close()
             await access_log.close()
             await audit_store.close()
             await router.close()
@@ -234,6 +256,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     problems.describe(app)
     # The busiest routes first: matching walks the table in order.
     add_routes(app, identity.router, oauth.router, ops.router, consents.router, audit.router)
+    app.mount(ops.DOCS_ASSETS_PATH, StaticFiles(directory=str(ops.DOCS_ASSETS_DIR)), name="docs-assets")
     app.add_middleware(
         AccessMiddleware,
         access_log=access_log,
@@ -241,6 +264,11 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         max_body_bytes=settings.max_body_bytes,
         problem_base=settings.issuer,
         tracer=tracer,
+        admitter=Admitter(bearer, rate_limits),
+        refusals=refusals,
+        trusted_proxies=trusted_proxies,
+        root_path=settings.root_path,
+        routes=app.router.routes,
     )
     if provider is not None:
         # Outermost, so the access record takes the server span's trace id.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ import httpx
 import yaml
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, OKPKey
+from pydantic import ValidationError
 
 from connectors.importer import import_people
 from connectors.population import seed_register
@@ -33,6 +35,7 @@ from gateway.auth.keys import (
     public_jwk,
     rotate_signing_key,
 )
+from gateway.datadir import secure_data_dir
 from gateway.observability import logging_config
 from gateway.policy.loader import PolicyError, load_policies
 from gateway.settings import Settings
@@ -60,6 +63,13 @@ def _prepare(settings: Settings) -> None:
 def _serve(host: str, port: int, workers: int) -> int:
     import uvicorn
 
+    if workers > 1 and not os.environ.get("GATEWAY_REDIS_URL"):
+        # Each worker would keep its own replay guard and limits: one client assertion accepted twice,
+        # a limit multiplied by the number of workers.
+        print("jamu: refusing to start: --workers N > 1 needs GATEWAY_REDIS_URL, so that the workers share "
+              "the client-assertion replay guard and the rate limits", file=sys.stderr)
+        return 2
+
     if "GATEWAY_ISSUER" not in os.environ:
         # Unset issuer: the address we serve on, so tokens' aud matches what clients call.
         public_host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host  # noqa: S104
@@ -78,7 +88,7 @@ def _serve(host: str, port: int, workers: int) -> int:
         workers=workers,
         access_log=False,
         server_header=False,
-        proxy_headers=True,
+        proxy_headers=False,  # X-Forwarded-For is believed only from GATEWAY_TRUSTED_PROXIES, by the gateway
         timeout_graceful_shutdown=20,
         log_level="info",
         log_config=logging_config(settings.log_format),
@@ -320,11 +330,10 @@ def _audit_database(args: argparse.Namespace, settings: Settings) -> tuple[str, 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     settings = _settings()
     url, schema = _audit_database(args, settings)
-    key_files = args.public_keys or [settings.checkpoint_key_path.with_name(
-        settings.checkpoint_key_path.name.removesuffix(".pem") + ".pub.pem")]
     try:
         offline.require_database(url)
-        keys = offline.load_public_keys(key_files)
+        keys = (offline.load_public_keys(args.public_keys) if args.public_keys
+                else offline.public_keys_of(settings.checkpoint_key_path))
         report = asyncio.run(offline.verify(url, schema, keys, require_sealed=not args.allow_unsealed))
     except offline.OfflineError as exc:
         print(f"jamu audit verify: {exc}", file=sys.stderr)
@@ -340,6 +349,17 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         for problem in report.problems[1:]:
             print(f"  also at seq {problem['seq']}: {problem['problem']}")
     return 0 if report.ok else 1
+
+
+def cmd_audit_public_key(args: argparse.Namespace) -> int:
+    """The checkpoint public key as PEM, for whoever verifies a copy of the log elsewhere."""
+    try:
+        keys = offline.public_keys_of(_settings().checkpoint_key_path)
+    except offline.OfflineError as exc:
+        print(f"jamu audit public-key: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(offline.public_pem_of(next(iter(keys.values()))).decode())
+    return 0
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
@@ -421,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a copy of a running log: events after the last checkpoint are not a fault")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=cmd_audit_verify)
+    public_key = audit.add_parser("public-key", help="print the checkpoint public key (PEM) for offline checks")
+    public_key.set_defaults(func=cmd_audit_public_key)
     export = audit.add_parser("export", help="stream events as JSON Lines or CSV")
     export.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     export.add_argument("--database-url")
@@ -436,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
+    with contextlib.suppress(ValidationError):  # a command reports bad settings itself, where it reads them
+        secure_data_dir(_settings().data_dir)
     return int(args.func(args) or 0)
 
 

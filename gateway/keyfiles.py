@@ -11,7 +11,6 @@ from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
-    PublicFormat,
     load_pem_private_key,
 )
 
@@ -38,15 +37,13 @@ def load_or_create_secret(path: Path, size: int = 32) -> bytes:
 
 
 def load_or_create_ed25519(path: Path) -> Ed25519PrivateKey:
-    """An Ed25519 private key in PEM at `path`, made on first use; its public PEM is written beside it
-    (`<name>.pub.pem`) for whoever verifies offline."""
-    key = Ed25519PrivateKey.generate()
-    create_exclusive(path, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    """An Ed25519 private key in PEM at `path`, made on first use. Its public half is derived in memory,
+    never written beside it: the key directory may be a read-only mount (`jamu audit public-key`)."""
+    if not path.exists():
+        create_exclusive(path, Ed25519PrivateKey.generate().private_bytes(
+            Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
     loaded = load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(loaded, Ed25519PrivateKey):
         raise ValueError(f"{path}: not an Ed25519 private key")
-    public = path.with_name(path.name.removesuffix(".pem") + ".pub.pem")
-    pem = loaded.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    if not public.exists() or public.read_bytes() != pem:
-        public.write_bytes(pem)
     return loaded
+

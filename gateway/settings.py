@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     connectors_file: Path | None = None
     signing_key_file: Path | None = None
     trusted_issuers_file: Path | None = None
+    root_path: Annotated[str, StringConstraints(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = ""
+    trusted_proxies: str = ""
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_host: str = "0.0.0.0"  # noqa: S104 (the scraper reaches it from the cluster network)
 
     signing_alg: SigningAlgorithm = "Ed25519"
     token_lifetime_s: int = Field(300, ge=30, le=3600)
@@ -37,7 +41,7 @@ class Settings(BaseSettings):
     max_token_bytes: int = Field(8 * 1024, ge=512)
     token_cache_size: int = Field(10_000, ge=0)
     jwks_refresh_interval_s: float = Field(60.0, ge=0)
-    jwks_max_age_s: float = Field(3600.0, gt=0)
+    jwks_max_age_s: float = Field(300.0, gt=0)
     jwks_fetch_timeout_s: float = Field(3.0, gt=0)
     redis_key_prefix: str = "jamu:"
     redis_timeout_s: float = Field(0.25, gt=0)

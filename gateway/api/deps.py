@@ -1,4 +1,4 @@
-"""The authentication stage as a FastAPI dependency (async: `def` dependencies run in a thread pool)."""
+"""The route guard as a FastAPI dependency (async: `def` dependencies run in a thread pool)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import Request
 from gateway.audit.record import AccessRecord
 from gateway.auth.bearer import Caller, insufficient_scope
 from gateway.errors import Problem
-from gateway.services import services
+from gateway.ratelimit.admission import Admission
 
 
 def access_record(request: Request) -> AccessRecord:
@@ -17,24 +17,21 @@ def access_record(request: Request) -> AccessRecord:
 
 
 def protected(operation: str, scope: str) -> Callable[[Request], Awaitable[Caller]]:
-    """Authenticate the bearer token, note the caller, apply its rate limits, demand `scope`."""
+    """The caller that admission authenticated (and limited, before routing), holding `scope`.
+
+    A route behind this guard releases data, so it refuses to run for a request that admission did not
+    see: one the access log would not record (`503 audit_unavailable`)."""
 
     async def guard(request: Request) -> Caller:
-        record = access_record(request)
+        state = request.scope["state"]
+        record: AccessRecord = state["access_record"]
         record.operation = operation
-        app = services(request)
-        try:
-            with app.tracer.start_as_current_span("authenticate"):
-                caller = await app.bearer.authenticate(request.headers.get("authorization"))
-        except Problem:
-            # Unauthenticated callers are limited per address: guessing tokens is not free.
-            with app.tracer.start_as_current_span("rate_limit"):
-                await app.rate_limits.source(request.state, request.client.host if request.client else None)
-            raise
-        record.administration = caller.administration
-        record.client_id = caller.client_id
-        with app.tracer.start_as_current_span("rate_limit", attributes={"jamu.administration": caller.administration}):
-            await app.rate_limits.administration(request.state, caller.administration)
+        admission: Admission | None = state.get("admission")
+        if admission is None:
+            raise Problem("audit_unavailable", "this route is reached on a path the access log does not record")
+        caller = admission.caller
+        if caller is None:
+            raise admission.problem or Problem("invalid_token")
         if scope not in caller.scopes:
             raise insufficient_scope(scope)
         return caller

@@ -46,16 +46,13 @@ _TOKEN_FORM = {
 async def token(request: Request) -> FastJSONResponse:
     record = access_record(request)
     record.operation = "token"
-    app = services(request)
-    await app.rate_limits.source(request.state, request.client.host if request.client else None)
-    tokens = app.tokens
+    tokens = services(request).tokens  # admission has already applied the per-source limit
     body = await request.body()
     try:
         issued = await tokens.issue(request.headers, body)
     except Problem:
-        claimed = tokens.claimed_client(request.headers, body)
-        if claimed is not None:
-            record.client_id, record.administration = claimed.client_id, claimed.administration
+        # Whoever failed to authenticate is not that client: the claim goes in its own field.
+        record.claimed_client_id = tokens.claimed_client_id(request.headers, body)
         raise
     record.client_id, record.administration = issued.client.client_id, issued.client.administration
     return FastJSONResponse(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.responses import Response
 
 from gateway.api.responses import FastJSONResponse
+from gateway.auth.bearer import insufficient_scope
 from gateway.errors import CATALOGUE, Problem
 from gateway.services import ReadinessCheck, services
 
@@ -44,19 +46,40 @@ async def readyz(request: Request) -> FastJSONResponse:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics (bearer token with scope metrics:read)",
+            response_class=Response)
 async def metrics(request: Request) -> Response:
-    registry = services(request).metrics
+    """Per-administration volumes are not public: on this listener a token with `metrics:read` is needed.
+    The cluster's scraper uses the separate listener of `GATEWAY_METRICS_PORT`, which needs none."""
+    app = services(request)
+    caller = await app.bearer.authenticate(request.headers.get("authorization"))
+    if "metrics:read" not in caller.scopes:
+        raise insufficient_scope("metrics:read")
+    registry = app.metrics
     return Response(registry.render(), media_type=registry.content_type)
+
+
+DOCS_ASSETS_PATH = "/docs/assets"
+# Swagger UI's script, style and icon as a kept Python package ships them: the page works on a network with
+# no internet, and nothing is copied into this repository.
+DOCS_ASSETS_DIR = importlib.resources.files("fastapi_offline") / "static"
 
 
 @router.get("/docs", include_in_schema=False)
 async def docs(request: Request) -> Response:
-    """The OpenAPI description as JSON for tools (Accept: application/json), Swagger UI for people."""
+    """The OpenAPI description as JSON for tools (Accept: application/json), Swagger UI for people; every
+    asset from this gateway, none from another host (no CDN, no online validator)."""
     accept = request.headers.get("accept", "")
     if "application/json" in accept and "text/html" not in accept:
         return FastJSONResponse(request.app.openapi())
-    return get_swagger_ui_html(openapi_url="/openapi.json", title="Jamu gateway API")
+    base = request.scope.get("root_path", "")
+    return get_swagger_ui_html(
+        openapi_url=f"{base}/openapi.json", title="Jamu gateway API",
+        swagger_js_url=f"{base}{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
+        swagger_css_url=f"{base}{DOCS_ASSETS_PATH}/swagger-ui.css",
+        swagger_favicon_url=f"{base}{DOCS_ASSETS_PATH}/favicon.png",
+        swagger_ui_parameters={"validatorUrl": None},
+    )
 
 
 @router.get("/problems/{code}", summary="What a problem code means")

@@ -1,5 +1,6 @@
-"""The rate-limit stage: which windows apply to whom, the shared backend with its local fallback, and
-the `RateLimit-Policy` / `RateLimit` fields (IETF httpapi draft syntax).
+"""Rate limits: which windows apply to whom, the shared backend with its local fallback, and the
+`RateLimit-Policy` / `RateLimit` fields (IETF httpapi draft syntax). Admission (`admission.py`) applies
+them to every request of a logged path before it is routed.
 
 When Redis fails or is slow (bounded timeout), the gateway never fails open: it limits locally at the
 policy's limit divided by the replica count, flags itself degraded (metric and /readyz), and retries
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import math
 import re
@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
-from starlette.datastructures import State
 
 from gateway.errors import Problem
 from gateway.policy.model import AdministrationPolicy
@@ -47,21 +46,6 @@ def parse_windows(spec: str) -> tuple[Window, ...]:
 
 def policy_windows(admin: AdministrationPolicy) -> tuple[Window, ...]:
     return tuple(Window(w.name, w.limit, w.seconds * 1_000_000) for w in admin.rate_limits)
-
-
-def source_key(host: str | None) -> str:
-    """Per source address; IPv6 by /64, since one host commonly holds a whole /64."""
-    if not host:
-        return "ip:unknown"
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return f"ip:{host[:64]}"
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return f"ip:{address.ipv4_mapped}"
-        return f"ip:{ipaddress.ip_network(f'{address}/64', strict=False).network_address}/64"
-    return f"ip:{address}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +133,8 @@ class RateLimiter:
 
 
 class RateLimits:
-    """The stage itself: per administration after authentication, per source address before it."""
+    """Which limit a caller is under: its administration's windows, or, without a valid token, the
+    per-source windows (`GATEWAY_UNAUTHENTICATED_RATE_LIMITS`)."""
 
     def __init__(self, limiter: RateLimiter, policies: PolicyStore, unauthenticated: tuple[Window, ...]) -> None:
         self.limiter = limiter
@@ -167,19 +152,13 @@ class RateLimits:
             windows = self._windows[administration] = policy_windows(admin) if admin else ()
         return windows
 
-    async def _enforce(self, state: State, key: str, windows: tuple[Window, ...], subject: str) -> None:
-        if not windows:
-            return
-        outcome = await self.limiter.check(key, windows, subject)
-        state.rate_limit_headers = outcome.headers
-        problem = outcome.refusal()
-        if problem is not None:
-            raise problem
+    async def _check(self, key: str, windows: tuple[Window, ...], subject: str) -> Outcome | None:
+        return await self.limiter.check(key, windows, subject) if windows else None
 
-    async def administration(self, state: State, administration: str) -> None:
-        """Raise `429 rate_limited` when any of the administration's windows refuses."""
-        await self._enforce(state, f"adm:{administration}", self.windows_for(administration), administration)
+    async def administration(self, administration: str) -> Outcome | None:
+        """The verdict of the administration's windows (None: its policy sets none)."""
+        return await self._check(f"adm:{administration}", self.windows_for(administration), administration)
 
-    async def source(self, state: State, host: str | None) -> None:
-        """The same for a caller not (yet) authenticated, keyed by its address."""
-        await self._enforce(state, source_key(host), self._unauthenticated, "unauthenticated")
+    async def source(self, source: str) -> Outcome | None:
+        """The same for a caller without a valid token, keyed by its source address (`source_address`)."""
+        return await self._check(f"ip:{source}", self._unauthenticated, "unauthenticated")

@@ -15,6 +15,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.policy.loader import check_client_jwks
+from tests.support.keys import load_pem, token_form
 from tests.support.servers import REPO, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -77,7 +78,16 @@ def test_demo_serves_and_its_walkthrough_works(tmp_path: Path) -> None:
     assert not any((tmp_path / "policies" / "keys").glob("*.pem")), "private halves never go next to policies"
 
 
-def test_serve_with_two_workers(tmp_path: Path) -> None:
+def test_serve_with_workers_refuses_to_start_without_redis(tmp_path: Path) -> None:
+    env = {**os.environ, "GATEWAY_POLICIES_DIR": str(REPO / "policies"), "GATEWAY_DATA_DIR": str(tmp_path / "var")}
+    env.pop("GATEWAY_REDIS_URL", None)
+    result = subprocess.run([*JAMU, "serve", "--port", str(free_port()), "--workers", "2"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "GATEWAY_REDIS_URL" in result.stderr and "replay" in result.stderr
+
+
+def test_serve_with_two_workers(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
     shutil.copytree(REPO / "policies", tmp_path / "policies", ignore=shutil.ignore_patterns("keys"))
     from gateway.cli import _ensure_demo_keys
     from gateway.settings import Settings
@@ -85,7 +95,8 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
     [(client, pem), *_] = [c for c in _ensure_demo_keys(
         Settings(policies_dir=tmp_path / "policies", data_dir=tmp_path / "var")) if c[0] == "apdp-audit"]
     port = free_port()
-    env = {**os.environ, "GATEWAY_POLICIES_DIR": str(tmp_path / "policies"), "GATEWAY_DATA_DIR": str(tmp_path / "var")}
+    env = {**os.environ, "GATEWAY_POLICIES_DIR": str(tmp_path / "policies"), "GATEWAY_DATA_DIR": str(tmp_path / "var"),
+           "GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_KEY_PREFIX": redis_prefix}
     env.pop("GATEWAY_ISSUER", None)
     with open(tmp_path / "serve.log", "wb") as out:
         proc = subprocess.Popen([*JAMU, "serve", "--port", str(port), "--workers", "2"], env=env, stdout=out,
@@ -98,6 +109,10 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
         result = subprocess.run([*JAMU, "token", client, "--key", str(pem), "--issuer", base],
                                 capture_output=True, text=True, env=env, timeout=30)
         assert result.returncode == 0, result.stderr
+        # One assertion, sent over fresh connections (so to either worker): accepted exactly once.
+        form = token_form(client, load_pem(pem), f"{base}/oauth2/token")
+        statuses = [httpx.post(f"{base}/oauth2/token", data=form, timeout=10).status_code for _ in range(6)]
+        assert sorted(statuses) == [200, 401, 401, 401, 401, 401]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

@@ -42,10 +42,11 @@ def test_no_nin_in_logs_spans_or_metrics_and_every_stage_traced(tmp_path: Path) 
             health.post("/v1/verify", content=f'{{"nin": "{nin}", "purpose": '.encode(),
                         headers={"Content-Type": "application/json"})  # malformed
             clients["oversight-app"].http.post("/v1/audit/search", json={"nin": nin})
-            clients["channel-app"].http.post("/v1/subjects/access-history", json={"nin": nin})
+            clients["channel-app"].http.post("/v1/subjects/access-history", json={
+                "nin": nin, "evidence": {"method": "in_person", "reference": "G-7"}})
             httpx.post(f"{server.base_url}/v1/verify", json={"nin": nin}, headers={"Authorization": "Bearer x"})
         httpx.get(f"{server.base_url}/v1/probe/crash", timeout=10)
-        metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+        metrics = clients["oversight-app"].http.get("/metrics").text
     finally:
         server.stop()
     text = log.read_text()
@@ -61,7 +62,7 @@ def test_no_nin_in_logs_spans_or_metrics_and_every_stage_traced(tmp_path: Path) 
         spans.append(span)
         index = text.find('{\n    "name"', end)
     names = {s["name"] for s in spans}
-    assert {"authenticate", "rate_limit", "authorise", "consent", "connector register", "access_log.append",
+    assert {"admission", "authorise", "consent", "connector register", "access_log.append",
             "POST /v1/verify"} <= names, names
     verify_spans = [s for s in spans if s["name"] == "POST /v1/verify"]
     assert any(s["context"]["trace_id"] == "0x0af7651916cd43dd8448eb211c80319c" for s in verify_spans)

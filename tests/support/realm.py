@@ -66,7 +66,7 @@ def build_realm(root: Path) -> Realm:
     _write(policies / "oversight.yaml", {
         "id": "oversight", "name": "Autorité de protection des données",
         "clients": [{"client_id": "oversight-app", "auth": "private_key_jwt",
-                     "jwks": jwks_of(realm.keys["oversight-app"]), "scopes": ["audit:read"]}],
+                     "jwks": jwks_of(realm.keys["oversight-app"]), "scopes": ["audit:read", "metrics:read"]}],
     })
     _write(policies / "channel.yaml", {
         "id": "channel", "name": "Centre d'état civil",

@@ -58,7 +58,7 @@ class GatewayProcess:
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "--factory", self.factory, "--host", "127.0.0.1",
-                 "--port", str(self.port), "--no-access-log", "--timeout-graceful-shutdown", "3",
+                 "--port", str(self.port), "--no-access-log", "--no-proxy-headers", "--timeout-graceful-shutdown", "3",
                  "--log-config", str(log_config)],
                 cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )

@@ -105,12 +105,13 @@ def test_the_mounted_policies_load_as_the_gateway_reads_them(demo_policies: dict
 
 def test_options(demo_policies: dict) -> None:
     docs = render({"policies": demo_policies, "autoscaling": {"enabled": False}, "replicaCount": 3,
-                   "serviceMonitor": {"enabled": True}, "networkPolicy": {"enabled": False},
+                   "podMonitor": {"enabled": True}, "networkPolicy": {"enabled": False},
                    "telemetry": {"otlpEndpoint": "http://otel-collector:4318"}, "connectors": "connectors: []"})
     kinds = by_kind(docs)
     assert "HorizontalPodAutoscaler" not in kinds and "NetworkPolicy" not in kinds
     assert kinds["Deployment"]["spec"]["replicas"] == 3
-    assert kinds["ServiceMonitor"]["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert kinds["PodMonitor"]["spec"]["podMetricsEndpoints"][0] == {"port": "metrics", "path": "/metrics",
+                                                                    "interval": "30s"}
     env = {e["name"]: e.get("value") for e in kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
     assert env["GATEWAY_CONNECTORS_FILE"] == "/etc/jamu/policies/connectors.yaml" and env["GATEWAY_REPLICAS"] == "3"
@@ -128,3 +129,20 @@ def test_bad_values_are_refused_by_the_schema(values: dict, where: str) -> None:
     with pytest.raises(helm.HelmError) as caught:
         helm.Chart.load(CHART).render(values, name="jamu", namespace="identity")
     assert where in str(caught.value)
+
+
+def test_metrics_are_scraped_from_a_port_no_service_exposes(demo_policies: dict) -> None:
+    docs = render({"policies": demo_policies, "networkPolicy": {
+        "scrapeFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}})
+    kinds = by_kind(docs)
+    container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["GATEWAY_METRICS_PORT"] == "9100"
+    assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in container["ports"]
+    service_ports = kinds["Service"]["spec"]["ports"]
+    assert [p["targetPort"] for p in service_ports] == ["http"]  # the client Service: no metrics port
+    ingress = kinds["NetworkPolicy"]["spec"]["ingress"]
+    scrape = [rule for rule in ingress if rule["ports"] == [{"port": 9100, "protocol": "TCP"}]]
+    assert len(scrape) == 1 and scrape[0]["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"}
+    assert all({"port": 9100, "protocol": "TCP"} not in rule["ports"] for rule in ingress if rule not in scrape)

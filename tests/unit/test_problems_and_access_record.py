@@ -45,10 +45,10 @@ async def client(local_realm: Realm, access_log: StubAccessLog) -> AsyncIterator
         yield http
 
 
-def _token(realm: Realm, scope: str = "identity:verify identity:lookup") -> str:
+def _token(realm: Realm, scope: str = "identity:verify identity:lookup", client: str = "elections-app") -> str:
     key = load_pem(realm.data_dir / "keys" / "signing-key.pem")
     return sign({"alg": "Ed25519", "typ": "at+jwt", "kid": key.thumbprint()},
-                access_claims(ISSUER, "elections-app", scope), key)
+                access_claims(ISSUER, client, scope), key)
 
 
 def _problem(response: httpx.Response, status: int, code: str) -> dict:
@@ -160,7 +160,13 @@ async def test_docs_document_every_problem_code(client: httpx.AsyncClient) -> No
 
 async def test_metrics_exposition(client: httpx.AsyncClient, local_realm: Realm) -> None:
     await client.get("/v1/probe/verify", headers={"Authorization": f"Bearer {_token(local_realm)}"})
-    text = (await client.get("/metrics")).text
+    _problem(await client.get("/metrics"), 401, "invalid_token")
+    _problem(await client.get("/metrics", headers={"Authorization": f"Bearer {_token(local_realm)}"}),
+             403, "insufficient_scope")
+    reader = _token(local_realm, "metrics:read", "oversight-app")
+    response = await client.get("/metrics", headers={"Authorization": f"Bearer {reader}"})
+    assert response.status_code == 200
+    text = response.text
     assert ('http_server_request_duration_seconds_count{http_request_method="GET",'
             'http_response_status_code="200",http_route="/v1/probe/verify"}') in text
     assert 'jamu_access_decisions_total{administration="elections",decision="permit",operation="verify"}' in text
