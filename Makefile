@@ -35,7 +35,10 @@ fmt: $(VENV)/.dev-installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# wrk drives the gateway in the hardening benchmark; installed from Debian's packages where we are root.
 bench: $(VENV)/.dev-installed
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk >/dev/null; } || \
+		echo "wrk is missing (Debian package wrk): the hardening benchmark will say so"
 	$(BIN)/python -m loadtests.bench
 
 # Locust scenarios against a local gateway for LOADTEST_DURATION (60s); CSV and HTML in loadtests/reports;

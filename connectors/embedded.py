@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import threading
 import time
@@ -58,6 +59,11 @@ def write_people(connection: sqlite3.Connection, rows: Iterable[Mapping[str, Any
     return cursor.rowcount
 
 
+@functools.lru_cache(maxsize=len(COLUMNS) + 1)
+def _absent(width: int) -> tuple[None, ...]:
+    return (None,) * width
+
+
 class EmbeddedRegister:
     authoritative = True
 
@@ -88,21 +94,27 @@ class EmbeddedRegister:
         return connection
 
     def _statement(self, attributes: frozenset[str]) -> tuple[str, tuple[str, ...]]:
-        """One statement per set of attributes (a purpose asks for few sets); `nin` is always read, so a
-        known person is told from an unknown one whatever is asked."""
+        """One statement per set of attributes (a purpose asks for few sets). It reads the first row at or
+        after the NIN asked, so a known NIN and an unknown one both descend the tree and decode one row
+        (CONTRACT §4: existence never shows, not even in time); `nin` is always read, to tell which."""
         statement = self._statements.get(attributes)
         if statement is None:
             names = ("nin", *(c for c in COLUMNS if c in attributes and c != "nin"))
-            sql = f"SELECT {', '.join(names)} FROM people WHERE nin = ?"  # noqa: S608 (names are COLUMNS)
+            columns = ", ".join(names)
+            sql = (f"SELECT {columns} FROM (SELECT {columns} FROM people WHERE nin >= ?1 ORDER BY nin LIMIT 1) "  # noqa: S608
+                   f"UNION ALL SELECT {columns} FROM (SELECT {columns} FROM people ORDER BY nin LIMIT 1) LIMIT 1")
             statement = self._statements[attributes] = (sql, names)
         return statement
 
-    def _read(self, nin: str, attributes: frozenset[str]) -> dict[str, Any] | None:
+    def _read(self, nin: str, attributes: frozenset[str]) -> tuple[dict[str, Any], bool]:
+        """The row read and whether it is the person's. A miss reads and decodes a neighbour's row instead
+        (the first one after, or the register's first), so it costs what a hit does."""
         sql, names = self._statement(attributes)
         row = self._connection().execute(sql, (nin,)).fetchone()
-        return None if row is None else dict(zip(names, row, strict=True))
+        record = dict(zip(names, row if row is not None else _absent(len(names)), strict=True))
+        return record, record["nin"] == nin
 
-    def _read_in_snapshot(self, nin: str, attributes: frozenset[str]) -> dict[str, Any] | None:
+    def _read_in_snapshot(self, nin: str, attributes: frozenset[str]) -> tuple[dict[str, Any], bool]:
         now = time.monotonic()
         if self._snapshot is not None and now >= self._snapshot_until:
             self._end_snapshot()  # its timer did not run (a busy or closed loop): never read an old one
@@ -128,15 +140,14 @@ class EmbeddedRegister:
                     ) -> Mapping[str, Any] | None:
         try:
             if self._inline:  # a primary-key read from the page cache, on the loop: no thread hop
-                row = self._read_in_snapshot(normalise_nin(nin), attributes)
+                row, found = self._read_in_snapshot(normalise_nin(nin), attributes)
             else:
-                row = await asyncio.get_running_loop().run_in_executor(
+                row, found = await asyncio.get_running_loop().run_in_executor(
                     self._pool, self._read, normalise_nin(nin), attributes)
         except sqlite3.Error as exc:
             raise BackendUnavailable(self.name, type(exc).__name__) from None
-        if row is None:
-            return None
-        return {name: row.get(name) for name in attributes}
+        answer = {name: row.get(name) for name in attributes}  # built from the neighbour's row on a miss
+        return answer if found else None
 
     async def health(self) -> bool:
         await asyncio.get_running_loop().run_in_executor(

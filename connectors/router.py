@@ -160,6 +160,9 @@ def build_connectors(config: ConnectorsFile, data_dir: Path, client: httpx.Async
     return made
 
 
+_NO_ANSWER: Mapping[str, Any] = {}
+
+
 class ConnectorRouter:
     def __init__(self, connectors: list[Connector], metrics: Metrics | None = None,
                  tracer: trace.Tracer | None = None) -> None:
@@ -185,13 +188,13 @@ class ConnectorRouter:
         else:
             answers = await asyncio.gather(*(self._ask(c, nin, a, context) for c, a in ordered))
         person: dict[str, Any] = {}
+        unknown = False
         for (connector, asked), answer in zip(ordered, answers, strict=True):
-            if answer is None:
-                if connector is self._authority:
-                    return None
-                answer = {}
+            if answer is None:  # still merged, as an empty answer: an unknown person costs what a known one does
+                unknown = unknown or connector is self._authority
+                answer = _NO_ANSWER
             person.update({a: answer.get(a) for a in asked})
-        return person
+        return None if unknown else person
 
     def _plan(self, attributes: frozenset[str]) -> list[tuple[Connector, frozenset[str]]]:
         """Which connector is asked for what (the record status always): worked out once per set of

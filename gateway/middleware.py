@@ -105,11 +105,12 @@ class AccessMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.root_path and not scope.get("root_path"):
-            # GATEWAY_ROOT_PATH: a path that carries the prefix is answered without it, one that a proxy
-            # already stripped as it is.
-            scope["root_path"] = self.root_path
         path = route_path(scope)
+        if self.root_path and (path == self.root_path or path.startswith(self.root_path + "/")):
+            # GATEWAY_ROOT_PATH: a path that carries the prefix is answered without it (on top of any
+            # root_path the server was given), one that a proxy already stripped as it is.
+            scope["root_path"] = scope.get("root_path", "") + self.root_path
+            path = route_path(scope)
         if not is_logged(path):
             scope.setdefault("state", {})
             await self._serve(scope, receive, send, None, None)

@@ -100,7 +100,8 @@ def _bodies(register: Path, count: int, unknown: bool = False) -> list[dict[str,
 class Gateway:
     """The probe gateway with everything on, an electoral client without rate limits in the way."""
 
-    def __init__(self, root: Path, register: Path, factory: str = "loadtests.apps:create_durable") -> None:
+    def __init__(self, root: Path, register: Path, factory: str = "loadtests.apps:create_durable", **env: str
+                 ) -> None:
         realm = build_realm(root)
         elections = realm.policies_dir / "elections.yaml"
         policy = yaml.safe_load(elections.read_text())
@@ -110,7 +111,8 @@ class Gateway:
         data = root / "var"
         data.mkdir(exist_ok=True)
         (data / "register.db").symlink_to(register)
-        self.server = GatewayProcess(realm.env(), factory=factory)
+        self.data_dir = data
+        self.server = GatewayProcess(realm.env(**env), factory=factory)
         self.server.start(root / "gateway.log")
         form = token_form("elections-app", realm.keys["elections-app"], f"{self.server.base_url}/oauth2/token")
         token = httpx.post(f"{self.server.base_url}/oauth2/token", data=form, timeout=10).json()["access_token"]

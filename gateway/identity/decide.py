@@ -73,12 +73,13 @@ def evaluate(predicate: Predicate, record: Mapping[str, Any], today: date) -> bo
 def verify(record: Mapping[str, Any] | None, claims: Mapping[str, str], predicates: list[Predicate], *,
            today: date, threshold: float | None, claim_details: bool) -> dict[str, Any]:
     """The answer body (without transaction id and subject_ref). `record` None: unknown or unusable."""
-    subject = DECOY if record is None else record
-    results = {name: claim_matches(name, value, subject.get(name), threshold) for name, value in claims.items()}
+    found = record is not None
+    subject = record if found else DECOY
+    # Both sides take the same steps: an unknown record's answers are masked, not skipped.
+    results = {name: claim_matches(name, value, subject.get(name), threshold) and found
+               for name, value in claims.items()}
     outcomes = [evaluate(p, subject, today) for p in predicates]
-    if record is None:
-        results = dict.fromkeys(results, False)
-        outcomes = [False] * len(outcomes)
+    outcomes = [outcome if found else False for outcome in outcomes]
     answer: dict[str, Any] = {}
     if claims:
         answer["match"] = all(results.values())

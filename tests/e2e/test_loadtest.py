@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,21 @@ def test_the_access_log_benchmark_runs(tmp_path: Path) -> None:
     assert "error" not in result, result
     assert result["sqlite_appends_per_s"] > 0 and result["sqlite_one_per_commit_appends_per_s"] > 0
     assert result["durable_p99_ms"] > 0 and result["export_300_max_rss_mb"] > 0
+
+
+def test_the_hardening_benchmark_runs(tmp_path: Path) -> None:
+    """wrk against a served gateway at toy size: the figures are there, every verification answered 200
+    with an anonymous flood beside it, and the flood logged far fewer events than it sent."""
+    if shutil.which("wrk") is None:
+        message = "wrk unavailable: install Debian's wrk package (.ci/run does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    result = _bench(tmp_path, "bench_hardening", ["--people", "2000", "--rounds", "3", "--seconds", "1",
+                                                  "--flood-rounds", "1", "--flood-seconds", "2"])
+    assert "error" not in result, result
+    for key in ("unknown_known_throughput_ratio", "unknown_known_cpu_ratio", "known_known_throughput_ratio",
+                "unknown_known_throughput_ratio_8c", "flood_verify_ratio"):
+        assert 0.2 < result[key] < 5, (key, result)
+    assert result["flood_verify_not_200"] == 0
+    assert result["flood_requests"] > 2 * result["flood_events_logged"] > 0, result

@@ -210,3 +210,29 @@ async def test_a_read_returns_what_was_asked_and_close_lets_writers_in(small_reg
     with contextlib.closing(sqlite3.connect(path, timeout=0)) as connection:  # no lock left behind
         connection.execute("UPDATE people SET family_name = 'X' WHERE nin = ?", (person["nin"],))
         connection.commit()
+
+
+@pytest.mark.parametrize("inline", [True, False])
+async def test_a_miss_reads_a_neighbours_row_and_answers_none(tmp_path: Path, inline: bool) -> None:
+    """Unknown NINs below, between and above every key, and an empty register: never a record, and
+    a known NIN still answers its own record (the read is `nin >= ?`, so both decode one row)."""
+    path = tmp_path / "register.db"
+    seed_register(path, 50, 9)
+    nins = sorted(p["nin"] for p in people_in(path))
+    register = EmbeddedRegister(path, inline_reads=inline)
+    asked = frozenset({"family_name", "record_status"})
+    try:
+        for nin in nins[:3] + nins[-3:]:
+            person = await register.fetch(nin, asked)
+            assert person is not None and set(person) == asked
+        between = str(int(nins[10]) + 1)
+        assert between not in nins
+        for unknown in ("000000000000000", between, "999999999999999", nins[0][:-1]):
+            assert await register.fetch(unknown, asked) is None, unknown
+    finally:
+        await register.close()
+    empty = EmbeddedRegister(tmp_path / "empty.db", inline_reads=inline)
+    try:
+        assert await empty.fetch(nins[0], asked) is None
+    finally:
+        await empty.close()
