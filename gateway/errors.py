@@ -38,14 +38,16 @@ _CATALOGUE = (
     ProblemType("purpose_not_permitted", 403, "Purpose not permitted",
                 "The administration's policy has no such purpose."),
     ProblemType("operation_not_permitted", 403, "Operation not permitted",
-                "The purpose does not allow this operation, claim or predicate."),
+                "The purpose does not allow this operation."),
     ProblemType("attribute_not_permitted", 403, "Attribute not permitted",
-                "The purpose does not grant the attributes listed in `attributes`; nothing was released."),
+                "The purpose does not grant the claims, predicates or attributes listed in `attributes`; nothing "
+                "was released."),
     ProblemType("consent_required", 403, "Consent required",
                 "The purpose is consent-based and the request names no consent."),
     ProblemType("consent_invalid", 403, "Consent invalid",
-                "The consent is expired, revoked, used up, or does not cover this person, grantee, purpose, "
-                "operation or these attributes."),
+                "The consent is expired, revoked, used up, or does not cover this grantee, purpose, operation, "
+                "these attributes or what these predicates read (`attributes`); another person's consent is "
+                "answered as an unknown one."),
     ProblemType("not_found", 404, "Not found", "No such resource, or not visible to this caller."),
     ProblemType("subject_not_found", 404, "Subject not found", "No usable record for this person (lookup only)."),
     ProblemType("rate_limited", 429, "Rate limited",

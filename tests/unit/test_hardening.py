@@ -319,7 +319,12 @@ def test_start_up_writes_nothing_beside_read_only_key_secrets(tmp_path: Path, lo
                 assert (await http.get("/readyz")).status_code == 200
                 assert (await http.get("/.well-known/jwks.json")).json()["keys"]
 
+    (tmp_path / "var").mkdir(mode=0o755)
+    (tmp_path / "var").chmod(0o755)
     asyncio.run(start_and_stop())
     assert _snapshot(secrets_root) == before
+    data_files = [p for p in (tmp_path / "var").rglob("*") if p.is_file()]
+    assert stat.S_IMODE((tmp_path / "var").stat().st_mode) == 0o700  # the gateway's own start makes it private
+    assert data_files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in data_files)
     for folder in secrets_root.iterdir():
         folder.chmod(0o700)
