@@ -54,6 +54,11 @@ class Timeouts(_Strict):
         return ResiliencePolicy(**self.model_dump(include=set(Timeouts.model_fields)))
 
 
+# A path under the connector's URL: it starts with one "/" and holds no "@", "?", "#" or "\\", so joined
+# to the URL it can never name another host (`http://127.0.0.1` + `@registry.example/x`) or scheme.
+RequestPath = Annotated[str, Field(pattern=r"^/([^/@?#\\\s][^@?#\\\s]*)?$", max_length=500)]
+
+
 class EmbeddedConfig(_Strict):
     name: str = "register"
     type: Literal["embedded"]
@@ -66,7 +71,7 @@ class RestConfig(Timeouts):
     name: str
     type: Literal["rest"]
     url: SecureUrl
-    path: str = "/"
+    path: RequestPath = "/"
     method: Literal["POST", "PUT"] = "POST"  # the NIN travels in the body, never in a URL
     attributes: list[Attribute]
     mapping: dict[Attribute, str] = {}
@@ -80,7 +85,7 @@ class IdpConfig(Timeouts):
     name: str = "idp"
     type: Literal["idp"]
     url: SecureUrl
-    path: str = "/v1/persons/search"
+    path: RequestPath = "/v1/persons/search"
     attributes: list[Attribute] = sorted(IDP_ATTRIBUTES)
 
 

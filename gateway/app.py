@@ -133,8 +133,9 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
 
     try:
         unauthenticated = parse_windows(settings.unauthenticated_rate_limits)
+        unauthenticated_total = parse_windows(settings.unauthenticated_total_rate_limits)
     except ValueError as exc:
-        raise ConfigurationError(f"GATEWAY_UNAUTHENTICATED_RATE_LIMITS: {exc}") from None
+        raise ConfigurationError(f"GATEWAY_UNAUTHENTICATED_(TOTAL_)RATE_LIMITS: {exc}") from None
     limiter = RateLimiter(
         RedisBackend(redis, settings.redis_key_prefix) if redis is not None else None,
         replicas=settings.replicas,
@@ -142,7 +143,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         timeout_s=settings.redis_timeout_s,
         metrics=metrics,
     )
-    rate_limits = RateLimits(limiter, policies, unauthenticated)
+    rate_limits = RateLimits(limiter, policies, unauthenticated, unauthenticated_total)
     try:
         trusted_proxies = parse_networks(settings.trusted_proxies)
     except ValueError as exc:

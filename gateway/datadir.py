@@ -20,6 +20,7 @@ def secure_data_dir(data_dir: Path) -> None:
     os.umask(PRIVATE_UMASK)
     if not data_dir.exists():
         return
+    data_dir = data_dir.resolve()  # the directory itself, even when the setting names a link to it
     _set(data_dir, 0o700)
     for root, dirs, files in os.walk(data_dir):
         for name in dirs:

@@ -115,12 +115,21 @@ class AccessMiddleware:
             scope.setdefault("state", {})
             await self._serve(scope, receive, send, None, None)
             return
-        source = source_address(client_address(scope["client"][0] if scope.get("client") else None,
-                                               [v for k, v in scope["headers"] if k == b"x-forwarded-for"],
-                                               self.trusted_proxies))
-        with self.tracer.start_as_current_span("admission"):
-            admission = await self.admitter.admit(_header(scope, b"authorization"), source,
-                                                  token_endpoint=path == TOKEN_PATH)
+        try:
+            source = source_address(client_address(scope["client"][0] if scope.get("client") else None,
+                                                   [v for k, v in scope["headers"] if k == b"x-forwarded-for"],
+                                                   self.trusted_proxies))
+            with self.tracer.start_as_current_span("admission"):
+                admission = await self.admitter.admit(_header(scope, b"authorization"), source,
+                                                      token_endpoint=path == TOKEN_PATH)
+        except Exception:
+            # Admission itself failed (a backend's unexpected answer): answered and logged like any failure.
+            record = AccessRecord(trace_id=_trace_id(scope), reason="internal_error")
+            log.exception("admission failed in %s %s (transaction %s)", scope["method"], path, record.id)
+            empty = Admission(None, None, None)
+            await send_problem(self._logged(scope, send, record, empty, time.perf_counter()),
+                               Problem("internal_error", "an unexpected error occurred"), record.id, self.problem_base)
+            return
         refusal = admission.limit.refusal() if admission.limit is not None else None
         if refusal is not None and admission.caller is None:
             # Refused before any work: counted, not logged one by one, answered at once.

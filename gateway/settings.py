@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     root_path: Annotated[str, StringConstraints(pattern=r"^(/[A-Za-z0-9._~-]+)*$")] = ""
     trusted_proxies: str = ""
     metrics_port: int | None = Field(None, ge=1, le=65535)
-    metrics_host: str = "0.0.0.0"  # noqa: S104 (the scraper reaches it from the cluster network)
+    metrics_host: str = "127.0.0.1"  # the chart sets 0.0.0.0, for the scraper on the cluster network
 
     signing_alg: SigningAlgorithm = "Ed25519"
     token_lifetime_s: int = Field(300, ge=30, le=3600)
@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     replicas: int = Field(1, ge=1, le=1000)
     redis_retry_s: float = Field(2.0, gt=0)
     unauthenticated_rate_limits: str = "burst:20/1s,hourly:1200/1h"
+    unauthenticated_total_rate_limits: str = "burst:200/1s,hourly:100000/1h"
     database_schema: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] | None = None
     database_timeout_s: float = Field(5.0, gt=0)
     subject_key_file: Path | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -27,7 +28,7 @@ from gateway.services import services
 router = APIRouter(tags=["Access log"])
 
 Operation = Literal["token", "verify", "lookup", "consent.create", "consent.read", "consent.revoke",
-                    "audit.search", "audit.integrity", "subject.history"]
+                    "audit.search", "audit.integrity", "subject.history", "unauthenticated"]
 Decision = Literal["permit", "deny", "error"]
 # What a citizen sees: every use of their record, but not security officers reading the log (an
 # investigation is not announced to the person investigated).
@@ -53,6 +54,18 @@ def _after(cursor: str | None) -> int:
         raise Problem("invalid_request", "the cursor is not one this API handed out", extra={
             "errors": [{"in": "query", "parameter": "cursor", "detail": "unknown cursor"}]}) from None
     return seq
+
+
+def _instant(moment: datetime | None, name: str, *, in_body: bool = False) -> str | None:
+    """A time bound as the log writes times; one that has no UTC form (year 1 at +01:00) is refused."""
+    if moment is None:
+        return None
+    try:
+        return rfc3339(moment)
+    except (OverflowError, ValueError):
+        where = {"pointer": f"/{name}"} if in_body else {"in": "query", "parameter": name}
+        raise Problem("invalid_request", f"{name} is out of range",
+                      extra={"errors": [{**where, "detail": "out of range"}]}) from None
 
 
 class PersonSearch(BaseModel):
@@ -106,8 +119,7 @@ async def list_events(
     """Events in log order (oldest first). `next_cursor` is set when the page is full; pass it back for
     the next page. `since` is inclusive, `until` exclusive."""
     where = EventFilter(administration=administration, client_id=client_id, operation=operation,
-                        decision=decision, since=rfc3339(since) if since else None,
-                        until=rfc3339(until) if until else None)
+                        decision=decision, since=_instant(since, "since"), until=_instant(until, "until"))
     return await _page(request, where, cursor, limit)
 
 
@@ -118,8 +130,8 @@ async def search_person(
 ) -> FastJSONResponse:
     subject = services(request).subjects(body.nin)
     access_record(request).subject_hash = subject
-    where = EventFilter(subject_hash=subject, since=rfc3339(body.since) if body.since else None,
-                        until=rfc3339(body.until) if body.until else None)
+    where = EventFilter(subject_hash=subject, since=_instant(body.since, "since", in_body=True),
+                        until=_instant(body.until, "until", in_body=True))
     return await _page(request, where, body.cursor, body.limit)
 
 

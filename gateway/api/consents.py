@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from gateway.api.deps import access_record, protected
 from gateway.api.fields import Nin
@@ -16,6 +16,7 @@ from gateway.audit.record import rfc3339
 from gateway.auth.bearer import Caller
 from gateway.consent.store import Consent, now_text
 from gateway.errors import Problem
+from gateway.identity.pseudonyms import reference_names_person
 from gateway.policy.catalogue import predicate_reads
 from gateway.policy.model import Attribute, Operation
 from gateway.services import services
@@ -41,6 +42,13 @@ class ConsentRequest(BaseModel):
     expires_at: AwareDatetime
     max_uses: int | None = Field(None, ge=1, le=1_000_000)
     evidence: Evidence
+
+    @model_validator(mode="after")
+    def _reference_is_not_an_identity_number(self) -> ConsentRequest:
+        reference = self.evidence.reference
+        if reference is not None and reference_names_person(reference, self.nin):
+            raise ValueError("evidence.reference must name the channel's own record, not the person's NIN")
+        return self
 
 
 def _invalid(pointer: str, detail: str) -> Problem:

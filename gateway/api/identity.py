@@ -101,11 +101,12 @@ async def _start(request: Request, caller: Caller, body: _Body, operation: str, 
     app = services(request)
     record = access_record(request)
     record.subject_hash = app.subjects(body.nin)
+    administration = app.policies.current.administrations.get(caller.administration)
+    if administration is not None and body.purpose in administration.purposes:
+        record.purpose = body.purpose  # one of the caller's own purposes: a made-up one is never logged
     with app.tracer.start_as_current_span("authorise"):
-        policy = authorise(app.policies.current.administrations.get(caller.administration), body.purpose,
-                           operation, claims=claims, predicates=predicates, attributes=attributes)
-    # Only now is the purpose known to be one of the caller's own: a made-up one is never logged.
-    record.purpose = body.purpose
+        policy = authorise(administration, body.purpose, operation, claims=claims, predicates=predicates,
+                           attributes=attributes)
     record.legal_basis = policy.legal_basis
     if policy.consent == "required":
         # A verification uses the claimed attributes and what its predicates read; a lookup the released ones.

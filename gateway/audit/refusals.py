@@ -20,11 +20,11 @@ from gateway.audit.record import AccessRecord
 
 log = logging.getLogger(__name__)
 
-OVERFLOW_SOURCE = "other"  # sources beyond `max_sources` in one second share one counting event
+OVERFLOW_SOURCE = "other"  # sources beyond `max_sources` open at once share one counting event a second
 
 
 class RefusalTally:
-    def __init__(self, access_log: AccessLog, *, max_sources: int = 10_000, flush_interval_s: float = 0.25
+    def __init__(self, access_log: AccessLog, *, max_sources: int = 256, flush_interval_s: float = 0.25
                  ) -> None:
         self._log = access_log
         self._max_sources = max_sources

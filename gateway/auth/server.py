@@ -238,7 +238,7 @@ class TokenService(AuthorizationServer):
 
     # The gateway's entry point --------------------------------------------------------------------
     def claimed_client_id(self, headers: Headers, body: bytes) -> str | None:
-        """The client id a failed request claimed, when it is a well-formed one (for the log, as
+        """The client id a failed request claimed, when it names a registered client (for the log, as
         `claimed_client_id` only: a claim is not an identity)."""
         try:
             form = _parse_form(headers, body)
@@ -253,19 +253,22 @@ class TokenService(AuthorizationServer):
             except Exception:  # any garbage: no claim
                 return None
             client_id = claims.get("sub") if isinstance(claims, dict) else None
-        return client_id if is_identifier(client_id) else None
+        # Only a registered client's id: anything else a caller types (a NIN, say) never reaches the log.
+        return client_id if is_identifier(client_id) and self._policies.current.client(client_id) else None
 
     async def issue(self, headers: Headers, body: bytes) -> IssuedToken:
         """Authenticate the client and issue a token, or raise a Problem the contract names."""
         form = _parse_form(headers, body)
         basic = headers.get("authorization")
-        if basic is not None and basic[:6].lower() == "basic ":
+        if _is_basic(basic):
             _basic_credentials(headers)  # refuses a malformed header before Authlib sees it
         request = _FormRequest(self._token_endpoint, headers, form)
         token = _verified_assertion.set(None)
         try:
             status, payload, _ = self.create_token_response(request)
             verified = _verified_assertion.get()
+        except (UnicodeError, ValueError, TypeError):  # whatever a header held that Authlib could not read
+            raise _client_problem("The client credentials are malformed.", basic) from None
         finally:
             _verified_assertion.reset(token)
         if verified is not None:
@@ -300,12 +303,21 @@ def _parse_form(headers: Headers, body: bytes) -> dict[str, str]:
     return form
 
 
+def _is_basic(authorization: str | None) -> bool:
+    """The Basic scheme, however the scheme and its credentials are separated (Authlib splits on any
+    whitespace, so this must too)."""
+    parts = authorization.split(None, 1) if authorization else []
+    return bool(parts) and parts[0].lower() == "basic"
+
+
 def _basic_credentials(headers: Headers) -> tuple[str | None, str | None]:
     value = headers.get("authorization")
-    if value is None or value[:6].lower() != "basic ":
+    if not _is_basic(value):
         return None, None
+    parts = (value or "").split(None, 1)
+    credentials = parts[1] if len(parts) == 2 else ""
     try:
-        decoded = base64.b64decode(value[6:].strip(), validate=True).decode("utf-8")
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise _client_problem("The Basic credentials are malformed.", value) from None
     client_id, sep, secret = decoded.partition(":")
@@ -320,7 +332,7 @@ def _request_problem(error: str, description: str) -> Problem:
 
 def _client_problem(description: str, authorization: str | None) -> Problem:
     headers = {}
-    if authorization is not None and authorization[:6].lower() == "basic ":
+    if _is_basic(authorization):
         headers["WWW-Authenticate"] = 'Basic realm="jamu"'
     return Problem("invalid_client", description, headers=headers,
                    extra={"error": "invalid_client", "error_description": description})

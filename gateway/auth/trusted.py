@@ -119,7 +119,9 @@ class TrustedIssuers:
         if entry is None:
             return None
         now = time.monotonic()
-        if now - entry.fetched_at > self._max_age_s:
+        # Stale keys are refetched, but no more often than every refresh interval: an IdP that is down
+        # is not hammered (the keys already held keep working meanwhile).
+        if now - entry.fetched_at > self._max_age_s and now - entry.attempted_at >= self._refresh_interval_s:
             await self._refresh(entry, now)
         key = entry.keys.get(kid)
         if key is None and now - entry.attempted_at >= self._refresh_interval_s:

@@ -75,4 +75,7 @@ class SubjectRefs:
 def reference_names_person(reference: str, nin: str) -> bool:
     """Whether an evidence reference carries the person's NIN (in any spelling the NIN field accepts):
     a reference names the channel's own record (a form number), never an identity number."""
-    return nin in normalise_nin(reference).replace(" ", "").replace("-", "")
+    return nin in _NOT_NIN_CHARACTERS.sub("", normalise_nin(reference))
+
+
+_NOT_NIN_CHARACTERS = re.compile(r"[^0-9A-Z]")  # separators a NIN might be written with: . / - _ and others

@@ -136,10 +136,12 @@ class RateLimits:
     """Which limit a caller is under: its administration's windows, or, without a valid token, the
     per-source windows (`GATEWAY_UNAUTHENTICATED_RATE_LIMITS`)."""
 
-    def __init__(self, limiter: RateLimiter, policies: PolicyStore, unauthenticated: tuple[Window, ...]) -> None:
+    def __init__(self, limiter: RateLimiter, policies: PolicyStore, unauthenticated: tuple[Window, ...],
+                 unauthenticated_total: tuple[Window, ...] = ()) -> None:
         self.limiter = limiter
         self._policies = policies
         self._unauthenticated = unauthenticated
+        self._unauthenticated_total = unauthenticated_total
         self._windows: dict[str, tuple[Window, ...]] = {}
         self._generation = -1
 
@@ -160,5 +162,11 @@ class RateLimits:
         return await self._check(f"adm:{administration}", self.windows_for(administration), administration)
 
     async def source(self, source: str) -> Outcome | None:
-        """The same for a caller without a valid token, keyed by its source address (`source_address`)."""
-        return await self._check(f"ip:{source}", self._unauthenticated, "unauthenticated")
+        """The same for a caller without a valid token, keyed by its source address (`source_address`),
+        then all such callers together: many addresses (an IPv6 /48 holds 65,536 /64s) still cannot add
+        up to more individually logged requests than the total windows allow."""
+        outcome = await self._check(f"ip:{source}", self._unauthenticated, "unauthenticated")
+        if outcome is not None and not outcome.verdict.allowed:
+            return outcome
+        total = await self._check("ip:*", self._unauthenticated_total, "unauthenticated")
+        return total if total is not None and not total.verdict.allowed else outcome

@@ -149,6 +149,8 @@ def test_recording_a_consent_is_checked_against_the_grantees_purpose(world: dict
         (consent_body(max_uses=0), 400, "invalid_request"),
         (consent_body(evidence={"method": "telepathy"}), 400, "invalid_request"),
         (consent_body(nin="12"), 400, "invalid_request"),
+        (consent_body(evidence={"method": "signed_form", "reference": f"CNI {PERSON['nin']}"}), 400,
+         "invalid_request"),
     ]
     for body, status, code in cases:
         response = post("/v1/consents", json=body)
@@ -178,11 +180,17 @@ def test_only_the_callers_own_purposes_and_consents_are_logged(world: dict[str, 
     assert made_up.json()["code"] == "purpose_not_permitted"
     borrowed = lookup(world, stranger["id"], who="intruder")
     assert borrowed.json()["code"] == "consent_invalid"
+    widened = world["intruder"].http.post("/v1/lookup", json={
+        "nin": PERSON["nin"], "purpose": "enrolment", "attributes": ["sex"]})
+    assert widened.json()["code"] == "attribute_not_permitted"
     events = world["officer"].http.post("/v1/audit/search", json={"nin": PERSON["nin"], "limit": 1000}).json()
     by_id = {e["id"]: e for e in events["events"]}
     assert (by_id[made_up.json()["transaction_id"]]["purpose"], by_id[made_up.json()["transaction_id"]]["reason"]) \
         == (None, "purpose_not_permitted")
     assert by_id[borrowed.json()["transaction_id"]]["consent_id"] is None
+    # Its own purpose, refused for what it asked: the purpose is recorded, with the reason.
+    assert (by_id[widened.json()["transaction_id"]]["purpose"], by_id[widened.json()["transaction_id"]]["reason"]) \
+        == ("enrolment", "attribute_not_permitted")
     history = world["channel"].http.post("/v1/subjects/access-history", json={
         "nin": PERSON["nin"], "evidence": {"method": "in_person", "reference": "G-1"}}).json()
     assert "police_investigation" not in str(history)

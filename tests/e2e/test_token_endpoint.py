@@ -112,10 +112,13 @@ def test_client_secret_basic(gateway: GatewayProcess, realm: Realm) -> None:
     unknown = _post(gateway, form, auth=("nobody", "secret"))
     body = _assert_problem(unknown, 401, "invalid_client")
     event = _event(gateway, body["transaction_id"])
-    assert (event["client_id"], event["claimed_client_id"]) == (None, "nobody")
-    formula = _post(gateway, form, auth=("=HYPERLINK(x)", "secret"))
-    event = _event(gateway, _assert_problem(formula, 401, "invalid_client")["transaction_id"])
-    assert event["claimed_client_id"] is None  # not a well-formed client id: not recorded
+    assert (event["client_id"], event["claimed_client_id"]) == (None, None)  # no such client: nothing recorded
+    for typed in ("=HYPERLINK(x)", "120394857602914"):  # a formula, a NIN: never reach the log
+        answer = _post(gateway, form, auth=(typed, "secret"))
+        event = _event(gateway, _assert_problem(answer, 401, "invalid_client")["transaction_id"])
+        assert event["claimed_client_id"] is None and typed not in str(event)
+    as_form = _post(gateway, {**form, "client_id": "120394857602914", "client_secret": "x"})
+    assert "120394857602914" not in str(_event(gateway, as_form.json()["transaction_id"]))
 
 
 def test_garbage_assertions_are_not_blamed_on_the_client_they_name(gateway: GatewayProcess, realm: Realm) -> None:

@@ -44,7 +44,8 @@ def local_realm(tmp_path: Path) -> Realm:
 
 def _app(realm: Realm, access_log: StubAccessLog, **overrides: Any) -> FastAPI:
     settings_ = Settings(policies_dir=realm.policies_dir, data_dir=realm.data_dir, issuer=ISSUER,
-                         **{"unauthenticated_rate_limits": "burst:10000/1s", **overrides})
+                         **{"unauthenticated_rate_limits": "burst:10000/1s",
+                            "unauthenticated_total_rate_limits": "burst:10000/1s", **overrides})
     return probe_app.create(settings_, access_log)
 
 
@@ -116,8 +117,10 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
     st.tuples(st.sampled_from(READ_HEADERS), st.binary(max_size=300) | st.sampled_from([
         b"Bearer \xff\xfe", b'Bearer a.b.c"', b"Basic \xe9t\xe9", b"application/json; charset=\xff", b"-1",
         b"99999999999999999999999", b"00-" + b"f" * 32 + b"-" + b"1" * 16 + b"-01", b"1.2.3.4, ::1, \xff",
-        b"Bearer " + b"A" * 9000])), max_size=6),
-    body=st.sampled_from([b"", b"{}", b'{"nin": "1"}', b"\xff" * 10]))
+        b"Bearer " + b"A" * 9000, b"Basic\t/ w==", b"basic  \xff\xfe", b"Basic", b"Basic =", b"Bearer\tx.y.z"])),
+        max_size=6),
+    body=st.sampled_from([b"", b"{}", b'{"nin": "1"}', b"\xff" * 10, b"grant_type=client_credentials",
+                          b"grant_type=client_credentials&client_id=a&client_assertion=x.y.z"]))
 def test_no_header_value_gives_a_server_error(fuzz_app: FastAPI, route: tuple[str, str],
                                              headers: list[tuple[bytes, bytes]], body: bytes) -> None:
     status, response_headers = _asgi_call(fuzz_app, route[0], route[1], headers, body)
@@ -125,6 +128,50 @@ def test_no_header_value_gives_a_server_error(fuzz_app: FastAPI, route: tuple[st
     for _name, value in response_headers:
         assert b"\r" not in value and b"\n" not in value
         value.decode("latin-1")
+
+
+@pytest.mark.parametrize("authorization", ["Basic\t/ w==", "basic  //79", "Basic\t\t", "BASIC AAAA"])
+async def test_malformed_basic_credentials_are_invalid_client_not_a_crash(local_realm: Realm,
+                                                                         authorization: str) -> None:
+    access_log = StubAccessLog()
+    async with served(_app(local_realm, access_log)) as http:
+        response = await http.post("/oauth2/token", content=b"grant_type=client_credentials", headers={
+            "Authorization": authorization, "Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code in (400, 401), response.text
+    assert response.json()["code"] in ("invalid_client", "invalid_request")
+
+
+async def test_a_failing_admission_is_a_logged_internal_error(local_realm: Realm,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    access_log = StubAccessLog()
+    app = _app(local_realm, access_log)
+
+    async def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("an answer nobody expected")
+
+    monkeypatch.setattr(app.state.services.rate_limits.limiter, "check", broken)
+    async with served(app) as http:
+        response = await http.get("/v1/probe/verify", headers={"Authorization": f"Bearer {_token(local_realm)}"})
+    assert response.status_code == 500 and response.json()["code"] == "internal_error"
+    assert "nobody expected" not in response.text
+    assert [(e["id"], e["reason"], e["status"]) for e in access_log.events] == [
+        (response.json()["transaction_id"], "internal_error", 500)]
+
+
+async def test_many_sources_together_are_held_by_the_total_windows(local_realm: Realm) -> None:
+    """Behind a trusted proxy, each request from another address (an attacker holding many): the
+    per-source windows never refuse, the total ones do, and the refusals are counted."""
+    access_log = StubAccessLog()
+    app = _app(local_realm, access_log, unauthenticated_total_rate_limits="burst:5/1m",
+               trusted_proxies="192.0.2.10/32")
+    async with served(app) as http:
+        answers = [await http.get("/v1/no-such-thing", headers={"X-Forwarded-For": f"198.51.100.{n}"})
+                   for n in range(1, 31)]
+        assert [a.status_code for a in answers].count(404) == 5
+        assert [a.status_code for a in answers].count(429) == 25
+    counted = [e for e in access_log.events if e["operation"] == "unauthenticated"]
+    assert sum(e["count"] for e in counted) == 25
+    assert len([e for e in access_log.events if e["operation"] != "unauthenticated"]) == 5
 
 
 # --- 4. the per-source limit before routing, refusals counted --------------------------------------------
@@ -182,6 +229,7 @@ def test_x_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     assert client_address("10.1.2.3", [b"198.51.100.1, junk, 10.0.0.1"], proxies) == "10.0.0.1"
     assert client_address("10.1.2.3", [], proxies) == "10.1.2.3"
     assert client_address("10.1.2.3", [b"198.51.100.1"], ()) == "10.1.2.3"
+    assert client_address("::ffff:10.1.2.3", [b"198.51.100.1"], proxies) == "198.51.100.1"  # a dual-stack peer
     assert source_address("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
     assert source_address("::ffff:192.0.2.1") == "192.0.2.1"
     with pytest.raises(ValueError):
@@ -262,6 +310,19 @@ def test_the_data_dir_is_made_private_whatever_the_umask(tmp_path: Path) -> None
         if not path.is_symlink() and path.is_file():
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(outside.stat().st_mode) == 0o755  # a link is not followed
+
+
+def test_a_data_dir_named_through_a_link_is_made_private(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o755)
+    real.chmod(0o755)
+    (tmp_path / "var").symlink_to(real)
+    old = os.umask(0o022)
+    try:
+        secure_data_dir(tmp_path / "var")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(real.stat().st_mode) == 0o700
 
 
 def test_every_jamu_command_makes_the_data_dir_private(tmp_path: Path, local_realm: Realm) -> None:

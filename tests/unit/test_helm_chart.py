@@ -132,12 +132,13 @@ def test_bad_values_are_refused_by_the_schema(values: dict, where: str) -> None:
 
 
 def test_metrics_are_scraped_from_a_port_no_service_exposes(demo_policies: dict) -> None:
-    docs = render({"policies": demo_policies, "networkPolicy": {
+    docs = render({"policies": demo_policies, "trustedProxies": ["10.0.0.0/8", "fd00::/8"], "networkPolicy": {
         "scrapeFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}})
     kinds = by_kind(docs)
     container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["GATEWAY_METRICS_PORT"] == "9100"
+    assert (env["GATEWAY_METRICS_PORT"], env["GATEWAY_METRICS_HOST"]) == ("9100", "0.0.0.0")
+    assert env["GATEWAY_TRUSTED_PROXIES"] == "10.0.0.0/8,fd00::/8"
     assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in container["ports"]
     service_ports = kinds["Service"]["spec"]["ports"]
     assert [p["targetPort"] for p in service_ports] == ["http"]  # the client Service: no metrics port
