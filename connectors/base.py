@@ -16,6 +16,12 @@ from gateway.policy.catalogue import ATTRIBUTES
 Text = Field(default=None, max_length=200)
 
 
+class StandIn(dict[str, Any]):
+    """Another person's attributes, read in place of an unknown person's so that an unknown NIN costs what a
+    known one does. A connector may answer one instead of None; it means "no such person" everywhere: it is
+    never released and never matched as the person asked."""
+
+
 class PersonRecord(BaseModel):
     """One person as a backend reports them; every connector's answer is checked against this."""
 

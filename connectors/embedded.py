@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from connectors.base import BackendUnavailable, TraceContext
+from connectors.base import BackendUnavailable, StandIn, TraceContext
 from gateway.identity.pseudonyms import normalise_nin
 from gateway.policy.catalogue import ATTRIBUTES
 
@@ -146,8 +146,10 @@ class EmbeddedRegister:
                     self._pool, self._read, normalise_nin(nin), attributes)
         except sqlite3.Error as exc:
             raise BackendUnavailable(self.name, type(exc).__name__) from None
-        answer = {name: row.get(name) for name in attributes}  # built from the neighbour's row on a miss
-        return answer if found else None
+        answer = {name: row.get(name) for name in attributes}
+        # A miss answers the neighbour's row as a stand-in: the decision then works on a real record, with
+        # real names, as it does for a known person, and masks the result.
+        return answer if found else StandIn(answer)
 
     async def health(self) -> bool:
         await asyncio.get_running_loop().run_in_executor(

@@ -25,7 +25,7 @@ import yaml
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from connectors.base import Connector, TraceContext
+from connectors.base import Connector, StandIn, TraceContext
 from connectors.embedded import EmbeddedRegister
 from connectors.fhir import FhirConnector
 from connectors.resilience import CircuitBreaker, RemoteConnector, ResiliencePolicy
@@ -193,13 +193,17 @@ class ConnectorRouter:
         else:
             answers = await asyncio.gather(*(self._ask(c, nin, a, context) for c, a in ordered))
         person: dict[str, Any] = {}
-        unknown = False
+        unknown: Mapping[str, Any] | None = _NO_ANSWER  # the authority's answer when it knows nobody
         for (connector, asked), answer in zip(ordered, answers, strict=True):
-            if answer is None:  # still merged, as an empty answer: an unknown person costs what a known one does
-                unknown = unknown or connector is self._authority
-                answer = _NO_ANSWER
-            person.update({a: answer.get(a) for a in asked})
-        return None if unknown else person
+            if answer is None or isinstance(answer, StandIn):
+                if connector is self._authority:
+                    unknown = answer  # a stand-in is merged like a record below: the same work
+                elif answer is not None:
+                    answer = _NO_ANSWER  # another connector's stand-in is no attribute of this person
+            person.update({a: (answer or _NO_ANSWER).get(a) for a in asked})
+        if unknown is _NO_ANSWER:
+            return person
+        return StandIn(person) if unknown is not None else None
 
     def _plan(self, attributes: frozenset[str]) -> list[tuple[Connector, frozenset[str]]]:
         """Which connector is asked for what (the record status always): worked out once per set of

@@ -155,7 +155,7 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=int, default=2, help="each wrk run")
     parser.add_argument("--flood-seconds", type=int, default=5, help="each run with and without the flood")
     parser.add_argument("--flood-rate", type=float, default=500.0, help="anonymous requests/s during the flood")
-    parser.add_argument("--flood-rounds", type=int, default=3)
+    parser.add_argument("--flood-rounds", type=int, default=5)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     result: dict[str, Any] = {"bench": "hardening"}
@@ -217,6 +217,13 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
             match = _REQUESTS.search(out)
             flood_requests += int(match.group(1)) if match else 0
         time.sleep(1.5)  # the last second's counting event
+        # What one refused anonymous request costs the gateway: the flood alone, unpaced, for a while.
+        unpaced = flood_script(root / "unpaced.lua", 1_000_000)
+        pid: int = gateway.server.proc.pid  # type: ignore[union-attr]
+        before = cpu_seconds(pid)
+        alone_flood = wrk(gateway.url("/"), unpaced, 8, args.flood_seconds)
+        after = cpu_seconds(pid)
+        refusal_cpu_us = (after[0] - before[0]) / max(alone_flood["requests"], 1) * 1e6
         result.update(
             flood_rate=args.flood_rate,
             flood_verify_ratio=round(statistics.median(f / a for f, a in zip(flooded, alone, strict=True)), 3),
@@ -224,6 +231,8 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
             flood_requests=flood_requests,
             flood_events_logged=_anonymous_events(gateway.data_dir) - events_before,
             flood_verify_not_200=refused,  # must be 0: no audit_unavailable, no rate_limited
+            flood_refusal_gateway_cpu_us=round(refusal_cpu_us, 1),
+            flood_refusals_rps_alone=round(alone_flood["rps"]),
         )
         if refused:
             result["error"] = f"{refused} verifications were not answered 200 during the flood"

@@ -7,14 +7,14 @@ decide, and leave the access record for the one writer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from connectors.base import TraceContext
+from connectors.base import StandIn, TraceContext
 from gateway.api.deps import access_record, protected
 from gateway.api.fields import Nin
 from gateway.api.responses import FastJSONResponse
@@ -119,15 +119,19 @@ async def _start(request: Request, caller: Caller, body: _Body, operation: str, 
     return app, policy
 
 
-async def _usable_person(app: Services, record: AccessRecord, nin: str, attributes: frozenset[str]
-                         ) -> dict[str, Any] | None:
-    """The person's attributes, or None when there is no usable record (unknown or suspended): the
-    answer treats both alike, the access log keeps which."""
+async def _person(app: Services, record: AccessRecord, nin: str, attributes: frozenset[str]
+                  ) -> tuple[Mapping[str, Any] | None, bool]:
+    """What the register read for this NIN (the person, a suspended person, a stand-in or nothing), and
+    whether it is a usable record of this person. Unknown and suspended answer alike; the access log
+    keeps which."""
     person = await app.identity.fetch(nin, attributes, TraceContext(record.trace_id or "0" * 32))
-    if person is None or person.get("record_status") == "suspended":
-        record.outcome = "subject_not_found" if person is None else "subject_suspended"
-        return None
-    return person
+    if person is None or isinstance(person, StandIn):
+        record.outcome = "subject_not_found"
+        return person, False
+    if person.get("record_status") == "suspended":
+        record.outcome = "subject_suspended"
+        return person, False
+    return person, True
 
 
 @router.post("/v1/verify", name="verify", summary="Verify claims and predicates about a person")
@@ -142,9 +146,11 @@ async def verify(
     record.attributes_requested = sorted(claims)
     app, policy = await _start(request, caller, body, "verify", claims=claims,
                                predicates={p.name for p in predicates})
-    person = await _usable_person(app, record, body.nin, decide.needed_attributes(claims, predicates))
-    answer = decide.verify(person, claims, predicates, today=datetime.now(UTC).date(),
-                           threshold=policy.fuzzy_threshold, claim_details=policy.claim_details)
+    person, usable = await _person(app, record, body.nin, decide.needed_attributes(claims, predicates))
+    # An unusable record's stand-in (a neighbour's, or the suspended record) is judged and masked: the
+    # same work as a real answer, never its result.
+    answer = decide.verify(person if usable else None, claims, predicates, today=datetime.now(UTC).date(),
+                           threshold=policy.fuzzy_threshold, claim_details=policy.claim_details, stand_in=person)
     record.releases_data = True
     return FastJSONResponse({"transaction_id": record.id,
                              "subject_ref": app.subject_refs(caller.administration, body.nin), **answer})
@@ -159,8 +165,8 @@ async def lookup(
     record = access_record(request)
     record.attributes_requested = body.attributes
     app, _ = await _start(request, caller, body, "lookup", attributes=body.attributes)
-    person = await _usable_person(app, record, body.nin, frozenset(body.attributes))
-    if person is None:
+    person, usable = await _person(app, record, body.nin, frozenset(body.attributes))
+    if not usable or person is None:  # nothing of a stand-in or a suspended record is ever released
         raise Problem("subject_not_found", "no usable record for this person")
     record.releases_data = True
     record.attributes_released = body.attributes

@@ -71,10 +71,12 @@ def evaluate(predicate: Predicate, record: Mapping[str, Any], today: date) -> bo
 
 
 def verify(record: Mapping[str, Any] | None, claims: Mapping[str, str], predicates: list[Predicate], *,
-           today: date, threshold: float | None, claim_details: bool) -> dict[str, Any]:
-    """The answer body (without transaction id and subject_ref). `record` None: unknown or unusable."""
+           today: date, threshold: float | None, claim_details: bool,
+           stand_in: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The answer body (without transaction id and subject_ref). `record` None: unknown or unusable; then
+    `stand_in` (a real record read in its place) or the built-in decoy is judged, and the answer masked."""
     found = record is not None
-    subject = record if found else DECOY
+    subject = record if record is not None else stand_in if stand_in is not None else DECOY
     # Both sides take the same steps: an unknown record's answers are masked, not skipped.
     results = {name: claim_matches(name, value, subject.get(name), threshold) and found
                for name, value in claims.items()}
