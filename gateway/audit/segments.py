@@ -1,0 +1,215 @@
+"""The access log's durable point as append-only segment files: framed records, preallocated segments,
+one `write` and one `fdatasync` per group commit, and recovery that cuts a torn tail but reports
+corruption (the design of etcd's WAL and Kafka's log segments, for one writer per process).
+
+A frame is a 16-byte header — payload length (u32), CRC32C (u32) of the sequence number and payload,
+sequence number (u64), little-endian — then the payload (the event's canonical bytes). Sequence numbers
+are 0-based and contiguous across segments. A segment is `<first seq, 20 digits>.seg`, preallocated to
+`segment_bytes` and zero-filled: a header of zeros marks the end of what was written.
+
+On open, every segment is read. In the last one, a frame that is cut short, or whose CRC fails, with
+nothing but zeros after it, is a torn write: it was never acknowledged (acknowledgement follows the
+sync), so it is zeroed and reported. A bad frame followed by more data, a gap in sequence numbers, or
+any fault in an earlier segment is corruption: `CorruptLog` names the segment, offset and sequence
+number, and nothing is repaired.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from crc32c import crc32c
+
+HEADER = struct.Struct("<IIQ")
+_SEQ = struct.Struct("<Q")
+SUFFIX = ".seg"
+MAX_PAYLOAD = 1 << 24  # 16 MiB: an event is a few hundred bytes; a larger length is a damaged header
+_ZERO_HEADER = bytes(HEADER.size)
+
+
+class CorruptLog(Exception):
+    """A record before the tail is damaged or missing: reported, never repaired silently."""
+
+    def __init__(self, segment: Path, offset: int, seq: int, why: str) -> None:
+        super().__init__(f"{segment.name} at offset {offset} (seq {seq}): {why}")
+        self.segment, self.offset, self.seq, self.why = segment, offset, seq, why
+
+
+def frame(seq: int, payload: bytes) -> bytes:
+    return HEADER.pack(len(payload), crc32c(payload, crc32c(_SEQ.pack(seq))), seq) + payload
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What opening the log found: the next sequence number and any torn tail that was cut."""
+
+    next_seq: int
+    segments: int
+    torn_bytes: int
+
+
+def _segment_name(first_seq: int) -> str:
+    return f"{first_seq:020d}{SUFFIX}"
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _frames(data: bytes, expected_seq: int) -> Iterator[tuple[int, int, bytes | None, str | None]]:
+    """(offset, seq, payload, fault) for each frame in a segment's bytes, up to the zero header; a fault
+    ends the walk."""
+    offset = 0
+    while offset + HEADER.size <= len(data):
+        header = data[offset:offset + HEADER.size]
+        if header == _ZERO_HEADER:
+            return
+        length, crc, seq = HEADER.unpack(header)
+        end = offset + HEADER.size + length
+        if length > MAX_PAYLOAD or end > len(data):
+            yield offset, seq, None, "frame runs past the end of the segment"
+            return
+        payload = data[offset + HEADER.size:end]
+        if crc32c(payload, crc32c(_SEQ.pack(seq))) != crc:
+            yield offset, seq, None, "CRC mismatch"
+            return
+        if seq != expected_seq:
+            yield offset, seq, None, f"sequence gap: expected {expected_seq}"
+            return
+        yield offset, seq, payload, None
+        expected_seq += 1
+        offset = end
+    if offset < len(data):  # a header cut short at the very end of the file
+        yield offset, expected_seq, None, "frame header cut short"
+
+
+class SegmentLog:
+    """One process's log. Not thread-safe: its one writer calls `append`; readers use `records` on a
+    log of their own opened read-only, or after the writer has stopped."""
+
+    def __init__(self, directory: Path, *, segment_bytes: int = 64 * 1024 * 1024, read_only: bool = False) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self.read_only = read_only
+        self._fd: int | None = None
+        self._segment: Path | None = None
+        self._offset = 0
+        self.next_seq = 0
+        self.recovery = Recovery(0, 0, 0)
+
+    # Opening and recovery -------------------------------------------------------------------------
+    def segments(self) -> list[Path]:
+        return sorted(self.directory.glob(f"*{SUFFIX}"))
+
+    def open(self) -> Recovery:
+        """Read every segment, cut a torn tail in the last (unless read-only), and position for appends."""
+        if not self.read_only:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths = self.segments()
+        seq, torn = 0, 0
+        for index, path in enumerate(paths):
+            first = int(path.stem)
+            if first != seq:
+                raise CorruptLog(path, 0, seq, f"segment starts at seq {first}, expected {seq}")
+            data = path.read_bytes()
+            end = 0
+            for offset, frame_seq, payload, fault in _frames(data, seq):
+                if payload is not None:
+                    end, seq = offset + HEADER.size + len(payload), frame_seq + 1
+                    continue
+                # A whole frame with a good CRC out of sequence, damage in an earlier segment, or a good
+                # frame after the damage: no torn write looks like that.
+                gap = fault is not None and fault.startswith("sequence gap")
+                if gap or index < len(paths) - 1 or _valid_frame_follows(data, offset, frame_seq):
+                    raise CorruptLog(path, offset, frame_seq, fault or "damaged frame")
+                torn = len(data[end:].rstrip(b"\x00"))  # the unacknowledged rest of the last write
+                if not self.read_only:
+                    self._zero(path, end, torn)
+            if index == len(paths) - 1:
+                self._segment, self._offset = path, end
+        self.next_seq = seq
+        self.recovery = Recovery(seq, len(paths), torn)
+        return self.recovery
+
+    def _zero(self, path: Path, start: int, length: int) -> None:
+        with open(path, "r+b") as handle:
+            handle.seek(start)
+            handle.write(bytes(length))
+            handle.flush()
+            os.fdatasync(handle.fileno())
+
+    # Appending -------------------------------------------------------------------------------------
+    def append(self, payloads: Sequence[bytes]) -> int:
+        """Frame `payloads` with the next sequence numbers, write them in one `write` and sync: they are
+        durable when this returns. Returns the first sequence number. A batch that does not fit the
+        current segment starts a new one (created, preallocated, synced, and its directory synced)."""
+        if self.read_only:
+            raise PermissionError("the log is open read-only")
+        if not payloads:
+            return self.next_seq
+        first = self.next_seq
+        data = b"".join(frame(first + i, payload) for i, payload in enumerate(payloads))
+        if self._segment is None or self._offset + len(data) > max(self.segment_bytes, len(data)):
+            self._roll(first, len(data))
+        fd = self._open_fd()
+        written = os.pwrite(fd, data, self._offset)
+        if written != len(data):
+            raise OSError(f"short write to {self._segment}: {written} of {len(data)} bytes")
+        os.fdatasync(fd)
+        self._offset += len(data)
+        self.next_seq = first + len(payloads)
+        return first
+
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            assert self._segment is not None
+            self._fd = os.open(self._segment, os.O_RDWR)
+        return self._fd
+
+    def _roll(self, first_seq: int, at_least: int) -> None:
+        self.close()
+        path = self.directory / _segment_name(first_seq)
+        temporary = path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, max(self.segment_bytes, at_least))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+        _fsync_dir(self.directory)
+        self._segment, self._offset = path, 0
+
+    # Reading ---------------------------------------------------------------------------------------
+    def records(self, from_seq: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(seq, payload) of every record from `from_seq`, in order, across segments (memory: one
+        segment at a time)."""
+        for path in self.segments():
+            for _, seq, payload, _fault in _frames(path.read_bytes(), int(path.stem)):
+                if payload is None:
+                    break
+                if seq >= from_seq:
+                    yield seq, payload
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _valid_frame_follows(data: bytes, offset: int, seq: int) -> bool:
+    """Whether a well-formed frame follows the damaged one at `offset` (its length field taken at its
+    word): then the damage is in the middle of the log, not a torn last write."""
+    length = HEADER.unpack_from(data, offset)[0] if offset + HEADER.size <= len(data) else 0
+    after = offset + HEADER.size + length
+    if length > MAX_PAYLOAD or after + HEADER.size > len(data):
+        return False
+    return any(payload is not None for _, _, payload, _ in _frames(data[after:], seq + 1))
