@@ -115,6 +115,7 @@ class AccessMiddleware:
             scope.setdefault("state", {})
             await self._serve(scope, receive, send, None, None)
             return
+        started = time.perf_counter()
         try:
             source = source_address(client_address(scope["client"][0] if scope.get("client") else None,
                                                    [v for k, v in scope["headers"] if k == b"x-forwarded-for"],
@@ -127,7 +128,7 @@ class AccessMiddleware:
             record = AccessRecord(trace_id=_trace_id(scope), reason="internal_error")
             log.exception("admission failed in %s %s (transaction %s)", scope["method"], path, record.id)
             empty = Admission(None, None, None)
-            await send_problem(self._logged(scope, send, record, empty, time.perf_counter()),
+            await send_problem(self._logged(scope, send, record, empty, started),
                                Problem("internal_error", "an unexpected error occurred"), record.id, self.problem_base)
             return
         refusal = admission.limit.refusal() if admission.limit is not None else None
@@ -135,24 +136,22 @@ class AccessMiddleware:
             # Refused before any work: counted, not logged one by one, answered at once.
             transaction_id = self.refusals.count(source)
             await send_problem(self._standard(send, admission), refusal, transaction_id, self.problem_base)
-            self._observe(scope, refusal.status, time.perf_counter())
+            self._observe(scope, refusal.status, started)
             return
         record = AccessRecord(trace_id=_trace_id(scope))
         if admission.caller is not None:
             record.administration = admission.caller.administration
             record.client_id = admission.caller.client_id
-        else:
-            record.source = source
-        if path == TOKEN_PATH:
+        else:  # no authenticated caller (the token endpoint's requests always): the address stands for it
             record.source = source
         scope.setdefault("state", {})["admission"] = admission
         if refusal is not None:  # an authenticated caller over its administration's limit: logged as usual
             record.operation = self._operation_of(scope)
             record.reason = refusal.code
-            await send_problem(self._logged(scope, send, record, admission, time.perf_counter()), refusal,
-                               record.id, self.problem_base)
+            await send_problem(self._logged(scope, send, record, admission, started), refusal, record.id,
+                               self.problem_base)
             return
-        await self._serve(scope, receive, send, record, admission)
+        await self._serve(scope, receive, send, record, admission, started)
 
     def _operation_of(self, scope: Scope) -> str | None:
         """The operation of the route a request would reach (only when it is refused before routing)."""
@@ -220,8 +219,8 @@ class AccessMiddleware:
         return send_logged
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, record: AccessRecord | None,
-                     admission: Admission | None) -> None:
-        started = time.perf_counter()
+                     admission: Admission | None, started: float | None = None) -> None:
+        started = time.perf_counter() if started is None else started
         if record is None:
             record = AccessRecord(trace_id=_trace_id(scope))  # unlogged paths still get a transaction id
             send_wrapper = self._unlogged(scope, send, started)
