@@ -131,6 +131,7 @@ class ChainVerifier:
     checkpoints: list[Checkpoint]
     keys: Mapping[str, Ed25519PublicKey]
     require_sealed: bool = True
+    first_seq: int = 1  # the SQL log counts from 1; segment logs from 0, as proofs number their leaves
     problems: list[dict[str, Any]] = field(default_factory=list)
     checked: int = 0
     _prev_seq: int = 0
@@ -141,6 +142,7 @@ class ChainVerifier:
 
     def __post_init__(self) -> None:
         self._pending = sorted(self.checkpoints, key=lambda c: c.seq, reverse=True)
+        self._prev_seq = self._sealed_seq = self.first_seq - 1
 
     def _problem(self, seq: int, problem: str) -> None:
         if len(self.problems) < MAX_PROBLEMS:
