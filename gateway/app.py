@@ -244,6 +244,9 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
                 await redis.aclose()
 
     app = FastAPI(
+        # No redirect to the path with(out) a trailing slash: its Location would be built from what the
+        # client sent (Host, path, query), and nothing a client sends is echoed into a header.
+        redirect_slashes=False,
         title="Jamu gateway",
         version=__version__,
         description=DESCRIPTION,

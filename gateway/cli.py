@@ -70,6 +70,8 @@ def _serve(host: str, port: int, workers: int) -> int:
               "the client-assertion replay guard and the rate limits", file=sys.stderr)
         return 2
 
+    # The scraper's listener, when asked for, listens where the gateway does.
+    os.environ.setdefault("GATEWAY_METRICS_HOST", host)
     if "GATEWAY_ISSUER" not in os.environ:
         # Unset issuer: the address we serve on, so tokens' aud matches what clients call.
         public_host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host  # noqa: S104

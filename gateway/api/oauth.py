@@ -46,6 +46,8 @@ _TOKEN_FORM = {
 async def token(request: Request) -> FastJSONResponse:
     record = access_record(request)
     record.operation = "token"
+    if "admission" not in request.scope["state"]:  # reached on a path the access log does not record
+        raise Problem("audit_unavailable", "this route is reached on a path the access log does not record")
     tokens = services(request).tokens  # admission has already applied the per-source limit
     body = await request.body()
     try:

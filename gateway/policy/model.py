@@ -27,6 +27,9 @@ def is_identifier(value: object) -> bool:
 
 _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 
+# A purpose's name, as the access log may record it (CONTRACT §7): a little wider than other identifiers.
+PurposeName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,63}$")]
+
 _WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -125,7 +128,7 @@ class AdministrationPolicy(_Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     sector: Annotated[str, StringConstraints(min_length=1, max_length=50)] | None = None
     clients: list[ClientPolicy] = []
-    purposes: dict[Identifier, PurposePolicy] = {}
+    purposes: dict[PurposeName, PurposePolicy] = {}
     rate_limits: list[RateLimitWindow] = []
     # A consent channel's daily cap on reads of people's access histories (CONTRACT §7); none: no cap.
     history_reads_per_day: Annotated[int, Field(ge=1, le=10_000_000)] | None = None

@@ -107,5 +107,5 @@ class Admitter:
         if caller is not None:
             outcome = await self._limits.administration(caller.administration)
         else:
-            outcome = await self._limits.source(source)
+            outcome = await self._limits.source(source, token_endpoint=token_endpoint)
         return Admission(caller, problem, outcome)

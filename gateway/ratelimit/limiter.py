@@ -161,12 +161,14 @@ class RateLimits:
         """The verdict of the administration's windows (None: its policy sets none)."""
         return await self._check(f"adm:{administration}", self.windows_for(administration), administration)
 
-    async def source(self, source: str) -> Outcome | None:
+    async def source(self, source: str, *, token_endpoint: bool = False) -> Outcome | None:
         """The same for a caller without a valid token, keyed by its source address (`source_address`),
         then all such callers together: many addresses (an IPv6 /48 holds 65,536 /64s) still cannot add
-        up to more individually logged requests than the total windows allow."""
+        up to more individually logged requests than the total windows allow. The token endpoint has
+        totals of its own, so a flood of other anonymous requests never keeps clients from their tokens."""
         outcome = await self._check(f"ip:{source}", self._unauthenticated, "unauthenticated")
         if outcome is not None and not outcome.verdict.allowed:
             return outcome
-        total = await self._check("ip:*", self._unauthenticated_total, "unauthenticated")
+        total = await self._check("ip:*token" if token_endpoint else "ip:*", self._unauthenticated_total,
+                                  "unauthenticated")
         return total if total is not None and not total.verdict.allowed else outcome

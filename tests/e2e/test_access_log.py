@@ -195,6 +195,9 @@ EVIDENCE = {"method": "in_person", "reference": "GUICHET-2026-0042"}
 
 def test_a_citizen_sees_who_used_their_record(gateway: GatewayProcess, traffic: dict) -> None:
     url = f"{gateway.base_url}/v1/subjects/access-history"
+    searched = httpx.post(f"{gateway.base_url}/v1/audit/search", json={"nin": AMINATA}, headers=traffic["officer"],
+                          timeout=10)
+    assert searched.status_code == 200  # an officer's read of this person's events: not shown to the person
     history = httpx.post(url, json={"nin": AMINATA, "evidence": EVIDENCE}, headers=traffic["channel"],
                          timeout=10).json()
     verifications = [e for e in history["events"] if e["operation"] == "verify"]

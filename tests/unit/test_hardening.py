@@ -5,6 +5,7 @@ formula-safe exports, and external tokens held to their administration's scopes.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 import subprocess
@@ -80,7 +81,8 @@ async def test_the_tokens_alg_is_never_echoed_into_a_header(local_realm: Realm) 
 READ_HEADERS = [b"authorization", b"content-type", b"content-length", b"traceparent", b"x-forwarded-for",
                 b"accept", b"host", b"cookie", b"accept-language", b"idempotency-key", b"transfer-encoding"]
 PATHS = [("GET", "/v1/probe/verify"), ("POST", "/v1/verify"), ("POST", "/oauth2/token"), ("GET", "/docs"),
-         ("GET", "/metrics"), ("POST", "/v1/nope"), ("GET", "/healthz")]
+         ("GET", "/metrics"), ("POST", "/v1/nope"), ("GET", "/healthz"), ("GET", "/v1/audit/events/"),
+         ("POST", "/v1/verify/")]
 
 
 def _asgi_call(app: FastAPI, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
@@ -128,6 +130,28 @@ def test_no_header_value_gives_a_server_error(fuzz_app: FastAPI, route: tuple[st
     for _name, value in response_headers:
         assert b"\r" not in value and b"\n" not in value
         value.decode("latin-1")
+
+
+async def test_no_trailing_slash_redirect_echoes_the_host_or_path(local_realm: Realm) -> None:
+    access_log = StubAccessLog()
+    async with served(_app(local_realm, access_log)) as http:
+        for path in ("/v1/audit/events/?x=%0d%0aSet-Cookie:a", "/v1/verify/", "/healthz/"):
+            response = await http.get(path, headers={"Host": "evil.example"})
+            assert response.status_code == 404, path
+            assert "location" not in response.headers
+            assert all("evil.example" not in value for value in response.headers.values())
+
+
+async def test_an_anonymous_flood_does_not_keep_clients_from_their_tokens(local_realm: Realm) -> None:
+    access_log = StubAccessLog()
+    app = _app(local_realm, access_log, unauthenticated_total_rate_limits="burst:5/1m",
+               trusted_proxies="192.0.2.10/32")
+    async with served(app) as http:
+        flood = [await http.get("/v1/nope", headers={"X-Forwarded-For": f"198.51.100.{n}"}) for n in range(1, 21)]
+        assert [f.status_code for f in flood].count(429) == 15  # the totals hold the flood
+        token = await http.post("/oauth2/token", content=b"grant_type=client_credentials", headers={
+            "Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": "203.0.113.5"})
+        assert token.status_code == 401 and token.json()["code"] == "invalid_client"  # heard, not refused
 
 
 @pytest.mark.parametrize("authorization", ["Basic\t/ w==", "basic  //79", "Basic\t\t", "BASIC AAAA"])
@@ -277,6 +301,35 @@ def test_csv_cells_a_spreadsheet_would_run_are_neutralised() -> None:
 
 
 # --- 1. external scopes ----------------------------------------------------------------------------------
+
+def test_the_default_per_source_and_total_limits_are_the_documented_ones() -> None:
+    defaults = Settings()
+    assert defaults.unauthenticated_rate_limits == "burst:20/1s,hourly:1200/1h"
+    assert defaults.unauthenticated_total_rate_limits == "burst:200/1s,hourly:100000/1h"
+    assert defaults.metrics_host == "127.0.0.1" and defaults.root_path == "" and defaults.trusted_proxies == ""
+
+
+@pytest.mark.parametrize(("entry", "fault"), [
+    ({"jwks_url": "http://idp.example.ml/jwks.json"}, "must be https"),
+    ({"algorithms": ["HS256"]}, "algorithms must be among"),
+    ({"max_lifetime_s": 0}, "max_lifetime_s"),
+    ({"surprise": True}, "surprise"),
+])
+def test_a_bad_trusted_issuers_file_is_refused(tmp_path: Path, entry: dict, fault: str) -> None:
+    from gateway.auth.trusted import load_trusted_issuers
+
+    base = {"issuer": "https://idp.example.ml", "jwks_url": "https://idp.example.ml/jwks.json",
+            "clients": {"ceni-portal": "ceni"}}
+    path = tmp_path / "trusted.json"
+    path.write_text(json.dumps({"issuers": [{**base, **entry}]}))
+    with pytest.raises(ValueError) as caught:
+        load_trusted_issuers(path)
+    assert fault in str(caught.value)
+    path.write_text(json.dumps({"issuers": [base]}))  # the same file, well-formed, as JSON
+    [loaded] = load_trusted_issuers(path)
+    assert (loaded.audience, loaded.max_lifetime_s, loaded.client_claim) == (None, 300, "client_id")
+    assert loaded.mapping("ceni-portal").administration == "ceni"  # type: ignore[union-attr]
+
 
 def test_external_scopes_are_an_intersection_and_never_sensitive_unless_mapped() -> None:
     claimed = frozenset({"identity:verify", "audit:read", "subject:history", "consent:write", "identity:lookup"})

@@ -171,3 +171,13 @@ def test_server_refuses_to_start_on_bad_policies(tmp_path: Path) -> None:
              "GATEWAY_DATA_DIR": str(tmp_path / "var")}, cwd=REPO)
     assert result.returncode == 1
     assert f"{path}: clients[0].extra: unknown field" in result.stderr
+
+
+def test_purpose_names_follow_the_access_logs_pattern(tmp_path: Path) -> None:
+    purpose = {"legal_basis": "Loi", "consent": "not_required", "operations": ["verify"]}
+    wide = "roll:2027." + "x" * 54  # 64 characters, with ':' and '.'
+    _write(tmp_path / "good", "alpha.yaml", _admin(purposes={wide: purpose}))
+    assert wide in load_policies(tmp_path / "good").administrations["alpha"].purposes
+    for bad in ("Voter_roll", "x" * 65, "=cmd", "roll/2027"):
+        _write(tmp_path / bad.replace("/", "_"), "alpha.yaml", _admin(purposes={bad: purpose}))
+        assert _problems(tmp_path / bad.replace("/", "_")), bad
