@@ -192,7 +192,10 @@ class SegmentLog:
     def records(self, from_seq: int = 0) -> Iterator[tuple[int, bytes]]:
         """(seq, payload) of every record from `from_seq`, in order, across segments (memory: one
         segment at a time)."""
-        for path in self.segments():
+        paths = self.segments()
+        for index, path in enumerate(paths):
+            if index + 1 < len(paths) and int(paths[index + 1].stem) <= from_seq:
+                continue  # every record of this segment comes before `from_seq`
             for _, seq, payload, _fault in _frames(path.read_bytes(), int(path.stem)):
                 if payload is None:
                     break

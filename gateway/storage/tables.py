@@ -37,6 +37,50 @@ access_events = Table(
     Column("source", Text),
 )
 
+# The query index of the segment logs (one per gateway process, named by its origin): a follower of the
+# segments, rebuildable from them. Indexes for the officers' questions: an administration's events over
+# time, one person's events, everything over time.
+audit_index = Table(
+    "audit_index",
+    metadata,
+    Column("origin", Text, primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", Text, nullable=False),
+    Column("time", String(32), nullable=False),
+    Column("administration", Text),
+    Column("client_id", Text),
+    Column("operation", Text),
+    Column("purpose", Text),
+    Column("legal_basis", Text),
+    Column("consent_id", Text),
+    Column("subject_hash", String(64)),
+    Column("attributes_requested", Text, nullable=False),
+    Column("attributes_released", Text, nullable=False),
+    Column("decision", String(8), nullable=False),
+    Column("reason", Text),
+    Column("status", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("trace_id", Text),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("claimed_client_id", Text),
+    Column("evidence", Text),
+    Column("job_id", Text),
+    Column("count", Integer),
+    Column("source", Text),
+    Index("ix_audit_index_administration_time", "administration", "time"),
+    Index("ix_audit_index_subject", "subject_hash", "time"),
+    Index("ix_audit_index_time", "time"),
+)
+
+# How far each origin's log is in the index: moved in the transaction that adds its rows.
+audit_index_watermarks = Table(
+    "audit_index_watermarks",
+    metadata,
+    Column("origin", Text, primary_key=True),
+    Column("next_seq", BigInteger, nullable=False),
+)
+
 # The chain's head, one row: every writer (any process) locks it, so the chain has one order.
 access_log_head = Table(
     "access_log_head",
