@@ -6,35 +6,44 @@ from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, Stri
 
 metadata = MetaData()
 
+
+def _event_columns(*, indexed: bool) -> list[Column[object]]:
+    """An access event's fields as columns (new objects for each table). `indexed`: the SQL log's own
+    single-column indexes and unique id; the segment logs' index declares composite indexes instead."""
+    return [
+        Column("id", Text, nullable=False, unique=indexed),
+        Column("time", String(32), nullable=False, index=indexed),
+        Column("administration", Text, index=indexed),
+        Column("client_id", Text),
+        Column("operation", Text),
+        Column("purpose", Text),
+        Column("legal_basis", Text),
+        Column("consent_id", Text),
+        Column("subject_hash", String(64), index=indexed),
+        Column("attributes_requested", Text, nullable=False),
+        Column("attributes_released", Text, nullable=False),
+        Column("decision", String(8), nullable=False),
+        Column("reason", Text),
+        Column("status", Integer, nullable=False),
+        Column("latency_ms", Float, nullable=False),
+        Column("trace_id", Text),
+        Column("prev_hash", String(64), nullable=False),
+        Column("hash", String(64), nullable=False),
+        Column("claimed_client_id", Text),
+        Column("evidence", Text),
+        Column("job_id", Text),
+        Column("count", Integer),
+        Column("source", Text),
+    ]
+
+
 # One row per access event, in chain order. `time` is RFC 3339 text of fixed width, so text order is time
 # order on both engines and the hashed form round-trips byte for byte.
 access_events = Table(
     "access_events",
     metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
-    Column("id", Text, nullable=False, unique=True),
-    Column("time", String(32), nullable=False, index=True),
-    Column("administration", Text, index=True),
-    Column("client_id", Text),
-    Column("operation", Text),
-    Column("purpose", Text),
-    Column("legal_basis", Text),
-    Column("consent_id", Text),
-    Column("subject_hash", String(64), index=True),
-    Column("attributes_requested", Text, nullable=False),
-    Column("attributes_released", Text, nullable=False),
-    Column("decision", String(8), nullable=False),
-    Column("reason", Text),
-    Column("status", Integer, nullable=False),
-    Column("latency_ms", Float, nullable=False),
-    Column("trace_id", Text),
-    Column("prev_hash", String(64), nullable=False),
-    Column("hash", String(64), nullable=False),
-    Column("claimed_client_id", Text),
-    Column("evidence", Text),
-    Column("job_id", Text),
-    Column("count", Integer),
-    Column("source", Text),
+    *_event_columns(indexed=True),
 )
 
 # The query index of the segment logs (one per gateway process, named by its origin): a follower of the
@@ -45,29 +54,7 @@ audit_index = Table(
     metadata,
     Column("origin", Text, primary_key=True),
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
-    Column("id", Text, nullable=False),
-    Column("time", String(32), nullable=False),
-    Column("administration", Text),
-    Column("client_id", Text),
-    Column("operation", Text),
-    Column("purpose", Text),
-    Column("legal_basis", Text),
-    Column("consent_id", Text),
-    Column("subject_hash", String(64)),
-    Column("attributes_requested", Text, nullable=False),
-    Column("attributes_released", Text, nullable=False),
-    Column("decision", String(8), nullable=False),
-    Column("reason", Text),
-    Column("status", Integer, nullable=False),
-    Column("latency_ms", Float, nullable=False),
-    Column("trace_id", Text),
-    Column("prev_hash", String(64), nullable=False),
-    Column("hash", String(64), nullable=False),
-    Column("claimed_client_id", Text),
-    Column("evidence", Text),
-    Column("job_id", Text),
-    Column("count", Integer),
-    Column("source", Text),
+    *_event_columns(indexed=False),
     Index("ix_audit_index_administration_time", "administration", "time"),
     Index("ix_audit_index_subject", "subject_hash", "time"),
     Index("ix_audit_index_time", "time"),

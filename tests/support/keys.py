@@ -76,3 +76,10 @@ def access_claims(issuer: str, client_id: str, scope: str, *, audience: str | No
               "jti": secrets.token_urlsafe(8), "client_id": client_id, "scope": scope}
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
+
+
+def gateway_token(data_dir: Path, issuer: str, client_id: str, scope: str) -> str:
+    """An access token signed with a gateway's own signing key, as its token endpoint would issue it."""
+    key = load_pem(data_dir / "keys" / "signing-key.pem")
+    return sign({"alg": "Ed25519", "typ": "at+jwt", "kid": key.thumbprint()}, access_claims(issuer, client_id, scope),
+                key)

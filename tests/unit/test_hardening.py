@@ -31,7 +31,7 @@ from gateway.datadir import secure_data_dir
 from gateway.ratelimit.admission import client_address, parse_networks, source_address
 from gateway.settings import Settings
 from tests.support import probe_app
-from tests.support.keys import access_claims, b64, load_pem, sign
+from tests.support.keys import b64, gateway_token
 from tests.support.realm import Realm, build_realm
 from tests.support.servers import REPO
 
@@ -60,9 +60,7 @@ async def served(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def _token(realm: Realm, scope: str = "identity:verify identity:lookup", client: str = "elections-app") -> str:
-    key = load_pem(realm.data_dir / "keys" / "signing-key.pem")
-    return sign({"alg": "Ed25519", "typ": "at+jwt", "kid": key.thumbprint()},
-                access_claims(ISSUER, client, scope), key)
+    return gateway_token(realm.data_dir, ISSUER, client, scope)
 
 
 # --- 8. nothing a client sends reaches a response header; no header value gives a 5xx ----------------------

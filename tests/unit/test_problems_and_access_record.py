@@ -19,7 +19,7 @@ from gateway.audit.record import EVENT_FIELDS, AccessRecord, new_id, rfc3339
 from gateway.errors import CATALOGUE
 from gateway.settings import Settings
 from tests.support import probe_app
-from tests.support.keys import access_claims, load_pem, sign
+from tests.support.keys import gateway_token
 from tests.support.realm import Realm, build_realm
 
 ISSUER = "http://127.0.0.1:8000"
@@ -46,9 +46,7 @@ async def client(local_realm: Realm, access_log: StubAccessLog) -> AsyncIterator
 
 
 def _token(realm: Realm, scope: str = "identity:verify identity:lookup", client: str = "elections-app") -> str:
-    key = load_pem(realm.data_dir / "keys" / "signing-key.pem")
-    return sign({"alg": "Ed25519", "typ": "at+jwt", "kid": key.thumbprint()},
-                access_claims(ISSUER, client, scope), key)
+    return gateway_token(realm.data_dir, ISSUER, client, scope)
 
 
 def _problem(response: httpx.Response, status: int, code: str) -> dict:
