@@ -20,9 +20,12 @@ from gateway import __version__
 from gateway.api import audit, consents, identity, oauth, ops, problems
 from gateway.api.routes import add_routes
 from gateway.audit.chain import CheckpointSigner
+from gateway.audit.index import AuditIndex, IndexFollower, IndexTask, adopt_idle_logs
+from gateway.audit.legacy import continue_legacy_log
 from gateway.audit.log import AccessLog
+from gateway.audit.origin import SlotsExhausted, claim_slot, log_directory, log_origin
 from gateway.audit.refusals import RefusalTally
-from gateway.audit.store import AccessLogStore
+from gateway.audit.segment_store import SegmentStore
 from gateway.audit.writer import DurableAccessLog
 from gateway.auth.bearer import BearerValidator
 from gateway.auth.keys import load_signing_keys
@@ -123,12 +126,22 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     except DatabaseConfigError as exc:
         raise ConfigurationError(f"GATEWAY_DATABASE_URL: {exc}") from None
     signer = CheckpointSigner(load_or_create_ed25519(settings.checkpoint_key_path))
-    audit_store = AccessLogStore(engine, signer, seal_every=settings.audit_seal_every)
+    try:
+        slot = claim_slot(settings.log_dir)
+    except SlotsExhausted as exc:
+        raise ConfigurationError(str(exc)) from None
+    origin = log_origin(settings.issuer, settings.log_origin, slot.index, settings.workers)
+    segment_store = SegmentStore(log_directory(settings.log_dir, origin), origin=origin, signer=signer,
+                                 segment_bytes=settings.audit_segment_bytes, seal_every=settings.audit_seal_every)
+    index_follower = IndexFollower(engine, segment_store.directory, origin=origin)
+    index_task = IndexTask(index_follower, lambda: segment_store.next_seq, metrics)
+    audit_index = AuditIndex(engine)
     access_log = access_log or DurableAccessLog(
-        audit_store, metrics,
+        segment_store, metrics,
         max_batch=settings.audit_max_batch,
         write_timeout_s=settings.database_timeout_s,
         seal_interval_s=settings.audit_seal_interval_s,
+        on_durable=index_task.notify,
     )
 
     try:
@@ -172,7 +185,13 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     async def connectors_ready() -> bool:
         return all((await router.health()).values())
 
-    readiness: dict[str, ReadinessCheck] = {"access_log": access_log.ready, "connectors": connectors_ready}
+    async def index_ready() -> str:
+        # Verification goes on whatever the index does: a lagging index is degraded, not unready.
+        _, waited = index_task.lag()
+        return "degraded" if index_task.failing or waited > settings.audit_index_max_lag_s else "ok"
+
+    readiness: dict[str, ReadinessCheck] = {"access_log": access_log.ready, "audit_index": index_ready,
+                                            "connectors": connectors_ready}
     if redis is not None:
         redis_client = redis
 
@@ -203,7 +222,8 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         ),
         bearer=bearer,
         access_log=access_log,
-        audit=audit_store,
+        audit=audit_index,
+        index=index_task,
         checkpoint_keys={signer.key_id: signer.public_key},
         subjects=SubjectHasher(load_or_create_secret(settings.subject_key_path)),
         subject_refs=SubjectRefs(load_or_create_secret(settings.pseudonym_key_path)),
@@ -220,7 +240,10 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await migrate(engine, settings.database_schema)
+        await continue_legacy_log(engine, signer, settings, segment_store, slot=slot.index)
         await access_log.start()
+        index_task.start()
+        index_task.adopt(adopt_idle_logs(engine, settings.log_dir, segment_store.directory, signer))
         refusals.start()
         if scrape is not None:
             await scrape.start()
@@ -235,7 +258,10 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
                 await scrape.close()
             await refusals.close()
             await access_log.close()
-            await audit_store.close()
+            await index_task.close()
+            await segment_store.close()
+            slot.release()
+            await engine.dispose()
             await router.close()
             if provider is not None:
                 provider.shutdown()

@@ -26,8 +26,9 @@ from pydantic import ValidationError
 from connectors.importer import import_people
 from connectors.population import seed_register
 from gateway.audit import offline
+from gateway.audit.index import EventFilter
+from gateway.audit.origin import legacy_origin
 from gateway.audit.record import rfc3339
-from gateway.audit.store import EventFilter
 from gateway.auth.keys import (
     algorithm_of,
     generate_private_key,
@@ -70,6 +71,8 @@ def _serve(host: str, port: int, workers: int) -> int:
               "the client-assertion replay guard and the rate limits", file=sys.stderr)
         return 2
 
+    # Each worker writes its own log; with an explicit origin, the workers' origins get /<slot>.
+    os.environ["GATEWAY_WORKERS"] = str(workers)
     # The scraper's listener, when asked for, listens where the gateway does.
     os.environ.setdefault("GATEWAY_METRICS_HOST", host)
     if "GATEWAY_ISSUER" not in os.environ:
@@ -329,28 +332,65 @@ def _audit_database(args: argparse.Namespace, settings: Settings) -> tuple[str, 
             args.schema or settings.database_schema)
 
 
+def _index_database(args: argparse.Namespace, settings: Settings) -> str | None:
+    """The index database, or None when the data dir holds none (segments are checked alone)."""
+    url, _ = _audit_database(args, settings)
+    try:
+        offline.require_database(url)
+    except offline.OfflineError:
+        if args.database_url:
+            raise
+        return None
+    return url
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    settings = _settings()
+    log_root = args.log_dir or settings.log_dir
+    try:
+        url = _index_database(args, settings)
+        keys = (offline.load_public_keys(args.public_keys) if args.public_keys
+                else offline.public_keys_of(settings.checkpoint_key_path))
+        result = asyncio.run(offline.verify(url, args.schema or settings.database_schema, log_root, keys,
+                                            require_sealed=not args.allow_unsealed,
+                                            legacy_name=legacy_origin(settings.issuer)))
+    except offline.OfflineError as exc:
+        print(f"jamu audit verify: {exc}", file=sys.stderr)
+        return 2
+    if not result.origins:
+        print(f"jamu audit verify: no access log under {log_root} or in the database", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result.as_dict()))
+        return 0 if result.ok else 1
+    for item in result.origins:
+        report = item.report
+        if report.ok:
+            sealed = report.last_checkpoint["seq"] if report.last_checkpoint else None
+            print(f"ok: {item.origin}: {report.events_checked} events, last seq {report.last_seq}, "
+                  f"sealed up to seq {sealed} ({item.source})")
+    problems = result.problems()
+    if problems:
+        first = problems[0]
+        print(f"BROKEN at {first['origin']} seq {first['seq']}: {first['problem']}")
+        for problem in problems[1:]:
+            print(f"  also at {problem['origin']} seq {problem['seq']}: {problem['problem']}")
+    return 0 if result.ok else 1
+
+
+def cmd_audit_reindex(args: argparse.Namespace) -> int:
     settings = _settings()
     url, schema = _audit_database(args, settings)
     try:
         offline.require_database(url)
-        keys = (offline.load_public_keys(args.public_keys) if args.public_keys
-                else offline.public_keys_of(settings.checkpoint_key_path))
-        report = asyncio.run(offline.verify(url, schema, keys, require_sealed=not args.allow_unsealed))
+        counts = asyncio.run(offline.reindex(url, schema, args.log_dir or settings.log_dir,
+                                             legacy_origin(settings.issuer)))
     except offline.OfflineError as exc:
-        print(f"jamu audit verify: {exc}", file=sys.stderr)
+        print(f"jamu audit reindex: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(report.as_dict()))
-    elif report.ok:
-        sealed = report.last_checkpoint["seq"] if report.last_checkpoint else 0
-        print(f"ok: {report.events_checked} events, last seq {report.last_seq}, sealed up to seq {sealed}")
-    else:
-        first = report.problems[0]
-        print(f"BROKEN at seq {first['seq']}: {first['problem']}")
-        for problem in report.problems[1:]:
-            print(f"  also at seq {problem['seq']}: {problem['problem']}")
-    return 0 if report.ok else 1
+    for origin, count in counts.items():
+        print(f"{origin}: {count} events indexed")
+    return 0
 
 
 def cmd_audit_public_key(args: argparse.Namespace) -> int:
@@ -441,8 +481,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoint public key PEM, repeatable (default: the data dir's)")
     verify.add_argument("--allow-unsealed", action="store_true",
                         help="a copy of a running log: events after the last checkpoint are not a fault")
+    verify.add_argument("--log-dir", type=Path, help="the segment logs (default: <data dir>/log)")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(func=cmd_audit_verify)
+    reindex = audit.add_parser("reindex", help="rebuild the query index from the logs")
+    reindex.add_argument("--database-url")
+    reindex.add_argument("--schema")
+    reindex.add_argument("--log-dir", type=Path, help="the segment logs (default: <data dir>/log)")
+    reindex.set_defaults(func=cmd_audit_reindex)
     public_key = audit.add_parser("public-key", help="print the checkpoint public key (PEM) for offline checks")
     public_key.set_defaults(func=cmd_audit_public_key)
     export = audit.add_parser("export", help="stream events as JSON Lines or CSV")

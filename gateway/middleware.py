@@ -92,6 +92,7 @@ class AccessMiddleware:
         self.app = app
         self.tracer = tracer
         self.access_log = access_log
+        self._origin = access_log.origin.encode()
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.problem_base = problem_base
@@ -208,9 +209,12 @@ class AccessMiddleware:
                     return
                 self.metrics.labelled(self.metrics.decisions, record.administration or "",
                                       record.operation or "", record.decision or "").inc()
-                headers = message.get("headers", [])
+                headers = list(message.get("headers", []))
                 if not any(k == b"cache-control" for k, _ in headers):
-                    message = {**message, "headers": [*headers, (b"cache-control", b"no-store")]}
+                    headers.append((b"cache-control", b"no-store"))
+                if record.seq is not None:
+                    headers.append((b"audit-log-position", self._origin + b" %d" % record.seq))
+                message = {**message, "headers": headers}
                 self._observe(scope, status, started)
             elif withheld:
                 return
@@ -270,7 +274,7 @@ class AccessMiddleware:
         started = time.perf_counter()
         try:
             with self.tracer.start_as_current_span("access_log.append"):
-                await self.access_log.append(record)
+                record.seq = await self.access_log.append(record)
         except Exception:
             log.exception("access log append failed (transaction %s)", record.id)
             self.metrics.access_log_failures.inc()

@@ -10,8 +10,8 @@ from opentelemetry import trace
 from starlette.requests import Request
 
 from connectors.router import ConnectorRouter
+from gateway.audit.index import AuditIndex, IndexTask
 from gateway.audit.log import AccessLog
-from gateway.audit.store import AccessLogStore
 from gateway.auth.bearer import BearerValidator
 from gateway.auth.keys import SigningKeys
 from gateway.auth.server import TokenService
@@ -34,7 +34,8 @@ class Services:
     tokens: TokenService
     bearer: BearerValidator
     access_log: AccessLog
-    audit: AccessLogStore
+    audit: AuditIndex
+    index: IndexTask
     checkpoint_keys: dict[str, Ed25519PublicKey]
     subjects: SubjectHasher
     subject_refs: SubjectRefs

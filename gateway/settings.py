@@ -57,8 +57,13 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     policy_reload_interval_s: float = Field(5.0, ge=0)
     audit_seal_every: int = Field(1000, ge=1)
-    audit_seal_interval_s: float = Field(60.0, gt=0)
+    audit_seal_interval_s: float = Field(1.0, gt=0)
     audit_max_batch: int = Field(512, ge=1, le=10_000)
+    # The access log's origin (CONTRACT §13): a schema-less URL, no spaces, no `+` (C2SP signed-note).
+    log_origin: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._~:/@%-]{0,190}$")] | None = None
+    workers: int = Field(1, ge=1, le=256)  # set by `jamu serve --workers N`: an explicit origin gets /<slot>
+    audit_segment_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
+    audit_index_max_lag_s: float = Field(2.0, gt=0)  # audit reads answer 503 while the index is further behind
 
     @field_validator("issuer")
     @classmethod
@@ -82,6 +87,10 @@ class Settings(BaseSettings):
     @property
     def checkpoint_key_path(self) -> Path:
         return self.checkpoint_key_file or self.keys_dir / "checkpoint-key.pem"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "log"
 
     @property
     def keys_dir(self) -> Path:

@@ -46,6 +46,16 @@ class Metrics:
             "Events waiting for the access-log writer.",
             registry=self.registry,
         )
+        self.audit_index_lag_events = Gauge(
+            "jamu_audit_index_lag_events",
+            "Durable access-log entries of this process not yet in the query index (not yet searchable).",
+            registry=self.registry,
+        )
+        self.audit_index_lag_seconds = Gauge(
+            "jamu_audit_index_lag_seconds",
+            "How long the oldest entry not yet in the query index has waited.",
+            registry=self.registry,
+        )
         self.access_log_batch = Histogram(
             "jamu_access_log_batch_events",
             "Events committed together in one access-log transaction (group commit).",

@@ -9,15 +9,15 @@ import binascii
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from gateway.api.deps import access_record, protected
 from gateway.api.fields import Nin
 from gateway.api.responses import FastJSONResponse
-from gateway.audit.chain import ChainVerifier
+from gateway.audit.index import EventFilter, Position
 from gateway.audit.record import rfc3339
-from gateway.audit.store import EventFilter
 from gateway.auth.bearer import Caller
 from gateway.errors import Problem
 from gateway.identity.pseudonyms import reference_names_person
@@ -37,23 +37,35 @@ HISTORY_LIMIT = 1000
 _DAY_US = 86_400_000_000
 
 
-def _cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).rstrip(b"=").decode()
+def _cursor(event: dict[str, Any]) -> str:
+    """Where a page ended, naming its last event: (time, origin, seq)."""
+    raw = orjson.dumps([event["time"], event["origin"], event["seq"]])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def _after(cursor: str | None) -> int:
+def _after(cursor: str | None) -> Position | None:
     if cursor is None:
-        return 0
+        return None
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = text.partition(":")
-        seq = int(value)
-        if kind != "seq" or seq < 0:
+        value = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        time, origin, seq = value
+        if not (isinstance(time, str) and isinstance(origin, str) and type(seq) is int and seq >= 0
+                and len(time) <= 40 and len(origin) <= 200):
             raise ValueError
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise Problem("invalid_request", "the cursor is not one this API handed out", extra={
             "errors": [{"in": "query", "parameter": "cursor", "detail": "unknown cursor"}]}) from None
-    return seq
+    return Position(time, origin, seq)
+
+
+async def _index_current(request: Request) -> None:
+    """Audit reads answer from the index. They wait for it to hold every event this process has answered
+    (at once when it is current); while it stays further behind than the contract allows, they refuse
+    rather than answer with events missing. Verification is never held back by the index."""
+    app = services(request)
+    if not await app.index.reach(app.settings.audit_index_max_lag_s):
+        raise Problem("audit_unavailable", "the access log's query index is behind the log; retry shortly",
+                      headers={"Retry-After": "1"})
 
 
 def _instant(moment: datetime | None, name: str, *, in_body: bool = False) -> str | None:
@@ -97,8 +109,10 @@ class HistoryRequest(BaseModel):
 
 
 async def _page(request: Request, where: EventFilter, cursor: str | None, limit: int) -> FastJSONResponse:
-    events = await services(request).audit.events(where, _after(cursor), limit)
-    next_cursor = _cursor(events[-1]["seq"]) if len(events) == limit else None
+    after = _after(cursor)
+    await _index_current(request)
+    events = await services(request).audit.events(where, after, limit)
+    next_cursor = _cursor(events[-1]) if len(events) == limit else None
     return FastJSONResponse({"transaction_id": access_record(request).id, "events": events,
                              "next_cursor": next_cursor})
 
@@ -139,13 +153,36 @@ async def search_person(
 async def integrity(
     request: Request, caller: Annotated[Caller, Depends(protected("audit.integrity", "audit:read"))],
 ) -> FastJSONResponse:
-    """Walks the whole chain. The tail written since the last checkpoint is reported in
-    `unsealed_events`, not as a problem: a running log always has one."""
+    """Walks every origin's chain as the index holds it, against its signed checkpoints. The tail
+    written since an origin's last checkpoint is reported in `unsealed_events`, not as a problem: a
+    running log always has one. The top-level fields are this process's own log's (and `problems` all
+    origins', each naming its origin)."""
     app = services(request)
-    verifier = ChainVerifier(await app.audit.checkpoints(), app.checkpoint_keys, require_sealed=False)
-    async for event in app.audit.stream():
-        verifier.feed(event)
-    return FastJSONResponse({"transaction_id": access_record(request).id, **verifier.finish().as_dict()})
+    own_origin = app.access_log.origin
+    origins: list[dict[str, Any]] = []
+    problems: list[dict[str, Any]] = []
+    own: dict[str, Any] | None = None
+    checked = 0
+    for state in await app.audit.origins():
+        report = (await app.audit.verify(state, app.checkpoint_keys)).finish()
+        checked += report.events_checked
+        named = [{"origin": state.origin, **problem} for problem in report.problems]
+        problems += named
+        tree_size = app.index.durable_end() if state.origin == own_origin else state.next_seq
+        entry = {"origin": state.origin, "tree_size": tree_size - state.first_seq,
+                 "indexed_through": state.next_seq, "last_seq": report.last_seq,
+                 "last_checkpoint": report.last_checkpoint, "unsealed_events": report.unsealed_events,
+                 "cosignatures": [], "problems": named}
+        if state.link is not None:
+            entry["continues"] = {"origin": state.link.origin, "seq": state.link.seq}
+        origins.append(entry)
+        if state.origin == own_origin:
+            own = entry
+    own = own or {"last_seq": None, "last_checkpoint": None, "unsealed_events": 0}
+    return FastJSONResponse({"transaction_id": access_record(request).id, "ok": not problems,
+                             "events_checked": checked, "last_seq": own["last_seq"],
+                             "last_checkpoint": own["last_checkpoint"], "unsealed_events": own["unsealed_events"],
+                             "problems": problems[:100], "origins": origins})
 
 
 @router.post("/v1/subjects/access-history", name="subject.history",
@@ -168,6 +205,7 @@ async def access_history(
         verdict = await app.rate_limits.limiter.acquire(f"hist:{caller.administration}", (window,))
         if not verdict.allowed:
             raise Outcome(verdict, []).refusal() or Problem("rate_limited")
+    await _index_current(request)
     events = await app.audit.subject_events(subject, HIDDEN_FROM_HISTORY, HISTORY_LIMIT)
     names = {a.id: a.name for a in app.policies.current.administrations.values()}
     this_read = {"time": rfc3339(record.time), "administration": caller.administration,

@@ -132,6 +132,7 @@ class ChainVerifier:
     keys: Mapping[str, Ed25519PublicKey]
     require_sealed: bool = True
     first_seq: int = 1  # the SQL log counts from 1; segment logs from 0, as proofs number their leaves
+    start_hash: str = GENESIS  # a log that continues another starts from that one's head
     problems: list[dict[str, Any]] = field(default_factory=list)
     checked: int = 0
     _prev_seq: int = 0
@@ -143,6 +144,7 @@ class ChainVerifier:
     def __post_init__(self) -> None:
         self._pending = sorted(self.checkpoints, key=lambda c: c.seq, reverse=True)
         self._prev_seq = self._sealed_seq = self.first_seq - 1
+        self._prev_hash = self.start_hash
 
     def _problem(self, seq: int, problem: str) -> None:
         if len(self.problems) < MAX_PROBLEMS:
@@ -177,13 +179,16 @@ class ChainVerifier:
             self._last_checkpoint = checkpoint
 
     def finish(self) -> IntegrityReport:
+        truncated = False
         for checkpoint in reversed(self._pending):
             invalid = checkpoint_valid(checkpoint, self.keys)
+            truncated = truncated or not invalid
             self._problem(checkpoint.seq, invalid or f"events deleted from the end: the log stops at seq "
                                                      f"{self._prev_seq} but a checkpoint covers seq {checkpoint.seq}")
         self._pending = []
         unsealed = self._prev_seq - self._sealed_seq if self._prev_seq > self._sealed_seq else 0
-        if self.require_sealed and unsealed:
+        # Entries before a valid checkpoint past the end were sealed; the fault is the missing end.
+        if self.require_sealed and unsealed and not truncated:
             self._problem(self._sealed_seq + 1, f"{unsealed} events are not covered by a signed checkpoint")
         last = self._last_checkpoint
         return IntegrityReport(

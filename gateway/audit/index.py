@@ -1,65 +1,463 @@
-"""The query index as a follower of a segment log: it reads the entries past its watermark and adds them
-to `audit_index` in batches, moving the watermark in the same transaction. A crash between two batches
-loses nothing and adds nothing twice: the next run starts where the last committed batch ended. The index
-can always be rebuilt from the segments, so it needs no durability of its own beyond that.
+"""The access log's query index: a follower of the segment logs, and the reads that use it.
 
-Not yet what the gateway's audit reads use: the switch comes with the segment store's wiring.
+`IndexFollower` reads a log's entries past the index's watermark and adds them to `audit_index` in
+batches, moving the watermark in the same transaction, with the checkpoints those entries reached. A
+crash between two batches loses nothing and adds nothing twice: the next run starts where the last
+committed batch ended. The index can always be rebuilt from the segments (`jamu audit reindex`), so it
+needs no durability of its own beyond that.
+
+`AuditIndex` answers the officers' and citizens' questions from it, over every origin at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from itertools import islice
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, update
+import orjson
+from sqlalchemy import Select, delete, func, insert, literal, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.audit.writes import to_row
-from gateway.storage.database import WRITER
-from gateway.storage.tables import audit_index, audit_index_watermarks
+from gateway.audit.chain import GENESIS, ChainVerifier, Checkpoint, CheckpointSigner
+from gateway.audit.segment_store import CHECKPOINTS_FILE, Link, read_link, read_origin
+from gateway.audit.segments import SegmentLog, SegmentReader
+from gateway.audit.writes import JSON_FIELDS, LIST_FIELDS, to_row
+from gateway.storage.database import WRITER, row_dict
+from gateway.storage.tables import (
+    access_checkpoints,
+    access_events,
+    audit_index,
+    audit_index_checkpoints,
+    audit_index_watermarks,
+)
+from gateway.telemetry import Metrics
 
-Entries = Callable[[int], Iterator[dict[str, Any]]]  # the log's entries from a seq on, in order
+log = logging.getLogger(__name__)
+_origins = audit_index_watermarks
+
+
+class _CheckpointTail:
+    """The checkpoints file read from where the last read stopped (whole lines only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+
+    def read(self) -> list[Checkpoint]:
+        try:
+            with open(self.path, "rb") as handle:
+                data = os.pread(handle.fileno(), 1 << 20, self._offset)
+        except FileNotFoundError:
+            return []
+        whole = data[:data.rfind(b"\n") + 1]
+        self._offset += len(whole)
+        found = []
+        for line in whole.split(b"\n"):
+            if line.strip():
+                try:
+                    found.append(Checkpoint(**orjson.loads(line)))
+                except (orjson.JSONDecodeError, TypeError):
+                    log.warning("%s: a checkpoint line that is not one, skipped", self.path)
+        return found
+
+
+def _index_row(origin: str, payload: bytes) -> dict[str, Any]:
+    row = to_row(orjson.loads(payload))
+    row["origin"] = origin
+    return row
 
 
 class IndexFollower:
-    def __init__(self, engine: AsyncEngine, origin: str, entries: Entries, *, batch: int = 2000) -> None:
+    """Follows one log directory into the index."""
+
+    def __init__(self, engine: AsyncEngine, directory: Path, *, origin: str | None = None, batch: int = 4000
+                 ) -> None:
         self._engine = engine
-        self.origin = origin
-        self._entries = entries
+        self.directory = directory
+        found = read_origin(directory)
+        self.origin = origin or found or ""
+        self._reader = SegmentReader(directory)
+        self._checkpoints = _CheckpointTail(directory / CHECKPOINTS_FILE)
+        self._pending_checkpoints: list[Checkpoint] = []
         self._batch = batch
+        self.indexed_through = 0  # the next seq the index lacks, as of the last catch-up
 
     async def watermark(self) -> int:
         """The next seq the index lacks (0 for a log it has never seen)."""
         async with self._engine.connect() as connection:
-            found = await connection.scalar(select(audit_index_watermarks.c.next_seq)
-                                            .where(audit_index_watermarks.c.origin == self.origin))
+            found = await connection.scalar(select(_origins.c.next_seq).where(_origins.c.origin == self.origin))
         return int(found or 0)
 
-    def _read(self, from_seq: int) -> list[dict[str, Any]]:
-        return list(islice(self._entries(from_seq), self._batch))
+    def _read(self, from_seq: int, until: int) -> tuple[list[dict[str, Any]], list[Checkpoint]]:
+        records = self._reader.read(from_seq, min(self._batch, until - from_seq)) if until > from_seq else []
+        rows = [_index_row(self.origin, payload) for _, payload in records]
+        self._pending_checkpoints += self._checkpoints.read()
+        return rows, self._pending_checkpoints
 
-    async def catch_up(self) -> int:
-        """Index every entry past the watermark, a batch a transaction; how many were added."""
+    async def catch_up(self, until: int | None = None) -> int:
+        """Index every entry past the watermark up to `until` (the log's durable end; by default what the
+        segments hold), a batch a transaction; how many were added."""
+        if until is None:
+            until = await asyncio.to_thread(lambda: SegmentLog(self.directory, read_only=True).open().next_seq)
         added = 0
         while True:
             async with self._engine.execution_options(**WRITER).begin() as connection:
-                next_seq = int(await connection.scalar(
-                    select(audit_index_watermarks.c.next_seq)
-                    .where(audit_index_watermarks.c.origin == self.origin).with_for_update()) or 0)
-                entries = await asyncio.to_thread(self._read, next_seq)
-                if not entries:
-                    return added
-                if entries[0]["seq"] != next_seq:
-                    raise ValueError(f"{self.origin}: the log gives seq {entries[0]['seq']}, the index "
-                                     f"expects {next_seq}")
-                await connection.execute(insert(audit_index),
-                                         [{**to_row(entry), "origin": self.origin} for entry in entries])
-                moved = await connection.execute(
-                    update(audit_index_watermarks).where(audit_index_watermarks.c.origin == self.origin)
-                    .values(next_seq=entries[-1]["seq"] + 1))
-                if moved.rowcount == 0:
-                    await connection.execute(insert(audit_index_watermarks).values(
-                        origin=self.origin, next_seq=entries[-1]["seq"] + 1))
-            added += len(entries)
+                found = (await connection.execute(
+                    select(_origins.c.next_seq).where(_origins.c.origin == self.origin).with_for_update())).first()
+                next_seq = 0 if found is None else int(found[0])
+                self.indexed_through = next_seq
+                rows, checkpoints = await asyncio.to_thread(self._read, next_seq, until)
+                if rows and rows[0]["seq"] != next_seq:
+                    raise ValueError(f"{self.origin}: the log gives seq {rows[0]['seq']}, the index expects "
+                                     f"{next_seq}")
+                end = rows[-1]["seq"] + 1 if rows else next_seq
+                if rows:
+                    await connection.execute(insert(audit_index), rows)
+                covered = [c for c in checkpoints if c.seq < end]
+                if covered:
+                    known = set((await connection.execute(
+                        select(audit_index_checkpoints.c.seq).where(
+                            audit_index_checkpoints.c.origin == self.origin,
+                            audit_index_checkpoints.c.seq.in_([c.seq for c in covered])))).scalars())
+                    fresh = [{**c.__dict__, "origin": self.origin} for c in covered if c.seq not in known]
+                    if fresh:
+                        await connection.execute(insert(audit_index_checkpoints), fresh)
+                if not rows:
+                    pass
+                elif found is None:
+                    link = read_link(self.directory)  # written when the log was made
+                    await connection.execute(insert(_origins).values(
+                        origin=self.origin, next_seq=end, first_seq=0,
+                        link_origin=link.origin if link else None, link_seq=link.seq if link else None,
+                        link_hash=link.hash if link else None))
+                else:
+                    await connection.execute(update(_origins).where(_origins.c.origin == self.origin)
+                                             .values(next_seq=end))
+            self._pending_checkpoints = [c for c in checkpoints if c.seq >= end]  # once committed
+            self.indexed_through = end
+            added += len(rows)
+            if not rows:
+                return added
+
+    async def forget(self) -> None:
+        """Drop this origin from the index (before a rebuild)."""
+        await forget_origin(self._engine, self.origin)
+        self._reader = SegmentReader(self.directory)
+        self._checkpoints = _CheckpointTail(self.directory / CHECKPOINTS_FILE)
+        self._pending_checkpoints = []
+        self.indexed_through = 0
+
+
+class IndexTask:
+    """The gateway's follower of its own log: woken by each commit, it waits `gather_s` so one transaction
+    takes many commits, then catches up to the log's durable end. Its lag is a metric, part of `/readyz`,
+    and what audit reads check before they answer."""
+
+    def __init__(self, follower: IndexFollower, durable_end: Callable[[], int], metrics: Metrics, *,
+                 gather_s: float = 0.05, retry_s: float = 1.0) -> None:
+        self.follower = follower
+        self.durable_end = durable_end
+        self._metrics = metrics
+        self._gather_s = gather_s
+        self._retry_s = retry_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._behind_since: float | None = None
+        self._round = asyncio.Event()  # set, and replaced, after each catch-up attempt
+        self._urgent = False
+        self._adoption: asyncio.Task[Any] | None = None
+        self.failing = False
+
+    def adopt(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` (finishing idle logs) beside the follower; reads wait for it as for the follower."""
+        self._adoption = asyncio.create_task(work, name="access-log-adoption")
+
+    def notify(self) -> None:
+        """A commit made entries durable: index them soon."""
+        if self._behind_since is None:
+            self._behind_since = time.monotonic()
+        self._wake.set()
+
+    def lag(self) -> tuple[int, float]:
+        """(entries not yet searchable, seconds the oldest of them has waited)."""
+        behind = max(0, self.durable_end() - self.follower.indexed_through)
+        if behind == 0:
+            return 0, 0.0
+        since = self._behind_since
+        return behind, 0.0 if since is None else time.monotonic() - since
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="access-log-index")
+        self._wake.set()  # entries written before a crash or a stop are indexed at start
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._retry_s)
+            self._wake.clear()
+            if not self._urgent:
+                await asyncio.sleep(self._gather_s)
+            self._urgent = False
+            end = self.durable_end()
+            try:
+                await self.follower.catch_up(end)
+                if self.failing:
+                    log.info("access log index: caught up again")
+                self.failing = False
+            except Exception as exc:
+                if not self.failing:
+                    log.error("access log index: cannot catch up (%s); retrying every %.0f s", exc, self._retry_s)
+                self.failing = True
+            if self.follower.indexed_through >= end and self.durable_end() == end:
+                self._behind_since = None
+            behind, waited = self.lag()
+            self._metrics.audit_index_lag_events.set(behind)
+            self._metrics.audit_index_lag_seconds.set(waited)
+            self._round.set()
+            self._round = asyncio.Event()
+
+    async def reach(self, timeout_s: float) -> bool:
+        """Wait until the index holds every entry this process has made durable so far (what it has
+        answered), at most `timeout_s`: an audit read then sees this process's own events at once."""
+        target = self.durable_end()
+        deadline = time.monotonic() + timeout_s
+        if self._adoption is not None and not self._adoption.done():
+            await asyncio.wait({self._adoption}, timeout=timeout_s)
+            if not self._adoption.done():
+                return False
+        while self.follower.indexed_through < target:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._task is None or self._task.done():
+                return False
+            self._urgent = True
+            self._wake.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._round.wait(), remaining)
+        return True
+
+    async def flush(self, timeout_s: float = 5.0) -> None:
+        """Index what is durable now (at shutdown, and in tests that read at once)."""
+        await asyncio.wait_for(self.follower.catch_up(self.durable_end()), timeout_s)
+
+    async def close(self) -> None:
+        if self._adoption is not None:
+            self._adoption.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._adoption
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            await self.flush()
+        except Exception as exc:
+            log.warning("access log index: not caught up at shutdown (%s); it will be at the next start", exc)
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    administration: str | None = None
+    client_id: str | None = None
+    operation: str | None = None
+    decision: str | None = None
+    subject_hash: str | None = None
+    since: str | None = None  # RFC 3339 as `rfc3339` writes it
+    until: str | None = None
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        c = audit_index.c
+        for name in ("administration", "client_id", "operation", "decision", "subject_hash"):
+            value = getattr(self, name)
+            if value is not None:
+                query = query.where(c[name] == value)
+        if self.since is not None:
+            query = query.where(c.time >= self.since)
+        if self.until is not None:
+            query = query.where(c.time < self.until)
+        return query
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a page stopped: the last event's time and name (origin, seq)."""
+
+    time: str
+    origin: str
+    seq: int
+
+
+def _event(row: Any) -> dict[str, Any]:
+    event = row_dict(row)
+    for name in LIST_FIELDS:
+        event[name] = orjson.loads(event[name])
+    for name in JSON_FIELDS:
+        if event[name] is not None:
+            event[name] = orjson.loads(event[name])
+    return event
+
+
+@dataclass(frozen=True)
+class OriginState:
+    origin: str
+    next_seq: int
+    first_seq: int
+    link: Link | None
+
+
+class AuditIndex:
+    """Reads over the index of every origin: events in time order (ties by origin, seq)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def events(self, where: EventFilter, after: Position | None = None, limit: int = 100
+                     ) -> list[dict[str, Any]]:
+        c = audit_index.c
+        query = where.apply(select(audit_index))
+        if after is not None:
+            query = query.where(tuple_(c.time, c.origin, c.seq) > tuple_(
+                literal(after.time), literal(after.origin), literal(after.seq)))
+        query = query.order_by(c.time, c.origin, c.seq).limit(limit)
+        async with self.engine.connect() as connection:
+            return [_event(row) for row in await connection.execute(query)]
+
+    async def stream(self, where: EventFilter | None = None, chunk: int = 2000) -> AsyncIterator[dict[str, Any]]:
+        """Every matching event in time order, `chunk` at a time (keyset pages: constant memory)."""
+        where = where or EventFilter()
+        after = None
+        while True:
+            page = await self.events(where, after, chunk)
+            for event in page:
+                yield event
+            if len(page) < chunk:
+                return
+            after = Position(page[-1]["time"], page[-1]["origin"], page[-1]["seq"])
+
+    async def subject_events(self, subject_hash: str, hidden_prefixes: Sequence[str], limit: int
+                             ) -> list[dict[str, Any]]:
+        """One person's latest `limit` events, oldest first, but for operations that start with one of
+        `hidden_prefixes`."""
+        c = audit_index.c
+        query = select(audit_index).where(c.subject_hash == subject_hash)
+        for prefix in hidden_prefixes:
+            query = query.where(c.operation.not_like(prefix.replace("_", "\\_") + "%", escape="\\"))
+        query = query.order_by(c.time.desc(), c.origin.desc(), c.seq.desc()).limit(limit)
+        async with self.engine.connect() as connection:
+            rows = [_event(row) for row in await connection.execute(query)]
+        rows.reverse()
+        return rows
+
+    async def origins(self) -> list[OriginState]:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(select(_origins).order_by(_origins.c.origin))
+            return [OriginState(r.origin, r.next_seq, r.first_seq,
+                                Link(r.link_origin, r.link_seq, r.link_hash) if r.link_origin else None)
+                    for r in rows]
+
+    async def checkpoints(self, origin: str) -> list[Checkpoint]:
+        t = audit_index_checkpoints
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(t.c.seq, t.c.head_hash, t.c.time, t.c.key_id, t.c.signature)
+                .where(t.c.origin == origin).order_by(t.c.seq))
+            return [Checkpoint(**row._asdict()) for row in rows]
+
+    async def origin_entries(self, origin: str, from_seq: int = 0, chunk: int = 2000
+                             ) -> AsyncIterator[dict[str, Any]]:
+        """One origin's events in seq order (for the chain check)."""
+        c = audit_index.c
+        after = from_seq - 1
+        while True:
+            query = (select(audit_index).where(c.origin == origin, c.seq > after).order_by(c.seq).limit(chunk))
+            async with self.engine.connect() as connection:
+                page = [_event(row) for row in await connection.execute(query)]
+            for event in page:
+                yield event
+            if len(page) < chunk:
+                return
+            after = page[-1]["seq"]
+
+    async def verify(self, state: OriginState, keys: Any, *, require_sealed: bool = False) -> ChainVerifier:
+        """Walk one origin's indexed chain against its checkpoints; the caller finishes the verifier."""
+        verifier = ChainVerifier(await self.checkpoints(state.origin), keys, require_sealed=require_sealed,
+                                 first_seq=state.first_seq, start_hash=state.link.hash if state.link else GENESIS)
+        async for event in self.origin_entries(state.origin, state.first_seq):
+            verifier.feed(event)
+        return verifier
+
+    async def count(self) -> int:
+        async with self.engine.connect() as connection:
+            return int(await connection.scalar(select(func.count()).select_from(audit_index)) or 0)
+
+
+async def import_legacy(engine: AsyncEngine, origin: str) -> Link | None:
+    """A 1.0 log (the `access_events` chain) into the index as origin `origin`, numbered as it was; the
+    head it ends on, for the new log to continue from. Idempotent; None when there is no such log. The
+    caller seals the 1.0 log first, so its last events are covered by a checkpoint."""
+    from gateway.storage.tables import access_log_head
+
+    async with engine.connect() as connection:
+        head = (await connection.execute(select(access_log_head.c.seq, access_log_head.c.hash)
+                                         .where(access_log_head.c.id == 1))).first()
+    if head is None or head.seq == 0:
+        return None
+    link = Link(origin, int(head.seq), str(head.hash))
+    columns = [c.name for c in access_events.c]
+    try:
+        async with engine.execution_options(**WRITER).begin() as connection:
+            known = await connection.scalar(select(_origins.c.origin).where(_origins.c.origin == origin))
+            if known is not None:
+                return link
+            await connection.execute(insert(_origins).values(origin=origin, next_seq=link.seq + 1, first_seq=1))
+            await connection.execute(insert(audit_index).from_select(
+                ["origin", *columns], select(literal(origin), *[access_events.c[n] for n in columns])))
+            cp = access_checkpoints.c
+            await connection.execute(insert(audit_index_checkpoints).from_select(
+                ["origin", "seq", "head_hash", "time", "key_id", "signature"],
+                select(literal(origin), cp.seq, cp.head_hash, cp.time, cp.key_id, cp.signature)))
+    except IntegrityError:
+        pass  # another process imported it first
+    return link
+
+
+async def forget_origin(engine: AsyncEngine, origin: str) -> None:
+    """Drop an origin's rows, checkpoints and watermark from the index, in one transaction."""
+    async with engine.execution_options(**WRITER).begin() as connection:
+        for table in (audit_index, audit_index_checkpoints, _origins):
+            await connection.execute(delete(table).where(table.c.origin == origin))
+
+
+async def adopt_idle_logs(engine: AsyncEngine, log_root: Path, own: Path, signer: CheckpointSigner
+                          ) -> dict[str, int]:
+    """Finish other local logs that no process is writing: a log left behind when its process died, and
+    whose origin no process now has (its issuer or slot changed). Each is opened as its writer would
+    (recovered, its writer lock held), its tail sealed with a checkpoint, and indexed to its end."""
+    from gateway.audit.origin import local_logs
+    from gateway.audit.segment_store import LogMismatch, SegmentStore
+
+    added: dict[str, int] = {}
+    for directory in local_logs(log_root):
+        if directory == own:
+            continue
+        store = SegmentStore(directory, signer=signer)
+        try:
+            await store.probe()
+        except LogMismatch:
+            continue  # its writer runs, with its own follower
+        try:
+            await store.seal()
+            follower = IndexFollower(engine, directory, origin=store.origin)
+            added[store.origin] = await follower.catch_up(store.next_seq)
+        except Exception as exc:
+            log.error("access log index: cannot finish the idle log %s (%s)", directory.name, exc)
+        finally:
+            await store.close()
+    return added

@@ -17,7 +17,9 @@ class AccessLog(Protocol):
 
     async def start(self) -> None: ...
 
-    async def append(self, record: AccessRecord) -> None: ...
+    origin: str
+
+    async def append(self, record: AccessRecord) -> int | None: ...
 
     async def ready(self) -> bool: ...
 
@@ -31,14 +33,18 @@ class StubAccessLog:
     def __init__(self, capacity: int = 10_000) -> None:
         self.events: deque[dict[str, Any]] = deque(maxlen=capacity)
         self.failing = False
+        self.origin = "stub"
+        self._next_seq = 0
 
     async def start(self) -> None:
         return None
 
-    async def append(self, record: AccessRecord) -> None:
+    async def append(self, record: AccessRecord) -> int | None:
         if self.failing:
             raise AccessLogUnavailable("access log is failing")
         self.events.append(record.event())
+        self._next_seq += 1
+        return self._next_seq - 1
 
     async def ready(self) -> bool:
         return not self.failing

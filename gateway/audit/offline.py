@@ -6,9 +6,11 @@ gateway running: a security officer can check a database copy with nothing but t
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,13 +22,19 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
     load_pem_public_key,
 )
-from sqlalchemy import inspect
+from sqlalchemy import func, inspect, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.audit.chain import ChainVerifier, IntegrityReport, key_id
-from gateway.audit.store import AccessLogStore, EventFilter
+from gateway.audit.chain import GENESIS, MAX_PROBLEMS, ChainVerifier, IntegrityReport, canonical, key_id
+from gateway.audit.index import AuditIndex, EventFilter, IndexFollower, forget_origin, import_legacy
+from gateway.audit.origin import local_logs
+from gateway.audit.segment_store import read_checkpoints, read_link, read_origin
+from gateway.audit.segments import CorruptLog, SegmentLog
+from gateway.audit.store import AccessLogStore
 from gateway.storage.database import create_engine
+from gateway.storage.tables import access_events
 
-EXPORT_FIELDS = ("seq", "id", "time", "administration", "client_id", "operation", "purpose", "legal_basis",
+EXPORT_FIELDS = ("origin", "seq", "id", "time", "administration", "client_id", "operation", "purpose", "legal_basis",
                  "consent_id", "subject_hash", "attributes_requested", "attributes_released", "decision",
                  "reason", "status", "latency_ms", "trace_id", "prev_hash", "hash", "claimed_client_id",
                  "evidence", "job_id", "count", "source")
@@ -100,7 +108,7 @@ def require_database(url: str) -> None:
         raise OfflineError(f"no database at {url.split(':///', 1)[-1]}")
 
 
-async def _open(url: str, schema: str | None) -> AccessLogStore:
+async def _engine(url: str, schema: str | None) -> AsyncEngine:
     engine = create_engine(url, schema=schema)
     try:
         async with engine.connect() as connection:
@@ -108,38 +116,173 @@ async def _open(url: str, schema: str | None) -> AccessLogStore:
     except Exception as exc:
         await engine.dispose()
         raise OfflineError(f"cannot read the database: {exc}") from None
-    if "access_events" not in tables:
+    if "audit_index" not in tables:
         await engine.dispose()
-        raise OfflineError("this database holds no access log")
-    return AccessLogStore(engine, _NoSigner())  # type: ignore[arg-type]
+        raise OfflineError("this database holds no access log index")
+    return engine
 
 
-async def verify(url: str, schema: str | None, keys: dict[str, Ed25519PublicKey], *,
-                 require_sealed: bool) -> IntegrityReport:
-    store = await _open(url, schema)
+@dataclass
+class OriginReport:
+    origin: str
+    report: IntegrityReport
+    source: str  # "segments" (checked against the index too), "index" (another instance's), "1.0 log"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"origin": self.origin, "source": self.source, **self.report.as_dict()}
+
+
+@dataclass
+class Verification:
+    origins: list[OriginReport]
+
+    @property
+    def ok(self) -> bool:
+        return all(o.report.ok for o in self.origins)
+
+    def problems(self) -> list[dict[str, Any]]:
+        return [{"origin": o.origin, **p} for o in self.origins for p in o.report.problems]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "events_checked": sum(o.report.events_checked for o in self.origins),
+                "problems": self.problems(), "origins": [o.as_dict() for o in self.origins]}
+
+
+def _segment_walk(directory: Path, keys: dict[str, Ed25519PublicKey], require_sealed: bool
+                  ) -> tuple[ChainVerifier, list[dict[str, Any]], int]:
+    """Check one local log: frames (CRC, numbering), chain, checkpoints. Returns the verifier, extra
+    problems (damage that stops the walk, a torn tail) and how many entries were read."""
+    extra: list[dict[str, Any]] = []
+    segments = SegmentLog(directory, read_only=True)
     try:
-        verifier = ChainVerifier(await store.checkpoints(), keys, require_sealed=require_sealed)
-        async for event in store.stream():
-            verifier.feed(event)
-        return verifier.finish()
+        recovery = segments.open()
+    except CorruptLog as exc:
+        extra.append({"seq": exc.seq, "problem": f"log damaged: {exc}"})
+        recovery = None
+    link = read_link(directory)
+    # A walk cut short by damage leaves the rest unchecked: that is the damage, not an unsealed tail.
+    verifier = ChainVerifier(read_checkpoints(directory), keys, require_sealed=require_sealed and not extra,
+                             first_seq=0, start_hash=link.hash if link else GENESIS)
+    if recovery is not None and recovery.torn_bytes:
+        extra.append({"seq": recovery.next_seq, "problem": f"a torn write of {recovery.torn_bytes} bytes at the "
+                      "end (never acknowledged; the gateway cuts it at its next start)"})
+    count = 0
+    for _, payload in segments.records(0):
+        verifier.feed(orjson.loads(payload))
+        count += 1
+    return verifier, extra, count
+
+
+async def _compare_index(index: AuditIndex, origin: str, directory: Path) -> list[dict[str, Any]]:
+    """Every index row of `origin` against the log's entry of the same seq: changed, missing, or extra."""
+    problems: list[dict[str, Any]] = []
+    state = next((o for o in await index.origins() if o.origin == origin), None)
+    if state is None:
+        return problems
+    entries = SegmentLog(directory, read_only=True).records(0)
+    pending = next(entries, None)
+
+    def missing_before(seq: int | None) -> None:
+        nonlocal pending
+        while pending is not None and (seq is None or pending[0] < seq):
+            if pending[0] < state.next_seq:
+                problems.append({"seq": pending[0], "problem": "index row missing: the log has this entry"})
+            pending = next(entries, None)
+
+    async for row in index.origin_entries(origin):
+        missing_before(row["seq"])
+        if pending is None or pending[0] != row["seq"]:
+            problems.append({"seq": row["seq"], "problem": "index row with no entry in the log"})
+            continue
+        entry = orjson.loads(pending[1])
+        if canonical(entry) != canonical(row) or entry["hash"] != row["hash"]:
+            problems.append({"seq": row["seq"], "problem": "index row differs from the log's entry"})
+        pending = next(entries, None)
+    missing_before(None)
+    return problems
+
+
+async def _legacy_report(engine: AsyncEngine, keys: dict[str, Ed25519PublicKey], require_sealed: bool
+                         ) -> IntegrityReport | None:
+    async with engine.connect() as connection:
+        tables = await connection.run_sync(lambda c: inspect(c).get_table_names())
+        if "access_events" not in tables or not await connection.scalar(select(func.count()).select_from(
+                access_events)):
+            return None
+    store = AccessLogStore(engine, _NoSigner())  # type: ignore[arg-type]
+    verifier = ChainVerifier(await store.checkpoints(), keys, require_sealed=require_sealed)
+    async for event in store.stream():
+        verifier.feed(event)
+    return verifier.finish()
+
+
+async def verify(url: str | None, schema: str | None, log_root: Path, keys: dict[str, Ed25519PublicKey], *,
+                 require_sealed: bool, legacy_name: str) -> Verification:
+    """Every origin: each local log from its segments (and its index rows against them), every other
+    origin the index holds from the index, and a migrated 1.0 log from its SQL chain."""
+    reports: list[OriginReport] = []
+    engine = await _engine(url, schema) if url is not None else None
+    try:
+        index = AuditIndex(engine) if engine is not None else None
+        local: set[str] = set()
+        for directory in local_logs(log_root):
+            origin = read_origin(directory) or directory.name
+            local.add(origin)
+            verifier, extra, _ = await asyncio.to_thread(_segment_walk, directory, keys, require_sealed)
+            report = verifier.finish()
+            if index is not None:
+                extra += await _compare_index(index, origin, directory)
+            report.problems = sorted(report.problems + extra, key=lambda p: p["seq"])[:MAX_PROBLEMS]
+            report.ok = not report.problems
+            reports.append(OriginReport(origin, report, "segments"))
+        if engine is not None and index is not None:
+            legacy = await _legacy_report(engine, keys, require_sealed)
+            if legacy is not None:
+                reports.append(OriginReport(legacy_name, legacy, "1.0 log"))
+                local.add(legacy_name)
+            for state in await index.origins():
+                if state.origin not in local:
+                    verifier = await index.verify(state, keys, require_sealed=require_sealed)
+                    reports.append(OriginReport(state.origin, verifier.finish(), "index"))
     finally:
-        await store.close()
+        if engine is not None:
+            await engine.dispose()
+    return Verification(reports)
+
+
+async def reindex(url: str, schema: str | None, log_root: Path, legacy_name: str) -> dict[str, int]:
+    """Rebuild the query index from the logs: each local origin dropped and indexed again from its
+    segments, a migrated 1.0 log copied again. How many events each origin has now."""
+    engine = await _engine(url, schema)
+    counts: dict[str, int] = {}
+    try:
+        for directory in local_logs(log_root):
+            follower = IndexFollower(engine, directory)
+            await follower.forget()
+            counts[follower.origin] = await follower.catch_up()
+        if any(o.origin == legacy_name for o in await AuditIndex(engine).origins()):
+            await forget_origin(engine, legacy_name)
+            link = await import_legacy(engine, legacy_name)
+            counts[legacy_name] = 0 if link is None else link.seq
+    finally:
+        await engine.dispose()
+    return counts
 
 
 async def export(url: str, schema: str | None, where: EventFilter, fmt: str, out: TextIO = sys.stdout) -> int:
-    """Write every matching event as JSON Lines or CSV; returns how many."""
-    store = await _open(url, schema)
+    """Write every matching event (every origin, in time order) as JSON Lines or CSV; returns how many."""
+    engine = await _engine(url, schema)
     count = 0
     try:
         writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS) if fmt == "csv" else None
         if writer is not None:
             writer.writeheader()
-        async for event in store.stream(where):
+        async for event in AuditIndex(engine).stream(where):
             if writer is not None:
                 writer.writerow(csv_row(event))
             else:
                 out.write(orjson.dumps(event).decode() + "\n")
             count += 1
     finally:
-        await store.close()
+        await engine.dispose()
     return count

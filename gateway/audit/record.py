@@ -66,6 +66,7 @@ class AccessRecord:
     source: str | None = None
     releases_data: bool = False
     outcome: str | None = None  # what the log must say even when the answer does not (e.g. suspended)
+    seq: int | None = None  # its place in the log, once durable (the response's Audit-Log-Position)
 
     def finish(self, status: int) -> None:
         self.status = status
@@ -99,7 +100,8 @@ class AccessRecord:
 
 
 # Every field but the request-scoped working ones: what `event` writes (a test holds the two together).
-EVENT_FIELDS = tuple(f.name for f in fields(AccessRecord) if f.name not in ("started", "releases_data", "outcome"))
+_WORKING_FIELDS = ("started", "releases_data", "outcome", "seq")
+EVENT_FIELDS = tuple(f.name for f in fields(AccessRecord) if f.name not in _WORKING_FIELDS)
 
 
 _MAX_TEXT = 512

@@ -168,6 +168,12 @@ class SegmentLog:
         self.next_seq = first + len(payloads)
         return first
 
+    def ensure_room(self, size: int) -> None:
+        """Make sure an append of `size` bytes needs no new segment, making that segment now if it does:
+        proves the disk has room again after a failure (raises OSError when it has not)."""
+        if self._segment is None or self._offset + size > self.segment_bytes:
+            self._roll(self.next_seq, size)
+
     def _open_fd(self) -> int:
         if self._fd is None:
             assert self._segment is not None
@@ -206,6 +212,72 @@ class SegmentLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class SegmentReader:
+    """A follower's cursor over a log that its writer is still appending to: it remembers the segment and
+    offset it stopped at, so each read costs what it returns, not a re-read of the segment. It reads only
+    records a sync has made whole (a zero header or a short frame ends a read; the next read retries)."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._segment: Path | None = None
+        self._offset = 0
+        self._next_seq = 0
+
+    def _seek(self, seq: int) -> None:
+        """Position at `seq`: find its segment by name, then walk that segment's frames to it."""
+        paths = sorted(self.directory.glob(f"*{SUFFIX}"))
+        chosen = None
+        for path in paths:
+            if int(path.stem) <= seq:
+                chosen = path
+        self._segment, self._offset, self._next_seq = chosen, 0, int(chosen.stem) if chosen else 0
+        while self._next_seq < seq and self._step(seq - self._next_seq):
+            pass
+
+    def _step(self, limit: int, out: list[tuple[int, bytes]] | None = None) -> int:
+        """Read up to `limit` whole records from the cursor; how many were read (0 at the end)."""
+        if self._segment is None:
+            return 0
+        with open(self._segment, "rb") as handle:
+            data = os.pread(handle.fileno(), self.CHUNK, self._offset)
+        count, offset = 0, 0
+        while count < limit and offset + HEADER.size <= len(data):
+            length, crc, seq = HEADER.unpack_from(data, offset)
+            if length == 0 and data[offset:offset + HEADER.size] == _ZERO_HEADER:
+                break
+            end = offset + HEADER.size + length
+            if end > len(data):
+                if offset == 0 and length <= MAX_PAYLOAD and HEADER.size + length > self.CHUNK:
+                    raise ValueError(f"{self._segment.name}: a record larger than the read size")
+                break
+            if seq != self._next_seq:
+                raise CorruptLog(self._segment, self._offset + offset, seq, f"expected seq {self._next_seq}")
+            payload = data[offset + HEADER.size:end]
+            if crc32c(payload, crc32c(_SEQ.pack(seq))) != crc:
+                raise CorruptLog(self._segment, self._offset + offset, seq, "CRC mismatch")
+            if out is not None:
+                out.append((seq, payload))
+            offset, count, self._next_seq = end, count + 1, seq + 1
+        self._offset += offset
+        if count == 0 and offset == 0:
+            following = self.directory / _segment_name(self._next_seq)
+            if following != self._segment and following.exists():
+                self._segment, self._offset = following, 0  # the writer rolled to a new segment
+                return self._step(limit, out)
+        return count
+
+    def read(self, from_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` records from `from_seq` on, in order; fewer (or none) at the log's end."""
+        if self._segment is None or self._next_seq != from_seq:
+            self._seek(from_seq)
+        out: list[tuple[int, bytes]] = []
+        while len(out) < limit and self._step(limit - len(out), out):
+            pass
+        return out
 
 
 def _valid_frame_follows(data: bytes, offset: int, seq: int) -> bool:

@@ -102,9 +102,14 @@ class AccessLogStore:
             return
         await self._write(lambda writes: writes.head())
 
-    async def close(self) -> None:
+    async def close_writer(self) -> None:
+        """Stop the SQLite writer process, leaving the engine to its other users."""
         if self._process is not None:
             await self._process.close()
+            self._process = None
+
+    async def close(self) -> None:
+        await self.close_writer()
         await self.engine.dispose()
 
     async def events(self, where: EventFilter, after_seq: int = 0, limit: int = 100) -> list[dict[str, Any]]:

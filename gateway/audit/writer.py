@@ -12,22 +12,35 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from gateway.audit.log import AccessLogUnavailable
 from gateway.audit.record import AccessRecord
-from gateway.audit.store import AccessLogStore
 from gateway.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
-_Item = tuple[dict[str, Any], asyncio.Future[None]]
+
+
+class LogStore(Protocol):
+    """What the writer needs of a store: the segment store, or the 1.0 SQL store."""
+
+    async def append(self, events: Sequence[dict[str, Any]], settle: Callable[..., None] | None = None) -> Any: ...
+    async def probe(self) -> None: ...
+    async def seal(self, older_than_s: float = 0.0) -> bool: ...
+
+
+_Item = tuple[dict[str, Any], asyncio.Future[int | None]]
 
 
 class DurableAccessLog:
-    def __init__(self, store: AccessLogStore, metrics: Metrics, *, max_batch: int = 512,
-                 max_queue: int = 10_000, write_timeout_s: float = 5.0, seal_interval_s: float = 60.0) -> None:
+    def __init__(self, store: LogStore, metrics: Metrics, *, max_batch: int = 512,
+                 max_queue: int = 10_000, write_timeout_s: float = 5.0, seal_interval_s: float = 60.0,
+                 on_durable: Callable[[], None] | None = None) -> None:
         self.store = store
+        self.origin: str = getattr(store, "origin", "")
+        self._on_durable = on_durable
         self._metrics = metrics
         self._max_batch = max_batch
         self._write_timeout_s = write_timeout_s
@@ -46,11 +59,13 @@ class DurableAccessLog:
         self._tasks = [asyncio.create_task(self._commit_loop(), name="access-log-writer"),
                        asyncio.create_task(self._seal_loop(), name="access-log-sealer")]
 
-    async def append(self, record: AccessRecord) -> None:
+    async def append(self, record: AccessRecord) -> int | None:
+        """Queue the event and wait until it is durable; its seq in this log (None from a store that does
+        not number its entries)."""
         if self._closed or not self._tasks:
             raise AccessLogUnavailable("the access log is not running")
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[int | None] = loop.create_future()
         try:
             self._queue.put_nowait((record.event(), done))
         except asyncio.QueueFull:
@@ -60,11 +75,11 @@ class DurableAccessLog:
         # while waiting cancels only its wait: the event stays queued and commits.
         deadline = loop.call_later(self._write_timeout_s, self._expire, done)
         try:
-            await done
+            return await done
         finally:
             deadline.cancel()
 
-    def _expire(self, done: asyncio.Future[None]) -> None:
+    def _expire(self, done: asyncio.Future[int | None]) -> None:
         if not done.done():
             self._failing = True
             done.set_exception(AccessLogUnavailable("the access log did not confirm the event in time"))
@@ -89,13 +104,15 @@ class DurableAccessLog:
     async def _commit(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
 
-        def settle() -> None:
+        def settle(first_seq: int | None = None) -> None:
             """The batch is durable: its requests go on at once (this may run in the writer's callback)."""
             self._failing = False
             self._metrics.access_log_commit.observe(time.perf_counter() - started)
-            for _, done in batch:
+            for offset, (_, done) in enumerate(batch):
                 if not done.done():
-                    done.set_result(None)
+                    done.set_result(None if first_seq is None else first_seq + offset)
+            if self._on_durable is not None:
+                self._on_durable()
 
         try:
             await self.store.append([event for event, _ in batch], settle)

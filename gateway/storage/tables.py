@@ -58,14 +58,32 @@ audit_index = Table(
     Index("ix_audit_index_administration_time", "administration", "time"),
     Index("ix_audit_index_subject", "subject_hash", "time"),
     Index("ix_audit_index_time", "time"),
+    Index("ix_audit_index_decision_time", "decision", "time"),
 )
 
-# How far each origin's log is in the index: moved in the transaction that adds its rows.
+# Each origin the index follows: how far it is (`next_seq`, moved in the transaction that adds its rows),
+# where its numbering starts (0; 1 for a 1.0 log) and the head of the log it continues, if any.
 audit_index_watermarks = Table(
     "audit_index_watermarks",
     metadata,
     Column("origin", Text, primary_key=True),
     Column("next_seq", BigInteger, nullable=False),
+    Column("first_seq", BigInteger, nullable=False, server_default="0"),
+    Column("link_origin", Text),
+    Column("link_seq", BigInteger),
+    Column("link_hash", String(64)),
+)
+
+# The signed checkpoints of every origin, copied from the logs with the entries they cover.
+audit_index_checkpoints = Table(
+    "audit_index_checkpoints",
+    metadata,
+    Column("origin", Text, primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("head_hash", String(64), nullable=False),
+    Column("time", String(32), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("signature", String(128), nullable=False),
 )
 
 # The chain's head, one row: every writer (any process) locks it, so the chain has one order.

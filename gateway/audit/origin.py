@@ -1,0 +1,81 @@
+"""Which log a gateway process writes: its worker slot, its origin (CONTRACT §13) and its directory.
+
+Each process claims the lowest free slot under `<data dir>/log/slots` by taking an exclusive `flock` on
+the slot's file and holding it while it runs. So `--workers N` gives slots 0..N-1, a worker restarted by
+its supervisor takes back the slot its predecessor left, and two processes can never write one log. The
+origin follows from the slot, so it is stable across restarts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+MAX_SLOTS = 256
+
+
+class SlotsExhausted(Exception):
+    """Every slot is held by a running process."""
+
+
+class Slot:
+    """A held slot: released when the process ends, or by `release`."""
+
+    def __init__(self, index: int, fd: int) -> None:
+        self.index = index
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:  # an app built but never started gives its slot back when dropped
+        self.release()
+
+
+def claim_slot(log_root: Path) -> Slot:
+    slots = log_root / "slots"
+    slots.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for index in range(MAX_SLOTS):
+        fd = os.open(slots / f"{index}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return Slot(index, fd)
+    raise SlotsExhausted(f"all {MAX_SLOTS} log slots under {slots} are held")
+
+
+def issuer_host(issuer: str) -> str:
+    parts = urlsplit(issuer)
+    return parts.netloc or parts.path
+
+
+def log_origin(issuer: str, configured: str | None, slot: int, workers: int) -> str:
+    """`<issuer host>/access-log/<hostname>-<slot>` by default; a configured origin as given, with
+    `/<slot>` appended when several workers share it."""
+    if configured:
+        return f"{configured}/{slot}" if workers > 1 else configured
+    return f"{issuer_host(issuer)}/access-log/{socket.gethostname()}-{slot}"
+
+
+def legacy_origin(issuer: str) -> str:
+    """The name a 1.0 access log (one SQL chain, numbered from 1) keeps after migration."""
+    return f"{issuer_host(issuer)}/access-log/1.0"
+
+
+def log_directory(log_root: Path, origin: str) -> Path:
+    """One directory per origin, its name the origin percent-encoded (no `/`, no `..`)."""
+    return log_root / quote(origin, safe="").replace(".", "%2E")
+
+
+def local_logs(log_root: Path) -> list[Path]:
+    """Every log directory under `log_root` (those holding an origin file)."""
+    if not log_root.is_dir():
+        return []
+    return sorted(path for path in log_root.iterdir() if (path / "origin").is_file())
