@@ -13,11 +13,14 @@ from tests.support.probe_app import create
 class DiscardingAccessLog:
     """Accepts every event and keeps none: a baseline only, never a gateway's log."""
 
+    origin = "discarding"
+
     async def start(self) -> None:
         return None
 
-    async def append(self, record: AccessRecord) -> None:
+    async def append(self, record: AccessRecord) -> int | None:
         record.event()  # the serialisation every writer pays
+        return None
 
     async def ready(self) -> bool:
         return True

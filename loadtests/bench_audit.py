@@ -1,7 +1,9 @@
 """Benchmark: the access log.
 
-1. Events appended per second through the one writer, with group commit and (for reference) with one
-   transaction per event, on SQLite and on PostgreSQL.
+1. Durable appends a second through the one writer over the segment files, with group commit and (for
+   reference) one sync per event, and the process CPU an append costs.
+   Index catch-up: a written log followed into an empty index, on SQLite and on PostgreSQL, events a
+   second and CPU an event; once more without each index, which prices each index.
 2. The log's added latency on `/v1/verify`: the same route on the same server stack, once with the
    durable log and once with a writer that discards, driven alternately open loop at a fixed rate.
 3. `jamu audit export` peak memory at two log sizes (constant memory means the two are close).
@@ -28,8 +30,10 @@ from sqlalchemy import text
 
 from connectors.population import population, seed_register
 from gateway.audit.chain import CheckpointSigner
+from gateway.audit.index import IndexFollower
+from gateway.audit.origin import log_directory
 from gateway.audit.record import AccessRecord
-from gateway.audit.store import AccessLogStore
+from gateway.audit.segment_store import SegmentStore
 from gateway.audit.writer import DurableAccessLog
 from gateway.storage.database import create_engine, database_url, migrate
 from gateway.telemetry import Metrics
@@ -48,30 +52,54 @@ def _record(n: int) -> AccessRecord:
     return record
 
 
-async def _appends(url: str, schema: str | None, events: int, concurrency: int, max_batch: int) -> dict[str, float]:
-    engine = create_engine(url, schema=schema)
-    await migrate(engine, schema)
+async def _appends(directory: Path, events: int, concurrency: int, max_batch: int) -> dict[str, float]:
+    """Durable appends through the one writer over the segments: events a second, and the process CPU an
+    event costs (the writer's coroutine, the encoding, the write and sync threads)."""
     metrics = Metrics()
-    log = DurableAccessLog(AccessLogStore(engine, SIGNER), metrics, max_batch=max_batch, seal_interval_s=3600)
+    store = SegmentStore(directory, origin="bench/access-log/a-0", signer=SIGNER)
+    log = DurableAccessLog(store, metrics, max_batch=max_batch, seal_interval_s=1.0)
     await log.start()
+    records = [_record(n) for n in range(events)]
     remaining = events
 
     async def appender() -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            await log.append(_record(remaining))
+            await log.append(records[remaining])
 
-    started = time.perf_counter()
+    cpu, started = time.process_time(), time.perf_counter()
     await asyncio.gather(*(appender() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await log.close()
+    await store.close()
     batches = metrics.registry.get_sample_value("jamu_access_log_batch_events_count") or 1
+    return {"per_s": round(events / elapsed), "mean_batch": round(events / batches, 1),
+            "cpu_us": round(cpu / events * 1e6, 1)}
+
+
+async def _catch_up(log_dir: Path, url: str, schema: str | None, without: str | None = None) -> dict[str, float]:
+    """The index follower over a written log, from an empty index: events indexed a second and the CPU an
+    event costs this process (PostgreSQL's own work is in its server); `without` drops one index first,
+    so its cost is the difference."""
+    engine = create_engine(url, schema=schema)
+    await migrate(engine, schema)
+    if without is not None:
+        async with engine.begin() as connection:
+            await connection.execute(text(f"DROP INDEX {without}"))
+    follower = IndexFollower(engine, log_dir, batch=4000)
+    cpu, started = time.process_time(), time.perf_counter()
+    added = await follower.catch_up()
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     if schema:
         async with engine.begin() as connection:
             await connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     await engine.dispose()
-    return {"per_s": round(events / elapsed, 1), "mean_batch": round(events / batches, 1)}
+    return {"per_s": round(added / elapsed), "cpu_us": round(cpu / added * 1e6, 1)}
+
+
+INDEXES = ("ix_audit_index_administration_time", "ix_audit_index_subject", "ix_audit_index_time",
+           "ix_audit_index_decision_time")
 
 
 def _latency(root: Path, rate: float, requests: int, rounds: int) -> dict[str, float]:
@@ -117,11 +145,12 @@ def _latency(root: Path, rate: float, requests: int, rounds: int) -> dict[str, f
 
 
 async def _fill(path: Path, events: int) -> None:
+    """A data dir whose log holds `events` events, indexed."""
+    log_dir = log_directory(path / "log", "bench/access-log/a-0")
+    await _appends(log_dir, events, 64, 512)
     engine = create_engine(database_url(None, path))
     await migrate(engine)
-    store = AccessLogStore(engine, SIGNER, seal_every=10_000)
-    for start in range(0, events, 5000):
-        await store.append([_record(n).event() for n in range(start, min(start + 5000, events))])
+    await IndexFollower(engine, log_dir).catch_up()
     await engine.dispose()
 
 
@@ -144,31 +173,34 @@ def measure(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=20_000, help="events per append measurement")
+    parser.add_argument("--events", type=int, default=200_000, help="events per append measurement")
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent appenders")
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--export-sizes", default="20000,200000")
+    parser.add_argument("--index-costs", action=argparse.BooleanOptionalAction, default=True,
+                        help="catch up once without each index, to price it")
     args = parser.parse_args(argv)
 
     result: dict[str, Any] = {"bench": "audit"}
     started = time.perf_counter()
-    sqlite_url = database_url(None, root / "appends")
-    grouped = asyncio.run(_appends(sqlite_url, None, args.events, args.concurrency, 512))
-    single = asyncio.run(_appends(database_url(None, root / "appends-single"), None, args.events // 4,
-                                  args.concurrency, 1))
-    result.update(sqlite_appends_per_s=grouped["per_s"], sqlite_mean_batch=grouped["mean_batch"],
-                  sqlite_one_per_commit_appends_per_s=single["per_s"])
+    appended = asyncio.run(_appends(root / "log", args.events, args.concurrency, 512))
+    result.update(durable_appends_per_s=appended["per_s"], durable_appends_mean_batch=appended["mean_batch"],
+                  durable_append_cpu_us=appended["cpu_us"])
+    single = asyncio.run(_appends(root / "log-single", args.events // 10, args.concurrency, 1))
+    result["durable_one_per_sync_appends_per_s"] = single["per_s"]
+    sqlite = asyncio.run(_catch_up(root / "log", database_url(None, root / "index"), None))
+    result.update(sqlite_catch_up_per_s=sqlite["per_s"], sqlite_catch_up_cpu_us=sqlite["cpu_us"])
+    for index in INDEXES if args.index_costs else ():
+        without = asyncio.run(_catch_up(root / "log", database_url(None, root / f"index-{index}"), None, index))
+        result[f"sqlite_catch_up_cpu_us_without_{index}"] = without["cpu_us"]
+        result[f"sqlite_catch_up_per_s_without_{index}"] = without["per_s"]
     pg = os.environ.get("JAMU_BENCH_DATABASE_URL") or os.environ.get("JAMU_TEST_DATABASE_URL")
     if pg:
         pg_url = database_url(pg, root)
-        grouped = asyncio.run(_appends(pg_url, f"jamu_bench_{uuid.uuid4().hex[:8]}", args.events,
-                                       args.concurrency, 512))
-        single = asyncio.run(_appends(pg_url, f"jamu_bench_{uuid.uuid4().hex[:8]}", args.events // 4,
-                                      args.concurrency, 1))
-        result.update(postgres_appends_per_s=grouped["per_s"], postgres_mean_batch=grouped["mean_batch"],
-                      postgres_one_per_commit_appends_per_s=single["per_s"])
+        postgres = asyncio.run(_catch_up(root / "log", pg_url, f"jamu_bench_{uuid.uuid4().hex[:8]}"))
+        result.update(postgres_catch_up_per_s=postgres["per_s"], postgres_catch_up_cpu_us=postgres["cpu_us"])
     else:
         result["postgres"] = "skipped: set JAMU_BENCH_DATABASE_URL"
     result.update(_latency(root / "latency", args.rate, args.requests, args.rounds))

@@ -157,6 +157,7 @@ async def integrity(
     written since an origin's last checkpoint is reported in `unsealed_events`, not as a problem: a
     running log always has one. The top-level fields are this process's own log's (and `problems` all
     origins', each naming its origin)."""
+    await _index_current(request)
     app = services(request)
     own_origin = app.access_log.origin
     origins: list[dict[str, Any]] = []

@@ -145,11 +145,20 @@ class SegmentStore:
         return self._head
 
     def _open(self) -> tuple[int, str]:
-        """Recover the segments, check the origin, and read the chain's head from the last entry."""
+        """Take the writer's lock, then recover; the lock is let go if recovery fails."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._writer_lock = hold_writer_lock(self.directory)
         if self._writer_lock is None:
             raise LogMismatch(f"{self.directory}: another process is writing this log")
+        try:
+            return self._recover()
+        except BaseException:
+            os.close(self._writer_lock)
+            self._writer_lock = None
+            raise
+
+    def _recover(self) -> tuple[int, str]:
+        """Check the origin, recover the segments, and read the chain's head from the last entry."""
         found = read_origin(self.directory)
         if found is None:
             if self._link_to is not None:

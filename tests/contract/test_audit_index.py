@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.audit.index import IndexFollower
+from gateway.audit.chain import CheckpointSigner
+from gateway.audit.index import AuditIndex, EventFilter, IndexFollower, Position, import_legacy
 from gateway.audit.record import AccessRecord
-from gateway.audit.segment_store import SegmentStore
+from gateway.audit.segment_store import Link, SegmentStore
+from gateway.audit.store import AccessLogStore
 from gateway.audit.writer import DurableAccessLog
 from gateway.storage.database import create_engine, database_url, migrate
 from gateway.storage.tables import audit_index
@@ -33,8 +36,16 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     await engine.dispose()
 
 
-async def _log(directory: Path, count: int) -> SegmentStore:
-    store = SegmentStore(directory, segment_bytes=16384)
+SIGNER = CheckpointSigner(Ed25519PrivateKey.generate())
+KEYS = {SIGNER.key_id: SIGNER.public_key}
+
+
+async def _log(directory: Path, count: int, origin: str = "gw.example/access-log/a-0", *,
+               link_to: Link | None = None) -> int:
+    """Write `count` events to the log in `directory` (made or reopened), sealed; returns its size."""
+    store = SegmentStore(directory, origin=origin, signer=SIGNER, segment_bytes=16384, seal_every=100)
+    if link_to is not None:
+        store.continue_from(link_to)
     writer = DurableAccessLog(store, Metrics(), max_batch=64)  # type: ignore[arg-type]
     await writer.start()
     for n in range(count):
@@ -44,9 +55,8 @@ async def _log(directory: Path, count: int) -> SegmentStore:
         record.finish(200 if n % 3 else 403)
         await writer.append(record)
     await writer.close()
-    reader = SegmentStore(directory, segment_bytes=16384)
-    await reader.probe()
-    return reader
+    await store.close()
+    return store.next_seq
 
 
 async def _rows(engine: AsyncEngine, origin: str) -> list[int]:
@@ -57,36 +67,42 @@ async def _rows(engine: AsyncEngine, origin: str) -> list[int]:
 
 
 async def test_the_follower_indexes_every_entry_once_and_resumes(engine: AsyncEngine, tmp_path: Path) -> None:
-    store = await _log(tmp_path / "a", 250)
-    follower = IndexFollower(engine, "gw.example/access-log/a-0", store.entries, batch=64)
+    await _log(tmp_path / "a", 250)
+    follower = IndexFollower(engine, tmp_path / "a", batch=64)
+    assert follower.origin == "gw.example/access-log/a-0"  # read from the log's directory
     assert await follower.watermark() == 0
     assert await follower.catch_up() == 250
-    assert await follower.watermark() == 250
+    assert await follower.watermark() == 250 and follower.indexed_through == 250
     assert await _rows(engine, follower.origin) == list(range(250))
     assert await follower.catch_up() == 0  # nothing new: nothing added
     async with engine.connect() as connection:
         row = (await connection.execute(select(audit_index).where(audit_index.c.seq == 10))).one()
     assert row.evidence == '{"method":"otp","reference":"R10"}' and row.decision == "permit"
-    more = await _log(tmp_path / "a", 40)  # the same log, reopened and appended to
-    follower = IndexFollower(engine, follower.origin, more.entries, batch=64)
-    assert await follower.catch_up() == 40
+    await _log(tmp_path / "a", 40)  # the same log, reopened and appended to
+    assert await follower.catch_up(until=270) == 20  # only what is durable up to `until`
+    assert await IndexFollower(engine, tmp_path / "a", batch=64).catch_up() == 20
     assert await _rows(engine, follower.origin) == list(range(290))
+    index = AuditIndex(engine)
+    assert [c.seq for c in await index.checkpoints(follower.origin)] == [99, 199, 249, 289]
+    [state] = await index.origins()
+    assert (state.origin, state.next_seq, state.first_seq, state.link) == (follower.origin, 290, 0, None)
+    assert (await index.verify(state, KEYS, require_sealed=True)).finish().ok
 
 
 async def test_a_failed_batch_moves_neither_rows_nor_watermark(engine: AsyncEngine, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    store = await _log(tmp_path / "b", 100)
-    follower = IndexFollower(engine, "gw.example/access-log/b-0", store.entries, batch=30)
+    await _log(tmp_path / "b", 100)
+    follower = IndexFollower(engine, tmp_path / "b", batch=30)
     calls = 0
     original = follower._read
 
-    def read_then_fail(from_seq: int) -> list[dict]:
+    def read_then_fail(from_seq: int, until: int) -> tuple[list[dict], list]:
         nonlocal calls
         calls += 1
-        batch = original(from_seq)
+        rows, checkpoints = original(from_seq, until)
         if calls == 3:  # the third batch: a row that cannot be stored (status must not be null)
-            batch = [*batch[:-1], {**batch[-1], "status": None}]
-        return batch
+            rows = [*rows[:-1], {**rows[-1], "status": None}]
+        return rows, checkpoints
 
     monkeypatch.setattr(follower, "_read", read_then_fail)
     with pytest.raises(Exception):  # noqa: B017 (the database's own error, whichever engine)
@@ -95,13 +111,61 @@ async def test_a_failed_batch_moves_neither_rows_nor_watermark(engine: AsyncEngi
     monkeypatch.setattr(follower, "_read", original)
     assert await follower.catch_up() == 40  # the replay starts at the watermark: nothing twice
     assert await _rows(engine, follower.origin) == list(range(100))
+    assert [c.seq for c in await AuditIndex(engine).checkpoints(follower.origin)] == [99]
 
 
-async def test_origins_are_indexed_apart(engine: AsyncEngine, tmp_path: Path) -> None:
-    first, second = await _log(tmp_path / "w0", 30), await _log(tmp_path / "w1", 20)
-    followers = [IndexFollower(engine, "gw/access-log/host-0", first.entries),
-                 IndexFollower(engine, "gw/access-log/host-1", second.entries)]
+async def test_origins_are_indexed_apart_and_read_together(engine: AsyncEngine, tmp_path: Path) -> None:
+    await _log(tmp_path / "w0", 30, "gw/access-log/host-0")
+    await _log(tmp_path / "w1", 20, "gw/access-log/host-1")
+    followers = [IndexFollower(engine, tmp_path / "w0"), IndexFollower(engine, tmp_path / "w1")]
     assert await asyncio.gather(*(f.catch_up() for f in followers)) == [30, 20]
-    async with engine.connect() as connection:
-        assert await connection.scalar(select(func.count()).select_from(audit_index)) == 50
     assert await _rows(engine, "gw/access-log/host-1") == list(range(20))
+    index = AuditIndex(engine)
+    assert await index.count() == 50
+    everything = [e async for e in index.stream(chunk=7)]
+    assert len(everything) == 50 and {e["origin"] for e in everything} == {"gw/access-log/host-0",
+                                                                         "gw/access-log/host-1"}
+    keys = [(e["time"], e["origin"], e["seq"]) for e in everything]
+    assert keys == sorted(keys)
+    page = await index.events(EventFilter(administration="ceni", decision="permit"), None, 5)
+    assert len(page) == 5 and all(e["administration"] == "ceni" and e["decision"] == "permit" for e in page)
+    after = Position(page[-1]["time"], page[-1]["origin"], page[-1]["seq"])
+    rest = await index.events(EventFilter(administration="ceni", decision="permit"), after, 100)
+    assert not {(e["origin"], e["seq"]) for e in page} & {(e["origin"], e["seq"]) for e in rest}
+    person = await index.subject_events(f"{3:064x}", ("audit.",), 4)
+    assert len(person) == 4 and all(e["subject_hash"] == f"{3:064x}" for e in person)
+    assert [e["time"] for e in person] == sorted(e["time"] for e in person)
+    states = await index.origins()
+    assert [s.origin for s in states] == ["gw/access-log/host-0", "gw/access-log/host-1"]
+    for state in states:
+        assert (await index.verify(state, KEYS, require_sealed=True)).finish().ok
+
+
+async def test_a_1_0_log_is_imported_sealed_and_continued(engine: AsyncEngine, tmp_path: Path) -> None:
+    """An existing SQL log: sealed, copied under its own origin and numbering, and the new log's first
+    entry chained to its head, so both verify as one history."""
+    legacy = AccessLogStore(engine, SIGNER, seal_every=1000)
+    for n in range(12):
+        rec = AccessRecord(operation="verify", administration="ceni", subject_hash=f"{n:064x}")
+        rec.finish(200)
+        await legacy.append([rec.event()])
+    await legacy.close_writer()
+    link = await import_legacy(engine, "gw/access-log/1.0")
+    assert link is not None and link.seq == 12
+    assert await import_legacy(engine, "gw/access-log/1.0") == link  # idempotent
+    await _log(tmp_path / "new", 5, "gw/access-log/host-0", link_to=link)
+    await IndexFollower(engine, tmp_path / "new").catch_up()
+    index = AuditIndex(engine)
+    states = {s.origin: s for s in await index.origins()}
+    old, new = states["gw/access-log/1.0"], states["gw/access-log/host-0"]
+    assert (old.first_seq, old.next_seq, new.first_seq, new.next_seq) == (1, 13, 0, 5)
+    assert new.link == link
+    assert (await index.verify(old, KEYS)).finish().ok
+    assert (await index.verify(new, KEYS, require_sealed=True)).finish().ok
+    first_new = await anext(index.origin_entries("gw/access-log/host-0"))
+    assert first_new["prev_hash"] == link.hash
+
+
+async def test_the_legacy_import_is_skipped_for_an_empty_1_0_log(engine: AsyncEngine) -> None:
+    assert await import_legacy(engine, "gw/access-log/1.0") is None
+    assert await AuditIndex(engine).origins() == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import itertools
 import json
 import os
 import shutil
@@ -118,7 +119,7 @@ def test_every_request_is_an_event_with_the_contract_fields(gateway: GatewayProc
     assert listing["next_cursor"] is None
     by_seq = sorted(listing["events"], key=lambda e: e["seq"])
     assert [e["seq"] for e in by_seq] == list(range(len(by_seq)))  # one origin, numbered from 0
-    assert all(b["prev_hash"] == a["hash"] for a, b in zip(by_seq, by_seq[1:], strict=False))
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(by_seq))
     times = [e["time"] for e in listing["events"]]
     assert times == sorted(times)  # listed in time order
 
@@ -314,11 +315,10 @@ def test_a_full_disk_releases_nothing_and_recovers_when_space_returns(realm: Rea
         elections = token(server, realm, "elections-app")
         acknowledged = [person(server, elections, AMINATA).json()["transaction_id"]]
         filler = small_disk / "filler"
-        with open(filler, "wb") as out:  # take every free byte
-            with contextlib.suppress(OSError):
-                while True:
-                    out.write(b"\0" * 65536)
-                    out.flush()
+        with open(filler, "wb") as out, contextlib.suppress(OSError):  # take every free byte
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
         refused = None
         for _ in range(2000):  # the current segment fills, the next cannot be made
             answer = person(server, elections, AMINATA)

@@ -7,11 +7,13 @@ import asyncio
 from pathlib import Path
 
 import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.audit.chain import ChainVerifier
+from gateway.audit.chain import ChainVerifier, CheckpointSigner
 from gateway.audit.record import AccessRecord
-from gateway.audit.segment_store import SegmentStore, entry_bytes
-from gateway.audit.segments import HEADER, frame
+from gateway.audit.segment_store import Link, LogMismatch, SegmentStore, entry_bytes, read_checkpoints, read_link
+from gateway.audit.segments import HEADER, SegmentLog, SegmentReader, frame
 from gateway.audit.writer import DurableAccessLog
 from gateway.telemetry import Metrics
 
@@ -29,6 +31,7 @@ async def _write(directory: Path, count: int) -> list[AccessRecord]:
     records = [record(n) for n in range(count)]
     await asyncio.gather(*(access_log.append(r) for r in records))
     await access_log.close()
+    await store.close()
     return records
 
 
@@ -85,3 +88,123 @@ def test_an_entry_rewritten_with_a_good_crc_is_found_by_the_chain(tmp_path: Path
     report = _verify(store)
     assert not report.ok  # type: ignore[attr-defined]
     assert report.problems[0] == {"seq": 5, "problem": "event altered: its content does not match its hash"}  # type: ignore[attr-defined]
+
+
+def test_appends_return_their_seq_and_the_writer_hands_it_to_each_request(tmp_path: Path) -> None:
+    async def run() -> list[int | None]:
+        store = SegmentStore(tmp_path, origin="gw.example/access-log/a-0")
+        access_log = DurableAccessLog(store, Metrics(), max_batch=8)  # type: ignore[arg-type]
+        await access_log.start()
+        seqs = await asyncio.gather(*(access_log.append(record(n)) for n in range(20)))
+        await access_log.close()
+        await store.close()
+        return list(seqs)
+
+    seqs = asyncio.run(run())
+    assert sorted(seqs) == list(range(20))  # type: ignore[type-var]
+    store = _opened(tmp_path)
+    by_seq = {e["seq"]: e["id"] for e in store.entries()}
+    assert len(by_seq) == 20
+
+
+def test_one_writer_per_log_and_one_origin_per_directory(tmp_path: Path) -> None:
+    async def run() -> None:
+        first = SegmentStore(tmp_path, origin="gw/access-log/a-0")
+        await first.probe()
+        with pytest.raises(LogMismatch, match="another process"):
+            await SegmentStore(tmp_path, origin="gw/access-log/a-0").probe()
+        await first.close()
+        with pytest.raises(LogMismatch, match="holds the log of"):
+            await SegmentStore(tmp_path, origin="gw/access-log/b-0").probe()
+        again = SegmentStore(tmp_path, origin="gw/access-log/a-0")
+        await again.probe()
+        await again.close()
+
+    asyncio.run(run())
+
+
+def test_checkpoints_are_signed_beside_the_segments_and_verify(tmp_path: Path) -> None:
+    signer = CheckpointSigner(Ed25519PrivateKey.generate())
+
+    async def run() -> None:
+        store = SegmentStore(tmp_path, origin="gw/access-log/a-0", signer=signer, seal_every=10)
+        access_log = DurableAccessLog(store, Metrics(), max_batch=4)  # type: ignore[arg-type]
+        await access_log.start()
+        for n in range(25):
+            await access_log.append(record(n))
+        assert await store.seal() is True
+        assert await store.seal() is False  # nothing new to seal
+        await access_log.close()
+        await store.close()
+
+    asyncio.run(run())
+    checkpoints = read_checkpoints(tmp_path)
+    assert [c.seq for c in checkpoints][:2] == [9, 19] and checkpoints[-1].seq == 24
+    verifier = ChainVerifier(checkpoints, {signer.key_id: signer.public_key}, require_sealed=True, first_seq=0)
+    for entry in _opened(tmp_path).entries():
+        verifier.feed(entry)
+    assert verifier.finish().ok
+
+
+def test_a_new_log_continues_the_head_it_is_linked_to(tmp_path: Path) -> None:
+    head = Link("gw/access-log/1.0", 41, "ab" * 32)
+
+    async def run() -> None:
+        store = SegmentStore(tmp_path, origin="gw/access-log/a-0")
+        store.continue_from(head)
+        access_log = DurableAccessLog(store, Metrics())  # type: ignore[arg-type]
+        await access_log.start()
+        await access_log.append(record(1))
+        await access_log.close()
+        await store.close()
+        later = SegmentStore(tmp_path, origin="gw/access-log/a-0")
+        await later.probe()
+        later.continue_from(Link("other", 1, "cd" * 32))  # an existing log keeps its link
+        await later.close()
+
+    asyncio.run(run())
+    assert read_link(tmp_path) == head
+    [entry] = list(_opened(tmp_path).entries())
+    assert entry["seq"] == 0 and entry["prev_hash"] == head.hash
+    verifier = ChainVerifier([], {}, require_sealed=False, first_seq=0, start_hash=head.hash)
+    verifier.feed(entry)
+    assert verifier.finish().ok
+
+
+def test_the_reader_follows_a_log_across_segments_as_it_grows(tmp_path: Path) -> None:
+    log = SegmentLog(tmp_path, segment_bytes=4096)
+    log.open()
+    reader = SegmentReader(tmp_path)
+    assert reader.read(0, 10) == []
+    log.append([b"x" * 300 for _ in range(5)])
+    assert [seq for seq, _ in reader.read(0, 3)] == [0, 1, 2]
+    assert [seq for seq, _ in reader.read(3, 100)] == [3, 4]
+    for _ in range(10):  # several segments' worth
+        log.append([b"y" * 300 for _ in range(5)])
+    assert len(list(tmp_path.glob("*.seg"))) > 2
+    got = reader.read(5, 1000)
+    assert [seq for seq, _ in got] == list(range(5, 55)) and got[-1][1] == b"y" * 300
+    assert [seq for seq, _ in SegmentReader(tmp_path).read(33, 5)] == list(range(33, 38))  # a fresh seek
+
+
+def test_after_a_failed_append_the_probe_proves_there_is_room_again(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    async def run() -> None:
+        store = SegmentStore(tmp_path, origin="gw/access-log/a-0", segment_bytes=65536)
+        await store.probe()
+
+        def no_space(*_: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(store.log, "append", no_space)
+            patched.setattr(store.log, "_roll", no_space)
+            with pytest.raises(OSError):
+                await store.append([record(0).event()])
+            with pytest.raises(OSError):
+                await store.probe()
+        await store.probe()  # space again: a new segment can be made
+        assert await store.append([record(1).event()]) == 0  # nothing was written by the failed append
+        await store.close()
+
+    asyncio.run(run())
