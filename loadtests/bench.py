@@ -18,8 +18,8 @@ HEADLINE = ("bare_rps", "verify_rps", "lookup_rps", "verify_ratio", "verify_rati
             "bare_p50_ms", "bare_p99_ms", "verify_p50_ms", "verify_p99_ms", "lookup_p50_ms", "lookup_p99_ms",
             "half_load_rps", "verify_half_utilisation", "bare_half_p99_ms", "verify_half_p99_ms",
             "verify_half_p99_over_bare", "verify_half_p99_ratios", "bare_gateway_cpu_us", "verify_gateway_cpu_us",
-            "lookup_gateway_cpu_us", "verify_writer_cpu_us", "verify_cpu_ratio", "logged_bare_rps",
-            "logged_bare_ratio", "logged_bare_gateway_cpu_us", "logged_bare_writer_cpu_us")
+            "lookup_gateway_cpu_us", "verify_cpu_ratio", "logged_bare_rps", "logged_bare_ratio",
+            "logged_bare_gateway_cpu_us", "logged_bare_log_cpu_us")
 HARDENING_HEADLINE = ("unknown_known_throughput_ratio", "unknown_known_cpu_ratio", "known_known_throughput_ratio",
                       "known_known_cpu_ratio", "unknown_known_throughput_ratio_8c", "unknown_known_cpu_ratio_8c",
                       "flood_verify_ratio", "flood_verify_not_200")

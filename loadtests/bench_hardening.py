@@ -23,7 +23,6 @@ import contextlib
 import os
 import re
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from typing import Any
 import orjson
 
 from connectors.population import nin_for, seed_register
+from gateway.audit.origin import local_logs
+from gateway.audit.segments import SegmentLog
 from loadtests.bench_identity import Gateway, _bodies
 from loadtests.harness import cpu_seconds, in_scratch_dir, report
 
@@ -138,8 +139,13 @@ def _measured(gateway: Gateway, script: Path, connections: int, seconds: int, *,
 
 
 def _anonymous_events(data_dir: Path) -> int:
-    with sqlite3.connect(f"file:{data_dir / 'jamu.db'}?mode=ro", uri=True) as connection:
-        return connection.execute("SELECT count(*) FROM access_events WHERE administration IS NULL").fetchone()[0]
+    """Events without an administration in the gateway's logs, read from the segments (the durable point,
+    never behind)."""
+    count = 0
+    for directory in local_logs(data_dir / "log"):
+        for _, payload in SegmentLog(directory, read_only=True).records(0):
+            count += orjson.loads(payload)["administration"] is None
+    return count
 
 
 def measure(argv: list[str] | None = None) -> dict[str, Any]:
