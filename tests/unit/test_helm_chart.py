@@ -46,8 +46,8 @@ def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_every_manifest_is_valid_kubernetes(demo_policies: dict) -> None:
     docs = render({"policies": demo_policies})
     kinds = sorted(doc["kind"] for doc in docs)
-    assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget",
-                     "Service", "ServiceAccount"]
+    assert kinds == ["ConfigMap", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget", "Service",
+                     "Service", "ServiceAccount", "StatefulSet"]
     for doc in docs:
         kubernetes_validate.validate(doc, KUBE, strict=True)
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
@@ -56,7 +56,7 @@ def test_every_manifest_is_valid_kubernetes(demo_policies: dict) -> None:
 
 
 def test_the_pod_runs_locked_down_and_drains(demo_policies: dict) -> None:
-    deployment = by_kind(render({"policies": demo_policies}))["Deployment"]
+    deployment = by_kind(render({"policies": demo_policies}))["StatefulSet"]
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
@@ -67,7 +67,7 @@ def test_the_pod_runs_locked_down_and_drains(demo_policies: dict) -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["lifecycle"]["preStop"]["sleep"]["seconds"] == 5
     assert pod["terminationGracePeriodSeconds"] > 5 + 20  # the sleep, then uvicorn's graceful drain
-    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert deployment["spec"]["updateStrategy"]["type"] == "RollingUpdate"
     writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
     assert writable == {"/var/lib/jamu", "/tmp"}
 
@@ -78,12 +78,12 @@ def test_secrets_are_referenced_never_embedded(demo_policies: dict) -> None:
         "pseudonymKey": {"name": "pse", "key": "k"}, "checkpointKey": {"name": "chk", "key": "c.pem"},
         "databaseUrl": {"name": "db", "key": "url"}, "redisUrl": {"name": "redis", "key": "url"}}})
     assert "Secret" not in {doc["kind"] for doc in docs}
-    container = by_kind(docs)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    container = by_kind(docs)["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in container["env"]}
     assert env["GATEWAY_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "db", "key": "url"}
     assert env["GATEWAY_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "redis", "key": "url"}
     assert env["GATEWAY_SIGNING_KEY_FILE"]["value"] == "/etc/jamu/secrets/signing/k.pem"
-    volumes = {v["name"]: v for v in by_kind(docs)["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    volumes = {v["name"]: v for v in by_kind(docs)["StatefulSet"]["spec"]["template"]["spec"]["volumes"]}
     assert volumes["checkpoint-key"]["secret"] == {"secretName": "chk", "defaultMode": 0o400}
     assert env["GATEWAY_REPLICAS"]["value"] == "6"  # local fallback limits divide by the most replicas
 
@@ -91,7 +91,7 @@ def test_secrets_are_referenced_never_embedded(demo_policies: dict) -> None:
 def test_the_mounted_policies_load_as_the_gateway_reads_them(demo_policies: dict, tmp_path: Path) -> None:
     docs = render({"policies": demo_policies})
     data = by_kind(docs)["ConfigMap"]["data"]
-    pod = by_kind(docs)["Deployment"]["spec"]["template"]["spec"]
+    pod = by_kind(docs)["StatefulSet"]["spec"]["template"]["spec"]
     items = next(v for v in pod["volumes"] if v["name"] == "policies")["configMap"]["items"]
     for item in items:  # what the kubelet writes into /etc/jamu/policies
         target = tmp_path / item["path"]
@@ -99,7 +99,7 @@ def test_the_mounted_policies_load_as_the_gateway_reads_them(demo_policies: dict
         target.write_text(data[item["key"]])
     loaded = load_policies(tmp_path)
     assert set(loaded.administrations) == {"apdp", "canam", "cec-bamako-c3", "ceni", "dnds"}
-    annotations = pod and by_kind(docs)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    annotations = pod and by_kind(docs)["StatefulSet"]["spec"]["template"]["metadata"]["annotations"]
     assert len(annotations["checksum/policies"]) == 64  # a policy change rolls the pods
 
 
@@ -109,10 +109,10 @@ def test_options(demo_policies: dict) -> None:
                    "telemetry": {"otlpEndpoint": "http://otel-collector:4318"}, "connectors": "connectors: []"})
     kinds = by_kind(docs)
     assert "HorizontalPodAutoscaler" not in kinds and "NetworkPolicy" not in kinds
-    assert kinds["Deployment"]["spec"]["replicas"] == 3
+    assert kinds["StatefulSet"]["spec"]["replicas"] == 3
     assert kinds["PodMonitor"]["spec"]["podMetricsEndpoints"][0] == {"port": "metrics", "path": "/metrics",
                                                                     "interval": "30s"}
-    env = {e["name"]: e.get("value") for e in kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
     assert env["GATEWAY_CONNECTORS_FILE"] == "/etc/jamu/policies/connectors.yaml" and env["GATEWAY_REPLICAS"] == "3"
 
@@ -135,7 +135,7 @@ def test_metrics_are_scraped_from_a_port_no_service_exposes(demo_policies: dict)
     docs = render({"policies": demo_policies, "trustedProxies": ["10.0.0.0/8", "fd00::/8"], "networkPolicy": {
         "scrapeFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}})
     kinds = by_kind(docs)
-    container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    container = kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert (env["GATEWAY_METRICS_PORT"], env["GATEWAY_METRICS_HOST"]) == ("9100", "0.0.0.0")
     assert env["GATEWAY_TRUSTED_PROXIES"] == "10.0.0.0/8,fd00::/8"
@@ -147,3 +147,23 @@ def test_metrics_are_scraped_from_a_port_no_service_exposes(demo_policies: dict)
     assert len(scrape) == 1 and scrape[0]["from"][0]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "monitoring"}
     assert all({"port": 9100, "protocol": "TCP"} not in rule["ports"] for rule in ingress if rule not in scrape)
+
+
+def test_each_replica_keeps_its_own_log_on_a_volume_of_its_own(demo_policies: dict) -> None:
+    docs = render({"policies": demo_policies, "accessLog": {"storage": "50Gi", "storageClassName": "fast"}})
+    statefulset = by_kind(docs)["StatefulSet"]
+    [claim] = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data" and claim["spec"]["storageClassName"] == "fast"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert statefulset["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain",
+                                                                           "whenScaled": "Retain"}
+    pod = statefulset["spec"]["template"]["spec"]
+    assert "data" not in {v["name"] for v in pod["volumes"]}  # the claim, not an emptyDir
+    [container] = pod["containers"]
+    assert {"name": "data", "mountPath": "/var/lib/jamu"} in container["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert "GATEWAY_LOG_ORIGIN" not in env  # the default origin carries the pod's stable name
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    assert services[statefulset["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"
+    hpa = by_kind(docs)["HorizontalPodAutoscaler"]
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
