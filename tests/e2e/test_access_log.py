@@ -545,3 +545,47 @@ def test_a_gateway_on_postgresql_logs_and_verifies(realm: Realm, tmp_path: Path,
     verified = subprocess.run([*JAMU, "audit", "verify"], env=env, capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert AMINATA not in verified.stdout
+
+
+@pytest.mark.postgres
+def test_with_the_index_database_down_verification_goes_on_and_the_index_catches_up(
+        realm: Realm, tmp_path: Path, postgres_url: str, postgres_schema: str) -> None:
+    """The index's PostgreSQL goes away (a proxy cut): answers keep coming, each durable in the segments;
+    audit reads answer 503 with Retry-After rather than miss events; /readyz says the index is degraded
+    but the gateway ready; once the database is back, the index catches up and every event is found."""
+    from urllib.parse import urlsplit
+
+    from tests.support.tcp_proxy import CuttableProxy
+
+    target = urlsplit(postgres_url)
+    proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
+    proxied = postgres_url.replace(f"{target.hostname}:{target.port or 5432}", f"127.0.0.1:{proxy.port}")
+    server = serve(realm, tmp_path / "index-down.log", GATEWAY_DATA_DIR=str(tmp_path / "var"),
+                   GATEWAY_DATABASE_URL=proxied, GATEWAY_DATABASE_SCHEMA=postgres_schema)
+    try:
+        elections, officer = token(server, realm, "elections-app"), token(server, realm, "oversight-app")
+        assert person(server, elections, AMINATA).status_code == 200
+        proxy.cut()
+        during = [person(server, elections, AMINATA) for _ in range(5)]
+        assert [r.status_code for r in during] == [200] * 5
+        assert all(r.headers["audit-log-position"] for r in during)
+        refused = httpx.get(f"{server.base_url}/v1/audit/events", headers=officer, timeout=10)
+        assert refused.status_code == 503 and refused.json()["code"] == "audit_unavailable", refused.text
+        assert refused.headers["retry-after"] == "1"
+        ready = httpx.get(f"{server.base_url}/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.json()["checks"]["audit_index"] == "degraded", ready.text
+        proxy.restore()
+        deadline = time.monotonic() + 15
+        while True:
+            listed = httpx.get(f"{server.base_url}/v1/audit/events", params={"limit": 1000}, headers=officer,
+                               timeout=10)
+            if listed.status_code == 200:
+                break
+            assert time.monotonic() < deadline, listed.text
+            time.sleep(0.5)
+        found = {e["id"] for e in listed.json()["events"]}
+        assert {r.json()["transaction_id"] for r in during} <= found
+        assert httpx.get(f"{server.base_url}/readyz", timeout=10).json()["checks"]["audit_index"] == "ok"
+    finally:
+        server.stop()
+        proxy.close()
