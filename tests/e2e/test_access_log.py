@@ -589,3 +589,49 @@ def test_with_the_index_database_down_verification_goes_on_and_the_index_catches
     finally:
         server.stop()
         proxy.close()
+
+
+def test_a_1_0_log_is_carried_over_and_verifies_as_one_history(realm: Realm, tmp_path: Path) -> None:
+    """A data dir from 1.0 (its log one SQL chain): the upgraded gateway seals it, shows its events under
+    their own origin and numbering, and continues from its head; `jamu audit verify` covers both."""
+    from gateway.audit.chain import CheckpointSigner
+    from gateway.audit.record import AccessRecord
+    from gateway.audit.store import AccessLogStore
+    from gateway.keyfiles import load_or_create_ed25519
+    from gateway.settings import Settings
+    from gateway.storage.database import create_engine, database_url, migrate
+
+    data = tmp_path / "var"
+    signer = CheckpointSigner(load_or_create_ed25519(Settings(data_dir=data).checkpoint_key_path))
+
+    async def write_1_0_log() -> list[str]:
+        engine = create_engine(database_url(None, data))
+        await migrate(engine)
+        store = AccessLogStore(engine, signer, seal_every=1000)
+        ids = []
+        for n in range(6):
+            record = AccessRecord(operation="verify", administration="elections", client_id="elections-app",
+                                  subject_hash=f"{n:064x}")
+            record.finish(200)
+            await store.append([record.event()])
+            ids.append(record.id)
+        await store.close()  # unsealed: 1.0 stopped without a checkpoint over its last events
+        return ids
+
+    old_ids = asyncio.run(write_1_0_log())
+    server = serve(realm, tmp_path / "upgraded.log", GATEWAY_DATA_DIR=str(data))
+    try:
+        answered = person(server, token(server, realm, "elections-app"), AMINATA)
+        assert answered.status_code == 200
+        listing = events(server, token(server, realm, "oversight-app"), limit=1000)["events"]
+        old = [e for e in listing if e["id"] in old_ids]
+        assert [e["seq"] for e in old] == [1, 2, 3, 4, 5, 6]
+        assert {e["origin"] for e in old} == {f"{server.base_url.split('//')[1]}/access-log/1.0"}
+        new = sorted((e for e in listing if e["id"] not in old_ids), key=lambda e: e["seq"])
+        assert new[0]["seq"] == 0 and new[0]["prev_hash"] == old[-1]["hash"]  # the new log continues the old
+    finally:
+        server.stop()
+    verified = subprocess.run([*JAMU, "audit", "verify"], env={**os.environ, **realm.env(GATEWAY_DATA_DIR=str(data))},
+                              capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "/access-log/1.0: 6 events, last seq 6, sealed up to seq 6 (1.0 log)" in verified.stdout

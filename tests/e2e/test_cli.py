@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -113,6 +114,28 @@ def test_serve_with_two_workers(tmp_path: Path, redis_url: str, redis_prefix: st
         form = token_form(client, load_pem(pem), f"{base}/oauth2/token")
         statuses = [httpx.post(f"{base}/oauth2/token", data=form, timeout=10).status_code for _ in range(6)]
         assert sorted(statuses) == [200, 401, 401, 401, 401, 401]
+        # Each worker writes its own log: its own origin (slot 0, slot 1), each numbered from 0.
+        token = httpx.post(f"{base}/oauth2/token", data=token_form(client, load_pem(pem), f"{base}/oauth2/token"),
+                           timeout=10).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        origins = set()
+        for _ in range(40):
+            answer = httpx.get(f"{base}/v1/audit/integrity", headers=headers, timeout=10)  # a fresh connection
+            assert answer.status_code == 200, answer.text
+            origins.add(answer.headers["audit-log-position"].rsplit(" ", 1)[0])
+            if len(origins) == 2:
+                break
+        assert {o.rsplit("-", 1)[1] for o in origins} == {"0", "1"}, origins
+        deadline = time.monotonic() + 5  # another worker's events are searchable within 2 s
+        while True:
+            report = httpx.get(f"{base}/v1/audit/integrity", headers=headers, timeout=10).json()
+            if {o["origin"] for o in report["origins"]} == origins or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert report["ok"] and {o["origin"] for o in report["origins"]} == origins, report
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+    verified = subprocess.run([*JAMU, "audit", "verify"], env=env, capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert {line.split(": ")[1] for line in verified.stdout.splitlines()} == origins  # both logs, sealed

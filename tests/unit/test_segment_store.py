@@ -4,6 +4,7 @@ chained, numbered from 0 without a gap, across restarts; a rewritten entry is fo
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import orjson
@@ -11,10 +12,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit.chain import ChainVerifier, CheckpointSigner
+from gateway.audit.origin import claim_slot, legacy_origin, log_directory, log_origin
 from gateway.audit.record import AccessRecord
 from gateway.audit.segment_store import Link, LogMismatch, SegmentStore, entry_bytes, read_checkpoints, read_link
 from gateway.audit.segments import HEADER, SegmentLog, SegmentReader, frame
 from gateway.audit.writer import DurableAccessLog
+from gateway.settings import Settings
 from gateway.telemetry import Metrics
 
 
@@ -208,3 +211,26 @@ def test_after_a_failed_append_the_probe_proves_there_is_room_again(tmp_path: Pa
         await store.close()
 
     asyncio.run(run())
+
+
+def test_slots_origins_and_directories(tmp_path: Path) -> None:
+    first, second = claim_slot(tmp_path), claim_slot(tmp_path)
+    assert (first.index, second.index) == (0, 1)
+    first.release()
+    again = claim_slot(tmp_path)
+    assert again.index == 0  # a restarted worker takes back the slot its predecessor left
+    again.release()
+    second.release()
+    host = socket.gethostname()
+    assert log_origin("https://jamu.example.ml", None, 1, 2) == f"jamu.example.ml/access-log/{host}-1"
+    assert log_origin("http://127.0.0.1:8000", "gw.example/log", 0, 1) == "gw.example/log"
+    assert log_origin("http://127.0.0.1:8000", "gw.example/log", 3, 4) == "gw.example/log/3"
+    assert legacy_origin("https://jamu.example.ml") == "jamu.example.ml/access-log/1.0"
+    directory = log_directory(tmp_path, "../../etc/access-log/x")
+    assert directory.parent == tmp_path and "/" not in directory.name and ".." not in directory.name
+
+
+@pytest.mark.parametrize("origin", ["with space/x", "plus+sign/x", "new\nline", "", "/leading-slash", "é/x"])
+def test_an_origin_that_is_not_a_plain_schema_less_url_is_refused(origin: str) -> None:
+    with pytest.raises(ValueError, match="log_origin"):
+        Settings(log_origin=origin)
