@@ -154,14 +154,15 @@ def _segment_walk(directory: Path, keys: dict[str, Ed25519PublicKey], require_se
     problems (damage that stops the walk, a torn tail) and how many entries were read."""
     extra: list[dict[str, Any]] = []
     segments = SegmentLog(directory, read_only=True)
+    checkpoints = read_checkpoints(directory)
     try:
-        recovery = segments.open()
+        recovery = segments.open(protect_through=checkpoints[-1].seq if checkpoints else -1)
     except CorruptLog as exc:
         extra.append({"seq": exc.seq, "problem": f"log damaged: {exc}"})
         recovery = None
     link = read_link(directory)
     # A walk cut short by damage leaves the rest unchecked: that is the damage, not an unsealed tail.
-    verifier = ChainVerifier(read_checkpoints(directory), keys, require_sealed=require_sealed and not extra,
+    verifier = ChainVerifier(checkpoints, keys, require_sealed=require_sealed and not extra,
                              first_seq=0, start_hash=link.hash if link else GENESIS)
     if recovery is not None and recovery.torn_bytes:
         extra.append({"seq": recovery.next_seq, "problem": f"a torn write of {recovery.torn_bytes} bytes at the "

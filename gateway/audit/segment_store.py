@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +29,8 @@ import orjson
 from gateway.audit.chain import GENESIS, Checkpoint, CheckpointSigner, link
 from gateway.audit.record import rfc3339
 from gateway.audit.segments import SegmentLog, SegmentReader
+
+log = logging.getLogger(__name__)
 
 ORIGIN_FILE = "origin"
 LINK_FILE = "link.json"
@@ -167,9 +170,12 @@ class SegmentStore:
         elif self.origin and found != self.origin:
             raise LogMismatch(f"{self.directory} holds the log of {found!r}, not {self.origin!r}")
         self.origin = found or self.origin
-        recovery = self.log.open()
-        self.torn_bytes = recovery.torn_bytes
         checkpoints = read_checkpoints(self.directory)
+        recovery = self.log.open(protect_through=checkpoints[-1].seq if checkpoints else -1)
+        self.torn_bytes = recovery.torn_bytes
+        if recovery.torn_bytes:
+            log.warning("access log %s: a torn write of %d bytes after seq %d was cut (never acknowledged)",
+                        self.origin, recovery.torn_bytes, recovery.next_seq - 1)
         if checkpoints:
             self._sealed = (checkpoints[-1].seq, time.time())
         if recovery.next_seq == 0:

@@ -7,11 +7,13 @@ sequence number (u64), little-endian — then the payload (the event's canonical
 are 0-based and contiguous across segments. A segment is `<first seq, 20 digits>.seg`, preallocated to
 `segment_bytes` and zero-filled: a header of zeros marks the end of what was written.
 
-On open, every segment is read. In the last one, a frame that is cut short, or whose CRC fails, with
-nothing but zeros after it, is a torn write: it was never acknowledged (acknowledgement follows the
-sync), so it is zeroed and reported. A bad frame followed by more data, a gap in sequence numbers, or
-any fault in an earlier segment is corruption: `CorruptLog` names the segment, offset and sequence
-number, and nothing is repaired.
+On open, every segment is read. In the last one, a frame that is cut short, or whose CRC fails, with no
+whole record after it and past the last signed checkpoint, is a torn write: it was never acknowledged
+(acknowledgement follows the sync), so it is zeroed and reported. Damage with a whole record after it,
+damage to a record a checkpoint covers, a gap in sequence numbers, or any fault in an earlier segment is
+corruption: `CorruptLog` names the segment, offset and sequence number, and nothing is repaired. (A bit
+flipped in the very last records of a log, written since its last checkpoint and with nothing after
+them, cannot be told from a torn write: checkpoints every second bound that window.)
 """
 
 from __future__ import annotations
@@ -109,8 +111,10 @@ class SegmentLog:
     def segments(self) -> list[Path]:
         return sorted(self.directory.glob(f"*{SUFFIX}"))
 
-    def open(self) -> Recovery:
-        """Read every segment, cut a torn tail in the last (unless read-only), and position for appends."""
+    def open(self, protect_through: int = -1) -> Recovery:
+        """Read every segment, cut a torn tail in the last (unless read-only), and position for appends.
+        Records up to `protect_through` (the last signed checkpoint's seq) were acknowledged and sealed:
+        damage there is corruption, never a torn write."""
         if not self.read_only:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         paths = self.segments()
@@ -128,8 +132,9 @@ class SegmentLog:
                 # A whole frame with a good CRC out of sequence, damage in an earlier segment, or a good
                 # frame after the damage: no torn write looks like that.
                 gap = fault is not None and fault.startswith("sequence gap")
-                if gap or index < len(paths) - 1 or _valid_frame_follows(data, offset, frame_seq):
-                    raise CorruptLog(path, offset, frame_seq, fault or "damaged frame")
+                if (gap or index < len(paths) - 1 or seq <= protect_through
+                        or _valid_frame_after(data, offset, seq)):
+                    raise CorruptLog(path, offset, seq, fault or "damaged frame")
                 torn = len(data[end:].rstrip(b"\x00"))  # the unacknowledged rest of the last write
                 if not self.read_only:
                     self._zero(path, end, torn)
@@ -280,11 +285,21 @@ class SegmentReader:
         return out
 
 
-def _valid_frame_follows(data: bytes, offset: int, seq: int) -> bool:
-    """Whether a well-formed frame follows the damaged one at `offset` (its length field taken at its
-    word): then the damage is in the middle of the log, not a torn last write."""
-    length = HEADER.unpack_from(data, offset)[0] if offset + HEADER.size <= len(data) else 0
-    after = offset + HEADER.size + length
-    if length > MAX_PAYLOAD or after + HEADER.size > len(data):
-        return False
-    return any(payload is not None for _, _, payload, _ in _frames(data[after:], seq + 1))
+def _valid_frame_after(data: bytes, offset: int, seq: int) -> bool:
+    """Whether a whole, well-formed record of `seq` or one of the next few lies anywhere after `offset`:
+    then the damage at `offset` is in the middle of the log, not a torn last write (the damaged header's
+    own length may be garbage, so its word is not taken). Found by searching for the sequence number's
+    bytes, so a long segment costs a few `find`s, not a walk."""
+    for candidate in range(seq, seq + 4):
+        needle = _SEQ.pack(candidate)
+        at = data.find(needle, offset + 1)
+        while at != -1:
+            start = at - 8
+            if start > offset and start + HEADER.size <= len(data):
+                length, crc, _ = HEADER.unpack_from(data, start)
+                end = start + HEADER.size + length
+                if (0 < length <= MAX_PAYLOAD and end <= len(data)
+                        and crc32c(data[start + HEADER.size:end], crc32c(needle)) == crc):
+                    return True
+            at = data.find(needle, at + 1)
+    return False

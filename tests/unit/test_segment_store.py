@@ -234,3 +234,18 @@ def test_slots_origins_and_directories(tmp_path: Path) -> None:
 def test_an_origin_that_is_not_a_plain_schema_less_url_is_refused(origin: str) -> None:
     with pytest.raises(ValueError, match="log_origin"):
         Settings(log_origin=origin)
+
+
+def test_a_torn_tail_is_cut_and_reported_when_the_writer_opens_the_log(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    asyncio.run(_write(tmp_path, 10))
+    [segment] = sorted(tmp_path.glob("*.seg"))
+    data = segment.read_bytes()
+    end = len(data.rstrip(b"\x00"))
+    with open(segment, "r+b") as handle:  # half of a record whose sync never came
+        handle.seek(end)
+        handle.write(frame(10, b'{"torn":true}')[:20])
+    with caplog.at_level("WARNING", logger="gateway.audit.segment_store"):
+        store = _opened(tmp_path)
+    assert store.torn_bytes == 20 and store.next_seq == 10
+    assert "torn write of 20 bytes after seq 9 was cut" in caplog.text

@@ -130,6 +130,35 @@ def test_a_flipped_byte_before_the_tail_is_corruption_located(tmp_path: Path) ->
     assert "CRC" in str(caught.value)
 
 
+@pytest.mark.parametrize("bit", [0, 7, 30])
+def test_a_damaged_length_field_is_corruption_not_a_torn_tail(tmp_path: Path, bit: int) -> None:
+    """A length gone wrong points the reader anywhere; the whole records after it still show the damage
+    is in the middle, and nothing acknowledged is cut."""
+    written(tmp_path)
+    path = _last_segment(tmp_path)
+    offset, _ = _records_at(path)[1]
+    data = bytearray(path.read_bytes())
+    data[offset + bit // 8] ^= 1 << (bit % 8)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptLog) as caught:
+        reopened(tmp_path)
+    assert (caught.value.offset, caught.value.seq) == (offset, int(path.stem) + 1)
+    assert len(_records_at(path)) >= 2  # nothing was zeroed
+
+
+def test_damage_to_a_record_a_checkpoint_covers_is_never_cut(tmp_path: Path) -> None:
+    written(tmp_path)
+    path = _last_segment(tmp_path)
+    offset, length = _records_at(path)[-1]  # the very last record: nothing follows it
+    data = bytearray(path.read_bytes())
+    data[offset + HEADER.size + length // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptLog):
+        SegmentLog(tmp_path, segment_bytes=SEGMENT).open(protect_through=299)  # sealed: acknowledged
+    recovery = SegmentLog(tmp_path, segment_bytes=SEGMENT).open(protect_through=298)  # past it: torn
+    assert recovery.next_seq == 299 and recovery.torn_bytes > 0
+
+
 def test_damage_in_an_earlier_segment_is_corruption_even_at_its_end(tmp_path: Path) -> None:
     written(tmp_path)
     first = sorted(tmp_path.glob("*.seg"))[0]
