@@ -240,7 +240,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await migrate(engine, settings.database_schema)
-        await continue_legacy_log(engine, signer, settings, segment_store, slot=slot.index)
+        await continue_legacy_log(engine, signer, settings, segment_store)
         await access_log.start()
         index_task.start()
         index_task.adopt(adopt_idle_logs(engine, settings.log_dir, segment_store.directory, signer))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from gateway.api.responses import FastJSONResponse
 from gateway.audit.record import AccessRecord
 from tests.support.probe_app import create
@@ -40,28 +42,49 @@ def create_discarding_with_bare() -> Any:
     return app
 
 
+class BareClaims(BaseModel):
+    family_name: str | None = None
+    given_names: str | None = None
+    birth_date: str | None = None
+
+
+class BarePredicate(BaseModel):
+    name: str
+    value: int | None = None
+
+
+class BareBody(BaseModel):
+    """A verification's body, parsed as the baseline's only work: what any JSON API pays."""
+
+    nin: str
+    purpose: str
+    claims: BareClaims = BareClaims()
+    predicates: list[BarePredicate] = []
+
+
 def _add_bare(app: Any) -> None:
-    """`GET /bare`, matched first as `/v1/verify` is: a route at the end of the table pays for matching
-    every route before it (~70 µs on this stack), which would flatter the ratio.
+    """`POST /bare`, the baseline: a FastAPI route that parses a JSON body like a verification's into a
+    pydantic model and answers a small dict, not authenticated, not logged. It is matched first, as
+    `/v1/verify` is: a route at the end of the table pays for matching every route before it (~70 µs on
+    this stack), which would flatter the ratio.
 
-    And `GET /v1/bare`, the same answer under `/v1/`, so it is logged like every `/v1/*` request: it does
-    nothing but wait for its event to be durable, which tells what the access log alone costs. It comes
-    right after the identity routes, which keep their places."""
+    And `POST /v1/bare`, the same under `/v1/`, so it is logged like every `/v1/*` request: it does
+    nothing but parse and wait for its event to be durable, which tells what the access log alone costs.
+    It comes right after the identity routes, which keep their places."""
 
-    @app.get("/bare", include_in_schema=False)
-    async def bare() -> FastJSONResponse:
+    async def bare(body: BareBody) -> FastJSONResponse:
         return FastJSONResponse({"status": "ok", "match": True})
 
+    app.add_api_route("/bare", bare, methods=["POST"], include_in_schema=False)
     app.router.routes.insert(0, app.router.routes.pop())
 
-    app.add_api_route("/v1/bare", bare, methods=["GET"], name="logged_bare", include_in_schema=False)
+    app.add_api_route("/v1/bare", bare, methods=["POST"], name="logged_bare", include_in_schema=False)
     routes = app.router.routes
     routes.insert(next(i for i, r in enumerate(routes) if getattr(r, "path", "") == "/v1/lookup") + 1, routes.pop())
 
 
 def create_durable() -> Any:
-    """The gateway with everything on, plus `GET /bare`: the baseline on the same server stack (a
-    FastAPI route returning a small dict, no authentication, not logged)."""
+    """The gateway with everything on, plus `POST /bare` and `POST /v1/bare` (see `_add_bare`)."""
     app = create(durable=True)
     _add_bare(app)
     return app

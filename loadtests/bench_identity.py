@@ -4,8 +4,8 @@
 - Lookup by NIN at two register sizes (default 50,000 and 5,000,000): µs per point read, p50 and p99.
 - The gateway's resident memory after the same verify load on each register size.
 - `/v1/verify` throughput (everything on: token check, in-process limiter, policy, embedded register,
-  durable access log) against `GET /bare` on the same server, closed loop, in interleaved rounds (with
-  `GET /v1/bare`, the bare answer logged, which isolates what the durable log costs): the
+  durable access log) against `POST /bare` (a verification's body parsed) on the same server, closed loop, in interleaved rounds (with
+  `POST /v1/bare`, the bare answer logged, which isolates what the durable log costs): the
   ratio is the median of each round's ratio, so a slow spell of the shared machine hits both sides; and
   p99 of both, open loop, at half the throughput target (the target being half the bare throughput: a
   quarter of it), again in interleaved rounds, each p99 against the bare p99 measured just before it.
@@ -100,8 +100,8 @@ def _bodies(register: Path, count: int, unknown: bool = False) -> list[dict[str,
 class Gateway:
     """The probe gateway with everything on, an electoral client without rate limits in the way."""
 
-    def __init__(self, root: Path, register: Path, factory: str = "loadtests.apps:create_durable", **env: str
-                 ) -> None:
+    def __init__(self, root: Path, register: Path, factory: str = "loadtests.apps:create_durable",
+                 extra_args: list[str] | None = None, **env: str) -> None:
         realm = build_realm(root)
         elections = realm.policies_dir / "elections.yaml"
         policy = yaml.safe_load(elections.read_text())
@@ -112,7 +112,7 @@ class Gateway:
         data.mkdir(exist_ok=True)
         (data / "register.db").symlink_to(register)
         self.data_dir = data
-        self.server = GatewayProcess(realm.env(**env), factory=factory)
+        self.server = GatewayProcess(realm.env(**env), factory=factory, extra_args=extra_args)
         self.server.start(root / "gateway.log")
         form = token_form("elections-app", realm.keys["elections-app"], f"{self.server.base_url}/oauth2/token")
         token = httpx.post(f"{self.server.base_url}/oauth2/token", data=form, timeout=10).json()["access_token"]
@@ -180,8 +180,8 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
             cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
             pid: int = gateway.server.proc.pid  # type: ignore[union-attr]
             for _ in range(args.rounds):  # interleaved, so a slow spell of the machine hits them all
-                for name, route, headers, body in (("bare", "/bare", {}, None),
-                                                   ("logged_bare", "/v1/bare", {}, None),
+                for name, route, headers, body in (("bare", "/bare", {}, bodies),
+                                                   ("logged_bare", "/v1/bare", {}, bodies),
                                                    ("verify", "/v1/verify", gateway.headers, bodies),
                                                    ("lookup", "/v1/lookup", gateway.headers, lookups)):
                     before = cpu_seconds(pid)
@@ -197,7 +197,7 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
             halves: dict[str, list[Run]] = {"bare": [], "verify": []}
             for _ in range(args.half_rounds):  # p99 is a tail: judged per round, each against its own baseline
                 halves["bare"].append(_checked(asyncio.run(drive_at_rate(
-                    gateway.url("/bare"), {}, half, int(half * args.half_seconds))), "bare½"))
+                    gateway.url("/bare"), {}, half, int(half * args.half_seconds), bodies[0])), "bare½"))
                 halves["verify"].append(asyncio.run(drive_at_rate(
                     gateway.url("/v1/verify"), gateway.headers, half, int(half * args.half_seconds), bodies[0])))
             verify_half = merge(halves["verify"])

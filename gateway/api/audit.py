@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.api.deps import access_record, protected
 from gateway.api.fields import Nin
 from gateway.api.responses import FastJSONResponse
-from gateway.audit.index import EventFilter, Position
+from gateway.audit.index import EventFilter, OriginState, Position
 from gateway.audit.record import rfc3339
 from gateway.auth.bearer import Caller
 from gateway.errors import Problem
@@ -25,6 +30,7 @@ from gateway.ratelimit.gcra import Window
 from gateway.ratelimit.limiter import Outcome
 from gateway.services import services
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["Access log"])
 
 Operation = Literal["token", "verify", "lookup", "consent.create", "consent.read", "consent.revoke",
@@ -58,14 +64,43 @@ def _after(cursor: str | None) -> Position | None:
     return Position(time, origin, seq)
 
 
-async def _index_current(request: Request) -> None:
+# A follower's lag report older than this says nothing of now (its process stopped, or has been idle).
+LAG_REPORT_FRESH_S = 10.0
+
+
+async def _index_current(request: Request) -> list[OriginState]:
     """Audit reads answer from the index. They wait for it to hold every event this process has answered
-    (at once when it is current); while it stays further behind than the contract allows, they refuse
-    rather than answer with events missing. Verification is never held back by the index."""
+    (at once when it is current), and refuse while this process's index or any other process's, by its
+    latest report, is further behind than the contract allows, rather than answer with events missing.
+    Verification is never held back by the index. The origins as the index holds them."""
     app = services(request)
-    if not await app.index.reach(app.settings.audit_index_max_lag_s):
+    max_lag = app.settings.audit_index_max_lag_s
+    behind = not await app.index.reach(max_lag)
+    async with _index_reads():
+        states = await app.audit.origins()
+    now = time.time()
+    behind = behind or any(state.lag_s > max_lag and now - state.reported_at < LAG_REPORT_FRESH_S
+                           for state in states if state.origin != app.access_log.origin)
+    if behind:
         raise Problem("audit_unavailable", "the access log's query index is behind the log; retry shortly",
                       headers={"Retry-After": "1"})
+    return states
+
+
+@contextlib.asynccontextmanager
+async def _index_reads() -> AsyncIterator[None]:
+    """The index's database failing mid-read is the index being unavailable, not a gateway fault."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("access log index unreadable: %s", exc)
+        raise Problem("audit_unavailable", "the access log's query index cannot be read; retry shortly",
+                      headers={"Retry-After": "1"}) from None
+
+
+def _indexed_through(states: list[OriginState]) -> dict[str, int]:
+    """Each origin's searchable events: an answer says how far it could see."""
+    return {state.origin: state.indexed for state in states}
 
 
 def _instant(moment: datetime | None, name: str, *, in_body: bool = False) -> str | None:
@@ -110,11 +145,12 @@ class HistoryRequest(BaseModel):
 
 async def _page(request: Request, where: EventFilter, cursor: str | None, limit: int) -> FastJSONResponse:
     after = _after(cursor)
-    await _index_current(request)
-    events = await services(request).audit.events(where, after, limit)
+    states = await _index_current(request)
+    async with _index_reads():
+        events = await services(request).audit.events(where, after, limit)
     next_cursor = _cursor(events[-1]) if len(events) == limit else None
     return FastJSONResponse({"transaction_id": access_record(request).id, "events": events,
-                             "next_cursor": next_cursor})
+                             "next_cursor": next_cursor, "indexed_through": _indexed_through(states)})
 
 
 @router.get("/v1/audit/events", name="audit.search", summary="List access events (security officers)")
@@ -157,21 +193,23 @@ async def integrity(
     written since an origin's last checkpoint is reported in `unsealed_events`, not as a problem: a
     running log always has one. The top-level fields are this process's own log's (and `problems` all
     origins', each naming its origin)."""
-    await _index_current(request)
+    states = await _index_current(request)
     app = services(request)
     own_origin = app.access_log.origin
     origins: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []
     own: dict[str, Any] | None = None
     checked = 0
-    for state in await app.audit.origins():
-        report = (await app.audit.verify(state, app.checkpoint_keys)).finish()
+    for state in states:
+        async with _index_reads():
+            report = (await app.audit.verify(state, app.checkpoint_keys)).finish()
         checked += report.events_checked
         named = [{"origin": state.origin, **problem} for problem in report.problems]
         problems += named
-        tree_size = app.index.durable_end() if state.origin == own_origin else state.next_seq
-        entry = {"origin": state.origin, "tree_size": tree_size - state.first_seq,
-                 "indexed_through": state.next_seq, "last_seq": report.last_seq,
+        # This process knows its own log's size; of another's, what the index holds.
+        tree_size = app.index.durable_end() if state.origin == own_origin else state.indexed
+        entry = {"origin": state.origin, "tree_size": tree_size,
+                 "indexed_through": state.indexed, "last_seq": report.last_seq,
                  "last_checkpoint": report.last_checkpoint, "unsealed_events": report.unsealed_events,
                  "cosignatures": [], "problems": named}
         if state.link is not None:
@@ -206,8 +244,9 @@ async def access_history(
         verdict = await app.rate_limits.limiter.acquire(f"hist:{caller.administration}", (window,))
         if not verdict.allowed:
             raise Outcome(verdict, []).refusal() or Problem("rate_limited")
-    await _index_current(request)
-    events = await app.audit.subject_events(subject, HIDDEN_FROM_HISTORY, HISTORY_LIMIT)
+    states = await _index_current(request)
+    async with _index_reads():
+        events = await app.audit.subject_events(subject, HIDDEN_FROM_HISTORY, HISTORY_LIMIT)
     names = {a.id: a.name for a in app.policies.current.administrations.values()}
     this_read = {"time": rfc3339(record.time), "administration": caller.administration,
                  "operation": "subject.history", "purpose": None, "attributes_released": [], "decision": "permit"}
@@ -217,4 +256,5 @@ async def access_history(
          "purpose": e["purpose"], "attributes_released": e["attributes_released"], "decision": e["decision"]}
         for e in [*events[-(HISTORY_LIMIT - 1):], this_read]
     ]
-    return FastJSONResponse({"transaction_id": record.id, "events": history})
+    return FastJSONResponse({"transaction_id": record.id, "events": history,
+                             "indexed_through": _indexed_through(states)})

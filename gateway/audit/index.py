@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,9 +79,10 @@ def _index_row(origin: str, payload: bytes) -> dict[str, Any]:
 class IndexFollower:
     """Follows one log directory into the index."""
 
-    def __init__(self, engine: AsyncEngine, directory: Path, *, origin: str | None = None, batch: int = 4000
-                 ) -> None:
+    def __init__(self, engine: AsyncEngine, directory: Path, *, origin: str | None = None, batch: int = 4000,
+                 report_lag: Callable[[int], float] | None = None) -> None:
         self._engine = engine
+        self.report_lag = report_lag  # seconds behind once the index holds the entries below the given seq
         self.directory = directory
         found = read_origin(directory)
         self.origin = origin or found or ""
@@ -137,15 +139,20 @@ class IndexFollower:
                     await connection.execute(insert(_origins).values(
                         origin=self.origin, next_seq=end, first_seq=0,
                         link_origin=link.origin if link else None, link_seq=link.seq if link else None,
-                        link_hash=link.hash if link else None))
+                        link_hash=link.hash if link else None, **self._lag_report(end)))
                 else:
                     await connection.execute(update(_origins).where(_origins.c.origin == self.origin)
-                                             .values(next_seq=end))
+                                             .values(next_seq=end, **self._lag_report(end)))
             self._pending_checkpoints = [c for c in checkpoints if c.seq >= end]  # once committed
             self.indexed_through = end
             added += len(rows)
             if not rows:
                 return added
+
+    def _lag_report(self, end: int) -> dict[str, float]:
+        if self.report_lag is None:
+            return {}
+        return {"lag_s": round(self.report_lag(end), 3), "reported_at": time.time()}
 
     async def forget(self) -> None:
         """Drop this origin from the index (before a rebuild)."""
@@ -156,6 +163,9 @@ class IndexFollower:
         self.indexed_through = 0
 
 
+_MAX_COMMITS_NOTED = 4096
+
+
 class IndexTask:
     """The gateway's follower of its own log: woken by each commit, it waits `gather_s` so one transaction
     takes many commits, then catches up to the log's durable end. Its lag is a metric, part of `/readyz`,
@@ -164,13 +174,14 @@ class IndexTask:
     def __init__(self, follower: IndexFollower, durable_end: Callable[[], int], metrics: Metrics, *,
                  gather_s: float = 0.05, retry_s: float = 1.0) -> None:
         self.follower = follower
+        follower.report_lag = self.waited  # each batch tells the other processes how far behind it is
         self.durable_end = durable_end
         self._metrics = metrics
         self._gather_s = gather_s
         self._retry_s = retry_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._behind_since: float | None = None
+        self._commits: deque[tuple[int, float]] = deque()  # (durable end after a commit, when), oldest first
         self._round = asyncio.Event()  # set, and replaced, after each catch-up attempt
         self._urgent = False
         self._adoption: asyncio.Task[Any] | None = None
@@ -182,21 +193,32 @@ class IndexTask:
 
     def notify(self) -> None:
         """A commit made entries durable: index them soon."""
-        if self._behind_since is None:
-            self._behind_since = time.monotonic()
+        self._note_commit()
         self._wake.set()
+
+    def _note_commit(self) -> None:
+        end, now = self.durable_end(), time.monotonic()
+        if len(self._commits) >= _MAX_COMMITS_NOTED:  # a long stall: the newest commits share one time,
+            self._commits[-1] = (end, self._commits[-1][1])  # which can only overstate the lag
+        else:
+            self._commits.append((end, now))
+
+    def waited(self, indexed_through: int) -> float:
+        """Seconds the oldest entry from `indexed_through` on has waited since its commit (0 if none)."""
+        commits = self._commits
+        while commits and commits[0][0] <= indexed_through:
+            commits.popleft()
+        return time.monotonic() - commits[0][1] if commits else 0.0
 
     def lag(self) -> tuple[int, float]:
         """(entries not yet searchable, seconds the oldest of them has waited)."""
-        behind = max(0, self.durable_end() - self.follower.indexed_through)
-        if behind == 0:
-            return 0, 0.0
-        since = self._behind_since
-        return behind, 0.0 if since is None else time.monotonic() - since
+        indexed = self.follower.indexed_through
+        return max(0, self.durable_end() - indexed), self.waited(indexed)
 
     def start(self) -> None:
+        self._note_commit()  # entries written before a crash or a stop count from now
         self._task = asyncio.create_task(self._run(), name="access-log-index")
-        self._wake.set()  # entries written before a crash or a stop are indexed at start
+        self._wake.set()  # …and are indexed at start
 
     async def _run(self) -> None:
         while True:
@@ -216,8 +238,6 @@ class IndexTask:
                 if not self.failing:
                     log.error("access log index: cannot catch up (%s); retrying every %.0f s", exc, self._retry_s)
                 self.failing = True
-            if self.follower.indexed_through >= end and self.durable_end() == end:
-                self._behind_since = None
             behind, waited = self.lag()
             self._metrics.audit_index_lag_events.set(behind)
             self._metrics.audit_index_lag_seconds.set(waited)
@@ -310,6 +330,14 @@ class OriginState:
     next_seq: int
     first_seq: int
     link: Link | None
+    lag_s: float = 0.0
+    reported_at: float = 0.0
+    continued_by: str | None = None
+
+    @property
+    def indexed(self) -> int:
+        """How many of the origin's events are searchable."""
+        return self.next_seq - self.first_seq
 
 
 class AuditIndex:
@@ -359,7 +387,8 @@ class AuditIndex:
         async with self.engine.connect() as connection:
             rows = await connection.execute(select(_origins).order_by(_origins.c.origin))
             return [OriginState(r.origin, r.next_seq, r.first_seq,
-                                Link(r.link_origin, r.link_seq, r.link_hash) if r.link_origin else None)
+                                Link(r.link_origin, r.link_seq, r.link_hash) if r.link_origin else None,
+                                r.lag_s, r.reported_at, r.continued_by)
                     for r in rows]
 
     async def checkpoints(self, origin: str) -> list[Checkpoint]:
@@ -398,7 +427,7 @@ class AuditIndex:
             return int(await connection.scalar(select(func.count()).select_from(audit_index)) or 0)
 
 
-async def import_legacy(engine: AsyncEngine, origin: str) -> Link | None:
+async def import_legacy(engine: AsyncEngine, origin: str, *, continued_by: str | None = None) -> Link | None:
     """A 1.0 log (the `access_events` chain) into the index as origin `origin`, numbered as it was; the
     head it ends on, for the new log to continue from. Idempotent; None when there is no such log. The
     caller seals the 1.0 log first, so its last events are covered by a checkpoint."""
@@ -416,7 +445,8 @@ async def import_legacy(engine: AsyncEngine, origin: str) -> Link | None:
             known = await connection.scalar(select(_origins.c.origin).where(_origins.c.origin == origin))
             if known is not None:
                 return link
-            await connection.execute(insert(_origins).values(origin=origin, next_seq=link.seq + 1, first_seq=1))
+            await connection.execute(insert(_origins).values(origin=origin, next_seq=link.seq + 1, first_seq=1,
+                                                             continued_by=continued_by))
             await connection.execute(insert(audit_index).from_select(
                 ["origin", *columns], select(literal(origin), *[access_events.c[n] for n in columns])))
             cp = access_checkpoints.c
@@ -439,7 +469,8 @@ async def adopt_idle_logs(engine: AsyncEngine, log_root: Path, own: Path, signer
                           ) -> dict[str, int]:
     """Finish other local logs that no process is writing: a log left behind when its process died, and
     whose origin no process now has (its issuer or slot changed). Each is opened as its writer would
-    (recovered, its writer lock held), its tail sealed with a checkpoint, and indexed to its end."""
+    (recovered, its writer lock held) and its tail sealed with a checkpoint; the lock is let go before the
+    log is indexed to its end, so a worker starting on that log waits for no more than the recovery."""
     from gateway.audit.origin import local_logs
     from gateway.audit.segment_store import LogMismatch, SegmentStore
 
@@ -447,17 +478,25 @@ async def adopt_idle_logs(engine: AsyncEngine, log_root: Path, own: Path, signer
     for directory in local_logs(log_root):
         if directory == own:
             continue
-        store = SegmentStore(directory, signer=signer)
+        store = SegmentStore(directory, signer=signer, lock_wait_s=0)
         try:
             await store.probe()
         except LogMismatch:
             continue  # its writer runs, with its own follower
+        except Exception as exc:  # a damaged log is reported, and the others are still finished
+            log.error("access log %s cannot be opened (%s): run jamu audit verify", directory.name, exc)
+            continue
         try:
             await store.seal()
+        except Exception as exc:
+            log.error("access log %s: cannot seal its tail (%s)", store.origin, exc)
+        finally:
+            await store.close()
+        try:
             follower = IndexFollower(engine, directory, origin=store.origin)
             added[store.origin] = await follower.catch_up(store.next_seq)
         except Exception as exc:
-            log.error("access log index: cannot finish the idle log %s (%s)", directory.name, exc)
-        finally:
-            await store.close()
+            log.error("access log index: cannot index the idle log %s (%s)", store.origin, exc)
     return added
+
+

@@ -32,7 +32,7 @@ from gateway.audit.segment_store import read_checkpoints, read_link, read_origin
 from gateway.audit.segments import CorruptLog, SegmentLog
 from gateway.audit.store import AccessLogStore
 from gateway.storage.database import create_engine
-from gateway.storage.tables import access_events
+from gateway.storage.tables import access_events, access_log_head
 
 EXPORT_FIELDS = ("origin", "seq", "id", "time", "administration", "client_id", "operation", "purpose", "legal_basis",
                  "consent_id", "subject_hash", "attributes_requested", "attributes_released", "decision",
@@ -203,6 +203,17 @@ async def _compare_index(index: AuditIndex, origin: str, directory: Path) -> lis
     return problems
 
 
+async def _legacy_head(engine: AsyncEngine) -> tuple[int, str] | None:
+    """The 1.0 log's head (seq, hash), when the database holds one with events."""
+    async with engine.connect() as connection:
+        tables = await connection.run_sync(lambda c: inspect(c).get_table_names())
+        if "access_log_head" not in tables:
+            return None
+        head = (await connection.execute(select(access_log_head.c.seq, access_log_head.c.hash)
+                                         .where(access_log_head.c.id == 1))).first()
+    return None if head is None or head.seq == 0 else (int(head.seq), str(head.hash))
+
+
 async def _legacy_report(engine: AsyncEngine, keys: dict[str, Ed25519PublicKey], require_sealed: bool
                          ) -> IntegrityReport | None:
     async with engine.connect() as connection:
@@ -231,6 +242,12 @@ async def verify(url: str | None, schema: str | None, log_root: Path, keys: dict
             local.add(origin)
             verifier, extra, _ = await asyncio.to_thread(_segment_walk, directory, keys, require_sealed)
             report = verifier.finish()
+            link = read_link(directory)
+            if link is not None and link.origin == legacy_name and engine is not None:
+                head = await _legacy_head(engine)
+                if head != (link.seq, link.hash):
+                    extra.append({"seq": 0, "problem": f"continues {link.origin} at seq {link.seq}, but that "
+                                  f"log's head is {'none' if head is None else f'seq {head[0]}'} with another hash"})
             if index is not None:
                 extra += await _compare_index(index, origin, directory)
             report.problems = sorted(report.problems + extra, key=lambda p: p["seq"])[:MAX_PROBLEMS]
@@ -261,9 +278,11 @@ async def reindex(url: str, schema: str | None, log_root: Path, legacy_name: str
             follower = IndexFollower(engine, directory)
             await follower.forget()
             counts[follower.origin] = await follower.catch_up()
-        if any(o.origin == legacy_name for o in await AuditIndex(engine).origins()):
+        if await _legacy_head(engine) is not None:
+            successor = next((o.continued_by for o in await AuditIndex(engine).origins()
+                              if o.origin == legacy_name), None)
             await forget_origin(engine, legacy_name)
-            link = await import_legacy(engine, legacy_name)
+            link = await import_legacy(engine, legacy_name, continued_by=successor)
             counts[legacy_name] = 0 if link is None else link.seq
     finally:
         await engine.dispose()

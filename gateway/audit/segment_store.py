@@ -118,13 +118,15 @@ def _write_synced(path: Path, data: bytes) -> None:
 
 class SegmentStore:
     def __init__(self, directory: Path, *, origin: str = "", signer: CheckpointSigner | None = None,
-                 segment_bytes: int = 64 * 1024 * 1024, seal_every: int = 1000, link_to: Link | None = None) -> None:
+                 segment_bytes: int = 64 * 1024 * 1024, seal_every: int = 1000, link_to: Link | None = None,
+                 lock_wait_s: float = 3.0) -> None:
         self.directory = directory
         self.origin = origin
         self.log = SegmentLog(directory, segment_bytes=segment_bytes)
         self._signer = signer
         self._seal_every = seal_every
         self._link_to = link_to
+        self._lock_wait_s = lock_wait_s
         self._head: tuple[int, str] | None = None  # (seq, hash) of the last entry, once opened
         self._sealed: tuple[int, float] = (-1, 0.0)  # the last checkpoint's seq, and when it was signed
         self._lock = asyncio.Lock()
@@ -150,9 +152,12 @@ class SegmentStore:
     def _open(self) -> tuple[int, str]:
         """Take the writer's lock, then recover; the lock is let go if recovery fails."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._writer_lock = hold_writer_lock(self.directory)
-        if self._writer_lock is None:
+        deadline = time.monotonic() + self._lock_wait_s  # another process finishing an idle log lets go soon
+        while (lock := hold_writer_lock(self.directory)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if lock is None:
             raise LogMismatch(f"{self.directory}: another process is writing this log")
+        self._writer_lock = lock
         try:
             return self._recover()
         except BaseException:

@@ -72,6 +72,12 @@ audit_index_watermarks = Table(
     Column("link_origin", Text),
     Column("link_seq", BigInteger),
     Column("link_hash", String(64)),
+    # What the origin's follower last said of its lag (seconds, and when: epoch seconds), so that every
+    # process's audit reads can refuse while any follower is too far behind.
+    Column("lag_s", Float, nullable=False, server_default="0"),
+    Column("reported_at", Float, nullable=False, server_default="0"),
+    # For a migrated 1.0 log: the one new log that continues it (claimed once, so replicas never fork it).
+    Column("continued_by", Text),
 )
 
 # The signed checkpoints of every origin, copied from the logs with the entries they cover.

@@ -569,9 +569,11 @@ def test_with_the_index_database_down_verification_goes_on_and_the_index_catches
         during = [person(server, elections, AMINATA) for _ in range(5)]
         assert [r.status_code for r in during] == [200] * 5
         assert all(r.headers["audit-log-position"] for r in during)
-        refused = httpx.get(f"{server.base_url}/v1/audit/events", headers=officer, timeout=10)
-        assert refused.status_code == 503 and refused.json()["code"] == "audit_unavailable", refused.text
-        assert refused.headers["retry-after"] == "1"
+        for method, path, body in (("GET", "/v1/audit/events", None), ("POST", "/v1/audit/search", {"nin": AMINATA}),
+                                   ("GET", "/v1/audit/integrity", None)):
+            refused = httpx.request(method, f"{server.base_url}{path}", json=body, headers=officer, timeout=10)
+            assert refused.status_code == 503 and refused.json()["code"] == "audit_unavailable", refused.text
+            assert refused.headers["retry-after"] == "1"
         ready = httpx.get(f"{server.base_url}/readyz", timeout=10)
         assert ready.status_code == 200 and ready.json()["checks"]["audit_index"] == "degraded", ready.text
         proxy.restore()
