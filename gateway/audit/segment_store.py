@@ -71,6 +71,23 @@ def read_origin(directory: Path) -> str | None:
         return None
 
 
+def last_checkpoint(directory: Path) -> Checkpoint | None:
+    """The last whole checkpoint line, read from the file's end (the file grows by one a second)."""
+    try:
+        with open(directory / CHECKPOINTS_FILE, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - 8192))
+            tail = handle.read()
+    except FileNotFoundError:
+        return None
+    for line in reversed(tail.split(b"\n")):
+        try:
+            return Checkpoint(**orjson.loads(line))
+        except (orjson.JSONDecodeError, TypeError):
+            continue
+    return None
+
+
 def read_checkpoints(directory: Path) -> list[Checkpoint]:
     """Every whole line of the checkpoints file (a line cut by a crash is ignored: it was never synced)."""
     try:
@@ -175,14 +192,14 @@ class SegmentStore:
         elif self.origin and found != self.origin:
             raise LogMismatch(f"{self.directory} holds the log of {found!r}, not {self.origin!r}")
         self.origin = found or self.origin
-        checkpoints = read_checkpoints(self.directory)
-        recovery = self.log.open(protect_through=checkpoints[-1].seq if checkpoints else -1)
+        sealed = last_checkpoint(self.directory)
+        recovery = self.log.open(protect_through=sealed.seq if sealed else -1)
         self.torn_bytes = recovery.torn_bytes
         if recovery.torn_bytes:
             log.warning("access log %s: a torn write of %d bytes after seq %d was cut (never acknowledged)",
                         self.origin, recovery.torn_bytes, recovery.next_seq - 1)
-        if checkpoints:
-            self._sealed = (checkpoints[-1].seq, time.time())
+        if sealed is not None:
+            self._sealed = (sealed.seq, time.time())
         if recovery.next_seq == 0:
             linked = read_link(self.directory)
             return -1, linked.hash if linked else GENESIS

@@ -18,6 +18,7 @@ them, cannot be told from a torn write: checkpoints every second bound that wind
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -106,6 +107,7 @@ class SegmentLog:
         self._offset = 0
         self.next_seq = 0
         self.recovery = Recovery(0, 0, 0)
+        self._failed: tuple[Path, int, int] | None = None  # (segment, offset, length) of a failed write
 
     # Opening and recovery -------------------------------------------------------------------------
     def segments(self) -> list[Path]:
@@ -164,18 +166,36 @@ class SegmentLog:
         data = b"".join(frame(first + i, payload) for i, payload in enumerate(payloads))
         if self._segment is None or self._offset + len(data) > max(self.segment_bytes, len(data)):
             self._roll(first, len(data))
+        self._clear_failed()
         fd = self._open_fd()
-        written = os.pwrite(fd, data, self._offset)
-        if written != len(data):
-            raise OSError(f"short write to {self._segment}: {written} of {len(data)} bytes")
-        os.fdatasync(fd)
+        try:
+            written = os.pwrite(fd, data, self._offset)
+            if written != len(data):
+                raise OSError(f"short write to {self._segment}: {written} of {len(data)} bytes")
+            os.fdatasync(fd)
+        except BaseException:
+            # What reached the file was never acknowledged: it must not read as records (a follower, a
+            # restart), so it is zeroed now, or before anything else is written if that fails too.
+            self._failed = (self._segment, self._offset, len(data))
+            with contextlib.suppress(OSError):
+                self._clear_failed()
+            raise
         self._offset += len(data)
         self.next_seq = first + len(payloads)
         return first
 
+    def _clear_failed(self) -> None:
+        """Zero and sync the bytes of a write that failed (raises while that cannot be done)."""
+        if self._failed is not None:
+            segment, offset, length = self._failed
+            self._zero(segment, offset, length)
+            self._failed = None
+
     def ensure_room(self, size: int) -> None:
-        """Make sure an append of `size` bytes needs no new segment, making that segment now if it does:
-        proves the disk has room again after a failure (raises OSError when it has not)."""
+        """Make sure an append of `size` bytes can go ahead: a failed write's bytes cleared, and a new
+        segment made now if this one lacks the room. Proves the disk takes writes again after a failure
+        (raises OSError when it does not)."""
+        self._clear_failed()
         if self._segment is None or self._offset + size > self.segment_bytes:
             self._roll(self.next_seq, size)
 
@@ -197,6 +217,8 @@ class SegmentLog:
             os.close(fd)
         os.replace(temporary, path)
         _fsync_dir(self.directory)
+        if first_seq == 0:
+            _fsync_dir(self.directory.parent)  # a new log: its directory's entry made durable too
         self._segment, self._offset = path, 0
 
     # Reading ---------------------------------------------------------------------------------------
@@ -290,6 +312,7 @@ def _valid_frame_after(data: bytes, offset: int, seq: int) -> bool:
     then the damage at `offset` is in the middle of the log, not a torn last write (the damaged header's
     own length may be garbage, so its word is not taken). Found by searching for the sequence number's
     bytes, so a long segment costs a few `find`s, not a walk."""
+    data = data[:len(data.rstrip(b"\x00")) + HEADER.size]  # the written part (zeros after it hold nothing)
     for candidate in range(seq, seq + 4):
         needle = _SEQ.pack(candidate)
         at = data.find(needle, offset + 1)

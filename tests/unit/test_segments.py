@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from crc32c import crc32c
 
-from gateway.audit.segments import HEADER, CorruptLog, SegmentLog, frame
+from gateway.audit.segments import HEADER, CorruptLog, SegmentLog, SegmentReader, frame
 
 SEGMENT = 4096
 
@@ -231,3 +231,35 @@ def test_a_full_disk_fails_the_append_and_the_log_recovers(tmp_path: Path, monke
     assert log.append([b"two"]) == 1
     log.close()
     assert [p for _, p in reopened(tmp_path).records()] == [b"one", b"two"]
+
+
+def test_a_write_whose_sync_fails_leaves_nothing_that_reads_as_records(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """pwrite reached the file but fdatasync failed (EIO): those records were never acknowledged, so they
+    are zeroed; the next append takes their seq, and a follower or a restart sees only what was synced."""
+    import gateway.audit.segments as segments
+
+    log = SegmentLog(tmp_path, segment_bytes=SEGMENT)
+    log.open()
+    log.append(payloads(0, 5))
+    reader = SegmentReader(tmp_path)
+    assert len(reader.read(0, 100)) == 5
+    real = os.fdatasync
+    calls = 0
+
+    def failing_once(fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(segments.os, "fdatasync", failing_once)
+    with pytest.raises(OSError):
+        log.append([b'{"failed":1}', b'{"failed":2}'])
+    monkeypatch.setattr(segments.os, "fdatasync", real)
+    assert reader.read(5, 100) == []  # zeroed: nothing to follow
+    assert log.append([b'{"kept":1}']) == 5
+    assert [p for _, p in reader.read(5, 100)] == [b'{"kept":1}']
+    log.close()
+    assert [p for _, p in reopened(tmp_path).records(5)] == [b'{"kept":1}']
