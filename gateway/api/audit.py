@@ -8,6 +8,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -43,9 +44,15 @@ HISTORY_LIMIT = 1000
 _DAY_US = 86_400_000_000
 
 
-def _cursor(event: dict[str, Any]) -> str:
-    """Where a page ended, naming its last event: (time, origin, seq)."""
-    raw = orjson.dumps([event["time"], event["origin"], event["seq"]])
+_CURSOR_ORIGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:/@%-]{0,250}")
+# Query values are compared with stored text: control characters (NUL above all) never match and some
+# databases refuse them outright.
+Text = Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+def _cursor(last: Position) -> str:
+    """Where a page ended: the last event's place in the index, and its name (origin, seq)."""
+    raw = orjson.dumps([last.position, last.origin, last.seq])
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
@@ -54,14 +61,14 @@ def _after(cursor: str | None) -> Position | None:
         return None
     try:
         value = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        time, origin, seq = value
-        if not (isinstance(time, str) and isinstance(origin, str) and type(seq) is int and seq >= 0
-                and len(time) <= 40 and len(origin) <= 200):
+        position, origin, seq = value
+        if not (type(position) is int and type(seq) is int and 0 <= position < 2**63 and 0 <= seq < 2**63
+                and isinstance(origin, str) and _CURSOR_ORIGIN.fullmatch(origin)):
             raise ValueError
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise Problem("invalid_request", "the cursor is not one this API handed out", extra={
             "errors": [{"in": "query", "parameter": "cursor", "detail": "unknown cursor"}]}) from None
-    return Position(time, origin, seq)
+    return Position(position, origin, seq)
 
 
 # A follower's lag report older than this says nothing of now (its process stopped, or has been idle).
@@ -147,8 +154,8 @@ async def _page(request: Request, where: EventFilter, cursor: str | None, limit:
     after = _after(cursor)
     states = await _index_current(request)
     async with _index_reads():
-        events = await services(request).audit.events(where, after, limit)
-    next_cursor = _cursor(events[-1]) if len(events) == limit else None
+        events, last = await services(request).audit.page(where, after, limit)
+    next_cursor = _cursor(last) if len(events) == limit and last is not None else None
     return FastJSONResponse({"transaction_id": access_record(request).id, "events": events,
                              "next_cursor": next_cursor, "indexed_through": _indexed_through(states)})
 
@@ -157,8 +164,8 @@ async def _page(request: Request, where: EventFilter, cursor: str | None, limit:
 async def list_events(
     request: Request,
     caller: Annotated[Caller, Depends(protected("audit.search", "audit:read"))],
-    administration: Annotated[str | None, Query(max_length=100)] = None,
-    client_id: Annotated[str | None, Query(max_length=200)] = None,
+    administration: Annotated[Text | None, Query()] = None,
+    client_id: Annotated[Text | None, Query()] = None,
     operation: Operation | None = None,
     decision: Decision | None = None,
     since: AwareDatetime | None = None,
@@ -166,8 +173,9 @@ async def list_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> FastJSONResponse:
-    """Events in log order (oldest first). `next_cursor` is set when the page is full; pass it back for
-    the next page. `since` is inclusive, `until` exclusive."""
+    """Every origin's events in the order they became searchable (oldest first). `next_cursor` is set
+    when the page is full; pass it back for the next page: an event indexed meanwhile comes on a later
+    page. `since` is inclusive, `until` exclusive."""
     where = EventFilter(administration=administration, client_id=client_id, operation=operation,
                         decision=decision, since=_instant(since, "since"), until=_instant(until, "until"))
     return await _page(request, where, cursor, limit)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, delete, func, insert, literal, select, tuple_, update
+from sqlalchemy import Select, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -307,15 +307,16 @@ class EventFilter:
 
 @dataclass(frozen=True)
 class Position:
-    """Where a page stopped: the last event's time and name (origin, seq)."""
+    """Where a page stopped: the last event's place in the index, and its name (origin, seq)."""
 
-    time: str
+    position: int
     origin: str
     seq: int
 
 
 def _event(row: Any) -> dict[str, Any]:
     event = row_dict(row)
+    event.pop("position", None)
     for name in LIST_FIELDS:
         event[name] = orjson.loads(event[name])
     for name in JSON_FIELDS:
@@ -341,33 +342,39 @@ class OriginState:
 
 
 class AuditIndex:
-    """Reads over the index of every origin: events in time order (ties by origin, seq)."""
+    """Reads over the index of every origin: events in the order they became searchable."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def events(self, where: EventFilter, after: Position | None = None, limit: int = 100
-                     ) -> list[dict[str, Any]]:
+    async def page(self, where: EventFilter, after: Position | None = None, limit: int = 100
+                   ) -> tuple[list[dict[str, Any]], Position | None]:
+        """Up to `limit` events after `after`, and where the page stopped."""
         c = audit_index.c
         query = where.apply(select(audit_index))
         if after is not None:
-            query = query.where(tuple_(c.time, c.origin, c.seq) > tuple_(
-                literal(after.time), literal(after.origin), literal(after.seq)))
-        query = query.order_by(c.time, c.origin, c.seq).limit(limit)
+            query = query.where(c.position > after.position)
+        query = query.order_by(c.position).limit(limit)
         async with self.engine.connect() as connection:
-            return [_event(row) for row in await connection.execute(query)]
+            rows = list(await connection.execute(query))
+        last = Position(rows[-1].position, rows[-1].origin, rows[-1].seq) if rows else None
+        return [_event(row) for row in rows], last
+
+    async def events(self, where: EventFilter, after: Position | None = None, limit: int = 100
+                     ) -> list[dict[str, Any]]:
+        return (await self.page(where, after, limit))[0]
 
     async def stream(self, where: EventFilter | None = None, chunk: int = 2000) -> AsyncIterator[dict[str, Any]]:
-        """Every matching event in time order, `chunk` at a time (keyset pages: constant memory)."""
+        """Every matching event, `chunk` at a time (keyset pages: constant memory)."""
         where = where or EventFilter()
         after = None
         while True:
-            page = await self.events(where, after, chunk)
+            page, last = await self.page(where, after, chunk)
             for event in page:
                 yield event
             if len(page) < chunk:
                 return
-            after = Position(page[-1]["time"], page[-1]["origin"], page[-1]["seq"])
+            after = last
 
     async def subject_events(self, subject_hash: str, hidden_prefixes: Sequence[str], limit: int
                              ) -> list[dict[str, Any]]:
@@ -377,7 +384,7 @@ class AuditIndex:
         query = select(audit_index).where(c.subject_hash == subject_hash)
         for prefix in hidden_prefixes:
             query = query.where(c.operation.not_like(prefix.replace("_", "\\_") + "%", escape="\\"))
-        query = query.order_by(c.time.desc(), c.origin.desc(), c.seq.desc()).limit(limit)
+        query = query.order_by(c.position.desc()).limit(limit)
         async with self.engine.connect() as connection:
             rows = [_event(row) for row in await connection.execute(query)]
         rows.reverse()
@@ -448,7 +455,8 @@ async def import_legacy(engine: AsyncEngine, origin: str, *, continued_by: str |
             await connection.execute(insert(_origins).values(origin=origin, next_seq=link.seq + 1, first_seq=1,
                                                              continued_by=continued_by))
             await connection.execute(insert(audit_index).from_select(
-                ["origin", *columns], select(literal(origin), *[access_events.c[n] for n in columns])))
+                ["origin", *columns], select(literal(origin), *[access_events.c[n] for n in columns])
+                .order_by(access_events.c.seq)))
             cp = access_checkpoints.c
             await connection.execute(insert(audit_index_checkpoints).from_select(
                 ["origin", "seq", "head_hash", "time", "key_id", "signature"],

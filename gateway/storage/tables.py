@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 metadata = MetaData()
 
@@ -49,16 +49,21 @@ access_events = Table(
 # The query index of the segment logs (one per gateway process, named by its origin): a follower of the
 # segments, rebuildable from them. Indexes for the officers' questions: an administration's events over
 # time, one person's events, everything over time.
+# `position` numbers rows in the order they became searchable, never reused (AUTOINCREMENT on SQLite):
+# pages follow it, so an event indexed after a page was read comes on a later page, never behind it.
 audit_index = Table(
     "audit_index",
     metadata,
-    Column("origin", Text, primary_key=True),
-    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("position", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("origin", Text, nullable=False),
+    Column("seq", BigInteger, nullable=False),
     *_event_columns(indexed=False),
+    UniqueConstraint("origin", "seq", name="uq_audit_index_origin_seq"),
     Index("ix_audit_index_administration_time", "administration", "time"),
     Index("ix_audit_index_subject", "subject_hash", "time"),
     Index("ix_audit_index_time", "time"),
     Index("ix_audit_index_decision_time", "decision", "time"),
+    sqlite_autoincrement=True,
 )
 
 # Each origin the index follows: how far it is (`next_seq`, moved in the transaction that adds its rows),

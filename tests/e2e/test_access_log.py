@@ -120,8 +120,9 @@ def test_every_request_is_an_event_with_the_contract_fields(gateway: GatewayProc
     by_seq = sorted(listing["events"], key=lambda e: e["seq"])
     assert [e["seq"] for e in by_seq] == list(range(len(by_seq)))  # one origin, numbered from 0
     assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(by_seq))
-    times = [e["time"] for e in listing["events"]]
-    assert times == sorted(times)  # listed in time order
+    assert [e["id"] for e in listing["events"]] == [e["id"] for e in by_seq]  # one origin: indexed in log order
+    assert listing["indexed_through"] == {by_seq[0]["origin"]: listing["indexed_through"][by_seq[0]["origin"]]}
+    assert listing["indexed_through"][by_seq[0]["origin"]] >= len(by_seq)
 
 
 def test_every_response_names_its_event(gateway: GatewayProcess, realm: Realm, traffic: dict) -> None:
