@@ -20,7 +20,7 @@ from gateway import __version__
 from gateway.api import audit, consents, identity, oauth, ops, problems
 from gateway.api.routes import add_routes
 from gateway.audit.chain import CheckpointSigner
-from gateway.audit.index import AuditIndex, IndexFollower, IndexTask, adopt_idle_logs
+from gateway.audit.index import AuditIndex, IndexFollower, IndexTask, adopt_idle_logs, check_log_not_behind_index
 from gateway.audit.legacy import continue_legacy_log
 from gateway.audit.log import AccessLog
 from gateway.audit.origin import SlotsExhausted, claim_slot, log_directory, log_origin
@@ -131,7 +131,11 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     except SlotsExhausted as exc:
         raise ConfigurationError(str(exc)) from None
     origin = log_origin(settings.issuer, settings.log_origin, slot.index, settings.workers)
-    segment_store = SegmentStore(log_directory(settings.log_dir, origin), origin=origin, signer=signer,
+    try:
+        log_dir = log_directory(settings.log_dir, origin)
+    except ValueError as exc:
+        raise ConfigurationError(f"GATEWAY_LOG_ORIGIN: {exc}") from None
+    segment_store = SegmentStore(log_dir, origin=origin, signer=signer,
                                  segment_bytes=settings.audit_segment_bytes, seal_every=settings.audit_seal_every)
     index_follower = IndexFollower(engine, segment_store.directory, origin=origin)
     index_task = IndexTask(index_follower, lambda: segment_store.next_seq, metrics)
@@ -242,6 +246,8 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         await migrate(engine, settings.database_schema)
         await continue_legacy_log(engine, signer, settings, segment_store)
         await access_log.start()
+        if segment_store.opened:
+            await check_log_not_behind_index(engine, origin, segment_store.next_seq)
         index_task.start()
         index_task.adopt(adopt_idle_logs(engine, settings.log_dir, segment_store.directory, signer))
         refusals.start()

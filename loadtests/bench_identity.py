@@ -4,8 +4,9 @@
 - Lookup by NIN at two register sizes (default 50,000 and 5,000,000): µs per point read, p50 and p99.
 - The gateway's resident memory after the same verify load on each register size.
 - `/v1/verify` throughput (everything on: token check, in-process limiter, policy, embedded register,
-  durable access log) against `POST /bare` (a verification's body parsed) on the same server, closed loop, in interleaved rounds (with
-  `POST /v1/bare`, the bare answer logged, which isolates what the durable log costs): the
+  durable access log) against `POST /bare` (a verification's body parsed) on the same server, closed
+  loop, in interleaved rounds (with `POST /v1/bare`, the bare answer logged, which isolates what the
+  durable log costs): the
   ratio is the median of each round's ratio, so a slow spell of the shared machine hits both sides; and
   p99 of both, open loop, at half the throughput target (the target being half the bare throughput: a
   quarter of it), again in interleaved rounds, each p99 against the bare p99 measured just before it.

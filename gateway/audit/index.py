@@ -508,3 +508,19 @@ async def adopt_idle_logs(engine: AsyncEngine, log_root: Path, own: Path, signer
     return added
 
 
+
+
+class LogBehindIndex(Exception):
+    """The index holds more of an origin than its log: the log was restored from an older copy or lost."""
+
+
+async def check_log_not_behind_index(engine: AsyncEngine, origin: str, next_seq: int) -> None:
+    """Refuse to write a log the index already knows further: its next entries would reuse (origin, seq)
+    pairs the index holds, and never be indexed. The operator decides (a new origin, or a reindex)."""
+    async with engine.connect() as connection:
+        indexed = await connection.scalar(select(_origins.c.next_seq).where(_origins.c.origin == origin))
+    if indexed is not None and indexed > next_seq:
+        raise LogBehindIndex(
+            f"the access log {origin!r} holds {next_seq} entries but the index already holds {indexed}: the "
+            "log was restored from an older copy or lost. Start with another GATEWAY_LOG_ORIGIN (and keep "
+            "the old index rows as evidence), or, if the index is the stale one, run `jamu audit reindex`")

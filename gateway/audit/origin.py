@@ -60,7 +60,9 @@ def log_origin(issuer: str, configured: str | None, slot: int, workers: int) -> 
     """`<issuer host>/access-log/<hostname>-<slot>` by default; a configured origin as given, with
     `/<slot>` appended when several workers share it."""
     if configured:
-        return f"{configured}/{slot}" if workers > 1 else configured
+        # Slot 0 alone keeps the configured name; any other slot (more workers than GATEWAY_WORKERS
+        # says, a second process on the data dir) gets its own, never another process's log.
+        return f"{configured}/{slot}" if workers > 1 or slot > 0 else configured
     return f"{issuer_host(issuer)}/access-log/{socket.gethostname()}-{slot}"
 
 
@@ -71,7 +73,10 @@ def legacy_origin(issuer: str) -> str:
 
 def log_directory(log_root: Path, origin: str) -> Path:
     """One directory per origin, its name the origin percent-encoded (no `/`, no `..`)."""
-    return log_root / quote(origin, safe="").replace(".", "%2E")
+    name = quote(origin, safe="").replace(".", "%2E")
+    if len(name.encode()) > 255:
+        raise ValueError(f"the log origin {origin!r} is too long for a directory name once encoded")
+    return log_root / name
 
 
 def local_logs(log_root: Path) -> list[Path]:

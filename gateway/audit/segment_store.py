@@ -157,6 +157,10 @@ class SegmentStore:
             self._link_to = link
 
     @property
+    def opened(self) -> bool:
+        return self._head is not None
+
+    @property
     def next_seq(self) -> int:
         """How many entries the log holds: the next seq (0 before it is opened)."""
         return 0 if self._head is None else self._head[0] + 1

@@ -638,3 +638,26 @@ def test_a_1_0_log_is_carried_over_and_verifies_as_one_history(realm: Realm, tmp
                               capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "/access-log/1.0: 6 events, last seq 6, sealed up to seq 6 (1.0 log)" in verified.stdout
+
+
+def test_a_log_restored_from_an_older_copy_is_refused_not_overwritten(realm: Realm, tmp_path: Path) -> None:
+    """The log directory goes back to an earlier copy while the index knows more of it: new entries would
+    reuse (origin, seq) pairs the index holds and never be indexed. The gateway refuses to start, saying so."""
+    data = tmp_path / "var"
+    first = serve(realm, tmp_path / "first.log", GATEWAY_DATA_DIR=str(data), GATEWAY_LOG_ORIGIN="gw.example/log")
+    try:
+        elections = token(first, realm, "elections-app")
+        assert person(first, elections, AMINATA).status_code == 200
+        backup = tmp_path / "backup"
+        shutil.copytree(data / "log", backup)  # a copy of the log, taken early
+        for _ in range(5):
+            assert person(first, elections, AMINATA).status_code == 200
+    finally:
+        first.stop()
+    shutil.rmtree(data / "log")
+    shutil.copytree(backup, data / "log")
+    restored = GatewayProcess(realm.env(GATEWAY_DATA_DIR=str(data), GATEWAY_LOG_ORIGIN="gw.example/log",
+                                        GATEWAY_DATABASE_TIMEOUT_S="1"), factory=DURABLE)
+    with pytest.raises(RuntimeError, match="restored from an older copy or lost"):
+        restored.start(tmp_path / "restored.log")
+    restored.stop()

@@ -225,6 +225,9 @@ def test_slots_origins_and_directories(tmp_path: Path) -> None:
     assert log_origin("https://jamu.example.ml", None, 1, 2) == f"jamu.example.ml/access-log/{host}-1"
     assert log_origin("http://127.0.0.1:8000", "gw.example/log", 0, 1) == "gw.example/log"
     assert log_origin("http://127.0.0.1:8000", "gw.example/log", 3, 4) == "gw.example/log/3"
+    assert log_origin("http://127.0.0.1:8000", "gw.example/log", 1, 1) == "gw.example/log/1"  # never slot 0's
+    with pytest.raises(ValueError, match="too long"):
+        log_directory(tmp_path, "a." * 95)
     assert legacy_origin("https://jamu.example.ml") == "jamu.example.ml/access-log/1.0"
     directory = log_directory(tmp_path, "../../etc/access-log/x")
     assert directory.parent == tmp_path and "/" not in directory.name and ".." not in directory.name
