@@ -494,6 +494,12 @@ async def adopt_idle_logs(engine: AsyncEngine, log_root: Path, own: Path, signer
         except Exception as exc:  # a damaged log is reported, and the others are still finished
             log.error("access log %s cannot be opened (%s): run jamu audit verify", directory.name, exc)
             continue
+        why_not = await asyncio.to_thread(_not_ours, store, signer)
+        if why_not is not None:
+            log.error("access log %s is not finished automatically: %s; run jamu audit verify", store.origin,
+                      why_not)
+            await store.close()
+            continue
         try:
             await store.seal()
         except Exception as exc:
@@ -524,3 +530,31 @@ async def check_log_not_behind_index(engine: AsyncEngine, origin: str, next_seq:
             f"the access log {origin!r} holds {next_seq} entries but the index already holds {indexed}: the "
             "log was restored from an older copy or lost. Start with another GATEWAY_LOG_ORIGIN (and keep "
             "the old index rows as evidence), or, if the index is the stale one, run `jamu audit reindex`")
+
+
+def _not_ours(store: Any, signer: CheckpointSigner) -> str | None:
+    """Why an idle log must not be sealed with this gateway's key, or None: only a log this gateway
+    signed before (its last checkpoint valid under our key) whose entries since then chain from it."""
+    from gateway.audit.chain import checkpoint_valid, event_hash
+    from gateway.audit.origin import log_directory
+    from gateway.audit.segment_store import last_checkpoint
+
+    if store.directory != log_directory(store.directory.parent, store.origin):
+        return "its directory does not carry its origin's name"
+    sealed = last_checkpoint(store.directory)
+    if sealed is None:
+        return "it has no signed checkpoint"
+    invalid = checkpoint_valid(sealed, {signer.key_id: signer.public_key})
+    if invalid:
+        return invalid
+    previous = None
+    for seq, payload in store.log.records(sealed.seq):
+        entry = orjson.loads(payload)
+        if entry.get("seq") != seq or event_hash(entry) != entry.get("hash"):
+            return f"entry {seq} does not match its hash"
+        if previous is None and entry["hash"] != sealed.head_hash:
+            return "its last checkpoint does not match its entries"
+        if previous is not None and entry["prev_hash"] != previous:
+            return f"the chain breaks at entry {seq}"
+        previous = entry["hash"]
+    return None if previous is not None else "its checkpoint covers an entry that is gone"

@@ -13,9 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.chain import CheckpointSigner
-from gateway.audit.index import AuditIndex, EventFilter, IndexFollower, import_legacy
+from gateway.audit.index import AuditIndex, EventFilter, IndexFollower, adopt_idle_logs, import_legacy
+from gateway.audit.origin import log_directory
 from gateway.audit.record import AccessRecord
-from gateway.audit.segment_store import Link, SegmentStore
+from gateway.audit.segment_store import Link, SegmentStore, read_checkpoints
 from gateway.audit.store import AccessLogStore
 from gateway.audit.writer import DurableAccessLog
 from gateway.storage.database import create_engine, database_url, migrate
@@ -176,3 +177,27 @@ async def test_a_1_0_log_is_imported_sealed_and_continued(engine: AsyncEngine, t
 async def test_the_legacy_import_is_skipped_for_an_empty_1_0_log(engine: AsyncEngine) -> None:
     assert await import_legacy(engine, "gw/access-log/1.0") is None
     assert await AuditIndex(engine).origins() == []
+
+
+async def test_idle_logs_are_finished_only_when_this_gateway_signed_them(engine: AsyncEngine, tmp_path: Path) -> None:
+    """A log left by a process that died is sealed and indexed by the next one; a directory someone made
+    (its chain recomputed, but no checkpoint under this gateway's key) is neither signed nor indexed."""
+    root = tmp_path / "log"
+    own = log_directory(root, "gw/access-log/host-0")
+    await _log(log_directory(root, "gw/access-log/host-9"), 30, "gw/access-log/host-9")  # sealed by SIGNER
+    stranger = CheckpointSigner(Ed25519PrivateKey.generate())
+    forged = SegmentStore(log_directory(root, "gw/access-log/forged"), origin="gw/access-log/forged",
+                          signer=stranger, seal_every=5)
+    writer = DurableAccessLog(forged, Metrics())  # type: ignore[arg-type]
+    await writer.start()
+    for n in range(12):
+        record = AccessRecord(operation="verify", administration="ceni", subject_hash=f"{n:064x}")
+        record.finish(200)
+        await writer.append(record)
+    await writer.close()
+    await forged.close()
+    before = len(read_checkpoints(forged.directory))
+    added = await adopt_idle_logs(engine, root, own, SIGNER)
+    assert added == {"gw/access-log/host-9": 30}
+    assert [s.origin for s in await AuditIndex(engine).origins()] == ["gw/access-log/host-9"]
+    assert len(read_checkpoints(forged.directory)) == before  # nothing signed over it
