@@ -71,7 +71,9 @@ def _after(cursor: str | None) -> Position | None:
     return Position(position, origin, seq)
 
 
-# A follower's lag report older than this says nothing of now (its process stopped, or has been idle).
+# Every running follower reports at least every second; a report older than this means its process died
+# or hangs, and its origin's rows may be missing events: reads refuse until it is back (or another
+# process finishes its log at start).
 LAG_REPORT_FRESH_S = 10.0
 
 
@@ -82,13 +84,14 @@ async def _index_current(request: Request) -> list[OriginState]:
     Verification is never held back by the index. The origins as the index holds them."""
     app = services(request)
     max_lag = app.settings.audit_index_max_lag_s
-    behind = not await app.index.reach(max_lag)
+    own_behind = not await app.index.reach(max_lag)
     async with _index_reads():
         states = await app.audit.origins()
     now = time.time()
-    behind = behind or any(state.lag_s > max_lag and now - state.reported_at < LAG_REPORT_FRESH_S
-                           for state in states if state.origin != app.access_log.origin)
-    if behind:
+    behind = [why for state in states if state.origin != app.access_log.origin
+              and (why := state.behind(max_lag, now, LAG_REPORT_FRESH_S))]
+    if own_behind or behind:
+        log.warning("audit read refused: the index is behind (%s)", "; ".join(behind) or "this process's log")
         raise Problem("audit_unavailable", "the access log's query index is behind the log; retry shortly",
                       headers={"Retry-After": "1"})
     return states

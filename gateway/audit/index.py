@@ -133,7 +133,9 @@ class IndexFollower:
                     if fresh:
                         await connection.execute(insert(audit_index_checkpoints), fresh)
                 if not rows:
-                    pass
+                    if found is not None and self.report_lag is not None:  # a heartbeat: still following
+                        await connection.execute(update(_origins).where(_origins.c.origin == self.origin)
+                                                 .values(**self._lag_report(end)))
                 elif found is None:
                     link = read_link(self.directory)  # written when the log was made
                     await connection.execute(insert(_origins).values(
@@ -154,6 +156,12 @@ class IndexFollower:
             return {}
         return {"lag_s": round(self.report_lag(end), 3), "reported_at": time.time()}
 
+    async def mark_stopped(self) -> None:
+        """Say this origin's follower stopped with the index caught up: its silence is not a lag."""
+        async with self._engine.execution_options(**WRITER).begin() as connection:
+            await connection.execute(update(_origins).where(_origins.c.origin == self.origin)
+                                     .values(lag_s=STOPPED, reported_at=time.time()))
+
     async def forget(self) -> None:
         """Drop this origin from the index (before a rebuild)."""
         await forget_origin(self._engine, self.origin)
@@ -164,6 +172,7 @@ class IndexFollower:
 
 
 _MAX_COMMITS_NOTED = 4096
+STOPPED = -1.0  # the lag a follower reports when it stopped caught up
 
 
 class IndexTask:
@@ -278,6 +287,7 @@ class IndexTask:
                 await self._task
         try:
             await self.flush()
+            await self.follower.mark_stopped()
         except Exception as exc:
             log.warning("access log index: not caught up at shutdown (%s); it will be at the next start", exc)
 
@@ -334,6 +344,17 @@ class OriginState:
     lag_s: float = 0.0
     reported_at: float = 0.0
     continued_by: str | None = None
+
+    def behind(self, max_lag_s: float, now: float, fresh_s: float) -> str | None:
+        """Why reads cannot trust this origin's rows to be complete now, or None: its follower's last
+        report says it is too far behind, or is too old to say anything (its process died or hangs)."""
+        if self.lag_s == STOPPED or self.reported_at == 0:
+            return None  # stopped caught up, or never followed live (a 1.0 log, a rebuilt origin)
+        if now - self.reported_at > fresh_s:
+            return f"{self.origin}: its follower has not reported for {now - self.reported_at:.0f} s"
+        if self.lag_s > max_lag_s:
+            return f"{self.origin}: {self.lag_s:.1f} s behind"
+        return None
 
     @property
     def indexed(self) -> int:
@@ -509,6 +530,7 @@ async def adopt_idle_logs(engine: AsyncEngine, log_root: Path, own: Path, signer
         try:
             follower = IndexFollower(engine, directory, origin=store.origin)
             added[store.origin] = await follower.catch_up(store.next_seq)
+            await follower.mark_stopped()
         except Exception as exc:
             log.error("access log index: cannot index the idle log %s (%s)", store.origin, exc)
     return added

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit.chain import ChainVerifier, CheckpointSigner
+from gateway.audit.index import STOPPED, OriginState
 from gateway.audit.origin import claim_slot, legacy_origin, log_directory, log_origin
 from gateway.audit.record import AccessRecord
 from gateway.audit.segment_store import Link, LogMismatch, SegmentStore, entry_bytes, read_checkpoints, read_link
@@ -252,3 +253,15 @@ def test_a_torn_tail_is_cut_and_reported_when_the_writer_opens_the_log(tmp_path:
         store = _opened(tmp_path)
     assert store.torn_bytes == 20 and store.next_seq == 10
     assert "torn write of 20 bytes after seq 9 was cut" in caplog.text
+
+
+def test_when_another_origin_holds_audit_reads_back() -> None:
+    def state(lag_s: float, reported_at: float) -> OriginState:
+        return OriginState("gw/access-log/host-1", 10, 0, None, lag_s, reported_at)
+
+    now = 1_000_000.0
+    assert state(0.1, now - 1).behind(2.0, now, 10.0) is None  # following closely
+    assert "behind" in (state(3.5, now - 1).behind(2.0, now, 10.0) or "")
+    assert "has not reported for 30 s" in (state(0.0, now - 30).behind(2.0, now, 10.0) or "")  # died or hangs
+    assert state(STOPPED, now - 3600).behind(2.0, now, 10.0) is None  # stopped caught up
+    assert state(0.0, 0.0).behind(2.0, now, 10.0) is None  # never followed live (1.0 log, rebuilt)
