@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.audit.chain import GENESIS, MAX_PROBLEMS, ChainVerifier, IntegrityReport, canonical, key_id
 from gateway.audit.index import AuditIndex, EventFilter, IndexFollower, forget_origin, import_legacy
 from gateway.audit.origin import local_logs
-from gateway.audit.segment_store import read_checkpoints, read_link, read_origin
+from gateway.audit.segment_store import hold_writer_lock, read_checkpoints, read_link, read_origin
 from gateway.audit.segments import CorruptLog, SegmentLog
 from gateway.audit.store import AccessLogStore
 from gateway.storage.database import create_engine
@@ -179,6 +180,9 @@ async def _compare_index(index: AuditIndex, origin: str, directory: Path) -> lis
     problems: list[dict[str, Any]] = []
     state = next((o for o in await index.origins() if o.origin == origin), None)
     if state is None:
+        held = sum(1 for _ in SegmentLog(directory, read_only=True).records(0))
+        if held:
+            problems.append({"seq": 0, "problem": f"the index holds none of this log's {held} entries"})
         return problems
     entries = SegmentLog(directory, read_only=True).records(0)
     pending = next(entries, None)
@@ -275,9 +279,15 @@ async def reindex(url: str, schema: str | None, log_root: Path, legacy_name: str
     counts: dict[str, int] = {}
     try:
         for directory in local_logs(log_root):
-            follower = IndexFollower(engine, directory)
-            await follower.forget()
-            counts[follower.origin] = await follower.catch_up()
+            held = hold_writer_lock(directory)  # a running gateway's follower keeps its own index current
+            if held is None:
+                raise OfflineError(f"{read_origin(directory)}: a running gateway writes this log; stop it first")
+            try:
+                follower = IndexFollower(engine, directory)
+                await follower.forget()
+                counts[follower.origin] = await follower.catch_up()
+            finally:
+                os.close(held)
         if await _legacy_head(engine) is not None:
             successor = next((o.continued_by for o in await AuditIndex(engine).origins()
                               if o.origin == legacy_name), None)

@@ -461,9 +461,14 @@ def test_offline_verify_and_export_of_a_copy(realm: Realm, tmp_path: Path) -> No
         with sqlite3.connect(db) as index:
             index.execute("DELETE FROM audit_index WHERE seq = 5")
 
+    def drop_origin(segment: Path, db: Path) -> None:
+        with sqlite3.connect(db) as index:
+            index.execute("DELETE FROM audit_index")
+            index.execute("DELETE FROM audit_index_watermarks")
+
     cases = {flip: (4, "CRC mismatch"), remove: (6, "sequence gap: expected 6"),
              truncate: (8, "a checkpoint covers seq 10"), change_row: (3, "differs from the log"),
-             delete_row: (5, "index row missing")}
+             delete_row: (5, "index row missing"), drop_origin: (0, "the index holds none of this log's 11")}
     for tamper, (bad_seq, why) in cases.items():
         copy = tmp_path / tamper.__name__
         tamper(*_copy(data, copy))
@@ -661,3 +666,10 @@ def test_a_log_restored_from_an_older_copy_is_refused_not_overwritten(realm: Rea
     with pytest.raises(RuntimeError, match="restored from an older copy or lost"):
         restored.start(tmp_path / "restored.log")
     restored.stop()
+
+
+def test_reindex_refuses_a_log_its_gateway_is_writing(gateway: GatewayProcess, realm: Realm, traffic: dict) -> None:
+    env = {**os.environ, **realm.env()}
+    refused = subprocess.run([*JAMU, "audit", "reindex"], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "a running gateway writes this log; stop it first" in refused.stderr
+    assert events(gateway, traffic["officer"], limit=5)["events"]  # the index was left as it was
