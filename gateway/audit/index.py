@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import os
 import time
 from collections import deque
@@ -24,13 +25,14 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Select, delete, func, insert, literal, select, update
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.audit.chain import GENESIS, ChainVerifier, Checkpoint, CheckpointSigner
 from gateway.audit.segment_store import CHECKPOINTS_FILE, Link, read_link, read_origin
 from gateway.audit.segments import SegmentLog, SegmentReader
-from gateway.audit.writes import JSON_FIELDS, LIST_FIELDS, to_row
+from gateway.audit.writes import JSON_FIELDS, LIST_FIELDS
 from gateway.storage.database import WRITER, row_dict
 from gateway.storage.tables import (
     access_checkpoints,
@@ -70,10 +72,46 @@ class _CheckpointTail:
         return found
 
 
-def _index_row(origin: str, payload: bytes) -> dict[str, Any]:
-    row = to_row(orjson.loads(payload))
-    row["origin"] = origin
-    return row
+# The index's columns but `position` (the database numbers rows), in table order: rows go in as tuples.
+ROW_COLUMNS = tuple(c.name for c in audit_index.c if c.name != "position")
+_ROW_FIELDS = ROW_COLUMNS[1:]  # after `origin`
+_JSON_TEXT = frozenset((*LIST_FIELDS, *JSON_FIELDS))
+
+
+_FIELDS_OF = operator.itemgetter(*_ROW_FIELDS)
+_JSON_AT = tuple(i for i, name in enumerate(_ROW_FIELDS) if name in _JSON_TEXT)
+_LATENCY_AT = _ROW_FIELDS.index("latency_ms")
+
+
+def _index_row(origin: str, payload: bytes) -> tuple[Any, ...]:
+    """One entry as an index row: its fields in column order, lists and objects as JSON text."""
+    entry = orjson.loads(payload)
+    try:
+        values = [origin, *_FIELDS_OF(entry)]
+    except KeyError:  # an entry without the fields added since (none are written so now)
+        values = [origin, *(entry.get(name) for name in _ROW_FIELDS)]
+    for at in _JSON_AT:
+        if values[at + 1] is not None:
+            values[at + 1] = orjson.dumps(values[at + 1]).decode()
+    if values[_LATENCY_AT + 1] is not None:
+        values[_LATENCY_AT + 1] = float(values[_LATENCY_AT + 1])
+    return tuple(values)
+
+
+_SQLITE_INSERT = str(insert(audit_index).compile(dialect=sqlite_dialect(paramstyle="qmark"),
+                                                   column_keys=list(ROW_COLUMNS)))
+
+
+async def _insert_rows(connection: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
+    """A batch of index rows, in the caller's transaction, by each driver's fastest way: PostgreSQL's
+    COPY (asyncpg), SQLite's executemany of one prepared statement. Going through the engine's
+    statement cost 15 µs a row of the event loop's time in parameter processing alone."""
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    if connection.dialect.name == "postgresql":
+        await driver.copy_records_to_table("audit_index", records=rows, columns=ROW_COLUMNS)  # type: ignore[union-attr]
+    else:
+        await driver.executemany(_SQLITE_INSERT, rows)  # type: ignore[union-attr]
 
 
 class IndexFollower:
@@ -98,7 +136,7 @@ class IndexFollower:
             found = await connection.scalar(select(_origins.c.next_seq).where(_origins.c.origin == self.origin))
         return int(found or 0)
 
-    def _read(self, from_seq: int, until: int) -> tuple[list[dict[str, Any]], list[Checkpoint]]:
+    def _read(self, from_seq: int, until: int) -> tuple[list[tuple[Any, ...]], list[Checkpoint]]:
         records = self._reader.read(from_seq, min(self._batch, until - from_seq)) if until > from_seq else []
         rows = [_index_row(self.origin, payload) for _, payload in records]
         self._pending_checkpoints += self._checkpoints.read()
@@ -117,12 +155,11 @@ class IndexFollower:
                 next_seq = 0 if found is None else int(found[0])
                 self.indexed_through = next_seq
                 rows, checkpoints = await asyncio.to_thread(self._read, next_seq, until)
-                if rows and rows[0]["seq"] != next_seq:
-                    raise ValueError(f"{self.origin}: the log gives seq {rows[0]['seq']}, the index expects "
-                                     f"{next_seq}")
-                end = rows[-1]["seq"] + 1 if rows else next_seq
+                if rows and rows[0][1] != next_seq:
+                    raise ValueError(f"{self.origin}: the log gives seq {rows[0][1]}, the index expects {next_seq}")
+                end = rows[-1][1] + 1 if rows else next_seq
                 if rows:
-                    await connection.execute(insert(audit_index), rows)
+                    await _insert_rows(connection, rows)
                 covered = [c for c in checkpoints if c.seq < end]
                 if covered:
                     known = set((await connection.execute(

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.chain import CheckpointSigner
-from gateway.audit.index import AuditIndex, EventFilter, IndexFollower, adopt_idle_logs, import_legacy
+from gateway.audit.index import ROW_COLUMNS, AuditIndex, EventFilter, IndexFollower, adopt_idle_logs, import_legacy
 from gateway.audit.origin import log_directory
 from gateway.audit.record import AccessRecord
 from gateway.audit.segment_store import Link, SegmentStore, read_checkpoints
@@ -97,12 +97,13 @@ async def test_a_failed_batch_moves_neither_rows_nor_watermark(engine: AsyncEngi
     calls = 0
     original = follower._read
 
-    def read_then_fail(from_seq: int, until: int) -> tuple[list[dict], list]:
+    def read_then_fail(from_seq: int, until: int) -> tuple[list[tuple], list]:
         nonlocal calls
         calls += 1
         rows, checkpoints = original(from_seq, until)
         if calls == 3:  # the third batch: a row that cannot be stored (status must not be null)
-            rows = [*rows[:-1], {**rows[-1], "status": None}]
+            status = ROW_COLUMNS.index("status")
+            rows = [*rows[:-1], (*rows[-1][:status], None, *rows[-1][status + 1:])]
         return rows, checkpoints
 
     monkeypatch.setattr(follower, "_read", read_then_fail)
