@@ -100,6 +100,8 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
             suffix = "" if connections == 64 else f"_{connections}c"
             for name in ("logged_bare", "verify"):
                 result[f"{name}_ratio{suffix}"] = _ratios(runs, name, "rps")
+                if connections == 64:
+                    result[f"{name}_ratio_wrk"] = result[f"{name}_ratio"]
                 result[f"{name}_ratios{suffix}"] = [round(r["rps"] / b["rps"], 3)
                                                     for r, b in zip(runs[name], runs["bare"], strict=True)]
                 result[f"{name}_p99_over_bare{suffix}"] = _ratios(runs, name, "p99_ms")
