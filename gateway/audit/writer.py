@@ -1,9 +1,11 @@
 """The one writer of the access log (ARCHITECTURE.md), with group commit.
 
 Requests hand their record to `append` and wait. A single task takes everything that queued up while
-the previous commit was on disk and commits it as one transaction, so under load many events share one
-flush, and when idle an event commits alone at once. A timer seals the chain with a signed checkpoint
-every `seal_interval_s`; the store also seals every `seal_every` events, and `close` seals the tail.
+the previous batch was being written and hands it to the store as one batch (one write and one sync of
+the segment files), so under load many events share one sync, and when idle an event is written alone
+at once. Each request learns its event's seq. A timer seals the chain with a signed checkpoint every
+`seal_interval_s`; the store also seals every `seal_every` events, and `close` seals the tail.
+`on_durable` is told of every durable batch (the query index's follower).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from gateway.audit.record import AccessRecord
 from gateway.telemetry import Metrics
 
 log = logging.getLogger(__name__)
-
 
 
 class LogStore(Protocol):
