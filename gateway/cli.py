@@ -26,9 +26,9 @@ from pydantic import ValidationError
 from connectors.importer import import_people
 from connectors.population import seed_register
 from gateway.audit import offline
-from gateway.audit.index import EventFilter
 from gateway.audit.origin import legacy_origin
 from gateway.audit.record import rfc3339
+from gateway.audit.rows import EventFilter
 from gateway.auth.keys import (
     algorithm_of,
     generate_private_key,

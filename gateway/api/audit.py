@@ -22,8 +22,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.api.deps import access_record, protected
 from gateway.api.fields import Nin
 from gateway.api.responses import FastJSONResponse
-from gateway.audit.index import EventFilter, OriginState, Position
+from gateway.audit.index import OriginState, Position
 from gateway.audit.record import rfc3339
+from gateway.audit.rows import EventFilter
 from gateway.auth.bearer import Caller
 from gateway.errors import Problem
 from gateway.identity.pseudonyms import reference_names_person

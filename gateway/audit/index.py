@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, delete, func, insert, literal, select, update
+from sqlalchemy import delete, func, insert, literal, select, update
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.audit.chain import GENESIS, ChainVerifier, Checkpoint, CheckpointSigner
+from gateway.audit.rows import JSON_FIELDS, LIST_FIELDS, EventFilter, event_from_row
 from gateway.audit.segment_store import CHECKPOINTS_FILE, Link, read_link, read_origin
 from gateway.audit.segments import SegmentLog, SegmentReader
-from gateway.audit.writes import JSON_FIELDS, LIST_FIELDS
-from gateway.storage.database import WRITER, row_dict
+from gateway.storage.database import WRITER
 from gateway.storage.tables import (
     access_checkpoints,
     access_events,
@@ -330,46 +330,12 @@ class IndexTask:
 
 
 @dataclass(frozen=True)
-class EventFilter:
-    administration: str | None = None
-    client_id: str | None = None
-    operation: str | None = None
-    decision: str | None = None
-    subject_hash: str | None = None
-    since: str | None = None  # RFC 3339 as `rfc3339` writes it
-    until: str | None = None
-
-    def apply(self, query: Select[Any]) -> Select[Any]:
-        c = audit_index.c
-        for name in ("administration", "client_id", "operation", "decision", "subject_hash"):
-            value = getattr(self, name)
-            if value is not None:
-                query = query.where(c[name] == value)
-        if self.since is not None:
-            query = query.where(c.time >= self.since)
-        if self.until is not None:
-            query = query.where(c.time < self.until)
-        return query
-
-
-@dataclass(frozen=True)
 class Position:
     """Where a page stopped: the last event's place in the index, and its name (origin, seq)."""
 
     position: int
     origin: str
     seq: int
-
-
-def _event(row: Any) -> dict[str, Any]:
-    event = row_dict(row)
-    event.pop("position", None)
-    for name in LIST_FIELDS:
-        event[name] = orjson.loads(event[name])
-    for name in JSON_FIELDS:
-        if event[name] is not None:
-            event[name] = orjson.loads(event[name])
-    return event
 
 
 @dataclass(frozen=True)
@@ -409,14 +375,14 @@ class AuditIndex:
                    ) -> tuple[list[dict[str, Any]], Position | None]:
         """Up to `limit` events after `after`, and where the page stopped."""
         c = audit_index.c
-        query = where.apply(select(audit_index))
+        query = where.apply(select(audit_index), audit_index)
         if after is not None:
             query = query.where(c.position > after.position)
         query = query.order_by(c.position).limit(limit)
         async with self.engine.connect() as connection:
             rows = list(await connection.execute(query))
         last = Position(rows[-1].position, rows[-1].origin, rows[-1].seq) if rows else None
-        return [_event(row) for row in rows], last
+        return [event_from_row(row) for row in rows], last
 
     async def events(self, where: EventFilter, after: Position | None = None, limit: int = 100
                      ) -> list[dict[str, Any]]:
@@ -444,7 +410,7 @@ class AuditIndex:
             query = query.where(c.operation.not_like(prefix.replace("_", "\\_") + "%", escape="\\"))
         query = query.order_by(c.position.desc()).limit(limit)
         async with self.engine.connect() as connection:
-            rows = [_event(row) for row in await connection.execute(query)]
+            rows = [event_from_row(row) for row in await connection.execute(query)]
         rows.reverse()
         return rows
 
@@ -472,7 +438,7 @@ class AuditIndex:
         while True:
             query = (select(audit_index).where(c.origin == origin, c.seq > after).order_by(c.seq).limit(chunk))
             async with self.engine.connect() as connection:
-                page = [_event(row) for row in await connection.execute(query)]
+                page = [event_from_row(row) for row in await connection.execute(query)]
             for event in page:
                 yield event
             if len(page) < chunk:

@@ -27,8 +27,9 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.chain import GENESIS, MAX_PROBLEMS, ChainVerifier, IntegrityReport, canonical, key_id
-from gateway.audit.index import AuditIndex, EventFilter, IndexFollower, forget_origin, import_legacy
+from gateway.audit.index import AuditIndex, IndexFollower, forget_origin, import_legacy
 from gateway.audit.origin import local_logs
+from gateway.audit.rows import EventFilter
 from gateway.audit.segment_store import hold_writer_lock, read_checkpoints, read_link, read_origin
 from gateway.audit.segments import CorruptLog, SegmentLog
 from gateway.audit.store import AccessLogStore

@@ -9,53 +9,19 @@ transaction and one flush to disk.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import orjson
-from sqlalchemy import Select, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.chain import Checkpoint, CheckpointSigner
+from gateway.audit.rows import EventFilter, event_from_row
 from gateway.audit.sqlite_writer import SqliteWriterProcess
-from gateway.audit.writes import JSON_FIELDS, LIST_FIELDS, EngineWrites, Writes, append_events, seal_head
-from gateway.storage.database import WRITER, is_sqlite, row_dict, sqlite_file
+from gateway.audit.writes import EngineWrites, Writes, append_events, seal_head
+from gateway.storage.database import WRITER, is_sqlite, sqlite_file
 from gateway.storage.tables import access_checkpoints, access_events, access_log_head
 
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class EventFilter:
-    administration: str | None = None
-    client_id: str | None = None
-    operation: str | None = None
-    decision: str | None = None
-    subject_hash: str | None = None
-    since: str | None = None  # RFC 3339 as `rfc3339` writes it
-    until: str | None = None
-
-    def apply(self, query: Select[Any]) -> Select[Any]:
-        c = access_events.c
-        for name in ("administration", "client_id", "operation", "decision", "subject_hash"):
-            value = getattr(self, name)
-            if value is not None:
-                query = query.where(c[name] == value)
-        if self.since is not None:
-            query = query.where(c.time >= self.since)
-        if self.until is not None:
-            query = query.where(c.time < self.until)
-        return query
-
-
-def _from_row(row: Any) -> dict[str, Any]:
-    event = row_dict(row)
-    for name in LIST_FIELDS:
-        event[name] = orjson.loads(event[name])
-    for name in JSON_FIELDS:
-        if event[name] is not None:
-            event[name] = orjson.loads(event[name])
-    return event
 
 
 class AccessLogStore:
@@ -113,10 +79,10 @@ class AccessLogStore:
         await self.engine.dispose()
 
     async def events(self, where: EventFilter, after_seq: int = 0, limit: int = 100) -> list[dict[str, Any]]:
-        query = where.apply(select(access_events).where(access_events.c.seq > after_seq))
+        query = where.apply(select(access_events).where(access_events.c.seq > after_seq), access_events)
         async with self.engine.connect() as connection:
             rows = await connection.execute(query.order_by(access_events.c.seq).limit(limit))
-            return [_from_row(row) for row in rows]
+            return [event_from_row(row) for row in rows]
 
     async def subject_events(self, subject_hash: str, hidden_prefixes: Sequence[str], limit: int
                              ) -> list[dict[str, Any]]:
@@ -128,7 +94,7 @@ class AccessLogStore:
             query = query.where(c.operation.not_like(prefix.replace("_", "\\_") + "%", escape="\\"))
         query = query.order_by(c.seq.desc()).limit(limit)
         async with self.engine.connect() as connection:
-            rows = [_from_row(row) for row in await connection.execute(query)]
+            rows = [event_from_row(row) for row in await connection.execute(query)]
         rows.reverse()
         return rows
 

@@ -19,10 +19,8 @@ from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from gateway.audit.chain import OPTIONAL_HASHED_FIELDS, CheckpointSigner, link
 from gateway.audit.record import rfc3339
+from gateway.audit.rows import JSON_FIELDS, LIST_FIELDS
 from gateway.storage.tables import access_checkpoints, access_events, access_log_head
-
-LIST_FIELDS = ("attributes_requested", "attributes_released")
-JSON_FIELDS = ("evidence",)  # nullable JSON objects, stored as text
 
 
 class Head(NamedTuple):

@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.audit.chain import ChainVerifier, CheckpointSigner
 from gateway.audit.log import AccessLogUnavailable
 from gateway.audit.record import AccessRecord
-from gateway.audit.store import AccessLogStore, EventFilter
+from gateway.audit.rows import EventFilter
+from gateway.audit.store import AccessLogStore
 from gateway.audit.writer import DurableAccessLog
 from gateway.storage.database import create_engine, database_url, migrate
 from gateway.telemetry import Metrics

@@ -13,9 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.chain import CheckpointSigner
-from gateway.audit.index import ROW_COLUMNS, AuditIndex, EventFilter, IndexFollower, adopt_idle_logs, import_legacy
+from gateway.audit.index import ROW_COLUMNS, AuditIndex, IndexFollower, adopt_idle_logs, import_legacy
 from gateway.audit.origin import log_directory
 from gateway.audit.record import AccessRecord
+from gateway.audit.rows import EventFilter
 from gateway.audit.segment_store import Link, SegmentStore, read_checkpoints
 from gateway.audit.store import AccessLogStore
 from gateway.audit.writer import DurableAccessLog

@@ -57,6 +57,15 @@ def test_the_identity_benchmark_prints_its_headline_figures(tmp_path: Path) -> N
     assert 0 < result["verify_cpu_ratio"] < 1, result
 
 
+def _need_wrk() -> None:
+    """wrk drives the served benchmarks: under CI its absence fails, elsewhere it skips, saying why."""
+    if shutil.which("wrk") is None:
+        message = "wrk unavailable: install Debian's wrk package (.ci/run does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def _bench(tmp_path: Path, module: str, argv: list[str], **env: str) -> dict:
     done = subprocess.run([sys.executable, "-m", f"loadtests.{module}", *argv], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path), **env})
@@ -86,11 +95,7 @@ def test_the_access_log_benchmark_runs(tmp_path: Path, postgres_url: str) -> Non
 def test_the_hardening_benchmark_runs(tmp_path: Path) -> None:
     """wrk against a served gateway at toy size: the figures are there, every verification answered 200
     with an anonymous flood beside it, and the flood logged far fewer events than it sent."""
-    if shutil.which("wrk") is None:
-        message = "wrk unavailable: install Debian's wrk package (.ci/run does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    _need_wrk()
     result = _bench(tmp_path, "bench_hardening", ["--people", "2000", "--rounds", "3", "--seconds", "1",
                                                   "--flood-rounds", "1", "--flood-seconds", "2"])
     assert "error" not in result, result
@@ -104,11 +109,7 @@ def test_the_hardening_benchmark_runs(tmp_path: Path) -> None:
 def test_the_log_benchmark_runs(tmp_path: Path, redis_url: str) -> None:
     """wrk against a served gateway at toy size: bare, logged bare and verify, at 64 and 8 connections,
     every answer 200, the log's CPU positive; one worker against two; memory sampled over a short soak."""
-    if shutil.which("wrk") is None:
-        message = "wrk unavailable: install Debian's wrk package (.ci/run does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    _need_wrk()
     result = _bench(tmp_path, "bench_log", ["--people", "2000", "--rounds", "1", "--seconds", "1",
                                             "--worker-rounds", "1", "--soak-seconds", "2"],
                     JAMU_BENCH_REDIS_URL=redis_url)

@@ -1,0 +1,51 @@
+"""An access event as a row of the SQL tables that hold events (the 1.0 log's `access_events`, the query
+index's `audit_index`), and the officers' filter over either: one mapping for both."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Select, Table
+
+from gateway.storage.database import row_dict
+
+LIST_FIELDS = ("attributes_requested", "attributes_released")
+JSON_FIELDS = ("evidence",)  # nullable JSON objects, stored as text
+
+
+def event_from_row(row: Any) -> dict[str, Any]:
+    """The event a row holds, its JSON text decoded (an index row's `position` is the index's, not the
+    event's)."""
+    event = row_dict(row)
+    event.pop("position", None)
+    for name in LIST_FIELDS:
+        event[name] = orjson.loads(event[name])
+    for name in JSON_FIELDS:
+        if event[name] is not None:
+            event[name] = orjson.loads(event[name])
+    return event
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    administration: str | None = None
+    client_id: str | None = None
+    operation: str | None = None
+    decision: str | None = None
+    subject_hash: str | None = None
+    since: str | None = None  # RFC 3339 as `rfc3339` writes it
+    until: str | None = None
+
+    def apply(self, query: Select[Any], table: Table) -> Select[Any]:
+        c = table.c
+        for name in ("administration", "client_id", "operation", "decision", "subject_hash"):
+            value = getattr(self, name)
+            if value is not None:
+                query = query.where(c[name] == value)
+        if self.since is not None:
+            query = query.where(c.time >= self.since)
+        if self.until is not None:
+            query = query.where(c.time < self.until)
+        return query
