@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.audit.chain import GENESIS, ChainVerifier, Checkpoint, CheckpointSigner
-from gateway.audit.rows import JSON_FIELDS, LIST_FIELDS, EventFilter, event_from_row
+from gateway.audit.rows import JSON_FIELDS, LIST_FIELDS, EventFilter, event_from_row, person_query
 from gateway.audit.segment_store import CHECKPOINTS_FILE, Link, read_link, read_origin
 from gateway.audit.segments import SegmentLog, SegmentReader
 from gateway.storage.database import WRITER
@@ -404,11 +404,8 @@ class AuditIndex:
                              ) -> list[dict[str, Any]]:
         """One person's latest `limit` events, oldest first, but for operations that start with one of
         `hidden_prefixes`."""
-        c = audit_index.c
-        query = select(audit_index).where(c.subject_hash == subject_hash)
-        for prefix in hidden_prefixes:
-            query = query.where(c.operation.not_like(prefix.replace("_", "\\_") + "%", escape="\\"))
-        query = query.order_by(c.position.desc()).limit(limit)
+        query = person_query(audit_index, subject_hash, hidden_prefixes)
+        query = query.order_by(audit_index.c.position.desc()).limit(limit)
         async with self.engine.connect() as connection:
             rows = [event_from_row(row) for row in await connection.execute(query)]
         rows.reverse()

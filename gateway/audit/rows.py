@@ -3,11 +3,12 @@ index's `audit_index`), and the officers' filter over either: one mapping for bo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, Table
+from sqlalchemy import Select, Table, select
 
 from gateway.storage.database import row_dict
 
@@ -26,6 +27,15 @@ def event_from_row(row: Any) -> dict[str, Any]:
         if event[name] is not None:
             event[name] = orjson.loads(event[name])
     return event
+
+
+def person_query(table: Table, subject_hash: str, hidden_prefixes: Sequence[str]) -> Select[Any]:
+    """One person's events but for operations that start with one of `hidden_prefixes` (what a citizen
+    is not shown); the caller orders and limits."""
+    query = select(table).where(table.c.subject_hash == subject_hash)
+    for prefix in hidden_prefixes:
+        query = query.where(table.c.operation.not_like(prefix.replace("_", "\\_") + "%", escape="\\"))
+    return query
 
 
 @dataclass(frozen=True)

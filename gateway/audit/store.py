@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.chain import Checkpoint, CheckpointSigner
-from gateway.audit.rows import EventFilter, event_from_row
+from gateway.audit.rows import EventFilter, event_from_row, person_query
 from gateway.audit.sqlite_writer import SqliteWriterProcess
 from gateway.audit.writes import EngineWrites, Writes, append_events, seal_head
 from gateway.storage.database import WRITER, is_sqlite, sqlite_file
@@ -88,11 +88,8 @@ class AccessLogStore:
                              ) -> list[dict[str, Any]]:
         """One person's latest `limit` events, oldest first, but for operations that start with one of
         `hidden_prefixes`."""
-        c = access_events.c
-        query = select(access_events).where(c.subject_hash == subject_hash)
-        for prefix in hidden_prefixes:
-            query = query.where(c.operation.not_like(prefix.replace("_", "\\_") + "%", escape="\\"))
-        query = query.order_by(c.seq.desc()).limit(limit)
+        query = person_query(access_events, subject_hash, hidden_prefixes)
+        query = query.order_by(access_events.c.seq.desc()).limit(limit)
         async with self.engine.connect() as connection:
             rows = [event_from_row(row) for row in await connection.execute(query)]
         rows.reverse()
