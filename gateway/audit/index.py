@@ -250,15 +250,19 @@ class IndexTask:
             self._commits.append((end, now))
 
     def waited(self, indexed_through: int) -> float:
-        """Seconds the oldest entry from `indexed_through` on has waited since its commit (0 if none)."""
-        commits = self._commits
-        while commits and commits[0][0] <= indexed_through:
-            commits.popleft()
-        return time.monotonic() - commits[0][1] if commits else 0.0
+        """Seconds the oldest entry from `indexed_through` on has waited since its commit (0 if none).
+        Reads only: a batch that reports this may still fail to commit."""
+        for end, at in self._commits:
+            if end > indexed_through:
+                return time.monotonic() - at
+        return 0.0
 
     def lag(self) -> tuple[int, float]:
         """(entries not yet searchable, seconds the oldest of them has waited)."""
         indexed = self.follower.indexed_through
+        commits = self._commits
+        while commits and commits[0][0] <= indexed:  # what the index holds now waits no more
+            commits.popleft()
         return max(0, self.durable_end() - indexed), self.waited(indexed)
 
     def start(self) -> None:

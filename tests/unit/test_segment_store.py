@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from pathlib import Path
 
 import orjson
@@ -12,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit.chain import ChainVerifier, CheckpointSigner
-from gateway.audit.index import STOPPED, OriginState
+from gateway.audit.index import STOPPED, IndexTask, OriginState
 from gateway.audit.origin import claim_slot, legacy_origin, log_directory, log_origin
 from gateway.audit.record import AccessRecord
 from gateway.audit.segment_store import Link, LogMismatch, SegmentStore, entry_bytes, read_checkpoints, read_link
@@ -265,3 +266,29 @@ def test_when_another_origin_holds_audit_reads_back() -> None:
     assert "has not reported for 30 s" in (state(0.0, now - 30).behind(2.0, now, 10.0) or "")  # died or hangs
     assert state(STOPPED, now - 3600).behind(2.0, now, 10.0) is None  # stopped caught up
     assert state(0.0, 0.0).behind(2.0, now, 10.0) is None  # never followed live (1.0 log, rebuilt)
+
+
+def test_the_index_lag_counts_from_the_oldest_entry_not_yet_indexed() -> None:
+    """Under steady load the index is always a little behind: the lag is the age of the oldest entry it
+    lacks, not the time since it was last fully caught up."""
+
+    class Follower:
+        indexed_through = 0
+        report_lag = None
+
+    durable = {"end": 0}
+    follower = Follower()
+    task = IndexTask(follower, lambda: durable["end"], Metrics())  # type: ignore[arg-type]
+    first = time.monotonic()
+    for _ in range(5):  # commits every 50 ms, each indexed right after the next one
+        durable["end"] += 10
+        last = time.monotonic()
+        task.notify()
+        time.sleep(0.05)
+        follower.indexed_through = durable["end"] - 10
+        behind, waited = task.lag()
+        assert behind == 10 and waited <= time.monotonic() - last  # the last commit's age…
+    assert waited < last - first  # …not the time since the index was last wholly caught up
+    follower.indexed_through = durable["end"]
+    assert task.lag() == (0, 0.0)
+    assert task.waited(0) == 0.0  # nothing noted is older than what is indexed
