@@ -248,6 +248,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         await access_log.start()
         if segment_store.opened:
             await check_log_not_behind_index(engine, origin, segment_store.next_seq)
+        await index_follower.register()
         index_task.start()
         index_task.adopt(adopt_idle_logs(engine, settings.log_dir, segment_store.directory, signer))
         refusals.start()

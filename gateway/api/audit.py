@@ -45,7 +45,7 @@ HISTORY_LIMIT = 1000
 _DAY_US = 86_400_000_000
 
 
-_CURSOR_ORIGIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:/@%-]{0,250}")
+_CURSOR_ORIGIN = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 # Query values are compared with stored text: control characters (NUL above all) never match and some
 # databases refuse them outright.
 Text = Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
@@ -132,7 +132,7 @@ class PersonSearch(BaseModel):
     since: AwareDatetime | None = None
     until: AwareDatetime | None = None
     limit: int = Field(100, ge=1, le=1000)
-    cursor: str | None = Field(None, max_length=200)
+    cursor: str | None = Field(None, max_length=512)
 
 
 class HistoryEvidence(BaseModel):
@@ -175,7 +175,7 @@ async def list_events(
     since: AwareDatetime | None = None,
     until: AwareDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> FastJSONResponse:
     """Every origin's events in the order they became searchable (oldest first). `next_cursor` is set
     when the page is full; pass it back for the next page: an event indexed meanwhile comes on a later

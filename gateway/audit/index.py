@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, insert, literal, select, update
+from sqlalchemy import delete, func, insert, literal, select, text, update
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -102,6 +102,15 @@ _SQLITE_INSERT = str(insert(audit_index).compile(dialect=sqlite_dialect(paramsty
                                                    column_keys=list(ROW_COLUMNS)))
 
 
+async def _positions_in_commit_order(connection: AsyncConnection) -> None:
+    """PostgreSQL hands out `position`s when rows are inserted, not when they commit: two followers'
+    batches could commit out of order, and a page read between them would pass over the later one's
+    rows for good. One transaction-scoped lock over the index's inserts keeps the two orders one (SQLite's
+    writers are serialised by BEGIN IMMEDIATE already)."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(text("SELECT pg_advisory_xact_lock(7402167)"))
+
+
 async def _insert_rows(connection: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
     """A batch of index rows, in the caller's transaction, by each driver's fastest way: PostgreSQL's
     COPY (asyncpg), SQLite's executemany of one prepared statement. Going through the engine's
@@ -109,6 +118,7 @@ async def _insert_rows(connection: AsyncConnection, rows: list[tuple[Any, ...]])
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
     if connection.dialect.name == "postgresql":
+        await _positions_in_commit_order(connection)
         await driver.copy_records_to_table("audit_index", records=rows, columns=ROW_COLUMNS)  # type: ignore[union-attr]
     else:
         await driver.executemany(_SQLITE_INSERT, rows)  # type: ignore[union-attr]
@@ -154,6 +164,8 @@ class IndexFollower:
                     select(_origins.c.next_seq).where(_origins.c.origin == self.origin).with_for_update())).first()
                 next_seq = 0 if found is None else int(found[0])
                 self.indexed_through = next_seq
+                if next_seq > until:
+                    raise LogBehindIndex(f"{self.origin}: the index holds {next_seq} entries, the log {until}")
                 rows, checkpoints = await asyncio.to_thread(self._read, next_seq, until)
                 if rows and rows[0][1] != next_seq:
                     raise ValueError(f"{self.origin}: the log gives seq {rows[0][1]}, the index expects {next_seq}")
@@ -192,6 +204,21 @@ class IndexFollower:
         if self.report_lag is None:
             return {}
         return {"lag_s": round(self.report_lag(end), 3), "reported_at": time.time()}
+
+    async def register(self) -> None:
+        """Put this origin in the index before its first batch, reporting no lag, so every process's reads
+        know of it (and of its silence, should its follower never get further)."""
+        link = read_link(self.directory)
+        async with self._engine.execution_options(**WRITER).begin() as connection:
+            known = (await connection.execute(select(_origins.c.next_seq).where(_origins.c.origin == self.origin)
+                                              .with_for_update())).first()
+            report = {"lag_s": 0.0, "reported_at": time.time()}
+            if known is None:
+                await connection.execute(insert(_origins).values(
+                    origin=self.origin, next_seq=0, first_seq=0, link_origin=link.origin if link else None,
+                    link_seq=link.seq if link else None, link_hash=link.hash if link else None, **report))
+            else:
+                await connection.execute(update(_origins).where(_origins.c.origin == self.origin).values(**report))
 
     async def mark_stopped(self) -> None:
         """Say this origin's follower stopped with the index caught up: its silence is not a lag."""
@@ -359,8 +386,9 @@ class OriginState:
             return None  # stopped caught up, or never followed live (a 1.0 log, a rebuilt origin)
         if now - self.reported_at > fresh_s:
             return f"{self.origin}: its follower has not reported for {now - self.reported_at:.0f} s"
-        if self.lag_s > max_lag_s:
-            return f"{self.origin}: {self.lag_s:.1f} s behind"
+        # A follower that was behind at its last report is at least that far behind plus the time since.
+        if self.lag_s > 0 and self.lag_s + (now - self.reported_at) > max_lag_s:
+            return f"{self.origin}: {self.lag_s + now - self.reported_at:.1f} s behind"
         return None
 
     @property
@@ -479,6 +507,7 @@ async def import_legacy(engine: AsyncEngine, origin: str, *, continued_by: str |
                 return link
             await connection.execute(insert(_origins).values(origin=origin, next_seq=link.seq + 1, first_seq=1,
                                                              continued_by=continued_by))
+            await _positions_in_commit_order(connection)
             await connection.execute(insert(audit_index).from_select(
                 ["origin", *columns], select(literal(origin), *[access_events.c[n] for n in columns])
                 .order_by(access_events.c.seq)))
@@ -519,7 +548,10 @@ async def adopt_idle_logs(engine: AsyncEngine, log_root: Path, own: Path, signer
         except Exception as exc:  # a damaged log is reported, and the others are still finished
             log.error("access log %s cannot be opened (%s): run jamu audit verify", directory.name, exc)
             continue
-        why_not = await asyncio.to_thread(_not_ours, store, signer)
+        try:
+            why_not = await asyncio.to_thread(_not_ours, store, signer)
+        except Exception as exc:  # garbage where a checkpoint or an entry should be
+            why_not = f"it cannot be read ({exc})"
         if why_not is not None:
             log.error("access log %s is not finished automatically: %s; run jamu audit verify", store.origin,
                       why_not)

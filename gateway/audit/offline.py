@@ -248,11 +248,15 @@ async def verify(url: str | None, schema: str | None, log_root: Path, keys: dict
             verifier, extra, _ = await asyncio.to_thread(_segment_walk, directory, keys, require_sealed)
             report = verifier.finish()
             link = read_link(directory)
-            if link is not None and link.origin == legacy_name and engine is not None:
+            if link is not None and link.origin == legacy_name and engine is not None and index is not None:
                 head = await _legacy_head(engine)
                 if head != (link.seq, link.hash):
                     extra.append({"seq": 0, "problem": f"continues {link.origin} at seq {link.seq}, but that "
                                   f"log's head is {'none' if head is None else f'seq {head[0]}'} with another hash"})
+                successor = next((o.continued_by for o in await index.origins() if o.origin == legacy_name), None)
+                if successor is not None and successor != origin:
+                    extra.append({"seq": 0, "problem": f"continues {link.origin}, which {successor} continues: "
+                                  "the history forks"})
             if index is not None:
                 extra += await _compare_index(index, origin, directory)
             report.problems = sorted(report.problems + extra, key=lambda p: p["seq"])[:MAX_PROBLEMS]
@@ -292,6 +296,9 @@ async def reindex(url: str, schema: str | None, log_root: Path, legacy_name: str
         if await _legacy_head(engine) is not None:
             successor = next((o.continued_by for o in await AuditIndex(engine).origins()
                               if o.origin == legacy_name), None)
+            # The index may be the thing lost: the logs themselves say which one continues the 1.0 log.
+            successor = successor or next((read_origin(d) for d in local_logs(log_root)
+                                           if (link := read_link(d)) is not None and link.origin == legacy_name), None)
             await forget_origin(engine, legacy_name)
             link = await import_legacy(engine, legacy_name, continued_by=successor)
             counts[legacy_name] = 0 if link is None else link.seq

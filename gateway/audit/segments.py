@@ -164,9 +164,9 @@ class SegmentLog:
             return self.next_seq
         first = self.next_seq
         data = b"".join(frame(first + i, payload) for i, payload in enumerate(payloads))
+        self._clear_failed()  # before anything else is written, a new segment included
         if self._segment is None or self._offset + len(data) > max(self.segment_bytes, len(data)):
             self._roll(first, len(data))
-        self._clear_failed()
         fd = self._open_fd()
         try:
             written = os.pwrite(fd, data, self._offset)

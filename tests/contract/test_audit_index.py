@@ -13,7 +13,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.chain import CheckpointSigner
-from gateway.audit.index import ROW_COLUMNS, AuditIndex, IndexFollower, adopt_idle_logs, import_legacy
+from gateway.audit.index import (
+    ROW_COLUMNS,
+    AuditIndex,
+    IndexFollower,
+    LogBehindIndex,
+    adopt_idle_logs,
+    import_legacy,
+)
 from gateway.audit.origin import log_directory
 from gateway.audit.record import AccessRecord
 from gateway.audit.rows import EventFilter
@@ -203,3 +210,15 @@ async def test_idle_logs_are_finished_only_when_this_gateway_signed_them(engine:
     assert added == {"gw/access-log/host-9": 30}
     assert [s.origin for s in await AuditIndex(engine).origins()] == ["gw/access-log/host-9"]
     assert len(read_checkpoints(forged.directory)) == before  # nothing signed over it
+
+
+async def test_an_origin_is_known_before_its_first_batch_and_an_index_ahead_of_its_log_stops_it(
+        engine: AsyncEngine, tmp_path: Path) -> None:
+    await _log(tmp_path / "a", 5)
+    follower = IndexFollower(engine, tmp_path / "a")
+    await follower.register()  # what a process does at start, before any batch
+    [state] = await AuditIndex(engine).origins()
+    assert (state.origin, state.next_seq, state.lag_s) == (follower.origin, 0, 0.0) and state.reported_at > 0
+    assert await follower.catch_up() == 5
+    with pytest.raises(LogBehindIndex):  # the log holds fewer entries than the index: restored or lost
+        await follower.catch_up(until=3)

@@ -316,10 +316,9 @@ def test_a_full_disk_releases_nothing_and_recovers_when_space_returns(realm: Rea
         elections = token(server, realm, "elections-app")
         acknowledged = [person(server, elections, AMINATA).json()["transaction_id"]]
         filler = small_disk / "filler"
-        with open(filler, "wb") as out, contextlib.suppress(OSError):  # take every free byte
+        with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as out:  # take every free byte
             while True:
                 out.write(b"\0" * 65536)
-                out.flush()
         refused = None
         for _ in range(2000):  # the current segment fills, the next cannot be made
             answer = person(server, elections, AMINATA)

@@ -263,6 +263,7 @@ def test_when_another_origin_holds_audit_reads_back() -> None:
     now = 1_000_000.0
     assert state(0.1, now - 1).behind(2.0, now, 10.0) is None  # following closely
     assert "behind" in (state(3.5, now - 1).behind(2.0, now, 10.0) or "")
+    assert "behind" in (state(1.5, now - 1).behind(2.0, now, 10.0) or "")  # 1.5 s then, 2.5 s by now
     assert "has not reported for 30 s" in (state(0.0, now - 30).behind(2.0, now, 10.0) or "")  # died or hangs
     assert state(STOPPED, now - 3600).behind(2.0, now, 10.0) is None  # stopped caught up
     assert state(0.0, 0.0).behind(2.0, now, 10.0) is None  # never followed live (1.0 log, rebuilt)
