@@ -139,17 +139,20 @@ class Signature:
         return f"{_DASH}{self.name} {base64.b64encode(self.blob).decode()}\n"
 
 
-def _check_text(text: str) -> None:
-    if not text.endswith("\n"):
-        raise NoteError("a note's text ends with a newline")
+def _no_controls(text: str) -> None:
     if any(ch < " " and ch != "\n" for ch in text):
         raise NoteError("a note holds no control characters but newlines")
 
 
+def _check_text(text: str) -> None:
+    if not text.endswith("\n"):
+        raise NoteError("a note's text ends with a newline")
+    _no_controls(text)
+
+
 def parse(note: str) -> tuple[str, list[Signature]]:
     """Split a signed note into its text and signatures (none verified yet)."""
-    if any(ch < " " and ch != "\n" for ch in note):
-        raise NoteError("a note holds no control characters but newlines")
+    _no_controls(note)
     cut = note.rfind("\n\n")
     if cut < 0 or not note.endswith("\n"):
         raise NoteError("a note is a text, a blank line and signature lines")
