@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.audit.chain import GENESIS, ChainVerifier, Checkpoint, CheckpointSigner
 from gateway.audit.rows import JSON_FIELDS, LIST_FIELDS, EventFilter, event_from_row, person_query
-from gateway.audit.segment_store import CHECKPOINTS_FILE, Link, read_link, read_origin
+from gateway.audit.segment_store import CHECKPOINTS_FILE, Link, checkpoint_of, read_link, read_origin
 from gateway.audit.segments import SegmentLog, SegmentReader
 from gateway.storage.database import WRITER
 from gateway.storage.tables import (
@@ -65,10 +65,11 @@ class _CheckpointTail:
         found = []
         for line in whole.split(b"\n"):
             if line.strip():
-                try:
-                    found.append(Checkpoint(**orjson.loads(line)))
-                except (orjson.JSONDecodeError, TypeError):
+                checkpoint = checkpoint_of(line)
+                if checkpoint is None:
                     log.warning("%s: a checkpoint line that is not one, skipped", self.path)
+                else:
+                    found.append(checkpoint)
         return found
 
 
@@ -487,18 +488,24 @@ class AuditIndex:
             return int(await connection.scalar(select(func.count()).select_from(audit_index)) or 0)
 
 
-async def import_legacy(engine: AsyncEngine, origin: str, *, continued_by: str | None = None) -> Link | None:
-    """A 1.0 log (the `access_events` chain) into the index as origin `origin`, numbered as it was; the
-    head it ends on, for the new log to continue from. Idempotent; None when there is no such log. The
-    caller seals the 1.0 log first, so its last events are covered by a checkpoint."""
+async def legacy_head(engine: AsyncEngine) -> tuple[int, str] | None:
+    """The 1.0 log's head (seq, hash), when the database holds one with events."""
     from gateway.storage.tables import access_log_head
 
     async with engine.connect() as connection:
         head = (await connection.execute(select(access_log_head.c.seq, access_log_head.c.hash)
                                          .where(access_log_head.c.id == 1))).first()
-    if head is None or head.seq == 0:
+    return None if head is None or head.seq == 0 else (int(head.seq), str(head.hash))
+
+
+async def import_legacy(engine: AsyncEngine, origin: str, *, continued_by: str | None = None) -> Link | None:
+    """A 1.0 log (the `access_events` chain) into the index as origin `origin`, numbered as it was; the
+    head it ends on, for the new log to continue from. Idempotent; None when there is no such log. The
+    caller seals the 1.0 log first, so its last events are covered by a checkpoint."""
+    head = await legacy_head(engine)
+    if head is None:
         return None
-    link = Link(origin, int(head.seq), str(head.hash))
+    link = Link(origin, *head)
     columns = [c.name for c in access_events.c]
     try:
         async with engine.execution_options(**WRITER).begin() as connection:

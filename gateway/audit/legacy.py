@@ -14,18 +14,13 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.chain import CheckpointSigner
-from gateway.audit.index import import_legacy
+from gateway.audit.index import import_legacy, legacy_head
 from gateway.audit.origin import legacy_origin
 from gateway.audit.segment_store import Link, SegmentStore, read_origin
 from gateway.audit.store import AccessLogStore
 from gateway.settings import Settings
 from gateway.storage.database import WRITER
-from gateway.storage.tables import access_log_head, audit_index_watermarks
-
-
-async def _legacy_head(engine: AsyncEngine) -> int:
-    async with engine.connect() as connection:
-        return int(await connection.scalar(select(access_log_head.c.seq).where(access_log_head.c.id == 1)) or 0)
+from gateway.storage.tables import audit_index_watermarks
 
 
 async def _imported(engine: AsyncEngine, origin: str) -> bool:
@@ -39,7 +34,7 @@ async def continue_legacy_log(engine: AsyncEngine, signer: CheckpointSigner, set
     """Import the 1.0 log once; if `store` is a new log and no other log continues the 1.0 one yet, claim
     it and make `store` continue from its head (one claim in the database, so replicas never fork it).
     The link, if any."""
-    if await _legacy_head(engine) == 0:
+    if await legacy_head(engine) is None:
         return None
     origin = legacy_origin(settings.issuer)
     if not await _imported(engine, origin):

@@ -27,14 +27,14 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.chain import GENESIS, MAX_PROBLEMS, ChainVerifier, IntegrityReport, canonical, key_id
-from gateway.audit.index import AuditIndex, IndexFollower, forget_origin, import_legacy
+from gateway.audit.index import AuditIndex, IndexFollower, forget_origin, import_legacy, legacy_head
 from gateway.audit.origin import local_logs
 from gateway.audit.rows import EventFilter
 from gateway.audit.segment_store import hold_writer_lock, read_checkpoints, read_link, read_origin
 from gateway.audit.segments import CorruptLog, SegmentLog
 from gateway.audit.store import AccessLogStore
 from gateway.storage.database import create_engine
-from gateway.storage.tables import access_events, access_log_head
+from gateway.storage.tables import access_events
 
 EXPORT_FIELDS = ("origin", "seq", "id", "time", "administration", "client_id", "operation", "purpose", "legal_basis",
                  "consent_id", "subject_hash", "attributes_requested", "attributes_released", "decision",
@@ -208,17 +208,6 @@ async def _compare_index(index: AuditIndex, origin: str, directory: Path) -> lis
     return problems
 
 
-async def _legacy_head(engine: AsyncEngine) -> tuple[int, str] | None:
-    """The 1.0 log's head (seq, hash), when the database holds one with events."""
-    async with engine.connect() as connection:
-        tables = await connection.run_sync(lambda c: inspect(c).get_table_names())
-        if "access_log_head" not in tables:
-            return None
-        head = (await connection.execute(select(access_log_head.c.seq, access_log_head.c.hash)
-                                         .where(access_log_head.c.id == 1))).first()
-    return None if head is None or head.seq == 0 else (int(head.seq), str(head.hash))
-
-
 async def _legacy_report(engine: AsyncEngine, keys: dict[str, Ed25519PublicKey], require_sealed: bool
                          ) -> IntegrityReport | None:
     async with engine.connect() as connection:
@@ -249,7 +238,7 @@ async def verify(url: str | None, schema: str | None, log_root: Path, keys: dict
             report = verifier.finish()
             link = read_link(directory)
             if link is not None and link.origin == legacy_name and engine is not None and index is not None:
-                head = await _legacy_head(engine)
+                head = await legacy_head(engine)
                 if head != (link.seq, link.hash):
                     extra.append({"seq": 0, "problem": f"continues {link.origin} at seq {link.seq}, but that "
                                   f"log's head is {'none' if head is None else f'seq {head[0]}'} with another hash"})
@@ -293,7 +282,7 @@ async def reindex(url: str, schema: str | None, log_root: Path, legacy_name: str
                 counts[follower.origin] = await follower.catch_up()
             finally:
                 os.close(held)
-        if await _legacy_head(engine) is not None:
+        if await legacy_head(engine) is not None:
             successor = next((o.continued_by for o in await AuditIndex(engine).origins()
                               if o.origin == legacy_name), None)
             # The index may be the thing lost: the logs themselves say which one continues the 1.0 log.

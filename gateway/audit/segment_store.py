@@ -28,7 +28,7 @@ import orjson
 
 from gateway.audit.chain import GENESIS, Checkpoint, CheckpointSigner, link
 from gateway.audit.record import rfc3339
-from gateway.audit.segments import SegmentLog, SegmentReader
+from gateway.audit.segments import SegmentLog
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,14 @@ def read_origin(directory: Path) -> str | None:
         return None
 
 
+def checkpoint_of(line: bytes) -> Checkpoint | None:
+    """A line of a checkpoints file, or None for what is not one (a line cut by a crash, never synced)."""
+    try:
+        return Checkpoint(**orjson.loads(line))
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+
+
 def last_checkpoint(directory: Path) -> Checkpoint | None:
     """The last whole checkpoint line, read from the file's end (the file grows by one a second)."""
     try:
@@ -80,12 +88,7 @@ def last_checkpoint(directory: Path) -> Checkpoint | None:
             tail = handle.read()
     except FileNotFoundError:
         return None
-    for line in reversed(tail.split(b"\n")):
-        try:
-            return Checkpoint(**orjson.loads(line))
-        except (orjson.JSONDecodeError, TypeError):
-            continue
-    return None
+    return next((c for line in reversed(tail.split(b"\n")) if (c := checkpoint_of(line)) is not None), None)
 
 
 def read_checkpoints(directory: Path) -> list[Checkpoint]:
@@ -94,14 +97,7 @@ def read_checkpoints(directory: Path) -> list[Checkpoint]:
         data = (directory / CHECKPOINTS_FILE).read_bytes()
     except FileNotFoundError:
         return []
-    found = []
-    for line in data.split(b"\n"):
-        if line.strip():
-            try:
-                found.append(Checkpoint(**orjson.loads(line)))
-            except (orjson.JSONDecodeError, TypeError):
-                continue
-    return found
+    return [c for line in data.split(b"\n") if (c := checkpoint_of(line)) is not None]
 
 
 def hold_writer_lock(directory: Path) -> int | None:
@@ -270,9 +266,6 @@ class SegmentStore:
         """Every entry from `from_seq`, decoded (for verification; the follower reads with `reader`)."""
         for _, payload in self.log.records(from_seq):
             yield orjson.loads(payload)
-
-    def reader(self) -> SegmentReader:
-        return SegmentReader(self.directory)
 
     async def close(self) -> None:
         async with self._lock:
