@@ -10,7 +10,7 @@ maintained Python implementation is GPL with an exact dependency pin, and the al
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
@@ -71,6 +71,52 @@ def _subproof(m: int, leaves: Sequence[bytes], complete: bool) -> list[bytes]:
     if m <= k:
         return [*_subproof(m, leaves[:k], complete), root(leaves[k:])]
     return [*_subproof(m - k, leaves[k:], False), root(leaves[:k])]
+
+
+Subtree = Callable[[int, int], bytes]
+"""The root of the leaves [start, end): how proofs read a stored tree."""
+
+
+def inclusion_path(index: int, size: int, subtree: Subtree) -> list[bytes]:
+    """PATH(index, D[size]) read through `subtree`: the same proof as `inclusion_proof`, from stored nodes.
+    Walks the tree top-down, so only the siblings on the way are asked for (every one a whole, aligned
+    subtree except those on the right edge)."""
+    if not 0 <= index < size:
+        raise ValueError(f"leaf {index} is not in a tree of {size}")
+    path: list[bytes] = []
+    start, end = 0, size
+    while end - start > 1:
+        k = _split(end - start)
+        if index < start + k:
+            path.append(subtree(start + k, end))
+            end = start + k
+        else:
+            path.append(subtree(start, start + k))
+            start += k
+    path.reverse()
+    return path
+
+
+def consistency_path(old_size: int, new_size: int, subtree: Subtree) -> list[bytes]:
+    """PROOF(old_size, D[new_size]) read through `subtree` (RFC 9162 SUBPROOF, unrolled)."""
+    if not 0 <= old_size <= new_size:
+        raise ValueError(f"no tree of {old_size} within a tree of {new_size}")
+    if old_size in (0, new_size):
+        return []
+    path: list[bytes] = []
+    start, end, m, complete = 0, new_size, old_size, True
+    while m != end - start:
+        k = _split(end - start)
+        if m <= k:
+            path.append(subtree(start + k, end))
+            end = start + k
+        else:
+            path.append(subtree(start, start + k))
+            start, m, complete = start + k, m - k, False
+    if not complete:
+        path.append(subtree(start, end))
+    path.reverse()
+    return path
 
 
 def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes], expected_root: bytes) -> None:
