@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import inspect
@@ -14,18 +15,22 @@ from fastapi.staticfiles import StaticFiles
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from connectors.router import ConnectorRouter, build_connectors, load_connectors_file
 from gateway import __version__
-from gateway.api import audit, consents, identity, oauth, ops, problems
+from gateway.api import audit, consents, identity, oauth, ops, problems, transparency
 from gateway.api.routes import add_routes
 from gateway.audit.chain import CheckpointSigner
-from gateway.audit.index import AuditIndex, IndexFollower, IndexTask, adopt_idle_logs, check_log_not_behind_index
+from gateway.audit.index import AuditIndex, IndexFollower, IndexTask, adopt_idle_logs, log_behind_index
 from gateway.audit.legacy import continue_legacy_log
 from gateway.audit.log import AccessLog
-from gateway.audit.origin import SlotsExhausted, claim_slot, log_directory, log_origin
+from gateway.audit.offline import retired_log_keys
+from gateway.audit.origin import SlotsExhausted, claim_slot, current_origin, log_directory, log_origin
+from gateway.audit.proofs import LogViews
 from gateway.audit.refusals import RefusalTally
 from gateway.audit.segment_store import SegmentStore
+from gateway.audit.witness import WitnessClient, load_witnesses
 from gateway.audit.writer import DurableAccessLog
 from gateway.auth.bearer import BearerValidator
 from gateway.auth.keys import load_signing_keys
@@ -82,6 +87,22 @@ FRAMEWORK_TELEMETRY_OFF: dict[str, object] = (
     if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
 
 
+async def _settle_log(store: SegmentStore, follower: IndexFollower, engine: AsyncEngine) -> None:
+    """Before the first append: a log made under a rotated key, or found behind what the index already
+    holds of it (restored from an older copy), is retired and continued under a new origin, rather than
+    signing a tree that does not extend its last checkpoint."""
+    reason = "the log key was rotated" if await asyncio.to_thread(store.key_changed) else None
+    if reason is None:
+        try:
+            await store.probe()
+        except Exception:
+            return  # the writer reports it (and /readyz) as it starts
+        reason = await log_behind_index(engine, store.origin, store.next_seq)
+    if reason is not None:
+        await store.begin_successor(reason)
+        follower.retarget(store.directory, store.origin)
+
+
 def create_app(settings: Settings | None = None, *, access_log: AccessLog | None = None) -> FastAPI:
     settings = settings or Settings()
     secure_data_dir(settings.data_dir)
@@ -130,8 +151,9 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         slot = claim_slot(settings.log_dir)
     except SlotsExhausted as exc:
         raise ConfigurationError(str(exc)) from None
-    origin = log_origin(settings.issuer, settings.log_origin, slot.index, settings.workers)
     try:
+        origin = current_origin(settings.log_dir, log_origin(settings.issuer, settings.log_origin, slot.index,
+                                                             settings.workers))
         log_dir = log_directory(settings.log_dir, origin)
     except ValueError as exc:
         raise ConfigurationError(f"GATEWAY_LOG_ORIGIN: {exc}") from None
@@ -147,6 +169,16 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         seal_interval_s=settings.audit_seal_interval_s,
         on_durable=index_task.notify,
     )
+    try:
+        witnesses = load_witnesses(settings.witnesses_file) if settings.witnesses_file else None
+    except ValueError as exc:
+        raise ConfigurationError(f"GATEWAY_WITNESSES_FILE: {exc}") from None
+    witness_client = None if witnesses is None else WitnessClient(
+        witnesses, origin, lambda old, new: segment_store.tree.consistency(old, new), segment_store.record_witnessed,
+        http, metrics, timeout_s=settings.witness_timeout_s, retry_s=settings.witness_retry_s)
+    if witness_client is not None:
+        segment_store.on_checkpoint = witness_client.checkpoint_signed
+    log_views = LogViews(settings.log_dir)
 
     try:
         unauthenticated = parse_windows(settings.unauthenticated_rate_limits)
@@ -194,8 +226,25 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         _, waited = index_task.lag()
         return "degraded" if index_task.failing or waited > settings.audit_index_max_lag_s else "ok"
 
-    readiness: dict[str, ReadinessCheck] = {"access_log": access_log.ready, "audit_index": index_ready,
+    async def access_log_ready() -> bool | dict[str, str]:
+        if segment_store.refusal:  # the log's tree does not extend its last checkpoint: say why
+            metrics.audit_log_refusing.set(1)
+            return {"status": "failing", "reason": segment_store.refusal}
+        return await access_log.ready()
+
+    readiness: dict[str, ReadinessCheck] = {"access_log": access_log_ready, "audit_index": index_ready,
                                             "connectors": connectors_ready}
+    if witness_client is not None:
+        client = witness_client
+
+        async def witnesses_ready() -> dict[str, object]:
+            # Never "failing": without witnesses the log goes on (durable, signed); only its publication waits.
+            lag = client.lag()
+            return {"status": "degraded" if lag > settings.witness_max_lag_s or client.problems() else "ok",
+                    "lag_s": round(lag, 1), "published_size": client.published.size if client.published else None,
+                    "witnesses": client.status()}
+
+        readiness["witnesses"] = witnesses_ready
     if redis is not None:
         redis_client = redis
 
@@ -228,7 +277,11 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         access_log=access_log,
         audit=audit_index,
         index=index_task,
-        checkpoint_keys={signer.key_id: signer.public_key},
+        log_views=log_views,
+        log_store=segment_store,
+        witnesses=witnesses,
+        witness_client=witness_client,
+        checkpoint_keys={**retired_log_keys(settings.checkpoint_key_path), signer.key_id: signer.public_key},
         subjects=SubjectHasher(load_or_create_secret(settings.subject_key_path)),
         subject_refs=SubjectRefs(load_or_create_secret(settings.pseudonym_key_path)),
         identity=router,
@@ -245,9 +298,12 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await migrate(engine, settings.database_schema)
         await continue_legacy_log(engine, signer, settings, segment_store)
+        await _settle_log(segment_store, index_follower, engine)
+        if witness_client is not None:
+            witness_client.origin = segment_store.origin
+            witness_client.start()
         await access_log.start()
-        if segment_store.opened:
-            await check_log_not_behind_index(engine, origin, segment_store.next_seq)
+        scrub = asyncio.create_task(asyncio.to_thread(segment_store.scrub), name="access-log-scrub")
         await index_follower.register()
         index_task.start()
         index_task.adopt(adopt_idle_logs(engine, settings.log_dir, segment_store.directory, signer))
@@ -265,6 +321,11 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
                 await scrape.close()
             await refusals.close()
             await access_log.close()
+            if witness_client is not None:
+                await witness_client.round()  # the shutdown checkpoint, once, without waiting for a retry
+                await witness_client.close()
+            scrub.cancel()
+            log_views.close()
             await index_task.close()
             await segment_store.close()
             slot.release()
@@ -292,7 +353,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     problems.install(app)
     problems.describe(app)
     # The busiest routes first: matching walks the table in order.
-    add_routes(app, identity.router, oauth.router, ops.router, consents.router, audit.router)
+    add_routes(app, identity.router, oauth.router, ops.router, consents.router, audit.router, transparency.router)
     app.mount(ops.DOCS_ASSETS_PATH, StaticFiles(directory=str(ops.DOCS_ASSETS_DIR)), name="docs-assets")
     app.add_middleware(
         AccessMiddleware,

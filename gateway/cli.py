@@ -25,10 +25,19 @@ from pydantic import ValidationError
 
 from connectors.importer import import_people
 from connectors.population import seed_register
-from gateway.audit import offline
-from gateway.audit.origin import legacy_origin
+from gateway.audit import notes, offline, receipts
+from gateway.audit.origin import (
+    current_origin,
+    legacy_origin,
+    local_logs,
+    log_directory,
+    log_origin,
+    successor_origin,
+)
 from gateway.audit.record import rfc3339
 from gateway.audit.rows import EventFilter
+from gateway.audit.segment_store import hold_writer_lock, read_origin, read_vkey
+from gateway.audit.witness import load_witnesses
 from gateway.auth.keys import (
     algorithm_of,
     generate_private_key,
@@ -37,10 +46,12 @@ from gateway.auth.keys import (
     rotate_signing_key,
 )
 from gateway.datadir import secure_data_dir
+from gateway.keyfiles import load_or_create_ed25519
 from gateway.observability import logging_config
 from gateway.policy.loader import PolicyError, load_policies
 from gateway.settings import Settings
 from gateway.storage.database import database_url
+from gateway.witness_server import create_witness_app, init_witness, parse_log_arguments
 
 
 def _settings() -> Settings:
@@ -344,6 +355,25 @@ def _index_database(args: argparse.Namespace, settings: Settings) -> str | None:
     return url
 
 
+def _witnessing(args: argparse.Namespace, settings: Settings) -> offline.Witnessing | None:
+    """Witness keys given on the command line (with `--quorum`, default all of them), else the witnesses
+    file's."""
+    if args.witness_vkeys:
+        try:
+            verifiers = [notes.Verifier.parse(v) for v in args.witness_vkeys]
+        except notes.NoteError as exc:
+            raise offline.OfflineError(f"--witness-vkey: {exc}") from None
+        quorum = args.quorum or len({v.name for v in verifiers})
+        return offline.Witnessing(verifiers, quorum)
+    if settings.witnesses_file is not None:
+        try:
+            witnesses = load_witnesses(settings.witnesses_file)
+        except ValueError as exc:
+            raise offline.OfflineError(str(exc)) from None
+        return offline.Witnessing(witnesses.verifiers(), args.quorum or witnesses.quorum)
+    return None
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     settings = _settings()
     log_root = args.log_dir or settings.log_dir
@@ -353,7 +383,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                 else offline.public_keys_of(settings.checkpoint_key_path))
         result = asyncio.run(offline.verify(url, args.schema or settings.database_schema, log_root, keys,
                                             require_sealed=not args.allow_unsealed,
-                                            legacy_name=legacy_origin(settings.issuer)))
+                                            legacy_name=legacy_origin(settings.issuer),
+                                            witnessing=_witnessing(args, settings)))
     except offline.OfflineError as exc:
         print(f"jamu audit verify: {exc}", file=sys.stderr)
         return 2
@@ -367,8 +398,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         report = item.report
         if report.ok:
             sealed = report.last_checkpoint["seq"] if report.last_checkpoint else None
+            cosigned = (item.tree or {}).get("cosigned")
+            witnessed = "" if not cosigned else (
+                f", cosigned at size {cosigned['size']} by {', '.join(cosigned['witnesses']) or 'no known witness'}"
+                f"{'' if cosigned['quorum'] else ' (no quorum)'}")
             print(f"ok: {item.origin}: {report.events_checked} events, last seq {report.last_seq}, "
-                  f"sealed up to seq {sealed} ({item.source})")
+                  f"sealed up to seq {sealed} ({item.source}){witnessed}")
     problems = result.problems()
     if problems:
         first = problems[0]
@@ -376,6 +411,85 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         for problem in problems[1:]:
             print(f"  also at {problem['origin']} seq {problem['seq']}: {problem['problem']}")
     return 0 if result.ok else 1
+
+
+def cmd_audit_verify_proof(args: argparse.Namespace) -> int:
+    """A receipt (CONTRACT §13) checked with public keys only: the entry's leaf leads to the checkpoint's
+    root, the log signed it, and (with witness keys) a quorum cosigned it; with `--newer`, that a later
+    checkpoint still holds it (a consistency proof between the two)."""
+    try:
+        receipt = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        log_keys = [notes.Verifier.parse(v) for v in args.vkeys]
+        witness_keys = [notes.Verifier.parse(v) for v in args.witness_vkeys or []]
+        newer = Path(args.newer).read_text(encoding="utf-8") if args.newer else None
+        consistency = json.loads(Path(args.consistency).read_text(encoding="utf-8")) if args.consistency else None
+    except (OSError, ValueError, notes.NoteError) as exc:
+        print(f"jamu audit verify-proof: {exc}", file=sys.stderr)
+        return 2
+    try:
+        checked = receipts.check_receipt(receipt, log_keys, witness_keys, args.quorum, newer, consistency)
+    except receipts.ReceiptInvalid as exc:
+        print(f"NOT VERIFIED: {exc}")
+        return 1
+    print(f"ok: {checked}")
+    return 0
+
+
+def cmd_audit_origins(args: argparse.Namespace) -> int:
+    """`<origin> <vkey>` for each log this instance writes (one per worker), the log key made on first use,
+    so a witness can be told of the log before the gateway first starts."""
+    settings = _settings()
+    key = load_or_create_ed25519(settings.checkpoint_key_path)
+    workers = args.workers or settings.workers
+    for slot in range(workers):
+        origin = current_origin(settings.log_dir, log_origin(settings.issuer, settings.log_origin, slot, workers))
+        directory = log_directory(settings.log_dir, origin)
+        if read_vkey(directory) not in (None, notes.Signer(origin, key).verifier.vkey()):
+            origin = successor_origin(origin)  # the key was rotated: the gateway continues under this one
+        print(f"{origin} {notes.Signer(origin, key).verifier.vkey()}")
+    return 0
+
+
+def cmd_audit_rotate_key(args: argparse.Namespace) -> int:
+    settings = _settings()
+    for directory in local_logs(settings.log_dir):
+        held = hold_writer_lock(directory)
+        if held is None:
+            print(f"jamu audit rotate-key: a running gateway writes {read_origin(directory)}; stop it first",
+                  file=sys.stderr)
+            return 2
+        os.close(held)
+    try:
+        offline.rotate_log_key(settings.checkpoint_key_path)
+    except (OSError, offline.OfflineError) as exc:
+        print(f"jamu audit rotate-key: {exc}", file=sys.stderr)
+        return 2
+    print("new log key; at its next start each log continues under a new origin (tell the witnesses):",
+          file=sys.stderr)
+    return cmd_audit_origins(args)
+
+
+def cmd_witness_init(args: argparse.Namespace) -> int:
+    try:
+        verifier = init_witness(Path(args.state), args.name, rotate=args.rotate)
+    except (OSError, ValueError) as exc:
+        print(f"jamu witness init: {exc}", file=sys.stderr)
+        return 2
+    print(verifier.vkey())
+    return 0
+
+
+def cmd_witness_serve(args: argparse.Namespace) -> int:
+    try:
+        logs = parse_log_arguments(args.logs)
+        app = create_witness_app(Path(args.state), logs)
+    except (OSError, ValueError) as exc:
+        print(f"jamu witness serve: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
 
 
 def cmd_audit_reindex(args: argparse.Namespace) -> int:
@@ -483,7 +597,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a copy of a running log: events after the last checkpoint are not a fault")
     verify.add_argument("--log-dir", type=Path, help="the segment logs (default: <data dir>/log)")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.add_argument("--witness-vkey", action="append", dest="witness_vkeys",
+                        help="a witness's vkey, repeatable (default: GATEWAY_WITNESSES_FILE's)")
+    verify.add_argument("--quorum", type=int, help="cosignatures needed (default: the witnesses file's, or all)")
     verify.set_defaults(func=cmd_audit_verify)
+    verify_proof = audit.add_parser("verify-proof", help="check a receipt offline with public keys (exit 1 if not)")
+    verify_proof.add_argument("file", help="the receipt, as GET /v1/receipts/{transaction_id} returns it")
+    verify_proof.add_argument("--vkey", action="append", dest="vkeys", required=True,
+                              help="the log's vkey (`jamu audit origins`), repeatable")
+    verify_proof.add_argument("--witness-vkey", action="append", dest="witness_vkeys", help="repeatable")
+    verify_proof.add_argument("--quorum", type=int, help="cosignatures needed (default: every witness given)")
+    verify_proof.add_argument("--newer", help="a later signed checkpoint of the same log (text file)")
+    verify_proof.add_argument("--consistency", help="the consistency proof to --newer (JSON, as the API gives it)")
+    verify_proof.set_defaults(func=cmd_audit_verify_proof)
+    origins = audit.add_parser("origins", help="print `<origin> <vkey>` of this instance's logs")
+    origins.add_argument("--workers", type=int, help="default: GATEWAY_WORKERS")
+    origins.set_defaults(func=cmd_audit_origins)
+    rotate = audit.add_parser("rotate-key", help="replace the log key (each log continues under a new origin)")
+    rotate.add_argument("--workers", type=int, help="default: GATEWAY_WORKERS")
+    rotate.set_defaults(func=cmd_audit_rotate_key)
     reindex = audit.add_parser("reindex", help="rebuild the query index from the logs")
     reindex.add_argument("--database-url")
     reindex.add_argument("--schema")
@@ -500,6 +632,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--administration")
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
     export.set_defaults(func=cmd_audit_export)
+
+    witness = sub.add_parser("witness", help="a reference witness of the access log (C2SP tlog-witness)"
+                             ).add_subparsers(dest="witness_command", required=True)
+    init = witness.add_parser("init", help="make the witness's key and print its vkey")
+    init.add_argument("--state", required=True, help="the witness's state directory")
+    init.add_argument("--name", required=True, help="the witness's name (its vkey's name)")
+    init.add_argument("--rotate", action="store_true", help="replace the key (the old one is kept aside)")
+    init.set_defaults(func=cmd_witness_init)
+    wserve = witness.add_parser("serve", help="answer POST /add-checkpoint")
+    wserve.add_argument("--state", required=True)
+    wserve.add_argument("--host", default="127.0.0.1")
+    wserve.add_argument("--port", type=int, default=8100)
+    wserve.add_argument("--log", action="append", dest="logs", required=True, metavar="ORIGIN=VKEY",
+                        help="a log to witness, repeatable")
+    wserve.set_defaults(func=cmd_witness_serve)
     return parser
 
 

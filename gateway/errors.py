@@ -49,6 +49,9 @@ _CATALOGUE = (
                 "these attributes or what these predicates read (`attributes`); another person's consent is "
                 "answered as an unknown one."),
     ProblemType("not_found", 404, "Not found", "No such resource, or not visible to this caller."),
+    ProblemType("conflict", 409, "Conflict",
+                "Not answerable yet: a receipt asked for before a signed checkpoint covers its event (within 2 s "
+                "of the answer); retry after `Retry-After` seconds."),
     ProblemType("subject_not_found", 404, "Subject not found", "No usable record for this person (lookup only)."),
     ProblemType("rate_limited", 429, "Rate limited",
                 "The administration's rate limit is exhausted; retry after `Retry-After` seconds."),

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 _TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _OPERATIONS = frozenset({
     "token", "verify", "lookup", "consent.create", "consent.read", "consent.revoke",
-    "audit.search", "audit.integrity", "subject.history",
+    "audit.search", "audit.integrity", "subject.history", "audit.proof", "receipt",
 })
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 (a path, not a secret)
 _STANDARD_HEADERS = ((b"x-content-type-options", b"nosniff"),)
@@ -92,7 +92,7 @@ class AccessMiddleware:
         self.app = app
         self.tracer = tracer
         self.access_log = access_log
-        self._origin = access_log.origin.encode()
+        self._origin = (access_log.origin, access_log.origin.encode())  # re-read: a successor renames it
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.problem_base = problem_base
@@ -213,7 +213,9 @@ class AccessMiddleware:
                 if not any(k == b"cache-control" for k, _ in headers):
                     headers.append((b"cache-control", b"no-store"))
                 if record.seq is not None:
-                    headers.append((b"audit-log-position", self._origin + b" %d" % record.seq))
+                    if self._origin[0] != (origin := self.access_log.origin):
+                        self._origin = (origin, origin.encode())
+                    headers.append((b"audit-log-position", self._origin[1] + b" %d" % record.seq))
                 message = {**message, "headers": headers}
                 self._observe(scope, status, started)
             elif withheld:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from opentelemetry import trace
@@ -12,6 +13,9 @@ from starlette.requests import Request
 from connectors.router import ConnectorRouter
 from gateway.audit.index import AuditIndex, IndexTask
 from gateway.audit.log import AccessLog
+from gateway.audit.proofs import LogViews
+from gateway.audit.segment_store import SegmentStore
+from gateway.audit.witness import WitnessClient, WitnessesFile
 from gateway.auth.bearer import BearerValidator
 from gateway.auth.keys import SigningKeys
 from gateway.auth.server import TokenService
@@ -23,7 +27,7 @@ from gateway.settings import Settings
 from gateway.telemetry import Metrics
 
 # A check answers True/"ok", "degraded" (still serving safely) or False/"failing".
-ReadinessCheck = Callable[[], Awaitable[bool | str]]
+ReadinessCheck = Callable[[], Awaitable[bool | str | dict[str, Any]]]
 
 
 @dataclass
@@ -45,6 +49,10 @@ class Services:
     metrics: Metrics
     rate_limits: RateLimits
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
+    log_views: LogViews | None = None  # proofs and receipts over the local logs
+    log_store: SegmentStore | None = None  # this process's own log
+    witnesses: WitnessesFile | None = None
+    witness_client: WitnessClient | None = None
 
 
 def services(request: Request) -> Services:

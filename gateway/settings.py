@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     log_origin: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._~:/@%-]{0,190}$")] | None = None
     workers: int = Field(1, ge=1, le=256)  # set by `jamu serve --workers N`: an explicit origin gets /<slot>
     audit_segment_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
+    witnesses_file: Path | None = None  # outside witnesses of the access log and their quorum (§13)
+    witness_timeout_s: float = Field(3.0, gt=0)
+    witness_retry_s: float = Field(5.0, gt=0, le=5)  # an unreachable witness is asked again this often
+    # Past this, witnesses that have not reached their quorum make /readyz report "degraded" (never
+    # "failing": verification goes on) and the integrity report names the stretch not yet witnessed.
+    witness_max_lag_s: float = Field(300.0, gt=0)
     audit_index_max_lag_s: float = Field(2.0, gt=0)  # audit reads answer 503 while the index is further behind
 
     @field_validator("issuer")

@@ -56,6 +56,33 @@ class Metrics:
             "How long the oldest entry not yet in the query index has waited.",
             registry=self.registry,
         )
+        self.audit_witness_lag = Gauge(
+            "jamu_audit_witness_lag_seconds",
+            "Seconds since the oldest signed checkpoint that has not yet reached its witness quorum (0: none).",
+            registry=self.registry,
+        )
+        self.audit_witness_published_size = Gauge(
+            "jamu_audit_witness_published_size",
+            "Tree size of the last checkpoint published (cosigned by a quorum of witnesses).",
+            registry=self.registry,
+        )
+        self.audit_witness_failures = Counter(
+            "jamu_audit_witness_failures_total",
+            "Witness requests that failed (unreachable, timed out, or an unexpected status).",
+            ["witness"],
+            registry=self.registry,
+        )
+        self.audit_witness_conflicts = Counter(
+            "jamu_audit_witness_conflicts_total",
+            "Witness answers showing another history of the log (larger size, inconsistent tree, bad cosignature).",
+            ["witness"],
+            registry=self.registry,
+        )
+        self.audit_log_refusing = Gauge(
+            "jamu_audit_log_refusing",
+            "1 while the access log refuses to sign or append: its tree does not extend its last checkpoint.",
+            registry=self.registry,
+        )
         self.access_log_batch = Histogram(
             "jamu_access_log_batch_events",
             "Events committed together in one access-log transaction (group commit).",

@@ -4,11 +4,13 @@ and a citizen's access history through a channel. Every read is itself an access
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
 import logging
 import re
+import struct
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -22,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway.api.deps import access_record, protected
 from gateway.api.fields import Nin
 from gateway.api.responses import FastJSONResponse
+from gateway.audit import notes
 from gateway.audit.index import OriginState, Position
 from gateway.audit.record import rfc3339
 from gateway.audit.rows import EventFilter
@@ -36,7 +39,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["Access log"])
 
 Operation = Literal["token", "verify", "lookup", "consent.create", "consent.read", "consent.revoke",
-                    "audit.search", "audit.integrity", "subject.history", "unauthenticated"]
+                    "audit.search", "audit.integrity", "subject.history", "audit.proof", "receipt",
+                    "unauthenticated"]
 Decision = Literal["permit", "deny", "error"]
 # What a citizen sees: every use of their record, but not security officers reading the log (an
 # investigation is not announced to the person investigated).
@@ -220,10 +224,16 @@ async def integrity(
         problems += named
         # This process knows its own log's size; of another's, what the index holds.
         tree_size = app.index.durable_end() if state.origin == own_origin else state.indexed
+        signed, cosignatures = await _signed_head(app, state.origin)
+        if state.origin == own_origin:
+            mine = _own_log_problems(app, state.origin)
+            named += mine
+            problems += mine
+        last_checkpoint = report.last_checkpoint if signed is None else {**(report.last_checkpoint or {}), **signed}
         entry = {"origin": state.origin, "tree_size": tree_size,
                  "indexed_through": state.indexed, "last_seq": report.last_seq,
-                 "last_checkpoint": report.last_checkpoint, "unsealed_events": report.unsealed_events,
-                 "cosignatures": [], "problems": named}
+                 "last_checkpoint": last_checkpoint, "unsealed_events": report.unsealed_events,
+                 "cosignatures": cosignatures, "problems": named}
         if state.link is not None:
             entry["continues"] = {"origin": state.link.origin, "seq": state.link.seq}
         origins.append(entry)
@@ -234,6 +244,44 @@ async def integrity(
                              "events_checked": checked, "last_seq": own["last_seq"],
                              "last_checkpoint": own["last_checkpoint"], "unsealed_events": own["unsealed_events"],
                              "problems": problems[:100], "origins": origins})
+
+
+async def _signed_head(app: Any, origin: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The origin's last signed checkpoint (size, note) as its log holds it, and the witnesses'
+    cosignatures gathered for it; (None, []) for a log this instance cannot read."""
+    view = app.log_views.get(origin) if app.log_views is not None else None
+    if view is None:
+        return None, []
+    try:
+        head = await asyncio.to_thread(view.signed)
+    except Exception as exc:  # a checkpoint that no longer verifies: the report's problems say so
+        log.warning("access log %s: its last checkpoint cannot be read: %s", origin, exc)
+        return None, []
+    if head is None:
+        return None, []
+    cosignatures: list[dict[str, Any]] = []
+    if app.witnesses is not None:
+        with contextlib.suppress(notes.NoteError):
+            _, good = notes.verified(head.note, app.witnesses.verifiers())
+            cosignatures = [{"witness": s.name, "time": struct.unpack(">Q", s.blob[4:12])[0]} for s in good]
+    return {"size": head.size, "root": notes.b64encode(head.root), "note": head.note}, cosignatures
+
+
+def _own_log_problems(app: Any, origin: str) -> list[dict[str, Any]]:
+    """What this process knows of its own log that no walk of the index shows: a refusal to sign, and the
+    witnesses' complaints and lag."""
+    found: list[dict[str, Any]] = []
+    store = app.log_store
+    if store is not None and store.refusal:
+        found.append({"origin": origin, "seq": store.next_seq, "problem": store.refusal})
+    client = app.witness_client
+    if client is not None:
+        found += [{"origin": origin, "seq": store.next_seq if store else 0, "problem": p} for p in client.problems()]
+        lag = client.lag()
+        if lag > app.settings.witness_max_lag_s:
+            found.append({"origin": origin, "seq": store.next_seq if store else 0,
+                          "problem": f"no checkpoint has reached its witness quorum for {lag:.0f} s"})
+    return found
 
 
 @router.post("/v1/subjects/access-history", name="subject.history",

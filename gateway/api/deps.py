@@ -16,7 +16,7 @@ def access_record(request: Request) -> AccessRecord:
     return request.scope["state"]["access_record"]  # set by the middleware; no State wrapper per call
 
 
-def protected(operation: str, scope: str) -> Callable[[Request], Awaitable[Caller]]:
+def protected(operation: str, scope: str | None) -> Callable[[Request], Awaitable[Caller]]:
     """The caller that admission authenticated (and limited, before routing), holding `scope`.
 
     A route behind this guard releases data, so it refuses to run for a request that admission did not
@@ -32,7 +32,7 @@ def protected(operation: str, scope: str) -> Callable[[Request], Awaitable[Calle
         caller = admission.caller
         if caller is None:
             raise admission.problem or Problem("invalid_token")
-        if scope not in caller.scopes:
+        if scope is not None and scope not in caller.scopes:  # None: any valid token
             raise insufficient_scope(scope)
         return caller
 

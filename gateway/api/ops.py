@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -24,12 +25,13 @@ async def healthz() -> FastJSONResponse:
     return FastJSONResponse({"status": "ok"})
 
 
-async def _run_check(check: ReadinessCheck) -> str:
+async def _run_check(check: ReadinessCheck) -> str | dict[str, Any]:
+    """`ok`, `degraded` or `failing`; or a dict with that `status` and figures (lags, the reason)."""
     try:
         result = await asyncio.wait_for(check(), _CHECK_TIMEOUT_S)
     except Exception:  # a failing or hanging dependency is simply not ready
         return "failing"
-    if isinstance(result, str):
+    if isinstance(result, str | dict):
         return result
     return "ok" if result else "failing"
 
@@ -39,7 +41,7 @@ async def readyz(request: Request) -> FastJSONResponse:
     checks = services(request).readiness
     results = await asyncio.gather(*(_run_check(c) for c in checks.values()))
     report = dict(zip(checks, results, strict=True))
-    ready = "failing" not in results
+    ready = all((r if isinstance(r, str) else r.get("status")) != "failing" for r in results)
     return FastJSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": report},
         status_code=200 if ready else 503,

@@ -18,6 +18,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from gateway.audit.notes import Signer
+
 GENESIS = "0" * 64
 HASHED_FIELDS = (
     "seq", "id", "time", "administration", "client_id", "operation", "purpose", "legal_basis", "consent_id",
@@ -72,6 +74,7 @@ class Checkpoint:
     time: str
     key_id: str
     signature: str  # base64url, unpadded
+    note: str | None = None  # the C2SP checkpoint over the Merkle tree at size seq + 1, signed by the same key
 
 
 class CheckpointSigner:
@@ -79,6 +82,10 @@ class CheckpointSigner:
         self._private = private_key
         self.public_key = private_key.public_key()
         self.key_id = key_id(self.public_key)
+
+    def note_signer(self, origin: str) -> Signer:
+        """The same key signing C2SP notes under the log's origin (its vkey names the origin)."""
+        return Signer(origin, self._private)
 
     def private_bytes(self) -> bytes:
         """The raw key, for handing to the access-log writer process over its pipe."""
@@ -140,6 +147,7 @@ class ChainVerifier:
     _pending: list[Checkpoint] = field(default_factory=list)
     _sealed_seq: int = 0
     _last_checkpoint: Checkpoint | None = None
+    _rewritten: bool = False
 
     def __post_init__(self) -> None:
         self._pending = sorted(self.checkpoints, key=lambda c: c.seq, reverse=True)
@@ -172,6 +180,7 @@ class ChainVerifier:
         elif checkpoint.seq != seq:
             self._problem(checkpoint.seq, "checkpointed event is missing")
         elif checkpoint.head_hash != head_hash:
+            self._rewritten = True
             self._problem(seq, f"chain differs from the signed checkpoint: history after seq "
                                f"{self._sealed_seq} was rewritten")
         else:
@@ -188,7 +197,7 @@ class ChainVerifier:
         self._pending = []
         unsealed = self._prev_seq - self._sealed_seq if self._prev_seq > self._sealed_seq else 0
         # Entries before a valid checkpoint past the end were sealed; the fault is the missing end.
-        if self.require_sealed and unsealed and not truncated:
+        if self.require_sealed and unsealed and not truncated and not self._rewritten:
             self._problem(self._sealed_seq + 1, f"{unsealed} events are not covered by a signed checkpoint")
         last = self._last_checkpoint
         return IntegrityReport(

@@ -141,6 +141,14 @@ class IndexFollower:
         self._batch = batch
         self.indexed_through = 0  # the next seq the index lacks, as of the last catch-up
 
+    def retarget(self, directory: Path, origin: str) -> None:
+        """Follow another log instead (the store began a successor before the follower started)."""
+        self.directory, self.origin = directory, origin
+        self._reader = SegmentReader(directory)
+        self._checkpoints = _CheckpointTail(directory / CHECKPOINTS_FILE)
+        self._pending_checkpoints = []
+        self.indexed_through = 0
+
     async def watermark(self) -> int:
         """The next seq the index lacks (0 for a log it has never seen)."""
         async with self._engine.connect() as connection:
@@ -585,16 +593,23 @@ class LogBehindIndex(Exception):
     """The index holds more of an origin than its log: the log was restored from an older copy or lost."""
 
 
-async def check_log_not_behind_index(engine: AsyncEngine, origin: str, next_seq: int) -> None:
-    """Refuse to write a log the index already knows further: its next entries would reuse (origin, seq)
-    pairs the index holds, and never be indexed. The operator decides (a new origin, or a reindex)."""
+async def log_behind_index(engine: AsyncEngine, origin: str, next_seq: int) -> str | None:
+    """Why the log must not be written further, when the index already knows more of it (its next entries
+    would reuse (origin, seq) pairs the index holds, and a checkpoint past them was signed): the log was
+    restored from an older copy, or lost its tail. None when the index is not ahead."""
     async with engine.connect() as connection:
         indexed = await connection.scalar(select(_origins.c.next_seq).where(_origins.c.origin == origin))
     if indexed is not None and indexed > next_seq:
-        raise LogBehindIndex(
-            f"the access log {origin!r} holds {next_seq} entries but the index already holds {indexed}: the "
-            "log was restored from an older copy or lost. Start with another GATEWAY_LOG_ORIGIN (and keep "
-            "the old index rows as evidence), or, if the index is the stale one, run `jamu audit reindex`")
+        return (f"restored from an older copy: the log holds {next_seq} entries but the index already holds "
+                f"{indexed} (the rows after seq {next_seq - 1} stay in the index as evidence)")
+    return None
+
+
+async def check_log_not_behind_index(engine: AsyncEngine, origin: str, next_seq: int) -> None:
+    """Raise LogBehindIndex when the index knows more of the log than it holds (offline tools)."""
+    why = await log_behind_index(engine, origin, next_seq)
+    if why is not None:
+        raise LogBehindIndex(f"the access log {origin!r}: {why}")
 
 
 def _not_ours(store: Any, signer: CheckpointSigner) -> str | None:

@@ -35,6 +35,10 @@ class NoteError(ValueError):
     """A note, checkpoint or key that is malformed, or whose signatures do not hold."""
 
 
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 def _raw(public_key: Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 

@@ -26,13 +26,23 @@ from cryptography.hazmat.primitives.serialization import (
 from sqlalchemy import func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.audit import notes
 from gateway.audit.chain import GENESIS, MAX_PROBLEMS, ChainVerifier, IntegrityReport, canonical, key_id
 from gateway.audit.index import AuditIndex, IndexFollower, forget_origin, import_legacy, legacy_head
+from gateway.audit.merkle import Frontier, leaf_hash
 from gateway.audit.origin import local_logs
 from gateway.audit.rows import EventFilter
-from gateway.audit.segment_store import hold_writer_lock, read_checkpoints, read_link, read_origin
+from gateway.audit.segment_store import (
+    WITNESSED_FILE,
+    hold_writer_lock,
+    read_checkpoints,
+    read_link,
+    read_origin,
+    read_vkey,
+)
 from gateway.audit.segments import CorruptLog, SegmentLog
 from gateway.audit.store import AccessLogStore
+from gateway.audit.tree import TREE_DIR, TreeStore
 from gateway.storage.database import create_engine
 from gateway.storage.tables import access_events
 
@@ -82,15 +92,46 @@ def load_public_keys(paths: Sequence[Path]) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
+RETIRED_LOG_KEYS = "retired-log-keys"
+
+
+def retired_log_keys(private_key_path: Path) -> dict[str, Ed25519PublicKey]:
+    """The public halves of log keys rotated out (`jamu audit rotate-key`): their logs stay checkable."""
+    directory = private_key_path.parent / RETIRED_LOG_KEYS
+    return load_public_keys(sorted(directory.glob("*.pem"))) if directory.is_dir() else {}
+
+
 def public_keys_of(private_key_path: Path) -> dict[str, Ed25519PublicKey]:
-    """The checkpoint key's public half, derived from the private key file (read, never created)."""
+    """The checkpoint key's public half, derived from the private key file (read, never created), and the
+    public halves of the keys it replaced."""
     try:
         key = load_pem_private_key(private_key_path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
         raise OfflineError(f"{private_key_path}: no readable checkpoint key; pass --public-key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise OfflineError(f"{private_key_path}: not an Ed25519 private key")
-    return {key_id(key.public_key()): key.public_key()}
+    return {**retired_log_keys(private_key_path), key_id(key.public_key()): key.public_key()}
+
+
+def rotate_log_key(private_key_path: Path) -> Ed25519PublicKey:
+    """Replace the log key: the old one's public half is kept (its logs stay checkable), its private half
+    deleted (nothing can sign those logs again); each log it signed is retired at the next start and
+    continued under a new origin signed by the new key."""
+    old = public_keys_of(private_key_path)[key_id(_private(private_key_path).public_key())]
+    retired = private_key_path.parent / RETIRED_LOG_KEYS
+    retired.mkdir(mode=0o700, exist_ok=True)
+    (retired / f"{key_id(old)}.pem").write_bytes(public_pem_of(old))
+    private_key_path.unlink()
+    from gateway.keyfiles import load_or_create_ed25519
+
+    return load_or_create_ed25519(private_key_path).public_key()
+
+
+def _private(path: Path) -> Ed25519PrivateKey:
+    key = load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise OfflineError(f"{path}: not an Ed25519 private key")
+    return key
 
 
 def public_pem_of(key: Ed25519PublicKey) -> bytes:
@@ -125,13 +166,142 @@ async def _engine(url: str, schema: str | None) -> AsyncEngine:
 
 
 @dataclass
+class Witnessing:
+    """Who is trusted to cosign (`--witness-vkey`, or the witnesses file) and how many make a quorum."""
+
+    verifiers: list[notes.Verifier]
+    quorum: int
+
+
+def _raw(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+class TreeCheck:
+    """A log's Merkle tree rebuilt from its entries, in one pass and constant memory (a frontier): every
+    signed checkpoint's root must be the tree's root at its size (so every checkpoint is consistent with
+    every other), every cosigned one too, with cosignatures that verify; the tree the gateway stored must
+    hold the entries' leaves, which names the first entry rewritten under it."""
+
+    BATCH = 4096
+
+    def __init__(self, directory: Path, origin: str, keys: dict[str, Ed25519PublicKey],
+                 witnessing: Witnessing | None) -> None:
+        self.origin = origin
+        self.problems: list[dict[str, Any]] = []
+        self.frontier = Frontier()
+        self.verifiers = [notes.Verifier(origin, notes.ED25519, _raw(k)) for k in keys.values()]
+        self.witnessing = witnessing
+        self.cosigned: dict[str, Any] | None = None  # the last cosigned checkpoint: size, witnesses, quorum
+        recorded = read_vkey(directory)
+        if recorded is not None and recorded not in {v.vkey() for v in self.verifiers}:
+            self._problem(0, f"the log's key {recorded} is not among the keys given")
+        self._notes: list[tuple[int, str, bool]] = []  # (size, note, witnessed)
+        for checkpoint in read_checkpoints(directory):
+            if checkpoint.note is not None:
+                self._add(checkpoint.note, checkpoint.seq, witnessed=False)
+        try:
+            lines = (directory / WITNESSED_FILE).read_bytes().split(b"\n")
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            try:
+                found = orjson.loads(line)
+                self._add(str(found["note"]), int(found["size"]) - 1, witnessed=True)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # a line cut by a crash
+        self._notes.sort(key=lambda n: n[0], reverse=True)
+        self._stored = TreeStore(directory, writable=False) if (directory / TREE_DIR).is_dir() else None
+        if self._stored is not None:
+            self._stored.open()
+        self._batch: list[bytes] = []
+        self._batch_start = 0
+        self.first_rewritten: int | None = None
+
+    def _problem(self, seq: int, problem: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append({"seq": seq, "problem": problem})
+
+    def _add(self, note: str, last_seq: int, *, witnessed: bool) -> None:
+        try:
+            checkpoint = notes.Checkpoint.parse(notes.verified(note, self.verifiers)[0])
+        except notes.NoteError as exc:
+            self._problem(max(last_seq, 0), f"a checkpoint that does not verify under the log's key: {exc}")
+            return
+        if checkpoint.origin != self.origin:
+            self._problem(max(last_seq, 0), f"a checkpoint of another origin ({checkpoint.origin})")
+            return
+        self._notes.append((checkpoint.size, note, witnessed))
+
+    def feed(self, seq: int, payload: bytes) -> None:
+        leaf = leaf_hash(payload)
+        if self._stored is not None and self.first_rewritten is None:
+            if not self._batch:
+                self._batch_start = seq
+            self._batch.append(leaf)
+            if len(self._batch) >= self.BATCH:
+                self._compare_stored()
+        self.frontier.append(leaf)
+        while self._notes and self._notes[-1][0] <= self.frontier.size:
+            self._check(*self._notes.pop())
+
+    def _compare_stored(self) -> None:
+        assert self._stored is not None
+        start = self._batch_start
+        stored = self._stored.leaf_hashes(start, len(self._batch))
+        for offset, leaf in enumerate(self._batch):
+            if offset < len(stored) and stored[offset] != leaf:
+                self.first_rewritten = start + offset
+                self._problem(start + offset, "entry rewritten: it is not the entry whose leaf the gateway's tree "
+                                              "holds")
+                break
+        self._batch = []
+
+    def _check(self, size: int, note: str, witnessed: bool) -> None:
+        checkpoint = notes.Checkpoint.parse(notes.parse(note)[0])
+        if size == 0:
+            return
+        if checkpoint.root != self.frontier.root() or size != self.frontier.size:
+            first = self.first_rewritten if self.first_rewritten is not None and self.first_rewritten < size else None
+            where = f" (first entry rewritten: seq {first})" if first is not None else ""
+            self._problem(first if first is not None else size - 1,
+                          f"the tree of the first {size} entries is not the one a "
+                          f"{'cosigned' if witnessed else 'signed'} checkpoint gives: history before seq {size} was "
+                          f"rewritten{where}")
+            return
+        if witnessed and self.witnessing is not None:
+            try:
+                _, good = notes.verified(note, self.witnessing.verifiers)
+                names = sorted({s.name for s in good})
+            except notes.NoteError as exc:
+                if "no known key" in str(exc):
+                    names = []
+                else:
+                    self._problem(size - 1, f"a cosignature that does not verify: {exc}")
+                    return
+            self.cosigned = {"size": size, "witnesses": names, "quorum": len(names) >= self.witnessing.quorum}
+
+    def finish(self) -> list[dict[str, Any]]:
+        if self._batch:
+            self._compare_stored()
+        for size, _, witnessed in self._notes:
+            self._problem(size - 1, f"a {'cosigned' if witnessed else 'signed'} checkpoint covers {size} entries, the "
+                                    f"log holds {self.frontier.size}: entries were deleted from the end")
+        if self._stored is not None:
+            self._stored.close()
+        return self.problems
+
+
+@dataclass
 class OriginReport:
     origin: str
     report: IntegrityReport
     source: str  # "segments" (checked against the index too), "index" (another instance's), "1.0 log"
+    tree: dict[str, Any] | None = None  # a segment log's tree: size, root, last cosigned checkpoint
 
     def as_dict(self) -> dict[str, Any]:
-        return {"origin": self.origin, "source": self.source, **self.report.as_dict()}
+        return {"origin": self.origin, "source": self.source, **self.report.as_dict(),
+                **({"tree": self.tree} if self.tree is not None else {})}
 
 
 @dataclass
@@ -150,8 +320,9 @@ class Verification:
                 "problems": self.problems(), "origins": [o.as_dict() for o in self.origins]}
 
 
-def _segment_walk(directory: Path, keys: dict[str, Ed25519PublicKey], require_sealed: bool
-                  ) -> tuple[ChainVerifier, list[dict[str, Any]], int]:
+def _segment_walk(directory: Path, keys: dict[str, Ed25519PublicKey], require_sealed: bool,
+                  witnessing: Witnessing | None = None
+                  ) -> tuple[ChainVerifier, list[dict[str, Any]], dict[str, Any]]:
     """Check one local log: frames (CRC, numbering), chain, checkpoints. Returns the verifier, extra
     problems (damage that stops the walk, a torn tail) and how many entries were read."""
     extra: list[dict[str, Any]] = []
@@ -169,11 +340,13 @@ def _segment_walk(directory: Path, keys: dict[str, Ed25519PublicKey], require_se
     if recovery is not None and recovery.torn_bytes:
         extra.append({"seq": recovery.next_seq, "problem": f"a torn write of {recovery.torn_bytes} bytes at the "
                       "end (never acknowledged; the gateway cuts it at its next start)"})
-    count = 0
-    for _, payload in segments.records(0):
+    tree = TreeCheck(directory, read_origin(directory) or directory.name, keys, witnessing)
+    for seq, payload in segments.records(0):
         verifier.feed(orjson.loads(payload))
-        count += 1
-    return verifier, extra, count
+        tree.feed(seq, payload)
+    extra += tree.finish()
+    return verifier, extra, {"size": tree.frontier.size, "root": notes.b64encode(tree.frontier.root()),
+                             "cosigned": tree.cosigned}
 
 
 async def _compare_index(index: AuditIndex, origin: str, directory: Path) -> list[dict[str, Any]]:
@@ -223,7 +396,7 @@ async def _legacy_report(engine: AsyncEngine, keys: dict[str, Ed25519PublicKey],
 
 
 async def verify(url: str | None, schema: str | None, log_root: Path, keys: dict[str, Ed25519PublicKey], *,
-                 require_sealed: bool, legacy_name: str) -> Verification:
+                 require_sealed: bool, legacy_name: str, witnessing: Witnessing | None = None) -> Verification:
     """Every origin: each local log from its segments (and its index rows against them), every other
     origin the index holds from the index, and a migrated 1.0 log from its SQL chain."""
     reports: list[OriginReport] = []
@@ -234,7 +407,8 @@ async def verify(url: str | None, schema: str | None, log_root: Path, keys: dict
         for directory in local_logs(log_root):
             origin = read_origin(directory) or directory.name
             local.add(origin)
-            verifier, extra, _ = await asyncio.to_thread(_segment_walk, directory, keys, require_sealed)
+            verifier, extra, tree = await asyncio.to_thread(_segment_walk, directory, keys, require_sealed,
+                                                            witnessing)
             report = verifier.finish()
             link = read_link(directory)
             if link is not None and link.origin == legacy_name and engine is not None and index is not None:
@@ -250,7 +424,7 @@ async def verify(url: str | None, schema: str | None, log_root: Path, keys: dict
                 extra += await _compare_index(index, origin, directory)
             report.problems = sorted(report.problems + extra, key=lambda p: p["seq"])[:MAX_PROBLEMS]
             report.ok = not report.problems
-            reports.append(OriginReport(origin, report, "segments"))
+            reports.append(OriginReport(origin, report, "segments", tree))
         if engine is not None and index is not None:
             legacy = await _legacy_report(engine, keys, require_sealed)
             if legacy is not None:

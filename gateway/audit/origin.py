@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import socket
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -84,3 +85,21 @@ def local_logs(log_root: Path) -> list[Path]:
     if not log_root.is_dir():
         return []
     return sorted(path for path in log_root.iterdir() if (path / "origin").is_file())
+
+
+def successor_origin(origin: str) -> str:
+    """The origin that continues a retired log: `<origin>/e2`, then `/e3`, and so on."""
+    match = re.fullmatch(r"(.+)/e([0-9]+)", origin)
+    return f"{match.group(1)}/e{int(match.group(2)) + 1}" if match else f"{origin}/e2"
+
+
+def current_origin(log_root: Path, origin: str) -> str:
+    """Follow retired logs (`retired.json`) from `origin` to the one that continues them."""
+    from gateway.audit.segment_store import read_retired
+
+    for _ in range(10_000):
+        retired = read_retired(log_directory(log_root, origin))
+        if retired is None:
+            return origin
+        origin = str(retired["successor"])
+    raise ValueError(f"the log {origin!r} has too many successors")

@@ -8,7 +8,15 @@ A log's directory holds, beside its segments:
 - `link.json` (optional): the head of the log this one continues (a 1.0 SQL log, sealed when it was
   migrated). The first entry's `prev_hash` is that head's hash, so one walk checks both.
 - `checkpoints.jsonl`: the signed checkpoints over this log, one line each, synced when written. They live
-  beside the segments, outside the query database, so the index can be rebuilt without losing them.
+  beside the segments, outside the query database, so the index can be rebuilt without losing them. Each
+  carries the C2SP checkpoint (`note`) over the log's Merkle tree; the last one is what every later tree
+  must extend (`NotAnExtension` otherwise: nothing more is signed or appended).
+- `tree/`: the Merkle tree's stored nodes (`tree.py`), extended with each batch.
+- `vkey`: the log's public key as a C2SP vkey, written when the log is made; a log is only ever signed by
+  that key (a new key begins a new origin).
+- `witnessed.jsonl`: checkpoints with the witnesses' cosignatures gathered for them.
+- `retired.json`: set when the log must not be written again (its key was rotated, or it was found
+  behind a checkpoint it had signed: restored from an older copy); it names the origin that continues it.
 """
 
 from __future__ import annotations
@@ -26,9 +34,12 @@ from typing import Any
 
 import orjson
 
+from gateway.audit import notes
 from gateway.audit.chain import GENESIS, Checkpoint, CheckpointSigner, link
+from gateway.audit.merkle import leaf_hash
 from gateway.audit.record import rfc3339
 from gateway.audit.segments import SegmentLog
+from gateway.audit.tree import TreeStore
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +47,10 @@ ORIGIN_FILE = "origin"
 LINK_FILE = "link.json"
 CHECKPOINTS_FILE = "checkpoints.jsonl"
 WRITER_LOCK_FILE = "writer.lock"
+VKEY_FILE = "vkey"
+WITNESSED_FILE = "witnessed.jsonl"
+RETIRED_FILE = "retired.json"
+RECENT_IDS = 100_000  # transaction id → seq kept in memory: receipts before the index has the event
 PROBE_BYTES = 16 * 1024  # room a probe asks for after a failure: a large batch's worth
 
 
@@ -46,6 +61,66 @@ def entry_bytes(event: dict[str, Any]) -> bytes:
 
 class LogMismatch(Exception):
     """The directory holds another origin's log."""
+
+
+class NotAnExtension(Exception):
+    """The log's tree is not an extension of its last signed checkpoint: history was rewritten, or the log
+    was restored from an older copy. Nothing more is signed or appended; an operator must look."""
+
+
+def read_vkey(directory: Path) -> str | None:
+    try:
+        return (directory / VKEY_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+
+
+def read_retired(directory: Path) -> dict[str, Any] | None:
+    try:
+        return dict(orjson.loads((directory / RETIRED_FILE).read_bytes()))
+    except FileNotFoundError:
+        return None
+
+
+def retire(directory: Path, head: Link, reason: str, successor: str) -> None:
+    """Mark a log as never to be written again, naming the origin that continues it and its head."""
+    _write_synced(directory / RETIRED_FILE, orjson.dumps(
+        {"reason": reason, "successor": successor, "time": rfc3339(datetime.now(UTC)), **head.__dict__}))
+
+
+def read_head(directory: Path, origin: str) -> Link:
+    """The last entry of a log (read-only), or the head it continues when it has none."""
+    segments = SegmentLog(directory, read_only=True)
+    recovery = segments.open()
+    if recovery.next_seq == 0:
+        linked = read_link(directory)
+        return Link(origin, -1, linked.hash if linked else GENESIS)
+    last = next(segments.records(recovery.next_seq - 1))[1]
+    return Link(origin, recovery.next_seq - 1, orjson.loads(last)["hash"])
+
+
+def last_witnessed(directory: Path) -> tuple[int, str] | None:
+    """(size, note with cosignatures) of the last checkpoint witnesses cosigned, if any."""
+    try:
+        with open(directory / WITNESSED_FILE, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - 65536))
+            tail = handle.read()
+    except FileNotFoundError:
+        return None
+    for line in reversed(tail.split(b"\n")):
+        try:
+            found = orjson.loads(line)
+            return int(found["size"]), str(found["note"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return None
+
+
+def note_checkpoint(note: str, verifier: notes.Verifier) -> notes.Checkpoint:
+    """The checkpoint a note carries, once the log's signature on it holds (raises NoteError)."""
+    text, _ = notes.verified(note, [verifier])
+    return notes.Checkpoint.parse(text)
 
 
 @dataclass(frozen=True)
@@ -146,6 +221,22 @@ class SegmentStore:
         self._writer_lock: int | None = None
         self._append_failed = False
         self.torn_bytes = 0
+        self.tree = TreeStore(directory)
+        self._tree_behind = False  # a tree write failed after its entries were synced: redo before signing
+        self._kept: notes.Checkpoint | None = None  # the last C2SP checkpoint signed: every tree extends it
+        self._note: str | None = None
+        self.refusal: str | None = None  # why nothing more is signed or appended (NotAnExtension)
+        self.recent: dict[str, int] = {}
+        self.on_checkpoint: Callable[[str, int], None] | None = None  # the witnesses' client
+
+    @property
+    def verifier(self) -> notes.Verifier | None:
+        return None if self._signer is None else self._signer.note_signer(self.origin).verifier
+
+    @property
+    def latest_note(self) -> str | None:
+        """The last signed checkpoint (C2SP note), None before the first."""
+        return self._note
 
     def continue_from(self, link: Link) -> None:
         """Make a new log continue `link`'s log (no effect on a log that already exists)."""
@@ -191,7 +282,18 @@ class SegmentStore:
             _write_synced(self.directory / ORIGIN_FILE, self.origin.encode() + b"\n")
         elif self.origin and found != self.origin:
             raise LogMismatch(f"{self.directory} holds the log of {found!r}, not {self.origin!r}")
+        if (retired := read_retired(self.directory)) is not None:
+            raise LogMismatch(f"{self.directory}: the log was retired ({retired.get('reason')}); it continues as "
+                              f"{retired.get('successor')!r}")
         self.origin = found or self.origin
+        if self._signer is not None:
+            vkey = self._signer.note_signer(self.origin).verifier.vkey()
+            recorded = read_vkey(self.directory)
+            if recorded is None:
+                _write_synced(self.directory / VKEY_FILE, vkey.encode() + b"\n")
+            elif recorded != vkey:
+                raise LogMismatch(f"{self.directory}: the log {self.origin!r} is signed by {recorded}, not by this "
+                                  "gateway's log key; a new key begins a new origin")
         sealed = last_checkpoint(self.directory)
         recovery = self.log.open(protect_through=sealed.seq if sealed else -1)
         self.torn_bytes = recovery.torn_bytes
@@ -200,24 +302,139 @@ class SegmentStore:
                         self.origin, recovery.torn_bytes, recovery.next_seq - 1)
         if sealed is not None:
             self._sealed = (sealed.seq, time.time())
+        self._open_tree(recovery.next_seq, sealed)
         if recovery.next_seq == 0:
             linked = read_link(self.directory)
             return -1, linked.hash if linked else GENESIS
         last = next(self.log.records(recovery.next_seq - 1))[1]
         return recovery.next_seq - 1, orjson.loads(last)["hash"]
 
+    def _open_tree(self, size: int, sealed: Checkpoint | None) -> None:
+        """Resume the stored tree: keep it up to the last signed checkpoint (synced before that signature),
+        hash what follows again from the segments, and check it still gives the checkpoint's root."""
+        self.tree.open()
+        signed = sealed.seq + 1 if sealed is not None else 0
+        keep = min(self.tree.size, signed, size)
+        self.tree.truncate(keep)
+        self._extend_tree_from(keep)
+        if sealed is None or sealed.note is None or self.verifier is None:
+            return  # a log from before notes: its first note begins the tree's record
+        try:
+            self._kept = note_checkpoint(sealed.note, self.verifier)
+        except notes.NoteError as exc:
+            self.refusal = f"the last checkpoint of {self.origin!r} does not verify under the log's key ({exc})"
+            return
+        self._note = sealed.note
+        if self._kept.origin != self.origin or self._kept.size != signed:
+            self.refusal = f"the last checkpoint names {self._kept.origin!r} at size {self._kept.size}"
+        elif self.tree.root(signed) != self._kept.root:
+            self.refusal = (f"the log's tree at size {signed} is not the one its last signed checkpoint covers: "
+                            f"entries before seq {signed} were rewritten")
+        if self.refusal:
+            log.critical("access log %s: %s; nothing more is signed or appended", self.origin, self.refusal)
+
+    def _extend_tree_from(self, start: int) -> None:
+        batch: list[bytes] = []
+        for _, payload in self.log.records(start):
+            batch.append(leaf_hash(payload))
+            if len(batch) >= 4096:
+                self.tree.extend(batch)
+                batch = []
+        self.tree.extend(batch)
+
+    def _write(self, payloads: list[bytes]) -> None:
+        """Sync the entries, then add their leaves to the tree (derived data: a failure there is redone
+        from the segments before the next signature, and the entries stand)."""
+        self.log.append(payloads)
+        if not self._tree_behind:
+            try:
+                self.tree.extend([leaf_hash(payload) for payload in payloads])
+            except OSError as exc:
+                log.error("access log %s: the tree could not be extended (%s); redone before signing",
+                          self.origin, exc)
+                self._tree_behind = True
+
+    def scrub(self) -> str | None:
+        """Hash every entry the last checkpoint covers and compare it with the tree's leaf: an entry
+        rewritten under an intact tree is found here, and named. Runs once after start, off the loop; on a
+        difference the log refuses further appends."""
+        kept = self._kept
+        if kept is None or self.refusal:
+            return self.refusal
+        start, batch = 0, []
+        for seq, payload in self.log.records(0):
+            if seq >= kept.size:
+                break
+            batch.append(leaf_hash(payload))
+            if len(batch) >= 8192:
+                if self._differs(start, batch):
+                    return self.refusal
+                start, batch = start + len(batch), []
+        self._differs(start, batch)
+        return self.refusal
+
+    def _differs(self, start: int, leaves: list[bytes]) -> bool:
+        stored = self.tree.leaf_hashes(start, len(leaves))
+        for offset, leaf in enumerate(leaves):
+            if offset >= len(stored) or stored[offset] != leaf:
+                self.refusal = (f"entry seq {start + offset} is not the entry the signed tree holds: it was "
+                                "rewritten after it was logged")
+                log.critical("access log %s: %s; nothing more is signed or appended", self.origin, self.refusal)
+                return True
+        return False
+
+    def key_changed(self) -> bool:
+        """Whether the log was made under another key than this gateway's (the log key was rotated)."""
+        recorded = read_vkey(self.directory)
+        return recorded is not None and self.verifier is not None and recorded != self.verifier.vkey()
+
+    async def begin_successor(self, reason: str) -> str:
+        """Retire this log (never written again) and make the store write a new one, under the next origin,
+        whose first entry chains from this one's last. Before the writer starts only."""
+        from gateway.audit.origin import log_directory, successor_origin
+
+        async with self._lock:
+            old_origin = self.origin or read_origin(self.directory) or ""
+            if self._head is not None:
+                head = Link(old_origin, *self._head)
+            else:
+                head = await asyncio.to_thread(read_head, self.directory, old_origin)
+            successor = successor_origin(old_origin)
+            await asyncio.to_thread(retire, self.directory, head, reason, successor)
+            log.critical("access log %s retired (%s); it continues as %s", old_origin, reason, successor)
+            self.log.close()
+            self.tree.close()
+            if self._writer_lock is not None:
+                os.close(self._writer_lock)
+                self._writer_lock = None
+            self.directory = log_directory(self.directory.parent, successor)
+            self.origin = successor
+            self.log = SegmentLog(self.directory, segment_bytes=self.log.segment_bytes)
+            self.tree = TreeStore(self.directory)
+            self._link_to, self._head, self._sealed = head, None, (-1, 0.0)
+            self._kept = self._note = self.refusal = None
+            self.recent = {}
+            return successor
+
     async def append(self, events: Sequence[dict[str, Any]], settle: Callable[[int], None] | None = None) -> int:
         """Chain and write `events`; they are durable when `settle` runs (with the first one's seq) and this
         returns that seq."""
         async with self._lock:  # one batch at a time: the chain has one order
             head_seq, head_hash = await self._opened()
+            if self.refusal:
+                raise NotAnExtension(self.refusal)
             linked = link(events, head_seq, head_hash)
             try:
-                await asyncio.to_thread(self.log.append, [entry_bytes(e) for e in linked])
+                await asyncio.to_thread(self._write, [entry_bytes(e) for e in linked])
             except BaseException:
                 self._append_failed = True
                 raise
             self._head = linked[-1]["seq"], linked[-1]["hash"]
+            recent = self.recent
+            for event in linked:
+                recent[event["id"]] = event["seq"]
+            while len(recent) > RECENT_IDS:
+                del recent[next(iter(recent))]
             if settle is not None:
                 settle(head_seq + 1)
             if self._head[0] - self._sealed[0] >= self._seal_every:
@@ -228,6 +445,8 @@ class SegmentStore:
         """Open (and so recover) the log, and after a failed append, make room for the next one (a new
         segment if need be): proves appends can proceed."""
         await self._opened()
+        if self.refusal:
+            raise NotAnExtension(self.refusal)
         if self._append_failed:
             async with self._lock:
                 await asyncio.to_thread(self.log.ensure_room, PROBE_BYTES)
@@ -244,12 +463,45 @@ class SegmentStore:
     async def _seal_locked(self) -> bool:
         assert self._head is not None
         seq, head_hash = self._head
-        if self._signer is None or seq <= self._sealed[0]:
+        if self._signer is None or seq <= self._sealed[0] or self.refusal:
             return False
-        checkpoint = self._signer.sign(seq, head_hash, rfc3339(datetime.now(UTC)))
-        await asyncio.to_thread(self._append_checkpoint, checkpoint)
+        note = await asyncio.to_thread(self._sign, seq, head_hash)
         self._sealed = (seq, time.time())
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(note, seq + 1)
         return True
+
+    def _sign(self, seq: int, head_hash: str) -> str:
+        """Sign the chain's head and the tree's root at `seq` in one line, once the tree is synced and shown
+        to extend the last checkpoint."""
+        assert self._signer is not None
+        size = seq + 1
+        if self._tree_behind:
+            self.tree.truncate(min(self.tree.size, self._kept.size if self._kept else 0))
+            self._extend_tree_from(self.tree.size)
+            self._tree_behind = False
+        self.tree.sync()
+        kept = self._kept
+        if kept is not None and (size < kept.size or self.tree.root(kept.size) != kept.root):
+            self.refusal = (f"the tree at size {size} does not extend the last signed checkpoint (size "
+                            f"{kept.size}): entries before seq {kept.size} were rewritten")
+            log.critical("access log %s: %s; nothing more is signed or appended", self.origin, self.refusal)
+            raise NotAnExtension(self.refusal)
+        checkpoint = notes.Checkpoint(self.origin, size, self.tree.root(size))
+        note = notes.sign(checkpoint.text(), self._signer.note_signer(self.origin))
+        signed = self._signer.sign(seq, head_hash, rfc3339(datetime.now(UTC)))
+        self._append_checkpoint(Checkpoint(**{**signed.__dict__, "note": note}))
+        self._kept, self._note = checkpoint, note
+        return note
+
+    def record_witnessed(self, size: int, note: str) -> None:
+        """Keep a checkpoint with the cosignatures gathered for it (synced: they cannot all be asked again)."""
+        fd = os.open(self.directory / WITNESSED_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, orjson.dumps({"size": size, "note": note}) + b"\n")
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _append_checkpoint(self, checkpoint: Checkpoint) -> None:
         fd = os.open(self.directory / CHECKPOINTS_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -270,6 +522,7 @@ class SegmentStore:
     async def close(self) -> None:
         async with self._lock:
             self.log.close()
+            self.tree.close()
             if self._writer_lock is not None:
                 os.close(self._writer_lock)
                 self._writer_lock = None

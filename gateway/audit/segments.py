@@ -18,12 +18,15 @@ them, cannot be told from a torn write: checkpoints every second bound that wind
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from crc32c import crc32c
 
@@ -326,3 +329,74 @@ def _valid_frame_after(data: bytes, offset: int, seq: int) -> bool:
                     return True
             at = data.find(needle, at + 1)
     return False
+
+
+class EntryLocator:
+    """Reads one record by seq without reading its segment whole (receipts): a sparse map of every
+    `EVERY`-th frame's offset per segment, built from the frame headers the first time a segment is
+    asked for and extended as it grows; a lookup then walks at most `EVERY` frames from a mark."""
+
+    EVERY = 128
+    CHUNK = 1 << 20
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._marks: dict[Path, list[tuple[int, int]]] = {}  # segment → [(seq, offset)], ascending
+        self._ends: dict[Path, tuple[int, int]] = {}  # segment → (next seq, offset) walked so far
+        self._lock = threading.Lock()  # lookups run on worker threads
+
+    def _segment_of(self, seq: int) -> Path | None:
+        chosen = None
+        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+            if int(path.stem) <= seq:
+                chosen = path
+        return chosen
+
+    def _walk(self, handle: Any, seq: int, offset: int, until: int) -> Iterator[tuple[int, int, int, int]]:
+        """(seq, offset, length, crc) of whole frames from (seq, offset) while seq ≤ `until`."""
+        while seq <= until:
+            data = os.pread(handle.fileno(), self.CHUNK, offset)
+            at = 0
+            while at + HEADER.size <= len(data) and seq <= until:
+                length, crc, frame_seq = HEADER.unpack_from(data, at)
+                if frame_seq != seq or length == 0 or length > MAX_PAYLOAD:
+                    return
+                if at + HEADER.size + length > len(data):
+                    if at == 0:
+                        return  # a record larger than a chunk, or a torn tail: not one to serve
+                    break
+                yield seq, offset + at, length, crc
+                at += HEADER.size + length
+                seq += 1
+            if at == 0:
+                return
+            offset += at
+
+    def read(self, seq: int) -> bytes | None:
+        """The payload of record `seq`, or None when the log does not hold it (yet)."""
+        with self._lock:
+            return self._read(seq)
+
+    def _read(self, seq: int) -> bytes | None:
+        path = self._segment_of(seq)
+        if path is None:
+            return None
+        with open(path, "rb") as handle:
+            marks = self._marks.setdefault(path, [(int(path.stem), 0)])
+            next_seq, offset = self._ends.get(path, marks[0])
+            if seq >= next_seq:  # map what was written since the last look
+                for frame_seq, at, length, _ in self._walk(handle, next_seq, offset, seq):
+                    if frame_seq % self.EVERY == 0 and frame_seq > marks[-1][0]:
+                        marks.append((frame_seq, at))
+                    next_seq, offset = frame_seq + 1, at + HEADER.size + length
+                self._ends[path] = (next_seq, offset)
+                if seq >= next_seq:
+                    return None
+            mark_seq, mark_offset = marks[bisect.bisect_right(marks, (seq, 1 << 62)) - 1]
+            for frame_seq, at, length, crc in self._walk(handle, mark_seq, mark_offset, seq):
+                if frame_seq == seq:
+                    payload = os.pread(handle.fileno(), length, at + HEADER.size)
+                    if crc32c(payload, crc32c(_SEQ.pack(seq))) != crc:
+                        raise CorruptLog(path, at, seq, "CRC mismatch")
+                    return payload
+        return None

@@ -40,7 +40,6 @@ class DurableAccessLog:
                  max_queue: int = 10_000, write_timeout_s: float = 5.0, seal_interval_s: float = 60.0,
                  on_durable: Callable[[], None] | None = None) -> None:
         self.store = store
-        self.origin: str = getattr(store, "origin", "")
         self._on_durable = on_durable
         self._metrics = metrics
         self._max_batch = max_batch
@@ -50,6 +49,11 @@ class DurableAccessLog:
         self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
         self._closed = False
+
+    @property
+    def origin(self) -> str:
+        """The log's origin (it changes once if the store begins a successor before the writer starts)."""
+        return str(getattr(self.store, "origin", ""))
 
     async def start(self) -> None:
         try:  # start the store's writer (SQLite: its process) now rather than on the first request

@@ -63,6 +63,7 @@ audit_index = Table(
     Index("ix_audit_index_subject", "subject_hash", "time"),
     Index("ix_audit_index_time", "time"),
     Index("ix_audit_index_decision_time", "decision", "time"),
+    Index("ix_audit_index_id", "id"),
     sqlite_autoincrement=True,
 )
 
@@ -95,6 +96,7 @@ audit_index_checkpoints = Table(
     Column("time", String(32), nullable=False),
     Column("key_id", String(64), nullable=False),
     Column("signature", String(128), nullable=False),
+    Column("note", Text),  # the C2SP checkpoint over the tree at seq + 1 (none on a 1.0 log's checkpoints)
 )
 
 # The chain's head, one row: every writer (any process) locks it, so the chain has one order.

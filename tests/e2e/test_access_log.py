@@ -644,14 +644,16 @@ def test_a_1_0_log_is_carried_over_and_verifies_as_one_history(realm: Realm, tmp
     assert "/access-log/1.0: 6 events, last seq 6, sealed up to seq 6 (1.0 log)" in verified.stdout
 
 
-def test_a_log_restored_from_an_older_copy_is_refused_not_overwritten(realm: Realm, tmp_path: Path) -> None:
-    """The log directory goes back to an earlier copy while the index knows more of it: new entries would
-    reuse (origin, seq) pairs the index holds and never be indexed. The gateway refuses to start, saying so."""
+def test_a_log_restored_from_an_older_copy_is_continued_under_a_new_origin(realm: Realm, tmp_path: Path) -> None:
+    """The log directory goes back to an earlier copy while the index knows more of it (a checkpoint past
+    the copy was signed): writing on would sign a tree that does not extend it, and reuse (origin, seq)
+    pairs the index holds. The gateway retires the restored log and begins a new origin chained to it."""
     data = tmp_path / "var"
     first = serve(realm, tmp_path / "first.log", GATEWAY_DATA_DIR=str(data), GATEWAY_LOG_ORIGIN="gw.example/log")
     try:
         elections = token(first, realm, "elections-app")
         assert person(first, elections, AMINATA).status_code == 200
+        time.sleep(1.5)  # a checkpoint over the early entries
         backup = tmp_path / "backup"
         shutil.copytree(data / "log", backup)  # a copy of the log, taken early
         for _ in range(5):
@@ -660,11 +662,20 @@ def test_a_log_restored_from_an_older_copy_is_refused_not_overwritten(realm: Rea
         first.stop()
     shutil.rmtree(data / "log")
     shutil.copytree(backup, data / "log")
-    restored = GatewayProcess(realm.env(GATEWAY_DATA_DIR=str(data), GATEWAY_LOG_ORIGIN="gw.example/log",
-                                        GATEWAY_DATABASE_TIMEOUT_S="1"), factory=DURABLE)
-    with pytest.raises(RuntimeError, match="restored from an older copy or lost"):
-        restored.start(tmp_path / "restored.log")
-    restored.stop()
+    restored = serve(realm, tmp_path / "restored.log", GATEWAY_DATA_DIR=str(data), GATEWAY_LOG_ORIGIN="gw.example/log")
+    try:
+        answered = person(restored, token(restored, realm, "elections-app"), AMINATA)
+        assert answered.status_code == 200
+        assert answered.headers["audit-log-position"].startswith("gw.example/log/e2 ")
+        retired = json.loads((data / "log" / "gw%2Eexample%2Flog" / "retired.json").read_text())
+        assert retired["successor"] == "gw.example/log/e2" and "restored from an older copy" in retired["reason"]
+        listing = events(restored, token(restored, realm, "oversight-app"), limit=1000)["events"]
+        new = sorted((e for e in listing if e["origin"] == "gw.example/log/e2"), key=lambda e: e["seq"])
+        assert new[0]["seq"] == 0 and new[0]["prev_hash"] == retired["hash"]  # chained to the restored head
+        assert len([e for e in listing if e["origin"] == "gw.example/log"]) > retired["seq"] + 1  # kept as evidence
+    finally:
+        restored.stop()
+    assert (tmp_path / "restored.log").read_text().count("retired") >= 1
 
 
 def test_reindex_refuses_a_log_its_gateway_is_writing(gateway: GatewayProcess, realm: Realm, traffic: dict) -> None:

@@ -1,0 +1,173 @@
+"""The verifiable access log (CONTRACT §13): checkpoints, the logs' keys, inclusion and consistency
+proofs, and receipts, all read from the logs' own files (`audit/proofs.py`), never from the query index's
+copy: what is proven is what was signed.
+
+An administration checks its own receipts with the checkpoint, the origins' keys and consistency proofs,
+so any valid token reads those; inclusion proofs of arbitrary entries are for security officers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy import select
+from starlette.responses import Response
+
+from gateway.api.deps import protected
+from gateway.api.responses import FastJSONResponse
+from gateway.audit import merkle, notes
+from gateway.audit.proofs import LogView, LogViews, NotProvable, SignedHead, cosigned_count, receipt_proof
+from gateway.auth.bearer import Caller
+from gateway.errors import Problem
+from gateway.services import Services, services
+from gateway.storage.tables import audit_index
+
+router = APIRouter(tags=["Verifiable access log"])
+
+Origin = Annotated[str | None, Query(max_length=300, pattern=r"^[^\x00-\x1f\x7f\s+]+$")]
+Size = Annotated[int, Query(ge=0, lt=2**63)]
+_TRANSACTION = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _views(app: Services) -> LogViews:
+    if app.log_views is None:
+        raise Problem("audit_unavailable", "this gateway serves no verifiable log")
+    return app.log_views
+
+
+def _view(app: Services, origin: str | None) -> LogView:
+    own = app.access_log.origin
+    view = _views(app).get(origin or own)
+    if view is None:
+        raise Problem("not_found", f"no log of origin {origin!r} on this instance" if origin else
+                      "this instance's log has no key yet")
+    return view
+
+
+async def _signed(view: LogView) -> SignedHead:
+    head = await asyncio.to_thread(view.signed)
+    if head is None:
+        raise Problem("conflict", "the log has not signed a checkpoint yet", headers={"Retry-After": "1"})
+    return head
+
+
+def _b64(hashes: list[bytes]) -> list[str]:
+    return [notes.b64encode(h) for h in hashes]
+
+
+@router.get("/v1/audit/checkpoint", name="audit.proof", response_class=Response,
+            summary="The latest signed checkpoint, with the witnesses' cosignatures (C2SP tlog-checkpoint)")
+async def checkpoint(
+    request: Request, caller: Annotated[Caller, Depends(protected("audit.proof", None))], origin: Origin = None,
+) -> Response:
+    head = await _signed(_view(services(request), origin))
+    return Response(head.note, media_type="text/plain; charset=utf-8", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/v1/audit/origins", name="audit.proof", summary="Each local log's origin and public key (vkey)")
+async def origins(
+    request: Request, caller: Annotated[Caller, Depends(protected("audit.proof", None))],
+) -> FastJSONResponse:
+    views = await asyncio.to_thread(_views(services(request)).all)
+    return FastJSONResponse({"origins": [{"origin": v.origin, "vkey": v.vkey} for v in views if v.vkey]})
+
+
+@router.get("/v1/audit/proof/inclusion", name="audit.proof",
+            summary="An entry's inclusion proof in a signed tree (security officers)")
+async def inclusion(
+    request: Request, caller: Annotated[Caller, Depends(protected("audit.proof", "audit:read"))],
+    seq: Size, size: Size, origin: Origin = None,
+) -> FastJSONResponse:
+    view = _view(services(request), origin)
+    try:
+        leaf, hashes = await asyncio.to_thread(view.inclusion, seq, size)
+    except NotProvable as exc:
+        raise Problem("conflict", str(exc), headers={"Retry-After": "1"}) from None
+    except ValueError as exc:
+        raise Problem("invalid_request", str(exc)) from None
+    return FastJSONResponse({"origin": view.origin, "seq": seq, "size": size, "leaf_hash": notes.b64encode(leaf),
+                             "hashes": _b64(hashes)})
+
+
+@router.get("/v1/audit/proof/consistency", name="audit.proof",
+            summary="A proof that one signed tree extends an older one")
+async def consistency(
+    request: Request, caller: Annotated[Caller, Depends(protected("audit.proof", None))],
+    old: Size, new: Size, origin: Origin = None,
+) -> FastJSONResponse:
+    view = _view(services(request), origin)
+    try:
+        hashes = await asyncio.to_thread(view.consistency, old, new)
+    except NotProvable as exc:
+        raise Problem("conflict", str(exc), headers={"Retry-After": "1"}) from None
+    except ValueError as exc:
+        raise Problem("invalid_request", str(exc)) from None
+    return FastJSONResponse({"origin": view.origin, "old": old, "new": new, "hashes": _b64(hashes)})
+
+
+async def _locate(app: Services, transaction_id: str) -> tuple[str, int] | None:
+    """(origin, seq) of a transaction: this process's recent entries first (before the index has them),
+    then the index, which only says where to look: the entry itself is read from the log."""
+    store = app.log_store
+    if store is not None and (seq := store.recent.get(transaction_id)) is not None:
+        return store.origin, seq
+    async with app.audit.engine.connect() as connection:
+        row = (await connection.execute(select(audit_index.c.origin, audit_index.c.seq)
+                                        .where(audit_index.c.id == transaction_id).limit(1))).first()
+    return None if row is None else (row.origin, row.seq)
+
+
+@router.get("/v1/receipts/{transaction_id}", name="receipt",
+            summary="Proof that one of your transactions was logged (C2SP tlog-proof)")
+async def receipt(
+    request: Request, caller: Annotated[Caller, Depends(protected("receipt", None))], transaction_id: str,
+) -> FastJSONResponse:
+    app = services(request)
+    unknown = Problem("not_found", "no transaction of your administration with this id")
+    if len(transaction_id) != 36 or not _is_transaction(transaction_id):
+        raise unknown
+    found = await _locate(app, transaction_id)
+    if found is None:
+        raise unknown
+    origin, seq = found
+    view = _views(app).get(origin)
+    if view is None:
+        raise unknown
+    entry = await asyncio.to_thread(view.entry, seq)
+    if entry is None:
+        raise unknown
+    event = orjson.loads(entry)
+    if event.get("id") != transaction_id or event.get("administration") != caller.administration:
+        raise unknown
+    head = _receipt_head(app, view, seq, await asyncio.to_thread(view.signed))
+    if head is None:
+        raise Problem("conflict", "the entry is durable but no signed checkpoint covers it yet",
+                      headers={"Retry-After": "1"})
+    try:
+        entry, proof = await asyncio.to_thread(receipt_proof, view, seq, head)
+    except merkle.InvalidProof:
+        raise Problem("audit_unavailable", "the log's entry does not match its signed tree: see the integrity "
+                      "report") from None
+    quorum = app.witnesses is None or cosigned_count(head.note, app.witnesses.verifiers()) >= app.witnesses.quorum
+    return FastJSONResponse({"origin": origin, "seq": seq, "entry": entry.decode(), "proof": proof,
+                             "quorum": quorum})
+
+
+def _receipt_head(app: Services, view: LogView, seq: int, latest: SignedHead | None) -> SignedHead | None:
+    """The checkpoint a receipt proves against: the latest published one (a quorum cosigned it) that
+    covers the entry, else the latest signed one with whatever cosignatures it has."""
+    witnessed = view.witnessed() if app.witnesses is not None else None
+    if (witnessed is not None and witnessed.size > seq and app.witnesses is not None
+            and cosigned_count(witnessed.note, app.witnesses.verifiers()) >= app.witnesses.quorum):
+        return witnessed
+    if latest is not None and latest.size > seq:
+        return latest
+    return None
+
+
+def _is_transaction(value: str) -> bool:
+    return _TRANSACTION.fullmatch(value) is not None

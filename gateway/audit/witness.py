@@ -1,0 +1,285 @@
+"""The log's witnesses (C2SP tlog-witness): who they are (`GATEWAY_WITNESSES_FILE`) and the client that
+gets each new checkpoint cosigned.
+
+After every checkpoint the gateway signs, each witness that has not cosigned it is sent `old <size>`, a
+consistency proof from the size it last cosigned, and the checkpoint. A witness that answers `409` with
+its size is asked again from that size. Cosignatures are checked against the witness's keys, kept with
+the checkpoint (`witnessed.jsonl`), and the checkpoint is *published* once `quorum` witnesses signed it.
+Unreachable witnesses are retried every `retry_s` (5 s) with the latest checkpoint: one cosignature covers
+every earlier size, since the proof spans the gap. The log never waits for them: it goes on appending and
+signing, and the witness lag (seconds since the oldest checkpoint not yet published) is a metric, in
+`/readyz` and in the integrity report.
+
+A witness that holds a size larger than the log, or cannot verify consistency from its size (`422`), has
+seen a different history: the log was restored from an older copy or forked. That is alarmed, never
+acted on by itself: a `409` is not signed, and one witness's word must not stop the register.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.audit import notes
+from gateway.telemetry import Metrics
+
+log = logging.getLogger(__name__)
+SIZE_TYPE = "text/x.tlog.size"
+MAX_RESPONSE = 64 * 1024
+
+
+class WitnessEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=255)
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2048)
+    vkey: str | list[str]  # several while a witness rotates its key: either one's cosignature counts
+
+    @field_validator("vkey")
+    @classmethod
+    def _vkeys(cls, value: str | list[str]) -> list[str]:
+        values = [value] if isinstance(value, str) else value
+        if not values:
+            raise ValueError("at least one vkey")
+        for vkey in values:
+            try:
+                verifier = notes.Verifier.parse(vkey)
+            except notes.NoteError as exc:
+                raise ValueError(f"not a vkey: {exc}") from None
+            if verifier.kind != notes.COSIGNATURE:
+                raise ValueError("a witness's vkey is a cosignature key (type 0x04)")
+        return values
+
+    @model_validator(mode="after")
+    def _named(self) -> WitnessEntry:
+        for vkey in self.verifiers():
+            if vkey.name != self.name:
+                raise ValueError(f"the vkey names {vkey.name!r}, not the witness {self.name!r}")
+        return self
+
+    def verifiers(self) -> list[notes.Verifier]:
+        values = [self.vkey] if isinstance(self.vkey, str) else self.vkey
+        return [notes.Verifier.parse(vkey) for vkey in values]
+
+
+class WitnessesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    quorum: int = Field(ge=1)
+    witnesses: list[WitnessEntry] = Field(min_length=1, max_length=32)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WitnessesFile:
+        names = [w.name for w in self.witnesses]
+        if len(set(names)) != len(names):
+            raise ValueError("witness names are unique")
+        if self.quorum > len(self.witnesses):
+            raise ValueError(f"a quorum of {self.quorum} among {len(self.witnesses)} witnesses can never be met")
+        return self
+
+    def verifiers(self) -> list[notes.Verifier]:
+        return [v for w in self.witnesses for v in w.verifiers()]
+
+
+def load_witnesses(path: Path) -> WitnessesFile:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return WitnessesFile.model_validate(raw)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot be read: {exc}") from None
+    except ValidationError as exc:
+        lines = [f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ValueError("\n".join(lines)) from None
+
+
+def cosigners(note: str, witnesses: WitnessesFile) -> set[str]:
+    """The witnesses whose cosignature on `note` holds."""
+    try:
+        _, good = notes.verified(note, witnesses.verifiers())
+    except notes.NoteError:
+        return set()
+    return {signature.name for signature in good}
+
+
+def _own_cosignatures(note: str, answer: str, verifiers: list[notes.Verifier]) -> str | None:
+    """The signature lines of `answer` made by `verifiers` on `note`'s checkpoint, all checked; None when
+    there is none, or one of theirs does not verify."""
+    lines = "".join(line + "\n" for line in answer.splitlines() if line.startswith("\u2014 "))
+    try:
+        text, _ = notes.parse(note)
+        _, good = notes.verified(text + "\n" + lines, verifiers)
+    except notes.NoteError:
+        return None
+    return "".join(signature.line() for signature in good)
+
+
+@dataclass
+class _Witness:
+    entry: WitnessEntry
+    size: int | None = None  # the size it last cosigned, as far as we know
+    cosigned: int = -1  # the size of our checkpoint it last cosigned
+    last_ok: float = 0.0
+    problem: str | None = None  # why the last request failed
+    conflict: str | None = None  # evidence of another history of the log (kept until it cosigns again)
+
+
+@dataclass
+class Published:
+    size: int
+    note: str
+    at: float
+
+
+@dataclass
+class WitnessClient:
+    """Gets one log's checkpoints cosigned. `consistency(old, new)` reads the log's stored tree;
+    `record(size, note)` keeps a checkpoint with its cosignatures."""
+
+    witnesses: WitnessesFile
+    origin: str
+    consistency: Callable[[int, int], list[bytes]]
+    record: Callable[[int, str], None]
+    http: httpx.AsyncClient
+    metrics: Metrics
+    timeout_s: float = 3.0
+    retry_s: float = 5.0
+    _state: list[_Witness] = field(default_factory=list)
+    _latest: tuple[str, int, float] | None = None  # (note, size, signed at)
+    _lines: dict[str, str] = field(default_factory=dict)  # cosignature lines gathered for the latest
+    _oldest_unpublished: float | None = None
+    published: Published | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self._state = [_Witness(entry) for entry in self.witnesses.witnesses]
+
+    def checkpoint_signed(self, note: str, size: int) -> None:
+        """The log signed a new checkpoint (called by the store, on the loop)."""
+        now = time.time()
+        self._latest = (note, size, now)
+        self._lines = {}
+        if self._oldest_unpublished is None:
+            self._oldest_unpublished = now
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="access-log-witnesses")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def lag(self) -> float:
+        """Seconds since the oldest checkpoint that has not reached its quorum was signed (0 when none)."""
+        return 0.0 if self._oldest_unpublished is None else time.time() - self._oldest_unpublished
+
+    def status(self) -> list[dict[str, Any]]:
+        return [{"name": w.entry.name, "cosigned_size": w.size, "problem": w.problem,
+                 "last_cosignature_s_ago": None if not w.last_ok else round(time.time() - w.last_ok, 1)}
+                for w in self._state]
+
+    def problems(self) -> list[str]:
+        """Evidence a witness holds another history of the log (not mere unreachability: see `lag`)."""
+        return [f"witness {w.entry.name}: {w.conflict}" for w in self._state if w.conflict]
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.retry_s)
+            self._wake.clear()
+            try:
+                await self.round()
+            except Exception as exc:  # never let one bad answer stop the witnessing
+                log.warning("witness round failed: %s", exc)
+            self.metrics.audit_witness_lag.set(self.lag())
+
+    async def round(self) -> None:
+        """Ask every witness that has not cosigned the latest checkpoint; keep what they sign."""
+        if self._latest is None:
+            return
+        note, size, _ = self._latest
+        pending = [w for w in self._state if w.cosigned != size]
+        if not pending:
+            return
+        answers = await asyncio.gather(*(self._submit(w, note, size) for w in pending))
+        if self._latest is None or self._latest[1] != size:
+            return  # a newer checkpoint came meanwhile: it will be asked for in the next round
+        fresh = False
+        for witness, lines in zip(pending, answers, strict=True):
+            if lines:
+                self._lines[witness.entry.name] = lines
+                fresh = True
+        if not fresh:
+            return
+        full = note + "".join(self._lines[name] for name in sorted(self._lines))
+        await asyncio.to_thread(self.record, size, full)
+        if len(self._lines) >= self.witnesses.quorum:
+            self.published = Published(size, full, time.time())
+            self._oldest_unpublished = None
+            self.metrics.audit_witness_published_size.set(size)
+
+    async def _submit(self, witness: _Witness, note: str, size: int) -> str | None:
+        """One witness's cosignature lines for the checkpoint, or None (the reason kept in `problem`)."""
+        old = witness.size or 0
+        for _ in range(3):
+            if old > size:
+                return self._fault(witness, f"it holds this log at size {old}, larger than the log's {size}: "
+                                            "the log was restored from an older copy or forked")
+            try:
+                proof = self.consistency(old, size)
+            except (LookupError, ValueError) as exc:
+                return self._fault(witness, f"no consistency proof from its size {old}: {exc}")
+            body = f"old {old}\n" + "".join(f"{base64.b64encode(h).decode()}\n" for h in proof) + "\n" + note
+            try:
+                response = await self.http.post(witness.entry.url.rstrip("/") + "/add-checkpoint", content=body,
+                                                 timeout=self.timeout_s,
+                                                 headers={"content-type": "text/plain; charset=utf-8"})
+            except httpx.HTTPError as exc:
+                self.metrics.audit_witness_failures.labels(witness.entry.name).inc()
+                return self._fault(witness, f"unreachable ({type(exc).__name__})", alarm=False)
+            text = response.text[:MAX_RESPONSE]
+            if response.status_code == 409 and response.headers.get("content-type", "").startswith(SIZE_TYPE):
+                match = re.fullmatch(r"(0|[1-9][0-9]{0,18})\n", text)
+                if match is None:
+                    return self._fault(witness, "a 409 without a size")
+                their = int(match.group(1))
+                if their == old:  # same size as ours, another root
+                    return self._fault(witness, f"it holds another tree at size {their}: the log forked")
+                witness.size, old = their, their
+                continue
+            if response.status_code == 422:
+                return self._fault(witness, f"it cannot verify that this log extends the checkpoint it holds (size "
+                                            f"{old}): the log was restored from an older copy or forked")
+            if response.status_code != 200:
+                self.metrics.audit_witness_failures.labels(witness.entry.name).inc()
+                return self._fault(witness, f"answered {response.status_code}", alarm=False)
+            own = _own_cosignatures(note, text, witness.entry.verifiers())
+            if own is None:
+                return self._fault(witness, "its answer carries no valid cosignature")
+            witness.size, witness.cosigned, witness.last_ok = size, size, time.time()
+            witness.problem = witness.conflict = None
+            return own
+        return self._fault(witness, "its size kept changing")
+
+    def _fault(self, witness: _Witness, problem: str, *, alarm: bool = True) -> None:
+        if witness.problem != problem:
+            (log.critical if alarm else log.warning)("access log %s: witness %s: %s", self.origin,
+                                                     witness.entry.name, problem)
+        witness.problem = problem
+        if alarm:
+            witness.conflict = problem
+            self.metrics.audit_witness_conflicts.labels(witness.entry.name).inc()
+        return None
