@@ -26,10 +26,18 @@ from gateway.audit.index import AuditIndex, IndexFollower, IndexTask, adopt_idle
 from gateway.audit.legacy import continue_legacy_log
 from gateway.audit.log import AccessLog
 from gateway.audit.offline import retired_log_keys
-from gateway.audit.origin import SlotsExhausted, claim_slot, current_origin, log_directory, log_origin
+from gateway.audit.origin import (
+    SlotsExhausted,
+    claim_slot,
+    current_origin,
+    log_directory,
+    log_origin,
+    restore_tag,
+    rotation_tag,
+)
 from gateway.audit.proofs import LogViews
 from gateway.audit.refusals import RefusalTally
-from gateway.audit.segment_store import SegmentStore
+from gateway.audit.segment_store import NotAnExtension, SegmentStore
 from gateway.audit.witness import WitnessClient, load_witnesses
 from gateway.audit.writer import DurableAccessLog
 from gateway.auth.bearer import BearerValidator
@@ -87,20 +95,35 @@ FRAMEWORK_TELEMETRY_OFF: dict[str, object] = (
     if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
 
 
-async def _settle_log(store: SegmentStore, follower: IndexFollower, engine: AsyncEngine) -> None:
-    """Before the first append: a log made under a rotated key, or found behind what the index already
-    holds of it (restored from an older copy), is retired and continued under a new origin, rather than
-    signing a tree that does not extend its last checkpoint."""
-    reason = "the log key was rotated" if await asyncio.to_thread(store.key_changed) else None
-    if reason is None:
+async def _settle_log(store: SegmentStore, follower: IndexFollower, engine: AsyncEngine,
+                      witnesses: WitnessClient | None) -> None:
+    """Before the first append: a log made under a rotated key, or found behind what was already signed
+    of it — entries a checkpoint covers gone, the index holding more, or a quorum of witnesses holding a
+    larger tree (restored from an older copy) — is retired and continued under a new origin, rather than
+    signing a tree that does not extend its last checkpoint. Its entries not yet indexed are indexed first."""
+    reason = tag = None
+    if await asyncio.to_thread(store.key_changed):
+        reason, tag = "the log key was rotated", rotation_tag(store.signer_key_id)
+    else:
         try:
             await store.probe()
+        except NotAnExtension:
+            if store.refusal is None or "deleted from the end" not in store.refusal:
+                return  # a rewrite: the log refuses, and says why, until someone has looked
+            reason = f"restored from an older copy: {store.refusal}"
         except Exception:
             return  # the writer reports it (and /readyz) as it starts
-        reason = await log_behind_index(engine, store.origin, store.next_seq)
-    if reason is not None:
-        await store.begin_successor(reason)
+        reason = reason or await log_behind_index(engine, store.origin, store.next_seq)
+        if reason is None and witnesses is not None and store.latest_note is not None:
+            reason = await witnesses.ahead_of(store.latest_note, store.next_seq)
+        tag = restore_tag(store.directory.parent, store.origin) if reason else None
+    if reason is not None and tag is not None:
+        with contextlib.suppress(Exception):  # a log behind the index has nothing more to give it
+            await follower.catch_up()
+        await store.begin_successor(reason, tag)
         follower.retarget(store.directory, store.origin)
+        if witnesses is not None:
+            witnesses.origin = store.origin
 
 
 def create_app(settings: Settings | None = None, *, access_log: AccessLog | None = None) -> FastAPI:
@@ -152,12 +175,12 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     except SlotsExhausted as exc:
         raise ConfigurationError(str(exc)) from None
     try:
-        origin = current_origin(settings.log_dir, log_origin(settings.issuer, settings.log_origin, slot.index,
-                                                             settings.workers))
+        origin, retired_head = current_origin(settings.log_dir, log_origin(
+            settings.issuer, settings.log_origin, slot.index, settings.workers))
         log_dir = log_directory(settings.log_dir, origin)
     except ValueError as exc:
         raise ConfigurationError(f"GATEWAY_LOG_ORIGIN: {exc}") from None
-    segment_store = SegmentStore(log_dir, origin=origin, signer=signer,
+    segment_store = SegmentStore(log_dir, origin=origin, signer=signer, link_to=retired_head,
                                  segment_bytes=settings.audit_segment_bytes, seal_every=settings.audit_seal_every)
     index_follower = IndexFollower(engine, segment_store.directory, origin=origin)
     index_task = IndexTask(index_follower, lambda: segment_store.next_seq, metrics)
@@ -174,11 +197,12 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     except ValueError as exc:
         raise ConfigurationError(f"GATEWAY_WITNESSES_FILE: {exc}") from None
     witness_client = None if witnesses is None else WitnessClient(
-        witnesses, origin, lambda old, new: segment_store.tree.consistency(old, new), segment_store.record_witnessed,
+        witnesses, origin, segment_store.consistency, segment_store.record_witnessed,
         http, metrics, timeout_s=settings.witness_timeout_s, retry_s=settings.witness_retry_s)
     if witness_client is not None:
         segment_store.on_checkpoint = witness_client.checkpoint_signed
     log_views = LogViews(settings.log_dir)
+    segment_store.on_refusal = lambda reason: metrics.audit_log_refusing.set(0 if reason is None else 1)
 
     try:
         unauthenticated = parse_windows(settings.unauthenticated_rate_limits)
@@ -228,7 +252,6 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
 
     async def access_log_ready() -> bool | dict[str, str]:
         if segment_store.refusal:  # the log's tree does not extend its last checkpoint: say why
-            metrics.audit_log_refusing.set(1)
             return {"status": "failing", "reason": segment_store.refusal}
         return await access_log.ready()
 
@@ -298,9 +321,8 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await migrate(engine, settings.database_schema)
         await continue_legacy_log(engine, signer, settings, segment_store)
-        await _settle_log(segment_store, index_follower, engine)
+        await _settle_log(segment_store, index_follower, engine, witness_client)
         if witness_client is not None:
-            witness_client.origin = segment_store.origin
             witness_client.start()
         await access_log.start()
         scrub = asyncio.create_task(asyncio.to_thread(segment_store.scrub), name="access-log-scrub")
@@ -322,7 +344,8 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
             await refusals.close()
             await access_log.close()
             if witness_client is not None:
-                await witness_client.round()  # the shutdown checkpoint, once, without waiting for a retry
+                with contextlib.suppress(Exception):  # the shutdown checkpoint, once, without a retry
+                    await asyncio.wait_for(witness_client.round(), settings.witness_timeout_s + 1)
                 await witness_client.close()
             scrub.cancel()
             log_views.close()

@@ -26,12 +26,14 @@ from pydantic import ValidationError
 from connectors.importer import import_people
 from connectors.population import seed_register
 from gateway.audit import notes, offline, receipts
+from gateway.audit.chain import key_id
 from gateway.audit.origin import (
     current_origin,
     legacy_origin,
     local_logs,
     log_directory,
     log_origin,
+    rotation_tag,
     successor_origin,
 )
 from gateway.audit.record import rfc3339
@@ -374,6 +376,20 @@ def _witnessing(args: argparse.Namespace, settings: Settings) -> offline.Witness
     return None
 
 
+def _checkpoint_text(path: Path) -> str:
+    """A checkpoint kept elsewhere: a signed note, or a receipt (its proof's checkpoint)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise offline.OfflineError(f"{path}: {exc}") from None
+    if text.lstrip().startswith("{"):
+        try:
+            return str(json.loads(text)["proof"]).split("\n\n", 1)[1]
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise offline.OfflineError(f"{path}: not a receipt") from None
+    return text
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     settings = _settings()
     log_root = args.log_dir or settings.log_dir
@@ -384,7 +400,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         result = asyncio.run(offline.verify(url, args.schema or settings.database_schema, log_root, keys,
                                             require_sealed=not args.allow_unsealed,
                                             legacy_name=legacy_origin(settings.issuer),
-                                            witnessing=_witnessing(args, settings)))
+                                            witnessing=_witnessing(args, settings),
+                                            outside=[_checkpoint_text(Path(p)) for p in args.checkpoints or []]))
     except offline.OfflineError as exc:
         print(f"jamu audit verify: {exc}", file=sys.stderr)
         return 2
@@ -424,10 +441,11 @@ def cmd_audit_verify_proof(args: argparse.Namespace) -> int:
         newer = Path(args.newer).read_text(encoding="utf-8") if args.newer else None
         consistency = json.loads(Path(args.consistency).read_text(encoding="utf-8")) if args.consistency else None
     except (OSError, ValueError, notes.NoteError) as exc:
-        print(f"jamu audit verify-proof: {exc}", file=sys.stderr)
-        return 2
+        print(f"NOT VERIFIED: {exc}")
+        return 1
     try:
-        checked = receipts.check_receipt(receipt, log_keys, witness_keys, args.quorum, newer, consistency)
+        checked = receipts.check_receipt(receipt, log_keys, witness_keys, args.quorum, newer, consistency,
+                                         args.transaction_id)
     except receipts.ReceiptInvalid as exc:
         print(f"NOT VERIFIED: {exc}")
         return 1
@@ -442,10 +460,11 @@ def cmd_audit_origins(args: argparse.Namespace) -> int:
     key = load_or_create_ed25519(settings.checkpoint_key_path)
     workers = args.workers or settings.workers
     for slot in range(workers):
-        origin = current_origin(settings.log_dir, log_origin(settings.issuer, settings.log_origin, slot, workers))
+        origin, _ = current_origin(settings.log_dir, log_origin(settings.issuer, settings.log_origin, slot, workers))
         directory = log_directory(settings.log_dir, origin)
         if read_vkey(directory) not in (None, notes.Signer(origin, key).verifier.vkey()):
-            origin = successor_origin(origin)  # the key was rotated: the gateway continues under this one
+            # the key was rotated: the gateway continues under this one at its next start
+            origin = successor_origin(origin, rotation_tag(key_id(key.public_key())))
         print(f"{origin} {notes.Signer(origin, key).verifier.vkey()}")
     return 0
 
@@ -597,16 +616,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a copy of a running log: events after the last checkpoint are not a fault")
     verify.add_argument("--log-dir", type=Path, help="the segment logs (default: <data dir>/log)")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
-    verify.add_argument("--witness-vkey", action="append", dest="witness_vkeys",
+    verify.add_argument("--witness-vkey", action="extend", nargs="+", dest="witness_vkeys",
                         help="a witness's vkey, repeatable (default: GATEWAY_WITNESSES_FILE's)")
     verify.add_argument("--quorum", type=int, help="cosignatures needed (default: the witnesses file's, or all)")
+    verify.add_argument("--checkpoint", action="append", dest="checkpoints", metavar="FILE",
+                        help="a checkpoint kept elsewhere (a note, or a receipt) the log must still hold")
     verify.set_defaults(func=cmd_audit_verify)
     verify_proof = audit.add_parser("verify-proof", help="check a receipt offline with public keys (exit 1 if not)")
     verify_proof.add_argument("file", help="the receipt, as GET /v1/receipts/{transaction_id} returns it")
-    verify_proof.add_argument("--vkey", action="append", dest="vkeys", required=True,
+    verify_proof.add_argument("--vkey", action="extend", nargs="+", dest="vkeys", required=True,
                               help="the log's vkey (`jamu audit origins`), repeatable")
-    verify_proof.add_argument("--witness-vkey", action="append", dest="witness_vkeys", help="repeatable")
+    verify_proof.add_argument("--witness-vkey", action="extend", nargs="+", dest="witness_vkeys", help="repeatable")
     verify_proof.add_argument("--quorum", type=int, help="cosignatures needed (default: every witness given)")
+    verify_proof.add_argument("--transaction-id", help="the transaction the receipt must be for")
     verify_proof.add_argument("--newer", help="a later signed checkpoint of the same log (text file)")
     verify_proof.add_argument("--consistency", help="the consistency proof to --newer (JSON, as the API gives it)")
     verify_proof.set_defaults(func=cmd_audit_verify_proof)
@@ -644,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     wserve.add_argument("--state", required=True)
     wserve.add_argument("--host", default="127.0.0.1")
     wserve.add_argument("--port", type=int, default=8100)
-    wserve.add_argument("--log", action="append", dest="logs", required=True, metavar="ORIGIN=VKEY",
+    wserve.add_argument("--log", action="extend", nargs="+", dest="logs", required=True, metavar="ORIGIN=VKEY",
                         help="a log to witness, repeatable")
     wserve.set_defaults(func=cmd_witness_serve)
     return parser

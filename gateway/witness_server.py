@@ -6,8 +6,8 @@ origin replaced atomically (written aside, synced, renamed, directory synced) be
 per-origin lock, so two requests can never roll it back. It cosigns only a checkpoint signed by the log's
 key and proven, by the consistency proof sent with it, to extend the one it holds; anything else gets the
 protocol's refusal (`404` unknown origin, `403` no valid log signature, `400` old size above the new,
-`409` with its size when `old` is not its size or the tree differs at that size, `422` a proof that does
-not verify).
+`409` with its size when `old` is not its size, when the tree differs at that size, or when the proof
+does not show the checkpoint extends the one it holds).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -36,6 +37,7 @@ KEY_FILE = "witness-key.pem"
 NAME_FILE = "name"
 MAX_BODY = 64 * 1024
 SIZE_TYPE = "text/x.tlog.size"
+_SIZE = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
 def _synced_replace(path: Path, data: bytes) -> None:
@@ -87,7 +89,7 @@ class Witness:
         (state / "logs").mkdir(exist_ok=True, mode=0o700)
 
     def _path(self, origin: str) -> Path:
-        return self.state / "logs" / (quote(origin, safe="").replace(".", "%2E")[:200] + ".json")
+        return self.state / "logs" / (hashlib.sha256(origin.encode()).hexdigest() + ".json")
 
     def held(self, origin: str) -> _Held:
         try:
@@ -104,7 +106,7 @@ class Witness:
             if not blank or not lines[0].startswith("old "):
                 raise ValueError("the body is `old <size>`, proof lines, a blank line and a checkpoint")
             raw_old = lines[0][4:]
-            if not raw_old.isdigit() or (raw_old != "0" and raw_old.startswith("0")) or len(raw_old) > 19:
+            if not _SIZE.fullmatch(raw_old):
                 raise ValueError("the old size is a decimal with no leading zeroes")
             old = int(raw_old)
             if len(lines) - 1 > 63:
@@ -130,12 +132,14 @@ class Witness:
             if old != held.size or (old == checkpoint.size and checkpoint.root != held.root):
                 return Response(f"{held.size}\n", status_code=409, media_type=SIZE_TYPE)
             if old == 0 and proof:
-                return PlainTextResponse("a proof from the empty tree is empty\n", status_code=422)
+                return PlainTextResponse("a proof from the empty tree is empty\n", status_code=400)
             if old != 0:
                 try:
                     merkle.verify_consistency(old, checkpoint.size, held.root, checkpoint.root, proof)
-                except merkle.InvalidProof as exc:
-                    return PlainTextResponse(f"the consistency proof does not verify: {exc}\n", status_code=422)
+                except merkle.InvalidProof:
+                    # Not an extension of what it holds: refused with its size, as any inconsistency is
+                    # (C2SP says 422 here; the size tells the log, or its operator, where it stands).
+                    return Response(f"{held.size}\n", status_code=409, media_type=SIZE_TYPE)
             await asyncio.to_thread(_synced_replace, self._path(checkpoint.origin), orjson.dumps(
                 {"origin": checkpoint.origin, "size": checkpoint.size,
                  "root": base64.b64encode(checkpoint.root).decode(), "time": int(time.time())}))
@@ -163,11 +167,11 @@ def create_witness_app(state: Path, logs: dict[str, list[notes.Verifier]]) -> St
 
 
 def parse_log_arguments(values: list[str]) -> dict[str, list[notes.Verifier]]:
-    """`ORIGIN=VKEY` pairs (a vkey names its origin, so a bare `VKEY` works too); several keys per origin
-    are all trusted (a log's key changes only with its origin, but a witness may be told twice)."""
+    """`ORIGIN=VKEY` pairs, or `ORIGIN VKEY` lines as `jamu audit origins` prints them (a vkey names its
+    origin, so a bare `VKEY` works too); several keys per origin are all trusted."""
     logs: dict[str, list[notes.Verifier]] = {}
-    for value in values:
-        origin, sep, vkey = value.partition("=")
+    for value in [line.strip() for raw in values for line in raw.splitlines() if line.strip()]:
+        origin, sep, vkey = value.partition(" ") if " " in value else value.partition("=")
         if not sep or "+" in origin:
             origin, vkey = "", value
         verifier = notes.Verifier.parse(vkey)

@@ -15,6 +15,7 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from gateway.api.deps import protected
@@ -39,9 +40,9 @@ def _views(app: Services) -> LogViews:
     return app.log_views
 
 
-def _view(app: Services, origin: str | None) -> LogView:
+async def _view(app: Services, origin: str | None) -> LogView:
     own = app.access_log.origin
-    view = _views(app).get(origin or own)
+    view = await asyncio.to_thread(_views(app).get, origin or own)
     if view is None:
         raise Problem("not_found", f"no log of origin {origin!r} on this instance" if origin else
                       "this instance's log has no key yet")
@@ -49,7 +50,11 @@ def _view(app: Services, origin: str | None) -> LogView:
 
 
 async def _signed(view: LogView) -> SignedHead:
-    head = await asyncio.to_thread(view.signed)
+    try:
+        head = await asyncio.to_thread(view.signed)
+    except notes.NoteError:
+        raise Problem("audit_unavailable", "the log's last checkpoint does not verify: see the integrity "
+                      "report") from None
     if head is None:
         raise Problem("conflict", "the log has not signed a checkpoint yet", headers={"Retry-After": "1"})
     return head
@@ -64,7 +69,7 @@ def _b64(hashes: list[bytes]) -> list[str]:
 async def checkpoint(
     request: Request, caller: Annotated[Caller, Depends(protected("audit.proof", None))], origin: Origin = None,
 ) -> Response:
-    head = await _signed(_view(services(request), origin))
+    head = await _signed(await _view(services(request), origin))
     return Response(head.note, media_type="text/plain; charset=utf-8", headers={"Cache-Control": "no-store"})
 
 
@@ -82,13 +87,15 @@ async def inclusion(
     request: Request, caller: Annotated[Caller, Depends(protected("audit.proof", "audit:read"))],
     seq: Size, size: Size, origin: Origin = None,
 ) -> FastJSONResponse:
-    view = _view(services(request), origin)
+    view = await _view(services(request), origin)
     try:
         leaf, hashes = await asyncio.to_thread(view.inclusion, seq, size)
     except NotProvable as exc:
         raise Problem("conflict", str(exc), headers={"Retry-After": "1"}) from None
     except ValueError as exc:
         raise Problem("invalid_request", str(exc)) from None
+    except (LookupError, notes.NoteError):
+        raise _unprovable() from None
     return FastJSONResponse({"origin": view.origin, "seq": seq, "size": size, "leaf_hash": notes.b64encode(leaf),
                              "hashes": _b64(hashes)})
 
@@ -99,26 +106,44 @@ async def consistency(
     request: Request, caller: Annotated[Caller, Depends(protected("audit.proof", None))],
     old: Size, new: Size, origin: Origin = None,
 ) -> FastJSONResponse:
-    view = _view(services(request), origin)
+    view = await _view(services(request), origin)
     try:
         hashes = await asyncio.to_thread(view.consistency, old, new)
     except NotProvable as exc:
         raise Problem("conflict", str(exc), headers={"Retry-After": "1"}) from None
     except ValueError as exc:
         raise Problem("invalid_request", str(exc)) from None
+    except (LookupError, notes.NoteError):
+        raise _unprovable() from None
     return FastJSONResponse({"origin": view.origin, "old": old, "new": new, "hashes": _b64(hashes)})
 
 
+TAIL_SCAN = 2000  # entries read past an origin's index watermark, looking for a transaction not yet indexed
+
+
 async def _locate(app: Services, transaction_id: str) -> tuple[str, int] | None:
-    """(origin, seq) of a transaction: this process's recent entries first (before the index has them),
-    then the index, which only says where to look: the entry itself is read from the log."""
+    """(origin, seq) of a transaction: this process's recent entries first, then the index (which only
+    says where to look: the entry itself is read from the log), then the local logs' entries the index has
+    not reached yet (another worker's, within the index's lag)."""
     store = app.log_store
     if store is not None and (seq := store.recent.get(transaction_id)) is not None:
         return store.origin, seq
     async with app.audit.engine.connect() as connection:
         row = (await connection.execute(select(audit_index.c.origin, audit_index.c.seq)
                                         .where(audit_index.c.id == transaction_id).limit(1))).first()
-    return None if row is None else (row.origin, row.seq)
+    if row is not None:
+        return row.origin, row.seq
+    indexed = {state.origin: state.next_seq for state in await app.audit.origins()}
+    needle = f'"id":"{transaction_id}"'.encode()
+
+    def tails() -> tuple[str, int] | None:
+        for view in _views(app).all():
+            for seq, payload in view.entries.scan(indexed.get(view.origin, 0), TAIL_SCAN):
+                if needle in payload:
+                    return view.origin, seq
+        return None
+
+    return await asyncio.to_thread(tails)
 
 
 @router.get("/v1/receipts/{transaction_id}", name="receipt",
@@ -130,11 +155,15 @@ async def receipt(
     unknown = Problem("not_found", "no transaction of your administration with this id")
     if len(transaction_id) != 36 or not _is_transaction(transaction_id):
         raise unknown
-    found = await _locate(app, transaction_id)
+    try:
+        found = await _locate(app, transaction_id)
+    except SQLAlchemyError:
+        raise Problem("audit_unavailable", "the access log's index cannot be read; retry shortly",
+                      headers={"Retry-After": "1"}) from None
     if found is None:
         raise unknown
     origin, seq = found
-    view = _views(app).get(origin)
+    view = await asyncio.to_thread(_views(app).get, origin)
     if view is None:
         raise unknown
     entry = await asyncio.to_thread(view.entry, seq)
@@ -143,23 +172,27 @@ async def receipt(
     event = orjson.loads(entry)
     if event.get("id") != transaction_id or event.get("administration") != caller.administration:
         raise unknown
-    head = _receipt_head(app, view, seq, await asyncio.to_thread(view.signed))
-    if head is None:
-        raise Problem("conflict", "the entry is durable but no signed checkpoint covers it yet",
-                      headers={"Retry-After": "1"})
     try:
+        head = await asyncio.to_thread(_receipt_head, app, view, seq)
+        if head is None:
+            raise Problem("conflict", "the entry is durable but no signed checkpoint covers it yet",
+                          headers={"Retry-After": "1"})
         entry, proof = await asyncio.to_thread(receipt_proof, view, seq, head)
-    except merkle.InvalidProof:
-        raise Problem("audit_unavailable", "the log's entry does not match its signed tree: see the integrity "
-                      "report") from None
+    except (merkle.InvalidProof, notes.NoteError, LookupError):
+        raise _unprovable() from None
     quorum = app.witnesses is None or cosigned_count(head.note, app.witnesses.verifiers()) >= app.witnesses.quorum
     return FastJSONResponse({"origin": origin, "seq": seq, "entry": entry.decode(), "proof": proof,
                              "quorum": quorum})
 
 
-def _receipt_head(app: Services, view: LogView, seq: int, latest: SignedHead | None) -> SignedHead | None:
+def _unprovable() -> Problem:
+    return Problem("audit_unavailable", "the log does not match its signed tree here: see the integrity report")
+
+
+def _receipt_head(app: Services, view: LogView, seq: int) -> SignedHead | None:
     """The checkpoint a receipt proves against: the latest published one (a quorum cosigned it) that
     covers the entry, else the latest signed one with whatever cosignatures it has."""
+    latest = view.signed()
     witnessed = view.witnessed() if app.witnesses is not None else None
     if (witnessed is not None and witnessed.size > seq and app.witnesses is not None
             and cosigned_count(witnessed.note, app.witnesses.verifiers()) >= app.witnesses.quorum):

@@ -7,6 +7,7 @@ gateway running: a security officer can check a database copy with nothing but t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import os
 import sys
@@ -186,7 +187,7 @@ class TreeCheck:
     BATCH = 4096
 
     def __init__(self, directory: Path, origin: str, keys: dict[str, Ed25519PublicKey],
-                 witnessing: Witnessing | None) -> None:
+                 witnessing: Witnessing | None, outside: Sequence[str] = ()) -> None:
         self.origin = origin
         self.problems: list[dict[str, Any]] = []
         self.frontier = Frontier()
@@ -210,6 +211,10 @@ class TreeCheck:
                 self._add(str(found["note"]), int(found["size"]) - 1, witnessed=True)
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue  # a line cut by a crash
+        for note in outside:  # checkpoints kept elsewhere (a receipt's, a witness's): the log must still hold them
+            with contextlib.suppress(notes.NoteError):
+                if notes.Checkpoint.parse(notes.parse(note)[0]).origin == origin:
+                    self._add(note, notes.Checkpoint.parse(notes.parse(note)[0]).size - 1, witnessed=True)
         self._notes.sort(key=lambda n: n[0], reverse=True)
         self._stored = TreeStore(directory, writable=False) if (directory / TREE_DIR).is_dir() else None
         if self._stored is not None:
@@ -321,7 +326,7 @@ class Verification:
 
 
 def _segment_walk(directory: Path, keys: dict[str, Ed25519PublicKey], require_sealed: bool,
-                  witnessing: Witnessing | None = None
+                  witnessing: Witnessing | None = None, outside: Sequence[str] = ()
                   ) -> tuple[ChainVerifier, list[dict[str, Any]], dict[str, Any]]:
     """Check one local log: frames (CRC, numbering), chain, checkpoints. Returns the verifier, extra
     problems (damage that stops the walk, a torn tail) and how many entries were read."""
@@ -340,7 +345,7 @@ def _segment_walk(directory: Path, keys: dict[str, Ed25519PublicKey], require_se
     if recovery is not None and recovery.torn_bytes:
         extra.append({"seq": recovery.next_seq, "problem": f"a torn write of {recovery.torn_bytes} bytes at the "
                       "end (never acknowledged; the gateway cuts it at its next start)"})
-    tree = TreeCheck(directory, read_origin(directory) or directory.name, keys, witnessing)
+    tree = TreeCheck(directory, read_origin(directory) or directory.name, keys, witnessing, outside)
     for seq, payload in segments.records(0):
         verifier.feed(orjson.loads(payload))
         tree.feed(seq, payload)
@@ -396,7 +401,8 @@ async def _legacy_report(engine: AsyncEngine, keys: dict[str, Ed25519PublicKey],
 
 
 async def verify(url: str | None, schema: str | None, log_root: Path, keys: dict[str, Ed25519PublicKey], *,
-                 require_sealed: bool, legacy_name: str, witnessing: Witnessing | None = None) -> Verification:
+                 require_sealed: bool, legacy_name: str, witnessing: Witnessing | None = None,
+                 outside: Sequence[str] = ()) -> Verification:
     """Every origin: each local log from its segments (and its index rows against them), every other
     origin the index holds from the index, and a migrated 1.0 log from its SQL chain."""
     reports: list[OriginReport] = []
@@ -408,7 +414,7 @@ async def verify(url: str | None, schema: str | None, log_root: Path, keys: dict
             origin = read_origin(directory) or directory.name
             local.add(origin)
             verifier, extra, tree = await asyncio.to_thread(_segment_walk, directory, keys, require_sealed,
-                                                            witnessing)
+                                                            witnessing, outside)
             report = verifier.finish()
             link = read_link(directory)
             if link is not None and link.origin == legacy_name and engine is not None and index is not None:

@@ -12,8 +12,13 @@ import fcntl
 import os
 import re
 import socket
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
+
+if TYPE_CHECKING:
+    from gateway.audit.segment_store import Link
 
 MAX_SLOTS = 256
 
@@ -87,19 +92,43 @@ def local_logs(log_root: Path) -> list[Path]:
     return sorted(path for path in log_root.iterdir() if (path / "origin").is_file())
 
 
-def successor_origin(origin: str) -> str:
-    """The origin that continues a retired log: `<origin>/e2`, then `/e3`, and so on."""
-    match = re.fullmatch(r"(.+)/e([0-9]+)", origin)
-    return f"{match.group(1)}/e{int(match.group(2)) + 1}" if match else f"{origin}/e2"
+_SUCCESSOR = re.compile(r"/(k[0-9a-f]{8}|r[0-9]{8}t[0-9]{6}(-[0-9]+)?)")
 
 
-def current_origin(log_root: Path, origin: str) -> str:
-    """Follow retired logs (`retired.json`) from `origin` to the one that continues them."""
-    from gateway.audit.segment_store import read_retired
+def successor_origin(origin: str, tag: str) -> str:
+    """The origin that continues a retired log: the base origin and a tag unique to why it was retired —
+    `k<new key id>` after a key rotation, `r<UTC time>` after a restore — so a name is never used twice,
+    even by a data dir restored from before an earlier retirement."""
+    base = origin
+    while (match := _SUCCESSOR.search(base)) is not None and match.end() == len(base):
+        base = base[:match.start()]
+    return f"{base}/{tag}"
 
+
+def rotation_tag(key_id: str) -> str:
+    return f"k{key_id[:8]}"
+
+
+def restore_tag(log_root: Path, origin: str) -> str:
+    """`r<UTC time>`, with `-N` if that name is taken (two restores in one second)."""
+    tag = "r" + time.strftime("%Y%m%dt%H%M%S", time.gmtime())
+    candidate, n = tag, 1
+    while log_directory(log_root, successor_origin(origin, candidate)).exists():
+        n += 1
+        candidate = f"{tag}-{n}"
+    return candidate
+
+
+def current_origin(log_root: Path, origin: str) -> tuple[str, Link | None]:
+    """Follow retired logs (`retired.json`) from `origin` to the one that continues them, and the head
+    that one chains from (for a successor not yet made: a crash after the retirement)."""
+    from gateway.audit.segment_store import Link, read_retired
+
+    head = None
     for _ in range(10_000):
         retired = read_retired(log_directory(log_root, origin))
         if retired is None:
-            return origin
+            return origin, head
+        head = Link(str(retired["origin"]), int(retired["seq"]), str(retired["hash"]))
         origin = str(retired["successor"])
     raise ValueError(f"the log {origin!r} has too many successors")

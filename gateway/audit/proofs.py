@@ -7,6 +7,7 @@ only appends, and only sizes a signed checkpoint covers are served), so every wo
 from __future__ import annotations
 
 import base64
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ def parse_proof(text: str) -> ParsedProof:
     if at >= len(lines) or not lines[at].startswith("index "):
         raise notes.NoteError("a proof names its entry's index")
     raw = lines[at][len("index "):]
-    if not raw.isdigit() or (raw != "0" and raw.startswith("0")) or len(raw) > 19:
+    if not re.fullmatch(r"0|[1-9][0-9]{0,18}", raw):
         raise notes.NoteError("a proof's index is a decimal with no leading zeroes")
     hashes = []
     for line in lines[at + 1:]:

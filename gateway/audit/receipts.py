@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,8 +27,10 @@ class ReceiptInvalid(Exception):
 
 def check_receipt(receipt: Mapping[str, Any], log_keys: list[notes.Verifier], witness_keys: list[notes.Verifier],
                   quorum: int | None = None, newer: str | None = None,
-                  consistency: Mapping[str, Any] | None = None) -> str:
+                  consistency: Mapping[str, Any] | None = None, transaction_id: str | None = None) -> str:
     """Raises ReceiptInvalid unless the receipt holds; a one-line summary when it does."""
+    if quorum is not None and (quorum < 1 or not witness_keys):
+        raise ReceiptInvalid("a quorum is at least 1, of the witness keys given")
     try:
         origin, seq, entry, text = receipt["origin"], receipt["seq"], receipt["entry"], receipt["proof"]
         if not (isinstance(origin, str) and type(seq) is int and isinstance(entry, str) and isinstance(text, str)):
@@ -43,6 +46,14 @@ def check_receipt(receipt: Mapping[str, Any], log_keys: list[notes.Verifier], wi
         raise ReceiptInvalid(f"the checkpoint is of {checkpoint.origin!r}, the receipt of {origin!r}")
     if proof.index != seq:
         raise ReceiptInvalid(f"the proof is for index {proof.index}, the receipt for seq {seq}")
+    try:
+        logged = json.loads(entry)
+    except ValueError:
+        raise ReceiptInvalid("the entry is not the logged event's JSON") from None
+    if not isinstance(logged, dict) or logged.get("seq") != seq:
+        raise ReceiptInvalid(f"the entry is not the event logged at seq {seq}")
+    if transaction_id is not None and logged.get("id") != transaction_id:
+        raise ReceiptInvalid(f"the entry is the event {logged.get('id')!r}, not {transaction_id!r}")
     leaf = merkle.leaf_hash(entry.encode())
     try:
         merkle.verify_inclusion(seq, checkpoint.size, leaf, proof.hashes, checkpoint.root)

@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 
 from gateway.audit import notes
-from gateway.audit.chain import GENESIS, Checkpoint, CheckpointSigner, link
+from gateway.audit.chain import GENESIS, Checkpoint, CheckpointSigner, checkpoint_valid, link
 from gateway.audit.merkle import leaf_hash
 from gateway.audit.record import rfc3339
 from gateway.audit.segments import SegmentLog
@@ -228,10 +228,26 @@ class SegmentStore:
         self.refusal: str | None = None  # why nothing more is signed or appended (NotAnExtension)
         self.recent: dict[str, int] = {}
         self.on_checkpoint: Callable[[str, int], None] | None = None  # the witnesses' client
+        self.on_refusal: Callable[[str | None], None] | None = None  # the alarm (a metric)
+
+    def _refuse(self, reason: str) -> None:
+        """Stop signing and appending, loudly: the log no longer extends what it signed."""
+        self.refusal = reason
+        log.critical("access log %s: %s; nothing more is signed or appended", self.origin, reason)
+        if self.on_refusal is not None:
+            self.on_refusal(reason)
 
     @property
     def verifier(self) -> notes.Verifier | None:
         return None if self._signer is None else self._signer.note_signer(self.origin).verifier
+
+    @property
+    def signer_key_id(self) -> str:
+        return "" if self._signer is None else self._signer.key_id
+
+    def consistency(self, old: int, new: int) -> list[bytes]:
+        """A consistency proof between two sizes the log signed (for the witnesses; off the loop)."""
+        return self.tree.consistency(old, new)
 
     @property
     def latest_note(self) -> str | None:
@@ -289,7 +305,11 @@ class SegmentStore:
         if self._signer is not None:
             vkey = self._signer.note_signer(self.origin).verifier.vkey()
             recorded = read_vkey(self.directory)
-            if recorded is None:
+            if recorded is None:  # a new log, or one from before vkeys: only if this key signed it
+                last = last_checkpoint(self.directory)
+                if last is not None and checkpoint_valid(last, {self._signer.key_id: self._signer.public_key}):
+                    raise LogMismatch(f"{self.directory}: the log {self.origin!r} was not signed by this "
+                                      "gateway's log key")
                 _write_synced(self.directory / VKEY_FILE, vkey.encode() + b"\n")
             elif recorded != vkey:
                 raise LogMismatch(f"{self.directory}: the log {self.origin!r} is signed by {recorded}, not by this "
@@ -314,7 +334,11 @@ class SegmentStore:
         hash what follows again from the segments, and check it still gives the checkpoint's root."""
         self.tree.open()
         signed = sealed.seq + 1 if sealed is not None else 0
-        keep = min(self.tree.size, signed, size)
+        if size < signed:  # entries a checkpoint covers are gone: keep the tree as evidence, sign nothing
+            self._refuse(f"the log holds {size} entries but its last checkpoint covers {signed}: entries were "
+                         "deleted from the end")
+            return
+        keep = min(self.tree.size, signed)
         self.tree.truncate(keep)
         self._extend_tree_from(keep)
         if sealed is None or sealed.note is None or self.verifier is None:
@@ -322,16 +346,14 @@ class SegmentStore:
         try:
             self._kept = note_checkpoint(sealed.note, self.verifier)
         except notes.NoteError as exc:
-            self.refusal = f"the last checkpoint of {self.origin!r} does not verify under the log's key ({exc})"
+            self._refuse(f"the last checkpoint of {self.origin!r} does not verify under the log's key ({exc})")
             return
         self._note = sealed.note
         if self._kept.origin != self.origin or self._kept.size != signed:
-            self.refusal = f"the last checkpoint names {self._kept.origin!r} at size {self._kept.size}"
+            self._refuse(f"the last checkpoint names {self._kept.origin!r} at size {self._kept.size}")
         elif self.tree.root(signed) != self._kept.root:
-            self.refusal = (f"the log's tree at size {signed} is not the one its last signed checkpoint covers: "
-                            f"entries before seq {signed} were rewritten")
-        if self.refusal:
-            log.critical("access log %s: %s; nothing more is signed or appended", self.origin, self.refusal)
+            self._refuse(f"the log's tree at size {signed} is not the one its last signed checkpoint covers: "
+                         f"entries before seq {signed} were rewritten")
 
     def _extend_tree_from(self, start: int) -> None:
         batch: list[bytes] = []
@@ -377,9 +399,8 @@ class SegmentStore:
         stored = self.tree.leaf_hashes(start, len(leaves))
         for offset, leaf in enumerate(leaves):
             if offset >= len(stored) or stored[offset] != leaf:
-                self.refusal = (f"entry seq {start + offset} is not the entry the signed tree holds: it was "
-                                "rewritten after it was logged")
-                log.critical("access log %s: %s; nothing more is signed or appended", self.origin, self.refusal)
+                self._refuse(f"entry seq {start + offset} is not the entry the signed tree holds: it was "
+                             "rewritten after it was logged")
                 return True
         return False
 
@@ -388,9 +409,10 @@ class SegmentStore:
         recorded = read_vkey(self.directory)
         return recorded is not None and self.verifier is not None and recorded != self.verifier.vkey()
 
-    async def begin_successor(self, reason: str) -> str:
-        """Retire this log (never written again) and make the store write a new one, under the next origin,
-        whose first entry chains from this one's last. Before the writer starts only."""
+    async def begin_successor(self, reason: str, tag: str) -> str:
+        """Retire this log (never written again) and make the store write a new one, under the origin
+        `successor_origin(origin, tag)`, whose first entry chains from this one's last. Before the writer
+        starts only."""
         from gateway.audit.origin import log_directory, successor_origin
 
         async with self._lock:
@@ -399,7 +421,8 @@ class SegmentStore:
                 head = Link(old_origin, *self._head)
             else:
                 head = await asyncio.to_thread(read_head, self.directory, old_origin)
-            successor = successor_origin(old_origin)
+            successor = successor_origin(old_origin, tag)
+            directory = log_directory(self.directory.parent, successor)  # raises before anything is retired
             await asyncio.to_thread(retire, self.directory, head, reason, successor)
             log.critical("access log %s retired (%s); it continues as %s", old_origin, reason, successor)
             self.log.close()
@@ -407,13 +430,15 @@ class SegmentStore:
             if self._writer_lock is not None:
                 os.close(self._writer_lock)
                 self._writer_lock = None
-            self.directory = log_directory(self.directory.parent, successor)
+            self.directory = directory
             self.origin = successor
             self.log = SegmentLog(self.directory, segment_bytes=self.log.segment_bytes)
             self.tree = TreeStore(self.directory)
             self._link_to, self._head, self._sealed = head, None, (-1, 0.0)
             self._kept = self._note = self.refusal = None
             self.recent = {}
+            if self.on_refusal is not None:
+                self.on_refusal(None)
             return successor
 
     async def append(self, events: Sequence[dict[str, Any]], settle: Callable[[int], None] | None = None) -> int:
@@ -483,9 +508,8 @@ class SegmentStore:
         self.tree.sync()
         kept = self._kept
         if kept is not None and (size < kept.size or self.tree.root(kept.size) != kept.root):
-            self.refusal = (f"the tree at size {size} does not extend the last signed checkpoint (size "
-                            f"{kept.size}): entries before seq {kept.size} were rewritten")
-            log.critical("access log %s: %s; nothing more is signed or appended", self.origin, self.refusal)
+            self._refuse(f"the tree at size {size} does not extend the last signed checkpoint (size "
+                         f"{kept.size}): entries before seq {kept.size} were rewritten")
             raise NotAnExtension(self.refusal)
         checkpoint = notes.Checkpoint(self.origin, size, self.tree.root(size))
         note = notes.sign(checkpoint.text(), self._signer.note_signer(self.origin))

@@ -377,6 +377,13 @@ class EntryLocator:
         with self._lock:
             return self._read(seq)
 
+    def scan(self, from_seq: int, limit: int) -> Iterator[tuple[int, bytes]]:
+        """Up to `limit` records from `from_seq` on, in order (the tail a follower has not reached yet)."""
+        seq, taken = from_seq, 0
+        while taken < limit and (payload := self.read(seq)) is not None:
+            yield seq, payload
+            seq, taken = seq + 1, taken + 1
+
     def _read(self, seq: int) -> bytes | None:
         path = self._segment_of(seq)
         if path is None:

@@ -14,6 +14,7 @@ and hashed again from the segments.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class TreeStore:
         self._writable = writable
         self._fds: list[int] = []
         self._dirty: set[int] = set()
+        self._levels = threading.Lock()
         self.size = 0
 
     def open(self) -> int:
@@ -62,8 +64,9 @@ class TreeStore:
     def node(self, level: int, index: int) -> bytes:
         """The hash of the complete subtree of 2^level leaves starting at leaf index·2^level."""
         if not self._writable and level >= len(self._fds):  # a level the writer began since
-            while len(self._fds) <= level and (path := self.directory / f"level-{len(self._fds)}").exists():
-                self._fds.append(os.open(path, os.O_RDONLY))
+            with self._levels:  # proofs run on several threads: one opens each new level, in order
+                while len(self._fds) <= level and (path := self.directory / f"level-{len(self._fds)}").exists():
+                    self._fds.append(os.open(path, os.O_RDONLY))
         data = os.pread(self._fds[level], HASH, index * HASH) if level < len(self._fds) else b""
         if len(data) != HASH:
             raise LookupError(f"no stored node {index} at level {level}")

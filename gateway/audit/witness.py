@@ -155,7 +155,7 @@ class WitnessClient:
     retry_s: float = 5.0
     _state: list[_Witness] = field(default_factory=list)
     _latest: tuple[str, int, float] | None = None  # (note, size, signed at)
-    _lines: dict[str, str] = field(default_factory=dict)  # cosignature lines gathered for the latest
+    _gathered: dict[int, dict[str, str]] = field(default_factory=dict)  # size → witness → cosignature lines
     _oldest_unpublished: float | None = None
     published: Published | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -168,7 +168,6 @@ class WitnessClient:
         """The log signed a new checkpoint (called by the store, on the loop)."""
         now = time.time()
         self._latest = (note, size, now)
-        self._lines = {}
         if self._oldest_unpublished is None:
             self._oldest_unpublished = now
         self._wake.set()
@@ -207,7 +206,9 @@ class WitnessClient:
             self.metrics.audit_witness_lag.set(self.lag())
 
     async def round(self) -> None:
-        """Ask every witness that has not cosigned the latest checkpoint; keep what they sign."""
+        """Ask every witness that has not cosigned the latest checkpoint; keep what they sign. A round
+        that outlives its checkpoint (a slow witness, a busy log) still keeps and publishes what it got:
+        the next round asks for the newer one."""
         if self._latest is None:
             return
         note, size, _ = self._latest
@@ -215,21 +216,59 @@ class WitnessClient:
         if not pending:
             return
         answers = await asyncio.gather(*(self._submit(w, note, size) for w in pending))
-        if self._latest is None or self._latest[1] != size:
-            return  # a newer checkpoint came meanwhile: it will be asked for in the next round
-        fresh = False
-        for witness, lines in zip(pending, answers, strict=True):
-            if lines:
-                self._lines[witness.entry.name] = lines
-                fresh = True
-        if not fresh:
+        lines = self._gathered.setdefault(size, {})
+        for witness, signed in zip(pending, answers, strict=True):
+            if signed:
+                lines[witness.entry.name] = signed
+        for older in [s for s in self._gathered if s < size]:
+            del self._gathered[older]  # a newer checkpoint's cosignatures cover every earlier size
+        if not any(answers):
             return
-        full = note + "".join(self._lines[name] for name in sorted(self._lines))
+        full = note + "".join(lines[name] for name in sorted(lines))
         await asyncio.to_thread(self.record, size, full)
-        if len(self._lines) >= self.witnesses.quorum:
+        if len(lines) >= self.witnesses.quorum and (self.published is None or size > self.published.size):
             self.published = Published(size, full, time.time())
-            self._oldest_unpublished = None
             self.metrics.audit_witness_published_size.set(size)
+            if self._latest is not None and self._latest[1] == size:
+                self._oldest_unpublished = None
+            else:  # newer checkpoints wait: their lag counts from the first of them
+                self._oldest_unpublished = self._latest[2] if self._latest is not None else None
+
+    async def _post(self, witness: _Witness, body: str) -> tuple[int, str, str]:
+        """(status, content type, body) of one request: the whole exchange bounded in time and the answer
+        in size (a witness is not trusted to stop talking)."""
+        async with asyncio.timeout(self.timeout_s):
+            async with self.http.stream("POST", witness.entry.url.rstrip("/") + "/add-checkpoint", content=body,
+                                        headers={"content-type": "text/plain; charset=utf-8"}) as response:
+                data = b""
+                async for chunk in response.aiter_bytes():
+                    data += chunk
+                    if len(data) > MAX_RESPONSE:
+                        raise httpx.DecodingError("the witness's answer is too large")
+                return response.status_code, response.headers.get("content-type", ""), data.decode("utf-8", "replace")
+
+    async def ahead_of(self, note: str, size: int) -> str | None:
+        """Why the log must not go on under its origin, when a quorum of witnesses already cosigned a larger
+        tree of it (the log was restored from an older copy): asked once, before the first signature."""
+        ahead = []
+        for witness, answer in zip(self._state, await asyncio.gather(
+                *(self._held(w, note, size) for w in self._state)), strict=True):
+            if answer is not None and answer > size:
+                ahead.append(f"{witness.entry.name} at {answer}")
+        if len(ahead) >= self.witnesses.quorum:
+            return (f"restored from an older copy: the log holds {size} entries, witnesses hold more "
+                    f"({', '.join(ahead)})")
+        return None
+
+    async def _held(self, witness: _Witness, note: str, size: int) -> int | None:
+        try:
+            status, kind, text = await self._post(witness, f"old {size}\n\n{note}")
+        except (httpx.HTTPError, TimeoutError):
+            return None
+        if status == 200:
+            return size
+        match = re.fullmatch(r"(0|[1-9][0-9]{0,18})\n", text) if status == 409 and kind.startswith(SIZE_TYPE) else None
+        return None if match is None else int(match.group(1))
 
     async def _submit(self, witness: _Witness, note: str, size: int) -> str | None:
         """One witness's cosignature lines for the checkpoint, or None (the reason kept in `problem`)."""
@@ -239,33 +278,31 @@ class WitnessClient:
                 return self._fault(witness, f"it holds this log at size {old}, larger than the log's {size}: "
                                             "the log was restored from an older copy or forked")
             try:
-                proof = self.consistency(old, size)
+                proof = await asyncio.to_thread(self.consistency, old, size)
             except (LookupError, ValueError) as exc:
-                return self._fault(witness, f"no consistency proof from its size {old}: {exc}")
+                return self._fault(witness, f"no consistency proof from its size {old}: {exc}", alarm=False)
             body = f"old {old}\n" + "".join(f"{base64.b64encode(h).decode()}\n" for h in proof) + "\n" + note
             try:
-                response = await self.http.post(witness.entry.url.rstrip("/") + "/add-checkpoint", content=body,
-                                                 timeout=self.timeout_s,
-                                                 headers={"content-type": "text/plain; charset=utf-8"})
-            except httpx.HTTPError as exc:
+                status, kind, text = await self._post(witness, body)
+            except (httpx.HTTPError, TimeoutError) as exc:
                 self.metrics.audit_witness_failures.labels(witness.entry.name).inc()
                 return self._fault(witness, f"unreachable ({type(exc).__name__})", alarm=False)
-            text = response.text[:MAX_RESPONSE]
-            if response.status_code == 409 and response.headers.get("content-type", "").startswith(SIZE_TYPE):
+            if status == 409 and kind.startswith(SIZE_TYPE):
                 match = re.fullmatch(r"(0|[1-9][0-9]{0,18})\n", text)
                 if match is None:
                     return self._fault(witness, "a 409 without a size")
                 their = int(match.group(1))
-                if their == old:  # same size as ours, another root
-                    return self._fault(witness, f"it holds another tree at size {their}: the log forked")
+                if their == old:  # its size is the one we sent: it holds another tree, or ours does not extend it
+                    return self._fault(witness, f"it holds another tree at size {their}, which this log does not "
+                                                "extend: the log was restored from an older copy or forked")
                 witness.size, old = their, their
                 continue
-            if response.status_code == 422:
+            if status == 422:
                 return self._fault(witness, f"it cannot verify that this log extends the checkpoint it holds (size "
                                             f"{old}): the log was restored from an older copy or forked")
-            if response.status_code != 200:
+            if status != 200:
                 self.metrics.audit_witness_failures.labels(witness.entry.name).inc()
-                return self._fault(witness, f"answered {response.status_code}", alarm=False)
+                return self._fault(witness, f"answered {status}", alarm=False)
             own = _own_cosignatures(note, text, witness.entry.verifiers())
             if own is None:
                 return self._fault(witness, "its answer carries no valid cosignature")
@@ -279,6 +316,7 @@ class WitnessClient:
             (log.critical if alarm else log.warning)("access log %s: witness %s: %s", self.origin,
                                                      witness.entry.name, problem)
         witness.problem = problem
+        witness.size = None  # what it said is not kept: the next try asks it again from 0
         if alarm:
             witness.conflict = problem
             self.metrics.audit_witness_conflicts.labels(witness.entry.name).inc()

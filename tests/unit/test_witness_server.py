@@ -67,6 +67,7 @@ async def test_the_protocol_refusals_and_a_cosignature_that_verifies(tmp_path: P
         assert (await post(forged.body(0, 5))).status_code == 403
         assert (await post(log.body(0, 5).replace("old 0", "old 9", 1))).status_code == 400
         assert (await post("not a request")).status_code == 400
+        assert (await post(log.body(0, 20).replace("old 0\n", "old 0\n" + "A" * 43 + "=\n", 1))).status_code == 400
         ok = await post(log.body(0, 10))
         assert ok.status_code == 200, ok.text
         note = log.checkpoint(10) + ok.text
@@ -76,10 +77,12 @@ async def test_the_protocol_refusals_and_a_cosignature_that_verifies(tmp_path: P
         assert stale.status_code == 409 and stale.text == "10\n"
         assert stale.headers["content-type"].startswith("text/x.tlog.size")
         bad_proof = await post(log.body(10, 20, proof=[bytes(32)] * 3))
-        assert bad_proof.status_code == 422
+        assert bad_proof.status_code == 409 and bad_proof.text == "10\n"
         fork = _leaves(200)
         fork[3] = merkle.leaf_hash(b"rewritten")
-        assert (await post(log.body(10, 20, leaves=fork))).status_code == 422  # not an extension of what it holds
+        not_extending = await post(log.body(10, 20, leaves=fork))
+        assert not_extending.status_code == 409 and not_extending.text == "10\n"  # not an extension of what it holds
+        assert (await post(log.body(10, 20).replace("old 10", "old \u0661\u0660", 1))).status_code == 400
         assert (await post(log.body(10, 10, leaves=fork))).status_code == 409  # same size, another root
         assert (await post(log.body(10, 20))).status_code == 200
         assert (await post(log.body(20, 20))).status_code == 200  # the same checkpoint again: cosigned again
@@ -108,5 +111,6 @@ def test_log_arguments_name_their_origin(log: Log) -> None:
     vkey = log.signer.verifier.vkey()
     assert parse_log_arguments([f"{ORIGIN}={vkey}"]) == {ORIGIN: [log.signer.verifier]}
     assert parse_log_arguments([vkey]) == {ORIGIN: [log.signer.verifier]}
+    assert parse_log_arguments([f"{ORIGIN} {vkey}\n"]) == {ORIGIN: [log.signer.verifier]}  # `jamu audit origins`
     with pytest.raises(ValueError, match="not 'elsewhere'"):
         parse_log_arguments([f"elsewhere={vkey}"])
