@@ -99,7 +99,7 @@ async def _catch_up(log_dir: Path, url: str, schema: str | None, without: str | 
 
 
 INDEXES = ("ix_audit_index_administration_time", "ix_audit_index_subject", "ix_audit_index_time",
-           "ix_audit_index_decision_time")
+           "ix_audit_index_decision_time", "ix_audit_index_id")
 
 
 def _latency(root: Path, rate: float, requests: int, rounds: int) -> dict[str, float]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import os
 import random
 import subprocess
@@ -35,6 +34,7 @@ from gateway.audit import notes
 from gateway.audit.chain import CheckpointSigner
 from gateway.audit.merkle import leaf_hash
 from gateway.audit.origin import log_directory
+from gateway.audit.segment_store import hold_writer_lock
 from gateway.audit.tree import TreeStore
 from gateway.audit.witness import WitnessClient, WitnessesFile
 from gateway.keyfiles import load_or_create_ed25519
@@ -78,7 +78,7 @@ def build_tree(directory: Path, size: int) -> TreeStore:
 
 
 def proofs_direct(tree: TreeStore, size: int, count: int) -> dict[str, float]:
-    rng = random.Random(1)
+    rng = random.Random(1)  # noqa: S311 (which leaves to prove, not a secret)
     latencies = []
     for _ in range(count):
         seq = rng.randrange(size)
@@ -114,7 +114,7 @@ def token(gateway: GatewayProcess, realm: Any, client_id: str) -> dict[str, str]
 
 def proofs_http(gateway: GatewayProcess, officer: dict[str, str], origin: str, size: int, count: int
                 ) -> dict[str, float]:
-    rng = random.Random(2)
+    rng = random.Random(2)  # noqa: S311
     latencies = []
     with httpx.Client(base_url=gateway.base_url, headers=officer, timeout=10) as client:
         for _ in range(count):
@@ -137,7 +137,7 @@ async def receipt_delays(gateway: GatewayProcess, elections: dict[str, str], cou
             answer = await client.post("/v1/probe/person", json={"nin": "120394857602914"})
             answered = time.perf_counter()
             transaction = answer.json()["transaction_id"]
-            while (await client.get(f"/v1/receipts/{transaction}")).status_code != 200:
+            while (await client.get(f"/v1/receipts/{transaction}")).status_code != 200:  # noqa: ASYNC110 (polls HTTP)
                 await asyncio.sleep(0.02)
             delays.append(time.perf_counter() - answered)
 
@@ -151,23 +151,25 @@ async def receipt_delays(gateway: GatewayProcess, elections: dict[str, str], cou
             "receipt_delay_p99_s": round(delays[int(len(delays) * 0.99)], 3), "receipts": len(delays)}
 
 
-async def witness_rounds(root: Path, rounds: int) -> dict[str, float]:
-    """The client's CPU a round against a real witness process, one new checkpoint a round."""
-    state = root / "witness"
-    made = subprocess.run([sys.executable, "-m", "gateway.cli", "witness", "init", "--state", str(state),
+def start_witness(state: Path, signer: notes.Signer) -> tuple[subprocess.Popen[bytes], str, str]:
+    """A reference witness in its own process: (process, url, its vkey)."""
+    made = subprocess.run([sys.executable, "-m", "gateway.cli", "witness", "init", "--state", str(state),  # noqa: S603
                            "--name", "bench.example/witness"], capture_output=True, text=True, check=True)
-    vkey = made.stdout.strip()
-    log_key = Ed25519PrivateKey.generate()
-    origin = "bench.example/access-log"
-    signer = notes.Signer(origin, log_key)
     port = free_port()
-    witness = subprocess.Popen([sys.executable, "-m", "gateway.cli", "witness", "serve", "--state", str(state),
+    witness = subprocess.Popen([sys.executable, "-m", "gateway.cli", "witness", "serve", "--state", str(state),  # noqa: S603
                                 "--port", str(port), "--log", signer.verifier.vkey()], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.post(f"{url}/add-checkpoint", content="x", timeout=1).status_code == 400, 20, "witness")
+    return witness, url, made.stdout.strip()
+
+
+async def witness_rounds(root: Path, rounds: int) -> dict[str, float]:
+    """The client's CPU a round against a real witness process, one new checkpoint a round."""
+    origin = "bench.example/access-log"
+    signer = notes.Signer(origin, Ed25519PrivateKey.generate())
+    witness, url, vkey = await asyncio.to_thread(start_witness, root / "witness", signer)
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.post(f"{url}/add-checkpoint", content="x", timeout=1).status_code == 400, 20,
-                   "witness")
         tree = build_tree(root / "wtree", 1 << 20)
         config = WitnessesFile.model_validate({"quorum": 1, "witnesses": [
             {"name": "bench.example/witness", "url": url, "vkey": vkey}]})
@@ -192,7 +194,7 @@ async def witness_rounds(root: Path, rounds: int) -> dict[str, float]:
                 "witness_cpu_share_at_1_per_s": round(per_round, 5)}
     finally:
         witness.terminate()
-        witness.wait(timeout=10)
+        await asyncio.to_thread(witness.wait, 10)
 
 
 def measure(argv: list[str] | None = None) -> dict[str, Any]:
@@ -219,10 +221,13 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
     fabricate_log(realm.data_dir, origin, args.proof_tree_size)
     result["proof_tree_size"] = args.proof_tree_size
     result["proof_tree_build_s"] = round(time.perf_counter() - started, 1)
-    reader = TreeStore(log_directory(realm.data_dir / "log", origin), writable=False)
+    directory = log_directory(realm.data_dir / "log", origin)
+    reader = TreeStore(directory, writable=False)
     reader.open()
     result.update(proofs_direct(reader, args.proof_tree_size, args.proofs))
     reader.close()
+    # Held as a running writer would hold it: the gateway leaves the log to it (it has no entries to adopt).
+    lock = hold_writer_lock(directory)
     gateway = GatewayProcess(realm.env(GATEWAY_AUDIT_SEAL_INTERVAL_S="1"),
                              factory="tests.support.probe_app:create_durable").start(root / "gateway.log")
     try:
@@ -231,6 +236,8 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
         result.update(asyncio.run(receipt_delays(gateway, elections, args.receipts, args.receipt_rate)))
     finally:
         gateway.stop()
+        if lock is not None:
+            os.close(lock)
     return result
 
 
