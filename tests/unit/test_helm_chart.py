@@ -106,7 +106,8 @@ def test_the_mounted_policies_load_as_the_gateway_reads_them(demo_policies: dict
 def test_options(demo_policies: dict) -> None:
     docs = render({"policies": demo_policies, "autoscaling": {"enabled": False}, "replicaCount": 3,
                    "podMonitor": {"enabled": True}, "networkPolicy": {"enabled": False},
-                   "telemetry": {"otlpEndpoint": "http://otel-collector:4318"}, "connectors": "connectors: []"})
+                   "telemetry": {"otlpEndpoint": "http://otel-collector:4318"}, "connectors": "connectors: []",
+                   "witnesses": "quorum: 1\nwitnesses: []\n"})
     kinds = by_kind(docs)
     assert "HorizontalPodAutoscaler" not in kinds and "NetworkPolicy" not in kinds
     assert kinds["StatefulSet"]["spec"]["replicas"] == 3
@@ -115,6 +116,10 @@ def test_options(demo_policies: dict) -> None:
     env = {e["name"]: e.get("value") for e in kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
     assert env["GATEWAY_CONNECTORS_FILE"] == "/etc/jamu/policies/connectors.yaml" and env["GATEWAY_REPLICAS"] == "3"
+    assert env["GATEWAY_WITNESSES_FILE"] == "/etc/jamu/policies/witnesses.yaml"
+    assert kinds["ConfigMap"]["data"]["witnesses.yaml"] == "quorum: 1\nwitnesses: []\n"
+    items = kinds["StatefulSet"]["spec"]["template"]["spec"]["volumes"][0]["configMap"]["items"]
+    assert {"key": "witnesses.yaml", "path": "witnesses.yaml"} in items
 
 
 @pytest.mark.parametrize("values, where", [
