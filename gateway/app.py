@@ -22,7 +22,14 @@ from gateway import __version__
 from gateway.api import audit, consents, identity, oauth, ops, problems, transparency
 from gateway.api.routes import add_routes
 from gateway.audit.chain import CheckpointSigner
-from gateway.audit.index import AuditIndex, IndexFollower, IndexTask, adopt_idle_logs, log_behind_index
+from gateway.audit.index import (
+    AuditIndex,
+    IndexFollower,
+    IndexTask,
+    LogBehindIndex,
+    adopt_idle_logs,
+    log_behind_index,
+)
 from gateway.audit.legacy import continue_legacy_log
 from gateway.audit.log import AccessLog
 from gateway.audit.offline import retired_log_keys
@@ -34,6 +41,7 @@ from gateway.audit.origin import (
     log_origin,
     restore_tag,
     rotation_tag,
+    successor_origin,
 )
 from gateway.audit.proofs import LogViews
 from gateway.audit.refusals import RefusalTally
@@ -98,32 +106,43 @@ FRAMEWORK_TELEMETRY_OFF: dict[str, object] = (
 async def _settle_log(store: SegmentStore, follower: IndexFollower, engine: AsyncEngine,
                       witnesses: WitnessClient | None) -> None:
     """Before the first append: a log made under a rotated key, or found behind what was already signed
-    of it — entries a checkpoint covers gone, the index holding more, or a quorum of witnesses holding a
-    larger tree (restored from an older copy) — is retired and continued under a new origin, rather than
-    signing a tree that does not extend its last checkpoint. Its entries not yet indexed are indexed first."""
-    reason = tag = None
-    if await asyncio.to_thread(store.key_changed):
-        reason, tag = "the log key was rotated", rotation_tag(store.signer_key_id)
-    else:
-        try:
-            await store.probe()
-        except NotAnExtension:
-            if store.refusal is None or "deleted from the end" not in store.refusal:
-                return  # a rewrite: the log refuses, and says why, until someone has looked
-            reason = f"restored from an older copy: {store.refusal}"
-        except Exception:
-            return  # the writer reports it (and /readyz) as it starts
-        reason = reason or await log_behind_index(engine, store.origin, store.next_seq)
-        if reason is None and witnesses is not None and store.latest_note is not None:
-            reason = await witnesses.ahead_of(store.latest_note, store.next_seq)
-        tag = restore_tag(store.directory.parent, store.origin) if reason else None
-    if reason is not None and tag is not None:
-        with contextlib.suppress(Exception):  # a log behind the index has nothing more to give it
+    of it — entries a checkpoint covers gone, the index holding more, or witnesses holding a larger tree
+    (restored from an older copy) — is retired and continued under a new origin, rather than signing a
+    tree that does not extend its last checkpoint. Its entries not yet indexed are indexed first. Any
+    failure here is left to the writer, which reports it (and /readyz) as it starts."""
+    try:
+        reason, tag = await _successor_needed(store, engine, witnesses)
+        if reason is None or tag is None:
+            return
+        with contextlib.suppress(LogBehindIndex):  # a log behind the index has nothing more to give it
             await follower.catch_up()
         await store.begin_successor(reason, tag)
-        follower.retarget(store.directory, store.origin)
-        if witnesses is not None:
-            witnesses.origin = store.origin
+    except Exception as exc:
+        log.error("access log %s cannot be settled before writing: %s", store.origin, exc)
+        return
+    follower.retarget(store.directory, store.origin)
+    if witnesses is not None:
+        witnesses.origin = store.origin
+
+
+async def _successor_needed(store: SegmentStore, engine: AsyncEngine, witnesses: WitnessClient | None
+                            ) -> tuple[str | None, str | None]:
+    if await asyncio.to_thread(store.key_changed):
+        tag = rotation_tag(store.signer_key_id)
+        if await log_behind_index(engine, successor_origin(store.origin, tag), 0) is not None:
+            tag = restore_tag(store.directory.parent, store.origin)  # that name was used: a data dir restored
+        return "the log key was rotated", tag
+    try:
+        await store.probe()
+    except NotAnExtension:
+        if store.refusal is None or "deleted from the end" not in store.refusal:
+            return None, None  # a rewrite: the log refuses, and says why, until someone has looked
+        reason: str | None = f"restored from an older copy: {store.refusal}"
+    else:
+        reason = await log_behind_index(engine, store.origin, store.next_seq)
+        if reason is None and witnesses is not None and store.latest_note is not None:
+            reason = await witnesses.ahead_of(store.latest_note, store.signed_size)
+    return reason, None if reason is None else restore_tag(store.directory.parent, store.origin)
 
 
 def create_app(settings: Settings | None = None, *, access_log: AccessLog | None = None) -> FastAPI:
@@ -345,7 +364,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
             await access_log.close()
             if witness_client is not None:
                 with contextlib.suppress(Exception):  # the shutdown checkpoint, once, without a retry
-                    await asyncio.wait_for(witness_client.round(), settings.witness_timeout_s + 1)
+                    await asyncio.wait_for(witness_client.round(), 3 * settings.witness_timeout_s + 1)
                 await witness_client.close()
             scrub.cancel()
             log_views.close()

@@ -38,7 +38,7 @@ from gateway.audit.origin import (
 )
 from gateway.audit.record import rfc3339
 from gateway.audit.rows import EventFilter
-from gateway.audit.segment_store import hold_writer_lock, read_origin, read_vkey
+from gateway.audit.segment_store import hold_writer_lock, last_checkpoint, read_origin, read_vkey
 from gateway.audit.witness import load_witnesses
 from gateway.auth.keys import (
     algorithm_of,
@@ -365,6 +365,8 @@ def _witnessing(args: argparse.Namespace, settings: Settings) -> offline.Witness
             verifiers = [notes.Verifier.parse(v) for v in args.witness_vkeys]
         except notes.NoteError as exc:
             raise offline.OfflineError(f"--witness-vkey: {exc}") from None
+        if any(v.kind != notes.COSIGNATURE for v in verifiers):
+            raise offline.OfflineError("--witness-vkey: a witness's vkey is a cosignature key (type 0x04)")
         quorum = args.quorum or len({v.name for v in verifiers})
         return offline.Witnessing(verifiers, quorum)
     if settings.witnesses_file is not None:
@@ -438,6 +440,8 @@ def cmd_audit_verify_proof(args: argparse.Namespace) -> int:
         receipt = json.loads(Path(args.file).read_text(encoding="utf-8"))
         log_keys = [notes.Verifier.parse(v) for v in args.vkeys]
         witness_keys = [notes.Verifier.parse(v) for v in args.witness_vkeys or []]
+        if any(k.kind != notes.COSIGNATURE for k in witness_keys):
+            raise ValueError("a witness's vkey is a cosignature key (type 0x04)")
         newer = Path(args.newer).read_text(encoding="utf-8") if args.newer else None
         consistency = json.loads(Path(args.consistency).read_text(encoding="utf-8")) if args.consistency else None
     except (OSError, ValueError, notes.NoteError) as exc:
@@ -462,7 +466,10 @@ def cmd_audit_origins(args: argparse.Namespace) -> int:
     for slot in range(workers):
         origin, _ = current_origin(settings.log_dir, log_origin(settings.issuer, settings.log_origin, slot, workers))
         directory = log_directory(settings.log_dir, origin)
-        if read_vkey(directory) not in (None, notes.Signer(origin, key).verifier.vkey()):
+        last = last_checkpoint(directory)
+        recorded = read_vkey(directory)
+        if (recorded not in (None, notes.Signer(origin, key).verifier.vkey())
+                or (recorded is None and last is not None and last.key_id != key_id(key.public_key()))):
             # the key was rotated: the gateway continues under this one at its next start
             origin = successor_origin(origin, rotation_tag(key_id(key.public_key())))
         print(f"{origin} {notes.Signer(origin, key).verifier.vkey()}")

@@ -118,7 +118,12 @@ async def consistency(
     return FastJSONResponse({"origin": view.origin, "old": old, "new": new, "hashes": _b64(hashes)})
 
 
-TAIL_SCAN = 2000  # entries read past an origin's index watermark, looking for a transaction not yet indexed
+TAIL_SCAN = 5000  # entries read past an origin's index watermark, looking for a transaction not yet indexed
+_SCANS = asyncio.Semaphore(1)  # one scan at a time: a burst of unknown ids costs one thread, not the pool
+
+
+class _NotYet(Exception):
+    """The transaction may be in a tail longer than one scan reads: ask again when the index has caught up."""
 
 
 async def _locate(app: Services, transaction_id: str) -> tuple[str, int] | None:
@@ -134,16 +139,20 @@ async def _locate(app: Services, transaction_id: str) -> tuple[str, int] | None:
     if row is not None:
         return row.origin, row.seq
     indexed = {state.origin: state.next_seq for state in await app.audit.origins()}
-    needle = f'"id":"{transaction_id}"'.encode()
+    needle = transaction_id.encode()
 
     def tails() -> tuple[str, int] | None:
         for view in _views(app).all():
-            for seq, payload in view.entries.scan(indexed.get(view.origin, 0), TAIL_SCAN):
-                if needle in payload:
+            tail = view.entries.scan(indexed.get(view.origin, 0), TAIL_SCAN)
+            for seq, payload in tail:
+                if needle in payload and orjson.loads(payload).get("id") == transaction_id:
                     return view.origin, seq
+            if len(tail) == TAIL_SCAN:
+                raise _NotYet
         return None
 
-    return await asyncio.to_thread(tails)
+    async with _SCANS:
+        return await asyncio.to_thread(tails)
 
 
 @router.get("/v1/receipts/{transaction_id}", name="receipt",
@@ -157,6 +166,9 @@ async def receipt(
         raise unknown
     try:
         found = await _locate(app, transaction_id)
+    except _NotYet:
+        raise Problem("conflict", "the access log's index is catching up; retry shortly",
+                      headers={"Retry-After": "1"}) from None
     except SQLAlchemyError:
         raise Problem("audit_unavailable", "the access log's index cannot be read; retry shortly",
                       headers={"Retry-After": "1"}) from None

@@ -250,6 +250,11 @@ class SegmentStore:
         return self.tree.consistency(old, new)
 
     @property
+    def signed_size(self) -> int:
+        """The size of the last C2SP checkpoint signed (0 before the first)."""
+        return 0 if self._kept is None else self._kept.size
+
+    @property
     def latest_note(self) -> str | None:
         """The last signed checkpoint (C2SP note), None before the first."""
         return self._note
@@ -405,9 +410,15 @@ class SegmentStore:
         return False
 
     def key_changed(self) -> bool:
-        """Whether the log was made under another key than this gateway's (the log key was rotated)."""
+        """Whether the log was made under another key than this gateway's (the log key was rotated): its
+        vkey, or for a log from before vkeys, the key its last checkpoint names."""
+        if self._signer is None or read_retired(self.directory) is not None:
+            return False
         recorded = read_vkey(self.directory)
-        return recorded is not None and self.verifier is not None and recorded != self.verifier.vkey()
+        if recorded is not None:
+            return self.verifier is not None and recorded != self.verifier.vkey()
+        last = last_checkpoint(self.directory)
+        return last is not None and last.key_id != self._signer.key_id
 
     async def begin_successor(self, reason: str, tag: str) -> str:
         """Retire this log (never written again) and make the store write a new one, under the origin

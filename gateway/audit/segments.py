@@ -377,12 +377,50 @@ class EntryLocator:
         with self._lock:
             return self._read(seq)
 
-    def scan(self, from_seq: int, limit: int) -> Iterator[tuple[int, bytes]]:
-        """Up to `limit` records from `from_seq` on, in order (the tail a follower has not reached yet)."""
-        seq, taken = from_seq, 0
-        while taken < limit and (payload := self.read(seq)) is not None:
-            yield seq, payload
-            seq, taken = seq + 1, taken + 1
+    def scan(self, from_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` records from `from_seq` on, in order (the tail a follower has not reached yet):
+        positioned by the map, then read sequentially a chunk at a time."""
+        out: list[tuple[int, bytes]] = []
+        with self._lock:
+            if self._read(from_seq) is None:  # maps the segment up to from_seq (or there is nothing)
+                return out
+            seq = from_seq
+            while len(out) < limit:
+                path = self._segment_of(seq)
+                if path is None:
+                    break
+                marks = self._marks[path] if path in self._marks else [(int(path.stem), 0)]
+                mark_seq, offset = marks[bisect.bisect_right(marks, (seq, 1 << 62)) - 1]
+                got = self._sequential(path, mark_seq, offset, seq, limit - len(out))
+                if not got:
+                    break
+                out += got
+                seq = got[-1][0] + 1
+        return out
+
+    def _sequential(self, path: Path, seq: int, offset: int, start: int, limit: int) -> list[tuple[int, bytes]]:
+        found: list[tuple[int, bytes]] = []
+        with open(path, "rb") as handle:
+            while len(found) < limit:
+                data = os.pread(handle.fileno(), self.CHUNK, offset)
+                at = 0
+                while at + HEADER.size <= len(data) and len(found) < limit:
+                    length, crc, frame_seq = HEADER.unpack_from(data, at)
+                    if frame_seq != seq or length == 0 or length > MAX_PAYLOAD:
+                        return found
+                    end = at + HEADER.size + length
+                    if end > len(data):
+                        break
+                    if seq >= start:
+                        payload = data[at + HEADER.size:end]
+                        if crc32c(payload, crc32c(_SEQ.pack(seq))) != crc:
+                            return found
+                        found.append((seq, payload))
+                    at, seq = end, seq + 1
+                if at == 0:
+                    return found
+                offset += at
+        return found
 
     def _read(self, seq: int) -> bytes | None:
         path = self._segment_of(seq)

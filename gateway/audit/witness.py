@@ -23,6 +23,7 @@ import contextlib
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,17 @@ class WitnessEntry(BaseModel):
             if verifier.kind != notes.COSIGNATURE:
                 raise ValueError("a witness's vkey is a cosignature key (type 0x04)")
         return values
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        try:
+            url = httpx.URL(value)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if not url.host:
+            raise ValueError("a witness's URL names its host")
+        return value
 
     @model_validator(mode="after")
     def _named(self) -> WitnessEntry:
@@ -156,7 +168,7 @@ class WitnessClient:
     _state: list[_Witness] = field(default_factory=list)
     _latest: tuple[str, int, float] | None = None  # (note, size, signed at)
     _gathered: dict[int, dict[str, str]] = field(default_factory=dict)  # size → witness → cosignature lines
-    _oldest_unpublished: float | None = None
+    _unpublished: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=100_000))
     published: Published | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -168,8 +180,7 @@ class WitnessClient:
         """The log signed a new checkpoint (called by the store, on the loop)."""
         now = time.time()
         self._latest = (note, size, now)
-        if self._oldest_unpublished is None:
-            self._oldest_unpublished = now
+        self._unpublished.append((size, now))
         self._wake.set()
 
     def start(self) -> None:
@@ -183,7 +194,7 @@ class WitnessClient:
 
     def lag(self) -> float:
         """Seconds since the oldest checkpoint that has not reached its quorum was signed (0 when none)."""
-        return 0.0 if self._oldest_unpublished is None else time.time() - self._oldest_unpublished
+        return time.time() - self._unpublished[0][1] if self._unpublished else 0.0
 
     def status(self) -> list[dict[str, Any]]:
         return [{"name": w.entry.name, "cosigned_size": w.size, "problem": w.problem,
@@ -215,7 +226,8 @@ class WitnessClient:
         pending = [w for w in self._state if w.cosigned != size]
         if not pending:
             return
-        answers = await asyncio.gather(*(self._submit(w, note, size) for w in pending))
+        answers = await asyncio.gather(*(self._submit(w, note, size) for w in pending), return_exceptions=True)
+        answers = [None if isinstance(a, BaseException) else a for a in answers]
         lines = self._gathered.setdefault(size, {})
         for witness, signed in zip(pending, answers, strict=True):
             if signed:
@@ -229,41 +241,47 @@ class WitnessClient:
         if len(lines) >= self.witnesses.quorum and (self.published is None or size > self.published.size):
             self.published = Published(size, full, time.time())
             self.metrics.audit_witness_published_size.set(size)
-            if self._latest is not None and self._latest[1] == size:
-                self._oldest_unpublished = None
-            else:  # newer checkpoints wait: their lag counts from the first of them
-                self._oldest_unpublished = self._latest[2] if self._latest is not None else None
+            while self._unpublished and self._unpublished[0][0] <= size:
+                self._unpublished.popleft()  # newer checkpoints wait: their lag counts from the first of them
 
     async def _post(self, witness: _Witness, body: str) -> tuple[int, str, str]:
         """(status, content type, body) of one request: the whole exchange bounded in time and the answer
         in size (a witness is not trusted to stop talking)."""
         async with asyncio.timeout(self.timeout_s):
+            # No compression: a small encoded answer must not inflate past the limit before it is counted.
             async with self.http.stream("POST", witness.entry.url.rstrip("/") + "/add-checkpoint", content=body,
-                                        headers={"content-type": "text/plain; charset=utf-8"}) as response:
+                                        headers={"content-type": "text/plain; charset=utf-8",
+                                                 "accept-encoding": "identity"}) as response:
+                if response.headers.get("content-encoding", "identity").lower() != "identity":
+                    raise httpx.DecodingError("the witness's answer is encoded")
                 data = b""
-                async for chunk in response.aiter_bytes():
+                async for chunk in response.aiter_raw():
                     data += chunk
                     if len(data) > MAX_RESPONSE:
                         raise httpx.DecodingError("the witness's answer is too large")
                 return response.status_code, response.headers.get("content-type", ""), data.decode("utf-8", "replace")
 
     async def ahead_of(self, note: str, size: int) -> str | None:
-        """Why the log must not go on under its origin, when a quorum of witnesses already cosigned a larger
-        tree of it (the log was restored from an older copy): asked once, before the first signature."""
+        """Why the log must not go on under its origin: witnesses already cosigned a larger tree of it than
+        its last checkpoint (`note`, over `size` entries) — the log was restored from an older copy. Asked
+        once, before the first signature. A witness's size is not signed, so it takes the quorum and more
+        than half of the witnesses to say so."""
         ahead = []
-        for witness, answer in zip(self._state, await asyncio.gather(
-                *(self._held(w, note, size) for w in self._state)), strict=True):
+        answers = await asyncio.gather(*(self._held(w, note, size) for w in self._state))
+        for witness, answer in zip(self._state, answers, strict=True):
             if answer is not None and answer > size:
                 ahead.append(f"{witness.entry.name} at {answer}")
-        if len(ahead) >= self.witnesses.quorum:
-            return (f"restored from an older copy: the log holds {size} entries, witnesses hold more "
+        if len(ahead) >= self.witnesses.quorum and 2 * len(ahead) > len(self._state):
+            return (f"restored from an older copy: its last checkpoint covers {size} entries, witnesses hold more "
                     f"({', '.join(ahead)})")
         return None
 
     async def _held(self, witness: _Witness, note: str, size: int) -> int | None:
+        """The size a witness holds of this log, asked with the log's own last checkpoint (`old` its size:
+        a witness at that size cosigns it again, any other answers 409 with its size)."""
         try:
             status, kind, text = await self._post(witness, f"old {size}\n\n{note}")
-        except (httpx.HTTPError, TimeoutError):
+        except Exception:  # unreachable, or an answer that makes no sense: it says nothing
             return None
         if status == 200:
             return size
@@ -284,7 +302,7 @@ class WitnessClient:
             body = f"old {old}\n" + "".join(f"{base64.b64encode(h).decode()}\n" for h in proof) + "\n" + note
             try:
                 status, kind, text = await self._post(witness, body)
-            except (httpx.HTTPError, TimeoutError) as exc:
+            except Exception as exc:  # unreachable, too slow, too long, or not HTTP at all: one witness's failure
                 self.metrics.audit_witness_failures.labels(witness.entry.name).inc()
                 return self._fault(witness, f"unreachable ({type(exc).__name__})", alarm=False)
             if status == 409 and kind.startswith(SIZE_TYPE):

@@ -352,3 +352,61 @@ def test_the_witnesses_file_is_validated() -> None:
     with pytest.raises(ValueError, match="cosignature key"):
         WitnessesFile.model_validate({"quorum": 1, "witnesses": [
             {"name": "dpa.example", "url": "https://w", "vkey": log_vkey}]})
+
+
+def test_witnesses_holding_a_larger_tree_show_the_log_was_restored(tmp_path: Path, signer: CheckpointSigner) -> None:
+    async def run() -> None:
+        store, client, _ = await _witnessed(tmp_path, signer, 2)
+        await store.append(events(5))
+        await store.seal()
+        await client.round()
+        await store.close()
+        backup = tmp_path / "backup"
+        shutil.copytree(tmp_path / "log", backup)
+        store, client, _ = await _witnessed_again(tmp_path, signer, client)
+        await store.append(events(5, 5))
+        await store.seal()
+        await client.round()
+        assert client.published is not None and client.published.size == 10
+        await store.close()
+        shutil.rmtree(tmp_path / "log")
+        shutil.copytree(backup, tmp_path / "log")
+        store, client, _ = await _witnessed_again(tmp_path, signer, client)
+        await store.append(events(2, 100))  # entries after the last checkpoint, as a live backup has
+        assert store.signed_size == 5 and store.next_seq == 7
+        reason = await client.ahead_of(store.latest_note or "", store.signed_size)
+        assert reason is not None and "witnesses hold more" in reason and "at 10" in reason
+        # One witness's unsigned word is not enough when it is not a majority.
+        client._state[1].entry = client._state[1].entry.model_copy(update={"url": "http://nowhere"})
+        assert await client.ahead_of(store.latest_note or "", store.signed_size) is None
+        await store.close()
+
+    asyncio.run(run())
+
+
+def test_a_witness_answer_that_is_compressed_or_oversized_is_not_read(tmp_path: Path,
+                                                                     signer: CheckpointSigner) -> None:
+    async def run() -> None:
+        store = store_at(tmp_path, signer)
+        await store.probe()
+        verifier = init_witness(tmp_path / "w", "dpa.example")
+        answers = iter([httpx.Response(200, stream=httpx.ByteStream(b"x"), headers={"content-encoding": "br"}),
+                        httpx.Response(200, stream=httpx.ByteStream("\u2014 x\n".encode() * 20_000))])
+
+        def witness(request: httpx.Request) -> httpx.Response:
+            assert request.headers["accept-encoding"] == "identity"
+            return next(answers)
+
+        config = WitnessesFile.model_validate({"quorum": 1, "witnesses": [
+            {"name": "dpa.example", "url": "http://dpa", "vkey": verifier.vkey()}]})
+        client = WitnessClient(config, ORIGIN, store.consistency, store.record_witnessed,
+                               httpx.AsyncClient(transport=httpx.MockTransport(witness)), Metrics())
+        store.on_checkpoint = client.checkpoint_signed
+        for n in range(2):
+            await store.append(events(1, n))
+            await store.seal()
+            await client.round()
+            assert client.status()[0]["problem"] == "unreachable (DecodingError)" and client.published is None
+        await store.close()
+
+    asyncio.run(run())
