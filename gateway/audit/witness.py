@@ -165,6 +165,8 @@ class WitnessClient:
     metrics: Metrics
     timeout_s: float = 3.0
     retry_s: float = 5.0
+    min_interval_s: float = 1.0
+    _last_round: float = 0.0
     _state: list[_Witness] = field(default_factory=list)
     _latest: tuple[str, int, float] | None = None  # (note, size, signed at)
     _gathered: dict[int, dict[str, str]] = field(default_factory=dict)  # size → witness → cosignature lines
@@ -210,6 +212,9 @@ class WitnessClient:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.retry_s)
             self._wake.clear()
+            # At most a round a second: the latest checkpoint's cosignature covers every earlier one.
+            await asyncio.sleep(max(0.0, self.min_interval_s - (time.monotonic() - self._last_round)))
+            self._last_round = time.monotonic()
             try:
                 await self.round()
             except Exception as exc:  # never let one bad answer stop the witnessing
