@@ -31,6 +31,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.audit import merkle, notes
+from gateway.audit.segment_store import write_synced
 from gateway.keyfiles import create_exclusive, load_or_create_ed25519
 
 KEY_FILE = "witness-key.pem"
@@ -38,22 +39,6 @@ NAME_FILE = "name"
 MAX_BODY = 64 * 1024
 SIZE_TYPE = "text/x.tlog.size"
 _SIZE = re.compile(r"0|[1-9][0-9]{0,18}")
-
-
-def _synced_replace(path: Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def init_witness(state: Path, name: str, *, rotate: bool = False) -> notes.Verifier:
@@ -140,7 +125,7 @@ class Witness:
                     # Not an extension of what it holds: refused with its size, as any inconsistency is
                     # (C2SP says 422 here; the size tells the log, or its operator, where it stands).
                     return Response(f"{held.size}\n", status_code=409, media_type=SIZE_TYPE)
-            await asyncio.to_thread(_synced_replace, self._path(checkpoint.origin), orjson.dumps(
+            await asyncio.to_thread(write_synced, self._path(checkpoint.origin), orjson.dumps(
                 {"origin": checkpoint.origin, "size": checkpoint.size,
                  "root": base64.b64encode(checkpoint.root).decode(), "time": int(time.time())}))
         line = self.cosigner.signature_line(checkpoint_text, int(time.time()))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
@@ -28,6 +29,7 @@ from gateway.services import Services, services
 from gateway.storage.tables import audit_index
 
 router = APIRouter(tags=["Verifiable access log"])
+_T = TypeVar("_T")
 
 Origin = Annotated[str | None, Query(max_length=300, pattern=r"^[^\x00-\x1f\x7f\s+]+$")]
 Size = Annotated[int, Query(ge=0, lt=2**63)]
@@ -60,6 +62,19 @@ async def _signed(view: LogView) -> SignedHead:
     return head
 
 
+async def _proved(prove: Callable[[int, int], _T], first: int, second: int) -> _T:
+    """A proof read off the loop, its failures as problems: not yet signed (409), asked wrongly (400), or
+    a tree that does not hold what was signed (503, the integrity report says more)."""
+    try:
+        return await asyncio.to_thread(prove, first, second)
+    except NotProvable as exc:
+        raise Problem("conflict", str(exc), headers={"Retry-After": "1"}) from None
+    except ValueError as exc:
+        raise Problem("invalid_request", str(exc)) from None
+    except (LookupError, notes.NoteError):
+        raise _unprovable() from None
+
+
 def _b64(hashes: list[bytes]) -> list[str]:
     return [notes.b64encode(h) for h in hashes]
 
@@ -88,14 +103,7 @@ async def inclusion(
     seq: Size, size: Size, origin: Origin = None,
 ) -> FastJSONResponse:
     view = await _view(services(request), origin)
-    try:
-        leaf, hashes = await asyncio.to_thread(view.inclusion, seq, size)
-    except NotProvable as exc:
-        raise Problem("conflict", str(exc), headers={"Retry-After": "1"}) from None
-    except ValueError as exc:
-        raise Problem("invalid_request", str(exc)) from None
-    except (LookupError, notes.NoteError):
-        raise _unprovable() from None
+    leaf, hashes = await _proved(view.inclusion, seq, size)
     return FastJSONResponse({"origin": view.origin, "seq": seq, "size": size, "leaf_hash": notes.b64encode(leaf),
                              "hashes": _b64(hashes)})
 
@@ -107,14 +115,7 @@ async def consistency(
     old: Size, new: Size, origin: Origin = None,
 ) -> FastJSONResponse:
     view = await _view(services(request), origin)
-    try:
-        hashes = await asyncio.to_thread(view.consistency, old, new)
-    except NotProvable as exc:
-        raise Problem("conflict", str(exc), headers={"Retry-After": "1"}) from None
-    except ValueError as exc:
-        raise Problem("invalid_request", str(exc)) from None
-    except (LookupError, notes.NoteError):
-        raise _unprovable() from None
+    hashes = await _proved(view.consistency, old, new)
     return FastJSONResponse({"origin": view.origin, "old": old, "new": new, "hashes": _b64(hashes)})
 
 

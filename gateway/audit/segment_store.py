@@ -84,7 +84,7 @@ def read_retired(directory: Path) -> dict[str, Any] | None:
 
 def retire(directory: Path, head: Link, reason: str, successor: str) -> None:
     """Mark a log as never to be written again, naming the origin that continues it and its head."""
-    _write_synced(directory / RETIRED_FILE, orjson.dumps(
+    write_synced(directory / RETIRED_FILE, orjson.dumps(
         {"reason": reason, "successor": successor, "time": rfc3339(datetime.now(UTC)), **head.__dict__}))
 
 
@@ -99,16 +99,21 @@ def read_head(directory: Path, origin: str) -> Link:
     return Link(origin, recovery.next_seq - 1, orjson.loads(last)["hash"])
 
 
+def _tail_lines(path: Path, size: int) -> list[bytes]:
+    """The lines of a file's last `size` bytes, last first (none when there is no file): its newest
+    records, for files that grow a line at a time."""
+    try:
+        with open(path, "rb") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, end - size))
+            return list(reversed(handle.read().split(b"\n")))
+    except FileNotFoundError:
+        return []
+
+
 def last_witnessed(directory: Path) -> tuple[int, str] | None:
     """(size, note with cosignatures) of the last checkpoint witnesses cosigned, if any."""
-    try:
-        with open(directory / WITNESSED_FILE, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - 65536))
-            tail = handle.read()
-    except FileNotFoundError:
-        return None
-    for line in reversed(tail.split(b"\n")):
+    for line in _tail_lines(directory / WITNESSED_FILE, 65536):
         try:
             found = orjson.loads(line)
             return int(found["size"]), str(found["note"])
@@ -156,14 +161,8 @@ def checkpoint_of(line: bytes) -> Checkpoint | None:
 
 def last_checkpoint(directory: Path) -> Checkpoint | None:
     """The last whole checkpoint line, read from the file's end (the file grows by one a second)."""
-    try:
-        with open(directory / CHECKPOINTS_FILE, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - 8192))
-            tail = handle.read()
-    except FileNotFoundError:
-        return None
-    return next((c for line in reversed(tail.split(b"\n")) if (c := checkpoint_of(line)) is not None), None)
+    lines = _tail_lines(directory / CHECKPOINTS_FILE, 8192)
+    return next((c for line in lines if (c := checkpoint_of(line)) is not None), None)
 
 
 def read_checkpoints(directory: Path) -> list[Checkpoint]:
@@ -187,7 +186,7 @@ def hold_writer_lock(directory: Path) -> int | None:
     return fd
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+def write_synced(path: Path, data: bytes) -> None:
     """A small file made whole or not at all: written aside, synced, renamed, directory synced."""
     temporary = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -299,8 +298,8 @@ class SegmentStore:
         found = read_origin(self.directory)
         if found is None:
             if self._link_to is not None:
-                _write_synced(self.directory / LINK_FILE, orjson.dumps(self._link_to.__dict__))
-            _write_synced(self.directory / ORIGIN_FILE, self.origin.encode() + b"\n")
+                write_synced(self.directory / LINK_FILE, orjson.dumps(self._link_to.__dict__))
+            write_synced(self.directory / ORIGIN_FILE, self.origin.encode() + b"\n")
         elif self.origin and found != self.origin:
             raise LogMismatch(f"{self.directory} holds the log of {found!r}, not {self.origin!r}")
         if (retired := read_retired(self.directory)) is not None:
@@ -315,7 +314,7 @@ class SegmentStore:
                 if last is not None and checkpoint_valid(last, {self._signer.key_id: self._signer.public_key}):
                     raise LogMismatch(f"{self.directory}: the log {self.origin!r} was not signed by this "
                                       "gateway's log key")
-                _write_synced(self.directory / VKEY_FILE, vkey.encode() + b"\n")
+                write_synced(self.directory / VKEY_FILE, vkey.encode() + b"\n")
             elif recorded != vkey:
                 raise LogMismatch(f"{self.directory}: the log {self.origin!r} is signed by {recorded}, not by this "
                                   "gateway's log key; a new key begins a new origin")

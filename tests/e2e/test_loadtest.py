@@ -118,3 +118,15 @@ def test_the_log_benchmark_runs(tmp_path: Path, redis_url: str) -> None:
         assert 0.05 < result[key] < 5, (key, result)
     assert result["log_cpu_us"] > 0 and result["bare_p99_ms"] > 0 and result["verify_p99_ms"] > 0
     assert result["soak_rss_mb"] and all(m > 0 for m in result["soak_rss_mb"])
+
+
+def test_the_verifiable_log_benchmark_runs(tmp_path: Path) -> None:
+    argv = ["--tree-events", "2000", "--proof-tree-size", "5000", "--proofs", "20", "--receipts", "5",
+            "--witness-rounds", "3"]
+    result = _bench(tmp_path, "bench_tlog", argv)
+    assert 0 < result["tree_leaf_hash_cpu_us"] < result["tree_cpu_us"] < 1000, result
+    assert result["proof_tree_size"] == 5000
+    assert 0 < result["inclusion_direct_p50_ms"] <= result["inclusion_direct_p99_ms"], result
+    assert result["inclusion_http_p50_ms"] > 0 and result["origins_http_p50_ms"] > 0, result
+    assert result["receipts"] == 5 and 0 < result["receipt_delay_p50_s"] < 5, result
+    assert 0 < result["witness_round_cpu_ms"] < 1000, result
