@@ -135,7 +135,7 @@ async def _successor_needed(store: SegmentStore, engine: AsyncEngine, witnesses:
     try:
         await store.probe()
     except NotAnExtension:
-        if store.refusal is None or "deleted from the end" not in store.refusal:
+        if not store.cut_short:
             return None, None  # a rewrite: the log refuses, and says why, until someone has looked
         reason: str | None = f"restored from an older copy: {store.refusal}"
     else:

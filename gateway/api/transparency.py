@@ -204,15 +204,16 @@ def _unprovable() -> Problem:
 
 def _receipt_head(app: Services, view: LogView, seq: int) -> SignedHead | None:
     """The checkpoint a receipt proves against: the latest published one (a quorum cosigned it) that
-    covers the entry, else the latest signed one with whatever cosignatures it has."""
+    covers the entry; else the latest one that has some cosignatures; else the latest signed."""
+    if app.witnesses is not None:
+        verifiers, quorum = app.witnesses.verifiers(), app.witnesses.quorum
+        covering = [head for head in view.witnessed() if head.size > seq]
+        published = next((h for h in covering if cosigned_count(h.note, verifiers) >= quorum), None)
+        partial = next((h for h in covering if cosigned_count(h.note, verifiers) > 0), None)
+        if published is not None or partial is not None:
+            return published or partial
     latest = view.signed()
-    witnessed = view.witnessed() if app.witnesses is not None else None
-    if (witnessed is not None and witnessed.size > seq and app.witnesses is not None
-            and cosigned_count(witnessed.note, app.witnesses.verifiers()) >= app.witnesses.quorum):
-        return witnessed
-    if latest is not None and latest.size > seq:
-        return latest
-    return None
+    return latest if latest is not None and latest.size > seq else None
 
 
 def _is_transaction(value: str) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gateway.audit import merkle, notes
 from gateway.audit.origin import local_logs
-from gateway.audit.segment_store import last_checkpoint, last_witnessed, read_origin, read_vkey
+from gateway.audit.segment_store import last_checkpoint, last_witnessed, read_origin, read_vkey, recent_witnessed
 from gateway.audit.segments import EntryLocator
 from gateway.audit.tree import TreeStore
 
@@ -120,13 +120,15 @@ class LogView:
             note = witnessed[1]
         return SignedHead(checkpoint.size, checkpoint.root, note)
 
-    def witnessed(self) -> SignedHead | None:
-        """The last checkpoint with cosignatures (whether or not a quorum)."""
-        found = last_witnessed(self.directory)
-        if found is None or self.verifier is None:
-            return None
-        checkpoint = notes.Checkpoint.parse(notes.verified(found[1], [self.verifier])[0])
-        return SignedHead(checkpoint.size, checkpoint.root, found[1])
+    def witnessed(self) -> list[SignedHead]:
+        """The checkpoints witnesses cosigned lately (whether or not a quorum), newest first."""
+        if self.verifier is None:
+            return []
+        heads = []
+        for _, note in recent_witnessed(self.directory):
+            checkpoint = notes.Checkpoint.parse(notes.verified(note, [self.verifier])[0])
+            heads.append(SignedHead(checkpoint.size, checkpoint.root, note))
+        return heads
 
     def _covered(self, size: int) -> SignedHead:
         head = self.signed()

@@ -111,15 +111,19 @@ def _tail_lines(path: Path, size: int) -> list[bytes]:
         return []
 
 
-def last_witnessed(directory: Path) -> tuple[int, str] | None:
-    """(size, note with cosignatures) of the last checkpoint witnesses cosigned, if any."""
+def recent_witnessed(directory: Path) -> Iterator[tuple[int, str]]:
+    """(size, note with cosignatures) of the checkpoints witnesses cosigned lately, newest first."""
     for line in _tail_lines(directory / WITNESSED_FILE, 65536):
         try:
             found = orjson.loads(line)
-            return int(found["size"]), str(found["note"])
+            yield int(found["size"]), str(found["note"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-    return None
+            continue  # a line cut by a crash
+
+
+def last_witnessed(directory: Path) -> tuple[int, str] | None:
+    """(size, note with cosignatures) of the last checkpoint witnesses cosigned, if any."""
+    return next(recent_witnessed(directory), None)
 
 
 def note_checkpoint(note: str, verifier: notes.Verifier) -> notes.Checkpoint:
@@ -225,6 +229,7 @@ class SegmentStore:
         self._kept: notes.Checkpoint | None = None  # the last C2SP checkpoint signed: every tree extends it
         self._note: str | None = None
         self.refusal: str | None = None  # why nothing more is signed or appended (NotAnExtension)
+        self.cut_short = False  # the refusal is entries a checkpoint covers gone (a restore, not a rewrite)
         self.recent: dict[str, int] = {}
         self.on_checkpoint: Callable[[str, int], None] | None = None  # the witnesses' client
         self.on_refusal: Callable[[str | None], None] | None = None  # the alarm (a metric)
@@ -339,6 +344,7 @@ class SegmentStore:
         self.tree.open()
         signed = sealed.seq + 1 if sealed is not None else 0
         if size < signed:  # entries a checkpoint covers are gone: keep the tree as evidence, sign nothing
+            self.cut_short = True
             self._refuse(f"the log holds {size} entries but its last checkpoint covers {signed}: entries were "
                          "deleted from the end")
             return
@@ -446,6 +452,7 @@ class SegmentStore:
             self.tree = TreeStore(self.directory)
             self._link_to, self._head, self._sealed = head, None, (-1, 0.0)
             self._kept = self._note = self.refusal = None
+            self.cut_short = False
             self.recent = {}
             if self.on_refusal is not None:
                 self.on_refusal(None)

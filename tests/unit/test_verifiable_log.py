@@ -410,3 +410,29 @@ def test_a_witness_answer_that_is_compressed_or_oversized_is_not_read(tmp_path: 
         await store.close()
 
     asyncio.run(run())
+
+
+def test_at_start_a_log_cut_short_of_its_checkpoint_is_continued_under_a_new_origin(
+        tmp_path: Path, signer: CheckpointSigner) -> None:
+    from gateway.app import _settle_log
+    from gateway.audit.index import IndexFollower
+    from gateway.storage.database import create_engine, database_url, migrate
+
+    async def run() -> None:
+        directory = tmp_path / "log" / "a"
+        await (await fill(directory, signer, [12])).close()
+        _drop_segments(directory)  # a restore that copied the checkpoints after the segments
+        engine = create_engine(database_url(None, tmp_path))
+        await migrate(engine, None)
+        store = store_at(directory, signer)
+        follower = IndexFollower(engine, directory, origin=ORIGIN)
+        await _settle_log(store, follower, engine, None)
+        assert store.origin.startswith(f"{ORIGIN}/r") and follower.origin == store.origin
+        retired = read_retired(directory)
+        assert retired is not None and "entries were deleted from the end" in retired["reason"]
+        await store.append(events(1))
+        assert store.refusal is None and next(store.entries(0))["seq"] == 0
+        await store.close()
+        await engine.dispose()
+
+    asyncio.run(run())
