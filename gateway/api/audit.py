@@ -247,23 +247,26 @@ async def integrity(
 
 
 async def _signed_head(app: Any, origin: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The origin's last signed checkpoint (size, note) as its log holds it, and the witnesses'
-    cosignatures gathered for it; (None, []) for a log this instance cannot read."""
+    """The origin's last signed checkpoint (size, note) as its log holds it, and the cosignatures on the
+    latest checkpoint witnesses cosigned (each with that checkpoint's size: witnesses are asked once a
+    second, checkpoints come up to twice); (None, []) for a log this instance cannot read."""
     view = app.log_views.get(origin) if app.log_views is not None else None
     if view is None:
         return None, []
     try:
         head = await asyncio.to_thread(view.signed)
+        witnessed = await asyncio.to_thread(view.witnessed) if app.witnesses is not None else []
     except Exception as exc:  # a checkpoint that no longer verifies: the report's problems say so
         log.warning("access log %s: its last checkpoint cannot be read: %s", origin, exc)
         return None, []
     if head is None:
         return None, []
     cosignatures: list[dict[str, Any]] = []
-    if app.witnesses is not None:
+    if witnessed:
         with contextlib.suppress(notes.NoteError):
-            _, good = notes.verified(head.note, app.witnesses.verifiers())
-            cosignatures = [{"witness": s.name, "time": struct.unpack(">Q", s.blob[4:12])[0]} for s in good]
+            _, good = notes.verified(witnessed[0].note, app.witnesses.verifiers())
+            cosignatures = [{"witness": s.name, "size": witnessed[0].size,
+                             "time": struct.unpack(">Q", s.blob[4:12])[0]} for s in good]
     return {"size": head.size, "root": notes.b64encode(head.root), "note": head.note}, cosignatures
 
 
