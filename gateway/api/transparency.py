@@ -15,7 +15,6 @@ from typing import Annotated, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
@@ -26,7 +25,6 @@ from gateway.audit.proofs import LogView, LogViews, NotProvable, SignedHead, cos
 from gateway.auth.bearer import Caller
 from gateway.errors import Problem
 from gateway.services import Services, services
-from gateway.storage.tables import audit_index
 
 router = APIRouter(tags=["Verifiable access log"])
 _T = TypeVar("_T")
@@ -120,7 +118,6 @@ async def consistency(
 
 
 TAIL_SCAN = 5000  # entries read past an origin's index watermark, looking for a transaction not yet indexed
-_SCANS = asyncio.Semaphore(1)  # one scan at a time: a burst of unknown ids costs one thread, not the pool
 
 
 class _NotYet(Exception):
@@ -134,11 +131,8 @@ async def _locate(app: Services, transaction_id: str) -> tuple[str, int] | None:
     store = app.log_store
     if store is not None and (seq := store.recent.get(transaction_id)) is not None:
         return store.origin, seq
-    async with app.audit.engine.connect() as connection:
-        row = (await connection.execute(select(audit_index.c.origin, audit_index.c.seq)
-                                        .where(audit_index.c.id == transaction_id).limit(1))).first()
-    if row is not None:
-        return row.origin, row.seq
+    if (indexed_at := await app.audit.locate(transaction_id)) is not None:
+        return indexed_at
     indexed = {state.origin: state.next_seq for state in await app.audit.origins()}
     needle = transaction_id.encode()
 
@@ -152,7 +146,7 @@ async def _locate(app: Services, transaction_id: str) -> tuple[str, int] | None:
                 raise _NotYet
         return None
 
-    async with _SCANS:
+    async with _views(app).tail_scans:
         return await asyncio.to_thread(tails)
 
 

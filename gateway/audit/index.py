@@ -412,6 +412,13 @@ class AuditIndex:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
+    async def locate(self, transaction_id: str) -> tuple[str, int] | None:
+        """(origin, seq) of an indexed event by its id: where to read it in its log (receipts)."""
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(select(audit_index.c.origin, audit_index.c.seq)
+                                            .where(audit_index.c.id == transaction_id).limit(1))).first()
+        return None if row is None else (row.origin, row.seq)
+
     async def page(self, where: EventFilter, after: Position | None = None, limit: int = 100
                    ) -> tuple[list[dict[str, Any]], Position | None]:
         """Up to `limit` events after `after`, and where the page stopped."""

@@ -203,6 +203,12 @@ def verified(note: str, verifiers: Iterable[Verifier]) -> tuple[str, list[Signat
     return text, good
 
 
+def signed_checkpoint(note: str, verifiers: Iterable[Verifier]) -> Checkpoint:
+    """The checkpoint a note carries, once one of `verifiers` (the log's keys) is shown to have signed it
+    (raises NoteError otherwise)."""
+    return Checkpoint.parse(verified(note, verifiers)[0])
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     origin: str

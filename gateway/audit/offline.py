@@ -229,7 +229,7 @@ class TreeCheck:
 
     def _add(self, note: str, last_seq: int, *, witnessed: bool) -> None:
         try:
-            checkpoint = notes.Checkpoint.parse(notes.verified(note, self.verifiers)[0])
+            checkpoint = notes.signed_checkpoint(note, self.verifiers)
         except notes.NoteError as exc:
             self._problem(max(last_seq, 0), f"a checkpoint that does not verify under the log's key: {exc}")
             return

@@ -6,6 +6,7 @@ only appends, and only sizes a signed checkpoint covers are served), so every wo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import threading
@@ -113,7 +114,7 @@ class LogView:
         last = last_checkpoint(self.directory)
         if last is None or last.note is None or self.verifier is None:
             return None
-        checkpoint = notes.Checkpoint.parse(notes.verified(last.note, [self.verifier])[0])
+        checkpoint = notes.signed_checkpoint(last.note, [self.verifier])
         note = last.note
         witnessed = last_witnessed(self.directory)
         if witnessed is not None and witnessed[0] == checkpoint.size:
@@ -126,7 +127,7 @@ class LogView:
             return []
         heads = []
         for _, note in recent_witnessed(self.directory):
-            checkpoint = notes.Checkpoint.parse(notes.verified(note, [self.verifier])[0])
+            checkpoint = notes.signed_checkpoint(note, [self.verifier])
             heads.append(SignedHead(checkpoint.size, checkpoint.root, note))
         return heads
 
@@ -150,10 +151,6 @@ class LogView:
             raise ValueError("old must lie between 0 and new")
         return self.tree().consistency(old, new)
 
-    def root(self, size: int) -> bytes:
-        self._covered(size)
-        return self.tree().root(size)
-
     def entry(self, seq: int) -> bytes | None:
         return self.entries.read(seq)
 
@@ -169,6 +166,9 @@ class LogViews:
         self.log_root = log_root
         self._views: dict[str, LogView] = {}
         self._lock = threading.Lock()
+        # One search of the unindexed tails at a time (receipts): a burst of unknown ids costs one worker
+        # thread, not the pool the access log's writes share.
+        self.tail_scans = asyncio.Semaphore(1)
 
     def _refresh(self) -> None:
         for directory in local_logs(self.log_root):

@@ -39,7 +39,7 @@ def check_receipt(receipt: Mapping[str, Any], log_keys: list[notes.Verifier], wi
         raise ReceiptInvalid("a receipt carries origin, seq, entry and proof") from None
     try:
         proof = parse_proof(text)
-        checkpoint = notes.Checkpoint.parse(notes.verified(proof.note, [k for k in log_keys if k.name == origin])[0])
+        checkpoint = notes.signed_checkpoint(proof.note, [k for k in log_keys if k.name == origin])
     except notes.NoteError as exc:
         raise ReceiptInvalid(f"the checkpoint: {exc}") from None
     if checkpoint.origin != origin:
@@ -80,7 +80,7 @@ def check_receipt(receipt: Mapping[str, Any], log_keys: list[notes.Verifier], wi
 def _still_held(origin: str, old: notes.Checkpoint, newer: str, consistency: Mapping[str, Any] | None,
                 log_keys: list[notes.Verifier]) -> str:
     try:
-        later = notes.Checkpoint.parse(notes.verified(newer, [k for k in log_keys if k.name == origin])[0])
+        later = notes.signed_checkpoint(newer, [k for k in log_keys if k.name == origin])
     except notes.NoteError as exc:
         raise ReceiptInvalid(f"the newer checkpoint: {exc}") from None
     if later.origin != origin:

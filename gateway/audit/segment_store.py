@@ -126,12 +126,6 @@ def last_witnessed(directory: Path) -> tuple[int, str] | None:
     return next(recent_witnessed(directory), None)
 
 
-def note_checkpoint(note: str, verifier: notes.Verifier) -> notes.Checkpoint:
-    """The checkpoint a note carries, once the log's signature on it holds (raises NoteError)."""
-    text, _ = notes.verified(note, [verifier])
-    return notes.Checkpoint.parse(text)
-
-
 @dataclass(frozen=True)
 class Link:
     """The head of the log a new log continues: its origin, last seq and last hash."""
@@ -354,7 +348,7 @@ class SegmentStore:
         if sealed is None or sealed.note is None or self.verifier is None:
             return  # a log from before notes: its first note begins the tree's record
         try:
-            self._kept = note_checkpoint(sealed.note, self.verifier)
+            self._kept = notes.signed_checkpoint(sealed.note, [self.verifier])
         except notes.NoteError as exc:
             self._refuse(f"the last checkpoint of {self.origin!r} does not verify under the log's key ({exc})")
             return
