@@ -7,6 +7,7 @@ import contextlib
 import gc
 import inspect
 import logging
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -19,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from connectors.router import ConnectorRouter, build_connectors, load_connectors_file
 from gateway import __version__
-from gateway.api import audit, consents, identity, oauth, ops, problems, transparency
+from gateway.api import audit, consents, identity, jobs, oauth, ops, problems, transparency
 from gateway.api.routes import add_routes
 from gateway.audit.chain import CheckpointSigner
 from gateway.audit.index import (
@@ -53,6 +54,9 @@ from gateway.auth.keys import load_signing_keys
 from gateway.auth.replay import MemoryReplayGuard, RedisReplayGuard, ReplayGuard
 from gateway.auth.server import TokenService
 from gateway.auth.trusted import TrustedIssuers, load_trusted_issuers
+from gateway.bulk.files import JobFiles
+from gateway.bulk.runner import ChunkRunner, LocalChunkQueue, Retention
+from gateway.bulk.store import JobStore
 from gateway.consent.store import ConsentStore
 from gateway.datadir import secure_data_dir
 from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
@@ -300,6 +304,16 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
 
         readiness["rate_limit"] = rate_limit_ready
 
+    job_store = JobStore(engine, results_days=settings.bulk_results_days)
+    job_files = JobFiles(settings.jobs_path)
+    subjects = SubjectHasher(load_or_create_secret(settings.subject_key_path))
+    chunk_runner = ChunkRunner(
+        job_store, job_files, policies=policies, identity=router, subjects=subjects, access_log=access_log,
+        log_position=lambda: (segment_store.origin, segment_store.next_seq), log_root=settings.log_dir,
+        owner=f"{segment_store.origin}#{uuid.uuid4()}", lease_s=settings.bulk_lease_s)
+    chunk_queue = LocalChunkQueue(job_store, settings.bulk_workers)
+    retention = Retention(job_store, job_files)
+
     app_services = Services(
         settings=settings,
         policies=policies,
@@ -324,7 +338,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         witnesses=witnesses,
         witness_client=witness_client,
         checkpoint_keys={**retired_log_keys(settings.checkpoint_key_path), signer.key_id: signer.public_key},
-        subjects=SubjectHasher(load_or_create_secret(settings.subject_key_path)),
+        subjects=subjects,
         subject_refs=SubjectRefs(load_or_create_secret(settings.pseudonym_key_path)),
         identity=router,
         consents=ConsentStore(engine),
@@ -332,6 +346,9 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         metrics=metrics,
         rate_limits=rate_limits,
         readiness=readiness,
+        jobs=job_store,
+        job_files=job_files,
+        chunk_queue=chunk_queue,
     )
 
     reloader = PolicyReloader(policies, settings.policies_dir, metrics, settings.policy_reload_interval_s)
@@ -352,11 +369,15 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         if scrape is not None:
             await scrape.start()
         reloader.start()
+        await chunk_queue.start(chunk_runner.run)
+        retention.start()
         _freeze_startup_objects()
         try:
             yield
         finally:
             gc.unfreeze()
+            await chunk_queue.close()
+            await retention.close()
             await reloader.stop()
             if scrape is not None:
                 await scrape.close()
@@ -395,7 +416,8 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     problems.install(app)
     problems.describe(app)
     # The busiest routes first: matching walks the table in order.
-    add_routes(app, identity.router, oauth.router, ops.router, consents.router, audit.router, transparency.router)
+    add_routes(app, identity.router, oauth.router, ops.router, consents.router, audit.router, transparency.router,
+               jobs.router)
     app.mount(ops.DOCS_ASSETS_PATH, StaticFiles(directory=str(ops.DOCS_ASSETS_DIR)), name="docs-assets")
     app.add_middleware(
         AccessMiddleware,
@@ -409,6 +431,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         trusted_proxies=trusted_proxies,
         root_path=settings.root_path,
         routes=app.router.routes,
+        body_limits=[(jobs.UPLOAD_PATH, settings.bulk_max_upload_bytes)],
     )
     if provider is not None:
         # Outermost, so the access record takes the server span's trace id.

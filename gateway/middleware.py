@@ -29,16 +29,14 @@ from gateway.audit.record import AccessRecord
 from gateway.audit.refusals import RefusalTally
 from gateway.errors import Problem, send_problem
 from gateway.observability import request_trace_id
+from gateway.policy.catalogue import EVENT_OPERATIONS
 from gateway.ratelimit.admission import Admission, Admitter, Network, client_address, source_address
 from gateway.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
 _TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
-_OPERATIONS = frozenset({
-    "token", "verify", "lookup", "consent.create", "consent.read", "consent.revoke",
-    "audit.search", "audit.integrity", "subject.history", "audit.proof", "receipt",
-})
+_OPERATIONS = frozenset(EVENT_OPERATIONS)
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 (a path, not a secret)
 _STANDARD_HEADERS = ((b"x-content-type-options", b"nosniff"),)
 
@@ -88,7 +86,8 @@ def _header(scope: Scope, wanted: bytes) -> str | None:
 class AccessMiddleware:
     def __init__(self, app: ASGIApp, *, access_log: AccessLog, metrics: Metrics, max_body_bytes: int,
                  problem_base: str, tracer: trace.Tracer, admitter: Admitter, refusals: RefusalTally,
-                 trusted_proxies: tuple[Network, ...], root_path: str, routes: Sequence[BaseRoute]) -> None:
+                 trusted_proxies: tuple[Network, ...], root_path: str, routes: Sequence[BaseRoute],
+                 body_limits: Sequence[tuple[re.Pattern[str], int]] = ()) -> None:
         self.app = app
         self.tracer = tracer
         self.access_log = access_log
@@ -101,6 +100,7 @@ class AccessMiddleware:
         self.trusted_proxies = trusted_proxies
         self.root_path = root_path
         self.routes = routes
+        self.body_limits = body_limits  # paths that take larger bodies than max_body_bytes (uploads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -242,7 +242,7 @@ class AccessMiddleware:
                 response_started = True
             await send_wrapper(message)
 
-        limit = self.max_body_bytes
+        limit = self._body_limit(scope)
         content_length = _content_length(scope)
         if content_length is not None and content_length > limit:
             record.reason = "invalid_request"
@@ -271,6 +271,14 @@ class AccessMiddleware:
             record.reason = "internal_error"
             await send_problem(send_tracking, Problem("internal_error", "an unexpected error occurred"),
                                record.id, self.problem_base)
+
+    def _body_limit(self, scope: Scope) -> int:
+        if self.body_limits:
+            path = route_path(scope)
+            for pattern, limit in self.body_limits:
+                if pattern.match(path):
+                    return limit
+        return self.max_body_bytes
 
     async def _append(self, record: AccessRecord) -> bool:
         started = time.perf_counter()

@@ -19,6 +19,9 @@ from gateway.audit.witness import WitnessClient, WitnessesFile
 from gateway.auth.bearer import BearerValidator
 from gateway.auth.keys import SigningKeys
 from gateway.auth.server import TokenService
+from gateway.bulk.files import JobFiles
+from gateway.bulk.runner import ChunkQueue
+from gateway.bulk.store import JobStore
 from gateway.consent.store import ConsentStore
 from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
 from gateway.policy.store import PolicyStore
@@ -48,6 +51,9 @@ class Services:
     tracer: trace.Tracer
     metrics: Metrics
     rate_limits: RateLimits
+    jobs: JobStore
+    job_files: JobFiles
+    chunk_queue: ChunkQueue
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
     log_views: LogViews | None = None  # proofs and receipts over the local logs
     log_store: SegmentStore | None = None  # this process's own log

@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     # "failing": verification goes on) and the integrity report names the stretch not yet witnessed.
     witness_max_lag_s: float = Field(300.0, gt=0)
     audit_index_max_lag_s: float = Field(2.0, gt=0)  # audit reads answer 503 while the index is further behind
+    # Bulk verification jobs (CONTRACT §16). Their files live under `jobs_dir` (shared by every process
+    # that runs jobs); `bulk_workers` chunks run at once in this process (0: it runs none, it only takes
+    # uploads and answers status).
+    jobs_dir: Path | None = None
+    bulk_workers: int = Field(1, ge=0, le=64)
+    bulk_chunk_records: int = Field(2000, ge=1, le=100_000)
+    bulk_max_records: int = Field(10_000_000, ge=1)
+    bulk_max_upload_bytes: int = Field(4 * 1024**3, ge=1024)
+    bulk_lease_s: float = Field(60.0, gt=0)  # a chunk not renewed within this is taken over
+    bulk_results_days: float = Field(7.0, gt=0)
 
     @field_validator("issuer")
     @classmethod
@@ -93,6 +103,10 @@ class Settings(BaseSettings):
     @property
     def checkpoint_key_path(self) -> Path:
         return self.checkpoint_key_file or self.keys_dir / "checkpoint-key.pem"
+
+    @property
+    def jobs_path(self) -> Path:
+        return self.jobs_dir or self.data_dir / "jobs"
 
     @property
     def log_dir(self) -> Path:

@@ -31,6 +31,7 @@ from gateway.audit.rows import EventFilter
 from gateway.auth.bearer import Caller
 from gateway.errors import Problem
 from gateway.identity.pseudonyms import reference_names_person
+from gateway.policy.catalogue import EVENT_OPERATIONS
 from gateway.ratelimit.gcra import Window
 from gateway.ratelimit.limiter import Outcome
 from gateway.services import services
@@ -38,9 +39,7 @@ from gateway.services import services
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["Access log"])
 
-Operation = Literal["token", "verify", "lookup", "consent.create", "consent.read", "consent.revoke",
-                    "audit.search", "audit.integrity", "subject.history", "audit.proof", "receipt",
-                    "unauthenticated"]
+Operation = Literal[(*EVENT_OPERATIONS, "unauthenticated")]  # type: ignore[valid-type]
 Decision = Literal["permit", "deny", "error"]
 # What a citizen sees: every use of their record, but not security officers reading the log (an
 # investigation is not announced to the person investigated).

@@ -63,3 +63,12 @@ CLIENT_AUTH_METHODS = ("private_key_jwt", "client_secret_basic")
 
 # Algorithms a client may sign its assertion with, and an external issuer its tokens with.
 ASYMMETRIC_ALGORITHMS = ("Ed25519", "EdDSA", "ES256", "PS256", "RS256")
+
+# Every operation an access-log event may name (CONTRACT §7): the routes' names, the middleware's record
+# and the audit search's filter all come from this one list.
+EVENT_OPERATIONS = (
+    "token", "verify", "lookup", "consent.create", "consent.read", "consent.revoke",
+    "audit.search", "audit.integrity", "subject.history", "audit.proof", "receipt",
+    "verify.bulk", "verify.bulk.create", "verify.bulk.upload", "verify.bulk.status", "verify.bulk.cancel",
+    "verify.bulk.results", "verify.bulk.errors",
+)

@@ -132,6 +132,8 @@ class AdministrationPolicy(_Strict):
     rate_limits: list[RateLimitWindow] = []
     # A consent channel's daily cap on reads of people's access histories (CONTRACT §7); none: no cap.
     history_reads_per_day: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    # Records this administration's bulk jobs may check per UTC day (CONTRACT §16); none: no cap.
+    bulk_records_per_day: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
 
     @property
     def scopes(self) -> frozenset[str]:

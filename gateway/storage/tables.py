@@ -140,3 +140,61 @@ consents = Table(
     Column("uses", Integer, nullable=False, server_default="0"),
     Index("ix_consents_subject_grantee", "subject_hash", "grantee"),
 )
+
+# Bulk verification jobs: one row per job. The spec (purpose, claims, predicates, the fixed evaluation date)
+# is frozen at creation; `request_hash` answers a replayed Idempotency-Key. Times are epoch seconds.
+verification_jobs = Table(
+    "verification_jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("administration", Text, nullable=False),
+    Column("client_id", Text, nullable=False),
+    Column("idempotency_key", Text, nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("format", String(8), nullable=False),
+    Column("declared_records", BigInteger),
+    Column("status", String(16), nullable=False),
+    Column("total", BigInteger),
+    Column("input_sha256", String(64)),
+    Column("input_file", Text),
+    Column("reason", Text),
+    Column("created_at", Float, nullable=False),
+    Column("queued_at", Float),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("expires_at", Float),
+    UniqueConstraint("administration", "idempotency_key", name="uq_verification_jobs_key"),
+    Index("ix_verification_jobs_status", "status"),
+)
+
+# A job's input cut into chunks of consecutive lines: the unit a worker leases, runs and commits. A lease
+# that runs out lets another worker take the chunk over; `log_positions` say where each attempt's
+# events went, so the one taking over appends only those missing.
+verification_chunks = Table(
+    "verification_chunks",
+    metadata,
+    Column("job_id", String(36), primary_key=True),
+    Column("n", Integer, primary_key=True, autoincrement=False),
+    Column("first_line", BigInteger, nullable=False),
+    Column("byte_start", BigInteger, nullable=False),
+    Column("byte_end", BigInteger, nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("state", String(8), nullable=False),  # pending, leased, done
+    Column("lease_owner", Text),
+    Column("lease_until", Float),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("log_positions", Text),  # JSON [[origin, seq], ...]: each attempt's log and where it began
+    Column("errors", Integer),
+    Column("done_at", Float),
+    Index("ix_verification_chunks_state", "state", "lease_until"),
+)
+
+# What each administration's bulk records used of its daily allowance (UTC day).
+bulk_usage = Table(
+    "bulk_usage",
+    metadata,
+    Column("administration", Text, primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("records", BigInteger, nullable=False),
+)

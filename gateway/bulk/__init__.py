@@ -1,0 +1,1 @@
+"""Bulk verification jobs: whole files checked under one purpose, each record as a verification."""

@@ -1,0 +1,382 @@
+"""Running a job's chunks: each record through the same policy → connectors → decide path as
+`POST /v1/verify`, one access-log event per record, results written once.
+
+A chunk goes: lease → policy check → read its lines → verify each → note where its events will go →
+append the events (only those an earlier attempt did not) → write its results → finish (conditional on
+the lease). A worker killed anywhere in that leaves the chunk leased; the lease runs out and another
+worker takes it over. Event ids are derived from (job, line), and the log positions of earlier attempts
+are kept with the chunk, so the one taking over reads those stretches of the log and appends only the
+events that are missing: every record has one event, whatever was killed when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from connectors.base import StandIn, TraceContext
+from gateway.audit.log import AccessLog
+from gateway.audit.origin import log_directory
+from gateway.audit.record import AccessRecord
+from gateway.audit.segments import SegmentReader
+from gateway.bulk.files import JobFiles
+from gateway.bulk.records import (
+    MAX_LINE_BYTES,
+    InvalidRecord,
+    JobSpec,
+    Record,
+    check_header,
+    event_id,
+    invalid_result,
+    loose_ref,
+    parse_record,
+    result_of,
+    write_error,
+    write_result,
+)
+from gateway.bulk.store import JobStore, LeasedChunk
+from gateway.errors import Problem
+from gateway.identity import decide
+from gateway.policy.enforce import authorise
+from gateway.policy.model import PurposePolicy
+from gateway.policy.store import PolicyStore
+
+log = logging.getLogger(__name__)
+
+OPERATION = "verify.bulk"
+_CONCURRENT_FETCHES = 32  # records of a chunk in flight at once (remote connectors answer in parallel)
+
+
+class Fetch(Protocol):
+    async def fetch(self, nin: str, attributes: frozenset[str], context: TraceContext | None = None
+                    ) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    line: int
+    ref: str | None
+    result: dict[str, Any]
+    event: AccessRecord
+    reason: str | None = None  # set for an invalid record
+
+
+class JobRefused(Exception):
+    """The job can no longer run (its purpose withdrawn, made consent-based): it fails with this reason."""
+
+
+class ChunkRunner:
+    def __init__(self, store: JobStore, files: JobFiles, *, policies: PolicyStore, identity: Fetch,
+                 subjects: Callable[[str], str], access_log: AccessLog,
+                 log_position: Callable[[], tuple[str, int] | None], log_root: Path, owner: str,
+                 lease_s: float) -> None:
+        self.store = store
+        self.files = files
+        self.policies = policies
+        self.identity = identity
+        self.subjects = subjects
+        self.access_log = access_log
+        self.log_position = log_position
+        self.log_root = log_root
+        self.owner = owner
+        self.lease_s = lease_s
+        self._headers: dict[str, list[str]] = {}
+        self.ran = 0  # chunks finished by this runner (tests and metrics)
+
+    async def run(self, job_id: str, n: int) -> bool:
+        """Run the chunk if it can be taken; whether it was finished here."""
+        leased = await self.store.lease(job_id, n, self.owner, self.lease_s)
+        if leased is None:
+            return False
+        lost = asyncio.Event()
+        keeper = asyncio.create_task(self._keep(job_id, n, lost), name=f"bulk-lease-{job_id}-{n}")
+        try:
+            await self._run(leased, lost)
+        except JobRefused as exc:
+            log.warning("bulk job %s stops: %s", job_id, exc)
+            await self.store.fail(job_id, str(exc))
+            self.files.delete_input(job_id)
+            return False
+        except _LeaseLost:
+            return False
+        except asyncio.CancelledError:  # shutting down: the chunk goes back now rather than when its lease ends
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.release(job_id, n, self.owner))
+            raise
+        except Exception as exc:
+            # A backend or the log unavailable: the chunk goes back, to be tried again.
+            log.warning("bulk job %s chunk %d given back: %s", job_id, n, exc)
+            await self.store.release(job_id, n, self.owner)
+            return False
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        self.ran += 1
+        return True
+
+    async def _keep(self, job_id: str, n: int, lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                held = await self.store.renew(job_id, n, self.owner, self.lease_s)
+            except Exception as exc:
+                log.warning("bulk lease renewal failed: %s", exc)
+                continue
+            if not held:
+                lost.set()  # taken over, or the job cancelled: stop before the next step
+                return
+
+    def _policy(self, leased: LeasedChunk) -> PurposePolicy:
+        job, spec = leased.job, leased.job.spec
+        administration = self.policies.current.administrations.get(job.administration)
+        try:
+            policy = authorise(administration, spec.purpose, "verify", claims=spec.claims,
+                               predicates={p.name for p in spec.predicates})
+        except Problem as exc:
+            raise JobRefused(f"the policy no longer allows this job: {exc.detail}") from None
+        if policy.consent == "required":
+            raise JobRefused("the purpose now requires a consent per person, which a bulk job cannot carry")
+        return policy
+
+    async def _header(self, job_id: str, input_file: str, spec: JobSpec) -> list[str]:
+        header = self._headers.get(job_id)
+        if header is None:
+            first = await asyncio.to_thread(self.files.read_range, job_id, input_file, 0, MAX_LINE_BYTES + 2)
+            header = check_header(first.split(b"\n", 1)[0], spec)
+            if len(self._headers) > 64:
+                self._headers.clear()
+            self._headers[job_id] = header
+        return header
+
+    async def _run(self, leased: LeasedChunk, lost: asyncio.Event) -> None:
+        job, chunk, spec = leased.job, leased.chunk, leased.job.spec
+        policy = self._policy(leased)
+        try:
+            if job.input_file is None:
+                raise FileNotFoundError(job.id)
+            raw = await asyncio.to_thread(self.files.read_range, job.id, job.input_file, chunk.byte_start,
+                                          chunk.byte_end)
+            header = await self._header(job.id, job.input_file, spec) if job.format == "csv" else None
+        except FileNotFoundError:
+            raise JobRefused("the job's input is gone") from None
+        lines = raw.split(b"\n")
+        if raw.endswith(b"\n"):
+            lines.pop()
+        if len(lines) != chunk.records:
+            raise JobRefused(f"chunk {chunk.n} of the input does not hold the records it was cut with")
+        outcomes = await self._verify_all(leased, policy, lines, header)
+        _check(lost)
+
+        already = await asyncio.to_thread(self._logged_before, leased)
+        position = self.log_position()
+        if position is not None and not await self.store.logging_at(leased, self.owner, *position):
+            raise _LeaseLost
+        _check(lost)
+        missing = [o.event for o in outcomes if o.event.id not in already]
+        await asyncio.gather(*(self.access_log.append(event) for event in missing))
+        _check(lost)
+
+        results = [write_result(job.format, o.ref or "", o.result, spec) for o in outcomes]
+        errors = [write_error(job.format, o.line, o.ref, o.reason) for o in outcomes if o.reason is not None]
+        await asyncio.to_thread(self.files.write_chunk, job.id, chunk.n, results, errors)
+        try:
+            ended = await self.store.finish_chunk(job.id, chunk.n, self.owner, len(errors))
+        except LookupError:
+            raise _LeaseLost from None
+        if ended is not None:
+            self.files.delete_input(job.id)  # it holds NINs: gone as soon as the job ends
+
+    async def _verify_all(self, leased: LeasedChunk, policy: PurposePolicy, lines: Sequence[bytes],
+                          header: list[str] | None) -> list[_Outcome]:
+        spec = leased.job.spec
+        needed = decide.needed_attributes(dict.fromkeys(spec.claims, ""), list(spec.predicates))
+        outcomes: list[_Outcome | None] = [None] * len(lines)
+        gate = asyncio.Semaphore(_CONCURRENT_FETCHES)
+
+        async def one(i: int) -> None:
+            async with gate:
+                outcomes[i] = await self._verify(leased, policy, lines[i], leased.chunk.first_line + i, header,
+                                                 needed)
+
+        await asyncio.gather(*(one(i) for i in range(len(lines))))
+        return [o for o in outcomes if o is not None]
+
+    def _event(self, leased: LeasedChunk, policy: PurposePolicy, line: int) -> AccessRecord:
+        job = leased.job
+        return AccessRecord(id=event_id(job.id, line), operation=OPERATION, administration=job.administration,
+                            client_id=job.client_id, purpose=job.spec.purpose, legal_basis=policy.legal_basis,
+                            job_id=job.id)
+
+    async def _verify(self, leased: LeasedChunk, policy: PurposePolicy, raw: bytes, line: int,
+                      header: list[str] | None, needed: frozenset[str]) -> _Outcome:
+        spec, fmt = leased.job.spec, leased.job.format
+        event = self._event(leased, policy, line)
+        try:
+            record = parse_record(raw, line, fmt, spec, header)
+        except InvalidRecord as exc:
+            event.outcome = "invalid_input"
+            event.finish(400)
+            return _Outcome(line, loose_ref(raw, fmt, header), invalid_result(spec), event, str(exc))
+        event.subject_hash = self.subjects(record.nin)
+        event.attributes_requested = sorted(record.claims)
+        answer = await self._answer(record, spec, policy, needed, event)
+        event.finish(200)
+        return _Outcome(line, record.ref, result_of(answer, spec), event)
+
+    async def _answer(self, record: Record, spec: JobSpec, policy: PurposePolicy, needed: frozenset[str],
+                      event: AccessRecord) -> dict[str, Any]:
+        person = await self.identity.fetch(record.nin, needed, TraceContext(event.id.replace("-", "")))
+        usable = person is not None and not isinstance(person, StandIn)
+        if not usable:
+            event.outcome = "subject_not_found"
+        elif person.get("record_status") == "suspended":
+            event.outcome, usable = "subject_suspended", False
+        # As /v1/verify: an unknown or suspended person's stand-in is judged and masked, never answered.
+        return decide.verify(person if usable else None, record.claims, list(spec.predicates), today=spec.today,
+                             threshold=policy.fuzzy_threshold, claim_details=False, stand_in=person)
+
+    def _logged_before(self, leased: LeasedChunk) -> set[str]:
+        """The ids of this chunk's events that earlier attempts appended (read from their logs)."""
+        if not leased.log_positions:
+            return set()
+        wanted = {event_id(leased.job.id, leased.chunk.first_line + i) for i in range(leased.chunk.records)}
+        job_marker = leased.job.id.encode()
+        found: set[str] = set()
+        for origin, from_seq in leased.log_positions:
+            reader = SegmentReader(log_directory(self.log_root, origin))
+            seq = from_seq
+            while batch := reader.read(seq, 4096):
+                for entry_seq, payload in batch:
+                    seq = entry_seq + 1
+                    if job_marker in payload:
+                        event = orjson.loads(payload)
+                        if event.get("job_id") == leased.job.id and event.get("id") in wanted:
+                            found.add(event["id"])
+        return found
+
+
+class _LeaseLost(Exception):
+    """Another worker holds the chunk now, or its job was cancelled: this attempt stops, writing nothing."""
+
+
+def _check(lost: asyncio.Event) -> None:
+    if lost.is_set():
+        raise _LeaseLost
+
+
+# -- dispatch ------------------------------------------------------------------------------------------------
+
+ChunkHandler = Callable[[str, int], Awaitable[bool]]
+
+
+class ChunkQueue(Protocol):
+    """How chunks reach the workers of this process: `submit` when a job is queued; the queue also finds
+    chunks no one holds (a killed worker's) by itself."""
+
+    async def start(self, handler: ChunkHandler) -> None: ...
+    async def submit(self, job_id: str, chunks: Sequence[int]) -> None: ...
+    async def close(self) -> None: ...
+
+
+class LocalChunkQueue:
+    """Without Redis: this process's workers take chunks straight from the database, woken at once when a
+    job is queued here and every `poll_s` otherwise (for jobs queued by other processes, and chunks whose
+    lease ran out)."""
+
+    def __init__(self, store: JobStore, concurrency: int, *, poll_s: float = 2.0) -> None:
+        self.store = store
+        self.concurrency = concurrency
+        self.poll_s = poll_s
+        self._wake = asyncio.Event()
+        self._work: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+        self._pending: set[tuple[str, int]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, handler: ChunkHandler) -> None:
+        if self.concurrency <= 0:
+            return
+        self._tasks = [asyncio.create_task(self._feed(), name="bulk-feed")] + [
+            asyncio.create_task(self._work_loop(handler), name=f"bulk-worker-{i}") for i in range(self.concurrency)]
+
+    async def submit(self, job_id: str, chunks: Sequence[int]) -> None:
+        self._wake.set()
+
+    async def _feed(self) -> None:
+        while True:
+            try:
+                if self._work.qsize() < self.concurrency:
+                    for key in await self.store.takeable(limit=self.concurrency * 4):
+                        if key not in self._pending:
+                            self._pending.add(key)
+                            self._work.put_nowait(key)
+            except Exception as exc:
+                log.warning("bulk chunks could not be listed: %s", exc)
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_s if self._work.empty() else 0.2)
+
+    async def _work_loop(self, handler: ChunkHandler) -> None:
+        while True:
+            key = await self._work.get()
+            try:
+                await handler(*key)
+            except Exception:
+                log.exception("bulk chunk %s failed", key)
+            finally:
+                self._pending.discard(key)
+            if self._work.empty():
+                self._wake.set()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+
+class Retention:
+    """Deletes what a job may no longer keep: its input once it ends, its results after their retention."""
+
+    def __init__(self, store: JobStore, files: JobFiles, *, interval_s: float = 60.0) -> None:
+        self.store = store
+        self.files = files
+        self.interval_s = interval_s
+        self._since = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self) -> None:
+        now = time.time()
+        for job in await self.store.ended_since(self._since):
+            self.files.delete_input(job.id)
+        self._since = now - 3600  # jobs that ended while this process was away are swept at its first pass
+        for job_id in await self.store.expired(now):
+            self.files.delete(job_id)
+            await self.store.forget(job_id)
+
+    def start(self) -> None:
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.sweep()
+                except Exception as exc:
+                    log.warning("bulk retention sweep failed: %s", exc)
+                await asyncio.sleep(self.interval_s)
+
+        self._task = asyncio.create_task(loop(), name="bulk-retention")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
