@@ -55,7 +55,7 @@ from gateway.auth.replay import MemoryReplayGuard, RedisReplayGuard, ReplayGuard
 from gateway.auth.server import TokenService
 from gateway.auth.trusted import TrustedIssuers, load_trusted_issuers
 from gateway.bulk.files import JobFiles
-from gateway.bulk.runner import ChunkRunner, LocalChunkQueue, Retention
+from gateway.bulk.runner import ChunkQueue, ChunkRunner, LocalChunkQueue, Retention, SaqChunkQueue
 from gateway.bulk.store import JobStore
 from gateway.consent.store import ConsentStore
 from gateway.datadir import secure_data_dir
@@ -311,7 +311,10 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         job_store, job_files, policies=policies, identity=router, subjects=subjects, access_log=access_log,
         log_position=lambda: (segment_store.origin, segment_store.next_seq), log_root=settings.log_dir,
         owner=f"{segment_store.origin}#{uuid.uuid4()}", lease_s=settings.bulk_lease_s)
-    chunk_queue = LocalChunkQueue(job_store, settings.bulk_workers)
+    chunk_queue: ChunkQueue = (
+        SaqChunkQueue(settings.redis_url, f"{settings.redis_key_prefix}bulk", job_store, settings.bulk_workers,
+                      lease_s=settings.bulk_lease_s)
+        if settings.redis_url else LocalChunkQueue(job_store, settings.bulk_workers))
     retention = Retention(job_store, job_files)
 
     app_services = Services(

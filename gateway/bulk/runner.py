@@ -380,3 +380,83 @@ class Retention:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class SaqChunkQueue:
+    """With Redis: chunks are dispatched through a saq queue, so every process's workers share them.
+
+    saq brings the dispatch, the concurrency limit, heartbeats and the sweep of jobs whose worker died; the
+    database's leases stay the truth about who runs a chunk (a duplicate delivery finds the chunk taken
+    and does nothing). A periodic pass enqueues chunks that no one holds and saq does not know of (a
+    Redis restarted empty, a lease that ran out), keyed by chunk so a chunk is queued once at a time."""
+
+    def __init__(self, redis_url: str, name: str, store: JobStore, concurrency: int, *, lease_s: float,
+                 poll_s: float = 2.0) -> None:
+        import saq  # only with Redis configured
+
+        self._saq = saq
+        self.queue = saq.Queue.from_url(redis_url, name=name)
+        self.store = store
+        self.concurrency = concurrency
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self._worker: Any = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self, handler: ChunkHandler) -> None:
+        await self.queue.connect()
+        lease_s = self.lease_s
+
+        async def run_chunk(ctx: dict[str, Any], *, job_id: str, n: int) -> bool:
+            job = ctx["job"]
+
+            async def touch() -> None:  # saq's heartbeat: a live worker's chunk is never swept
+                while True:
+                    await asyncio.sleep(lease_s / 3)
+                    with contextlib.suppress(Exception):
+                        await job.update()
+
+            toucher = asyncio.create_task(touch())
+            try:
+                return await handler(job_id, n)
+            finally:
+                toucher.cancel()
+
+        if self.concurrency > 0:
+            self._worker = self._saq.Worker(
+                self.queue, functions=[("run_chunk", run_chunk)], concurrency=self.concurrency,
+                timers={"schedule": 1, "worker_info": 10, "sweep": max(1, int(lease_s)), "abort": 1},
+                dequeue_timeout=1.0)
+            self._worker.SIGNALS = []  # the server's own signal handling stays in charge
+            self._tasks.append(asyncio.create_task(self._worker.start(), name="bulk-saq-worker"))
+        self._tasks.append(asyncio.create_task(self._sweep(), name="bulk-saq-sweep"))
+
+    async def submit(self, job_id: str, chunks: Sequence[int]) -> None:
+        for n in chunks:
+            await self._enqueue(job_id, n)
+
+    async def _enqueue(self, job_id: str, n: int) -> None:
+        await self.queue.enqueue("run_chunk", job_id=job_id, n=n, key=f"{job_id}:{n}", timeout=0,
+                                 heartbeat=max(1, int(self.lease_s)), retries=3, ttl=600)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                for job_id, n in await self.store.takeable(limit=max(self.concurrency, 1) * 4):
+                    await self._enqueue(job_id, n)
+            except Exception as exc:
+                log.warning("bulk chunks could not be swept into the queue: %s", exc)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            with contextlib.suppress(Exception):
+                await self._worker.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        with contextlib.suppress(Exception):
+            await self.queue.disconnect()

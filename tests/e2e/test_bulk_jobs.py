@@ -9,6 +9,8 @@ import csv
 import hashlib
 import io
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -316,3 +318,91 @@ def test_cancel_stops_a_running_job(clients: dict[str, Client], realm: Realm) ->
     assert len(results) == after["processed"]
     assert not list((realm.data_dir / "jobs" / job["id"]).glob("input*"))
     assert electoral.http.delete(f"/v1/verification-jobs/{job['id']}").json()["status"] == "cancelled"
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture(scope="module")
+def open_realm(tmp_path_factory: pytest.TempPathFactory) -> Realm:
+    return build(tmp_path_factory.mktemp("bulk-open"))
+
+
+def test_a_worker_killed_mid_job_resumes_with_one_result_and_one_event_per_record(open_realm: Realm) -> None:
+    logs = open_realm.data_dir.parent
+    env = {"GATEWAY_BULK_LEASE_S": "2", "GATEWAY_BULK_CHUNK_RECORDS": "500"}
+    first = serve(open_realm, logs / "first.log", **env)
+    total = 40_000
+    try:
+        electoral = Client(first, open_realm, "electoral-client")
+        job = electoral.create("kill-me").json()
+        rows = [{"ref": f"r{i}", "nin": PEOPLE[i % COUNT]["nin"], "family_name": PEOPLE[i % COUNT]["family_name"]}
+                for i in range(total)]
+        assert electoral.upload(job, roll_csv(rows)).status_code == 202
+        deadline = time.monotonic() + 60
+        while (processed := electoral.status(job["id"]).json()["processed"]) < total // 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert first.proc is not None
+        os.kill(first.proc.pid, signal.SIGKILL)  # mid-chunk: events appended, results not yet committed
+        first.proc.wait(timeout=10)
+        first.proc = None
+    finally:
+        first.stop()
+    assert processed < total
+    second = serve(open_realm, logs / "second.log", **env)
+    try:
+        electoral = Client(second, open_realm, "electoral-client")
+        done = electoral.wait(job["id"], timeout=240)
+        assert done["status"] == "completed" and done["processed"] == total and done["errors"] == 0
+        results = parse_results(electoral.http.get(f"/v1/verification-jobs/{job['id']}/results").text)
+        assert [r["ref"] for r in results] == [f"r{i}" for i in range(total)]  # each once, in input order
+        officer = Client(second, open_realm, "oversight-app")
+        deadline = time.monotonic() + 20
+        while len(events := electoral.events(officer, job["id"])) < total and time.monotonic() < deadline:
+            time.sleep(0.5)
+        ids = [e["id"] for e in events]
+        assert len(ids) == total and len(set(ids)) == total  # one event per record: none lost, none twice
+    finally:
+        second.stop()
+
+
+def test_a_ten_million_line_upload_streams_in_bounded_memory(open_realm: Realm) -> None:
+    gateway = serve(open_realm, open_realm.data_dir.parent / "upload.log", GATEWAY_BULK_WORKERS="0",
+                    GATEWAY_BULK_CHUNK_RECORDS="5000")
+    try:
+        electoral = Client(gateway, open_realm, "electoral-client")
+        job = electoral.create("ten-million").json()
+        assert gateway.proc is not None
+        before = rss_kib(gateway.proc.pid)
+        line = b"r,%s,Traore\n" % ACTIVE[0]["nin"].encode()
+        block = line * (1024 * 1024 // len(line))
+        lines_per_block = block.count(b"\n")
+        records = 10_000_000
+        peak = [before]
+
+        def body() -> Iterator[bytes]:
+            yield b"ref,nin,family_name\n"
+            sent = 0
+            while sent < records:
+                n = min(lines_per_block, records - sent)
+                yield block if n == lines_per_block else line * n
+                sent += n
+                if sent % (lines_per_block * 50) == 0:
+                    peak[0] = max(peak[0], rss_kib(gateway.proc.pid))
+
+        answer = electoral.http.put(job["input_url"], content=body(), timeout=300)
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["total"] == records
+        peak[0] = max(peak[0], rss_kib(gateway.proc.pid))
+        # The file is ~270 MB; the gateway holds a few pieces of it at a time.
+        assert peak[0] - before < 80 * 1024, f"RSS grew from {before} KiB to {peak[0]} KiB"
+        assert electoral.status(job["id"]).json()["total"] == records
+        assert electoral.http.delete(f"/v1/verification-jobs/{job['id']}").json()["status"] == "cancelled"
+        assert not list((open_realm.data_dir / "jobs" / job["id"]).glob("input*"))
+    finally:
+        gateway.stop()
