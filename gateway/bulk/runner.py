@@ -177,6 +177,9 @@ class ChunkRunner:
         _check(lost)
 
         already = await asyncio.to_thread(self._logged_before, leased)
+        if already:
+            log.info("bulk job %s chunk %d taken over: %d of its %d events were already logged", job.id, chunk.n,
+                     len(already), len(outcomes))
         position = self.log_position()
         if position is not None and not await self.store.logging_at(leased, self.owner, *position):
             raise _LeaseLost

@@ -1,0 +1,153 @@
+"""A chunk run twice logs each record once: the runner over a real segment log, a real embedded register
+and the job store on SQLite, with an attempt cut short between its events and its results."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from connectors.embedded import EmbeddedRegister
+from connectors.population import population, seed_register
+from gateway.audit.log import AccessLogUnavailable
+from gateway.audit.origin import log_directory
+from gateway.audit.record import AccessRecord
+from gateway.audit.segment_store import SegmentStore
+from gateway.audit.segments import SegmentReader
+from gateway.audit.writer import DurableAccessLog
+from gateway.bulk.files import JobFiles
+from gateway.bulk.records import JobSpec, event_id
+from gateway.bulk.runner import ChunkRunner
+from gateway.bulk.store import JobStore
+from gateway.bulk.upload import InputSplitter
+from gateway.identity.decide import Predicate
+from gateway.identity.pseudonyms import SubjectHasher
+from gateway.policy.loader import load_policies
+from gateway.policy.store import PolicyStore
+from gateway.storage.database import create_engine, database_url, migrate
+from gateway.telemetry import Metrics
+
+ORIGIN = "gw.test/access-log/bulk"
+PEOPLE = list(population(200, 5))
+SPEC = JobSpec("roll_revision", ("family_name",), (Predicate("alive", None, None),), date(2026, 12, 1))
+RECORDS = 50
+
+
+class Flaky:
+    """The access log, failing every append after the first `through`: an attempt cut short mid-chunk."""
+
+    def __init__(self, log: DurableAccessLog, through: int) -> None:
+        self.log, self.through, self.origin = log, through, log.origin
+
+    async def append(self, record: AccessRecord) -> int | None:
+        if self.through <= 0:
+            raise AccessLogUnavailable("cut short")
+        self.through -= 1
+        return await self.log.append(record)
+
+
+class Setup:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.log_root = tmp / "log"
+        self.store_dir = log_directory(self.log_root, ORIGIN)
+
+    async def __aenter__(self) -> Setup:
+        policies = self.tmp / "policies"
+        policies.mkdir()
+        (policies / "electoral.yaml").write_text(yaml.safe_dump({
+            "id": "electoral", "name": "CENI", "purposes": {"roll_revision": {
+                "legal_basis": "Loi électorale", "consent": "not_required", "operations": ["verify"],
+                "claims": ["family_name"], "predicates": ["alive"]}}}))
+        self.policies = PolicyStore(load_policies(policies))
+        seed_register(self.tmp / "register.db", 200, 5)
+        self.register = EmbeddedRegister(self.tmp / "register.db")
+        self.engine = create_engine(database_url(None, self.tmp))
+        await migrate(self.engine)
+        self.jobs = JobStore(self.engine)
+        self.files = JobFiles(self.tmp / "jobs")
+        self.segments = SegmentStore(self.store_dir, origin=ORIGIN)
+        self.log = DurableAccessLog(self.segments, Metrics(), max_batch=16)  # type: ignore[arg-type]
+        await self.log.start()
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        await self.log.close()
+        await self.segments.close()
+        await self.register.close()
+        await self.engine.dispose()
+
+    def runner(self, owner: str, access_log: Any) -> ChunkRunner:
+        return ChunkRunner(self.jobs, self.files, policies=self.policies, identity=self.register,
+                           subjects=SubjectHasher(b"k" * 32), access_log=access_log,
+                           log_position=lambda: (ORIGIN, self.segments.next_seq), log_root=self.log_root,
+                           owner=owner, lease_s=30)
+
+    async def job(self) -> str:
+        job, _ = await self.jobs.create(job_id="00000000-0000-4000-8000-000000000001", administration="electoral",
+                                        client_id="ceni-app", idempotency_key="k", request_hash="h", spec=SPEC,
+                                        fmt="csv", declared_records=None)
+        body = b"ref,nin,family_name\n" + b"".join(
+            b"r%d,%s,%s\n" % (i, PEOPLE[i]["nin"].encode(), PEOPLE[i]["family_name"].encode())
+            for i in range(RECORDS))
+        splitter = InputSplitter("csv", SPEC, 1000, 1000)
+        splitter.feed(body)
+        chunks = splitter.finish()
+        fd = self.files.open_upload(job.id, "t")
+        os.write(fd, body)
+        name = self.files.keep_upload(job.id, "t", fd)
+        await self.jobs.accept_input(job, total=RECORDS, sha256=splitter.sha256, input_file=name, chunks=chunks,
+                                     daily_limit=None)
+        return job.id
+
+    def logged(self, job_id: str) -> list[str]:
+        return [orjson.loads(payload)["id"] for _, payload in SegmentReader(self.store_dir).read(0, 10_000)
+                if orjson.loads(payload).get("job_id") == job_id]
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    async with Setup(tmp_path) as ready:
+        yield ready
+
+
+@pytest.mark.parametrize("through", [0, 20, RECORDS])
+async def test_an_attempt_cut_short_is_finished_by_the_next_with_each_event_once(setup: Setup, through: int) -> None:
+    job_id = await setup.job()
+    first = setup.runner("first", Flaky(setup.log, through))
+    if through == RECORDS:  # every event durable, then the results cannot be written: the worker stops there
+        original = setup.files.write_chunk
+        setup.files.write_chunk = lambda *a: (_ for _ in ()).throw(OSError("disk gone"))  # type: ignore[method-assign]
+    assert await first.run(job_id, 0) is False
+    if through == RECORDS:
+        setup.files.write_chunk = original  # type: ignore[method-assign]
+    await asyncio.sleep(0.05)
+    assert len(setup.logged(job_id)) == through
+    assert (await setup.jobs.progress(job_id)).chunks_done == 0
+
+    second = setup.runner("second", setup.log)
+    assert await second.run(job_id, 0) is True
+    logged = setup.logged(job_id)
+    assert sorted(logged) == sorted(event_id(job_id, line) for line in range(2, RECORDS + 2))
+    assert len(logged) == RECORDS  # the second attempt appended only what the first had not
+    job = await setup.jobs.get(job_id)
+    assert job is not None and job.status == "completed"
+    assert not list(setup.files.directory(job_id).glob("input*"))
+
+
+async def test_a_purpose_withdrawn_fails_the_job_with_its_reason(setup: Setup) -> None:
+    job_id = await setup.job()
+    policies = setup.tmp / "policies" / "electoral.yaml"
+    policies.write_text(yaml.safe_dump({"id": "electoral", "name": "CENI", "purposes": {}}))
+    setup.policies.replace(load_policies(setup.tmp / "policies"))
+    assert await setup.runner("w", setup.log).run(job_id, 0) is False
+    job = await setup.jobs.get(job_id)
+    assert job is not None and job.status == "failed" and "no such purpose" in (job.reason or "")
+    assert setup.logged(job_id) == []
