@@ -47,6 +47,7 @@ from gateway.auth.keys import (
     public_jwk,
     rotate_signing_key,
 )
+from gateway.bulk.client import JobError, JobsClient
 from gateway.datadir import secure_data_dir
 from gateway.keyfiles import load_or_create_ed25519
 from gateway.observability import logging_config
@@ -190,23 +191,89 @@ def client_assertion(client_id: str, key: Key, audience: str, lifetime_s: int = 
     return jwt.encode({"alg": alg, "kid": key.thumbprint()}, claims, key, algorithms=[alg])
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    settings = _settings()
-    issuer = (args.issuer or settings.issuer).rstrip("/")
-    key = _load_private_key(Path(args.key))
+def _token_response(issuer: str, client_id: str, key_path: Path, scope: str | None = None) -> httpx.Response:
     form = {
         "grant_type": "client_credentials",
         "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        "client_assertion": client_assertion(args.client_id, key, f"{issuer}/oauth2/token"),
+        "client_assertion": client_assertion(client_id, _load_private_key(key_path), f"{issuer}/oauth2/token"),
     }
-    if args.scope:
-        form["scope"] = args.scope
-    response = httpx.post(f"{issuer}/oauth2/token", data=form, timeout=10)
+    if scope:
+        form["scope"] = scope
+    return httpx.post(f"{issuer}/oauth2/token", data=form, timeout=10)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    issuer = (args.issuer or _settings().issuer).rstrip("/")
+    response = _token_response(issuer, args.client_id, Path(args.key), args.scope)
     if response.status_code != 200:
         print(response.text, file=sys.stderr)
         return 1
     body = response.json()
     print(json.dumps(body, indent=2) if args.json else body["access_token"])
+    return 0
+
+
+def _jobs_client(args: argparse.Namespace) -> JobsClient:
+    issuer = (args.gateway or _settings().issuer).rstrip("/")
+    response = _token_response(issuer, args.client, Path(args.key), "identity:verify")
+    if response.status_code != 200:
+        raise JobError(f"no token for {args.client}: HTTP {response.status_code} {response.text[:200]}")
+    return JobsClient(issuer, response.json()["access_token"])
+
+
+def _predicate(text: str) -> dict[str, Any]:
+    """`alive`, `age_at_least=18`, `age_at_least=18@2027-06-01`, `resides_in=Kati`."""
+    name, _, value = text.partition("=")
+    predicate: dict[str, Any] = {"name": name}
+    if value:
+        value, _, as_of = value.partition("@")
+        predicate["value"] = int(value) if value.isdigit() else value
+        if as_of:
+            predicate["as_of"] = as_of
+    return predicate
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    try:
+        client = _jobs_client(args)
+        try:
+            return _jobs(args, client)
+        finally:
+            client.close()
+    except (JobError, httpx.HTTPError, OSError) as exc:
+        print(f"jamu jobs: {exc}", file=sys.stderr)
+        return 1
+
+
+def _jobs(args: argparse.Namespace, client: JobsClient) -> int:
+    if args.jobs_command == "submit":
+        path = Path(args.file)
+        fmt = args.format or ("ndjson" if path.suffix in (".ndjson", ".jsonl") else "csv")
+        spec: dict[str, Any] = {"purpose": args.purpose, "format": fmt,
+                                "claims": [c for c in (args.claims or "").split(",") if c],
+                                "predicates": [_predicate(p) for p in args.predicate or ()]}
+        if args.as_of:
+            spec["as_of"] = args.as_of
+        job = client.submit(path, spec, key=args.idempotency_key)
+        print(f"job {job['id']}", file=sys.stderr)
+        status = client.follow(job["id"], None if args.quiet else sys.stderr)
+        if status["status"] == "completed":
+            out = Path(args.out or f"{path}.results.{fmt}")
+            client.download(job["id"], "results", out)
+            if status["errors"]:
+                client.download(job["id"], "errors", out.with_name(out.name.replace(".results.", ".errors.")))
+            print(json.dumps({"id": job["id"], "status": status["status"], "total": status["total"],
+                              "errors": status["errors"], "results": str(out)}))
+            return 0
+        print(json.dumps({"id": job["id"], "status": status["status"], "reason": status.get("reason")}))
+        return 1
+    if args.jobs_command == "status":
+        print(json.dumps(client.status(args.job_id), indent=2))
+        return 0
+    if args.jobs_command == "cancel":
+        print(json.dumps(client.cancel(args.job_id), indent=2))
+        return 0
+    client.download(args.job_id, "errors" if args.errors else "results", Path(args.out))
     return 0
 
 
@@ -591,6 +658,33 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(func=cmd_keys_generate)
     rotate = keys.add_parser("rotate", help="replace the gateway's token-signing key")
     rotate.set_defaults(func=cmd_keys_rotate)
+
+    jobs = sub.add_parser("jobs", help="bulk verification jobs against a gateway").add_subparsers(
+        dest="jobs_command", required=True)
+    for name, what in (("submit", "verify a whole file: upload, follow with a progress bar, write the results"),
+                       ("status", "a job's status"), ("results", "download a job's results (or --errors)"),
+                       ("cancel", "cancel a job")):
+        command = jobs.add_parser(name, help=what)
+        command.add_argument("--client", required=True, help="the client id")
+        command.add_argument("--key", required=True, help="the client's private key (PEM)")
+        command.add_argument("--gateway", help="gateway base URL (default GATEWAY_ISSUER)")
+        command.set_defaults(func=cmd_jobs)
+        if name == "submit":
+            command.add_argument("file", help="CSV with a header row (ref,nin,<claims>) or NDJSON")
+            command.add_argument("--purpose", required=True)
+            command.add_argument("--claims", help="claimed attributes, comma-separated (columns of the file)")
+            command.add_argument("--predicate", action="append",
+                                 help="alive, age_at_least=18[@2027-06-01], resides_in=Kati, registered_idp")
+            command.add_argument("--as-of", help="the date predicates are evaluated at (default: today)")
+            command.add_argument("--format", choices=("csv", "ndjson"), help="default: from the file's extension")
+            command.add_argument("--out", help="where the results go (default FILE.results.<format>)")
+            command.add_argument("--idempotency-key", help="default: derived from the file and the request")
+            command.add_argument("--quiet", action="store_true", help="no progress bar")
+        else:
+            command.add_argument("job_id")
+            if name == "results":
+                command.add_argument("--out", required=True)
+                command.add_argument("--errors", action="store_true", help="the invalid records instead")
 
     token = sub.add_parser("token", help="get an access token for a client holding a private key")
     token.add_argument("client_id")

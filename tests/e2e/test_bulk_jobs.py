@@ -11,6 +11,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -406,3 +408,41 @@ def test_a_ten_million_line_upload_streams_in_bounded_memory(open_realm: Realm) 
         assert not list((open_realm.data_dir / "jobs" / job["id"]).glob("input*"))
     finally:
         gateway.stop()
+
+
+def test_jamu_jobs_submits_follows_and_writes_the_results(gateway: GatewayProcess, realm: Realm,
+                                                          tmp_path: Path) -> None:
+    pem = tmp_path / "electoral.pem"
+    pem.write_bytes(realm.keys["electoral-client"].as_pem(private=True))
+    roll = tmp_path / "roll.csv"
+    rows = [{"ref": f"p{i}", "nin": ACTIVE[i]["nin"], "family_name": ACTIVE[i]["family_name"]} for i in range(600)]
+    rows[3]["nin"] = "bad"
+    roll.write_bytes(roll_csv(rows))
+    base = ["--client", "electoral-client", "--key", str(pem), "--gateway", gateway.base_url]
+    jamu = [sys.executable, "-m", "gateway.cli", "jobs"]
+    env = {**os.environ}
+    done = subprocess.run([*jamu, "submit", str(roll), *base, "--purpose", "roll_revision", "--claims", "family_name",
+                           "--predicate", "alive", "--predicate", "age_at_least=18@2027-06-01"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["status"], summary["total"], summary["errors"]) == ("completed", 600, 1)
+    assert "100.0%" in done.stderr and "600/600" in done.stderr  # the progress bar's last state
+    results = parse_results((tmp_path / "roll.csv.results.csv").read_text())
+    assert [r["ref"] for r in results] == [f"p{i}" for i in range(600)]
+    assert results[3]["code"] == "invalid_input" and results[0]["match"] == "true"
+    assert list(results[0]) == ["ref", "match", "code", "alive", "age_at_least"]
+    assert "p3" in (tmp_path / "roll.csv.errors.csv").read_text()
+    again = subprocess.run([*jamu, "submit", str(roll), *base, "--purpose", "roll_revision", "--claims", "family_name",
+                            "--predicate", "alive", "--predicate", "age_at_least=18@2027-06-01", "--quiet"],
+                           capture_output=True, text=True, timeout=60, env=env)
+    assert json.loads(again.stdout)["id"] == summary["id"]  # the same submission finds the same job
+    status = subprocess.run([*jamu, "status", summary["id"], *base], capture_output=True, text=True, timeout=30)
+    assert json.loads(status.stdout)["processed"] == 600
+    out = tmp_path / "errors.csv"
+    fetched = subprocess.run([*jamu, "results", summary["id"], *base, "--out", str(out), "--errors"],
+                             capture_output=True, text=True, timeout=30)
+    assert fetched.returncode == 0 and out.read_text().startswith("line,ref,reason")
+    refused = subprocess.run([*jamu, "status", "00000000-0000-0000-0000-000000000000", *base],
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "not_found" in refused.stderr

@@ -1,0 +1,109 @@
+"""The client side of bulk jobs, for `jamu jobs`: submit a file (streamed, with its checksum), follow the
+job with a progress bar, write the results. Plain HTTP against the public API (CONTRACT §16), nothing
+the gateway's own internals offer."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+PIECE = 1024 * 1024
+ENDED = ("completed", "failed", "cancelled")
+
+
+class JobError(Exception):
+    """The gateway refused; the message is its problem's detail."""
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while piece := handle.read(PIECE):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def _pieces(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while piece := handle.read(PIECE):
+            yield piece
+
+
+def _check(response: httpx.Response, *expected: int) -> dict[str, Any]:
+    if response.status_code not in expected:
+        try:
+            doc = response.json()
+            detail = f"{doc.get('code')}: {doc.get('detail')}"
+        except ValueError:
+            detail = response.text[:200]
+        raise JobError(f"HTTP {response.status_code} {detail}")
+    return response.json()
+
+
+class JobsClient:
+    def __init__(self, base_url: str, token: str, *, timeout_s: float = 60.0) -> None:
+        self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def submit(self, path: Path, spec: dict[str, Any], *, key: str | None = None) -> dict[str, Any]:
+        """Create the job (its Idempotency-Key defaults to the file's and the request's digest, so running
+        the same submission again finds the same job) and upload the file once."""
+        sha = file_digest(path)
+        key = key or hashlib.sha256(f"{sha}:{sorted(spec.items())}".encode()).hexdigest()
+        job = _check(self.http.post("/v1/verification-jobs", json=spec, headers={"Idempotency-Key": key}), 201)
+        if job["status"] == "awaiting_input":
+            digest = base64.b64encode(bytes.fromhex(sha)).decode()
+            media = "text/csv" if spec["format"] == "csv" else "application/x-ndjson"
+            _check(self.http.put(job["input_url"], content=_pieces(path), timeout=None,
+                                 headers={"Content-Type": media, "Content-Digest": f"sha-256=:{digest}:"}), 202)
+        return job
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return _check(self.http.get(f"/v1/verification-jobs/{job_id}"), 200)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return _check(self.http.delete(f"/v1/verification-jobs/{job_id}"), 200)
+
+    def follow(self, job_id: str, out: TextIO | None = sys.stderr, every_s: float = 0.5) -> dict[str, Any]:
+        while True:
+            status = self.status(job_id)
+            if out is not None:
+                out.write("\r" + progress_line(status))
+                out.flush()
+            if status["status"] in ENDED:
+                if out is not None:
+                    out.write("\n")
+                return status
+            time.sleep(every_s)
+
+    def download(self, job_id: str, kind: str, path: Path) -> int:
+        """The results (or errors) streamed to `path`; the number of bytes written."""
+        written = 0
+        with self.http.stream("GET", f"/v1/verification-jobs/{job_id}/{kind}") as response:
+            if response.status_code != 200:
+                response.read()
+                _check(response, 200)
+            with open(path, "wb") as handle:
+                for piece in response.iter_bytes():
+                    handle.write(piece)
+                    written += len(piece)
+        return written
+
+
+def progress_line(status: dict[str, Any], width: int = 30) -> str:
+    total, done = status.get("total") or 0, status.get("processed") or 0
+    share = done / total if total else 0.0
+    bar = "#" * int(share * width) + "." * (width - int(share * width))
+    eta = status.get("eta_s")
+    tail = f" eta {eta:.0f}s" if isinstance(eta, int | float) and status["status"] == "running" else ""
+    return (f"[{bar}] {share:6.1%} {done:,}/{total:,} records, {status.get('errors') or 0:,} invalid, "
+            f"{status['status']}{tail}   ")
