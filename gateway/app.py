@@ -312,9 +312,9 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         log_position=lambda: (segment_store.origin, segment_store.next_seq), log_root=settings.log_dir,
         owner=f"{segment_store.origin}#{uuid.uuid4()}", lease_s=settings.bulk_lease_s)
     chunk_queue: ChunkQueue = (
-        SaqChunkQueue(settings.redis_url, f"{settings.redis_key_prefix}bulk", job_store, settings.bulk_workers,
-                      lease_s=settings.bulk_lease_s)
-        if settings.redis_url else LocalChunkQueue(job_store, settings.bulk_workers))
+        SaqChunkQueue(settings.redis_url, f"{settings.redis_key_prefix}bulk", job_store, job_files.identity,
+                      settings.bulk_workers, lease_s=settings.bulk_lease_s)
+        if settings.redis_url else LocalChunkQueue(job_store, job_files.identity, settings.bulk_workers))
     retention = Retention(job_store, job_files)
 
     app_services = Services(

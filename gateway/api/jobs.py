@@ -225,7 +225,7 @@ async def upload_input(
         administration = _administration(app, caller)
         limit_per_day = administration.bulk_records_per_day if administration is not None else None
         await app.jobs.accept_input(job, total=splitter.records, sha256=splitter.sha256, input_file=input_file,
-                                    chunks=chunks, daily_limit=limit_per_day)
+                                    jobs_dir=app.job_files.identity, chunks=chunks, daily_limit=limit_per_day)
     except UploadRefused as exc:
         too_many = str(exc).startswith("more than")
         raise _invalid("/body", str(exc), 413 if too_many and limit == settings.bulk_max_records else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from gateway.audit.record import AccessRecord
@@ -20,6 +21,8 @@ class AccessLog(Protocol):
     origin: str
 
     async def append(self, record: AccessRecord) -> int | None: ...
+
+    async def append_many(self, records: Sequence[AccessRecord]) -> list[int | None]: ...
 
     async def ready(self) -> bool: ...
 
@@ -45,6 +48,9 @@ class StubAccessLog:
         self.events.append(record.event())
         self._next_seq += 1
         return self._next_seq - 1
+
+    async def append_many(self, records: Sequence[AccessRecord]) -> list[int | None]:
+        return [await self.append(record) for record in records]
 
     async def ready(self) -> bool:
         return not self.failing

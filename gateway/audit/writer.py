@@ -84,6 +84,30 @@ class DurableAccessLog:
         finally:
             deadline.cancel()
 
+    async def append_many(self, records: Sequence[AccessRecord]) -> list[int | None]:
+        """Many events at once (a bulk job's chunk), durable when this returns, with one deadline for
+        all: the writer batches them as it batches concurrent requests. Waits for room in the queue
+        rather than refusing, since a job, unlike a request, can wait."""
+        if self._closed or not self._tasks:
+            raise AccessLogUnavailable("the access log is not running")
+        loop = asyncio.get_running_loop()
+        waits: list[asyncio.Future[int | None]] = []
+        for record in records:
+            done: asyncio.Future[int | None] = loop.create_future()
+            await self._queue.put((record.event(), done))
+            waits.append(done)
+        if not waits:
+            return []
+        deadline = loop.call_later(self._write_timeout_s + len(waits) / 1000, self._expire_all, waits)
+        try:
+            return list(await asyncio.gather(*waits))
+        finally:
+            deadline.cancel()
+
+    def _expire_all(self, waits: list[asyncio.Future[int | None]]) -> None:
+        for done in waits:
+            self._expire(done)
+
     def _expire(self, done: asyncio.Future[int | None]) -> None:
         if not done.done():
             self._failing = True

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -18,6 +19,23 @@ READ_BYTES = 256 * 1024
 class JobFiles:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._identity: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """This jobs directory's id, made once: a job records where its input is, and only workers that
+        see the same directory (this host, or a shared volume) take its chunks."""
+        if self._identity is None:
+            ensure_private_dir(self.root)
+            path = self.root / ".id"
+            with contextlib.suppress(FileExistsError):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(uuid.uuid4().hex)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            self._identity = path.read_text().strip()
+        return self._identity
 
     def directory(self, job_id: str) -> Path:
         return self.root / job_id

@@ -52,7 +52,7 @@ from gateway.policy.store import PolicyStore
 log = logging.getLogger(__name__)
 
 OPERATION = "verify.bulk"
-_CONCURRENT_FETCHES = 32  # records of a chunk in flight at once (remote connectors answer in parallel)
+_LANES = 32  # records of a chunk in flight at once (remote connectors answer in parallel)
 
 
 class Fetch(Protocol):
@@ -185,7 +185,7 @@ class ChunkRunner:
             raise _LeaseLost
         _check(lost)
         missing = [o.event for o in outcomes if o.event.id not in already]
-        await asyncio.gather(*(self.access_log.append(event) for event in missing))
+        await self.access_log.append_many(missing)
         _check(lost)
 
         results = [write_result(job.format, o.ref or "", o.result, spec) for o in outcomes]
@@ -200,17 +200,20 @@ class ChunkRunner:
 
     async def _verify_all(self, leased: LeasedChunk, policy: PurposePolicy, lines: Sequence[bytes],
                           header: list[str] | None) -> list[_Outcome]:
+        """Every line, in `_LANES` lanes: remote connectors answer in parallel, while the embedded register
+        (answering without suspending) costs no task per record. Each lane gives the loop back between
+        records, so interactive requests served by this process wait at most one record's work."""
         spec = leased.job.spec
         needed = decide.needed_attributes(dict.fromkeys(spec.claims, ""), list(spec.predicates))
         outcomes: list[_Outcome | None] = [None] * len(lines)
-        gate = asyncio.Semaphore(_CONCURRENT_FETCHES)
+        first = leased.chunk.first_line
 
-        async def one(i: int) -> None:
-            async with gate:
-                outcomes[i] = await self._verify(leased, policy, lines[i], leased.chunk.first_line + i, header,
-                                                 needed)
+        async def lane(start: int) -> None:
+            for i in range(start, len(lines), _LANES):
+                outcomes[i] = await self._verify(leased, policy, lines[i], first + i, header, needed)
+                await asyncio.sleep(0)
 
-        await asyncio.gather(*(one(i) for i in range(len(lines))))
+        await asyncio.gather(*(lane(start) for start in range(min(_LANES, len(lines)))))
         return [o for o in outcomes if o is not None]
 
     def _event(self, leased: LeasedChunk, policy: PurposePolicy, line: int) -> AccessRecord:
@@ -295,8 +298,9 @@ class LocalChunkQueue:
     job is queued here and every `poll_s` otherwise (for jobs queued by other processes, and chunks whose
     lease ran out)."""
 
-    def __init__(self, store: JobStore, concurrency: int, *, poll_s: float = 2.0) -> None:
+    def __init__(self, store: JobStore, jobs_dir: str, concurrency: int, *, poll_s: float = 2.0) -> None:
         self.store = store
+        self.jobs_dir = jobs_dir
         self.concurrency = concurrency
         self.poll_s = poll_s
         self._wake = asyncio.Event()
@@ -317,7 +321,7 @@ class LocalChunkQueue:
         while True:
             try:
                 if self._work.qsize() < self.concurrency:
-                    for key in await self.store.takeable(limit=self.concurrency * 4):
+                    for key in await self.store.takeable(self.jobs_dir, limit=self.concurrency * 4):
                         if key not in self._pending:
                             self._pending.add(key)
                             self._work.put_nowait(key)
@@ -386,20 +390,23 @@ class Retention:
 
 
 class SaqChunkQueue:
-    """With Redis: chunks are dispatched through a saq queue, so every process's workers share them.
+    """With Redis: chunks are dispatched through a saq queue, so the workers of every process that sees the
+    same jobs directory share them.
 
     saq brings the dispatch, the concurrency limit, heartbeats and the sweep of jobs whose worker died; the
     database's leases stay the truth about who runs a chunk (a duplicate delivery finds the chunk taken
     and does nothing). A periodic pass enqueues chunks that no one holds and saq does not know of (a
     Redis restarted empty, a lease that ran out), keyed by chunk so a chunk is queued once at a time."""
 
-    def __init__(self, redis_url: str, name: str, store: JobStore, concurrency: int, *, lease_s: float,
-                 poll_s: float = 2.0) -> None:
+    def __init__(self, redis_url: str, name: str, store: JobStore, jobs_dir: str, concurrency: int, *,
+                 lease_s: float, poll_s: float = 2.0) -> None:
         import saq  # only with Redis configured
 
         self._saq = saq
-        self.queue = saq.Queue.from_url(redis_url, name=name)
+        # One queue per jobs directory: a chunk goes only to workers that can read its input.
+        self.queue = saq.Queue.from_url(redis_url, name=f"{name}:{jobs_dir}")
         self.store = store
+        self.jobs_dir = jobs_dir
         self.concurrency = concurrency
         self.lease_s = lease_s
         self.poll_s = poll_s
@@ -446,7 +453,7 @@ class SaqChunkQueue:
         while True:
             await asyncio.sleep(self.poll_s)
             try:
-                for job_id, n in await self.store.takeable(limit=max(self.concurrency, 1) * 4):
+                for job_id, n in await self.store.takeable(self.jobs_dir, limit=max(self.concurrency, 1) * 4):
                     await self._enqueue(job_id, n)
             except Exception as exc:
                 log.warning("bulk chunks could not be swept into the queue: %s", exc)

@@ -55,6 +55,7 @@ class Job:
     total: int | None
     input_sha256: str | None
     input_file: str | None
+    jobs_dir: str | None
     reason: str | None
     created_at: float
     queued_at: float | None
@@ -147,7 +148,8 @@ class JobStore:
                 bulk_usage.c.day == utc_day(now or time.time())))).scalar()
         return max(0, limit - (used or 0))
 
-    async def accept_input(self, job: Job, *, total: int, sha256: str, input_file: str, chunks: Sequence[Chunk],
+    async def accept_input(self, job: Job, *, total: int, sha256: str, input_file: str, jobs_dir: str,
+                           chunks: Sequence[Chunk],
                            daily_limit: int | None) -> None:
         """The upload becomes the job's input: chunks written, the day's allowance charged, the job queued;
         all in one transaction, or nothing (QuotaExceeded, NotAwaitingInput)."""
@@ -177,7 +179,8 @@ class JobStore:
                      "byte_end": c.byte_end, "records": c.records, "state": "pending", "attempts": 0}
                     for c in chunks[start:start + 1000]])
             await connection.execute(update(verification_jobs).where(verification_jobs.c.id == job.id).values(
-                status="queued", total=total, input_sha256=sha256, input_file=input_file, queued_at=now))
+                status="queued", total=total, input_sha256=sha256, input_file=input_file, jobs_dir=jobs_dir,
+                queued_at=now))
 
     # -- running -------------------------------------------------------------------------------------------
 
@@ -185,12 +188,14 @@ class JobStore:
         return or_(verification_chunks.c.state == "pending",
                    and_(verification_chunks.c.state == "leased", verification_chunks.c.lease_until < now))
 
-    async def takeable(self, limit: int = 100) -> list[tuple[str, int]]:
-        """Chunks of live jobs that no one holds: (job id, n), oldest job first."""
+    async def takeable(self, jobs_dir: str, limit: int = 100) -> list[tuple[str, int]]:
+        """Chunks of live jobs whose input is in `jobs_dir` that no one holds: (job id, n), oldest job
+        first."""
         now = time.time()
         query = (select(verification_chunks.c.job_id, verification_chunks.c.n)
                  .join(verification_jobs, verification_jobs.c.id == verification_chunks.c.job_id)
-                 .where(verification_jobs.c.status.in_(("queued", "running")), self._takeable(now))
+                 .where(verification_jobs.c.status.in_(("queued", "running")),
+                        verification_jobs.c.jobs_dir == jobs_dir, self._takeable(now))
                  .order_by(verification_jobs.c.queued_at, verification_chunks.c.job_id, verification_chunks.c.n)
                  .limit(limit))
         async with self.engine.connect() as connection:

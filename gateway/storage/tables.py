@@ -158,6 +158,7 @@ verification_jobs = Table(
     Column("total", BigInteger),
     Column("input_sha256", String(64)),
     Column("input_file", Text),
+    Column("jobs_dir", String(32)),  # the id of the jobs directory holding the input
     Column("reason", Text),
     Column("created_at", Float, nullable=False),
     Column("queued_at", Float),

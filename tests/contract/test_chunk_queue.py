@@ -23,6 +23,7 @@ from gateway.storage.database import create_engine, database_url, migrate
 
 SPEC = JobSpec("roll", ("family_name",), (Predicate("alive", None, None),), date(2026, 12, 1))
 LEASE_S = 1.0
+JOBS_DIR = "a" * 32
 
 
 @pytest.fixture
@@ -39,13 +40,13 @@ async def make_queue(request: pytest.FixtureRequest, store: JobStore, redis_pref
     made: list[ChunkQueue] = []
     name = f"{redis_prefix}bulk"
 
-    def make(concurrency: int) -> ChunkQueue:
+    def make(concurrency: int, jobs_dir: str = JOBS_DIR) -> ChunkQueue:
         queue: ChunkQueue
         if request.param == "local":
-            queue = LocalChunkQueue(store, concurrency, poll_s=0.2)
+            queue = LocalChunkQueue(store, jobs_dir, concurrency, poll_s=0.2)
         else:
-            queue = SaqChunkQueue(request.getfixturevalue("redis_url"), name, store, concurrency, lease_s=LEASE_S,
-                                  poll_s=0.2)
+            queue = SaqChunkQueue(request.getfixturevalue("redis_url"), name, store, jobs_dir, concurrency,
+                                  lease_s=LEASE_S, poll_s=0.2)
         made.append(queue)
         return queue
 
@@ -60,11 +61,11 @@ async def make_queue(request: pytest.FixtureRequest, store: JobStore, redis_pref
         await redis.aclose()
 
 
-async def queued_job(store: JobStore, key: str, chunks: int) -> str:
+async def queued_job(store: JobStore, key: str, chunks: int, jobs_dir: str = JOBS_DIR) -> str:
     job, _ = await store.create(job_id=f"00000000-0000-4000-8000-{key:0>12}", administration="electoral",
                                 client_id="c", idempotency_key=key, request_hash="h", spec=SPEC, fmt="csv",
                                 declared_records=None)
-    await store.accept_input(job, total=chunks * 10, sha256="0" * 64, input_file="input-x",
+    await store.accept_input(job, total=chunks * 10, sha256="0" * 64, input_file="input-x", jobs_dir=jobs_dir,
                              chunks=[Chunk(n, 2 + n * 10, n * 100, n * 100 + 100, 10) for n in range(chunks)],
                              daily_limit=None)
     return job.id
@@ -144,6 +145,19 @@ async def test_a_process_that_runs_no_jobs_leaves_them_to_others(store: JobStore
     await busy.start(workers)
     await until(lambda: _done(store, job_id))  # found without being told: another process queued it
     assert len(workers.ran) == 3
+
+
+async def test_a_job_goes_only_to_workers_that_see_its_input(store: JobStore, make_queue) -> None:
+    elsewhere = await queued_job(store, "4", 2, jobs_dir="b" * 32)
+    here = await queued_job(store, "5", 1)
+    workers = Workers(store, "w4")
+    queue = make_queue(2)
+    await queue.start(workers)
+    await queue.submit(here, [0])
+    await until(lambda: _done(store, here))
+    await asyncio.sleep(0.6)  # a few sweeps: the other directory's job is never taken here
+    assert set(workers.ran) == {(here, 0)}
+    assert (await store.progress(elsewhere)).chunks_done == 0
 
 
 async def _done(store: JobStore, job_id: str) -> bool:

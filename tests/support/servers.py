@@ -43,12 +43,14 @@ class GatewayProcess:
     """`uvicorn` serving an app factory in a child process, on a free loopback port."""
 
     def __init__(self, env: dict[str, str], factory: str = "tests.support.probe_app:create",
-                 port: int | None = None, extra_args: list[str] | None = None) -> None:
+                 port: int | None = None, extra_args: list[str] | None = None,
+                 prefix: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "GATEWAY_ISSUER": self.base_url, **env}
         self.factory = factory
         self.extra_args = extra_args or []
+        self.prefix = prefix or []  # e.g. ["nice", "-n", "10"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
 
@@ -58,7 +60,7 @@ class GatewayProcess:
         log_config.write_text(json.dumps(logging_config("json")))  # as `jamu serve` logs
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--factory", self.factory, "--host", "127.0.0.1",
+                [*self.prefix, sys.executable, "-m", "uvicorn", "--factory", self.factory, "--host", "127.0.0.1",
                  "--port", str(self.port), "--no-access-log", "--no-proxy-headers", "--timeout-graceful-shutdown", "3",
                  "--log-config", str(log_config), *self.extra_args],
                 cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,

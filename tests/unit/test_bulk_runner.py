@@ -52,6 +52,9 @@ class Flaky:
         self.through -= 1
         return await self.log.append(record)
 
+    async def append_many(self, records: list[AccessRecord]) -> list[int | None]:
+        return [await self.append(record) for record in records]
+
 
 class Setup:
     def __init__(self, tmp: Path) -> None:
@@ -104,6 +107,7 @@ class Setup:
         os.write(fd, body)
         name = self.files.keep_upload(job.id, "t", fd)
         await self.jobs.accept_input(job, total=RECORDS, sha256=splitter.sha256, input_file=name, chunks=chunks,
+                                     jobs_dir=self.files.identity,
                                      daily_limit=None)
         return job.id
 

@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("total", sa.BigInteger),
         sa.Column("input_sha256", sa.String(64)),
         sa.Column("input_file", sa.Text),
+        sa.Column("jobs_dir", sa.String(32)),
         sa.Column("reason", sa.Text),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("queued_at", sa.Float),
