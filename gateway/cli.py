@@ -215,10 +215,14 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def _jobs_client(args: argparse.Namespace) -> JobsClient:
     issuer = (args.gateway or _settings().issuer).rstrip("/")
-    response = _token_response(issuer, args.client, Path(args.key), "identity:verify")
-    if response.status_code != 200:
-        raise JobError(f"no token for {args.client}: HTTP {response.status_code} {response.text[:200]}")
-    return JobsClient(issuer, response.json()["access_token"])
+
+    def token() -> str:
+        response = _token_response(issuer, args.client, Path(args.key), "identity:verify")
+        if response.status_code != 200:
+            raise JobError(f"no token for {args.client}: HTTP {response.status_code} {response.text[:200]}")
+        return str(response.json()["access_token"])
+
+    return JobsClient(issuer, token)
 
 
 def _predicate(text: str) -> dict[str, Any]:
@@ -231,6 +235,18 @@ def _predicate(text: str) -> dict[str, Any]:
         if as_of:
             predicate["as_of"] = as_of
     return predicate
+
+
+def cmd_jobs_worker(args: argparse.Namespace) -> int:
+    """A process that runs bulk jobs beside the interactive replicas, at the lowest CPU priority (Linux
+    SCHED_IDLE, else nice 19): it takes only the CPU they leave. It serves the API too, for its probes;
+    keep it out of the load balancer."""
+    os.environ["GATEWAY_BULK_WORKERS"] = str(args.concurrency)
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # inherited by uvicorn's workers
+    else:
+        os.nice(19)
+    return _serve(args.host, args.port, args.workers)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -661,6 +677,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs", help="bulk verification jobs against a gateway").add_subparsers(
         dest="jobs_command", required=True)
+    worker = jobs.add_parser("worker", help="run bulk jobs at the lowest CPU priority, beside the interactive "
+                                            "replicas (set GATEWAY_BULK_WORKERS=0 on those)")
+    worker.add_argument("--host", default="127.0.0.1")
+    worker.add_argument("--port", type=int, default=8001, help="for its health probes only")
+    worker.add_argument("--workers", type=int, default=1, help="processes (N > 1 needs GATEWAY_REDIS_URL)")
+    worker.add_argument("--concurrency", type=int, default=2, help="chunks each process runs at once")
+    worker.set_defaults(func=cmd_jobs_worker)
     for name, what in (("submit", "verify a whole file: upload, follow with a progress bar, write the results"),
                        ("status", "a job's status"), ("results", "download a job's results (or --errors)"),
                        ("cancel", "cancel a job")):

@@ -148,7 +148,7 @@ def _run(interactive: GatewayProcess, jobs: GatewayProcess, realm: Any, roll: Pa
 
     probe()  # warm-up
     before = probe()
-    client = JobsClient(base, token)
+    client = JobsClient(base, lambda: token)
     peak = Peak([interactive.proc.pid, jobs.proc.pid])
     peak.start()
     submitted = time.perf_counter()

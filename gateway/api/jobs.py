@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
+import logging
 import re
 import time
 import uuid
@@ -31,6 +31,7 @@ from gateway.policy.enforce import authorise
 from gateway.policy.model import AdministrationPolicy, Claim
 from gateway.services import Services, services
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["Bulk verification"])
 
 JobId = Annotated[str, Path(min_length=36, max_length=36, pattern=r"^[0-9a-f-]{36}$")]
@@ -124,6 +125,14 @@ async def create_job(
     app = services(request)
     key = _key(idempotency_key)
     record = access_record(request)
+    request_hash = hashlib.sha256(orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
+    earlier = await app.jobs.by_key(caller.administration, key)
+    if earlier is not None:  # the same request again answers the same job, whatever happened since
+        if earlier.request_hash != request_hash:
+            raise Problem("conflict", "this Idempotency-Key was used for another job request")
+        record.job_id = earlier.id
+        return FastJSONResponse({"transaction_id": record.id, "id": earlier.id, "status": earlier.status,
+                                 "input_url": _input_url(earlier.id)}, status_code=201)
     administration = _administration(app, caller)
     if administration is not None and body.purpose in administration.purposes:
         record.purpose = body.purpose
@@ -147,7 +156,6 @@ async def create_job(
     spec = JobSpec(body.purpose, tuple(body.claims),
                    tuple(Predicate(p.name, p.value, p.as_of or body.as_of) for p in body.predicates),
                    body.as_of or today)
-    request_hash = hashlib.sha256(orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
     try:
         job, _ = await app.jobs.create(job_id=str(uuid.uuid4()), administration=caller.administration,
                                        client_id=caller.client_id, idempotency_key=key, request_hash=request_hash,
@@ -196,11 +204,15 @@ async def upload_input(
         raise Problem("conflict", f"the job is {job.status}: its input was already accepted")
     wanted_sha = _content_digest(content_digest)
     settings = app.settings
+    administration = _administration(app, caller)
+    limit_per_day = administration.bulk_records_per_day if administration is not None else None
+    if await app.jobs.bulk_left(caller.administration, limit_per_day) == 0:  # refused before any byte is kept
+        raise Problem("rate_limited", "no bulk records left today",
+                      headers={"Retry-After": str(_seconds_to_midnight())})
     limit = min(settings.bulk_max_records, job.declared_records or settings.bulk_max_records)
     splitter = InputSplitter(job.format, job.spec, settings.bulk_chunk_records, limit)
-    token = os.urandom(8).hex()
-    fd = await asyncio.to_thread(app.job_files.open_upload, job.id, token)
-    kept = False
+    upload = await asyncio.to_thread(app.job_files.start_upload, job.id)
+    accepted = False
     try:
         pending: list[bytes] = []
         size = 0
@@ -213,19 +225,17 @@ async def upload_input(
             pending.append(piece)
             size += len(piece)
             if size >= _WRITE_BYTES:
-                await asyncio.to_thread(_write_all, fd, b"".join(pending))
+                await asyncio.to_thread(upload.write, b"".join(pending))
                 pending, size = [], 0
         if pending:
-            await asyncio.to_thread(_write_all, fd, b"".join(pending))
+            await asyncio.to_thread(upload.write, b"".join(pending))
         chunks = splitter.finish()
         if wanted_sha is not None and wanted_sha != splitter.sha256:
             raise _invalid("/headers/Content-Digest", "the body's SHA-256 differs from Content-Digest")
-        input_file = await asyncio.to_thread(app.job_files.keep_upload, job.id, token, fd)
-        kept = True
-        administration = _administration(app, caller)
-        limit_per_day = administration.bulk_records_per_day if administration is not None else None
+        input_file = await asyncio.to_thread(upload.keep)
         await app.jobs.accept_input(job, total=splitter.records, sha256=splitter.sha256, input_file=input_file,
                                     jobs_dir=app.job_files.identity, chunks=chunks, daily_limit=limit_per_day)
+        accepted = True
     except UploadRefused as exc:
         too_many = str(exc).startswith("more than")
         raise _invalid("/body", str(exc), 413 if too_many and limit == settings.bulk_max_records else None
@@ -235,24 +245,17 @@ async def upload_input(
                       headers={"Retry-After": str(_seconds_to_midnight())}) from None
     except NotAwaitingInput as exc:
         raise Problem("conflict", f"the job is {exc.status}: its input was already accepted") from None
-    except BaseException:
-        if kept:
-            app.job_files.delete_input(job.id, f"input-{token}")
-        raise
     finally:
-        if not kept:
-            app.job_files.drop_upload(job.id, token, fd)
+        if not accepted:  # nothing of a refused upload stays on disk (it holds NINs)
+            await asyncio.shield(asyncio.to_thread(upload.discard))
     record = access_record(request)
     record.count = splitter.records
-    await app.chunk_queue.submit(job.id, [c.n for c in chunks])
+    try:
+        await app.chunk_queue.submit(job.id, [c.n for c in chunks])
+    except Exception as exc:  # the job is queued in the database: the queue's own sweep finds its chunks
+        log.warning("bulk job %s: chunks not dispatched at once: %s", job.id, exc)
     return FastJSONResponse({"transaction_id": record.id, "id": job.id, "status": "queued",
                              "total": splitter.records, "input_sha256": splitter.sha256}, status_code=202)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 @router.get("/v1/verification-jobs/{job_id}", name="verify.bulk.status", summary="A job's status")

@@ -49,6 +49,7 @@ class DurableAccessLog:
         self._tasks: list[asyncio.Task[None]] = []
         self._failing = False
         self._closed = False
+        self._room = asyncio.Event()  # the writer took a batch: bulk appends may queue more
 
     @property
     def origin(self) -> str:
@@ -85,24 +86,30 @@ class DurableAccessLog:
             deadline.cancel()
 
     async def append_many(self, records: Sequence[AccessRecord]) -> list[int | None]:
-        """Many events at once (a bulk job's chunk), durable when this returns, with one deadline for
-        all: the writer batches them as it batches concurrent requests. Waits for room in the queue
-        rather than refusing, since a job, unlike a request, can wait."""
+        """Many events (a bulk job's chunk), durable when this returns. They go to the writer a slice at a
+        time and only while the queue is less than half full, so a job never takes the room interactive
+        requests need (their `append` refuses a full queue); the writer batches slices from several
+        chunks as it batches concurrent requests."""
         if self._closed or not self._tasks:
             raise AccessLogUnavailable("the access log is not running")
         loop = asyncio.get_running_loop()
-        waits: list[asyncio.Future[int | None]] = []
-        for record in records:
-            done: asyncio.Future[int | None] = loop.create_future()
-            await self._queue.put((record.event(), done))
-            waits.append(done)
-        if not waits:
-            return []
-        deadline = loop.call_later(self._write_timeout_s + len(waits) / 1000, self._expire_all, waits)
-        try:
-            return list(await asyncio.gather(*waits))
-        finally:
-            deadline.cancel()
+        seqs: list[int | None] = []
+        room = max(1, self._queue.maxsize // 2)
+        for start in range(0, len(records), self._max_batch):
+            while self._queue.qsize() >= room:
+                self._room.clear()
+                await self._room.wait()  # set by the writer as it takes batches off the queue
+            waits: list[asyncio.Future[int | None]] = []
+            for record in records[start:start + self._max_batch]:
+                done: asyncio.Future[int | None] = loop.create_future()
+                self._queue.put_nowait((record.event(), done))
+                waits.append(done)
+            deadline = loop.call_later(self._write_timeout_s, self._expire_all, waits)
+            try:
+                seqs += await asyncio.gather(*waits)
+            finally:
+                deadline.cancel()
+        return seqs
 
     def _expire_all(self, waits: list[asyncio.Future[int | None]]) -> None:
         for done in waits:
@@ -127,6 +134,7 @@ class DurableAccessLog:
                     break
                 item = self._queue.get_nowait()
             self._metrics.access_log_queue_depth.set(self._queue.qsize())
+            self._room.set()
             if batch:
                 await self._commit(batch)
 

@@ -8,7 +8,8 @@ import base64
 import hashlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,12 +23,15 @@ class JobError(Exception):
     """The gateway refused; the message is its problem's detail."""
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path) -> tuple[str, int]:
+    """The file's SHA-256 and its number of lines (a last line without its newline counts)."""
+    digest, lines, last = hashlib.sha256(), 0, b"\n"
     with open(path, "rb") as handle:
         while piece := handle.read(PIECE):
             digest.update(piece)
-    return digest.hexdigest()
+            lines += piece.count(b"\n")
+            last = piece[-1:]
+    return digest.hexdigest(), lines + (last != b"\n")
 
 
 def _pieces(path: Path) -> Iterator[bytes]:
@@ -48,30 +52,55 @@ def _check(response: httpx.Response, *expected: int) -> dict[str, Any]:
 
 
 class JobsClient:
-    def __init__(self, base_url: str, token: str, *, timeout_s: float = 60.0) -> None:
-        self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout_s)
+    """`token` is asked again whenever the gateway answers 401: a job outlives an access token."""
+
+    def __init__(self, base_url: str, token: Callable[[], str], *, timeout_s: float = 60.0) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=timeout_s)
+        self._token_source = token
+        self._token = token()
 
     def close(self) -> None:
         self.http.close()
 
+    def _send(self, method: str, url: str, *, retry: bool = True, **kwargs: Any) -> httpx.Response:
+        for attempt in range(2 if retry else 1):
+            response = self.http.request(method, url, headers={**kwargs.pop("headers", {}),
+                                                               "Authorization": f"Bearer {self._token}"}, **kwargs)
+            if response.status_code != 401 or attempt or not retry:
+                return response
+            self._token = self._token_source()
+        return response
+
+    def refresh(self) -> None:
+        self._token = self._token_source()
+
     def submit(self, path: Path, spec: dict[str, Any], *, key: str | None = None) -> dict[str, Any]:
-        """Create the job (its Idempotency-Key defaults to the file's and the request's digest, so running
-        the same submission again finds the same job) and upload the file once."""
-        sha = file_digest(path)
-        key = key or hashlib.sha256(f"{sha}:{sorted(spec.items())}".encode()).hexdigest()
-        job = _check(self.http.post("/v1/verification-jobs", json=spec, headers={"Idempotency-Key": key}), 201)
+        """Create the job, declaring its record count (so a job over the day's allowance is refused before
+        the upload), and upload the file once. The Idempotency-Key defaults to the file's and the request's
+        digest and the day: the same submission the same day finds the same job."""
+        sha, lines = file_digest(path)
+        records = lines - 1 if spec["format"] == "csv" else lines
+        spec = {**spec, "records": max(records, 1)}
+        day = datetime.now(UTC).date().isoformat()
+        key = key or hashlib.sha256(f"{sha}:{sorted(spec.items())}:{day}".encode()).hexdigest()
+        job = _check(self._send("POST", "/v1/verification-jobs", json=spec, headers={"Idempotency-Key": key}), 201)
         if job["status"] == "awaiting_input":
             digest = base64.b64encode(bytes.fromhex(sha)).decode()
             media = "text/csv" if spec["format"] == "csv" else "application/x-ndjson"
-            _check(self.http.put(job["input_url"], content=_pieces(path), timeout=None,
-                                 headers={"Content-Type": media, "Content-Digest": f"sha-256=:{digest}:"}), 202)
+            headers = {"Content-Type": media, "Content-Digest": f"sha-256=:{digest}:"}
+            upload = {"content": _pieces(path), "timeout": None, "headers": headers, "retry": False}
+            response = self._send("PUT", job["input_url"], **upload)
+            if response.status_code == 401:  # the file is read once per send: a new token, then again
+                self.refresh()
+                response = self._send("PUT", job["input_url"], **{**upload, "content": _pieces(path)})
+            _check(response, 202)
         return job
 
     def status(self, job_id: str) -> dict[str, Any]:
-        return _check(self.http.get(f"/v1/verification-jobs/{job_id}"), 200)
+        return _check(self._send("GET", f"/v1/verification-jobs/{job_id}"), 200)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return _check(self.http.delete(f"/v1/verification-jobs/{job_id}"), 200)
+        return _check(self._send("DELETE", f"/v1/verification-jobs/{job_id}"), 200)
 
     def follow(self, job_id: str, out: TextIO | None = sys.stderr, every_s: float = 0.5) -> dict[str, Any]:
         while True:
@@ -88,7 +117,9 @@ class JobsClient:
     def download(self, job_id: str, kind: str, path: Path) -> int:
         """The results (or errors) streamed to `path`; the number of bytes written."""
         written = 0
-        with self.http.stream("GET", f"/v1/verification-jobs/{job_id}/{kind}") as response:
+        self.status(job_id)  # a fresh token before a long download
+        with self.http.stream("GET", f"/v1/verification-jobs/{job_id}/{kind}",
+                              headers={"Authorization": f"Bearer {self._token}"}) as response:
             if response.status_code != 200:
                 response.read()
                 _check(response, 200)

@@ -43,26 +43,11 @@ class JobFiles:
     def input_path(self, job_id: str, name: str) -> Path:
         return self.directory(job_id) / name
 
-    def open_upload(self, job_id: str, token: str) -> int:
+    def start_upload(self, job_id: str) -> Upload:
         """A new, private file for one upload in progress (concurrent uploads never share a file)."""
         ensure_private_dir(self.root)
         ensure_private_dir(self.directory(job_id))
-        return os.open(self.directory(job_id) / f"upload-{token}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-
-    def keep_upload(self, job_id: str, token: str, fd: int) -> str:
-        """The upload, synced, under its final name (returned), which the job then records."""
-        os.fsync(fd)
-        os.close(fd)
-        name = f"input-{token}"
-        os.replace(self.directory(job_id) / f"upload-{token}", self.directory(job_id) / name)
-        _fsync_dir(self.directory(job_id))
-        return name
-
-    def drop_upload(self, job_id: str, token: str, fd: int) -> None:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            (self.directory(job_id) / f"upload-{token}").unlink()
+        return Upload(self.directory(job_id), os.urandom(8).hex())
 
     def read_range(self, job_id: str, name: str, start: int, end: int) -> bytes:
         with open(self.input_path(job_id, name), "rb") as handle:
@@ -102,13 +87,61 @@ class JobFiles:
     def delete_input(self, job_id: str, name: str | None = None) -> None:
         """The job's input (it holds NINs); `name`: only that file (an upload that was not accepted)."""
         directory = self.directory(job_id)
-        paths = [directory / name] if name else [*directory.glob("input-*"), *directory.glob("upload-*")]
+        # An upload still streaming (upload-*) is its request's to keep or discard.
+        paths = [directory / name] if name else list(directory.glob("input-*"))
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
+    def sweep_uploads(self, older_than: float) -> None:
+        """Uploads left unfinished (their process died mid-stream) and last written before `older_than`."""
+        for path in self.root.glob("*/upload-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < older_than:
+                    path.unlink()
+
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self.directory(job_id), ignore_errors=True)
+
+
+class Upload:
+    """One upload's file: written as it streams, then kept under its final name or discarded; whatever
+    fails on the way, `discard` leaves nothing behind and closes the file once."""
+
+    def __init__(self, directory: Path, token: str) -> None:
+        self.directory = directory
+        self.partial = directory / f"upload-{token}"
+        self.name = f"input-{token}"
+        self._fd: int | None = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._kept = False
+
+    def write(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def keep(self) -> str:
+        """Synced and renamed into place; its name, which the job records."""
+        assert self._fd is not None
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.partial, self.directory / self.name)
+        self._kept = True
+        _fsync_dir(self.directory)
+        return self.name
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for path in (self.partial, self.directory / self.name):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def ensure_private_dir(directory: Path) -> None:

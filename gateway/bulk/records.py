@@ -157,8 +157,9 @@ def _record(fields: Mapping[str, Any], line: int, spec: JobSpec) -> Record:
 def result_of(answer: Mapping[str, Any], spec: JobSpec) -> dict[str, Any]:
     """A verification's answer as a result line's fields: `match`, one member per predicate, `code`."""
     match = answer.get("match")
-    outcomes = {p["name"]: bool(p["result"]) for p in answer.get("predicates", ())}
-    verified = (match is not False) and all(outcomes.values())
+    # A predicate the record cannot decide (no birth date) stays null, as in /v1/verify: never verified.
+    outcomes = {p["name"]: p["result"] for p in answer.get("predicates", ())}
+    verified = (match is not False) and all(value is True for value in outcomes.values())
     return {"match": match, **outcomes, "code": "verified" if verified else "not_verified"}
 
 

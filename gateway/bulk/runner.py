@@ -52,6 +52,8 @@ from gateway.policy.store import PolicyStore
 log = logging.getLogger(__name__)
 
 OPERATION = "verify.bulk"
+ABANDONED_S = 86400.0  # a job with no accepted input this long after its creation fails
+MAX_ATTEMPTS = 10  # a chunk failing this often fails its job (its input is not kept for ever)
 _LANES = 32  # records of a chunk in flight at once (remote connectors answer in parallel)
 
 
@@ -97,24 +99,36 @@ class ChunkRunner:
         if leased is None:
             return False
         lost = asyncio.Event()
+        attempt = _Attempt()
         keeper = asyncio.create_task(self._keep(job_id, n, lost), name=f"bulk-lease-{job_id}-{n}")
         try:
-            await self._run(leased, lost)
+            await self._run(leased, lost, attempt)
         except JobRefused as exc:
             log.warning("bulk job %s stops: %s", job_id, exc)
             await self.store.fail(job_id, str(exc))
             self.files.delete_input(job_id)
             return False
         except _LeaseLost:
+            if not attempt.appending:
+                await self.store.release(job_id, n, self.owner)  # a cancelled job's chunk: dropped
             return False
         except asyncio.CancelledError:  # shutting down: the chunk goes back now rather than when its lease ends
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.store.release(job_id, n, self.owner))
+            if not attempt.appending:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.store.release(job_id, n, self.owner))
             raise
         except Exception as exc:
-            # A backend or the log unavailable: the chunk goes back, to be tried again.
-            log.warning("bulk job %s chunk %d given back: %s", job_id, n, exc)
-            await self.store.release(job_id, n, self.owner)
+            # A backend or the log unavailable: the chunk is tried again later, a few times. Once its events
+            # were handed to the log, what became of them is known only when the writer has settled them,
+            # so the chunk is then left to its lease (far longer than a write's timeout) rather than given
+            # back: whoever takes it over reads the log after those events landed or failed.
+            retry_in_s = min(2.0 ** leased.attempts, 300.0)
+            log.warning("bulk job %s chunk %d failed (attempt %d): %s", job_id, n, leased.attempts, exc)
+            if not attempt.appending:
+                await self.store.release(job_id, n, self.owner, retry_in_s)
+            if leased.attempts >= MAX_ATTEMPTS:
+                await self.store.fail(job_id, f"chunk {n} failed {leased.attempts} times; the last: {exc}")
+                self.files.delete_input(job_id)
             return False
         finally:
             keeper.cancel()
@@ -157,7 +171,7 @@ class ChunkRunner:
             self._headers[job_id] = header
         return header
 
-    async def _run(self, leased: LeasedChunk, lost: asyncio.Event) -> None:
+    async def _run(self, leased: LeasedChunk, lost: asyncio.Event, attempt: _Attempt) -> None:
         job, chunk, spec = leased.job, leased.chunk, leased.job.spec
         policy = self._policy(leased)
         try:
@@ -176,6 +190,8 @@ class ChunkRunner:
         outcomes = await self._verify_all(leased, policy, lines, header)
         _check(lost)
 
+        if not await self.store.renew(job.id, chunk.n, self.owner, self.lease_s):
+            raise _LeaseLost  # cancelled (or taken over) while verifying: nothing logged, nothing answered
         already = await asyncio.to_thread(self._logged_before, leased)
         if already:
             log.info("bulk job %s chunk %d taken over: %d of its %d events were already logged", job.id, chunk.n,
@@ -185,8 +201,10 @@ class ChunkRunner:
             raise _LeaseLost
         _check(lost)
         missing = [o.event for o in outcomes if o.event.id not in already]
+        attempt.appending = True
         await self.access_log.append_many(missing)
-        _check(lost)
+        # From here the events are durable: the chunk commits its results even if the job was cancelled
+        # meanwhile, so every logged check has its answer.
 
         results = [write_result(job.format, o.ref or "", o.result, spec) for o in outcomes]
         errors = [write_error(job.format, o.line, o.ref, o.reason) for o in outcomes if o.reason is not None]
@@ -213,7 +231,12 @@ class ChunkRunner:
                 outcomes[i] = await self._verify(leased, policy, lines[i], first + i, header, needed)
                 await asyncio.sleep(0)
 
-        await asyncio.gather(*(lane(start) for start in range(min(_LANES, len(lines)))))
+        try:
+            async with asyncio.TaskGroup() as lanes:  # one lane failing stops the others
+                for start in range(min(_LANES, len(lines))):
+                    lanes.create_task(lane(start))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
         return [o for o in outcomes if o is not None]
 
     def _event(self, leased: LeasedChunk, policy: PurposePolicy, line: int) -> AccessRecord:
@@ -229,8 +252,7 @@ class ChunkRunner:
         try:
             record = parse_record(raw, line, fmt, spec, header)
         except InvalidRecord as exc:
-            event.outcome = "invalid_input"
-            event.finish(400)
+            event.finish(400)  # deny, invalid_request: the record could not be read, nobody was looked up
             return _Outcome(line, loose_ref(raw, fmt, header), invalid_result(spec), event, str(exc))
         event.subject_hash = self.subjects(record.nin)
         event.attributes_requested = sorted(record.claims)
@@ -258,7 +280,10 @@ class ChunkRunner:
         job_marker = leased.job.id.encode()
         found: set[str] = set()
         for origin, from_seq in leased.log_positions:
-            reader = SegmentReader(log_directory(self.log_root, origin))
+            directory = log_directory(self.log_root, origin)
+            if not directory.is_dir():  # an earlier attempt on a host whose logs are not here: leave it
+                raise EarlierLogUnreadable(f"the log {origin} of an earlier attempt is not readable here")
+            reader = SegmentReader(directory)
             seq = from_seq
             while batch := reader.read(seq, 4096):
                 for entry_seq, payload in batch:
@@ -268,6 +293,15 @@ class ChunkRunner:
                         if event.get("job_id") == leased.job.id and event.get("id") in wanted:
                             found.add(event["id"])
         return found
+
+
+class EarlierLogUnreadable(Exception):
+    """This chunk's earlier events went to a log this process cannot read: it cannot tell which are there."""
+
+
+@dataclass
+class _Attempt:
+    appending: bool = False  # the chunk's events were handed to the log: their fate is the writer's
 
 
 class _LeaseLost(Exception):
@@ -364,12 +398,15 @@ class Retention:
 
     async def sweep(self) -> None:
         now = time.time()
-        for job in await self.store.ended_since(self._since):
-            self.files.delete_input(job.id)
+        for job_id in await self.store.ended_since(self.files.identity, self._since):
+            self.files.delete_input(job_id)
         self._since = now - 3600  # jobs that ended while this process was away are swept at its first pass
-        for job_id in await self.store.expired(now):
+        for job_id in await self.store.expired(self.files.identity, now):
             self.files.delete(job_id)
             await self.store.forget(job_id)
+        for job_id in await self.store.abandoned(now - ABANDONED_S):
+            await self.store.fail(job_id, "no input was uploaded within a day")
+        self.files.sweep_uploads(older_than=now - ABANDONED_S)  # uploads cut off by a killed process
 
     def start(self) -> None:
         async def loop() -> None:
@@ -442,8 +479,18 @@ class SaqChunkQueue:
         self._tasks.append(asyncio.create_task(self._sweep(), name="bulk-saq-sweep"))
 
     async def submit(self, job_id: str, chunks: Sequence[int]) -> None:
-        for n in chunks:
-            await self._enqueue(job_id, n)
+        """Queued in the background: the upload's answer does not wait for thousands of Redis calls, and
+        chunks not queued (Redis down) are found by the sweep."""
+        task = asyncio.create_task(self._enqueue_all(job_id, chunks), name=f"bulk-enqueue-{job_id}")
+        self._tasks.append(task)
+        task.add_done_callback(lambda done: done in self._tasks and self._tasks.remove(done))
+
+    async def _enqueue_all(self, job_id: str, chunks: Sequence[int]) -> None:
+        try:
+            for n in chunks:
+                await self._enqueue(job_id, n)
+        except Exception as exc:
+            log.warning("bulk job %s: chunks left to the sweep: %s", job_id, exc)
 
     async def _enqueue(self, job_id: str, n: int) -> None:
         await self.queue.enqueue("run_chunk", job_id=job_id, n=n, key=f"{job_id}:{n}", timeout=0,
@@ -453,7 +500,7 @@ class SaqChunkQueue:
         while True:
             await asyncio.sleep(self.poll_s)
             try:
-                for job_id, n in await self.store.takeable(self.jobs_dir, limit=max(self.concurrency, 1) * 4):
+                for job_id, n in await self.store.takeable(self.jobs_dir, limit=max(self.concurrency, 1) * 16):
                     await self._enqueue(job_id, n)
             except Exception as exc:
                 log.warning("bulk chunks could not be swept into the queue: %s", exc)

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -99,6 +101,14 @@ def _chunk(values: dict[str, Any]) -> Chunk:
     return Chunk(values["n"], values["first_line"], values["byte_start"], values["byte_end"], values["records"])
 
 
+async def _lock_job(connection: Any, job_id: str) -> str | None:
+    """The job's status, its row locked first: every transaction touching a job and its chunks takes the
+    job, then the chunks, so two cannot wait on each other, and the last chunk's finish sees the others'
+    (PostgreSQL; SQLite's writers are serialised anyway)."""
+    return (await connection.execute(select(verification_jobs.c.status).where(
+        verification_jobs.c.id == job_id).with_for_update())).scalar()
+
+
 class JobStore:
     def __init__(self, engine: AsyncEngine, *, results_days: float = 7.0) -> None:
         self.engine = engine
@@ -131,6 +141,13 @@ class JobStore:
         assert job is not None
         return job, False
 
+    async def by_key(self, administration: str, idempotency_key: str) -> Job | None:
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(select(verification_jobs).where(
+                verification_jobs.c.administration == administration,
+                verification_jobs.c.idempotency_key == idempotency_key))).first()
+        return None if row is None else _job(row)
+
     async def get(self, job_id: str, administration: str | None = None) -> Job | None:
         query = select(verification_jobs).where(verification_jobs.c.id == job_id)
         if administration is not None:
@@ -156,18 +173,17 @@ class JobStore:
         now = time.time()
         day = utc_day(now)
         async with self.engine.execution_options(**WRITER).begin() as connection:
-            status = (await connection.execute(select(verification_jobs.c.status).where(
-                verification_jobs.c.id == job.id).with_for_update())).scalar()
+            status = await _lock_job(connection, job.id)
             if status != "awaiting_input":
                 raise NotAwaitingInput(str(status))
             if daily_limit is not None:
+                # The day's row exists before it is locked: two first uploads of a day cannot both insert it.
+                dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+                await connection.execute(dialect_insert(bulk_usage).values(
+                    administration=job.administration, day=day, records=0).on_conflict_do_nothing())
                 used = (await connection.execute(select(bulk_usage.c.records).where(
                     bulk_usage.c.administration == job.administration, bulk_usage.c.day == day
-                ).with_for_update())).scalar()
-                if used is None:
-                    used = 0
-                    await connection.execute(bulk_usage.insert().values(
-                        administration=job.administration, day=day, records=0))
+                ).with_for_update())).scalar() or 0
                 if used + total > daily_limit:
                     raise QuotaExceeded(max(0, daily_limit - used))
                 await connection.execute(update(bulk_usage).where(
@@ -185,8 +201,9 @@ class JobStore:
     # -- running -------------------------------------------------------------------------------------------
 
     def _takeable(self, now: float) -> Any:
-        return or_(verification_chunks.c.state == "pending",
-                   and_(verification_chunks.c.state == "leased", verification_chunks.c.lease_until < now))
+        """No one holds it: pending (after its retry time, kept in `lease_until`), or its lease ran out."""
+        return and_(verification_chunks.c.state.in_(("pending", "leased")),
+                    or_(verification_chunks.c.lease_until.is_(None), verification_chunks.c.lease_until < now))
 
     async def takeable(self, jobs_dir: str, limit: int = 100) -> list[tuple[str, int]]:
         """Chunks of live jobs whose input is in `jobs_dir` that no one holds: (job id, n), oldest job
@@ -246,19 +263,23 @@ class JobStore:
             ).values(log_positions=orjson.dumps(positions).decode()))
         return result.rowcount == 1
 
-    async def release(self, job_id: str, n: int, owner: str) -> None:
-        """Give the chunk back at once (a backend down): another try comes from the sweep."""
+    async def release(self, job_id: str, n: int, owner: str, retry_in_s: float = 0.0) -> None:
+        """Give the chunk back (a backend down), to be tried again in `retry_in_s`; a chunk of a job that
+        has ended is dropped."""
         async with self.engine.execution_options(**WRITER).begin() as connection:
+            status = await _lock_job(connection, job_id)
             await connection.execute(update(verification_chunks).where(
                 verification_chunks.c.job_id == job_id, verification_chunks.c.n == n,
                 verification_chunks.c.lease_owner == owner, verification_chunks.c.state == "leased",
-            ).values(state="pending", lease_owner=None, lease_until=None))
+            ).values(state="dropped" if status in FINAL else "pending", lease_owner=None,
+                     lease_until=time.time() + retry_in_s if retry_in_s else None))
 
     async def finish_chunk(self, job_id: str, n: int, owner: str, errors: int) -> Job | None:
         """The chunk is done (its results are on disk, its events durable). Returns the job when this was
         its last chunk (the job is then completed); raises LookupError if the lease was lost."""
         now = time.time()
         async with self.engine.execution_options(**WRITER).begin() as connection:
+            await _lock_job(connection, job_id)
             done = await connection.execute(update(verification_chunks).where(
                 verification_chunks.c.job_id == job_id, verification_chunks.c.n == n,
                 verification_chunks.c.lease_owner == owner, verification_chunks.c.state == "leased",
@@ -283,12 +304,14 @@ class JobStore:
     async def _end(self, job_id: str, status: str, reason: str | None) -> bool:
         now = time.time()
         async with self.engine.execution_options(**WRITER).begin() as connection:
+            await _lock_job(connection, job_id)
             result = await connection.execute(update(verification_jobs).where(
                 verification_jobs.c.id == job_id, verification_jobs.c.status.not_in(tuple(FINAL))
             ).values(status=status, reason=reason, finished_at=now, expires_at=now + self.results_s))
+            # A chunk being run keeps its lease: once its events are durable it commits its results.
             await connection.execute(update(verification_chunks).where(
-                verification_chunks.c.job_id == job_id, verification_chunks.c.state != "done"
-            ).values(state="dropped", lease_owner=None, lease_until=None))
+                verification_chunks.c.job_id == job_id, verification_chunks.c.state == "pending"
+            ).values(state="dropped"))
         return result.rowcount == 1
 
     async def progress(self, job_id: str) -> Progress:
@@ -310,16 +333,28 @@ class JobStore:
 
     # -- retention -----------------------------------------------------------------------------------------
 
-    async def ended_since(self, since: float) -> list[Job]:
-        """Jobs that ended after `since` (their input is to be deleted)."""
-        async with self.engine.connect() as connection:
-            rows = await connection.execute(select(verification_jobs).where(
-                verification_jobs.c.status.in_(tuple(FINAL)), verification_jobs.c.finished_at >= since))
-            return [_job(row) for row in rows]
-
-    async def expired(self, now: float | None = None) -> list[str]:
+    async def ended_since(self, jobs_dir: str, since: float) -> list[str]:
+        """Jobs in `jobs_dir` that ended after `since` (their input is to be deleted)."""
         async with self.engine.connect() as connection:
             rows = await connection.execute(select(verification_jobs.c.id).where(
+                or_(verification_jobs.c.jobs_dir == jobs_dir, verification_jobs.c.jobs_dir.is_(None)),
+                verification_jobs.c.status.in_(tuple(FINAL)),
+                verification_jobs.c.finished_at >= since))
+            return [row.id for row in rows]
+
+    async def abandoned(self, before: float) -> list[str]:
+        """Jobs still awaiting their input since before `before`."""
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(select(verification_jobs.c.id).where(
+                verification_jobs.c.status == "awaiting_input", verification_jobs.c.created_at < before))
+            return [row.id for row in rows]
+
+    async def expired(self, jobs_dir: str, now: float | None = None) -> list[str]:
+        """Jobs in `jobs_dir` past their results' retention (a job never uploaded has no directory entry:
+        it expires wherever it is seen)."""
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(select(verification_jobs.c.id).where(
+                or_(verification_jobs.c.jobs_dir == jobs_dir, verification_jobs.c.jobs_dir.is_(None)),
                 verification_jobs.c.expires_at < (now or time.time())))
             return [row.id for row in rows]
 

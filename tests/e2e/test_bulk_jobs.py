@@ -11,8 +11,10 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +27,7 @@ import yaml
 from connectors.population import population, seed_register
 from tests.support.keys import jwks_of, new_key, token_form
 from tests.support.realm import Realm, build_realm
-from tests.support.servers import GatewayProcess
+from tests.support.servers import GatewayProcess, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 SEED, COUNT = 33, 4000
@@ -136,7 +138,8 @@ def clients(gateway: GatewayProcess, realm: Realm) -> dict[str, Client]:
             "officer": Client(gateway, realm, "oversight-app")}
 
 
-def test_a_roll_is_checked_record_by_record_with_one_event_each(clients: dict[str, Client], realm: Realm) -> None:
+def test_a_roll_is_checked_record_by_record_with_one_event_each(clients: dict[str, Client], realm: Realm,
+                                                               gateway: GatewayProcess) -> None:
     electoral = clients["electoral"]
     alive, dead, suspended = ACTIVE[0], DECEASED[0], SUSPENDED[0]
     rows = [
@@ -163,6 +166,8 @@ def test_a_roll_is_checked_record_by_record_with_one_event_each(clients: dict[st
     assert done["status"] == "completed", done
     assert (done["total"], done["processed"], done["errors"], done["eta_s"]) == (10, 10, 4, 0.0)
     assert done["started_at"] is not None
+    replay = electoral.create("roll-2026", records=20)  # the same request again: the same job, as it is now
+    assert replay.status_code == 201 and (replay.json()["id"], replay.json()["status"]) == (job["id"], "completed")
 
     results = electoral.http.get(f"/v1/verification-jobs/{job['id']}/results")
     assert results.status_code == 200 and results.headers["content-type"].startswith("text/csv")
@@ -190,11 +195,17 @@ def test_a_roll_is_checked_record_by_record_with_one_event_each(clients: dict[st
     assert len(events) == 10 and len({e["id"] for e in events}) == 10
     assert all(e["administration"] == "electoral" and e["purpose"] == "roll_revision" for e in events)
     decisions = [(e["decision"], e["reason"]) for e in events]
-    assert decisions.count(("deny", "invalid_input")) == 4
+    assert decisions.count(("deny", "invalid_request")) == 4
     assert ("permit", "subject_not_found") in decisions and ("permit", "subject_suspended") in decisions
     assert sum(1 for e in events if e["subject_hash"]) == 6
     # The input (it holds NINs) is gone once the job ended.
     assert not list((realm.data_dir / "jobs" / job["id"]).glob("input*"))
+    # The person sees the check in their history, like any verification.
+    channel = Client(gateway, realm, "channel-app")
+    history = channel.http.post("/v1/subjects/access-history", json={
+        "nin": dead["nin"], "evidence": {"method": "in_person", "reference": "counter-7"}})
+    assert history.status_code == 200, history.text
+    assert [e["purpose"] for e in history.json()["events"] if e["operation"] == "verify.bulk"] == ["roll_revision"]
 
 
 def test_ndjson_records_and_fields_checked_per_line(clients: dict[str, Client]) -> None:
@@ -273,6 +284,27 @@ def test_a_bad_upload_keeps_nothing(clients: dict[str, Client], realm: Realm) ->
     assert electoral.upload(job, body).status_code == 409  # the input is taken once
 
 
+def test_a_cancel_during_the_upload_keeps_nothing(clients: dict[str, Client], realm: Realm) -> None:
+    electoral = clients["electoral"]
+    job = electoral.create("cancel-mid-upload").json()
+    row = b"r,%s,Traore\n" % ACTIVE[0]["nin"].encode()
+
+    def slow() -> Iterator[bytes]:
+        yield b"ref,nin,family_name\n"
+        for _ in range(20):
+            yield row * 100
+            time.sleep(0.05)
+
+    result: dict[str, httpx.Response] = {}
+    uploading = threading.Thread(target=lambda: result.update(put=electoral.upload(job, slow())))
+    uploading.start()
+    time.sleep(0.3)
+    assert electoral.http.delete(f"/v1/verification-jobs/{job['id']}").json()["status"] == "cancelled"
+    uploading.join(30)
+    assert result["put"].status_code == 409 and result["put"].json()["code"] == "conflict"
+    assert not list((realm.data_dir / "jobs" / job["id"]).iterdir())
+
+
 def test_another_administration_sees_no_job(clients: dict[str, Client]) -> None:
     electoral, social = clients["electoral"], clients["social"]
     job = electoral.create("private").json()
@@ -287,7 +319,7 @@ def test_another_administration_sees_no_job(clients: dict[str, Client]) -> None:
     assert electoral.http.get("/v1/verification-jobs/..%2F..%2Fetc").status_code in (404, 400)
 
 
-def test_the_daily_allowance_refuses_a_job_at_submission(clients: dict[str, Client]) -> None:
+def test_the_daily_allowance_refuses_a_job_at_submission(clients: dict[str, Client], realm: Realm) -> None:
     electoral = clients["electoral"]
     declared = electoral.create("too-many", records=20_001)
     assert declared.status_code == 429 and declared.json()["code"] == "rate_limited"
@@ -297,6 +329,7 @@ def test_the_daily_allowance_refuses_a_job_at_submission(clients: dict[str, Clie
     refused = electoral.upload(job, roll_csv(rows))
     assert refused.status_code == 429 and refused.json()["code"] == "rate_limited"
     assert electoral.status(job["id"]).json()["status"] == "awaiting_input"
+    assert not list((realm.data_dir / "jobs" / job["id"]).iterdir())  # the refused file is not kept
     declared_small = electoral.create("declared-5", records=5).json()
     over_declared = electoral.upload(declared_small, roll_csv(rows[:6]))
     assert over_declared.status_code == 400 and "more than 5" in over_declared.json()["detail"]
@@ -309,8 +342,9 @@ def test_cancel_stops_a_running_job(clients: dict[str, Client], realm: Realm) ->
             for i in range(15_000)]
     assert electoral.upload(job, roll_csv(rows)).status_code == 202
     electoral.wait(job["id"], until=("running",), timeout=30)
-    while electoral.status(job["id"]).json()["processed"] == 0:
+    while (running := electoral.status(job["id"]).json())["processed"] == 0:
         time.sleep(0.05)
+    assert running["status"] == "running" and running["eta_s"] > 0 and running["started_at"]
     cancelled = electoral.http.delete(f"/v1/verification-jobs/{job['id']}")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     time.sleep(1.5)  # a chunk in progress stops at its next step
@@ -319,6 +353,13 @@ def test_cancel_stops_a_running_job(clients: dict[str, Client], realm: Realm) ->
     results = parse_results(electoral.http.get(f"/v1/verification-jobs/{job['id']}/results").text)
     assert len(results) == after["processed"]
     assert not list((realm.data_dir / "jobs" / job["id"]).glob("input*"))
+    # Every record checked before the cancel has its answer, and only those are in the log.
+    deadline = time.monotonic() + 10
+    while len(electoral.events(clients["officer"], job["id"])) < len(results):
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    time.sleep(1.5)
+    assert len(electoral.events(clients["officer"], job["id"])) == len(results)
     assert electoral.http.delete(f"/v1/verification-jobs/{job['id']}").json()["status"] == "cancelled"
 
 
@@ -443,6 +484,44 @@ def test_jamu_jobs_submits_follows_and_writes_the_results(gateway: GatewayProces
     fetched = subprocess.run([*jamu, "results", summary["id"], *base, "--out", str(out), "--errors"],
                              capture_output=True, text=True, timeout=30)
     assert fetched.returncode == 0 and out.read_text().startswith("line,ref,reason")
+    results_out = tmp_path / "again.csv"
+    fetched = subprocess.run([*jamu, "results", summary["id"], *base, "--out", str(results_out)],
+                             capture_output=True, text=True, timeout=30)
+    assert fetched.returncode == 0 and results_out.read_text() == (tmp_path / "roll.csv.results.csv").read_text()
+    waiting = Client(gateway, realm, "electoral-client").create("cli-cancel").json()
+    cancelled = subprocess.run([*jamu, "cancel", waiting["id"], *base], capture_output=True, text=True, timeout=30)
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["status"] == "cancelled"
     refused = subprocess.run([*jamu, "status", "00000000-0000-0000-0000-000000000000", *base],
                              capture_output=True, text=True, timeout=30)
     assert refused.returncode == 1 and "not_found" in refused.stderr
+
+
+def test_jobs_run_in_a_worker_process_at_idle_priority_beside_the_interactive_one(open_realm: Realm) -> None:
+    logs = open_realm.data_dir.parent
+    interactive = serve(open_realm, logs / "interactive.log", GATEWAY_BULK_WORKERS="0")
+    port = free_port()
+    env = {**os.environ, **open_realm.env(GATEWAY_BULK_CHUNK_RECORDS="250")}
+    env.pop("GATEWAY_ISSUER", None)
+    with open(logs / "worker.log", "wb") as out:
+        worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "jobs", "worker", "--port", str(port)],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, 30, "jamu jobs worker")
+        policy = int(Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[38])
+        assert policy == 5  # SCHED_IDLE: it takes only the CPU the interactive process leaves
+        electoral = Client(interactive, open_realm, "electoral-client")
+        job = electoral.create("in-the-worker").json()
+        rows = [{"ref": f"w{i}", "nin": PEOPLE[i]["nin"], "family_name": PEOPLE[i]["family_name"]} for i in range(1000)]
+        assert electoral.upload(job, roll_csv(rows)).status_code == 202
+        done = electoral.wait(job["id"], timeout=60)
+        assert done["status"] == "completed" and done["processed"] == 1000
+        interactive_origin = electoral.status(job["id"]).headers["Audit-Log-Position"].rsplit(" ", 1)[0]
+        with sqlite3.connect(open_realm.data_dir / "jamu.db") as db:
+            positions = [json.loads(row[0]) for row in db.execute(
+                "SELECT log_positions FROM verification_chunks WHERE job_id = ?", (job["id"],))]
+        origins = {origin for chunk in positions for origin, _ in chunk}
+        assert len(positions) == 4 and origins and interactive_origin not in origins  # all run in the worker
+    finally:
+        worker.terminate()
+        worker.wait(timeout=15)
+        interactive.stop()

@@ -130,3 +130,13 @@ def test_the_verifiable_log_benchmark_runs(tmp_path: Path) -> None:
     assert result["inclusion_http_p50_ms"] > 0 and result["origins_http_p50_ms"] > 0, result
     assert result["receipts"] == 5 and 0 < result["receipt_delay_p50_s"] < 5, result
     assert 0 < result["witness_round_cpu_ms"] < 1000, result
+
+
+def test_the_bulk_benchmark_runs(tmp_path: Path) -> None:
+    argv = ["--people", "3000", "--records", "4000", "--rate", "50", "--probe-requests", "100", "--chunk", "500"]
+    result = _bench(tmp_path, "bench_bulk", argv)
+    assert "error" not in result, result
+    assert result["records"] == 4000 and 0 < result["end_to_end_s"] < 120, result
+    assert result["records_per_s"] > 0 and 0 < result["jobs_rss_mib"] < 1024, result
+    assert result["verify_p99_ms_before"] > 0 and result["verify_p99_ms_during"] > 0, result
+    assert result["verify_not_200_during"] == 0

@@ -99,3 +99,11 @@ def test_a_result_is_verified_only_when_every_claim_and_predicate_holds() -> Non
     assert result_of({**both, "match": False}, SPEC)["code"] == "not_verified"
     assert write_result("csv", "=cmd", result_of(both, SPEC), SPEC) == b"=cmd,true,verified,true,true\n"
     assert event_id("j", 2) == event_id("j", 2) != event_id("j", 3)
+
+
+def test_a_predicate_the_record_cannot_decide_stays_null_and_is_not_verified() -> None:
+    undecided = {"match": True, "predicates": [{"name": "alive", "result": True},
+                                               {"name": "age_at_least", "result": None}]}
+    result = result_of(undecided, SPEC)
+    assert result == {"match": True, "alive": True, "age_at_least": None, "code": "not_verified"}
+    assert write_result("csv", "r", result, SPEC) == b"r,true,not_verified,true,\n"

@@ -14,6 +14,7 @@ import orjson
 import pytest
 import yaml
 
+from connectors.base import BackendUnavailable
 from connectors.embedded import EmbeddedRegister
 from connectors.population import population, seed_register
 from gateway.audit.log import AccessLogUnavailable
@@ -24,7 +25,7 @@ from gateway.audit.segments import SegmentReader
 from gateway.audit.writer import DurableAccessLog
 from gateway.bulk.files import JobFiles
 from gateway.bulk.records import JobSpec, event_id
-from gateway.bulk.runner import ChunkRunner
+from gateway.bulk.runner import ChunkRunner, Retention
 from gateway.bulk.store import JobStore
 from gateway.bulk.upload import InputSplitter
 from gateway.identity.decide import Predicate
@@ -87,11 +88,11 @@ class Setup:
         await self.register.close()
         await self.engine.dispose()
 
-    def runner(self, owner: str, access_log: Any) -> ChunkRunner:
+    def runner(self, owner: str, access_log: Any, lease_s: float = 30) -> ChunkRunner:
         return ChunkRunner(self.jobs, self.files, policies=self.policies, identity=self.register,
                            subjects=SubjectHasher(b"k" * 32), access_log=access_log,
                            log_position=lambda: (ORIGIN, self.segments.next_seq), log_root=self.log_root,
-                           owner=owner, lease_s=30)
+                           owner=owner, lease_s=lease_s)
 
     async def job(self) -> str:
         job, _ = await self.jobs.create(job_id="00000000-0000-4000-8000-000000000001", administration="electoral",
@@ -103,9 +104,9 @@ class Setup:
         splitter = InputSplitter("csv", SPEC, 1000, 1000)
         splitter.feed(body)
         chunks = splitter.finish()
-        fd = self.files.open_upload(job.id, "t")
-        os.write(fd, body)
-        name = self.files.keep_upload(job.id, "t", fd)
+        upload = self.files.start_upload(job.id)
+        upload.write(body)
+        name = upload.keep()
         await self.jobs.accept_input(job, total=RECORDS, sha256=splitter.sha256, input_file=name, chunks=chunks,
                                      jobs_dir=self.files.identity,
                                      daily_limit=None)
@@ -125,7 +126,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
 @pytest.mark.parametrize("through", [0, 20, RECORDS])
 async def test_an_attempt_cut_short_is_finished_by_the_next_with_each_event_once(setup: Setup, through: int) -> None:
     job_id = await setup.job()
-    first = setup.runner("first", Flaky(setup.log, through))
+    first = setup.runner("first", Flaky(setup.log, through), lease_s=0.3)
     if through == RECORDS:  # every event durable, then the results cannot be written: the worker stops there
         original = setup.files.write_chunk
         setup.files.write_chunk = lambda *a: (_ for _ in ()).throw(OSError("disk gone"))  # type: ignore[method-assign]
@@ -135,8 +136,11 @@ async def test_an_attempt_cut_short_is_finished_by_the_next_with_each_event_once
     await asyncio.sleep(0.05)
     assert len(setup.logged(job_id)) == through
     assert (await setup.jobs.progress(job_id)).chunks_done == 0
-
     second = setup.runner("second", setup.log)
+    # Its events were handed to the log: the chunk is not given back, but left to its lease.
+    assert await second.run(job_id, 0) is False
+    await asyncio.sleep(0.35)
+
     assert await second.run(job_id, 0) is True
     logged = setup.logged(job_id)
     assert sorted(logged) == sorted(event_id(job_id, line) for line in range(2, RECORDS + 2))
@@ -155,3 +159,73 @@ async def test_a_purpose_withdrawn_fails_the_job_with_its_reason(setup: Setup) -
     job = await setup.jobs.get(job_id)
     assert job is not None and job.status == "failed" and "no such purpose" in (job.reason or "")
     assert setup.logged(job_id) == []
+
+
+async def test_results_are_deleted_after_their_retention_and_the_input_when_the_job_ends(setup: Setup) -> None:
+    job_id = await setup.job()
+    setup.jobs.results_s = 0.2
+    assert await setup.runner("w", setup.log).run(job_id, 0) is True
+    directory = setup.files.directory(job_id)
+    assert not list(directory.glob("input*")) and list(directory.glob("results-*"))
+    retention = Retention(setup.jobs, setup.files)
+    await retention.sweep()
+    assert list(directory.glob("results-*"))  # still within its retention
+    await asyncio.sleep(0.3)
+    await retention.sweep()
+    assert not directory.exists()
+    job = await setup.jobs.get(job_id)
+    assert job is not None and job.expires_at is None and "retention" in (job.reason or "")
+    assert await setup.jobs.expired(setup.files.identity) == []
+
+
+async def test_an_input_left_by_a_job_that_ended_elsewhere_is_swept(setup: Setup) -> None:
+    job_id = await setup.job()
+    assert await setup.jobs.cancel(job_id)  # as another process would: the row ends, the file stays here
+    assert list(setup.files.directory(job_id).glob("input*"))
+    await Retention(setup.jobs, setup.files).sweep()
+    assert not list(setup.files.directory(job_id).glob("input*"))
+
+
+async def test_a_job_never_uploaded_fails_after_a_day_and_a_dead_upload_is_swept(setup: Setup) -> None:
+    job, _ = await setup.jobs.create(job_id="00000000-0000-4000-8000-000000000002", administration="electoral",
+                                     client_id="ceni-app", idempotency_key="never", request_hash="h", spec=SPEC,
+                                     fmt="csv", declared_records=None)
+    upload = setup.files.start_upload(job.id)  # and its process dies mid-stream
+    upload.write(b"ref,nin,family_name\n")
+    stale = upload.partial
+    os.utime(stale, (1_000_000, 1_000_000))
+    async with setup.engine.begin() as connection:  # created two days ago
+        await connection.exec_driver_sql("UPDATE verification_jobs SET created_at = created_at - 172800")
+    await Retention(setup.jobs, setup.files).sweep()
+    assert not stale.exists()
+    failed = await setup.jobs.get(job.id)
+    assert failed is not None and failed.status == "failed" and "within a day" in (failed.reason or "")
+
+
+async def test_a_chunk_that_keeps_failing_fails_its_job(setup: Setup) -> None:
+    job_id = await setup.job()
+    runner = setup.runner("w", Flaky(setup.log, 0), lease_s=0.05)  # the log refuses every event
+    for attempt in range(1, 11):
+        await asyncio.sleep(0.06)  # its lease runs out (its events' fate was the writer's)
+        assert await runner.run(job_id, 0) is False
+        job = await setup.jobs.get(job_id)
+        assert job is not None and job.status == ("failed" if attempt == 10 else "running"), attempt
+    assert "failed 10 times" in (job.reason or "") and not list(setup.files.directory(job_id).glob("input*"))
+
+
+class DownRegister:
+    async def fetch(self, nin: str, attributes: frozenset[str], context: Any = None) -> Any:
+        raise BackendUnavailable("register", "connection refused")
+
+
+async def test_a_backend_down_gives_the_chunk_back_to_be_retried_later_with_nothing_logged(setup: Setup) -> None:
+    job_id = await setup.job()
+    runner = setup.runner("w", setup.log)
+    runner.identity = DownRegister()
+    assert await runner.run(job_id, 0) is False
+    assert setup.logged(job_id) == []
+    assert await setup.jobs.takeable(setup.files.identity) == []  # not before its retry time (2 s)
+    await asyncio.sleep(2.1)
+    assert await setup.jobs.takeable(setup.files.identity) == [(job_id, 0)]
+    runner.identity = setup.register
+    assert await runner.run(job_id, 0) is True and len(setup.logged(job_id)) == RECORDS

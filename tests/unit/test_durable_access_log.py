@@ -78,3 +78,20 @@ async def test_a_request_that_stops_waiting_leaves_its_event_to_commit() -> None
         assert await log.ready() is True and store.probes == 1  # the cancelled wait marked nothing failing
     finally:
         await log.close()
+
+
+async def test_a_bulk_append_never_takes_the_room_requests_need() -> None:
+    store = HeldStore()
+    log = DurableAccessLog(store, Metrics(), max_batch=8, max_queue=40, seal_interval_s=3600)  # type: ignore[arg-type]
+    await log.start()
+    bulk = asyncio.create_task(log.append_many([record(n) for n in range(200)]))
+    await asyncio.sleep(0.05)  # the writer is stuck on its first batch; the bulk append waits for room
+    assert log._queue.qsize() <= 20
+    requests = [asyncio.create_task(log.append(record(1000 + n))) for n in range(15)]
+    await asyncio.sleep(0)
+    assert not any(task.done() for task in requests)  # queued, not refused as saturated
+    store.gate.set()
+    seqs = await bulk
+    await asyncio.gather(*requests)
+    assert len(seqs) == 200 and len(store.committed) == 215
+    await log.close()
