@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import yaml
 
 from connectors.population import population, seed_register
@@ -525,3 +526,25 @@ def test_jobs_run_in_a_worker_process_at_idle_priority_beside_the_interactive_on
         worker.terminate()
         worker.wait(timeout=15)
         interactive.stop()
+
+
+def test_with_redis_chunks_are_dispatched_through_saq(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    realm = build(tmp_path / "saq")
+    gateway = serve(realm, tmp_path / "saq.log", GATEWAY_REDIS_URL=redis_url, GATEWAY_REDIS_KEY_PREFIX=redis_prefix)
+    try:
+        electoral = Client(gateway, realm, "electoral-client")
+        job = electoral.create("over-saq").json()
+        rows = [{"ref": f"s{i}", "nin": PEOPLE[i]["nin"], "family_name": PEOPLE[i]["family_name"]} for i in range(900)]
+        assert electoral.upload(job, roll_csv(rows)).status_code == 202
+        done = electoral.wait(job["id"], timeout=60)
+        assert done["status"] == "completed" and done["processed"] == 900
+        assert [r["ref"] for r in parse_results(electoral.http.get(
+            f"/v1/verification-jobs/{job['id']}/results").text)] == [f"s{i}" for i in range(900)]
+        client = redis.Redis.from_url(redis_url)
+        saq_keys = [k.decode() for k in client.scan_iter(f"saq:*{redis_prefix}bulk*")]
+        assert any(job["id"] in key for key in saq_keys), saq_keys  # the chunks went through the queue
+        for key in client.scan_iter(f"saq:*{redis_prefix}*"):
+            client.delete(key)
+        client.close()
+    finally:
+        gateway.stop()
