@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.storage.database import create_engine, database_url
+from gateway.storage.database import create_engine, database_url, migrate
 from tests.support.realm import Realm, build_realm
 from tests.support.servers import GatewayProcess, PostgresProcess, RedisProcess
 
@@ -97,3 +98,17 @@ def postgres_schema(postgres_url: str) -> Iterator[str]:
         await engine.dispose()
 
     asyncio.run(drop())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def migrated_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """The gateway's database, migrated, on each engine a store must work on (a contract test's two sides)."""
+    if request.param == "sqlite":
+        url, schema = database_url(None, tmp_path), None
+    else:
+        url, schema = database_url(request.getfixturevalue("postgres_url"), tmp_path), \
+            request.getfixturevalue("postgres_schema")
+    engine = create_engine(url, schema=schema)
+    await migrate(engine, schema)
+    yield engine
+    await engine.dispose()

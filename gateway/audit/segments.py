@@ -62,7 +62,7 @@ def _segment_name(first_seq: int) -> str:
     return f"{first_seq:020d}{SUFFIX}"
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -219,9 +219,9 @@ class SegmentLog:
         finally:
             os.close(fd)
         os.replace(temporary, path)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         if first_seq == 0:
-            _fsync_dir(self.directory.parent)  # a new log: its directory's entry made durable too
+            fsync_dir(self.directory.parent)  # a new log: its directory's entry made durable too
         self._segment, self._offset = path, 0
 
     # Reading ---------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import anyio
 
+from gateway.audit.segments import fsync_dir
+
 READ_BYTES = 256 * 1024
 
 
@@ -66,7 +68,7 @@ class JobFiles:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, final)
-        _fsync_dir(self.directory(job_id))
+        fsync_dir(self.directory(job_id))
 
     def has_results(self, job_id: str, chunks: list[int]) -> bool:
         return all(self._part(job_id, "results", n).exists() for n in chunks)
@@ -131,7 +133,7 @@ class Upload:
             os.close(fd)
         os.replace(self.partial, self.directory / self.name)
         self._kept = True
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         return self.name
 
     def discard(self) -> None:
@@ -147,11 +149,3 @@ class Upload:
 def ensure_private_dir(directory: Path) -> None:
     """Input files hold NINs: only the gateway's user reads them."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -378,12 +378,17 @@ class LocalChunkQueue:
                 self._wake.set()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
+        await _stop(self._tasks)
+
+
+async def _stop(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks and wait for each to end (emptying the list)."""
+    for task in tasks:
+        task.cancel()
+    for task in list(tasks):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    tasks.clear()
 
 
 class Retention:
@@ -509,11 +514,6 @@ class SaqChunkQueue:
         if self._worker is not None:
             with contextlib.suppress(Exception):
                 await self._worker.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
+        await _stop(self._tasks)
         with contextlib.suppress(Exception):
             await self.queue.disconnect()

@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.record import rfc3339
 from gateway.consent.check import find_consent, use_consent
 from gateway.consent.store import ConsentStore
 from gateway.errors import Problem
-from gateway.storage.database import create_engine, database_url, migrate
 
 PERSON, OTHER = "a" * 64, "b" * 64
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConsentStore]:
-    if request.param == "sqlite":
-        url, schema = database_url(None, tmp_path), None
-    else:
-        url, schema = database_url(request.getfixturevalue("postgres_url"), tmp_path), \
-            request.getfixturevalue("postgres_schema")
-    engine = create_engine(url, schema=schema)
-    await migrate(engine, schema)
-    yield ConsentStore(engine)
-    await engine.dispose()
+@pytest.fixture
+def store(migrated_engine: AsyncEngine) -> ConsentStore:
+    return ConsentStore(migrated_engine)
 
 
 async def grant(store: ConsentStore, *, max_uses: int | None = None, expires_in: timedelta = timedelta(days=30),

@@ -4,33 +4,23 @@ and race-free, leases that fence, the last chunk completing its job, cancel keep
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import date
-from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.bulk.records import JobSpec
 from gateway.bulk.store import IdempotencyConflict, JobStore, NotAwaitingInput, QuotaExceeded
 from gateway.bulk.upload import Chunk
 from gateway.identity.decide import Predicate
-from gateway.storage.database import create_engine, database_url, migrate
 
 SPEC = JobSpec("roll", ("family_name",), (Predicate("alive", None, None),), date(2026, 12, 1))
 DIR = "d" * 32
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
-    if request.param == "sqlite":
-        url, schema = database_url(None, tmp_path), None
-    else:
-        url, schema = database_url(request.getfixturevalue("postgres_url"), tmp_path), \
-            request.getfixturevalue("postgres_schema")
-    engine = create_engine(url, schema=schema)
-    await migrate(engine, schema)
-    yield JobStore(engine)
-    await engine.dispose()
+@pytest.fixture
+def store(migrated_engine: AsyncEngine) -> JobStore:
+    return JobStore(migrated_engine)
 
 
 async def new_job(store: JobStore, key: str, administration: str = "ceni", request_hash: str = "h") -> str:
