@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SigningAlgorithm = Literal["Ed25519", "ES256"]
@@ -103,6 +103,13 @@ class Settings(BaseSettings):
     @property
     def checkpoint_key_path(self) -> Path:
         return self.checkpoint_key_file or self.keys_dir / "checkpoint-key.pem"
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_write(self) -> Settings:
+        # A chunk taken over must find its earlier events settled: a write is settled within its timeout.
+        if self.bulk_lease_s < 4 * self.database_timeout_s:
+            raise ValueError("GATEWAY_BULK_LEASE_S must be at least 4 x GATEWAY_DATABASE_TIMEOUT_S")
+        return self
 
     @property
     def jobs_path(self) -> Path:

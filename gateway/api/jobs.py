@@ -17,11 +17,13 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.requests import ClientDisconnect
 
 from gateway.api.deps import access_record, protected
 from gateway.api.identity import PredicateRequest, Purpose
 from gateway.api.responses import FastJSONResponse
 from gateway.auth.bearer import Caller
+from gateway.bulk.files import Upload
 from gateway.bulk.records import JobSpec, errors_header, results_header
 from gateway.bulk.store import IdempotencyConflict, Job, NotAwaitingInput, QuotaExceeded
 from gateway.bulk.upload import InputSplitter, UploadRefused
@@ -168,6 +170,14 @@ async def create_job(
                              "input_url": _input_url(job.id)}, status_code=201)
 
 
+async def _discard(app: Services, job_id: str, upload: Upload) -> None:
+    """An upload the request did not see accepted: gone, unless the job took it (a cancel that came just
+    after the commit must not delete the job's input)."""
+    current = await app.jobs.get(job_id)
+    taken = current is not None and current.input_file == upload.name
+    await asyncio.to_thread(upload.discard, taken)
+
+
 def _seconds_to_midnight() -> int:
     now = datetime.now(UTC)
     return max(1, 86400 - (now.hour * 3600 + now.minute * 60 + now.second))
@@ -201,7 +211,7 @@ async def upload_input(
     file is accepted (checksum, record count, the day's allowance)."""
     app, job = await _job(request, caller, job_id)
     if job.status != "awaiting_input":
-        raise Problem("conflict", f"the job is {job.status}: its input was already accepted")
+        raise Problem("conflict", f"the job is {job.status}: it takes no input now")
     wanted_sha = _content_digest(content_digest)
     settings = app.settings
     administration = _administration(app, caller)
@@ -244,10 +254,12 @@ async def upload_input(
         raise Problem("rate_limited", f"{splitter.records} records uploaded; {exc.left} bulk records left today",
                       headers={"Retry-After": str(_seconds_to_midnight())}) from None
     except NotAwaitingInput as exc:
-        raise Problem("conflict", f"the job is {exc.status}: its input was already accepted") from None
+        raise Problem("conflict", f"the job is {exc.status}: it takes no input now") from None
+    except ClientDisconnect:
+        raise Problem("invalid_request", "the upload was cut off before its end; nothing was kept") from None
     finally:
         if not accepted:  # nothing of a refused upload stays on disk (it holds NINs)
-            await asyncio.shield(asyncio.to_thread(upload.discard))
+            await asyncio.shield(_discard(app, job.id, upload))
     record = access_record(request)
     record.count = splitter.records
     try:

@@ -35,6 +35,11 @@ class LogStore(Protocol):
 _Item = tuple[dict[str, Any], asyncio.Future[int | None]]
 
 
+def _expired(done: asyncio.Future[int | None]) -> bool:
+    """The wait ran out before the writer took the event (a cancelled wait still commits its event)."""
+    return done.done() and not done.cancelled() and done.exception() is not None
+
+
 class DurableAccessLog:
     def __init__(self, store: LogStore, metrics: Metrics, *, max_batch: int = 512,
                  max_queue: int = 10_000, write_timeout_s: float = 5.0, seal_interval_s: float = 60.0,
@@ -89,21 +94,28 @@ class DurableAccessLog:
         """Many events (a bulk job's chunk), durable when this returns. They go to the writer a slice at a
         time and only while the queue is less than half full, so a job never takes the room interactive
         requests need (their `append` refuses a full queue); the writer batches slices from several
-        chunks as it batches concurrent requests."""
-        if self._closed or not self._tasks:
-            raise AccessLogUnavailable("the access log is not running")
+        chunks as it batches concurrent requests. An event whose wait ran out is never written later."""
         loop = asyncio.get_running_loop()
         seqs: list[int | None] = []
         room = max(1, self._queue.maxsize // 2)
-        for start in range(0, len(records), self._max_batch):
-            while self._queue.qsize() >= room:
+        start = 0
+        while start < len(records):
+            if self._closed or not self._tasks or self._tasks[0].done():
+                raise AccessLogUnavailable("the access log is not running")
+            if self._queue.qsize() >= room:
                 self._room.clear()
-                await self._room.wait()  # set by the writer as it takes batches off the queue
+                try:  # set by the writer as it takes batches off the queue
+                    await asyncio.wait_for(self._room.wait(), self._write_timeout_s)
+                except TimeoutError:
+                    raise AccessLogUnavailable("the access log is not taking events") from None
+                continue
+            size = min(self._max_batch, room - self._queue.qsize())
             waits: list[asyncio.Future[int | None]] = []
-            for record in records[start:start + self._max_batch]:
+            for record in records[start:start + size]:
                 done: asyncio.Future[int | None] = loop.create_future()
                 self._queue.put_nowait((record.event(), done))
                 waits.append(done)
+            start += size
             deadline = loop.call_later(self._write_timeout_s, self._expire_all, waits)
             try:
                 seqs += await asyncio.gather(*waits)
@@ -128,7 +140,7 @@ class DurableAccessLog:
             while True:
                 if item is None:
                     stopping = True
-                else:
+                elif not _expired(item[1]):  # its caller was told it failed: it is not written later
                     batch.append(item)
                 if stopping or len(batch) >= self._max_batch or self._queue.empty():
                     break

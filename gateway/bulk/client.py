@@ -62,9 +62,10 @@ class JobsClient:
     def close(self) -> None:
         self.http.close()
 
-    def _send(self, method: str, url: str, *, retry: bool = True, **kwargs: Any) -> httpx.Response:
+    def _send(self, method: str, url: str, *, retry: bool = True, headers: dict[str, str] | None = None,
+              **kwargs: Any) -> httpx.Response:
         for attempt in range(2 if retry else 1):
-            response = self.http.request(method, url, headers={**kwargs.pop("headers", {}),
+            response = self.http.request(method, url, headers={**(headers or {}),
                                                                "Authorization": f"Bearer {self._token}"}, **kwargs)
             if response.status_code != 401 or attempt or not retry:
                 return response

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -115,35 +116,42 @@ class Upload:
         self.partial = directory / f"upload-{token}"
         self.name = f"input-{token}"
         self._fd: int | None = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._kept = False
+        # Writes run in worker threads: a discard (a cancelled request) waits for the write in flight,
+        # so the descriptor is never closed under it.
+        self._lock = threading.Lock()
 
     def write(self, data: bytes) -> None:
-        assert self._fd is not None
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
+        with self._lock:
+            if self._fd is None:
+                raise FileNotFoundError(self.partial)  # discarded meanwhile
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
 
     def keep(self) -> str:
         """Synced and renamed into place; its name, which the job records."""
-        assert self._fd is not None
-        fd, self._fd = self._fd, None
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(self.partial, self.directory / self.name)
-        self._kept = True
+        with self._lock:
+            if self._fd is None:
+                raise FileNotFoundError(self.partial)
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self.partial, self.directory / self.name)
         fsync_dir(self.directory)
         return self.name
 
-    def discard(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        for path in (self.partial, self.directory / self.name):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+    def discard(self, keep_input: bool = False) -> None:
+        """Nothing of the upload left (`keep_input`: the input it became, if the job took it, stays)."""
+        with self._lock:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            for path in (self.partial, *(() if keep_input else (self.directory / self.name,))):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
 
 def ensure_private_dir(directory: Path) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 
 OPERATION = "verify.bulk"
 ABANDONED_S = 86400.0  # a job with no accepted input this long after its creation fails
-MAX_ATTEMPTS = 10  # a chunk failing this often fails its job (its input is not kept for ever)
+MAX_FAILURES = 20  # a chunk failing this often (about an hour of backoff) fails its job
 _LANES = 32  # records of a chunk in flight at once (remote connectors answer in parallel)
 
 
@@ -95,14 +96,15 @@ class ChunkRunner:
 
     async def run(self, job_id: str, n: int) -> bool:
         """Run the chunk if it can be taken; whether it was finished here."""
-        leased = await self.store.lease(job_id, n, self.owner, self.lease_s)
+        owner = f"{self.owner}/{uuid.uuid4().hex[:12]}"  # each attempt holds its own lease, even in one process
+        leased = await self.store.lease(job_id, n, owner, self.lease_s)
         if leased is None:
             return False
         lost = asyncio.Event()
         attempt = _Attempt()
-        keeper = asyncio.create_task(self._keep(job_id, n, lost), name=f"bulk-lease-{job_id}-{n}")
+        keeper = asyncio.create_task(self._keep(job_id, n, owner, lost), name=f"bulk-lease-{job_id}-{n}")
         try:
-            await self._run(leased, lost, attempt)
+            await self._run(leased, owner, lost, attempt)
         except JobRefused as exc:
             log.warning("bulk job %s stops: %s", job_id, exc)
             await self.store.fail(job_id, str(exc))
@@ -110,38 +112,36 @@ class ChunkRunner:
             return False
         except _LeaseLost:
             if not attempt.appending:
-                await self.store.release(job_id, n, self.owner)  # a cancelled job's chunk: dropped
+                await self.store.release(job_id, n, owner)  # a cancelled job's chunk: dropped
             return False
         except asyncio.CancelledError:  # shutting down: the chunk goes back now rather than when its lease ends
             if not attempt.appending:
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self.store.release(job_id, n, self.owner))
+                    await asyncio.shield(self.store.release(job_id, n, owner))
             raise
         except Exception as exc:
-            # A backend or the log unavailable: the chunk is tried again later, a few times. Once its events
-            # were handed to the log, what became of them is known only when the writer has settled them,
-            # so the chunk is then left to its lease (far longer than a write's timeout) rather than given
-            # back: whoever takes it over reads the log after those events landed or failed.
-            retry_in_s = min(2.0 ** leased.attempts, 300.0)
-            log.warning("bulk job %s chunk %d failed (attempt %d): %s", job_id, n, leased.attempts, exc)
-            if not attempt.appending:
-                await self.store.release(job_id, n, self.owner, retry_in_s)
-            if leased.attempts >= MAX_ATTEMPTS:
-                await self.store.fail(job_id, f"chunk {n} failed {leased.attempts} times; the last: {exc}")
+            # A backend or the log unavailable: the chunk is tried again later. Once its events were handed
+            # to the log, what became of them is settled within the write's timeout (an event whose wait
+            # ran out is never written later), so the chunk is then left to its lease (at least four
+            # timeouts) rather than given back: whoever takes it over reads a settled log.
+            log.warning("bulk job %s chunk %d failed (failure %d): %s", job_id, n, leased.failures + 1, exc)
+            failures = await self.store.failed(job_id, n, owner, release_in_s=None if attempt.appending else
+                                               min(2.0 ** (leased.failures + 1), 300.0))
+            if failures >= MAX_FAILURES:
+                await self.store.fail(job_id, f"chunk {n} failed {failures} times; the last: {exc}")
                 self.files.delete_input(job_id)
             return False
         finally:
             keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await asyncio.gather(keeper, return_exceptions=True)  # a cancel of this task still propagates
         self.ran += 1
         return True
 
-    async def _keep(self, job_id: str, n: int, lost: asyncio.Event) -> None:
+    async def _keep(self, job_id: str, n: int, owner: str, lost: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(self.lease_s / 3)
             try:
-                held = await self.store.renew(job_id, n, self.owner, self.lease_s)
+                held = await self.store.renew(job_id, n, owner, self.lease_s)
             except Exception as exc:
                 log.warning("bulk lease renewal failed: %s", exc)
                 continue
@@ -171,7 +171,7 @@ class ChunkRunner:
             self._headers[job_id] = header
         return header
 
-    async def _run(self, leased: LeasedChunk, lost: asyncio.Event, attempt: _Attempt) -> None:
+    async def _run(self, leased: LeasedChunk, owner: str, lost: asyncio.Event, attempt: _Attempt) -> None:
         job, chunk, spec = leased.job, leased.chunk, leased.job.spec
         policy = self._policy(leased)
         try:
@@ -190,14 +190,14 @@ class ChunkRunner:
         outcomes = await self._verify_all(leased, policy, lines, header)
         _check(lost)
 
-        if not await self.store.renew(job.id, chunk.n, self.owner, self.lease_s):
+        if not await self.store.renew(job.id, chunk.n, owner, self.lease_s):
             raise _LeaseLost  # cancelled (or taken over) while verifying: nothing logged, nothing answered
         already = await asyncio.to_thread(self._logged_before, leased)
         if already:
             log.info("bulk job %s chunk %d taken over: %d of its %d events were already logged", job.id, chunk.n,
                      len(already), len(outcomes))
         position = self.log_position()
-        if position is not None and not await self.store.logging_at(leased, self.owner, *position):
+        if position is not None and not await self.store.logging_at(leased, owner, *position):
             raise _LeaseLost
         _check(lost)
         missing = [o.event for o in outcomes if o.event.id not in already]
@@ -210,7 +210,7 @@ class ChunkRunner:
         errors = [write_error(job.format, o.line, o.ref, o.reason) for o in outcomes if o.reason is not None]
         await asyncio.to_thread(self.files.write_chunk, job.id, chunk.n, results, errors)
         try:
-            ended = await self.store.finish_chunk(job.id, chunk.n, self.owner, len(errors))
+            ended = await self.store.finish_chunk(job.id, chunk.n, owner, len(errors))
         except LookupError:
             raise _LeaseLost from None
         if ended is not None:
@@ -231,12 +231,14 @@ class ChunkRunner:
                 outcomes[i] = await self._verify(leased, policy, lines[i], first + i, header, needed)
                 await asyncio.sleep(0)
 
+        tasks = [asyncio.create_task(lane(start)) for start in range(min(_LANES, len(lines)))]
         try:
-            async with asyncio.TaskGroup() as lanes:  # one lane failing stops the others
-                for start in range(min(_LANES, len(lines))):
-                    lanes.create_task(lane(start))
-        except BaseExceptionGroup as failed:
-            raise failed.exceptions[0] from None
+            await asyncio.gather(*tasks)
+        except BaseException:  # a lane failed, or this task is cancelled: no lane outlives the chunk
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return [o for o in outcomes if o is not None]
 
     def _event(self, leased: LeasedChunk, policy: PurposePolicy, line: int) -> AccessRecord:
@@ -381,13 +383,12 @@ class LocalChunkQueue:
         await _stop(self._tasks)
 
 
-async def _stop(tasks: list[asyncio.Task[Any]]) -> None:
-    """Cancel the tasks and wait for each to end (emptying the list)."""
+async def _stop(tasks: list[asyncio.Task[Any]], within_s: float = 10.0) -> None:
+    """Cancel the tasks and wait, a bounded time, for them to end (emptying the list)."""
     for task in tasks:
         task.cancel()
-    for task in list(tasks):
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    if tasks:
+        await asyncio.wait(list(tasks), timeout=within_s)
     tasks.clear()
 
 
@@ -404,14 +405,15 @@ class Retention:
     async def sweep(self) -> None:
         now = time.time()
         for job_id in await self.store.ended_since(self.files.identity, self._since):
-            self.files.delete_input(job_id)
+            await asyncio.to_thread(self.files.delete_input, job_id)
         self._since = now - 3600  # jobs that ended while this process was away are swept at its first pass
         for job_id in await self.store.expired(self.files.identity, now):
-            self.files.delete(job_id)
+            await asyncio.to_thread(self.files.delete, job_id)
             await self.store.forget(job_id)
         for job_id in await self.store.abandoned(now - ABANDONED_S):
             await self.store.fail(job_id, "no input was uploaded within a day")
-        self.files.sweep_uploads(older_than=now - ABANDONED_S)  # uploads cut off by a killed process
+        # Uploads cut off by a killed process.
+        await asyncio.to_thread(self.files.sweep_uploads, now - ABANDONED_S)
 
     def start(self) -> None:
         async def loop() -> None:

@@ -76,6 +76,7 @@ class LeasedChunk:
     job: Job
     chunk: Chunk
     attempts: int
+    failures: int
     log_positions: list[tuple[str, int]]  # where earlier attempts appended this chunk's events: (origin, from seq)
 
 
@@ -240,7 +241,7 @@ class JobStore:
         job = await self.get(job_id)
         assert job is not None
         positions = [(str(o), int(s)) for o, s in orjson.loads(row["log_positions"] or "[]")]
-        return LeasedChunk(job, _chunk(row), row["attempts"], positions)
+        return LeasedChunk(job, _chunk(row), row["attempts"], row["failures"], positions)
 
     async def renew(self, job_id: str, n: int, owner: str, lease_s: float) -> bool:
         """Still holding the chunk (and its job still live): the lease runs on."""
@@ -273,6 +274,22 @@ class JobStore:
                 verification_chunks.c.lease_owner == owner, verification_chunks.c.state == "leased",
             ).values(state="dropped" if status in FINAL else "pending", lease_owner=None,
                      lease_until=time.time() + retry_in_s if retry_in_s else None))
+
+    async def failed(self, job_id: str, n: int, owner: str, release_in_s: float | None) -> int:
+        """One more failure of the chunk; given back to be retried in `release_in_s`, or (None) left to its
+        lease. The chunk's failures so far."""
+        async with self.engine.execution_options(**WRITER).begin() as connection:
+            status = await _lock_job(connection, job_id)
+            values: dict[str, Any] = {"failures": verification_chunks.c.failures + 1}
+            if release_in_s is not None:
+                values.update(state="dropped" if status in FINAL else "pending", lease_owner=None,
+                              lease_until=time.time() + release_in_s)
+            await connection.execute(update(verification_chunks).where(
+                verification_chunks.c.job_id == job_id, verification_chunks.c.n == n,
+                verification_chunks.c.lease_owner == owner, verification_chunks.c.state == "leased",
+            ).values(**values))
+            return int((await connection.execute(select(verification_chunks.c.failures).where(
+                verification_chunks.c.job_id == job_id, verification_chunks.c.n == n))).scalar() or 0)
 
     async def finish_chunk(self, job_id: str, n: int, owner: str, errors: int) -> Job | None:
         """The chunk is done (its results are on disk, its events durable). Returns the job when this was
@@ -361,6 +378,7 @@ class JobStore:
     async def forget(self, job_id: str) -> None:
         """A job past its retention: its chunk rows go; the job row stays, so its id still answers."""
         async with self.engine.execution_options(**WRITER).begin() as connection:
+            await _lock_job(connection, job_id)
             await connection.execute(delete(verification_chunks).where(verification_chunks.c.job_id == job_id))
             await connection.execute(update(verification_jobs).where(verification_jobs.c.id == job_id).values(
                 expires_at=None, reason="results deleted after their retention"))

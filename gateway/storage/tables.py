@@ -185,6 +185,7 @@ verification_chunks = Table(
     Column("lease_owner", Text),
     Column("lease_until", Float),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("failures", Integer, nullable=False, server_default="0"),  # attempts that failed (not taken over)
     Column("log_positions", Text),  # JSON [[origin, seq], ...]: each attempt's log and where it began
     Column("errors", Integer),
     Column("done_at", Float),

@@ -378,7 +378,7 @@ def open_realm(tmp_path_factory: pytest.TempPathFactory) -> Realm:
 
 def test_a_worker_killed_mid_job_resumes_with_one_result_and_one_event_per_record(open_realm: Realm) -> None:
     logs = open_realm.data_dir.parent
-    env = {"GATEWAY_BULK_LEASE_S": "2", "GATEWAY_BULK_CHUNK_RECORDS": "500"}
+    env = {"GATEWAY_BULK_LEASE_S": "2", "GATEWAY_DATABASE_TIMEOUT_S": "0.5", "GATEWAY_BULK_CHUNK_RECORDS": "500"}
     first = serve(open_realm, logs / "first.log", **env)
     total = 40_000
     try:

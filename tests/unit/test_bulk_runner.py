@@ -25,7 +25,7 @@ from gateway.audit.segments import SegmentReader
 from gateway.audit.writer import DurableAccessLog
 from gateway.bulk.files import JobFiles
 from gateway.bulk.records import JobSpec, event_id
-from gateway.bulk.runner import ChunkRunner, Retention
+from gateway.bulk.runner import MAX_FAILURES, ChunkRunner, Retention
 from gateway.bulk.store import JobStore
 from gateway.bulk.upload import InputSplitter
 from gateway.identity.decide import Predicate
@@ -205,12 +205,13 @@ async def test_a_job_never_uploaded_fails_after_a_day_and_a_dead_upload_is_swept
 async def test_a_chunk_that_keeps_failing_fails_its_job(setup: Setup) -> None:
     job_id = await setup.job()
     runner = setup.runner("w", Flaky(setup.log, 0), lease_s=0.05)  # the log refuses every event
-    for attempt in range(1, 11):
+    for attempt in range(1, MAX_FAILURES + 1):
         await asyncio.sleep(0.06)  # its lease runs out (its events' fate was the writer's)
         assert await runner.run(job_id, 0) is False
         job = await setup.jobs.get(job_id)
-        assert job is not None and job.status == ("failed" if attempt == 10 else "running"), attempt
-    assert "failed 10 times" in (job.reason or "") and not list(setup.files.directory(job_id).glob("input*"))
+        assert job is not None and job.status == ("failed" if attempt == MAX_FAILURES else "running"), attempt
+    assert f"failed {MAX_FAILURES} times" in (job.reason or "")
+    assert not list(setup.files.directory(job_id).glob("input*"))
 
 
 class DownRegister:

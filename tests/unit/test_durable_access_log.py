@@ -95,3 +95,18 @@ async def test_a_bulk_append_never_takes_the_room_requests_need() -> None:
     await asyncio.gather(*requests)
     assert len(seqs) == 200 and len(store.committed) == 215
     await log.close()
+
+
+async def test_an_event_whose_wait_ran_out_is_never_written_later() -> None:
+    store = HeldStore()
+    log = DurableAccessLog(store, Metrics(), write_timeout_s=0.2, seal_interval_s=3600)  # type: ignore[arg-type]
+    await log.start()
+    first = asyncio.create_task(log.append(record(1)))  # taken by the writer at once, then stuck in the store
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(log.append(record(2)))  # waits in the queue behind it
+    for waiting in (first, second):
+        with pytest.raises(AccessLogUnavailable):
+            await waiting
+    store.gate.set()
+    await log.close()
+    assert [e["subject_hash"] for e in store.committed] == [f"{1:064x}"]  # the one already being written

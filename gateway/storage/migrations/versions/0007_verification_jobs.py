@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("lease_owner", sa.Text),
         sa.Column("lease_until", sa.Float),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
         sa.Column("log_positions", sa.Text),
         sa.Column("errors", sa.Integer),
         sa.Column("done_at", sa.Float),
