@@ -155,9 +155,9 @@ async def create_job(
     if body.records is not None and body.records > app.settings.bulk_max_records:
         raise _invalid("/records", f"at most {app.settings.bulk_max_records} records per job")
     today = datetime.now(UTC).date()
+    # The job's one evaluation date; a predicate's own `as_of` still overrides it (decide.evaluate).
     spec = JobSpec(body.purpose, tuple(body.claims),
-                   tuple(Predicate(p.name, p.value, p.as_of or body.as_of) for p in body.predicates),
-                   body.as_of or today)
+                   tuple(Predicate(p.name, p.value, p.as_of) for p in body.predicates), body.as_of or today)
     try:
         job, _ = await app.jobs.create(job_id=str(uuid.uuid4()), administration=caller.administration,
                                        client_id=caller.client_id, idempotency_key=key, request_hash=request_hash,

@@ -94,14 +94,14 @@ class Setup:
                            log_position=lambda: (ORIGIN, self.segments.next_seq), log_root=self.log_root,
                            owner=owner, lease_s=lease_s)
 
-    async def job(self) -> str:
-        job, _ = await self.jobs.create(job_id="00000000-0000-4000-8000-000000000001", administration="electoral",
-                                        client_id="ceni-app", idempotency_key="k", request_hash="h", spec=SPEC,
-                                        fmt="csv", declared_records=None)
+    async def job(self, spec: JobSpec = SPEC, key: str = "k") -> str:
+        job, _ = await self.jobs.create(job_id=f"00000000-0000-4000-8000-{key.encode().hex():0>12}",
+                                        administration="electoral", client_id="ceni-app", idempotency_key=key,
+                                        request_hash="h", spec=spec, fmt="csv", declared_records=None)
         body = b"ref,nin,family_name\n" + b"".join(
             b"r%d,%s,%s\n" % (i, PEOPLE[i]["nin"].encode(), PEOPLE[i]["family_name"].encode())
             for i in range(RECORDS))
-        splitter = InputSplitter("csv", SPEC, 1000, 1000)
+        splitter = InputSplitter("csv", spec, 1000, 1000)
         splitter.feed(body)
         chunks = splitter.finish()
         upload = self.files.start_upload(job.id)
@@ -230,3 +230,22 @@ async def test_a_backend_down_gives_the_chunk_back_to_be_retried_later_with_noth
     assert await setup.jobs.takeable(setup.files.identity) == [(job_id, 0)]
     runner.identity = setup.register
     assert await runner.run(job_id, 0) is True and len(setup.logged(job_id)) == RECORDS
+
+
+async def test_every_record_is_judged_as_of_the_jobs_one_date(setup: Setup) -> None:
+    (setup.tmp / "policies" / "electoral.yaml").write_text(yaml.safe_dump({
+        "id": "electoral", "name": "CENI", "purposes": {"roll_revision": {
+            "legal_basis": "Loi électorale", "consent": "not_required", "operations": ["verify"],
+            "claims": ["family_name"], "predicates": ["alive", "age_at_least"]}}}))
+    setup.policies.replace(load_policies(setup.tmp / "policies"))
+    adults: dict[str, list[str]] = {}
+    for key, today in (("old", date(1800, 1, 1)), ("new", date(2200, 1, 1))):
+        spec = JobSpec("roll_revision", ("family_name",), (Predicate("age_at_least", 18, None),), today)
+        job_id = await setup.job(spec, key)
+        assert await setup.runner("w", setup.log).run(job_id, 0) is True
+        chunks = await setup.jobs.done_chunks(job_id)
+        text = b"".join([piece async for piece in setup.files.stream(job_id, "results", chunks, b"")]).decode()
+        adults[key] = [line.split(",")[3] for line in text.splitlines()]
+    dated = [i for i in range(RECORDS) if PEOPLE[i].get("birth_date")]
+    assert dated and all(adults["old"][i] == "false" for i in dated)  # nobody is 18 in 1800
+    assert all(adults["new"][i] == "true" for i in dated)  # everybody is in 2200
