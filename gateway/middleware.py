@@ -242,8 +242,10 @@ class AccessMiddleware:
                 response_started = True
             await send_wrapper(message)
 
-        limit = self._body_limit(scope)
+        limit = self.max_body_bytes
         content_length = _content_length(scope)
+        if content_length is not None and content_length > limit:
+            limit = self._body_limit(scope)  # only a body past the usual limit asks whether its path takes more
         if content_length is not None and content_length > limit:
             record.reason = "invalid_request"
             await send_problem(send_tracking, Problem(
@@ -254,11 +256,11 @@ class AccessMiddleware:
         received = 0
 
         async def receive_limited() -> Message:
-            nonlocal received
+            nonlocal received, limit
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                if received > limit and (limit := self._body_limit(scope)) < received:
                     raise BodyTooLarge(limit)
             return message
 
@@ -273,11 +275,12 @@ class AccessMiddleware:
                                record.id, self.problem_base)
 
     def _body_limit(self, scope: Scope) -> int:
-        if self.body_limits:
-            path = route_path(scope)
-            for pattern, limit in self.body_limits:
-                if pattern.match(path):
-                    return limit
+        """The limit of this request's path: asked only of a body past `max_body_bytes`, so the common
+        request pays nothing for the few paths (uploads) that take more."""
+        path = route_path(scope)
+        for pattern, limit in self.body_limits:
+            if pattern.match(path):
+                return limit
         return self.max_body_bytes
 
     async def _append(self, record: AccessRecord) -> bool:
