@@ -87,6 +87,12 @@ class Problem(Exception):
         self.extra = extra or {}
 
 
+def invalid_at(pointer: str, detail: str, status: int | None = None) -> Problem:
+    """`invalid_request` naming where the fault is (a JSON pointer, or `/headers/<name>`) and why."""
+    return Problem("invalid_request", detail, status=status,
+                   extra={"errors": [{"pointer": pointer, "detail": detail}]})
+
+
 def problem_document(problem: Problem, transaction_id: str | None, type_base: str) -> dict[str, Any]:
     kind = CATALOGUE[problem.code]
     doc: dict[str, Any] = {

@@ -15,7 +15,7 @@ from gateway.api.responses import FastJSONResponse
 from gateway.audit.record import rfc3339
 from gateway.auth.bearer import Caller
 from gateway.consent.store import Consent, now_text
-from gateway.errors import Problem
+from gateway.errors import Problem, invalid_at
 from gateway.identity.pseudonyms import reference_names_person
 from gateway.policy.catalogue import predicate_reads
 from gateway.policy.model import Attribute, Operation
@@ -51,10 +51,6 @@ class ConsentRequest(BaseModel):
         return self
 
 
-def _invalid(pointer: str, detail: str) -> Problem:
-    return Problem("invalid_request", detail, extra={"errors": [{"pointer": pointer, "detail": detail}]})
-
-
 def _answer(request: Request, consent: Consent, status: int = 200) -> FastJSONResponse:
     return FastJSONResponse({"transaction_id": access_record(request).id, **consent.public(now_text())},
                             status_code=status)
@@ -75,10 +71,10 @@ async def create_consent(
         raise Problem("operation_not_permitted", "a channel cannot record consent for its own administration")
     grantee = app.policies.current.administrations.get(body.grantee)
     if grantee is None:
-        raise _invalid("/grantee", "no such administration")
+        raise invalid_at("/grantee", "no such administration")
     purpose = grantee.purposes.get(body.purpose)
     if purpose is None or purpose.consent != "required":
-        raise _invalid("/purpose", "the grantee has no consent-based purpose by this name")
+        raise invalid_at("/purpose", "the grantee has no consent-based purpose by this name")
     record.purpose = body.purpose  # a purpose of the grantee's own policy: never a made-up one
     # Within what the purpose may touch: released attributes, claims, and what its predicates read.
     outside = sorted(set(body.attributes) - set(purpose.attributes) - set(purpose.claims)
@@ -91,9 +87,9 @@ async def create_consent(
         raise Problem("operation_not_permitted", f"the purpose does not allow {', '.join(operations)}")
     now = datetime.now(UTC)
     if body.expires_at <= now:
-        raise _invalid("/expires_at", "must be in the future")
+        raise invalid_at("/expires_at", "must be in the future")
     if body.expires_at > now + timedelta(days=purpose.max_consent_days):
-        raise _invalid("/expires_at", f"at most {purpose.max_consent_days} days ahead for this purpose")
+        raise invalid_at("/expires_at", f"at most {purpose.max_consent_days} days ahead for this purpose")
     consent = await app.consents.create(
         subject_hash=record.subject_hash, grantee=body.grantee, purpose=body.purpose, attributes=body.attributes,
         operations=body.operations, issued_by=caller.administration, issued_by_client=caller.client_id,

@@ -27,7 +27,7 @@ from gateway.bulk.files import Upload
 from gateway.bulk.records import JobSpec, errors_header, results_header
 from gateway.bulk.store import IdempotencyConflict, Job, NotAwaitingInput, QuotaExceeded
 from gateway.bulk.upload import InputSplitter, UploadRefused
-from gateway.errors import Problem
+from gateway.errors import Problem, invalid_at
 from gateway.identity.decide import Predicate
 from gateway.policy.enforce import authorise
 from gateway.policy.model import AdministrationPolicy, Claim
@@ -66,10 +66,6 @@ class JobRequest(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError("a predicate is listed twice (each is one column of the results)")
         return predicates
-
-
-def _invalid(pointer: str, detail: str, status: int | None = None) -> Problem:
-    return Problem("invalid_request", detail, status=status, extra={"errors": [{"pointer": pointer, "detail": detail}]})
 
 
 def _input_url(job_id: str) -> str:
@@ -146,14 +142,14 @@ async def create_job(
         raise Problem("consent_required", "a bulk job runs under a purpose whose legal basis allows the "
                       "processing; a consent-based purpose needs each person's consent, one verification at a time")
     if not body.claims and not body.predicates:
-        raise _invalid("/claims", "send at least one of claims, predicates")
+        raise invalid_at("/claims", "send at least one of claims, predicates")
     limit = administration.bulk_records_per_day if administration is not None else None
     left = await app.jobs.bulk_left(caller.administration, limit)
     if body.records is not None and left is not None and body.records > left:
         raise Problem("rate_limited", f"{body.records} records declared; {left} bulk records left today",
                       headers={"Retry-After": str(_seconds_to_midnight())})
     if body.records is not None and body.records > app.settings.bulk_max_records:
-        raise _invalid("/records", f"at most {app.settings.bulk_max_records} records per job")
+        raise invalid_at("/records", f"at most {app.settings.bulk_max_records} records per job")
     today = datetime.now(UTC).date()
     # The job's one evaluation date; a predicate's own `as_of` still overrides it (decide.evaluate).
     spec = JobSpec(body.purpose, tuple(body.claims),
@@ -196,9 +192,9 @@ def _content_digest(header: str | None) -> str | None:
             except ValueError:
                 digest = b""
             if not (value.startswith(":") and value.endswith(":")) or len(digest) != 32:
-                raise _invalid("/headers/Content-Digest", "sha-256 must be 32 bytes in base64 between colons")
+                raise invalid_at("/headers/Content-Digest", "sha-256 must be 32 bytes in base64 between colons")
             return digest.hex()
-    raise _invalid("/headers/Content-Digest", "only sha-256 is accepted")
+    raise invalid_at("/headers/Content-Digest", "only sha-256 is accepted")
 
 
 @router.put("/v1/verification-jobs/{job_id}/input", name="verify.bulk.upload", status_code=202,
@@ -231,7 +227,7 @@ async def upload_input(
                 continue
             splitter.feed(piece)
             if splitter.received > settings.bulk_max_upload_bytes:
-                raise _invalid("/body", f"the input exceeds {settings.bulk_max_upload_bytes} bytes", 413)
+                raise invalid_at("/body", f"the input exceeds {settings.bulk_max_upload_bytes} bytes", 413)
             pending.append(piece)
             size += len(piece)
             if size >= _WRITE_BYTES:
@@ -241,14 +237,14 @@ async def upload_input(
             await asyncio.to_thread(upload.write, b"".join(pending))
         chunks = splitter.finish()
         if wanted_sha is not None and wanted_sha != splitter.sha256:
-            raise _invalid("/headers/Content-Digest", "the body's SHA-256 differs from Content-Digest")
+            raise invalid_at("/headers/Content-Digest", "the body's SHA-256 differs from Content-Digest")
         input_file = await asyncio.to_thread(upload.keep)
         await app.jobs.accept_input(job, total=splitter.records, sha256=splitter.sha256, input_file=input_file,
                                     jobs_dir=app.job_files.identity, chunks=chunks, daily_limit=limit_per_day)
         accepted = True
     except UploadRefused as exc:
         too_many = str(exc).startswith("more than")
-        raise _invalid("/body", str(exc), 413 if too_many and limit == settings.bulk_max_records else None
+        raise invalid_at("/body", str(exc), 413 if too_many and limit == settings.bulk_max_records else None
                        ) from None
     except QuotaExceeded as exc:
         raise Problem("rate_limited", f"{splitter.records} records uploaded; {exc.left} bulk records left today",
@@ -299,7 +295,7 @@ async def _output(request: Request, caller: Caller, job_id: str, kind: str) -> S
         raise Problem("conflict", f"the job is {job.status}: its {kind} are ready when it ends",
                       headers={"Retry-After": "5"})
     chunks = await app.jobs.done_chunks(job.id)
-    if job.expires_at is None or not app.job_files.has_results(job.id, chunks):
+    if job.expires_at is None or not await asyncio.to_thread(app.job_files.has_results, job.id, chunks):
         raise Problem("not_found", f"the job's {kind} were deleted after their retention")
     header = results_header(job.format, job.spec) if kind == "results" else errors_header(job.format)
     return StreamingResponse(app.job_files.stream(job.id, kind, chunks, header), media_type=MEDIA[job.format],
