@@ -22,6 +22,17 @@ class StandIn(dict[str, Any]):
     never released and never matched as the person asked."""
 
 
+def unusable(person: Mapping[str, Any] | None) -> str | None:
+    """Why a connector's answer is no usable record of the person asked (`subject_not_found`: nobody or a
+    stand-in; `subject_suspended`), or None when it is. Unknown and suspended answer alike; the access log
+    keeps which."""
+    if person is None or isinstance(person, StandIn):
+        return "subject_not_found"
+    if person.get("record_status") == "suspended":
+        return "subject_suspended"
+    return None
+
+
 class PersonRecord(BaseModel):
     """One person as a backend reports them; every connector's answer is checked against this."""
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from connectors.base import StandIn, TraceContext
+from connectors.base import TraceContext, unusable
 from gateway.api.deps import access_record, protected
 from gateway.api.fields import Nin
 from gateway.api.responses import FastJSONResponse
@@ -125,13 +125,8 @@ async def _person(app: Services, record: AccessRecord, nin: str, attributes: fro
     whether it is a usable record of this person. Unknown and suspended answer alike; the access log
     keeps which."""
     person = await app.identity.fetch(nin, attributes, TraceContext(record.trace_id or "0" * 32))
-    if person is None or isinstance(person, StandIn):
-        record.outcome = "subject_not_found"
-        return person, False
-    if person.get("record_status") == "suspended":
-        record.outcome = "subject_suspended"
-        return person, False
-    return person, True
+    record.outcome = unusable(person)
+    return person, record.outcome is None
 
 
 @router.post("/v1/verify", name="verify", summary="Verify claims and predicates about a person")

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from connectors.base import StandIn, TraceContext
+from connectors.base import TraceContext, unusable
 from gateway.audit.log import AccessLog
 from gateway.audit.origin import log_directory
 from gateway.audit.record import AccessRecord
@@ -265,13 +265,9 @@ class ChunkRunner:
     async def _answer(self, record: Record, spec: JobSpec, policy: PurposePolicy, needed: frozenset[str],
                       event: AccessRecord) -> dict[str, Any]:
         person = await self.identity.fetch(record.nin, needed, TraceContext(event.id.replace("-", "")))
-        usable = person is not None and not isinstance(person, StandIn)
-        if not usable:
-            event.outcome = "subject_not_found"
-        elif person.get("record_status") == "suspended":
-            event.outcome, usable = "subject_suspended", False
+        event.outcome = unusable(person)
         # As /v1/verify: an unknown or suspended person's stand-in is judged and masked, never answered.
-        return decide.verify(person if usable else None, record.claims, list(spec.predicates), today=spec.today,
+        return decide.verify(None if event.outcome else person, record.claims, list(spec.predicates), today=spec.today,
                              threshold=policy.fuzzy_threshold, claim_details=False, stand_in=person)
 
     def _logged_before(self, leased: LeasedChunk) -> set[str]:
