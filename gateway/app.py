@@ -18,9 +18,10 @@ from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from connectors.embedded import EmbeddedRegister
 from connectors.router import ConnectorRouter, build_connectors, load_connectors_file
 from gateway import __version__
-from gateway.api import audit, consents, identity, jobs, oauth, ops, problems, transparency
+from gateway.api import audit, consents, events, identity, jobs, oauth, ops, problems, transparency
 from gateway.api.routes import add_routes
 from gateway.audit.chain import CheckpointSigner
 from gateway.audit.index import (
@@ -59,6 +60,9 @@ from gateway.bulk.runner import ChunkQueue, ChunkRunner, LocalChunkQueue, Retent
 from gateway.bulk.store import JobStore
 from gateway.consent.store import ConsentStore
 from gateway.datadir import secure_data_dir
+from gateway.events.delivery import Deliveries, DeliveryStore, PushSettings, WebhookSigner
+from gateway.events.feed import EventFeed
+from gateway.events.register import RegisterWriter, subscribers
 from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
 from gateway.keyfiles import load_or_create_ed25519, load_or_create_secret
 from gateway.middleware import AccessMiddleware
@@ -263,7 +267,8 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         raise ConfigurationError(f"GATEWAY_CONNECTORS_FILE: {exc}") from None
     provider = tracer_provider()
     tracer = tracer_for(provider)
-    router = ConnectorRouter(build_connectors(connectors_config, settings.data_dir, http), metrics, tracer)
+    connectors = build_connectors(connectors_config, settings.data_dir, http)
+    router = ConnectorRouter(connectors, metrics, tracer)
 
     async def connectors_ready() -> bool:
         return all((await router.health()).values())
@@ -317,6 +322,28 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         if settings.redis_url else LocalChunkQueue(job_store, job_files.identity, settings.bulk_workers))
     retention = Retention(job_store, job_files)
 
+    # Life events: declarations write the embedded register that holds the records' status; without one
+    # (a remote register) the feeds are read from the register file all the same, and stay empty.
+    register_path = next((c.path for c in connectors if isinstance(c, EmbeddedRegister)
+                          and "record_status" in c.attributes), settings.data_dir / "register.db")
+    has_register = any(isinstance(c, EmbeddedRegister) and "record_status" in c.attributes for c in connectors)
+    subject_refs = SubjectRefs(load_or_create_secret(settings.pseudonym_key_path))
+    event_feed = EventFeed(register_path)
+    deliveries = Deliveries(
+        policies, event_feed, DeliveryStore(register_path), access_log,
+        WebhookSigner(load_or_create_ed25519(settings.keys_dir / "events-signing-key.pem")), subjects, subject_refs,
+        source=f"{settings.issuer}/v1/declarations", metrics=metrics,
+        settings=PushSettings(backoff_s=settings.events_backoff, horizon_s=settings.events_retry_horizon_s,
+                              timeout_s=settings.events_push_timeout_s, poll_s=settings.events_poll_s))
+    register_writer = RegisterWriter(register_path, lambda: subscribers(policies), on_commit=deliveries.notify
+                                     ) if has_register else None
+
+    async def events_ready() -> dict[str, object]:
+        # Never "failing": the gateway serves whatever a subscriber does; a backlog or a failing push is degraded.
+        return await deliveries.backlog()
+
+    readiness["events"] = events_ready
+
     app_services = Services(
         settings=settings,
         policies=policies,
@@ -342,7 +369,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         witness_client=witness_client,
         checkpoint_keys={**retired_log_keys(settings.checkpoint_key_path), signer.key_id: signer.public_key},
         subjects=subjects,
-        subject_refs=SubjectRefs(load_or_create_secret(settings.pseudonym_key_path)),
+        subject_refs=subject_refs,
         identity=router,
         consents=ConsentStore(engine),
         tracer=tracer,
@@ -352,6 +379,11 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         jobs=job_store,
         job_files=job_files,
         chunk_queue=chunk_queue,
+        register=register_writer,
+        feed=event_feed,
+        deliveries=deliveries,
+        webhook_signer=deliveries.signer,
+        events_source=deliveries.source,
     )
 
     reloader = PolicyReloader(policies, settings.policies_dir, metrics, settings.policy_reload_interval_s)
@@ -374,6 +406,9 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         reloader.start()
         await chunk_queue.start(chunk_runner.run)
         retention.start()
+        if register_writer is not None:
+            await register_writer.start()
+        await deliveries.start()
         _freeze_startup_objects()
         try:
             yield
@@ -381,6 +416,11 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
             gc.unfreeze()
             await chunk_queue.close()
             await retention.close()
+            await deliveries.close()
+            if register_writer is not None:
+                await register_writer.close()
+            deliveries.store.close()
+            event_feed.close()
             await reloader.stop()
             if scrape is not None:
                 await scrape.close()
@@ -420,7 +460,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     problems.describe(app)
     # The busiest routes first: matching walks the table in order.
     add_routes(app, identity.router, oauth.router, ops.router, consents.router, audit.router, transparency.router,
-               jobs.router)
+               jobs.router, events.router)
     app.mount(ops.DOCS_ASSETS_PATH, StaticFiles(directory=str(ops.DOCS_ASSETS_DIR)), name="docs-assets")
     app.add_middleware(
         AccessMiddleware,

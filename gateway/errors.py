@@ -50,8 +50,12 @@ _CATALOGUE = (
                 "answered as an unknown one."),
     ProblemType("not_found", 404, "Not found", "No such resource, or not visible to this caller."),
     ProblemType("conflict", 409, "Conflict",
-                "Not answerable yet: a receipt asked for before a signed checkpoint covers its event (within 2 s "
-                "of the answer); retry after `Retry-After` seconds."),
+                "An Idempotency-Key used before with another body; or not answerable yet: a receipt asked for "
+                "before a signed checkpoint covers its event (within 2 s of the answer), a job's results before "
+                "it ends; retry after `Retry-After` seconds."),
+    ProblemType("declaration_rejected", 422, "Declaration rejected",
+                "The declaration is well formed but cannot be true of the register (a second death, a death "
+                "before birth, a marriage of a deceased person); `reason` says which. Nothing was changed."),
     ProblemType("subject_not_found", 404, "Subject not found", "No usable record for this person (lookup only)."),
     ProblemType("rate_limited", 429, "Rate limited",
                 "The administration's rate limit is exhausted; retry after `Retry-After` seconds."),

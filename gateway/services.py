@@ -23,6 +23,9 @@ from gateway.bulk.files import JobFiles
 from gateway.bulk.runner import ChunkQueue
 from gateway.bulk.store import JobStore
 from gateway.consent.store import ConsentStore
+from gateway.events.delivery import Deliveries, WebhookSigner
+from gateway.events.feed import EventFeed
+from gateway.events.register import RegisterWriter
 from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
 from gateway.policy.store import PolicyStore
 from gateway.ratelimit.limiter import RateLimits
@@ -54,6 +57,11 @@ class Services:
     jobs: JobStore
     job_files: JobFiles
     chunk_queue: ChunkQueue
+    register: RegisterWriter | None  # declarations: only with the embedded register
+    feed: EventFeed
+    deliveries: Deliveries
+    webhook_signer: WebhookSigner
+    events_source: str  # the CloudEvents `source` of every life event
     readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
     log_views: LogViews | None = None  # proofs and receipts over the local logs
     log_store: SegmentStore | None = None  # this process's own log

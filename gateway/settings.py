@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     bulk_max_upload_bytes: int = Field(4 * 1024**3, ge=1024)
     bulk_lease_s: float = Field(60.0, gt=0)  # a chunk not renewed within this is taken over
     bulk_results_days: float = Field(7.0, gt=0)
+    # Push of life events (CONTRACT §15, docs/life-events.md): the waits between attempts, in seconds
+    # (the last repeats), how long an event is retried before it is set aside, one attempt's timeout.
+    events_retry_backoff_s: str = "5,300,1800,7200,18000,36000,50400,72000,86400"
+    events_retry_horizon_s: float = Field(72 * 3600.0, gt=0)
+    events_push_timeout_s: float = Field(15.0, gt=0, le=120)
+    events_poll_s: float = Field(1.0, gt=0, le=60)
 
     @field_validator("issuer")
     @classmethod
@@ -104,6 +110,17 @@ class Settings(BaseSettings):
     def checkpoint_key_path(self) -> Path:
         return self.checkpoint_key_file or self.keys_dir / "checkpoint-key.pem"
 
+    @field_validator("events_retry_backoff_s")
+    @classmethod
+    def _backoff(cls, value: str) -> str:
+        try:
+            waits = [float(part) for part in value.split(",")]
+        except ValueError:
+            raise ValueError("a comma-separated list of seconds, e.g. 5,300,1800") from None
+        if not waits or len(waits) > 100 or any(not 0 <= w <= 7 * 86400 for w in waits):
+            raise ValueError("1 to 100 waits, each 0 to 604800 seconds")
+        return value
+
     @model_validator(mode="after")
     def _lease_outlives_a_write(self) -> Settings:
         # A chunk taken over must find its earlier events settled: a write is settled within its timeout.
@@ -118,6 +135,10 @@ class Settings(BaseSettings):
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "log"
+
+    @property
+    def events_backoff(self) -> tuple[float, ...]:
+        return tuple(float(part) for part in self.events_retry_backoff_s.split(","))
 
     @property
     def keys_dir(self) -> Path:

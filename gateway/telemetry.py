@@ -143,6 +143,25 @@ class Metrics:
             "1 while the shared rate-limit backend is unreachable and limits are enforced locally.",
             registry=self.registry,
         )
+        self.declarations = Counter(
+            "jamu_declarations_total", "Declarations answered, by type and outcome (accepted, rejected).",
+            ["type", "outcome"], registry=self.registry,
+        )
+        self.events_delivered = Counter(
+            "jamu_events_delivered_total", "Life events pushed and acknowledged, by receiving administration.",
+            ["administration"], registry=self.registry,
+        )
+        self.events_delivery_failures = Counter(
+            "jamu_events_delivery_failures_total", "Failed push attempts, by receiving administration.",
+            ["administration"], registry=self.registry,
+        )
+        self.events_outbox_backlog = Gauge(
+            "jamu_events_outbox_backlog", "Life events committed but not yet pushed to their subscribers.",
+            registry=self.registry,
+        )
+        self.events_subscriptions_failing = Gauge(
+            "jamu_events_subscriptions_failing", "Push subscriptions retrying or disabled.", registry=self.registry,
+        )
         self.ratelimit_backend_errors = Counter(
             "jamu_ratelimit_backend_errors_total",
             "Failed or timed-out calls to the shared rate-limit backend.",

@@ -59,6 +59,11 @@ def predicate_reads(predicates: Iterable[str]) -> set[str]:
 
 OPERATIONS = ("verify", "lookup")
 
+# Declarations the centres make (CONTRACT §15), and the events a subscription may list: each type, its
+# correction and its void.
+DECLARATION_TYPES = ("birth", "death", "marriage", "divorce", "name_change", "displacement")
+LIFE_EVENT_TYPES = tuple(f"{t}{suffix}" for t in DECLARATION_TYPES for suffix in ("", ".corrected", ".voided"))
+
 CLIENT_AUTH_METHODS = ("private_key_jwt", "client_secret_basic")
 
 # Algorithms a client may sign its assertion with, and an external issuer its tokens with.
@@ -71,4 +76,5 @@ EVENT_OPERATIONS = (
     "audit.search", "audit.integrity", "subject.history", "audit.proof", "receipt",
     "verify.bulk", "verify.bulk.create", "verify.bulk.upload", "verify.bulk.status", "verify.bulk.cancel",
     "verify.bulk.results", "verify.bulk.errors",
+    "declaration", "events.read", "events.deliver", "events.keys", "events.subscription", "events.replay",
 )

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from gateway.policy.catalogue import ATTRIBUTES, CLAIMS, CLIENT_AUTH_METHODS, OPERATIONS, PREDICATES, SCOPES
+from gateway.policy.catalogue import (
+    ATTRIBUTES,
+    CLAIMS,
+    CLIENT_AUTH_METHODS,
+    LIFE_EVENT_TYPES,
+    OPERATIONS,
+    PREDICATES,
+    SCOPES,
+)
 
 Scope = Literal[SCOPES]  # type: ignore[valid-type]
 Attribute = Literal[ATTRIBUTES]  # type: ignore[valid-type]
@@ -15,6 +24,7 @@ Claim = Literal[CLAIMS]  # type: ignore[valid-type]
 Predicate = Literal[PREDICATES]  # type: ignore[valid-type]
 Operation = Literal[OPERATIONS]  # type: ignore[valid-type]
 AuthMethod = Literal[CLIENT_AUTH_METHODS]  # type: ignore[valid-type]
+EventType = Literal[LIFE_EVENT_TYPES]  # type: ignore[valid-type]
 
 IDENTIFIER_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
@@ -98,6 +108,39 @@ class PurposePolicy(_Strict):
         return self
 
 
+class SubscriptionPolicy(_Strict):
+    """A feed of life events to this administration (CONTRACT §15): what it hears of, under which of its
+    purposes, and the attributes its payloads may carry beyond `subject_ref` and the record's version."""
+
+    purpose: PurposeName
+    events: list[EventType] = Field(min_length=1)
+    attributes: list[Attribute] = []
+    endpoint: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    endpoint_internal: bool = False
+
+    @field_validator("events", "attributes")
+    @classmethod
+    def _lists_unique(cls, value: list[str]) -> list[str]:
+        return _unique(value, "entry")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password \
+                or parts.fragment or any(c.isspace() for c in value):
+            raise ValueError("endpoint must be an absolute http(s) URL without credentials or fragment")
+        return value
+
+    @model_validator(mode="after")
+    def _https_unless_internal(self) -> SubscriptionPolicy:
+        if self.endpoint is not None and not self.endpoint_internal and not self.endpoint.startswith("https://"):
+            raise ValueError("endpoint must be https (endpoint_internal: true allows http on an internal network)")
+        return self
+
+
 class RateLimitWindow(_Strict):
     name: Identifier
     limit: Annotated[int, Field(ge=1)]
@@ -134,6 +177,8 @@ class AdministrationPolicy(_Strict):
     history_reads_per_day: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
     # Records this administration's bulk jobs may check per UTC day (CONTRACT §16); none: no cap.
     bulk_records_per_day: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
+    # Feeds of life events to this administration (CONTRACT §15), by name.
+    subscriptions: dict[Identifier, SubscriptionPolicy] = {}
 
     @property
     def scopes(self) -> frozenset[str]:
@@ -144,4 +189,12 @@ class AdministrationPolicy(_Strict):
     def _names_unique(self) -> AdministrationPolicy:
         _unique([c.client_id for c in self.clients], "client_id")
         _unique([w.name for w in self.rate_limits], "rate limit")
+        for name, subscription in self.subscriptions.items():
+            purpose = self.purposes.get(subscription.purpose)
+            if purpose is None:
+                raise ValueError(f"subscription {name}: purpose {subscription.purpose!r} is not one of this policy's")
+            if purpose.consent != "not_required":
+                # A feed releases without the person asking: only a legal basis can allow it.
+                raise ValueError(f"subscription {name}: purpose {subscription.purpose!r} needs a legal basis "
+                                 "(consent: not_required): a feed is not released on a person's consent")
         return self
