@@ -366,7 +366,7 @@ class Pusher:
                 url, host = await self.d.settings.resolve(url)
                 headers["host"] = urlsplit(subscription.endpoint or "").netloc
                 extensions["sni_hostname"] = host
-            timestamp = int(self.d.settings.clock())
+            timestamp = int(time.time())  # the attempt's own time, whatever clock schedules retries
             headers["webhook-timestamp"] = str(timestamp)
             headers["webhook-signature"] = self.d.signer.sign(event_id, timestamp, body)
             response = await self.client.post(url, content=body, headers=headers, extensions=extensions)

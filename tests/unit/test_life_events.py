@@ -1,0 +1,283 @@
+"""Life events without a server: the declarations' form and facts, the register's one write path and its
+outbox, cursors and payloads, subscription policies, and push's retry horizon under a simulated clock."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from connectors.population import population, seed_register
+from gateway.audit.log import StubAccessLog
+from gateway.events.declarations import DeclarationBody, FormProblem, Rejected, judge, judge_birth, parse
+from gateway.events.delivery import (
+    Deliveries,
+    DeliveryStore,
+    PushSettings,
+    UnsafeEndpoint,
+    WebhookSigner,
+    resolve_public,
+)
+from gateway.events.feed import EventFeed, FeedItem, cloud_event, decode_cursor, encode_cursor
+from gateway.events.register import KeyConflict, RegisterWriter, Submission, Subscriber, request_hash
+from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
+from gateway.policy.loader import PolicyError, load_policies
+from gateway.policy.model import SubscriptionPolicy
+from gateway.policy.store import PolicyStore
+from gateway.telemetry import Metrics
+from tests.support.keys import jwks_of, new_key
+from tests.support.webhook_receiver import Receiver
+
+TODAY = date(2026, 12, 3)
+ALIVE = {"nin": "AAA111", "birth_date": "1980-05-01", "record_status": "active", "death_date": None}
+DEAD = {"nin": "BBB222", "birth_date": "1950", "record_status": "deceased", "death_date": "2020-01-01"}
+
+
+def body(**fields: Any) -> DeclarationBody:
+    return DeclarationBody.model_validate(fields)
+
+
+def pointers(**fields: Any) -> list[str]:
+    with pytest.raises(FormProblem) as caught:
+        parse(body(**fields))
+    return [e["pointer"] for e in caught.value.errors]
+
+
+def test_each_type_takes_its_own_fields_and_no_other() -> None:
+    assert pointers(type="death", nin="120000000001", data={"death_date": "2026-01-01", "cause": "x"}) == \
+        ["/data/cause"]
+    assert pointers(type="death", nin="120000000001", data={}) == ["/data/death_date"]
+    assert pointers(type="death", nin="120000000001", data={"death_date": "2026-13-01"}) == ["/data/death_date"]
+    assert pointers(type="marriage", nin="120000000001", data={"spouse_nin": "no!", "date": "2026"}) == \
+        ["/data/spouse_nin"]
+    assert pointers(type="death", data={"death_date": "2026-01-01"}) == ["/nin"]
+    assert pointers(type="birth", nin="120000000001", data={
+        "family_name": "A", "given_names": "B", "sex": "F", "birth_date": "2026-01-01", "birth_place": "C"}) == ["/nin"]
+    assert pointers(type="name_change", nin="120000000001", data={"effective_date": "2026-01-01"}) == ["/data"]
+    assert pointers(type="death", voids="0" * 36, data={"death_date": "2026-01-01"}) == ["/data"]
+    assert pointers(type="death", corrects="0" * 36, data={}) == ["/data"]
+    assert "/voids" in pointers(type="death", corrects="0" * 36, voids="1" * 36, data={})
+    correction = parse(body(type="death", corrects="0" * 36, data={"death_date": "2026-02-02"}))
+    assert correction.data == {"death_date": "2026-02-02"} and correction.event_type == "death.corrected"
+    assert parse(body(type="death", voids="0" * 36, data={})).event_type == "death.voided"
+
+
+def test_impossible_facts_are_named() -> None:
+    death = parse(body(type="death", nin="AAA111", data={"death_date": "2026-01-01"}))
+    change = judge(death, ALIVE, None, False, TODAY)
+    assert change.changed == {"death_date": "2026-01-01", "record_status": "deceased"}
+    assert change.before == {"death_date": None, "record_status": "active"}
+    cases = [
+        (parse(body(type="death", nin="BBB222", data={"death_date": "2026-01-01"})), DEAD, None, "already_deceased"),
+        (parse(body(type="death", nin="AAA111", data={"death_date": "1970-01-01"})), ALIVE, None, "death_before_birth"),
+        (parse(body(type="death", nin="AAA111", data={"death_date": "2027-01-01"})), ALIVE, None, "date_in_future"),
+        (death, None, None, "subject_not_found"),
+        (parse(body(type="marriage", nin="AAA111", data={"spouse_nin": "BBB222", "date": "2026"})), ALIVE, DEAD,
+         "subject_deceased"),
+        (parse(body(type="marriage", nin="AAA111", data={"spouse_nin": "AAA111", "date": "2026"})), ALIVE, ALIVE,
+         "same_person"),
+        (parse(body(type="divorce", nin="AAA111", data={"spouse_nin": "CCC333", "date": "2026"})), ALIVE,
+         {**ALIVE, "nin": "CCC333"}, "not_married"),
+        (parse(body(type="marriage", nin="AAA111", data={"spouse_nin": "CCC333", "date": "1970"})), ALIVE,
+         {**ALIVE, "nin": "CCC333"}, "date_before_birth"),
+    ]
+    for declaration, record, spouse, reason in cases:
+        with pytest.raises(Rejected) as caught:
+            judge(declaration, record, spouse, False, TODAY)
+        assert caught.value.reason == reason
+    with pytest.raises(Rejected) as caught:
+        judge_birth("2", {"birth_date": "2026-01-01", "mother_nin": "AAA111"}, {"AAA111": None}, TODAY)
+    assert caught.value.reason == "parent_not_found"
+    with pytest.raises(Rejected) as caught:
+        judge_birth("2", {"birth_date": "1970-01-01", "mother_nin": "AAA111"}, {"AAA111": ALIVE}, TODAY)
+    assert caught.value.reason == "parent_born_after_child"
+
+
+def _submission(key: str, declaration: dict[str, Any], administration: str = "centre") -> Submission:
+    return Submission(parse(body(**declaration)), administration, "centre-app", key, request_hash(declaration))
+
+
+@pytest.fixture
+def register(tmp_path: Path) -> Path:
+    path = tmp_path / "register.db"
+    seed_register(path, 50, 7)
+    return path
+
+
+PEOPLE = [p for p in population(50, 7) if p["record_status"] == "active" and len(p["birth_date"]) == 10]
+
+
+async def test_the_register_change_and_its_outbox_commit_together(register: Path) -> None:
+    subs = [Subscriber("electoral/deaths", frozenset({"death"})), Subscriber("health/births", frozenset({"birth"}))]
+    writer = RegisterWriter(register, lambda: subs, today=lambda: TODAY)
+    await writer.start()
+    try:
+        nin = PEOPLE[0]["nin"]
+        answers = await asyncio.gather(*(writer.declare(_submission(f"k{i}", {
+            "type": "death", "nin": p["nin"], "data": {"death_date": "2026-11-01"}}))
+            for i, p in enumerate(PEOPLE[:5])))
+        assert [a.status for a in answers] == [201] * 5
+        again = await writer.declare(_submission("k0", {"type": "death", "nin": nin,
+                                                        "data": {"death_date": "2026-11-01"}}))
+        assert again.replayed and again.body == answers[0].body
+        with pytest.raises(KeyConflict):
+            await writer.declare(_submission("k0", {"type": "death", "nin": nin, "data": {"death_date": "2026-11-02"}}))
+        second = await writer.declare(_submission("k9", {"type": "death", "nin": nin,
+                                                         "data": {"death_date": "2026-11-05"}}))
+        assert second.status == 422 and second.body["reason"] == "already_deceased"
+        born = await writer.declare(_submission("b1", {"type": "birth", "data": {
+            "family_name": "Keita", "given_names": "Sali", "sex": "M", "birth_date": "2026-11-20",
+            "birth_place": "Kati", "father_nin": PEOPLE[6]["nin"]}}))
+        assert born.status == 201 and born.body["version"] == 1
+        # A correction of a birth, then its void: the record goes, the NIN is never given again.
+        fix = await writer.declare(_submission("b2", {"type": "birth", "corrects": born.body["event_id"],
+                                                      "data": {"given_names": "Salif"}}))
+        assert fix.status == 201 and fix.body["version"] == 2
+        void = await writer.declare(_submission("b3", {"type": "birth", "voids": born.body["event_id"], "data": {}}))
+        assert void.status == 201
+    finally:
+        await writer.close()
+    with sqlite3.connect(register) as db:
+        assert db.execute("SELECT count(*) FROM people WHERE record_status = 'deceased' AND death_date = "
+                          "'2026-11-01'").fetchone()[0] >= 5
+        assert db.execute("SELECT count(*) FROM people WHERE nin = ?", (born.body["nin"],)).fetchone()[0] == 0
+        feed = db.execute("SELECT subscription, sequence FROM feed ORDER BY subscription, sequence").fetchall()
+    assert [s for k, s in feed if k == "electoral/deaths"] == [1, 2, 3, 4, 5]
+    assert [s for k, s in feed if k == "health/births"] == [1, 2, 3]  # the birth, its correction, its void
+    items = await EventFeed(register).read("health/births", 0, 10)
+    assert [i.event_type for i in items] == ["birth", "birth.corrected", "birth.voided"]
+    assert items[1].record["given_names"] == "Salif" and items[2].amends == born.body["event_id"]
+
+
+async def test_a_failed_commit_changes_nothing(register: Path) -> None:
+    def boom() -> list[Subscriber]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    writer = RegisterWriter(register, boom, today=lambda: TODAY)
+    await writer.start()
+    try:
+        from gateway.events.register import RegisterUnavailable
+
+        with pytest.raises(RegisterUnavailable):
+            await writer.declare(_submission("z", {"type": "death", "nin": PEOPLE[0]["nin"],
+                                                   "data": {"death_date": "2026-11-01"}}))
+    finally:
+        await writer.close()
+    with sqlite3.connect(register) as db:
+        assert db.execute("SELECT record_status FROM people WHERE nin = ?", (PEOPLE[0]["nin"],)).fetchone()[0] \
+            == "active"
+
+
+def test_cursors_are_opaque_and_refuse_what_they_did_not_make() -> None:
+    for n in (0, 1, 987654321):
+        assert decode_cursor(encode_cursor(n)) == n
+    for bad in ("", "abc", "ZmVlZDotMQ", encode_cursor(1) + "A" * 40, "ZmVlZDp4", "!!!!"):
+        with pytest.raises(ValueError):
+            decode_cursor(bad)
+
+
+def test_a_payload_carries_only_what_the_subscription_lists() -> None:
+    record = {"nin": "AAA111", "death_date": None, "family_name": "Traoré"}
+    item = FeedItem(7, "e-1", "death.voided", "AAA111", 3, record, "2026-12-01T00:00:00.000000Z", "e-0")
+    subscription = SubscriptionPolicy(purpose="roll", events=["death"], attributes=["death_date"])
+    event = cloud_event(item, subscription, "ref", "https://gw/v1/declarations")
+    assert event["data"] == {"death_date": None, "version": 3}
+    assert event["sequence"] == "7" and event["type"] == "ml.etatcivil.death.voided" and event["voids"] == "e-0"
+    assert event["subject"] == "ref" and "nin" not in str(event)
+
+
+def _policy(directory: Path, subscriptions: dict[str, Any], consent: str = "not_required") -> list[str]:
+    directory.mkdir(exist_ok=True)
+    purpose: dict[str, Any] = {"consent": consent, "operations": ["verify"]}
+    if consent == "not_required":
+        purpose["legal_basis"] = "Loi"
+    (directory / "a.yaml").write_text(yaml.safe_dump({
+        "id": "a", "name": "A", "clients": [{"client_id": "a-app", "auth": "private_key_jwt",
+                                             "jwks": jwks_of(new_key()), "scopes": ["events:read"]}],
+        "purposes": {"roll": purpose}, "subscriptions": subscriptions}))
+    try:
+        load_policies(directory)
+    except PolicyError as exc:
+        return [str(p) for p in exc.problems]
+    return []
+
+
+def test_subscriptions_are_validated(tmp_path: Path) -> None:
+    good = {"purpose": "roll", "events": ["death", "death.voided"], "attributes": ["nin", "death_date"]}
+    assert _policy(tmp_path, {"deaths": good}) == []
+    assert _policy(tmp_path, {"deaths": {**good, "endpoint": "https://roll.example.ml/hooks"}}) == []
+    assert _policy(tmp_path, {"deaths": {**good, "endpoint": "http://10.0.0.5/hooks", "endpoint_internal": True}}) == []
+    refusals = {
+        "purpose": {**good, "purpose": "other"},
+        "events": {**good, "events": ["death", "burial"]},
+        "attributes": {**good, "attributes": ["nin", "blood_type"]},
+        "endpoint": {**good, "endpoint": "http://roll.example.ml/hooks"},
+        "credentials": {**good, "endpoint": "https://u:p@roll.example.ml/hooks"},
+        "unknown": {**good, "filter": "x"},
+        "empty": {**good, "events": []},
+    }
+    for what, subscription in refusals.items():
+        assert _policy(tmp_path, {"deaths": subscription}), what
+    problems = _policy(tmp_path, {"deaths": good}, consent="required")
+    assert problems and "legal basis" in problems[0]
+
+
+async def test_outbound_endpoints_must_resolve_to_public_addresses() -> None:
+    for url in ("https://127.0.0.1/x", "https://localhost/x", "https://10.1.2.3/x", "https://[::1]/x",
+                "https://169.254.169.254/x", "http://93.184.215.14/x", "https://[::ffff:127.0.0.1]/x"):
+        with pytest.raises(UnsafeEndpoint):
+            await resolve_public(url)
+    target, host = await resolve_public("https://93.184.215.14:8443/hooks?a=1")
+    assert target == "https://93.184.215.14:8443/hooks?a=1" and host == "93.184.215.14"
+
+
+async def test_an_event_failing_past_the_horizon_is_set_aside_and_the_feed_goes_on(register: Path) -> None:
+    """A simulated clock: three days of failures pass in a few rounds; the event becomes a dead letter and
+    the next one is delivered."""
+    receiver = Receiver(answer=lambda d: (500, {}, 0.0) if d.event["sequence"] == "1" else (200, {}, 0.0)).start()
+    policies_dir = register.parent / "policies"
+    policies_dir.mkdir()
+    (policies_dir / "electoral.yaml").write_text(yaml.safe_dump({
+        "id": "electoral", "name": "E", "purposes": {"roll": {"legal_basis": "Loi", "consent": "not_required",
+                                                              "operations": ["verify"]}},
+        "subscriptions": {"deaths": {"purpose": "roll", "events": ["death"], "attributes": ["death_date"],
+                                     "endpoint": receiver.url, "endpoint_internal": True}}}))
+    policies = PolicyStore(load_policies(policies_dir))
+    writer = RegisterWriter(register, lambda: [Subscriber("electoral/deaths", frozenset({"death"}))],
+                            today=lambda: TODAY)
+    await writer.start()
+    for i, p in enumerate(PEOPLE[:2]):
+        await writer.declare(_submission(f"h{i}", {"type": "death", "nin": p["nin"], "data": {"death_date": "2026"}}))
+    await writer.close()
+    clock = {"now": 1_000_000.0}
+    signer = WebhookSigner(Ed25519PrivateKey.generate())
+    receiver.public_keys.append(signer.public_key)
+    log = StubAccessLog()
+    deliveries = Deliveries(policies, EventFeed(register), DeliveryStore(register), log, signer,
+                            SubjectHasher(b"k" * 32), SubjectRefs(b"s" * 32), "https://gw", Metrics(),
+                            PushSettings(backoff_s=(3600.0,), horizon_s=72 * 3600.0, poll_s=0.05,
+                                         clock=lambda: clock["now"]))
+    from gateway.events.delivery import Pusher
+
+    pusher = Pusher("electoral/deaths", "electoral", "deaths", deliveries)
+    try:
+        for _ in range(360):  # 90 simulated hours, a quarter of an hour a round
+            await pusher.step()
+            clock["now"] += 900.0
+        state, dead = await deliveries.store.status("electoral/deaths")
+        assert [d["sequence"] for d in dead] == [1] and dead[0]["last_error"] == "500"
+        assert state.delivered == 2 and state.attempts == 0
+        assert [d.event["sequence"] for d in receiver.accepted()] == ["2"]
+        attempts = [d for d in receiver.received if d.event["sequence"] == "1"]
+        assert 60 <= len(attempts) <= 82  # about one an hour (±10 %) for 72 hours, then set aside
+        assert {e["operation"] for e in log.events} == {"events.deliver"}
+    finally:
+        await pusher.stop()
+        deliveries.store.close()
+        receiver.stop()
