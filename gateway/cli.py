@@ -293,6 +293,47 @@ def _jobs(args: argparse.Namespace, client: JobsClient) -> int:
     return 0
 
 
+def cmd_events_declare(args: argparse.Namespace) -> int:
+    """Each line of a JSON Lines file is one declaration. Its Idempotency-Key is derived from the line, so
+    submitting the file again (after a cut connection) answers the first answers and changes nothing."""
+    issuer = (args.gateway or _settings().issuer).rstrip("/")
+
+    def token() -> str:
+        response = _token_response(issuer, args.client, Path(args.key), "register:declare")
+        if response.status_code != 200:
+            raise OSError(f"no token for {args.client}: HTTP {response.status_code} {response.text[:200]}")
+        return str(response.json()["access_token"])
+
+    refused = 0
+    try:
+        with httpx.Client(base_url=issuer, timeout=30) as http, open(args.file, "rb") as lines:
+            http.headers["Authorization"] = f"Bearer {token()}"
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                key = f"{args.key_prefix}{hashlib.sha256(line.strip()).hexdigest()}"
+                headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
+                response = http.post("/v1/declarations", content=line.strip(), headers=headers)
+                if response.status_code == 401:
+                    http.headers["Authorization"] = f"Bearer {token()}"
+                    response = http.post("/v1/declarations", content=line.strip(), headers=headers)
+                outcome: dict[str, Any] = {"line": number, "status": response.status_code}
+                try:
+                    doc = response.json()
+                except ValueError:
+                    doc = {"detail": response.text[:200]}
+                if response.status_code == 201:
+                    outcome.update({k: doc.get(k) for k in ("event_id", "nin", "version")})
+                else:
+                    refused += 1
+                    outcome.update({k: doc[k] for k in ("code", "reason", "detail", "errors") if k in doc})
+                print(json.dumps(outcome, ensure_ascii=False))
+    except (httpx.HTTPError, OSError) as exc:
+        print(f"jamu events declare: {exc}", file=sys.stderr)
+        return 1
+    return 1 if refused else 0
+
+
 def _ensure_demo_keys(settings: Settings) -> list[tuple[str, Path]]:
     """Make a key pair for every demo client whose public JWKS is missing; private halves stay in the data dir."""
     made: list[tuple[str, Path]] = []
@@ -708,6 +749,16 @@ def build_parser() -> argparse.ArgumentParser:
             if name == "results":
                 command.add_argument("--out", required=True)
                 command.add_argument("--errors", action="store_true", help="the invalid records instead")
+
+    events = sub.add_parser("events", help="life events against a gateway").add_subparsers(
+        dest="events_command", required=True)
+    declare = events.add_parser("declare", help="submit a JSON Lines file of declarations, one answer per line")
+    declare.add_argument("file", help="one declaration per line: {type, nin?, data, corrects?, voids?}")
+    declare.add_argument("--client", required=True, help="the centre's client id (scope register:declare)")
+    declare.add_argument("--key", required=True, help="the client's private key (PEM)")
+    declare.add_argument("--gateway", help="gateway base URL (default GATEWAY_ISSUER)")
+    declare.add_argument("--key-prefix", default="file:", help="prefix of each line's Idempotency-Key")
+    declare.set_defaults(func=cmd_events_declare)
 
     token = sub.add_parser("token", help="get an access token for a client holding a private key")
     token.add_argument("client_id")

@@ -4,9 +4,13 @@ access-log trail of each event released."""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +24,11 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from connectors.population import population, seed_register
 from tests.support.keys import jwks_of, new_key, token_form
 from tests.support.realm import Realm, build_realm
-from tests.support.servers import GatewayProcess, wait_until
+from tests.support.servers import REPO, GatewayProcess, wait_until
 from tests.support.webhook_receiver import Delivery, Receiver
 
 pytestmark = pytest.mark.e2e
+JAMU = [sys.executable, "-m", "gateway.cli"]
 SEED, COUNT = 41, 300
 PEOPLE = list(population(COUNT, SEED))
 ALIVE = [p for p in PEOPLE if p["record_status"] == "active" and len(p["birth_date"]) == 10
@@ -506,3 +511,65 @@ def test_an_endpoint_outside_the_internal_network_must_resolve_to_public_address
                             or "").startswith("unsafe endpoint"), 10, "refused to reach loopback")
     finally:
         gateway.stop()
+
+
+# -- the command line and the reference consumer ------------------------------------------------------
+
+
+def _pem(realm: Realm, client_id: str, directory: Path) -> Path:
+    path = directory / f"{client_id}.pem"
+    path.write_bytes(realm.keys[client_id].as_pem(private=True))
+    path.chmod(0o600)
+    return path
+
+
+def test_the_reference_consumer_strikes_deceased_voters(world: tuple[GatewayProcess, Realm], tmp_path: Path) -> None:
+    gateway, realm = world
+    voters = ALIVE[30:40]
+    roll = tmp_path / "roll.csv"
+    roll.write_text("nin,family_name,status\n" + "".join(f"{p['nin']},{p['family_name']},listed\n" for p in voters),
+                    encoding="utf-8")
+    declarations = tmp_path / "deaths.jsonl"
+    dying = [*voters[:3], ALIVE[41]]  # the last one is not on this roll
+    declarations.write_text("".join(
+        json.dumps({"type": "death", "nin": p["nin"], "data": {"death_date": "2026-11-25"}}) + "\n" for p in dying)
+        + json.dumps({"type": "death", "nin": DEAD[1]["nin"], "data": {"death_date": "2026-11-25"}}) + "\n")
+    declare = [*JAMU, "events", "declare", str(declarations), "--client", "centre-app",
+               "--key", str(_pem(realm, "centre-app", tmp_path)), "--gateway", gateway.base_url]
+    run = subprocess.run(declare, capture_output=True, text=True, timeout=60)
+    answers = [json.loads(line) for line in run.stdout.splitlines()]
+    assert run.returncode == 1  # one line was refused, and said so
+    assert [a["status"] for a in answers] == [201, 201, 201, 201, 422]
+    assert answers[-1]["reason"] == "already_deceased" and answers[-1]["line"] == 5
+    again = subprocess.run(declare, capture_output=True, text=True, timeout=60)  # idempotent by line
+    assert [json.loads(line).get("event_id") for line in again.stdout.splitlines()] == [a.get("event_id")
+                                                                                        for a in answers]
+
+    consumer = [sys.executable, str(REPO / "examples" / "strike_deceased_voters" / "strike.py"),
+                "--gateway", gateway.base_url, "--client", "electoral-app",
+                "--key", str(_pem(realm, "electoral-app", tmp_path)), "--subscription", "deaths", "--roll", str(roll)]
+
+    def strike() -> dict[str, int]:
+        done = subprocess.run(consumer, capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def statuses() -> dict[str, str]:
+        with open(roll, newline="", encoding="utf-8") as handle:
+            return {row["nin"]: row["status"] for row in csv.DictReader(handle)}
+
+    first = strike()
+    assert first["changed"] == 3
+    assert {n for n, s in statuses().items() if s == "struck"} == {p["nin"] for p in voters[:3]}
+    centre = Api(gateway, realm, "centre-app")
+    assert centre.declare("void-roll", type="death", voids=answers[1]["event_id"], data={}).status_code == 201
+    second = strike()
+    assert second == {"events": 1, "duplicates": 0, "changed": 1}
+    assert {n for n, s in statuses().items() if s == "struck"} == {voters[0]["nin"], voters[2]["nin"]}
+    # Its own dedupe: from the start of the feed again, every event is recognised and nothing changes.
+    state = roll.with_name(roll.name + ".state.json")
+    doc = json.loads(state.read_text())
+    state.write_text(json.dumps({**doc, "cursor": None}))
+    third = strike()
+    assert third["events"] == 0 and third["changed"] == 0 and third["duplicates"] >= 5
+    assert {n for n, s in statuses().items() if s == "struck"} == {voters[0]["nin"], voters[2]["nin"]}
