@@ -2,19 +2,19 @@
 primary key, `WITHOUT ROWID`), birth dates stored as written (`1975`, `1975-03`, `1975-03-02`), so
 their precision travels with them.
 
-The file stays in rollback-journal mode: it changes only by `jamu register seed` (a new file put in
-place atomically) or `jamu register import` (one transaction), and readers need nothing beside it.
-A point read by primary key costs the same at 50,000 and at 5,000,000 rows (a B-tree a level or two
-deeper) and the gateway holds no part of the register in memory beyond SQLite's bounded page cache.
+It changes by `jamu register seed` (a new file put in place atomically, gateway stopped), `jamu
+register import` (one transaction) and the centres' declarations (`gateway.events.register`, which puts
+the file in write-ahead-log mode: readers and the writer never wait for each other). A point read by
+primary key costs the same at 50,000 and at 5,000,000 rows (a B-tree a level or two deeper) and the
+gateway holds no part of the register in memory beyond SQLite's bounded page cache.
 Reads run on the event loop by default: a few µs from the page cache, less than the hand-off to a
 thread and back. `reads: thread` in the connectors file runs them in a small thread pool with one
 read-only connection per thread instead, for registers on storage slow enough that a page-cache miss
 must not block the loop.
 
 A read asks for the columns it needs only. On the loop, reads share one read transaction for at most
-`SNAPSHOT_S`: in rollback-journal mode each transaction takes and drops the file lock and re-reads the
-header to learn whether the file changed, which cost more than the read itself. An import therefore
-waits at most that long for the lock, and a read sees its changes at most that long after it commits.
+`SNAPSHOT_S`: each transaction takes and drops a lock and checks whether the file changed, which costs
+more than the read itself. A read therefore sees a change at most that long after it commits.
 """
 
 from __future__ import annotations

@@ -162,8 +162,9 @@ def population(count: int, seed: int) -> Iterator[dict[str, Any]]:
 
 
 def seed_register(path: Path, count: int, seed: int, chunk: int = 50_000) -> int:
-    """Build a register of `count` people in a new file, then put it in place atomically (a gateway
-    already serving keeps reading the file it opened until it restarts)."""
+    """Build a register of `count` people in a new file, then put it in place atomically. Seed with the
+    gateway stopped: a serving gateway would go on with the file it opened, and, once it takes
+    declarations, with that file's write-ahead log."""
     path.parent.mkdir(parents=True, exist_ok=True)
     building = path.with_name(f".{path.name}.{os.getpid()}.building")
     building.unlink(missing_ok=True)
@@ -185,5 +186,10 @@ def seed_register(path: Path, count: int, seed: int, chunk: int = 50_000) -> int
         connection.execute("PRAGMA journal_mode=DELETE")
     finally:
         connection.close()
+    # A register that took declarations is in write-ahead-log mode: its log and index files belong to the
+    # file being replaced, never to this one.
+    # Push delivery's positions (`<register>-deliveries`) are positions in the replaced file's feeds.
+    for suffix in ("-wal", "-shm", "-deliveries", "-deliveries-wal", "-deliveries-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
     os.replace(building, path)
     return count

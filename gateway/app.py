@@ -60,7 +60,7 @@ from gateway.bulk.runner import ChunkQueue, ChunkRunner, LocalChunkQueue, Retent
 from gateway.bulk.store import JobStore
 from gateway.consent.store import ConsentStore
 from gateway.datadir import secure_data_dir
-from gateway.events.delivery import Deliveries, DeliveryStore, PushSettings, WebhookSigner
+from gateway.events.delivery import Deliveries, DeliveryStore, PushSettings, WebhookSigner, deliveries_path
 from gateway.events.feed import EventFeed
 from gateway.events.register import RegisterWriter, subscribers
 from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
@@ -330,9 +330,9 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     subject_refs = SubjectRefs(load_or_create_secret(settings.pseudonym_key_path))
     event_feed = EventFeed(register_path)
     deliveries = Deliveries(
-        policies, event_feed, DeliveryStore(register_path), access_log,
+        policies, event_feed, DeliveryStore(deliveries_path(register_path)), access_log,
         WebhookSigner(load_or_create_ed25519(settings.keys_dir / "events-signing-key.pem")), subjects, subject_refs,
-        source=f"{settings.issuer}/v1/declarations", metrics=metrics,
+        source=f"{settings.issuer}/v1/declarations", metrics=metrics, owner=f"slot:{slot.index}",
         settings=PushSettings(backoff_s=settings.events_backoff, horizon_s=settings.events_retry_horizon_s,
                               timeout_s=settings.events_push_timeout_s, poll_s=settings.events_poll_s))
     register_writer = RegisterWriter(register_path, lambda: subscribers(policies), on_commit=deliveries.notify
@@ -419,7 +419,6 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
             await deliveries.close()
             if register_writer is not None:
                 await register_writer.close()
-            deliveries.store.close()
             event_feed.close()
             await reloader.stop()
             if scrape is not None:

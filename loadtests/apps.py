@@ -91,3 +91,32 @@ def create_durable() -> Any:
     app = create(durable=True)
     _add_bare(app)
     return app
+
+
+class WebhookSink:
+    """A subscriber's endpoint for the push benchmark: answers 204 to every POST and counts them (`GET`
+    answers the count), so the gateway, not the receiver, is what is measured."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] == "POST":
+            more = True
+            while more:
+                message = await receive()
+                more = message.get("more_body", False)
+            self.received += 1
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body = str(self.received).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_webhook_sink() -> Any:
+    return WebhookSink()

@@ -81,6 +81,20 @@ def _subscription(app: Services, caller: Caller, name: str) -> tuple[Administrat
     return administration, subscription
 
 
+async def _position(app: Services, key: str, cursor: str | None, pointer: str) -> int:
+    """The position a cursor names in this feed: one the feed has reached, never one ahead of it (which
+    would skip the events still to come)."""
+    if not cursor:
+        return 0
+    try:
+        position = decode_cursor(key, cursor)
+    except ValueError:
+        raise invalid_at(pointer, "not a cursor of this feed") from None
+    if position and position > (await app.feed.heads([key])).get(key, 0):
+        raise invalid_at(pointer, "not a cursor of this feed")
+    return position
+
+
 def release_records(app: Services, administration: AdministrationPolicy, subscription: SubscriptionPolicy,
                     items: list[FeedItem], operation: str, client_id: str | None) -> list[AccessRecord]:
     """One access-log event per event released, with its person and what it carried."""
@@ -108,11 +122,9 @@ async def read_events(
     record = access_record(request)
     administration, policy = _subscription(app, caller, subscription)
     record.purpose, record.legal_basis = policy.purpose, administration.purposes[policy.purpose].legal_basis
-    try:
-        position = decode_cursor(after) if after else 0
-    except ValueError:
-        raise invalid_at("/query/after", "not a cursor of this feed") from None
-    items = await app.feed.read(f"{administration.id}/{subscription}", position, limit)
+    key = f"{administration.id}/{subscription}"
+    position = await _position(app, key, after, "/query/after")
+    items = await app.feed.read(key, position, limit)
     events = [cloud_event(item, policy, app.subject_refs(administration.id, item.nin), app.events_source)
               for item in items]
     try:
@@ -124,7 +136,7 @@ async def read_events(
     record.releases_data = True
     record.attributes_released = sorted(policy.attributes) if items else []
     return FastJSONResponse({"transaction_id": record.id, "events": events,
-                             "next_cursor": encode_cursor(items[-1].sequence if items else position)})
+                             "next_cursor": encode_cursor(key, items[-1].sequence if items else position)})
 
 
 @router.get("/v1/events/signing-keys", name="events.keys", summary="The keys push deliveries are signed with")
@@ -152,17 +164,17 @@ async def subscription_status(
     administration, policy = _subscription(app, caller, name)
     key = f"{administration.id}/{name}"
     state, dead = await app.deliveries.store.status(key)
-    head = (await app.feed.heads([key]))[key]
+    head = (await app.feed.heads([key])).get(key, 0)
     push: dict[str, Any] | None = None
     if policy.endpoint is not None:
-        push = {"delivered_cursor": encode_cursor(state.delivered), "backlog": max(0, head - state.delivered),
+        push = {"delivered_cursor": encode_cursor(key, state.delivered), "backlog": max(0, head - state.delivered),
                 "attempts": state.attempts, "next_attempt_at": _time(state.next_at) if state.attempts else None,
                 "disabled": state.disabled, "last_error": state.last_error}
     return FastJSONResponse({
         "transaction_id": access_record(request).id, "name": name, "purpose": policy.purpose,
         "events": policy.events, "attributes": policy.attributes, "endpoint": policy.endpoint,
-        "head_cursor": encode_cursor(head), "push": push,
-        "dead_letters": [{"event_id": d["event_id"], "replay_from": encode_cursor(d["sequence"] - 1),
+        "head_cursor": encode_cursor(key, head), "push": push,
+        "dead_letters": [{"event_id": d["event_id"], "replay_from": encode_cursor(key, d["sequence"] - 1),
                           "failed_at": _time(d["failed_at"]), "attempts": d["attempts"],
                           "last_error": d["last_error"]} for d in dead]})
 
@@ -182,11 +194,9 @@ async def replay(
     administration, policy = _subscription(app, caller, name)
     if policy.endpoint is None:
         raise invalid_at("/", "this subscription has no endpoint: pull from any cursor instead")
-    try:
-        position = decode_cursor(body.after) if body.after else 0
-    except ValueError:
-        raise invalid_at("/after", "not a cursor of this feed") from None
-    await app.deliveries.store.replay(f"{administration.id}/{name}", position)
+    key = f"{administration.id}/{name}"
+    position = await _position(app, key, body.after, "/after")
+    await app.deliveries.store.replay(key, position)
     app.deliveries.notify()
-    return FastJSONResponse({"transaction_id": access_record(request).id, "delivering_after": encode_cursor(position)},
-                            status_code=202)
+    return FastJSONResponse({"transaction_id": access_record(request).id,
+                             "delivering_after": encode_cursor(key, position)}, status_code=202)

@@ -186,7 +186,11 @@ def parse(body: DeclarationBody) -> Declaration:
 def _read_data(model: type[_Data], raw: Mapping[str, Any], *, partial: bool
                ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     if partial:  # a correction: only the fields it corrects, each checked as its type checks it
-        fields_sent = {k: v for k, v in raw.items()}
+        fields_sent = dict(raw)
+        nulls = [{"pointer": f"/data/{k}", "detail": "a correction sets a value; void the declaration to undo it"}
+                 for k, v in fields_sent.items() if v is None]
+        if nulls:
+            return {}, nulls
         try:
             checked = model.model_validate({**_placeholders(model), **fields_sent})
         except ValidationError as exc:
@@ -311,10 +315,13 @@ def judge(declaration: Declaration, record: Mapping[str, Any] | None, spouse: Ma
 
 
 def judge_amendment(declaration: Declaration, original: Mapping[str, Any], chain: Mapping[str, Any],
-                    record: Mapping[str, Any] | None, today: date) -> Change:
-    """A correction or a void of `original` (its type, its NIN, what it changed and the values before,
-    `voided`), given `chain`: each field's value as the original and its corrections left it. A field a
-    later declaration has changed since is not the chain's to amend (`superseded`)."""
+                    first_before: Mapping[str, Any], record: Mapping[str, Any] | None, today: date,
+                    later: str | None = None) -> Change:
+    """A correction or a void of `original` (its type, its NIN, `voided`), given `chain` (each field's
+    value as the original and its corrections left it) and `first_before` (each of those fields' value
+    before the chain first changed it). `later` names a declaration made since that stands on what this
+    one established (a later change of the same fields, a later divorce, a child's birth): then the
+    chain is not to be amended (`superseded`)."""
     if original["type"] != declaration.type:
         raise Rejected("type_mismatch", f"the amended declaration is a {original['type']}, not a {declaration.type}")
     if original["voided"]:
@@ -324,13 +331,15 @@ def judge_amendment(declaration: Declaration, original: Mapping[str, Any], chain
         raise Rejected("nin_mismatch", "nin is not the NIN of the amended declaration")
     if record is None:
         raise Rejected("subject_not_found", "the person of the amended declaration is no longer in the register")
+    if later is not None:
+        raise Rejected("superseded", f"a later declaration ({later}) stands on this one: amend or void it first")
     for name, value in chain.items():
         if record.get(name) != value:
             raise Rejected("superseded", f"{name} was changed by a later declaration: amend that one instead")
     if declaration.voids:
         if declaration.type == "birth":
             return Change(nin, None, dict(record), {})
-        restored = {name: original["before"].get(name) for name in chain}
+        restored = {name: first_before.get(name) for name in chain}
         after = {**record, **restored}
     else:
         data = declaration.data

@@ -8,14 +8,23 @@
   honoured. An event still failing after the retry horizon (72 h) is set aside as a dead letter and the
   feed moves on; `410 Gone` disables the endpoint until a replay. The delivered position is kept in the
   register, so a restart resumes where it was: at worst an event is sent again, with the same id.
-- **Bulkhead**: each pusher has its own task, client and connection; a slow or dead subscriber holds
-  only its own feed.
+- **Bulkhead**: each pusher has its own task, HTTP session and one connection, and every attempt one
+  deadline (name resolution included); a slow or dead subscriber holds only its own feed.
 - **Outbound safety**: an endpoint not marked internal must be https and every address its name resolves
-  to must be public; the request goes to the address checked (the name kept for TLS), so a second DNS
-  answer cannot point it inward. Redirects are never followed.
+  to must be public (IPv4 inside IPv6 forms unwrapped); the connection goes to the addresses checked,
+  the name kept for TLS, so a second DNS answer cannot point it inward. Redirects are never followed,
+  and a response's body is never read.
 - **Access log**: each event is logged (`events.deliver`, with its subject and the attributes carried)
-  before it leaves, as every release of data is.
-- **Several processes** share the register: a lease in `deliveries` gives each subscription one pusher.
+  before it leaves, as every release of data is. The entries of the next few events are written while
+  one is sent (a window that grows while the subscriber answers and falls to one after a failure), so
+  when a subscriber that was answering fails, at most that window's entries were written for attempts
+  not made; they are written again when the events go.
+- **Several processes** share the register: a lease gives each subscription one pusher, renewed before
+  any attempt could outlive it. The pushers' state lives in its own small file beside the register
+  (`<register>-deliveries`), so bookkeeping never touches the file that verifications read.
+
+The HTTP client is aiohttp: httpx spent about 2.5 ms of CPU on each POST here (about 400 a second
+from one core), aiohttp about 0.4 ms.
 """
 
 from __future__ import annotations
@@ -32,13 +41,16 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -56,7 +68,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BACKOFF_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
 DEFAULT_HORIZON_S = 72 * 3600.0
 MAX_RETRY_AFTER_S = 3600.0
-BATCH = 32  # events logged together, then sent one after another while the subscriber answers 2xx
+BATCH = 64  # events read from the feed at a time
+WINDOW = 16  # access-log entries written ahead of the attempts, at most
 
 
 class WebhookSigner:
@@ -80,30 +93,79 @@ class UnsafeEndpoint(Exception):
     """The endpoint may not be reached: not https, or a name that resolves to a non-public address."""
 
 
-def _public(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+
+
+def public_address(address: str) -> bool:
+    """Whether connecting to `address` reaches the internet and nothing inside: the IPv4 address inside
+    a mapped, compatible, 6to4 or NAT64 IPv6 address is what is judged."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _SITE_LOCAL:
+            return False
+        inner = ip.ipv4_mapped or ip.sixtofour
+        if inner is None and ip in _NAT64:
+            inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if inner is None and int(ip) >> 32 == 0:  # ::a.b.c.d, IPv4-compatible
+            inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if inner is not None:
+            ip = inner
     return ip.is_global and not ip.is_multicast
 
 
-async def resolve_public(url: str) -> tuple[str, str]:
-    """The URL to connect to (its host replaced by a checked public address) and the host name for TLS."""
+class PublicResolver(AbstractResolver):
+    """Resolves as the system does and refuses a name with any non-public address: the connection then
+    goes only to the addresses checked."""
+
+    def __init__(self) -> None:
+        self._inner = ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        answers = await self._inner.resolve(host, port, family)
+        if not answers or not all(public_address(a["host"]) for a in answers):
+            raise UnsafeEndpoint("the endpoint's host resolves to a non-public address")
+        return answers
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def check_endpoint(url: str, internal: bool) -> None:
+    """What can be refused before connecting: a scheme, a port, a host that is an address."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    try:
+        parts.port  # noqa: B018 (raises on a port out of range)
+    except ValueError:
+        raise UnsafeEndpoint("the endpoint's port is not valid") from None
+    if internal:
+        return
     if parts.scheme != "https":
         raise UnsafeEndpoint("not https")
-    port = parts.port or 443
+    host = parts.hostname or ""
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise UnsafeEndpoint(f"cannot resolve the endpoint's host: {exc.strerror or exc}") from None
-    addresses = sorted({str(info[4][0]) for info in infos})
-    if not addresses or not all(_public(a) for a in addresses):
-        raise UnsafeEndpoint("the endpoint's host resolves to a non-public address")
-    address = addresses[0]
-    netloc = f"[{address}]" if ":" in address else address
-    return urlunsplit(parts._replace(netloc=f"{netloc}:{port}")), host
+        ipaddress.ip_address(host)
+    except ValueError:
+        return  # a name: PublicResolver checks what it resolves to
+    if not public_address(host):
+        raise UnsafeEndpoint("the endpoint is a non-public address")
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """`Retry-After` in seconds or as an HTTP date, at most an hour."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return min(max(0.0, when - now), MAX_RETRY_AFTER_S)
 
 
 @dataclass(slots=True)
@@ -114,6 +176,7 @@ class DeliveryState:
     next_at: float = 0.0
     disabled: str | None = None
     last_error: str | None = None
+    replays: int = 0  # bumped by a replay: a pusher's state from before it is not written back
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +187,26 @@ class Outcome:
     retry_after: float | None = None
 
 
+DELIVERY_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        subscription TEXT PRIMARY KEY, delivered INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
+        first_failed_at REAL, next_at REAL NOT NULL DEFAULT 0, disabled TEXT, last_error TEXT,
+        replays INTEGER NOT NULL DEFAULT 0, owner TEXT, lease_until REAL NOT NULL DEFAULT 0) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        subscription TEXT NOT NULL, sequence INTEGER NOT NULL, event_id TEXT NOT NULL, failed_at REAL NOT NULL,
+        attempts INTEGER NOT NULL, last_error TEXT, PRIMARY KEY (subscription, sequence)) WITHOUT ROWID""",
+)
+_STATE = "delivered, attempts, first_failed_at, next_at, disabled, last_error, replays"
+
+
+def deliveries_path(register: Path) -> Path:
+    return register.with_name(register.name + "-deliveries")
+
+
 class DeliveryStore:
-    """The pushers' state in the register file: position, retries, lease, dead letters."""
+    """The pushers' state: position, retries, lease, dead letters. A small SQLite file of its own in
+    write-ahead-log mode with `synchronous=NORMAL`: a power cut may forget the last positions, and the
+    events after them are sent again, with the same `webhook-id`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -134,53 +215,56 @@ class DeliveryStore:
 
     def _db(self) -> sqlite3.Connection:
         if self._connection is None:
-            self._connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                               timeout=BUSY_TIMEOUT_MS / 1000)
-            self._connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                         timeout=BUSY_TIMEOUT_MS / 1000)
+            connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            for statement in DELIVERY_SCHEMA:
+                connection.execute(statement)
+            self._connection = connection
         return self._connection
 
     async def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         async with self._lock:
-            return await asyncio.to_thread(work, self._db())
+            return await asyncio.to_thread(self._transaction, work)
 
-    async def lease(self, key: str, owner: str, lease_s: float) -> DeliveryState | None:
-        """The subscription's state if this owner holds (or now takes) its lease; None if another does."""
+    def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(db)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return result
+
+    async def lease(self, key: str, owner: str, lease_s: float, now: float) -> DeliveryState | None:
+        """The subscription's state if this owner holds (or now takes) its lease until `now + lease_s`;
+        None if another owner holds it."""
         def work(db: sqlite3.Connection) -> DeliveryState | None:
-            now = time.time()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute("INSERT INTO deliveries (subscription) VALUES (?) ON CONFLICT DO NOTHING", (key,))
-                taken = db.execute("UPDATE deliveries SET owner = ?, lease_until = ? WHERE subscription = ? "
-                                   "AND (owner = ? OR owner IS NULL OR lease_until < ?)",
-                                   (owner, now + lease_s, key, owner, now)).rowcount
-                row = db.execute("SELECT delivered, attempts, first_failed_at, next_at, disabled, last_error "
-                                 "FROM deliveries WHERE subscription = ?", (key,)).fetchone()
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            db.execute("INSERT INTO deliveries (subscription) VALUES (?) ON CONFLICT DO NOTHING", (key,))
+            taken = db.execute("UPDATE deliveries SET owner = ?, lease_until = ? WHERE subscription = ? "
+                               "AND (owner = ? OR owner IS NULL OR lease_until < ?)",
+                               (owner, now + lease_s, key, owner, now)).rowcount
+            row = db.execute(f"SELECT {_STATE} FROM deliveries WHERE subscription = ?", (key,)).fetchone()  # noqa: S608
             return DeliveryState(*row) if taken else None
 
         return await self._run(work)
 
     async def save(self, key: str, owner: str, state: DeliveryState, dead: Sequence[tuple[int, str]] = ()) -> bool:
-        """Write the state (and dead letters) if this owner still holds the lease."""
+        """Write the state (and dead letters) if this owner still holds the lease and no replay came since."""
         def work(db: sqlite3.Connection) -> bool:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                saved = db.execute(
-                    "UPDATE deliveries SET delivered = ?, attempts = ?, first_failed_at = ?, next_at = ?, "
-                    "disabled = ?, last_error = ? WHERE subscription = ? AND owner = ?",
-                    (state.delivered, state.attempts, state.first_failed_at, state.next_at, state.disabled,
-                     state.last_error, key, owner)).rowcount
-                if saved:
-                    db.executemany("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
-                                   [(key, seq, event_id, time.time(), state.attempts, state.last_error)
-                                    for seq, event_id in dead])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            saved = db.execute(
+                "UPDATE deliveries SET delivered = ?, attempts = ?, first_failed_at = ?, next_at = ?, "
+                "disabled = ?, last_error = ? WHERE subscription = ? AND owner = ? AND replays = ?",
+                (state.delivered, state.attempts, state.first_failed_at, state.next_at, state.disabled,
+                 state.last_error, key, owner, state.replays)).rowcount
+            if saved:
+                db.executemany("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
+                               [(key, seq, event_id, time.time(), state.attempts, state.last_error)
+                                for seq, event_id in dead])
             return bool(saved)
 
         return await self._run(work)
@@ -190,21 +274,18 @@ class DeliveryStore:
                                               "owner = ?", (key, owner)))
 
     async def replay(self, key: str, after: int) -> None:
-        """Deliver again from just after `after`: the endpoint is enabled again, retries start afresh."""
+        """Deliver again from just after `after`: the endpoint is enabled again, retries start afresh, and
+        a pusher's state from before is not written back over it."""
         await self._run(lambda db: db.execute(
             "INSERT INTO deliveries (subscription, delivered) VALUES (?1, ?2) ON CONFLICT (subscription) DO UPDATE "
-            "SET delivered = ?2, attempts = 0, first_failed_at = NULL, next_at = 0, disabled = NULL, last_error = NULL",
-            (key, after)))
+            "SET delivered = ?2, attempts = 0, first_failed_at = NULL, next_at = 0, disabled = NULL, "
+            "last_error = NULL, replays = replays + 1", (key, after)))
 
     async def status(self, key: str) -> tuple[DeliveryState, list[dict[str, Any]]]:
         def work(db: sqlite3.Connection) -> tuple[DeliveryState, list[dict[str, Any]]]:
-            try:
-                row = db.execute("SELECT delivered, attempts, first_failed_at, next_at, disabled, last_error "
-                                 "FROM deliveries WHERE subscription = ?", (key,)).fetchone()
-                dead = db.execute("SELECT sequence, event_id, failed_at, attempts, last_error FROM dead_letters "
-                                  "WHERE subscription = ? ORDER BY sequence DESC LIMIT 1000", (key,)).fetchall()
-            except sqlite3.OperationalError:
-                return DeliveryState(), []
+            row = db.execute(f"SELECT {_STATE} FROM deliveries WHERE subscription = ?", (key,)).fetchone()  # noqa: S608
+            dead = db.execute("SELECT sequence, event_id, failed_at, attempts, last_error FROM dead_letters "
+                              "WHERE subscription = ? ORDER BY sequence DESC LIMIT 1000", (key,)).fetchall()
             return (DeliveryState(*row) if row else DeliveryState(),
                     [{"sequence": s, "event_id": e, "failed_at": f, "attempts": a, "last_error": m}
                      for s, e, f, a, m in dead])
@@ -213,11 +294,7 @@ class DeliveryStore:
 
     async def all_states(self) -> dict[str, DeliveryState]:
         def work(db: sqlite3.Connection) -> dict[str, DeliveryState]:
-            try:
-                rows = db.execute("SELECT subscription, delivered, attempts, first_failed_at, next_at, disabled, "
-                                  "last_error FROM deliveries").fetchall()
-            except sqlite3.OperationalError:
-                return {}
+            rows = db.execute(f"SELECT subscription, {_STATE} FROM deliveries").fetchall()  # noqa: S608
             return {r[0]: DeliveryState(*r[1:]) for r in rows}
 
         return await self._run(work)
@@ -234,9 +311,8 @@ class PushSettings:
     horizon_s: float = DEFAULT_HORIZON_S
     timeout_s: float = 15.0
     poll_s: float = 1.0
-    lease_s: float = 30.0
+    lease_s: float = 60.0
     clock: Callable[[], float] = time.time
-    resolve: Callable[[str], Any] = field(default=resolve_public)
 
 
 class Pusher:
@@ -246,20 +322,35 @@ class Pusher:
         self.key, self.administration, self.name = key, administration, name
         self.d = deliveries
         self.wake = asyncio.Event()
-        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                                        timeout=deliveries.settings.timeout_s, follow_redirects=False)
         self.task: asyncio.Task[None] | None = None
         self.state: DeliveryState | None = None
+        self._lease_until = 0.0
+        self._session: aiohttp.ClientSession | None = None
+        self._session_internal: bool | None = None
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"push:{self.key}")
+
+    async def _client(self, internal: bool) -> aiohttp.ClientSession:
+        """One connection, its own resolver: nothing shared with another subscriber."""
+        if self._session is None or self._session_internal != internal:
+            if self._session is not None:
+                await self._session.close()
+            connector = aiohttp.TCPConnector(limit=1, resolver=None if internal else PublicResolver(),
+                                             ttl_dns_cache=60)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=self.d.settings.timeout_s),
+                skip_auto_headers=("User-Agent",), headers={"user-agent": "jamu-events"})
+            self._session_internal = internal
+        return self._session
 
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
         with contextlib.suppress(Exception):
             await self.d.store.release(self.key, self.d.owner)
 
@@ -279,6 +370,7 @@ class Pusher:
                 delay = settings.poll_s  # nothing leaves unlogged: wait for the log
             except Exception:
                 log.exception("push delivery for %s failed", self.key)
+                self.state = None
                 delay = settings.poll_s
             if delay:
                 await self._sleep(delay)
@@ -290,11 +382,20 @@ class Pusher:
             return None
         return administration, subscription
 
+    async def _hold(self) -> DeliveryState | None:
+        """The state, with the lease held long enough for one more attempt (renewed when it is not)."""
+        settings = self.d.settings
+        now = time.time()
+        if self.state is None or self._lease_until - now < settings.timeout_s + settings.lease_s / 2:
+            self.state = await self.d.store.lease(self.key, self.d.owner, settings.lease_s, now)
+            self._lease_until = now + settings.lease_s if self.state is not None else 0.0
+        return self.state
+
     async def step(self) -> float:
         """One round: the seconds to wait before the next (0: go on at once)."""
         settings = self.d.settings
-        state = await self.d.store.lease(self.key, self.d.owner, settings.lease_s)
-        self.state = state
+        self.state = None  # read afresh each round: a replay may have moved or enabled it
+        state = await self._hold()
         if state is None or state.disabled:
             return settings.poll_s
         now = settings.clock()
@@ -307,22 +408,35 @@ class Pusher:
         if not items:
             return settings.poll_s
         administration, subscription = policy
-        events = [self._event(item, administration, subscription) for item in items]
-        await self.d.access_log.append_many([record for _, record in events])
         dead: list[tuple[int, str]] = []
-        for item, (event, _) in zip(items, events, strict=True):
-            outcome = await self._post(subscription, event)
-            if outcome.ok:
-                state.delivered, state.attempts, state.first_failed_at, state.last_error = item.sequence, 0, None, None
-                state.next_at = 0.0
-                self.d.metrics_delivered(self.administration)
-                continue
-            self.d.metrics_failed(self.administration)
-            self._failed(state, item, outcome, dead)
-            break
-        await self.d.store.save(self.key, self.d.owner, state, dead)
-        return 0.0 if not state.attempts and not state.disabled else min(
-            max(0.0, state.next_at - settings.clock()), settings.poll_s)
+        window = 1 if state.attempts else WINDOW
+        logged = 0  # items[:logged] have their access-log entries
+        try:
+            for index, item in enumerate(items):
+                if logged <= index:
+                    ahead = items[index:index + window]
+                    await self.d.access_log.append_many([self._record(i, administration, subscription)
+                                                         for i in ahead])
+                    logged = index + len(ahead)
+                if await self._hold() is None:
+                    break  # the lease is gone: another process delivers from the saved position
+                outcome = await self._post(subscription, self._body(item, subscription))
+                if outcome.ok:
+                    state.delivered, state.attempts, state.first_failed_at, state.last_error = (
+                        item.sequence, 0, None, None)
+                    state.next_at = 0.0
+                    self.d.metrics_delivered(self.administration)
+                    continue
+                self.d.metrics_failed(self.administration)
+                self._failed(state, item, outcome, dead)
+                break
+        finally:
+            saved = await self.d.store.save(self.key, self.d.owner, state, dead)
+        if not saved or state.disabled:
+            return settings.poll_s
+        if state.attempts:
+            return min(max(0.0, state.next_at - settings.clock()), settings.poll_s)
+        return 0.0
 
     def _failed(self, state: DeliveryState, item: FeedItem, outcome: Outcome, dead: list[tuple[int, str]]) -> None:
         settings = self.d.settings
@@ -334,56 +448,67 @@ class Pusher:
         state.attempts += 1
         if state.first_failed_at is None:
             state.first_failed_at = now
-        if now - state.first_failed_at >= settings.horizon_s:
-            dead.append((item.sequence, item.event_id))  # set aside after the horizon: the feed goes on
+        deadline = state.first_failed_at + settings.horizon_s
+        if now >= deadline:
+            # Failing for the whole horizon: this event is set aside and the endpoint disabled, so the rest of
+            # the feed waits (in order, nothing lost) for the subscriber to be fixed and a replay.
+            dead.append((item.sequence, item.event_id))
             state.delivered, state.attempts, state.first_failed_at, state.next_at = item.sequence, 0, None, 0.0
+            state.disabled = f"failing for {settings.horizon_s / 3600:g} h ({outcome.error}); replay to resume"
             return
         schedule = settings.backoff_s
         wait = schedule[min(state.attempts - 1, len(schedule) - 1)] * random.uniform(0.9, 1.1)  # noqa: S311
         if outcome.retry_after is not None:
             wait = max(wait, outcome.retry_after)
-        state.next_at = now + min(wait, settings.horizon_s)
+        state.next_at = min(now + wait, deadline)
 
-    def _event(self, item: FeedItem, administration: AdministrationPolicy, subscription: SubscriptionPolicy
-               ) -> tuple[bytes, AccessRecord]:
+    def _body(self, item: FeedItem, subscription: SubscriptionPolicy) -> bytes:
         subject_ref = self.d.subject_refs(self.administration, item.nin)
-        body = orjson.dumps(cloud_event(item, subscription, subject_ref, self.d.source))
+        return orjson.dumps(cloud_event(item, subscription, subject_ref, self.d.source))
+
+    def _record(self, item: FeedItem, administration: AdministrationPolicy, subscription: SubscriptionPolicy
+                ) -> AccessRecord:
         purpose = administration.purposes[subscription.purpose]
         record = AccessRecord(id=str(uuid.uuid4()), operation="events.deliver", administration=self.administration,
                               client_id=None, purpose=subscription.purpose, legal_basis=purpose.legal_basis,
                               subject_hash=self.d.subjects(item.nin),
                               attributes_released=sorted(subscription.attributes))
         record.finish(200)
-        return body, record
+        return record
 
     async def _post(self, subscription: SubscriptionPolicy, body: bytes) -> Outcome:
+        """One attempt; whatever goes wrong is a failed attempt, never an escape."""
         event_id = orjson.loads(body)["id"]
         url = subscription.endpoint or ""
-        extensions: dict[str, Any] = {}
-        headers = {"content-type": "application/cloudevents+json", "webhook-id": event_id}
         try:
-            if not subscription.endpoint_internal:
-                url, host = await self.d.settings.resolve(url)
-                headers["host"] = urlsplit(subscription.endpoint or "").netloc
-                extensions["sni_hostname"] = host
+            check_endpoint(url, subscription.endpoint_internal)
             timestamp = int(time.time())  # the attempt's own time, whatever clock schedules retries
-            headers["webhook-timestamp"] = str(timestamp)
-            headers["webhook-signature"] = self.d.signer.sign(event_id, timestamp, body)
-            response = await self.client.post(url, content=body, headers=headers, extensions=extensions)
-        except UnsafeEndpoint as exc:
-            return Outcome(False, f"unsafe endpoint: {exc}")
-        except httpx.HTTPError as exc:
-            return Outcome(False, f"{type(exc).__name__}")
-        if 200 <= response.status_code < 300:
+            headers = {"content-type": "application/cloudevents+json", "webhook-id": event_id,
+                       "webhook-timestamp": str(timestamp),
+                       "webhook-signature": self.d.signer.sign(event_id, timestamp, body)}
+            session = await self._client(subscription.endpoint_internal)
+            async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+                status, after = response.status, response.headers.get("retry-after")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return Outcome(False, _failure(exc))
+        if 200 <= status < 300:
             return Outcome(True)
-        if response.status_code == 410:
+        if status == 410:
             return Outcome(False, "410", gone=True)
-        retry_after = None
-        if response.status_code in (429, 503):
-            value = response.headers.get("retry-after", "")
-            if value.isdigit():
-                retry_after = min(float(value), MAX_RETRY_AFTER_S)
-        return Outcome(False, str(response.status_code), retry_after=retry_after)
+        wait = retry_after(after, time.time()) if status in (429, 503) else None
+        return Outcome(False, str(status), retry_after=wait)
+
+
+def _failure(exc: BaseException) -> str:
+    """What `last_error` says: an unsafe endpoint named as such, anything else by its kind."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, UnsafeEndpoint):
+            return f"unsafe endpoint: {seen}"
+        seen = getattr(seen, "os_error", None) or seen.__cause__ or seen.__context__
+    return "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
 
 
 class Deliveries:
@@ -391,12 +516,14 @@ class Deliveries:
 
     def __init__(self, policies: PolicyStore, feed: EventFeed, store: DeliveryStore, access_log: AccessLog,
                  signer: WebhookSigner, subjects: Callable[[str], str], subject_refs: Callable[[str, str], str],
-                 source: str, metrics: Metrics, settings: PushSettings | None = None) -> None:
+                 source: str, metrics: Metrics, settings: PushSettings | None = None, owner: str | None = None) -> None:
         self.policies, self.feed, self.store, self.access_log = policies, feed, store, access_log
         self.signer, self.subjects, self.subject_refs, self.source = signer, subjects, subject_refs, source
         self.metrics = metrics
         self.settings = settings or PushSettings()
-        self.owner = str(uuid.uuid4())
+        # The process's slot in the data dir (exclusive while it lives): a restarted process takes its
+        # predecessor's leases at once instead of waiting for them to run out.
+        self.owner = owner or str(uuid.uuid4())
         self.pushers: dict[str, Pusher] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -429,13 +556,15 @@ class Deliveries:
                 if key not in self.pushers:
                     pusher = self.pushers[key] = Pusher(key, administration, name, self)
                     pusher.start()
+            with contextlib.suppress(Exception):  # the metrics follow without anyone asking /readyz
+                await self.backlog()
             await asyncio.sleep(self.settings.poll_s * 5)
 
     async def backlog(self) -> dict[str, Any]:
         """What `/readyz` and the metrics say: events not yet delivered, subscriptions failing or disabled."""
         wanted = sorted(self.subscriptions())
         heads = await self.feed.heads(wanted)
-        states = await self.store.all_states()
+        states = await self.store.all_states() if wanted else {}
         backlog, failing, disabled = 0, [], []
         for key in wanted:
             state = states.get(key, DeliveryState())
@@ -457,3 +586,4 @@ class Deliveries:
         for pusher in self.pushers.values():
             await pusher.stop()
         self.pushers.clear()
+        self.store.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -36,21 +37,26 @@ class FeedItem:
     amends: str | None
 
 
-def encode_cursor(sequence: int) -> str:
-    """Opaque to clients; stable, so a cursor kept for a year still names the same place."""
-    return base64.urlsafe_b64encode(f"feed:{sequence}".encode()).decode().rstrip("=")
+def _tag(subscription: str) -> str:
+    return hashlib.sha256(subscription.encode()).hexdigest()[:8]
 
 
-def decode_cursor(cursor: str) -> int:
-    """ValueError for anything `encode_cursor` did not make."""
+def encode_cursor(subscription: str, sequence: int) -> str:
+    """Opaque to clients; stable, so a cursor kept for a year still names the same place; marked with
+    its feed, so another feed's cursor is refused rather than read as a position here."""
+    return base64.urlsafe_b64encode(f"{_tag(subscription)}:{sequence}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(subscription: str, cursor: str) -> int:
+    """ValueError for anything `encode_cursor` did not make for this subscription."""
     if len(cursor) > 40:
         raise ValueError("not a cursor of this feed")
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ValueError("not a cursor of this feed") from None
-    prefix, _, number = text.partition(":")
-    if prefix != "feed" or not number.isdigit() or len(number) > 15:
+    tag, _, number = text.partition(":")
+    if tag != _tag(subscription) or not number.isdigit() or len(number) > 15:
         raise ValueError("not a cursor of this feed")
     return int(number)
 
@@ -88,8 +94,9 @@ class EventFeed:
             try:
                 return work(self._db())
             except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):
-                    return None  # nothing declared yet: the tables come with the first writer
+                if "no such table" in str(exc) or "unable to open" in str(exc):
+                    self.close_unlocked()
+                    return None  # no register here, or nothing declared yet: an empty feed
                 raise
 
     async def read(self, subscription: str, after: int, limit: int) -> list[FeedItem]:
@@ -113,6 +120,9 @@ class EventFeed:
 
     def close(self) -> None:
         with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+            self.close_unlocked()
+
+    def close_unlocked(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

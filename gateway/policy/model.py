@@ -130,8 +130,13 @@ class SubscriptionPolicy(_Strict):
             return None
         parts = urlsplit(value)
         if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password \
-                or parts.fragment or any(c.isspace() for c in value):
+                or parts.fragment or any(c.isspace() or not c.isprintable() for c in value):
             raise ValueError("endpoint must be an absolute http(s) URL without credentials or fragment")
+        try:
+            parts.port  # noqa: B018 (raises on a port out of range)
+            parts.hostname.encode("idna")
+        except (ValueError, UnicodeError):
+            raise ValueError("endpoint: not a valid host and port") from None
         return value
 
     @model_validator(mode="after")

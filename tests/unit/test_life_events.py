@@ -13,7 +13,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from connectors.population import population, seed_register
+from connectors.population import luhn_digit, population, seed_register
 from gateway.audit.log import StubAccessLog
 from gateway.events.declarations import DeclarationBody, FormProblem, Rejected, judge, judge_birth, parse
 from gateway.events.delivery import (
@@ -22,10 +22,21 @@ from gateway.events.delivery import (
     PushSettings,
     UnsafeEndpoint,
     WebhookSigner,
-    resolve_public,
+    check_endpoint,
+    deliveries_path,
+    public_address,
+    retry_after,
 )
 from gateway.events.feed import EventFeed, FeedItem, cloud_event, decode_cursor, encode_cursor
-from gateway.events.register import KeyConflict, RegisterWriter, Submission, Subscriber, request_hash
+from gateway.events.register import (
+    SCHEMA,
+    KeyConflict,
+    RegisterUnavailable,
+    RegisterWriter,
+    Submission,
+    Subscriber,
+    request_hash,
+)
 from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
 from gateway.policy.loader import PolicyError, load_policies
 from gateway.policy.model import SubscriptionPolicy
@@ -162,8 +173,6 @@ async def test_a_failed_commit_changes_nothing(register: Path) -> None:
     writer = RegisterWriter(register, boom, today=lambda: TODAY)
     await writer.start()
     try:
-        from gateway.events.register import RegisterUnavailable
-
         with pytest.raises(RegisterUnavailable):
             await writer.declare(_submission("z", {"type": "death", "nin": PEOPLE[0]["nin"],
                                                    "data": {"death_date": "2026-11-01"}}))
@@ -176,10 +185,11 @@ async def test_a_failed_commit_changes_nothing(register: Path) -> None:
 
 def test_cursors_are_opaque_and_refuse_what_they_did_not_make() -> None:
     for n in (0, 1, 987654321):
-        assert decode_cursor(encode_cursor(n)) == n
-    for bad in ("", "abc", "ZmVlZDotMQ", encode_cursor(1) + "A" * 40, "ZmVlZDp4", "!!!!"):
+        assert decode_cursor("a/deaths", encode_cursor("a/deaths", n)) == n
+    for bad in ("", "abc", "ZmVlZDotMQ", encode_cursor("a/deaths", 1) + "A" * 40, "ZmVlZDp4", "!!!!",
+                encode_cursor("b/deaths", 1)):
         with pytest.raises(ValueError):
-            decode_cursor(bad)
+            decode_cursor("a/deaths", bad)
 
 
 def test_a_payload_carries_only_what_the_subscription_lists() -> None:
@@ -228,18 +238,27 @@ def test_subscriptions_are_validated(tmp_path: Path) -> None:
     assert problems and "legal basis" in problems[0]
 
 
-async def test_outbound_endpoints_must_resolve_to_public_addresses() -> None:
-    for url in ("https://127.0.0.1/x", "https://localhost/x", "https://10.1.2.3/x", "https://[::1]/x",
-                "https://169.254.169.254/x", "http://93.184.215.14/x", "https://[::ffff:127.0.0.1]/x"):
+def test_outbound_endpoints_must_be_public_addresses() -> None:
+    for url in ("https://127.0.0.1/x", "https://10.1.2.3/x", "https://[::1]/x", "https://169.254.169.254/x",
+                "http://93.184.215.14/x", "https://[::ffff:127.0.0.1]/x", "https://[64:ff9b::a9fe:a9fe]/x",
+                "https://[2002:7f00:1::1]/x", "https://[::7f00:1]/x", "https://[fec0::1]/x",
+                "https://roll.example.ml:99999/x"):
         with pytest.raises(UnsafeEndpoint):
-            await resolve_public(url)
-    target, host = await resolve_public("https://93.184.215.14:8443/hooks?a=1")
-    assert target == "https://93.184.215.14:8443/hooks?a=1" and host == "93.184.215.14"
+            check_endpoint(url, internal=False)
+    check_endpoint("https://93.184.215.14:8443/hooks?a=1", internal=False)
+    check_endpoint("https://roll.example.ml/hooks", internal=False)  # a name: checked as it resolves
+    check_endpoint("http://127.0.0.1:8080/hooks", internal=True)
+    assert public_address("93.184.215.14") and public_address("2606:4700::1111")
+    assert not public_address("64:ff9b::a00:1") and not public_address("not an address")
+    assert retry_after("120", 0) == 120 and retry_after("999999", 0) == 3600
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470.0) == 10.0
+    assert retry_after("soon", 0) is None
 
 
-async def test_an_event_failing_past_the_horizon_is_set_aside_and_the_feed_goes_on(register: Path) -> None:
-    """A simulated clock: three days of failures pass in a few rounds; the event becomes a dead letter and
-    the next one is delivered."""
+async def test_an_event_failing_past_the_horizon_is_set_aside_and_the_endpoint_waits_for_a_replay(
+        register: Path) -> None:
+    """A simulated clock: three days of failures pass in a few rounds; the event becomes a dead letter, the
+    endpoint is disabled with the rest of the feed kept, and a replay from after it delivers the rest."""
     receiver = Receiver(answer=lambda d: (500, {}, 0.0) if d.event["sequence"] == "1" else (200, {}, 0.0)).start()
     policies_dir = register.parent / "policies"
     policies_dir.mkdir()
@@ -259,7 +278,7 @@ async def test_an_event_failing_past_the_horizon_is_set_aside_and_the_feed_goes_
     signer = WebhookSigner(Ed25519PrivateKey.generate())
     receiver.public_keys.append(signer.public_key)
     log = StubAccessLog()
-    deliveries = Deliveries(policies, EventFeed(register), DeliveryStore(register), log, signer,
+    deliveries = Deliveries(policies, EventFeed(register), DeliveryStore(deliveries_path(register)), log, signer,
                             SubjectHasher(b"k" * 32), SubjectRefs(b"s" * 32), "https://gw", Metrics(),
                             PushSettings(backoff_s=(3600.0,), horizon_s=72 * 3600.0, poll_s=0.05,
                                          clock=lambda: clock["now"]))
@@ -272,12 +291,107 @@ async def test_an_event_failing_past_the_horizon_is_set_aside_and_the_feed_goes_
             clock["now"] += 900.0
         state, dead = await deliveries.store.status("electoral/deaths")
         assert [d["sequence"] for d in dead] == [1] and dead[0]["last_error"] == "500"
-        assert state.delivered == 2 and state.attempts == 0
-        assert [d.event["sequence"] for d in receiver.accepted()] == ["2"]
+        assert state.delivered == 1 and state.disabled and "72 h" in state.disabled
+        assert receiver.accepted() == []  # the second event waits, in order, for the subscriber to be fixed
         attempts = [d for d in receiver.received if d.event["sequence"] == "1"]
         assert 60 <= len(attempts) <= 82  # about one an hour (±10 %) for 72 hours, then set aside
+        # Each attempt left one access-log entry; the only other is the second event's, written ahead while
+        # the first went out the first time (the window falls to one after a failure).
+        assert len(log.events) == len(receiver.received) + 1
         assert {e["operation"] for e in log.events} == {"events.deliver"}
+        await deliveries.store.replay("electoral/deaths", 1)
+        await pusher.step()
+        assert [d.event["sequence"] for d in receiver.accepted()] == ["2"]
+        state, _ = await deliveries.store.status("electoral/deaths")
+        assert state.delivered == 2 and state.disabled is None
     finally:
         await pusher.stop()
         deliveries.store.close()
         receiver.stop()
+
+
+async def test_amendments_follow_the_records_history(register: Path) -> None:
+    writer = RegisterWriter(register, lambda: [], today=lambda: TODAY)
+    await writer.start()
+    person = PEOPLE[8]
+    nin = person["nin"]
+
+    async def declare(key: str, **declaration: Any) -> Any:
+        return await writer.declare(_submission(key, declaration))
+
+    try:
+        first = await declare("n1", type="name_change", nin=nin, data={"given_names": "Awa", "effective_date": "2026"})
+        widen = await declare("n1c", type="name_change", corrects=first.body["event_id"],
+                              data={"family_name": "Touré"})
+        assert widen.status == 201
+        # A void puts back every field the original and its corrections changed, as they were before.
+        void = await declare("n1v", type="name_change", voids=first.body["event_id"], data={})
+        assert void.status == 201
+        with sqlite3.connect(register) as db:
+            row = db.execute("SELECT family_name, given_names FROM people WHERE nin = ?", (nin,)).fetchone()
+        assert row == (person["family_name"], person["given_names"])
+        # A later declaration that changed the same field stands on the earlier one: no void under it, even
+        # when it set the value back.
+        a = await declare("a", type="name_change", nin=nin, data={"given_names": "B", "effective_date": "2026"})
+        await declare("b", type="name_change", nin=nin, data={"given_names": "C", "effective_date": "2026"})
+        await declare("c", type="name_change", nin=nin, data={"given_names": "B", "effective_date": "2026"})
+        refused = await declare("av", type="name_change", voids=a.body["event_id"], data={})
+        assert refused.status == 422 and refused.body["reason"] == "superseded"
+        assert refused.subject == nin  # the refusal's access record names the person
+        # A birth with a later death cannot be voided from under it; a marriage not after its divorce.
+        born = await declare("bb", type="birth", data={"family_name": "K", "given_names": "S", "sex": "F",
+                                                      "birth_date": "2026-01-01", "birth_place": "Kati"})
+        await declare("bd", type="death", nin=born.body["nin"], data={"death_date": "2026-02-01"})
+        assert (await declare("bv", type="birth", voids=born.body["event_id"], data={})).body["reason"] == \
+            "superseded"
+        spouse = PEOPLE[9]["nin"]
+        married = await declare("m", type="marriage", nin=nin, data={"spouse_nin": spouse, "date": "2026-03-01"})
+        assert married.status == 201
+        assert (await declare("m2", type="marriage", nin=spouse, data={"spouse_nin": nin, "date": "2026-03-02"})
+                ).body["reason"] == "already_married"
+        assert (await declare("d", type="divorce", nin=spouse, data={"spouse_nin": nin, "date": "2026-04-01"})
+                ).status == 201
+        assert (await declare("mv", type="marriage", voids=married.body["event_id"], data={})).body["reason"] == \
+            "superseded"
+        # A correction never blanks a field.
+        with pytest.raises(FormProblem):
+            parse(body(type="name_change", corrects=first.body["event_id"], data={"family_name": None}))
+    finally:
+        await writer.close()
+
+
+async def test_one_failing_declaration_fails_alone(register: Path) -> None:
+    """A NIN the register would give already taken by an imported record is skipped; a declaration whose
+    write fails (here: a constraint) is refused alone, and the others of its group commit."""
+    with sqlite3.connect(register) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        for statement in SCHEMA:
+            db.execute(statement)
+        body_ = "20026000000001"
+
+        db.execute("INSERT INTO people (nin, family_name, record_status) VALUES (?, 'X', 'active')",
+                   (body_ + luhn_digit(body_),))
+        db.execute(f"CREATE TRIGGER refuse AFTER UPDATE ON people WHEN NEW.nin = '{PEOPLE[11]['nin']}' BEGIN "
+                   "SELECT RAISE(ABORT, 'refused'); END")
+    writer = RegisterWriter(register, lambda: [], today=lambda: TODAY)
+    await writer.start()
+    try:
+        birth = {"type": "birth", "data": {"family_name": "K", "given_names": "S", "sex": "F",
+                                           "birth_date": "2026-01-01", "birth_place": "Kati"}}
+        results = await asyncio.gather(
+            writer.declare(_submission("ok1", birth)),
+            writer.declare(_submission("bad", {"type": "death", "nin": PEOPLE[11]["nin"],
+                                               "data": {"death_date": "2026-01-01"}})),
+            writer.declare(_submission("ok2", {"type": "death", "nin": PEOPLE[12]["nin"],
+                                               "data": {"death_date": "2026-01-01"}})),
+            return_exceptions=True)
+        assert results[0].status == 201 and results[0].body["nin"] != body_ + luhn_digit(body_)
+        assert isinstance(results[1], RegisterUnavailable)
+        assert results[2].status == 201
+    finally:
+        await writer.close()
+    with sqlite3.connect(register) as db:
+        assert db.execute("SELECT record_status FROM people WHERE nin = ?", (PEOPLE[12]["nin"],)).fetchone()[0] \
+            == "deceased"
+        assert db.execute("SELECT record_status FROM people WHERE nin = ?", (PEOPLE[11]["nin"],)).fetchone()[0] \
+            == "active"
