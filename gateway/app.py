@@ -458,8 +458,8 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     problems.install(app)
     problems.describe(app)
     # The busiest routes first: matching walks the table in order.
-    add_routes(app, identity.router, oauth.router, ops.router, consents.router, audit.router, transparency.router,
-               jobs.router, events.router)
+    add_routes(app, identity.router, oauth.router, events.router, ops.router, consents.router, audit.router,
+               transparency.router, jobs.router)
     app.mount(ops.DOCS_ASSETS_PATH, StaticFiles(directory=str(ops.DOCS_ASSETS_DIR)), name="docs-assets")
     app.add_middleware(
         AccessMiddleware,

@@ -6,7 +6,6 @@ a person's history shows that a death or a birth was passed on, and to whom.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -101,7 +100,7 @@ def release_records(app: Services, administration: AdministrationPolicy, subscri
     purpose = administration.purposes[subscription.purpose]
     records = []
     for item in items:
-        record = AccessRecord(id=str(uuid.uuid4()), operation=operation, administration=administration.id,
+        record = AccessRecord(operation=operation, administration=administration.id,
                               client_id=client_id, purpose=subscription.purpose, legal_basis=purpose.legal_basis,
                               subject_hash=app.subjects(item.nin), attributes_released=sorted(subscription.attributes))
         record.finish(200)

@@ -469,7 +469,7 @@ class Pusher:
     def _record(self, item: FeedItem, administration: AdministrationPolicy, subscription: SubscriptionPolicy
                 ) -> AccessRecord:
         purpose = administration.purposes[subscription.purpose]
-        record = AccessRecord(id=str(uuid.uuid4()), operation="events.deliver", administration=self.administration,
+        record = AccessRecord(operation="events.deliver", administration=self.administration,
                               client_id=None, purpose=subscription.purpose, legal_basis=purpose.legal_basis,
                               subject_hash=self.d.subjects(item.nin),
                               attributes_released=sorted(subscription.attributes))
