@@ -294,8 +294,9 @@ def _jobs(args: argparse.Namespace, client: JobsClient) -> int:
 
 
 def cmd_events_declare(args: argparse.Namespace) -> int:
-    """Each line of a JSON Lines file is one declaration. Its Idempotency-Key is derived from the line, so
-    submitting the file again (after a cut connection) answers the first answers and changes nothing."""
+    """Each line of a JSON Lines file is one declaration. Its Idempotency-Key is derived from the file's
+    name, the line's number and its text, so submitting the file again (after a cut connection) answers
+    the first answers and changes nothing, while the same line in another file is a new declaration."""
     issuer = (args.gateway or _settings().issuer).rstrip("/")
 
     def token() -> str:
@@ -311,7 +312,8 @@ def cmd_events_declare(args: argparse.Namespace) -> int:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
-                key = f"{args.key_prefix}{hashlib.sha256(line.strip()).hexdigest()}"
+                origin = f"{Path(args.file).name}:{number}:".encode()
+                key = f"{args.key_prefix}{hashlib.sha256(origin + line.strip()).hexdigest()}"
                 headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
                 response = http.post("/v1/declarations", content=line.strip(), headers=headers)
                 if response.status_code == 401:

@@ -11,8 +11,10 @@ its client key, speaks the public API, and keeps its own state beside the roll.
   the voter struck by it.
 - The state file keeps the feed's cursor and every event id already applied: the consumer's own dedupe,
   so an event seen twice (a retry, a replay, a crash between the roll and the state) is applied once.
-- The roll is written first, then the state, each atomically: a crash in between replays events the
-  dedupe then skips.
+- After each page the roll is written, then the state, each atomically: a crash in between replays
+  events the dedupe then skips, and a long backlog is worked through over as many runs as it takes.
+- A death without `nin` (the subscription no longer carries it) stops the run before the cursor moves
+  past it: nothing is skipped silently.
 - Each event is parsed and checked as a CloudEvent 1.0 (the `cloudevents` SDK) before it is applied.
 """
 
@@ -89,6 +91,20 @@ def apply(event: dict[str, Any], roll: dict[str, dict[str, str]], struck_by: dic
     return False
 
 
+class Stop(Exception):
+    """The feed cannot be applied as it comes: the message says why; nothing past it was taken."""
+
+
+def _save(roll_path: Path, columns: list[str], rows: list[dict[str, str]], roll: dict[str, dict[str, str]],
+          state_path: Path, state: dict[str, Any]) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(roll[row["nin"]] for row in rows)
+    write_atomically(roll_path, out.getvalue())
+    write_atomically(state_path, json.dumps(state))
+
+
 def run(gateway: str, client_id: str, key: Path, subscription: str, roll_path: Path, state_path: Path
         ) -> dict[str, int]:
     fresh = {"cursor": None, "seen": [], "struck_by": {}}
@@ -100,13 +116,16 @@ def run(gateway: str, client_id: str, key: Path, subscription: str, roll_path: P
         rows = list(reader)
     columns += [f for f in FIELDS if f not in columns]
     roll = {row["nin"]: {**{f: "" for f in FIELDS}, **row} for row in rows}
-    http = httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {token(gateway, client_id, key)}"},
-                        timeout=30)
+    http = httpx.Client(base_url=gateway, timeout=30)
+    http.headers["Authorization"] = f"Bearer {token(gateway, client_id, key)}"
     counts = {"events": 0, "duplicates": 0, "changed": 0}
     cursor = state["cursor"]
     while True:
         params = {"subscription": subscription, "limit": 500, **({"after": cursor} if cursor else {})}
         page = http.get("/v1/events", params=params)
+        if page.status_code == 401:  # the token ran out during a long backlog
+            http.headers["Authorization"] = f"Bearer {token(gateway, client_id, key)}"
+            page = http.get("/v1/events", params=params)
         page.raise_for_status()
         doc = page.json()
         for raw in doc["events"]:
@@ -115,22 +134,18 @@ def run(gateway: str, client_id: str, key: Path, subscription: str, roll_path: P
             if event.get_id() in seen:
                 counts["duplicates"] += 1
                 continue
+            if raw["type"] != "ml.etatcivil.death.voided" and "nin" not in raw["data"]:
+                raise Stop(f"event {raw['id']} carries no nin: the subscription must list nin")
             counts["events"] += 1
-            if raw["type"] == "ml.etatcivil.death" and raw["data"].get("nin"):
+            if raw["type"] == "ml.etatcivil.death":
                 struck_by[raw["id"]] = raw["data"]["nin"]
             counts["changed"] += apply(raw, roll, struck_by)
             seen.add(event.get_id())
-        if doc["next_cursor"] == cursor or not doc["events"]:
-            cursor = doc["next_cursor"]
-            break
         cursor = doc["next_cursor"]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(roll[row["nin"]] for row in rows)
-    write_atomically(roll_path, out.getvalue())
-    write_atomically(state_path, json.dumps({"cursor": cursor, "seen": sorted(seen), "struck_by": struck_by}))
-    return counts
+        _save(roll_path, columns, rows, roll, state_path,
+              {"cursor": cursor, "seen": sorted(seen), "struck_by": struck_by})
+        if not doc["events"]:
+            return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path)
     args = parser.parse_args(argv)
     state = args.state or args.roll.with_name(args.roll.name + ".state.json")
-    counts = run(args.gateway.rstrip("/"), args.client, args.key, args.subscription, args.roll, state)
+    try:
+        counts = run(args.gateway.rstrip("/"), args.client, args.key, args.subscription, args.roll, state)
+    except Stop as exc:
+        print(f"strike: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(counts))
     return 0
 

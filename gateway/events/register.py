@@ -401,11 +401,10 @@ class _Transaction:
     def _next_version(self, nin: str, *, born: bool) -> int:
         """A birth is version 1; a record loaded by import or seed is at version 1 until its first
         declaration makes version 2."""
-        row = self.db.execute("SELECT version FROM record_versions WHERE nin = ?", (nin,)).fetchone()
-        version = 1 if born else (row[0] if row is not None else 1) + 1
-        self.db.execute("INSERT INTO record_versions VALUES (?, ?) ON CONFLICT (nin) DO UPDATE SET version = ?",
-                        (nin, version, version))
-        return version
+        row = self.db.execute("INSERT INTO record_versions VALUES (?, ?) ON CONFLICT (nin) "
+                              "DO UPDATE SET version = version + 1 RETURNING version",
+                              (nin, 1 if born else 2)).fetchone()
+        return int(row[0])
 
     def _new_nin(self, birth_date: str) -> str:
         """15 digits: 2 (declared at birth), 00, birth year (2), serial (9), Luhn: never one the seed makes,
