@@ -395,3 +395,54 @@ async def test_one_failing_declaration_fails_alone(register: Path) -> None:
             == "deceased"
         assert db.execute("SELECT record_status FROM people WHERE nin = ?", (PEOPLE[11]["nin"],)).fetchone()[0] \
             == "active"
+
+
+async def test_a_subscriber_down_for_a_simulated_hour_gets_everything_in_sequence(register: Path) -> None:
+    """The default schedule (5 s, 5 min, 30 min, 2 h…) under a simulated clock: the subscriber is down for
+    an hour while deaths keep coming; afterwards it has every event once, in sequence, and any event it
+    saw twice came with the same webhook-id."""
+    clock = {"now": 2_000_000.0}
+    up_at = clock["now"] + 3600.0
+    receiver = Receiver(answer=lambda d: (503, {}, 0.0) if clock["now"] < up_at else (204, {}, 0.0)).start()
+    policies_dir = register.parent / "policies"
+    policies_dir.mkdir()
+    (policies_dir / "electoral.yaml").write_text(yaml.safe_dump({
+        "id": "electoral", "name": "E", "purposes": {"roll": {"legal_basis": "Loi", "consent": "not_required",
+                                                              "operations": ["verify"]}},
+        "subscriptions": {"deaths": {"purpose": "roll", "events": ["death"], "attributes": ["nin"],
+                                     "endpoint": receiver.url, "endpoint_internal": True}}}))
+    policies = PolicyStore(load_policies(policies_dir))
+    writer = RegisterWriter(register, lambda: [Subscriber("electoral/deaths", frozenset({"death"}))],
+                            today=lambda: TODAY)
+    signer = WebhookSigner(Ed25519PrivateKey.generate())
+    receiver.public_keys.append(signer.public_key)
+    deliveries = Deliveries(policies, EventFeed(register), DeliveryStore(deliveries_path(register)), StubAccessLog(),
+                            signer, SubjectHasher(b"k" * 32), SubjectRefs(b"s" * 32), "https://gw", Metrics(),
+                            PushSettings(poll_s=0.01, clock=lambda: clock["now"]))
+    from gateway.events.delivery import Pusher
+
+    pusher = Pusher("electoral/deaths", "electoral", "deaths", deliveries)
+    await writer.start()
+    try:
+        declared = []
+        for minute in range(0, 4 * 60):  # four simulated hours, a minute a round
+            if minute % 10 == 0 and len(declared) < 12:  # a death every ten minutes for two hours
+                person = PEOPLE[len(declared)]
+                answer = await writer.declare(_submission(f"s{minute}", {
+                    "type": "death", "nin": person["nin"], "data": {"death_date": "2026"}}))
+                declared.append(answer.body["event_id"])
+            await pusher.step()
+            clock["now"] += 60.0
+        accepted = receiver.accepted()
+        assert [d.event["id"] for d in accepted] == declared  # every one, once, in sequence
+        assert [int(d.event["sequence"]) for d in accepted] == list(range(1, len(declared) + 1))
+        ids: dict[str, set[str]] = {}
+        for delivery in receiver.received:
+            ids.setdefault(delivery.event["id"], set()).add(delivery.headers["webhook-id"])
+        assert all(ids[event] == {event} for event in ids)
+        assert any(d.headers.get("x-acknowledged") is None for d in receiver.received)  # it was down
+    finally:
+        await pusher.stop()
+        await writer.close()
+        deliveries.store.close()
+        receiver.stop()
