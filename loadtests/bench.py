@@ -12,7 +12,16 @@ import json
 import sys
 from typing import Any
 
-from loadtests import bench_audit, bench_bulk, bench_hardening, bench_identity, bench_log, bench_ratelimit, bench_tlog
+from loadtests import (
+    bench_audit,
+    bench_bulk,
+    bench_events,
+    bench_hardening,
+    bench_identity,
+    bench_log,
+    bench_ratelimit,
+    bench_tlog,
+)
 
 HEADLINE = ("bare_rps", "verify_rps", "lookup_rps", "verify_ratio", "verify_ratios", "lookup_ratio",
             "bare_p50_ms", "bare_p99_ms", "verify_p50_ms", "verify_p99_ms", "lookup_p50_ms", "lookup_p99_ms",
@@ -38,6 +47,7 @@ def main() -> int:
     result["audit"] = bench_audit.measure([])
     result["tlog"] = bench_tlog.measure([])
     result["bulk"] = bench_bulk.measure([])
+    result["events"] = bench_events.measure([])
     log = bench_log.measure(["--soak-seconds", "600"])
     result.update({key: log[key] for key in LOG_HEADLINE if key in log})
     result["log"] = log
@@ -46,7 +56,7 @@ def main() -> int:
     result["hardening"] = hardening
     print(json.dumps(result))
     return 1 if any("error" in part for part in (result["ratelimit"], result["audit"], result["tlog"],
-                                                 result["bulk"], log, hardening)) else 0
+                                                 result["bulk"], result["events"], log, hardening)) else 0
 
 
 if __name__ == "__main__":

@@ -140,3 +140,21 @@ def test_the_bulk_benchmark_runs(tmp_path: Path) -> None:
     assert result["records_per_s"] > 0 and 0 < result["jobs_rss_mib"] < 1024, result
     assert result["verify_p99_ms_before"] > 0 and result["verify_p99_ms_during"] > 0, result
     assert result["verify_not_200_during"] == 0
+
+
+def test_the_life_events_benchmark_runs(tmp_path: Path) -> None:
+    """wrk against a served gateway at toy size: declarations at 64 and 8 connections beside the bare
+    baseline, pulls of full pages, a held backlog pushed to a loopback receiver, and a backlog written
+    into the feed drained with the gateway's memory sampled: every figure there, nothing refused, every
+    pushed event received."""
+    _need_wrk()
+    result = _bench(tmp_path, "bench_events", ["--people", "6000", "--rounds", "1", "--seconds", "1",
+                                               "--pull-seconds", "1", "--drain-seconds", "30", "--backlog", "3000",
+                                               "--backlog-seconds", "30"])
+    assert "error" not in result, result
+    assert result["declarations_per_s"] > 0 and result["declarations_per_s_8c"] > 0, result
+    assert 0 < result["declare_ratio"] < 5 and result["declare_refused"] == 0, result
+    assert result["pull_events_per_s_8c"] > 0 and result["feed_events"] > 0, result
+    for part in ("push", "backlog"):
+        assert result[part]["drained"] and result[part]["received"] >= result[part]["backlog"] > 0, result
+        assert 0 < result[part]["rss_mib_max"] < 1024, result
