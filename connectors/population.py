@@ -189,7 +189,7 @@ def seed_register(path: Path, count: int, seed: int, chunk: int = 50_000) -> int
     # A register that took declarations is in write-ahead-log mode: its log and index files belong to the
     # file being replaced, never to this one.
     # Push delivery's positions (`<register>-deliveries`) are positions in the replaced file's feeds.
-    for suffix in ("-wal", "-shm", "-deliveries", "-deliveries-wal", "-deliveries-shm"):
+    for suffix in ("-wal", "-shm", "-journal", "-deliveries", "-deliveries-wal", "-deliveries-shm"):
         path.with_name(path.name + suffix).unlink(missing_ok=True)
     os.replace(building, path)
     return count

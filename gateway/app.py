@@ -7,6 +7,7 @@ import contextlib
 import gc
 import inspect
 import logging
+import socket
 import uuid
 from collections.abc import AsyncIterator
 
@@ -332,15 +333,20 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     deliveries = Deliveries(
         policies, event_feed, DeliveryStore(deliveries_path(register_path)), access_log,
         WebhookSigner(load_or_create_ed25519(settings.keys_dir / "events-signing-key.pem")), subjects, subject_refs,
-        source=f"{settings.issuer}/v1/declarations", metrics=metrics, owner=f"slot:{slot.index}",
+        source=f"{settings.issuer}/v1/declarations", metrics=metrics,
+        owner=f"{socket.gethostname()}:{settings.log_dir.resolve()}:slot:{slot.index}",
         settings=PushSettings(backoff_s=settings.events_backoff, horizon_s=settings.events_retry_horizon_s,
-                              timeout_s=settings.events_push_timeout_s, poll_s=settings.events_poll_s))
+                              timeout_s=settings.events_push_timeout_s, poll_s=settings.events_poll_s,
+                              lease_s=max(60.0, 4 * settings.events_push_timeout_s)))
     register_writer = RegisterWriter(register_path, lambda: subscribers(policies), on_commit=deliveries.notify
                                      ) if has_register else None
 
     async def events_ready() -> dict[str, object]:
         # Never "failing": the gateway serves whatever a subscriber does; a backlog or a failing push is degraded.
-        return await deliveries.backlog()
+        try:
+            return await asyncio.wait_for(deliveries.backlog(), 0.5)
+        except Exception as exc:
+            return {"status": "degraded", "reason": f"the push state could not be read: {type(exc).__name__}"}
 
     readiness["events"] = events_ready
 

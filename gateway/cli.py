@@ -417,6 +417,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"  curl -s {base}/v1/lookup -H \"Authorization: Bearer {token('ceni-voter-roll')}\" \\",
         f"       -H 'Content-Type: application/json' -d '{{\"nin\": \"{person['nin']}\", "
         f"\"purpose\": \"voter_roll\", \"attributes\": [\"birth_place\"]}}'",
+        "  # a civil-registration centre declares a birth: the register gives the child a NIN",
+        f"  curl -s {base}/v1/declarations -H \"Authorization: Bearer {token('cec-bamako-c3-counter')}\" \\",
+        "       -H 'Idempotency-Key: demo-birth-1' -H 'Content-Type: application/json' -d '{\"type\": \"birth\", "
+        "\"data\": {\"family_name\": \"Diarra\", \"given_names\": \"Awa\", \"sex\": \"F\", "
+        "\"birth_date\": \"2026-11-30\", \"birth_place\": \"Bamako\"}}'",
+        "  # the electoral commission pulls the deaths it may know of, to strike voters (docs/life-events.md)",
+        f"  curl -s '{base}/v1/events?subscription=deaths_for_roll' "
+        f"-H \"Authorization: Bearer {token('ceni-voter-roll')}\"",
         "  # the data-protection authority sees who looked at this person",
         f"  curl -s {base}/v1/audit/search -H \"Authorization: Bearer {token('apdp-audit')}\" \\",
         f"       -H 'Content-Type: application/json' -d '{{\"nin\": \"{person['nin']}\"}}'",

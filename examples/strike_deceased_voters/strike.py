@@ -11,8 +11,9 @@ its client key, speaks the public API, and keeps its own state beside the roll.
   the voter struck by it.
 - The state file keeps the feed's cursor and every event id already applied: the consumer's own dedupe,
   so an event seen twice (a retry, a replay, a crash between the roll and the state) is applied once.
-- After each page the roll is written, then the state, each atomically: a crash in between replays
-  events the dedupe then skips, and a long backlog is worked through over as many runs as it takes.
+- Every ten seconds and at the end, the roll is written (when it changed), then the state, each
+  atomically: a crash in between replays events the dedupe then skips, and a long backlog is worked
+  through over as many runs as it takes.
 - A death without `nin` (the subscription no longer carries it) stops the run before the cursor moves
   past it: nothing is skipped silently.
 - Each event is parsed and checked as a CloudEvent 1.0 (the `cloudevents` SDK) before it is applied.
@@ -95,13 +96,18 @@ class Stop(Exception):
     """The feed cannot be applied as it comes: the message says why; nothing past it was taken."""
 
 
-def _save(roll_path: Path, columns: list[str], rows: list[dict[str, str]], roll: dict[str, dict[str, str]],
+SAVE_EVERY_S = 10.0
+
+
+def _save(roll_path: Path | None, columns: list[str], rows: list[dict[str, str]], roll: dict[str, dict[str, str]],
           state_path: Path, state: dict[str, Any]) -> None:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(roll[row["nin"]] for row in rows)
-    write_atomically(roll_path, out.getvalue())
+    """The roll (when it changed), then the state: a crash in between replays what the dedupe skips."""
+    if roll_path is not None:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(roll[row["nin"]] for row in rows)
+        write_atomically(roll_path, out.getvalue())
     write_atomically(state_path, json.dumps(state))
 
 
@@ -120,6 +126,7 @@ def run(gateway: str, client_id: str, key: Path, subscription: str, roll_path: P
     http.headers["Authorization"] = f"Bearer {token(gateway, client_id, key)}"
     counts = {"events": 0, "duplicates": 0, "changed": 0}
     cursor = state["cursor"]
+    saved_at, changed_since = time.monotonic(), False
     while True:
         params = {"subscription": subscription, "limit": 500, **({"after": cursor} if cursor else {})}
         page = http.get("/v1/events", params=params)
@@ -139,11 +146,16 @@ def run(gateway: str, client_id: str, key: Path, subscription: str, roll_path: P
             counts["events"] += 1
             if raw["type"] == "ml.etatcivil.death":
                 struck_by[raw["id"]] = raw["data"]["nin"]
-            counts["changed"] += apply(raw, roll, struck_by)
+            changed = apply(raw, roll, struck_by)
+            counts["changed"] += changed
+            changed_since = changed_since or changed
             seen.add(event.get_id())
         cursor = doc["next_cursor"]
-        _save(roll_path, columns, rows, roll, state_path,
-              {"cursor": cursor, "seen": sorted(seen), "struck_by": struck_by})
+        # Every few seconds and at the end, not every page: a long backlog is not rewritten page after page.
+        if not doc["events"] or time.monotonic() - saved_at > SAVE_EVERY_S:
+            _save(roll_path if changed_since else None, columns, rows, roll, state_path,
+                  {"cursor": cursor, "seen": sorted(seen), "struck_by": struck_by})
+            saved_at, changed_since = time.monotonic(), False
         if not doc["events"]:
             return counts
 

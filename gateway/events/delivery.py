@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -41,6 +42,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -49,8 +51,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -94,6 +96,8 @@ class UnsafeEndpoint(Exception):
 
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: a network's own translator
+_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # RFC 2765 IPv4-translated
 _SITE_LOCAL = ipaddress.ip_network("fec0::/10")
 
 
@@ -105,10 +109,10 @@ def public_address(address: str) -> bool:
     except ValueError:
         return False
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip in _SITE_LOCAL:
+        if ip in _SITE_LOCAL or ip in _NAT64_LOCAL:
             return False
         inner = ip.ipv4_mapped or ip.sixtofour
-        if inner is None and ip in _NAT64:
+        if inner is None and (ip in _NAT64 or ip in _TRANSLATED):
             inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if inner is None and int(ip) >> 32 == 0:  # ::a.b.c.d, IPv4-compatible
             inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
@@ -117,36 +121,44 @@ def public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+# Name resolution for push on threads of its own: a resolver that hangs holds these, never the threads the
+# register's commits and the log use.
+_DNS_THREADS = ThreadPoolExecutor(4, thread_name_prefix="push-dns")
+
+
 class PublicResolver(AbstractResolver):
     """Resolves as the system does and refuses a name with any non-public address: the connection then
     goes only to the addresses checked."""
 
-    def __init__(self) -> None:
-        self._inner = ThreadedResolver()
-
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
                       ) -> list[ResolveResult]:
-        answers = await self._inner.resolve(host, port, family)
+        infos = await asyncio.get_running_loop().run_in_executor(
+            _DNS_THREADS, functools.partial(socket.getaddrinfo, host, port, family, socket.SOCK_STREAM))
+        answers: list[ResolveResult] = [
+            ResolveResult(hostname=host, host=str(address[0]), port=int(address[1]), family=found, proto=proto,
+                          flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+            for found, _, proto, _, address in infos if found in (socket.AF_INET, socket.AF_INET6)]
         if not answers or not all(public_address(a["host"]) for a in answers):
             raise UnsafeEndpoint("the endpoint's host resolves to a non-public address")
         return answers
 
     async def close(self) -> None:
-        await self._inner.close()
+        return None
 
 
 def check_endpoint(url: str, internal: bool) -> None:
-    """What can be refused before connecting: a scheme, a port, a host that is an address."""
+    """What can be refused before connecting: a scheme, a port, a host that is an address. The host is
+    judged as the HTTP client will connect to it (an address in fullwidth digits becomes its ASCII form)."""
     parts = urlsplit(url)
     try:
         parts.port  # noqa: B018 (raises on a port out of range)
-    except ValueError:
-        raise UnsafeEndpoint("the endpoint's port is not valid") from None
+        host = yarl.URL(url).raw_host or ""
+    except (ValueError, UnicodeError):
+        raise UnsafeEndpoint("the endpoint's host or port is not valid") from None
     if internal:
         return
     if parts.scheme != "https":
         raise UnsafeEndpoint("not https")
-    host = parts.hostname or ""
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -159,7 +171,8 @@ def retry_after(value: str | None, now: float) -> float | None:
     """`Retry-After` in seconds or as an HTTP date, at most an hour."""
     if not value:
         return None
-    if value.strip().isdigit():
+    value = value.strip()
+    if value.isascii() and value.isdecimal():
         return min(float(value), MAX_RETRY_AFTER_S)
     try:
         when = parsedate_to_datetime(value).timestamp()
@@ -177,6 +190,7 @@ class DeliveryState:
     disabled: str | None = None
     last_error: str | None = None
     replays: int = 0  # bumped by a replay: a pusher's state from before it is not written back
+    epoch: int = 0  # bumped whenever the lease changes hands or lapses: a lapsed holder's state is stale
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,12 +205,13 @@ DELIVERY_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS deliveries (
         subscription TEXT PRIMARY KEY, delivered INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
         first_failed_at REAL, next_at REAL NOT NULL DEFAULT 0, disabled TEXT, last_error TEXT,
-        replays INTEGER NOT NULL DEFAULT 0, owner TEXT, lease_until REAL NOT NULL DEFAULT 0) WITHOUT ROWID""",
+        replays INTEGER NOT NULL DEFAULT 0, epoch INTEGER NOT NULL DEFAULT 0, owner TEXT,
+        lease_until REAL NOT NULL DEFAULT 0) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS dead_letters (
         subscription TEXT NOT NULL, sequence INTEGER NOT NULL, event_id TEXT NOT NULL, failed_at REAL NOT NULL,
         attempts INTEGER NOT NULL, last_error TEXT, PRIMARY KEY (subscription, sequence)) WITHOUT ROWID""",
 )
-_STATE = "delivered, attempts, first_failed_at, next_at, disabled, last_error, replays"
+_STATE = "delivered, attempts, first_failed_at, next_at, disabled, last_error, replays, epoch"
 
 
 def deliveries_path(register: Path) -> Path:
@@ -245,9 +260,10 @@ class DeliveryStore:
         None if another owner holds it."""
         def work(db: sqlite3.Connection) -> DeliveryState | None:
             db.execute("INSERT INTO deliveries (subscription) VALUES (?) ON CONFLICT DO NOTHING", (key,))
-            taken = db.execute("UPDATE deliveries SET owner = ?, lease_until = ? WHERE subscription = ? "
-                               "AND (owner = ? OR owner IS NULL OR lease_until < ?)",
-                               (owner, now + lease_s, key, owner, now)).rowcount
+            taken = db.execute(
+                "UPDATE deliveries SET epoch = epoch + (owner IS NOT ?1 OR lease_until < ?4), owner = ?1, "
+                "lease_until = ?2 WHERE subscription = ?3 AND (owner = ?1 OR owner IS NULL OR lease_until < ?4)",
+                (owner, now + lease_s, key, now)).rowcount
             row = db.execute(f"SELECT {_STATE} FROM deliveries WHERE subscription = ?", (key,)).fetchone()  # noqa: S608
             return DeliveryState(*row) if taken else None
 
@@ -258,9 +274,9 @@ class DeliveryStore:
         def work(db: sqlite3.Connection) -> bool:
             saved = db.execute(
                 "UPDATE deliveries SET delivered = ?, attempts = ?, first_failed_at = ?, next_at = ?, "
-                "disabled = ?, last_error = ? WHERE subscription = ? AND owner = ? AND replays = ?",
+                "disabled = ?, last_error = ? WHERE subscription = ? AND owner = ? AND replays = ? AND epoch = ?",
                 (state.delivered, state.attempts, state.first_failed_at, state.next_at, state.disabled,
-                 state.last_error, key, owner, state.replays)).rowcount
+                 state.last_error, key, owner, state.replays, state.epoch)).rowcount
             if saved:
                 db.executemany("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
                                [(key, seq, event_id, time.time(), state.attempts, state.last_error)
@@ -361,17 +377,21 @@ class Pusher:
 
     async def _run(self) -> None:
         settings = self.d.settings
+        failures = 0
         while True:
             try:
                 delay = await self.step()
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except AccessLogUnavailable:
                 delay = settings.poll_s  # nothing leaves unlogged: wait for the log
             except Exception:
-                log.exception("push delivery for %s failed", self.key)
+                failures += 1
+                if failures in (1, 10) or failures % 100 == 0:  # said, not repeated every round
+                    log.exception("push delivery for %s failed (%d times in a row)", self.key, failures)
                 self.state = None
-                delay = settings.poll_s
+                delay = min(settings.poll_s * 2 ** min(failures, 10), 300.0)
             if delay:
                 await self._sleep(delay)
 
@@ -387,8 +407,16 @@ class Pusher:
         settings = self.d.settings
         now = time.time()
         if self.state is None or self._lease_until - now < settings.timeout_s + settings.lease_s / 2:
-            self.state = await self.d.store.lease(self.key, self.d.owner, settings.lease_s, now)
-            self._lease_until = now + settings.lease_s if self.state is not None else 0.0
+            epoch = None if self.state is None else self.state.epoch
+            state = await self.d.store.lease(self.key, self.d.owner, settings.lease_s, now)
+            if state is None or (epoch is not None and state.epoch != epoch):
+                self.state = None  # lost meanwhile (another process delivered): this round's state is stale
+                return None
+            self.state = state
+            self._lease_until = now + settings.lease_s
+        if self._lease_until - time.time() <= settings.timeout_s:  # the renewal itself waited too long
+            self.state = None
+            return None
         return self.state
 
     async def step(self) -> float:
@@ -489,16 +517,16 @@ class Pusher:
             session = await self._client(subscription.endpoint_internal)
             async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
                 status, after = response.status, response.headers.get("retry-after")
+            if 200 <= status < 300:
+                return Outcome(True)
+            if status == 410:
+                return Outcome(False, "410", gone=True)
+            wait = retry_after(after, time.time()) if status in (429, 503) else None
+            return Outcome(False, str(status), retry_after=wait)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             return Outcome(False, _failure(exc))
-        if 200 <= status < 300:
-            return Outcome(True)
-        if status == 410:
-            return Outcome(False, "410", gone=True)
-        wait = retry_after(after, time.time()) if status in (429, 503) else None
-        return Outcome(False, str(status), retry_after=wait)
 
 
 def _failure(exc: BaseException) -> str:

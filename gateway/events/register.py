@@ -21,8 +21,10 @@ import contextlib
 import hashlib
 import logging
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -32,7 +34,15 @@ import orjson
 
 from connectors.embedded import COLUMNS, create_register
 from connectors.population import luhn_digit
-from gateway.events.declarations import Change, Declaration, Rejected, judge, judge_amendment, judge_birth
+from gateway.events.declarations import (
+    RECORD_FIELDS,
+    Change,
+    Declaration,
+    Rejected,
+    judge,
+    judge_amendment,
+    judge_birth,
+)
 from gateway.policy.store import PolicyStore
 
 log = logging.getLogger(__name__)
@@ -58,6 +68,10 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS declarations_nin ON declarations (nin, position)",
     "CREATE INDEX IF NOT EXISTS declarations_amends ON declarations (amends) WHERE amends IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS declarations_spouse ON declarations (spouse_nin) WHERE spouse_nin IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS declarations_father ON declarations (json_extract(data, '$.father_nin')) "
+    "WHERE type = 'birth'",
+    "CREATE INDEX IF NOT EXISTS declarations_mother ON declarations (json_extract(data, '$.mother_nin')) "
+    "WHERE type = 'birth'",
     """CREATE TABLE IF NOT EXISTS declaration_keys (
         administration TEXT NOT NULL, key TEXT NOT NULL, request_hash TEXT NOT NULL,
         status INTEGER NOT NULL, answer TEXT NOT NULL, subject TEXT,
@@ -71,6 +85,7 @@ SCHEMA = (
 )
 
 MAX_GROUP = 256
+CHECKPOINT_S = 30.0
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -147,6 +162,10 @@ class RegisterWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # The lock waits and fsyncs on a thread of their own: whatever holds the shared pool (a hanging name
+        # lookup), a commit that holds the file's write lock never waits for a thread to finish.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="register-writer")
+        self._checkpointed = time.monotonic()
 
     async def start(self) -> None:
         self._connection = await asyncio.to_thread(self._open)
@@ -161,6 +180,7 @@ class RegisterWriter:
         connection.execute("PRAGMA synchronous=FULL")  # a declaration answered 201 survives a power cut
         # A group's changes stay in the cache until its commit: a spill would wait for the lock on the loop.
         connection.execute("PRAGMA cache_size=-65536")
+        connection.execute("PRAGMA journal_size_limit=67108864")  # a log reset after a checkpoint shrinks to this
         return connection
 
     async def declare(self, submission: Submission) -> Answer:
@@ -189,6 +209,23 @@ class RegisterWriter:
                     if not done.done():
                         done.set_result(answer) if not isinstance(answer, Exception) else done.set_exception(answer)
                 self._on_commit()
+            if time.monotonic() - self._checkpointed > CHECKPOINT_S:
+                await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        """Readers on the loop keep a snapshot open for 50 ms at a time, so the automatic (passive)
+        checkpoint may never find the log free to start again from its beginning, and it would grow.
+        Every half minute, between groups, a restarting checkpoint waits for the readers of the moment."""
+        self._checkpointed = time.monotonic()
+        connection = self._connection
+        assert connection is not None
+        try:
+            await self._off_loop(connection.execute, "PRAGMA wal_checkpoint(RESTART)")
+        except sqlite3.Error as exc:
+            log.warning("the register's write-ahead log could not be checkpointed: %s", exc)
+
+    async def _off_loop(self, work: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
 
     async def _commit(self, submissions: Sequence[Submission]) -> list[Answer | Exception]:
         """Waiting for the file's lock and the commit's fsyncs happen on a thread; the statements run on
@@ -199,14 +236,14 @@ class RegisterWriter:
         assert connection is not None
         subscribers = list(self._subscribers())
         today = self._today()
-        await asyncio.to_thread(connection.execute, "BEGIN IMMEDIATE")
+        await self._off_loop(connection.execute, "BEGIN IMMEDIATE")
         try:
             apply = _Transaction(connection, subscribers, today)
             answers = [apply.submit(s) for s in submissions]
-            await asyncio.to_thread(connection.execute, "COMMIT")
+            await self._off_loop(connection.execute, "COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
-                await asyncio.shield(asyncio.to_thread(connection.execute, "ROLLBACK"))
+                await asyncio.shield(self._off_loop(connection.execute, "ROLLBACK"))
             raise
         return answers
 
@@ -221,6 +258,7 @@ class RegisterWriter:
             if not done.done():
                 done.set_exception(RegisterUnavailable("the gateway is stopping"))
         self._pending.clear()
+        self._thread.shutdown(wait=True)
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -246,20 +284,24 @@ class _Transaction:
                 return KeyConflict("this Idempotency-Key was used for another declaration")
             return Answer(row[1], orjson.loads(row[2]), replayed=True, subject=row[3])
         self.subject = submission.declaration.nin
+        sequences = dict(self.sequences)  # undone with the savepoint: a sequence never skips
         self.db.execute("SAVEPOINT declaration")
         try:
             answer = self._apply(submission)
         except Rejected as exc:
             self.db.execute("ROLLBACK TO declaration")
+            self.sequences = sequences
             answer = Answer(422, {"reason": exc.reason, "detail": exc.detail}, subject=self.subject)
-        except sqlite3.Error as exc:  # this declaration's own fault (a constraint): the others go on
+        except Exception as exc:  # this declaration's own fault (a constraint, a bad value): the others go on
             self.db.execute("ROLLBACK TO declaration")
             self.db.execute("RELEASE declaration")
-            log.error("a declaration could not be written: %s", exc)
+            self.sequences = sequences
+            log.error("a declaration could not be written: %s", type(exc).__name__)
             return RegisterUnavailable(type(exc).__name__)
         except BaseException:
             self.db.execute("ROLLBACK TO declaration")
             self.db.execute("RELEASE declaration")
+            self.sequences = sequences
             raise
         self.db.execute("RELEASE declaration")
         self.db.execute("INSERT INTO declaration_keys VALUES (?, ?, ?, ?, ?, ?)",
@@ -301,13 +343,13 @@ class _Transaction:
                 before.setdefault(name, value)
         return values, before
 
-    def later(self, event_id: str, original: Mapping[str, Any], fields: set[str]) -> str | None:
+    def later(self, event_id: str, original: Mapping[str, Any], fields: set[str], *, voiding: bool) -> str | None:
         """A standing declaration made after `original` that relies on it: one on the same person that
         changed one of `fields`, a later marriage or divorce of the same two people, anything at all on a
         person whose birth is being voided (their own declarations, a union, a child's birth)."""
         voided = {e for (e,) in self.db.execute("SELECT event_id FROM declarations WHERE voided = 1 AND position > ? "
                                                 "AND nin = ?", (original["position"], original["nin"]))}
-        whole = original["type"] == "birth"
+        whole = original["type"] == "birth" and voiding
         for event, amends, kind, spouse, changed in self.db.execute(
                 "SELECT event_id, amends, type, spouse_nin, changed FROM declarations WHERE nin = ? AND position > ? "
                 "ORDER BY position", (original["nin"], original["position"])):
@@ -319,14 +361,14 @@ class _Transaction:
             if kind in ("marriage", "divorce") and original["type"] in ("marriage", "divorce") \
                     and spouse == original["spouse_nin"]:
                 return event
-        if whole:
-            row = self.db.execute(
-                "SELECT event_id FROM declarations WHERE position > ?1 AND voided = 0 AND amends IS NULL AND "
-                "(spouse_nin = ?2 OR (type = 'birth' AND (json_extract(data, '$.father_nin') = ?2 "
-                "OR json_extract(data, '$.mother_nin') = ?2))) LIMIT 1",
-                (original["position"], original["nin"])).fetchone()
-            if row is not None:
-                return str(row[0])
+        if whole:  # each term on its own index
+            for condition in ("spouse_nin = ?2", "type = 'birth' AND json_extract(data, '$.father_nin') = ?2",
+                              "type = 'birth' AND json_extract(data, '$.mother_nin') = ?2"):
+                row = self.db.execute(
+                    f"SELECT event_id FROM declarations WHERE {condition} AND position > ?1 AND voided = 0 "  # noqa: S608
+                    "AND amends IS NULL LIMIT 1", (original["position"], original["nin"])).fetchone()
+                if row is not None:
+                    return str(row[0])
         if original["type"] in ("marriage", "divorce"):
             row = self.db.execute(
                 "SELECT event_id FROM declarations WHERE position > ? AND voided = 0 AND amends IS NULL AND "
@@ -351,8 +393,9 @@ class _Transaction:
             self.subject = original["nin"]
             record = self.person(original["nin"])
             values, first_before = self.chain(amends, original)
+            touched = set(values) | (set(declaration.data) & set(RECORD_FIELDS[declaration.type]))
             change = judge_amendment(declaration, original, values, first_before, record, self.today,
-                                     self.later(amends, original, set(values)))
+                                     self.later(amends, original, touched, voiding=declaration.voids is not None))
             spouse_nin = original["spouse_nin"]
         elif declaration.type == "birth":
             parents = {nin: self.person(nin) for nin in (declaration.data.get("father_nin"),

@@ -543,8 +543,10 @@ def test_dead_letters_are_shown_and_replayed_and_metrics_follow(tmp_path: Path) 
         assert [d["event_id"] for d in status["dead_letters"]] == [ids[0]]
         assert status["push"]["disabled"] and status["push"]["backlog"] == 2  # the rest kept, in order
         oversight = Api(gateway, realm, "oversight-app")
+        wait_until(lambda: "jamu_events_outbox_backlog 2.0" in oversight.http.get("/metrics").text, 10,
+                   "the backlog gauge follows")  # refreshed every few polls, without /readyz
         metrics = oversight.http.get("/metrics").text
-        assert "jamu_events_outbox_backlog 2.0" in metrics
+        assert "jamu_events_subscriptions_failing 1.0" in metrics
         assert 'jamu_events_delivery_failures_total{administration="electoral"}' in metrics
         broken["on"] = False
         replay = electoral.http.post("/v1/events/subscriptions/deaths_push/replay",
