@@ -424,7 +424,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "\"birth_date\": \"2026-11-30\", \"birth_place\": \"Bamako\"}}'",
         "  # the electoral commission pulls the deaths it may know of, to strike voters (docs/life-events.md)",
         f"  curl -s '{base}/v1/events?subscription=deaths_for_roll' "
-        f"-H \"Authorization: Bearer {token('ceni-voter-roll')}\"",
+        f"-H \"Authorization: Bearer {token('ceni-roll-sync')}\"",
         "  # the data-protection authority sees who looked at this person",
         f"  curl -s {base}/v1/audit/search -H \"Authorization: Bearer {token('apdp-audit')}\" \\",
         f"       -H 'Content-Type: application/json' -d '{{\"nin\": \"{person['nin']}\"}}'",

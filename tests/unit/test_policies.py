@@ -144,12 +144,14 @@ def test_repository_demo_set_is_valid_once_keys_exist(tmp_path: Path) -> None:
     shutil.copytree(REPO / "policies", policies, ignore=shutil.ignore_patterns("keys"))
     made = _ensure_demo_keys(Settings(policies_dir=policies, data_dir=tmp_path / "var"))
     assert {client for client, _ in made} == {
-        "ceni-voter-roll", "canam-enrolment", "dnds-idp-assistance", "cec-bamako-c3-counter", "apdp-audit"}
+        "ceni-voter-roll", "ceni-roll-sync", "canam-enrolment", "dnds-idp-assistance", "cec-bamako-c3-counter",
+        "apdp-audit"}
     for _, pem in made:
         assert pem.stat().st_mode & 0o077 == 0, "private keys are owner-only"
     loaded = load_policies(policies)
     assert set(loaded.administrations) == {"ceni", "canam", "dnds", "cec-bamako-c3", "apdp"}
     assert loaded.administrations["ceni"].purposes["voter_roll"].attributes == []
+    assert loaded.administrations["ceni"].subscriptions["deaths_for_roll"].attributes == ["nin", "death_date"]
     assert main(["policies", "check", str(policies)]) == 0
 
 
