@@ -13,6 +13,7 @@ import secrets
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -213,16 +214,20 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _jobs_client(args: argparse.Namespace) -> JobsClient:
-    issuer = (args.gateway or _settings().issuer).rstrip("/")
-
+def _token_source(issuer: str, client: str, key: str, scope: str, error: type[Exception]) -> Callable[[], str]:
+    """A fresh access token each call, for commands that outlive one; `error` says why there is none."""
     def token() -> str:
-        response = _token_response(issuer, args.client, Path(args.key), "identity:verify")
+        response = _token_response(issuer, client, Path(key), scope)
         if response.status_code != 200:
-            raise JobError(f"no token for {args.client}: HTTP {response.status_code} {response.text[:200]}")
+            raise error(f"no token for {client}: HTTP {response.status_code} {response.text[:200]}")
         return str(response.json()["access_token"])
 
-    return JobsClient(issuer, token)
+    return token
+
+
+def _jobs_client(args: argparse.Namespace) -> JobsClient:
+    issuer = (args.gateway or _settings().issuer).rstrip("/")
+    return JobsClient(issuer, _token_source(issuer, args.client, args.key, "identity:verify", JobError))
 
 
 def _predicate(text: str) -> dict[str, Any]:
@@ -298,13 +303,7 @@ def cmd_events_declare(args: argparse.Namespace) -> int:
     name, the line's number and its text, so submitting the file again (after a cut connection) answers
     the first answers and changes nothing, while the same line in another file is a new declaration."""
     issuer = (args.gateway or _settings().issuer).rstrip("/")
-
-    def token() -> str:
-        response = _token_response(issuer, args.client, Path(args.key), "register:declare")
-        if response.status_code != 200:
-            raise OSError(f"no token for {args.client}: HTTP {response.status_code} {response.text[:200]}")
-        return str(response.json()["access_token"])
-
+    token = _token_source(issuer, args.client, args.key, "register:declare", OSError)
     refused = 0
     try:
         with httpx.Client(base_url=issuer, timeout=30) as http, open(args.file, "rb") as lines:

@@ -4,6 +4,7 @@ access-log trail of each event released."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -144,9 +145,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Itera
     root = tmp_path_factory.mktemp("life-events")
     realm = build(root, push_url=receiver.url)
     gateway = serve(realm, root / "gateway.log")
-    keys = httpx.get(f"{gateway.base_url}/v1/events/signing-keys",
-                     headers={"Authorization": f"Bearer {_token(gateway, realm, 'electoral-app')}"}).json()
-    receiver.public_keys[:] = [k["public_key"] for k in keys["keys"]]
+    trust_keys(gateway, realm, receiver)
     yield gateway, realm
     gateway.stop()
 
@@ -154,6 +153,30 @@ def world(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Itera
 def _token(gateway: GatewayProcess, realm: Realm, client_id: str) -> str:
     form = token_form(client_id, realm.keys[client_id], f"{gateway.base_url}/oauth2/token")
     return httpx.post(f"{gateway.base_url}/oauth2/token", data=form, timeout=10).json()["access_token"]
+
+
+def trust_keys(gateway: GatewayProcess, realm: Realm, *receivers: Receiver) -> None:
+    """What a subscriber does once, out of band: fetch the gateway's push signing keys and trust them."""
+    keys = httpx.get(f"{gateway.base_url}/v1/events/signing-keys",
+                     headers={"Authorization": f"Bearer {_token(gateway, realm, 'electoral-app')}"}).json()["keys"]
+    for receiver in receivers:
+        receiver.public_keys[:] = [k["public_key"] for k in keys]
+
+
+@contextlib.contextmanager
+def pushing(tmp_path: Path, receiver: Receiver, births: Receiver | None = None, **env: str
+            ) -> Iterator[tuple[GatewayProcess, Realm]]:
+    """A gateway of its own pushing the death feed to `receiver` (and births to `births`), both trusted."""
+    realm = build(tmp_path, push_url=receiver.url, births_url=births.url if births else None)
+    gateway = serve(realm, tmp_path / "gateway.log", **env)
+    try:
+        trust_keys(gateway, realm, receiver, *([births] if births else []))
+        yield gateway, realm
+    finally:
+        gateway.stop()
+        receiver.stop()
+        if births is not None:
+            births.stop()
 
 
 def _wait_pushed(receiver: Receiver, count: int, timeout: float = 20) -> list[Delivery]:
@@ -376,12 +399,7 @@ def test_pushed_events_are_signed_cloudevents_in_sequence(world: tuple[GatewayPr
 def test_a_subscriber_down_gets_everything_afterwards_in_sequence(tmp_path: Path) -> None:
     down = {"until": time.time() + 1e9}
     receiver = Receiver(answer=lambda d: (503, {}, 0.0) if time.time() < down["until"] else (200, {}, 0.0)).start()
-    realm = build(tmp_path, push_url=receiver.url)
-    gateway = serve(realm, tmp_path / "gateway.log")
-    try:
-        receiver.public_keys[:] = [k["public_key"] for k in httpx.get(
-            f"{gateway.base_url}/v1/events/signing-keys",
-            headers={"Authorization": f"Bearer {_token(gateway, realm, 'electoral-app')}"}).json()["keys"]]
+    with pushing(tmp_path, receiver) as (gateway, realm):
         centre = Api(gateway, realm, "centre-app")
         ids = [centre.declare(f"down-{i}", type="death", nin=p["nin"], data={"death_date": "2026-11-02"}
                               ).json()["event_id"] for i, p in enumerate(ALIVE[:12])]
@@ -402,20 +420,12 @@ def test_a_subscriber_down_gets_everything_afterwards_in_sequence(tmp_path: Path
         assert all(ids == {event_id} for event_id, ids in by_id.items())
         wait_until(lambda: httpx.get(f"{gateway.base_url}/readyz").json()["checks"]["events"]["backlog"] == 0,
                    10, "backlog drained")
-    finally:
-        gateway.stop()
-        receiver.stop()
 
 
 def test_sigkill_between_the_register_change_and_delivery_loses_nothing(tmp_path: Path) -> None:
     up = {"ok": False}
     receiver = Receiver(answer=lambda d: (200, {}, 0.0) if up["ok"] else (500, {}, 0.0)).start()
-    realm = build(tmp_path, push_url=receiver.url)
-    gateway = serve(realm, tmp_path / "gateway.log")
-    try:
-        receiver.public_keys[:] = [k["public_key"] for k in httpx.get(
-            f"{gateway.base_url}/v1/events/signing-keys",
-            headers={"Authorization": f"Bearer {_token(gateway, realm, 'electoral-app')}"}).json()["keys"]]
+    with pushing(tmp_path, receiver) as (gateway, realm):
         centre = Api(gateway, realm, "centre-app")
         ids = [centre.declare(f"kill-{i}", type="death", nin=p["nin"], data={"death_date": "2026-11-03"}
                               ).json()["event_id"] for i, p in enumerate(ALIVE[:5])]
@@ -424,26 +434,20 @@ def test_sigkill_between_the_register_change_and_delivery_loses_nothing(tmp_path
         gateway.proc.wait(10)
         up["ok"] = True
         assert not any(d.headers.get("x-acknowledged") for d in receiver.received)
-        gateway = GatewayProcess(gateway.env, factory=gateway.factory, port=gateway.port).start(tmp_path / "again.log")
-        delivered = _wait_pushed(receiver, 5, timeout=40)
-        assert [d.event["id"] for d in delivered] == ids
-        electoral = Api(gateway, realm, "electoral-app")
-        assert [e["id"] for e in electoral.pull("deaths").json()["events"]] == ids
-    finally:
-        gateway.stop()
-        receiver.stop()
+        again = GatewayProcess(gateway.env, factory=gateway.factory, port=gateway.port).start(tmp_path / "again.log")
+        try:
+            delivered = _wait_pushed(receiver, 5, timeout=40)
+            assert [d.event["id"] for d in delivered] == ids
+            electoral = Api(again, realm, "electoral-app")
+            assert [e["id"] for e in electoral.pull("deaths").json()["events"]] == ids
+        finally:
+            again.stop()
 
 
 def test_gone_disables_retry_after_is_honoured_and_a_slow_subscriber_holds_only_itself(tmp_path: Path) -> None:
     gone = Receiver(answer=lambda d: (410, {}, 0.0)).start()
     slow = Receiver(answer=lambda d: (200, {}, 3.0)).start()  # the insurance fund's endpoint: 3 s an answer
-    realm = build(tmp_path, push_url=gone.url, births_url=slow.url)
-    gateway = serve(realm, tmp_path / "gateway.log")
-    try:
-        keys = [k["public_key"] for k in httpx.get(
-            f"{gateway.base_url}/v1/events/signing-keys",
-            headers={"Authorization": f"Bearer {_token(gateway, realm, 'electoral-app')}"}).json()["keys"]]
-        gone.public_keys[:] = slow.public_keys[:] = keys
+    with pushing(tmp_path, gone, births=slow) as (gateway, realm):
         centre = Api(gateway, realm, "centre-app")
         electoral = Api(gateway, realm, "electoral-app")
         declared = time.monotonic()
@@ -472,21 +476,12 @@ def test_gone_disables_retry_after_is_honoured_and_a_slow_subscriber_holds_only_
         first, second = gone.received[0], gone.received[1]
         assert second.at - first.at >= 1.8  # Retry-After: 2 was honoured
         assert [d.event["sequence"] for d in gone.accepted()] == ["1", "2", "3"]
-    finally:
-        gateway.stop()
-        gone.stop()
-        slow.stop()
 
 
 def test_a_policy_change_removes_an_attribute_from_retries_and_replays(tmp_path: Path) -> None:
     failing = {"on": True}
     receiver = Receiver(answer=lambda d: (500, {}, 0.0) if failing["on"] else (200, {}, 0.0)).start()
-    realm = build(tmp_path, push_url=receiver.url)
-    gateway = serve(realm, tmp_path / "gateway.log")
-    try:
-        receiver.public_keys[:] = [k["public_key"] for k in httpx.get(
-            f"{gateway.base_url}/v1/events/signing-keys",
-            headers={"Authorization": f"Bearer {_token(gateway, realm, 'electoral-app')}"}).json()["keys"]]
+    with pushing(tmp_path, receiver) as (gateway, realm):
         centre = Api(gateway, realm, "centre-app")
         nin = ALIVE[0]["nin"]
         assert centre.declare("pc-1", type="death", nin=nin, data={"death_date": "2026-11-05"}).status_code == 201
@@ -501,9 +496,6 @@ def test_a_policy_change_removes_an_attribute_from_retries_and_replays(tmp_path:
         assert delivered[0].event["data"] == {"death_date": "2026-11-05", "version": 2}
         entries = [e for e in history(gateway, realm, nin) if e["operation"] in ("events.read", "events.deliver")]
         assert entries and entries[-1]["attributes_released"] == ["death_date"]
-    finally:
-        gateway.stop()
-        receiver.stop()
 
 
 def test_an_endpoint_outside_the_internal_network_must_resolve_to_public_addresses(tmp_path: Path) -> None:
@@ -527,12 +519,7 @@ def test_an_endpoint_outside_the_internal_network_must_resolve_to_public_address
 def test_dead_letters_are_shown_and_replayed_and_metrics_follow(tmp_path: Path) -> None:
     broken = {"on": True}
     receiver = Receiver(answer=lambda d: (500, {}, 0.0) if broken["on"] else (200, {}, 0.0)).start()
-    realm = build(tmp_path, push_url=receiver.url)
-    gateway = serve(realm, tmp_path / "gateway.log", GATEWAY_EVENTS_RETRY_HORIZON_S="1.5")
-    try:
-        receiver.public_keys[:] = [k["public_key"] for k in httpx.get(
-            f"{gateway.base_url}/v1/events/signing-keys",
-            headers={"Authorization": f"Bearer {_token(gateway, realm, 'electoral-app')}"}).json()["keys"]]
+    with pushing(tmp_path, receiver, GATEWAY_EVENTS_RETRY_HORIZON_S="1.5") as (gateway, realm):
         centre = Api(gateway, realm, "centre-app")
         ids = [centre.declare(f"dl-{i}", type="death", nin=p["nin"], data={"death_date": "2026-11-06"}
                               ).json()["event_id"] for i, p in enumerate(ALIVE[:3])]
@@ -557,9 +544,6 @@ def test_dead_letters_are_shown_and_replayed_and_metrics_follow(tmp_path: Path) 
         ahead = electoral.http.post("/v1/events/subscriptions/deaths_push/replay",
                                     json={"after": status["head_cursor"][:-2] + "xx"})
         assert ahead.status_code == 400
-    finally:
-        gateway.stop()
-        receiver.stop()
 
 
 # -- the command line and the reference consumer ------------------------------------------------------
