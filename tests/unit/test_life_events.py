@@ -19,6 +19,7 @@ from gateway.events.declarations import DeclarationBody, FormProblem, Rejected, 
 from gateway.events.delivery import (
     Deliveries,
     DeliveryStore,
+    Pusher,
     PushSettings,
     UnsafeEndpoint,
     WebhookSigner,
@@ -255,36 +256,41 @@ def test_outbound_endpoints_must_be_public_addresses() -> None:
     assert retry_after("soon", 0) is None
 
 
-async def test_an_event_failing_past_the_horizon_is_set_aside_and_the_endpoint_waits_for_a_replay(
-        register: Path) -> None:
-    """A simulated clock: three days of failures pass in a few rounds; the event becomes a dead letter, the
-    endpoint is disabled with the rest of the feed kept, and a replay from after it delivers the rest."""
-    receiver = Receiver(answer=lambda d: (500, {}, 0.0) if d.event["sequence"] == "1" else (200, {}, 0.0)).start()
+def _deaths_pushed_to(register: Path, receiver: Receiver, attributes: list[str], log: StubAccessLog,
+                      settings: PushSettings) -> tuple[RegisterWriter, Deliveries, Pusher]:
+    """One administration whose `deaths` are pushed to `receiver`, the register's writer, and the pusher
+    under `settings` (a simulated clock): the receiver trusts the pusher's key."""
     policies_dir = register.parent / "policies"
     policies_dir.mkdir()
     (policies_dir / "electoral.yaml").write_text(yaml.safe_dump({
         "id": "electoral", "name": "E", "purposes": {"roll": {"legal_basis": "Loi", "consent": "not_required",
                                                               "operations": ["verify"]}},
-        "subscriptions": {"deaths": {"purpose": "roll", "events": ["death"], "attributes": ["death_date"],
+        "subscriptions": {"deaths": {"purpose": "roll", "events": ["death"], "attributes": attributes,
                                      "endpoint": receiver.url, "endpoint_internal": True}}}))
-    policies = PolicyStore(load_policies(policies_dir))
     writer = RegisterWriter(register, lambda: [Subscriber("electoral/deaths", frozenset({"death"}))],
                             today=lambda: TODAY)
+    signer = WebhookSigner(Ed25519PrivateKey.generate())
+    receiver.public_keys.append(signer.public_key)
+    deliveries = Deliveries(PolicyStore(load_policies(policies_dir)), EventFeed(register),
+                            DeliveryStore(deliveries_path(register)), log, signer, SubjectHasher(b"k" * 32),
+                            SubjectRefs(b"s" * 32), "https://gw", Metrics(), settings)
+    return writer, deliveries, Pusher("electoral/deaths", "electoral", "deaths", deliveries)
+
+
+async def test_an_event_failing_past_the_horizon_is_set_aside_and_the_endpoint_waits_for_a_replay(
+        register: Path) -> None:
+    """A simulated clock: three days of failures pass in a few rounds; the event becomes a dead letter, the
+    endpoint is disabled with the rest of the feed kept, and a replay from after it delivers the rest."""
+    receiver = Receiver(answer=lambda d: (500, {}, 0.0) if d.event["sequence"] == "1" else (200, {}, 0.0)).start()
+    clock = {"now": 1_000_000.0}
+    log = StubAccessLog()
+    writer, deliveries, pusher = _deaths_pushed_to(
+        register, receiver, ["death_date"], log,
+        PushSettings(backoff_s=(3600.0,), horizon_s=72 * 3600.0, poll_s=0.05, clock=lambda: clock["now"]))
     await writer.start()
     for i, p in enumerate(PEOPLE[:2]):
         await writer.declare(_submission(f"h{i}", {"type": "death", "nin": p["nin"], "data": {"death_date": "2026"}}))
     await writer.close()
-    clock = {"now": 1_000_000.0}
-    signer = WebhookSigner(Ed25519PrivateKey.generate())
-    receiver.public_keys.append(signer.public_key)
-    log = StubAccessLog()
-    deliveries = Deliveries(policies, EventFeed(register), DeliveryStore(deliveries_path(register)), log, signer,
-                            SubjectHasher(b"k" * 32), SubjectRefs(b"s" * 32), "https://gw", Metrics(),
-                            PushSettings(backoff_s=(3600.0,), horizon_s=72 * 3600.0, poll_s=0.05,
-                                         clock=lambda: clock["now"]))
-    from gateway.events.delivery import Pusher
-
-    pusher = Pusher("electoral/deaths", "electoral", "deaths", deliveries)
     try:
         for _ in range(360):  # 90 simulated hours, a quarter of an hour a round
             await pusher.step()
@@ -404,24 +410,8 @@ async def test_a_subscriber_down_for_a_simulated_hour_gets_everything_in_sequenc
     clock = {"now": 2_000_000.0}
     up_at = clock["now"] + 3600.0
     receiver = Receiver(answer=lambda d: (503, {}, 0.0) if clock["now"] < up_at else (204, {}, 0.0)).start()
-    policies_dir = register.parent / "policies"
-    policies_dir.mkdir()
-    (policies_dir / "electoral.yaml").write_text(yaml.safe_dump({
-        "id": "electoral", "name": "E", "purposes": {"roll": {"legal_basis": "Loi", "consent": "not_required",
-                                                              "operations": ["verify"]}},
-        "subscriptions": {"deaths": {"purpose": "roll", "events": ["death"], "attributes": ["nin"],
-                                     "endpoint": receiver.url, "endpoint_internal": True}}}))
-    policies = PolicyStore(load_policies(policies_dir))
-    writer = RegisterWriter(register, lambda: [Subscriber("electoral/deaths", frozenset({"death"}))],
-                            today=lambda: TODAY)
-    signer = WebhookSigner(Ed25519PrivateKey.generate())
-    receiver.public_keys.append(signer.public_key)
-    deliveries = Deliveries(policies, EventFeed(register), DeliveryStore(deliveries_path(register)), StubAccessLog(),
-                            signer, SubjectHasher(b"k" * 32), SubjectRefs(b"s" * 32), "https://gw", Metrics(),
-                            PushSettings(poll_s=0.01, clock=lambda: clock["now"]))
-    from gateway.events.delivery import Pusher
-
-    pusher = Pusher("electoral/deaths", "electoral", "deaths", deliveries)
+    writer, deliveries, pusher = _deaths_pushed_to(register, receiver, ["nin"], StubAccessLog(),
+                                                   PushSettings(poll_s=0.01, clock=lambda: clock["now"]))
     await writer.start()
     try:
         declared = []
