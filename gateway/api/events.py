@@ -9,11 +9,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.deps import access_record, protected
 from gateway.api.responses import FastJSONResponse
+from gateway.api.routes import GuardedBodyRoute
 from gateway.audit.log import AccessLogUnavailable
 from gateway.audit.record import AccessRecord, rfc3339
 from gateway.auth.bearer import Caller
@@ -26,7 +27,6 @@ from gateway.services import Services, services
 
 router = APIRouter(tags=["Life events"])
 
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
 SubscriptionName = Annotated[str, Query(pattern=IDENTIFIER_PATTERN, max_length=63)]
 
 
@@ -37,18 +37,23 @@ def idempotency_key(value: str | None) -> str:
     return value
 
 
-@router.post("/v1/declarations", name="declaration", status_code=201,
-             summary="Declare a birth, death, marriage, divorce, name change or displacement",
-             responses={409: {"description": "Idempotency-Key reused with another body"},
-                        422: {"description": "`declaration_rejected`: an impossible fact, with `reason`"}})
+# The declarations route is served by the identity routes' lean handler (`GuardedBodyRoute`: request,
+# body, caller), so its Idempotency-Key is read from the request rather than declared as a parameter; the
+# OpenAPI document still names it.
+_KEY_PARAMETER = {"name": "Idempotency-Key", "in": "header", "required": True,
+                  "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                  "description": "the same key with the same body answers the first answer; with another, 409"}
+
+
 async def declare(
-    request: Request, body: DeclarationBody, key: IdempotencyKey = None,
+    request: Request, body: DeclarationBody,
     caller: Caller = Depends(protected("declaration", "register:declare")),  # noqa: B008
 ) -> FastJSONResponse:
     """The register change and the events for its subscribers commit together or not at all."""
     app = services(request)
     record = access_record(request)
-    key = idempotency_key(key)
+    given = request.headers.get("idempotency-key")
+    key = idempotency_key(given if given is None or len(given) <= 200 else "")
     try:
         declaration = parse(body)
     except FormProblem as exc:
@@ -70,6 +75,14 @@ async def declare(
     if answer.status == 422:
         raise Problem("declaration_rejected", answer.body["detail"], extra={"reason": answer.body["reason"]})
     return FastJSONResponse({"transaction_id": record.id, **answer.body}, status_code=201)
+
+
+router.add_api_route(
+    "/v1/declarations", declare, methods=["POST"], name="declaration", status_code=201,
+    route_class_override=GuardedBodyRoute, openapi_extra={"parameters": [_KEY_PARAMETER]},
+    summary="Declare a birth, death, marriage, divorce, name change or displacement",
+    responses={409: {"description": "Idempotency-Key reused with another body"},
+               422: {"description": "`declaration_rejected`: an impossible fact, with `reason`"}})
 
 
 def _subscription(app: Services, caller: Caller, name: str) -> tuple[AdministrationPolicy, SubscriptionPolicy]:

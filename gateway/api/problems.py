@@ -121,7 +121,8 @@ def describe(app: FastAPI) -> None:
         for path in schema.get("paths", {}).values():
             for operation in path.values():
                 responses = operation.setdefault("responses", {})
-                responses.pop("422", None)
+                if responses.get("422", {}).get("description") == "Validation Error":
+                    responses.pop("422")  # FastAPI's own: validation failures are 400 here
                 for status, answer in responses.items():
                     if status.startswith(("4", "5")):
                         answer.update(problem_ref)

@@ -436,3 +436,14 @@ async def test_a_subscriber_down_for_a_simulated_hour_gets_everything_in_sequenc
         await writer.close()
         deliveries.store.close()
         receiver.stop()
+
+
+def test_the_openapi_document_names_the_declarations_key_and_their_refusals(tmp_path: Path) -> None:
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    app = create_app(Settings(data_dir=tmp_path / "var", policies_dir=Path(__file__).parents[2] / "policies"))
+    operation = app.openapi()["paths"]["/v1/declarations"]["post"]
+    assert [p["name"] for p in operation["parameters"]] == ["Idempotency-Key"]
+    assert {"201", "409", "422"} <= set(operation["responses"])
+    assert "declaration_rejected" in app.openapi()["info"]["description"]
