@@ -253,7 +253,9 @@ def test_outbound_endpoints_must_be_public_addresses() -> None:
     assert not public_address("64:ff9b::a00:1") and not public_address("not an address")
     assert retry_after("120", 0) == 120 and retry_after("999999", 0) == 3600
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412470.0) == 10.0
-    assert retry_after("soon", 0) is None
+    assert retry_after("soon", 0) is None and retry_after("\u00b2", 0) is None  # a digit float() refuses
+    with pytest.raises(UnsafeEndpoint):  # the client would connect to 127.0.0.1
+        check_endpoint("https://\uff11\uff12\uff17\uff0e\uff10\uff0e\uff10\uff0e\uff11/x", internal=False)
 
 
 def _deaths_pushed_to(register: Path, receiver: Receiver, attributes: list[str], log: StubAccessLog,
@@ -447,3 +449,8 @@ def test_the_openapi_document_names_the_declarations_key_and_their_refusals(tmp_
     assert [p["name"] for p in operation["parameters"]] == ["Idempotency-Key"]
     assert {"201", "409", "422"} <= set(operation["responses"])
     assert "declaration_rejected" in app.openapi()["info"]["description"]
+
+
+async def test_a_gateway_without_a_register_file_has_empty_feeds(tmp_path: Path) -> None:
+    feed = EventFeed(tmp_path / "absent" / "register.db")
+    assert await feed.heads(["a/deaths"]) == {} and await feed.read("a/deaths", 0, 10) == []
