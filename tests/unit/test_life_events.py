@@ -44,6 +44,7 @@ from gateway.policy.model import SubscriptionPolicy
 from gateway.policy.store import PolicyStore
 from gateway.telemetry import Metrics
 from tests.support.keys import jwks_of, new_key
+from tests.support.realm import build_realm
 from tests.support.webhook_receiver import Receiver
 
 TODAY = date(2026, 12, 3)
@@ -444,7 +445,8 @@ def test_the_openapi_document_names_the_declarations_key_and_their_refusals(tmp_
     from gateway.app import create_app
     from gateway.settings import Settings
 
-    app = create_app(Settings(data_dir=tmp_path / "var", policies_dir=Path(__file__).parents[2] / "policies"))
+    realm = build_realm(tmp_path)  # the repository's demo policies need their demo keys made first
+    app = create_app(Settings(data_dir=realm.data_dir, policies_dir=realm.policies_dir))
     operation = app.openapi()["paths"]["/v1/declarations"]["post"]
     assert [p["name"] for p in operation["parameters"]] == ["Idempotency-Key"]
     assert {"201", "409", "422"} <= set(operation["responses"])
