@@ -8,12 +8,20 @@ from fastapi import Request
 
 from gateway.audit.record import AccessRecord
 from gateway.auth.bearer import Caller, insufficient_scope
-from gateway.errors import Problem
+from gateway.errors import Problem, invalid_at
 from gateway.ratelimit.admission import Admission
 
 
 def access_record(request: Request) -> AccessRecord:
     return request.scope["state"]["access_record"]  # set by the middleware; no State wrapper per call
+
+
+def idempotency_key(value: str | None) -> str:
+    """The `Idempotency-Key` a creating request must carry (bulk jobs, declarations), or `400` naming it."""
+    if value is None or not value.strip() or not value.isprintable():
+        raise invalid_at("/headers/Idempotency-Key", "an Idempotency-Key header is required (1 to 200 printable "
+                         "characters)")
+    return value
 
 
 def protected(operation: str, scope: str | None) -> Callable[[Request], Awaitable[Caller]]:

@@ -12,15 +12,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.api.deps import access_record, protected
+from gateway.api.deps import access_record, idempotency_key, protected
 from gateway.api.responses import FastJSONResponse
 from gateway.api.routes import GuardedBodyRoute
 from gateway.audit.log import AccessLogUnavailable
-from gateway.audit.record import AccessRecord, rfc3339
+from gateway.audit.record import rfc3339
 from gateway.auth.bearer import Caller
 from gateway.errors import Problem, invalid_at
 from gateway.events.declarations import DeclarationBody, FormProblem, parse
-from gateway.events.feed import FeedItem, cloud_event, decode_cursor, encode_cursor
+from gateway.events.feed import cloud_event, decode_cursor, encode_cursor, release_record, subscription_key
 from gateway.events.register import KeyConflict, RegisterUnavailable, Submission, request_hash
 from gateway.policy.model import IDENTIFIER_PATTERN, AdministrationPolicy, SubscriptionPolicy
 from gateway.services import Services, services
@@ -28,13 +28,6 @@ from gateway.services import Services, services
 router = APIRouter(tags=["Life events"])
 
 SubscriptionName = Annotated[str, Query(pattern=IDENTIFIER_PATTERN, max_length=63)]
-
-
-def idempotency_key(value: str | None) -> str:
-    if value is None or not value.strip() or not value.isprintable():
-        raise invalid_at("/headers/Idempotency-Key", "an Idempotency-Key header is required (1 to 200 printable "
-                         "characters)")
-    return value
 
 
 # The declarations route is served by the identity routes' lean handler (`GuardedBodyRoute`: request,
@@ -107,20 +100,6 @@ async def _position(app: Services, key: str, cursor: str | None, pointer: str) -
     return position
 
 
-def release_records(app: Services, administration: AdministrationPolicy, subscription: SubscriptionPolicy,
-                    items: list[FeedItem], operation: str, client_id: str | None) -> list[AccessRecord]:
-    """One access-log event per event released, with its person and what it carried."""
-    purpose = administration.purposes[subscription.purpose]
-    records = []
-    for item in items:
-        record = AccessRecord(operation=operation, administration=administration.id,
-                              client_id=client_id, purpose=subscription.purpose, legal_basis=purpose.legal_basis,
-                              subject_hash=app.subjects(item.nin), attributes_released=sorted(subscription.attributes))
-        record.finish(200)
-        records.append(record)
-    return records
-
-
 @router.get("/v1/events", name="events.read", summary="Pull a subscription's events after a cursor")
 async def read_events(
     request: Request, subscription: SubscriptionName,
@@ -134,14 +113,14 @@ async def read_events(
     record = access_record(request)
     administration, policy = _subscription(app, caller, subscription)
     record.purpose, record.legal_basis = policy.purpose, administration.purposes[policy.purpose].legal_basis
-    key = f"{administration.id}/{subscription}"
+    key = subscription_key(administration.id, subscription)
     position = await _position(app, key, after, "/query/after")
     items = await app.feed.read(key, position, limit)
     events = [cloud_event(item, policy, app.subject_refs(administration.id, item.nin), app.events_source)
               for item in items]
     try:
-        await app.access_log.append_many(release_records(app, administration, policy, items, "events.read",
-                                                         caller.client_id))
+        await app.access_log.append_many([release_record(administration, policy, app.subjects(item.nin),
+                                                         "events.read", caller.client_id) for item in items])
     except AccessLogUnavailable:
         raise Problem("audit_unavailable") from None
     record.count = len(items)
@@ -174,7 +153,7 @@ async def subscription_status(
     aside after the retry horizon, each with the cursor to replay it from."""
     app = services(request)
     administration, policy = _subscription(app, caller, name)
-    key = f"{administration.id}/{name}"
+    key = subscription_key(administration.id, name)
     state, dead = await app.deliveries.store.status(key)
     head = (await app.feed.heads([key])).get(key, 0)
     push: dict[str, Any] | None = None
@@ -206,7 +185,7 @@ async def replay(
     administration, policy = _subscription(app, caller, name)
     if policy.endpoint is None:
         raise invalid_at("/", "this subscription has no endpoint: pull from any cursor instead")
-    key = f"{administration.id}/{name}"
+    key = subscription_key(administration.id, name)
     position = await _position(app, key, body.after, "/after")
     await app.deliveries.store.replay(key, position)
     app.deliveries.notify()

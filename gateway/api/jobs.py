@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import ClientDisconnect
 
 from gateway.api.deps import access_record, protected
+from gateway.api.deps import idempotency_key as required_key
 from gateway.api.identity import PredicateRequest, Purpose
 from gateway.api.responses import FastJSONResponse
 from gateway.auth.bearer import Caller
@@ -76,13 +77,6 @@ def _administration(app: Services, caller: Caller) -> AdministrationPolicy | Non
     return app.policies.current.administrations.get(caller.administration)
 
 
-def _key(idempotency_key: str | None) -> str:
-    if idempotency_key is None or not idempotency_key.strip() or not idempotency_key.isprintable():
-        raise Problem("invalid_request", "an Idempotency-Key header is required (1 to 200 printable characters)",
-                      extra={"errors": [{"pointer": "/headers/Idempotency-Key", "detail": "required"}]})
-    return idempotency_key
-
-
 async def _job(request: Request, caller: Caller, job_id: str) -> tuple[Services, Job]:
     app = services(request)
     job = await app.jobs.get(job_id, caller.administration)
@@ -121,7 +115,7 @@ async def create_job(
     """The job's purpose, claims and predicates are checked against the policy now, as a verification's
     would be; its evaluation date is fixed now for every record."""
     app = services(request)
-    key = _key(idempotency_key)
+    key = required_key(idempotency_key)
     record = access_record(request)
     request_hash = hashlib.sha256(orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
     earlier = await app.jobs.by_key(caller.administration, key)

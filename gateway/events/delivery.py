@@ -57,8 +57,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.audit.log import AccessLog, AccessLogUnavailable
-from gateway.audit.record import AccessRecord
-from gateway.events.feed import EventFeed, FeedItem, cloud_event
+from gateway.events.feed import EventFeed, FeedItem, cloud_event, release_record, subscription_key
 from gateway.events.register import BUSY_TIMEOUT_MS
 from gateway.policy.model import AdministrationPolicy, SubscriptionPolicy
 from gateway.policy.store import PolicyStore
@@ -443,8 +442,9 @@ class Pusher:
             for index, item in enumerate(items):
                 if logged <= index:
                     ahead = items[index:index + window]
-                    await self.d.access_log.append_many([self._record(i, administration, subscription)
-                                                         for i in ahead])
+                    await self.d.access_log.append_many([
+                        release_record(administration, subscription, self.d.subjects(i.nin), "events.deliver", None)
+                        for i in ahead])
                     logged = index + len(ahead)
                 if await self._hold() is None:
                     break  # the lease is gone: another process delivers from the saved position
@@ -493,16 +493,6 @@ class Pusher:
     def _body(self, item: FeedItem, subscription: SubscriptionPolicy) -> bytes:
         subject_ref = self.d.subject_refs(self.administration, item.nin)
         return orjson.dumps(cloud_event(item, subscription, subject_ref, self.d.source))
-
-    def _record(self, item: FeedItem, administration: AdministrationPolicy, subscription: SubscriptionPolicy
-                ) -> AccessRecord:
-        purpose = administration.purposes[subscription.purpose]
-        record = AccessRecord(operation="events.deliver", administration=self.administration,
-                              client_id=None, purpose=subscription.purpose, legal_basis=purpose.legal_basis,
-                              subject_hash=self.d.subjects(item.nin),
-                              attributes_released=sorted(subscription.attributes))
-        record.finish(200)
-        return record
 
     async def _post(self, subscription: SubscriptionPolicy, body: bytes) -> Outcome:
         """One attempt; whatever goes wrong is a failed attempt, never an escape."""
@@ -563,7 +553,7 @@ class Deliveries:
 
     def subscriptions(self) -> dict[str, tuple[str, str]]:
         """`key → (administration, name)` of every subscription with an endpoint."""
-        return {f"{admin.id}/{name}": (admin.id, name)
+        return {subscription_key(admin.id, name): (admin.id, name)
                 for admin in self.policies.current.administrations.values()
                 for name, sub in admin.subscriptions.items() if sub.endpoint is not None}
 

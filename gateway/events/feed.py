@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from gateway.policy.model import SubscriptionPolicy
+from gateway.audit.record import AccessRecord
+from gateway.policy.model import AdministrationPolicy, SubscriptionPolicy
 
 EVENT_TYPE_PREFIX = "ml.etatcivil."
 
@@ -35,6 +36,23 @@ class FeedItem:
     record: dict[str, Any]
     declared_at: str
     amends: str | None
+
+
+def subscription_key(administration: str, name: str) -> str:
+    """A subscription's name in the feed and the push state: its administration's id, then its own."""
+    return f"{administration}/{name}"
+
+
+def release_record(administration: AdministrationPolicy, subscription: SubscriptionPolicy, subject_hash: str,
+                   operation: str, client_id: str | None) -> AccessRecord:
+    """The access-log event of one event released (pulled or pushed): its person, its purpose and legal
+    basis, and the attributes it carried."""
+    record = AccessRecord(operation=operation, administration=administration.id, client_id=client_id,
+                          purpose=subscription.purpose,
+                          legal_basis=administration.purposes[subscription.purpose].legal_basis,
+                          subject_hash=subject_hash, attributes_released=sorted(subscription.attributes))
+    record.finish(200)
+    return record
 
 
 def _tag(subscription: str) -> str:

@@ -43,6 +43,7 @@ from gateway.events.declarations import (
     judge_amendment,
     judge_birth,
 )
+from gateway.events.feed import subscription_key
 from gateway.policy.store import PolicyStore
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class Subscriber:
 
 def subscribers(policies: PolicyStore) -> list[Subscriber]:
     """Every subscription of the policies in force, as the outbox routes to them."""
-    return [Subscriber(f"{admin.id}/{name}", frozenset(sub.events))
+    return [Subscriber(subscription_key(admin.id, name), frozenset(sub.events))
             for admin in policies.current.administrations.values() for name, sub in admin.subscriptions.items()]
 
 
