@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, insert, literal, select, text, update
+from sqlalchemy import and_, delete, func, insert, literal, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -40,6 +42,7 @@ from gateway.storage.tables import (
     audit_index,
     audit_index_checkpoints,
     audit_index_watermarks,
+    audit_rollup,
 )
 from gateway.telemetry import Metrics
 
@@ -125,6 +128,21 @@ async def _insert_rows(connection: AsyncConnection, rows: list[tuple[Any, ...]])
         await driver.executemany(_SQLITE_INSERT, rows)  # type: ignore[union-attr]
 
 
+def _rollup_statement(dialect: str, origin: str, first_seq: int, end: int) -> Any:
+    """The hourly counts of one origin's events `first_seq`..`end` (just added), added to `audit_rollup`
+    in the caller's transaction: the overview's charts read these instead of the events."""
+    c = audit_index.c
+    keys = (func.substr(c.time, 1, 13), func.coalesce(c.administration, ""), func.coalesce(c.operation, ""),
+            c.decision, func.coalesce(c.reason, ""))
+    counts = (select(c.origin, *keys, func.count())
+              .where(c.origin == origin, c.seq >= first_seq, c.seq < end).group_by(c.origin, *keys))
+    upsert = (pg_insert if dialect == "postgresql" else sqlite_insert)(audit_rollup).from_select(
+        ["origin", "hour", "administration", "operation", "decision", "reason", "count"], counts)
+    return upsert.on_conflict_do_update(
+        index_elements=["origin", "hour", "administration", "operation", "decision", "reason"],
+        set_={"count": audit_rollup.c.count + upsert.excluded.count})
+
+
 class IndexFollower:
     """Follows one log directory into the index."""
 
@@ -181,6 +199,7 @@ class IndexFollower:
                 end = rows[-1][1] + 1 if rows else next_seq
                 if rows:
                     await _insert_rows(connection, rows)
+                    await connection.execute(_rollup_statement(connection.dialect.name, self.origin, next_seq, end))
                 covered = [c for c in checkpoints if c.seq < end]
                 if covered:
                     known = set((await connection.execute(
@@ -432,6 +451,28 @@ class AuditIndex:
         last = Position(rows[-1].position, rows[-1].origin, rows[-1].seq) if rows else None
         return [event_from_row(row) for row in rows], last
 
+    async def event(self, origin: str, seq: int) -> dict[str, Any] | None:
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(select(audit_index).where(audit_index.c.origin == origin,
+                                                                      audit_index.c.seq == seq))).first()
+        return None if row is None else event_from_row(row)
+
+    async def latest(self, where: EventFilter, before: tuple[str, int] | None = None, limit: int = 50
+                     ) -> tuple[list[dict[str, Any]], tuple[str, int] | None]:
+        """Up to `limit` events, newest first (by time, then index position), older than `before`; and
+        where the page stopped. Time order lets the (administration, time), (decision, time) and
+        (subject, time) indexes serve a filtered page without sorting."""
+        c = audit_index.c
+        query = where.apply(select(audit_index), audit_index)
+        if before is not None:
+            moment, position = before
+            query = query.where(or_(c.time < moment, and_(c.time == moment, c.position < position)))
+        query = query.order_by(c.time.desc(), c.position.desc()).limit(limit)
+        async with self.engine.connect() as connection:
+            rows = list(await connection.execute(query))
+        last = (rows[-1].time, rows[-1].position) if rows else None
+        return [{**event_from_row(row), "origin": row.origin} for row in rows], last
+
     async def events(self, where: EventFilter, after: Position | None = None, limit: int = 100
                      ) -> list[dict[str, Any]]:
         return (await self.page(where, after, limit))[0]
@@ -533,6 +574,7 @@ async def import_legacy(engine: AsyncEngine, origin: str, *, continued_by: str |
             await connection.execute(insert(audit_index).from_select(
                 ["origin", *columns], select(literal(origin), *[access_events.c[n] for n in columns])
                 .order_by(access_events.c.seq)))
+            await connection.execute(_rollup_statement(connection.dialect.name, origin, 0, link.seq + 1))
             cp = access_checkpoints.c
             await connection.execute(insert(audit_index_checkpoints).from_select(
                 ["origin", "seq", "head_hash", "time", "key_id", "signature"],
@@ -545,7 +587,7 @@ async def import_legacy(engine: AsyncEngine, origin: str, *, continued_by: str |
 async def forget_origin(engine: AsyncEngine, origin: str) -> None:
     """Drop an origin's rows, checkpoints and watermark from the index, in one transaction."""
     async with engine.execution_options(**WRITER).begin() as connection:
-        for table in (audit_index, audit_index_checkpoints, _origins):
+        for table in (audit_index, audit_index_checkpoints, audit_rollup, _origins):
             await connection.execute(delete(table).where(table.c.origin == origin))
 
 

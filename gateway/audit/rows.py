@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, Table, select
+from sqlalchemy import Select, Table, or_, select
 
 from gateway.storage.database import row_dict
 
@@ -47,13 +47,18 @@ class EventFilter:
     subject_hash: str | None = None
     since: str | None = None  # RFC 3339 as `rfc3339` writes it
     until: str | None = None
+    purpose: str | None = None
+    hidden_prefixes: tuple[str, ...] = ()  # operations left out (the console hides officers' own reads)
 
     def apply(self, query: Select[Any], table: Table) -> Select[Any]:
         c = table.c
-        for name in ("administration", "client_id", "operation", "decision", "subject_hash"):
+        for name in ("administration", "client_id", "operation", "decision", "subject_hash", "purpose"):
             value = getattr(self, name)
             if value is not None:
                 query = query.where(c[name] == value)
+        for prefix in self.hidden_prefixes:  # an event with no operation (an unknown path) is not hidden
+            query = query.where(or_(c.operation.is_(None),
+                                    c.operation.not_like(prefix.replace("_", "\\_") + "%", escape="\\")))
         if self.since is not None:
             query = query.where(c.time >= self.since)
         if self.until is not None:

@@ -200,3 +200,95 @@ bulk_usage = Table(
     Column("day", String(10), primary_key=True),
     Column("records", BigInteger, nullable=False),
 )
+
+# Hourly counts of the index's events, kept by the index follower in the transaction that adds the events
+# (and dropped with their origin), so the console's overview reads hundreds of rows, not millions. `hour`
+# is the first 13 characters of the event's time (`YYYY-MM-DDTHH`); absent values are ''.
+audit_rollup = Table(
+    "audit_rollup",
+    metadata,
+    Column("origin", Text, primary_key=True),
+    Column("hour", String(13), primary_key=True),
+    Column("administration", Text, primary_key=True),
+    Column("operation", Text, primary_key=True),
+    Column("decision", String(8), primary_key=True),
+    Column("reason", Text, primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    Index("ix_audit_rollup_hour", "hour"),
+)
+
+# The console's local accounts (when no OpenID Connect provider is configured). The password is an
+# argon2id hash; the TOTP secret is sealed with the data dir's console key; `last_totp_step` refuses a code
+# used twice. Times are epoch seconds.
+console_officers = Table(
+    "console_officers",
+    metadata,
+    Column("login", String(64), primary_key=True),
+    Column("role", String(8), nullable=False),
+    Column("administration", Text),
+    Column("password_hash", Text, nullable=False),
+    Column("totp_sealed", Text, nullable=False),
+    Column("last_totp_step", BigInteger, nullable=False, server_default="0"),
+    Column("disabled", Integer, nullable=False, server_default="0"),
+    Column("failures", Integer, nullable=False, server_default="0"),
+    Column("first_failure_at", Float),
+    Column("locked_until", Float),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Signed-in officers. Only the SHA-256 of the cookie's value is kept, so a copy of the table signs no one in.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("login", String(200), nullable=False),
+    Column("role", String(8), nullable=False),
+    Column("administration", Text),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("search", Text),  # the last person search (JSON): the results page is asked by a handle, not a NIN
+    Index("ix_console_sessions_last_seen", "last_seen"),
+)
+
+# Alerts raised over the access log: one open alert per (rule, key) at a time; figures and events as JSON.
+console_alerts = Table(
+    "console_alerts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("rule", String(32), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("administration", Text),
+    Column("status", String(12), nullable=False),  # open, acknowledged, closed
+    Column("figures", Text, nullable=False),
+    Column("events", Text, nullable=False),
+    Column("first_seen", String(32), nullable=False),
+    Column("last_seen", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_console_alerts_status", "status", "created_at"),
+    Index("ix_console_alerts_rule_key", "rule", "key", "status"),
+)
+
+# Who acknowledged or closed an alert, when and why.
+console_alert_notes = Table(
+    "console_alert_notes",
+    metadata,
+    Column("alert_id", String(36), primary_key=True),
+    Column("n", Integer, primary_key=True, autoincrement=False),
+    Column("login", String(200), nullable=False),
+    Column("action", String(12), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+# The alert watcher's place in the index and its lease (one watcher evaluates at a time).
+console_watcher = Table(
+    "console_watcher",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("position", BigInteger, nullable=False),
+    Column("owner", Text),
+    Column("lease_until", Float, nullable=False, server_default="0"),
+)
