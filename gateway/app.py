@@ -60,6 +60,9 @@ from gateway.bulk.files import JobFiles
 from gateway.bulk.runner import ChunkQueue, ChunkRunner, LocalChunkQueue, Retention, SaqChunkQueue
 from gateway.bulk.store import JobStore
 from gateway.consent.store import ConsentStore
+from gateway.console import STATIC_DIR as CONSOLE_STATIC_DIR
+from gateway.console import build_console
+from gateway.console import web as console_web
 from gateway.datadir import secure_data_dir
 from gateway.events.delivery import Deliveries, DeliveryStore, PushSettings, WebhookSigner, deliveries_path
 from gateway.events.feed import EventFeed
@@ -350,6 +353,12 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
 
     readiness["events"] = events_ready
 
+    try:
+        console = build_console(settings, engine, http, access_log, refusals, trusted_proxies,
+                                owner=f"{socket.gethostname()}:{segment_store.origin}#{uuid.uuid4()}")
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
     app_services = Services(
         settings=settings,
         policies=policies,
@@ -390,6 +399,7 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         deliveries=deliveries,
         webhook_signer=deliveries.signer,
         events_source=deliveries.source,
+        console=console,
     )
 
     reloader = PolicyReloader(policies, settings.policies_dir, metrics, settings.policy_reload_interval_s)
@@ -415,11 +425,13 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         if register_writer is not None:
             await register_writer.start()
         await deliveries.start()
+        console.start()
         _freeze_startup_objects()
         try:
             yield
         finally:
             gc.unfreeze()
+            await console.close()
             await chunk_queue.close()
             await retention.close()
             await deliveries.close()
@@ -465,8 +477,9 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     problems.describe(app)
     # The busiest routes first: matching walks the table in order.
     add_routes(app, identity.router, oauth.router, events.router, ops.router, consents.router, audit.router,
-               transparency.router, jobs.router)
+               transparency.router, jobs.router, console_web.router)
     app.mount(ops.DOCS_ASSETS_PATH, StaticFiles(directory=str(ops.DOCS_ASSETS_DIR)), name="docs-assets")
+    app.mount("/console/static", StaticFiles(directory=str(CONSOLE_STATIC_DIR)), name="console-static")
     app.add_middleware(
         AccessMiddleware,
         access_log=access_log,

@@ -695,6 +695,53 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _officers(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.console import officer_store
+    from gateway.console.accounts import AccountError
+    from gateway.storage.database import create_engine, migrate
+
+    engine = create_engine(database_url(settings.database_url, settings.data_dir), schema=settings.database_schema)
+    try:
+        await migrate(engine, settings.database_schema)
+        store = officer_store(settings, engine)
+        try:
+            if args.officers_command in ("add", "reset"):
+                credentials = (await store.add(args.login, args.role, args.administration)
+                               if args.officers_command == "add" else await store.reset(args.login))
+                if args.json:
+                    print(json.dumps({"login": credentials.login, "password": credentials.password,
+                                      "otpauth_uri": credentials.otpauth_uri}))
+                else:
+                    print(f"login:       {credentials.login}\npassword:    {credentials.password}\n"
+                          f"otpauth URI: {credentials.otpauth_uri}\n"
+                          "Give these to the officer by hand; they are shown once and kept nowhere in clear.")
+            elif args.officers_command in ("disable", "enable"):
+                await store.set_disabled(args.login, args.officers_command == "disable")
+                print(f"{args.login}: {args.officers_command}d")
+            else:
+                officers = await store.list()
+                now = time.time()
+                for officer in officers:
+                    state = "disabled" if officer.disabled else (
+                        "locked" if officer.locked_until and officer.locked_until > now else "active")
+                    if args.json:
+                        print(json.dumps({"login": officer.login, "role": officer.role,
+                                          "administration": officer.administration, "state": state}))
+                    else:
+                        print(f"{officer.login}\t{officer.role}\t{officer.administration or '-'}\t{state}")
+        except AccountError as exc:
+            print(f"jamu officers {args.officers_command}: {exc}", file=sys.stderr)
+            return 2
+    finally:
+        await engine.dispose()
+    return 0
+
+
+def cmd_officers(args: argparse.Namespace) -> int:
+    """The console's local accounts (CONTRACT §14): add prints the initial password and the TOTP URI once."""
+    return asyncio.run(_officers(args, _settings()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jamu", description="Jamu identity-verification gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -839,6 +886,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
     export.set_defaults(func=cmd_audit_export)
 
+    officers = sub.add_parser("officers", help="the console's local accounts").add_subparsers(
+        dest="officers_command", required=True)
+    add = officers.add_parser("add", help="a new officer: prints an initial password and a TOTP secret, once")
+    add.add_argument("login")
+    add.add_argument("--role", required=True, choices=("officer", "dpa", "dpo"))
+    add.add_argument("--administration", help="the administration of a dpo")
+    add.add_argument("--json", action="store_true", help='one line {"login", "password", "otpauth_uri"}')
+    reset = officers.add_parser("reset", help="a new password and TOTP secret; the lockout cleared, sessions ended")
+    reset.add_argument("login")
+    reset.add_argument("--json", action="store_true")
+    for name, what in (("disable", "refuse the officer's sign-ins and end their sessions"),
+                       ("enable", "allow a disabled officer again")):
+        toggle = officers.add_parser(name, help=what)
+        toggle.add_argument("login")
+    listing = officers.add_parser("list", help="every local account, its role and state")
+    listing.add_argument("--json", action="store_true")
+    for parser_ in (add, reset, listing, *[officers.choices[n] for n in ("disable", "enable")]):
+        parser_.set_defaults(func=cmd_officers)
     witness = sub.add_parser("witness", help="a reference witness of the access log (C2SP tlog-witness)"
                              ).add_subparsers(dest="witness_command", required=True)
     init = witness.add_parser("init", help="make the witness's key and print its vkey")

@@ -23,6 +23,7 @@ from gateway.bulk.files import JobFiles
 from gateway.bulk.runner import ChunkQueue
 from gateway.bulk.store import JobStore
 from gateway.consent.store import ConsentStore
+from gateway.console import Console
 from gateway.events.delivery import Deliveries, WebhookSigner
 from gateway.events.feed import EventFeed
 from gateway.events.register import RegisterWriter
@@ -67,6 +68,7 @@ class Services:
     log_store: SegmentStore | None = None  # this process's own log
     witnesses: WitnessesFile | None = None
     witness_client: WitnessClient | None = None
+    console: Console | None = None  # the officers' console
 
 
 def services(request: Request) -> Services:

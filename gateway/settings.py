@@ -86,6 +86,16 @@ class Settings(BaseSettings):
     events_retry_horizon_s: float = Field(72 * 3600.0, gt=0)
     events_push_timeout_s: float = Field(15.0, gt=0, le=120)
     events_poll_s: float = Field(1.0, gt=0, le=60)
+    # The officers' console (CONTRACT §14, docs/console.md): alert rules, and sign-in through OpenID Connect
+    # when an issuer is set (local accounts from `jamu officers` otherwise).
+    alerts_file: Path | None = None
+    console_alert_poll_s: float = Field(1.0, gt=0, le=60)
+    console_oidc_issuer: str | None = None
+    console_oidc_client_id: str | None = None
+    console_oidc_client_secret: str | None = None
+    console_oidc_role_claim: str = "jamu_role"
+    console_oidc_administration_claim: str = "jamu_administration"
+    console_oidc_login_claim: str = "preferred_username"
 
     @field_validator("issuer")
     @classmethod

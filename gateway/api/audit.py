@@ -81,7 +81,7 @@ def _after(cursor: str | None) -> Position | None:
 LAG_REPORT_FRESH_S = 10.0
 
 
-async def _index_current(request: Request) -> list[OriginState]:
+async def index_current(request: Request) -> list[OriginState]:
     """Audit reads answer from the index. They wait for it to hold every event this process has answered
     (at once when it is current), and refuse while this process's index or any other process's, by its
     latest report, is further behind than the contract allows, rather than answer with events missing.
@@ -89,7 +89,7 @@ async def _index_current(request: Request) -> list[OriginState]:
     app = services(request)
     max_lag = app.settings.audit_index_max_lag_s
     own_behind = not await app.index.reach(max_lag)
-    async with _index_reads():
+    async with index_reads():
         states = await app.audit.origins()
     now = time.time()
     behind = [why for state in states if state.origin != app.access_log.origin
@@ -102,7 +102,7 @@ async def _index_current(request: Request) -> list[OriginState]:
 
 
 @contextlib.asynccontextmanager
-async def _index_reads() -> AsyncIterator[None]:
+async def index_reads() -> AsyncIterator[None]:
     """The index's database failing mid-read is the index being unavailable, not a gateway fault."""
     try:
         yield
@@ -159,8 +159,8 @@ class HistoryRequest(BaseModel):
 
 async def _page(request: Request, where: EventFilter, cursor: str | None, limit: int) -> FastJSONResponse:
     after = _after(cursor)
-    states = await _index_current(request)
-    async with _index_reads():
+    states = await index_current(request)
+    async with index_reads():
         events, last = await services(request).audit.page(where, after, limit)
     next_cursor = _cursor(last) if len(events) == limit and last is not None else None
     return FastJSONResponse({"transaction_id": access_record(request).id, "events": events,
@@ -208,15 +208,20 @@ async def integrity(
     written since an origin's last checkpoint is reported in `unsealed_events`, not as a problem: a
     running log always has one. The top-level fields are this process's own log's (and `problems` all
     origins', each naming its origin)."""
-    states = await _index_current(request)
-    app = services(request)
+    states = await index_current(request)
+    report = await integrity_report(services(request), states)
+    return FastJSONResponse({"transaction_id": access_record(request).id, **report})
+
+
+async def integrity_report(app: Any, states: list[OriginState]) -> dict[str, Any]:
+    """Every origin's chain walked against its checkpoints (the API's and the console's report)."""
     own_origin = app.access_log.origin
     origins: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []
     own: dict[str, Any] | None = None
     checked = 0
     for state in states:
-        async with _index_reads():
+        async with index_reads():
             report = (await app.audit.verify(state, app.checkpoint_keys)).finish()
         checked += report.events_checked
         named = [{"origin": state.origin, **problem} for problem in report.problems]
@@ -239,10 +244,9 @@ async def integrity(
         if state.origin == own_origin:
             own = entry
     own = own or {"last_seq": None, "last_checkpoint": None, "unsealed_events": 0}
-    return FastJSONResponse({"transaction_id": access_record(request).id, "ok": not problems,
-                             "events_checked": checked, "last_seq": own["last_seq"],
-                             "last_checkpoint": own["last_checkpoint"], "unsealed_events": own["unsealed_events"],
-                             "problems": problems[:100], "origins": origins})
+    return {"ok": not problems, "events_checked": checked, "last_seq": own["last_seq"],
+            "last_checkpoint": own["last_checkpoint"], "unsealed_events": own["unsealed_events"],
+            "problems": problems[:100], "origins": origins}
 
 
 async def _signed_head(app: Any, origin: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
@@ -306,8 +310,8 @@ async def access_history(
         verdict = await app.rate_limits.limiter.acquire(f"hist:{caller.administration}", (window,))
         if not verdict.allowed:
             raise Outcome(verdict, []).refusal() or Problem("rate_limited")
-    states = await _index_current(request)
-    async with _index_reads():
+    states = await index_current(request)
+    async with index_reads():
         events = await app.audit.subject_events(subject, HIDDEN_FROM_HISTORY, HISTORY_LIMIT)
     names = {a.id: a.name for a in app.policies.current.administrations.values()}
     this_read = {"time": rfc3339(record.time), "administration": caller.administration,

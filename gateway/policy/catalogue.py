@@ -77,4 +77,6 @@ EVENT_OPERATIONS = (
     "verify.bulk", "verify.bulk.create", "verify.bulk.upload", "verify.bulk.status", "verify.bulk.cancel",
     "verify.bulk.results", "verify.bulk.errors",
     "declaration", "events.read", "events.deliver", "events.keys", "events.subscription", "events.replay",
+    "console.login", "console.logout", "console.overview", "console.events", "console.event", "console.person",
+    "console.alerts", "console.alert", "console.integrity", "console.export",
 )

@@ -1,0 +1,222 @@
+"""The console's local accounts: argon2id passwords, a TOTP second factor, lockout after failures.
+
+Used when no OpenID Connect provider is configured (docs/console.md). The rules (what locks an account,
+which TOTP steps are accepted) are pure functions; `OfficerStore` keeps the accounts in the gateway's
+database so every process of a deployment sees the same lockouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.storage.database import WRITER
+from gateway.storage.tables import console_officers, console_sessions
+
+Role = Literal["officer", "dpa", "dpo"]
+ROLES: tuple[Role, ...] = ("officer", "dpa", "dpo")
+LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+ADMINISTRATION = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+MAX_FAILURES = 5  # failures within LOCKOUT_S lock the account for LOCKOUT_S
+LOCKOUT_S = 15 * 60
+TOTP_STEP_S = 30
+TOTP_DIGITS = 6
+TOTP_ISSUER = "Jamu"
+
+_hasher = PasswordHasher()  # argon2id, the library's defaults (RFC 9106's second recommended profile)
+# Compared against when the login is unknown, so an unknown login costs what a known one does.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class AccountError(ValueError):
+    """An account request that cannot be done: unknown login, bad role, login taken."""
+
+
+@dataclass(frozen=True)
+class Officer:
+    login: str
+    role: Role
+    administration: str | None
+    disabled: bool = False
+    locked_until: float | None = None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What `add` and `reset` hand out once: nothing keeps the password in clear."""
+
+    login: str
+    password: str
+    otpauth_uri: str
+
+
+SignIn = Literal["ok", "invalid", "locked", "disabled"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    outcome: SignIn
+    officer: Officer | None
+    locked_now: bool = False  # this failure locked the account
+
+
+def check_role(role: str, administration: str | None) -> None:
+    """A `dpo` belongs to one administration; `officer` and `dpa` see all of them and name none."""
+    if role not in ROLES:
+        raise AccountError(f"role must be one of {', '.join(ROLES)}")
+    if role == "dpo" and administration is None:
+        raise AccountError("a dpo needs --administration")
+    if role != "dpo" and administration is not None:
+        raise AccountError(f"an {role} sees every administration: give --administration only for a dpo")
+    if administration is not None and not ADMINISTRATION.fullmatch(administration):
+        raise AccountError("not an administration id")
+
+
+def totp_step(code: str, secret: str, now: float, last_step: int) -> int | None:
+    """The step a code belongs to (this one or the previous, to allow for a slow typist), or None. A step
+    at or before `last_step` (a code already used) is refused: a code signs in once."""
+    if not (len(code) == TOTP_DIGITS and code.isascii() and code.isdigit()):
+        return None
+    totp = pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_STEP_S)
+    current = int(now // TOTP_STEP_S)
+    for step in (current, current - 1):
+        if step > last_step and hmac.compare_digest(totp.at(step * TOTP_STEP_S), code):
+            return step
+    return None
+
+
+def after_failure(failures: int, first_failure_at: float | None, now: float) -> tuple[int, float, float | None]:
+    """(failures, first_failure_at, locked_until) once another failure is counted: failures older than
+    the lockout window are forgotten; the fifth within it locks the account for LOCKOUT_S."""
+    if first_failure_at is None or now - first_failure_at > LOCKOUT_S:
+        failures, first_failure_at = 0, now
+    failures += 1
+    return failures, first_failure_at, (now + LOCKOUT_S if failures >= MAX_FAILURES else None)
+
+
+class TotpSeal:
+    """TOTP secrets sealed at rest (AES-GCM under the data dir's console key): a copy of the database
+    alone gives no second factor."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key[:32].ljust(32, b"\0"))
+
+    def seal(self, login: str, secret: str) -> str:
+        nonce = secrets.token_bytes(12)
+        return base64.b64encode(nonce + self._aead.encrypt(nonce, secret.encode(), login.encode())).decode()
+
+    def open(self, login: str, sealed: str) -> str:
+        raw = base64.b64decode(sealed)
+        return self._aead.decrypt(raw[:12], raw[12:], login.encode()).decode()
+
+
+def _officer(row: object) -> Officer:
+    return Officer(row.login, row.role, row.administration, bool(row.disabled),  # type: ignore[attr-defined]
+                   row.locked_until)  # type: ignore[attr-defined]
+
+
+class OfficerStore:
+    def __init__(self, engine: AsyncEngine, seal: TotpSeal) -> None:
+        self.engine = engine
+        self.seal = seal
+
+    def _credentials(self, login: str) -> tuple[Credentials, str, str]:
+        password = secrets.token_urlsafe(15)
+        secret = pyotp.random_base32()
+        uri = pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_STEP_S).provisioning_uri(
+            name=login, issuer_name=TOTP_ISSUER)
+        return Credentials(login, password, uri), _hasher.hash(password), self.seal.seal(login, secret)
+
+    async def add(self, login: str, role: str, administration: str | None = None) -> Credentials:
+        if not LOGIN.fullmatch(login):
+            raise AccountError("a login is 1 to 64 of a-z 0-9 . _ -, starting with a letter or digit")
+        check_role(role, administration)
+        credentials, password_hash, sealed = await asyncio.to_thread(self._credentials, login)
+        now = time.time()
+        try:
+            async with self.engine.execution_options(**WRITER).begin() as connection:
+                await connection.execute(insert(console_officers).values(
+                    login=login, role=role, administration=administration, password_hash=password_hash,
+                    totp_sealed=sealed, created_at=now, updated_at=now))
+        except IntegrityError:
+            raise AccountError(f"{login} exists already (reset it with `jamu officers reset`)") from None
+        return credentials
+
+    async def reset(self, login: str) -> Credentials:
+        """A new password and TOTP secret; the lockout cleared and every session of the officer ended."""
+        credentials, password_hash, sealed = await asyncio.to_thread(self._credentials, login)
+        async with self.engine.execution_options(**WRITER).begin() as connection:
+            done = await connection.execute(update(console_officers).where(console_officers.c.login == login).values(
+                password_hash=password_hash, totp_sealed=sealed, last_totp_step=0, failures=0,
+                first_failure_at=None, locked_until=None, updated_at=time.time()))
+            if done.rowcount == 0:
+                raise AccountError(f"no officer {login}")
+            await connection.execute(delete(console_sessions).where(console_sessions.c.login == login))
+        return credentials
+
+    async def set_disabled(self, login: str, disabled: bool) -> None:
+        """Disabling ends the officer's sessions at once."""
+        async with self.engine.execution_options(**WRITER).begin() as connection:
+            done = await connection.execute(update(console_officers).where(console_officers.c.login == login)
+                                            .values(disabled=int(disabled), updated_at=time.time()))
+            if done.rowcount == 0:
+                raise AccountError(f"no officer {login}")
+            if disabled:
+                await connection.execute(delete(console_sessions).where(console_sessions.c.login == login))
+
+    async def list(self) -> list[Officer]:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(select(console_officers).order_by(console_officers.c.login))
+            return [_officer(row) for row in rows]
+
+    async def sign_in(self, login: str, password: str, code: str, now: float | None = None) -> Attempt:
+        """Check a password and a TOTP code. A locked account is refused without looking at either; a
+        failure is counted and may lock it; success clears the count and spends the code's step."""
+        now = time.time() if now is None else now
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(select(console_officers).where(console_officers.c.login == login))).first()
+        if row is None or not LOGIN.fullmatch(login):
+            await asyncio.to_thread(_verify, _DUMMY_HASH, password)
+            return Attempt("invalid", None)
+        officer = _officer(row)
+        if row.locked_until is not None and row.locked_until > now:
+            return Attempt("locked", officer)
+        password_ok = await asyncio.to_thread(_verify, row.password_hash, password)
+        step = totp_step(code, self.seal.open(login, row.totp_sealed), now, row.last_totp_step) if password_ok else None
+        if officer.disabled and password_ok and step is not None:
+            return Attempt("disabled", officer)
+        async with self.engine.execution_options(**WRITER).begin() as connection:
+            current = (await connection.execute(select(console_officers).where(console_officers.c.login == login)
+                                                .with_for_update())).first()
+            if current is None:
+                return Attempt("invalid", None)
+            if step is not None and step > current.last_totp_step:
+                await connection.execute(update(console_officers).where(console_officers.c.login == login).values(
+                    failures=0, first_failure_at=None, locked_until=None, last_totp_step=step))
+                return Attempt("ok", officer)
+            failures, first, locked_until = after_failure(current.failures, current.first_failure_at, now)
+            await connection.execute(update(console_officers).where(console_officers.c.login == login).values(
+                failures=failures, first_failure_at=first, locked_until=locked_until))
+        return Attempt("invalid", officer, locked_now=locked_until is not None)
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
