@@ -238,7 +238,8 @@ async def login(request: Request) -> Response:
     else:
         attempt = await console.officers.sign_in(login_name, password, code)
     if attempt is None or attempt.outcome != "ok" or attempt.officer is None:
-        record.claimed_client_id = login_name or None
+        # Only an existing account's login: anything else typed there (a NIN, say) never reaches the log.
+        record.claimed_client_id = attempt.officer.login if attempt is not None and attempt.officer else None
         locked = attempt is not None and (attempt.outcome == "locked" or attempt.locked_now)
         record.reason = "account_locked" if locked else "invalid_credentials"
         if attempt is not None and attempt.outcome == "disabled":
@@ -439,6 +440,8 @@ def search_filter(session: Session, params: Any) -> tuple[EventFilter, dict[str,
     operation = asked["operation"] or None
     if operation is not None and operation not in SEARCHABLE_OPERATIONS and operation not in CONSOLE_OPERATIONS:
         raise Refused(400, "bad_request")
+    if operation in CONSOLE_OPERATIONS and session.role != "dpa":
+        raise Refused(403, "forbidden")
     decision = asked["decision"] or None
     if decision is not None and decision not in DECISIONS:
         raise Refused(400, "bad_request")
