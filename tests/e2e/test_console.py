@@ -19,8 +19,7 @@ import orjson
 import pytest
 
 from connectors.population import population, seed_register
-from tests.support.console import JAMU, ConsoleClient, OfficerAccount, add_officer
-from tests.support.keys import token_form
+from tests.support.console import JAMU, ConsoleClient, OfficerAccount, add_officer, api_token, audit_events, verify
 from tests.support.realm import Realm, build_realm
 from tests.support.servers import GatewayProcess, wait_until
 
@@ -66,34 +65,6 @@ def client(gateway: GatewayProcess) -> Iterator[ConsoleClient]:
 @pytest.fixture
 def console(gateway: GatewayProcess) -> Iterator[ConsoleClient]:
     yield from client(gateway)
-
-
-def api_token(gateway: GatewayProcess, realm: Realm, client_id: str) -> dict[str, str]:
-    form = token_form(client_id, realm.keys[client_id], f"{gateway.base_url}/oauth2/token")
-    response = httpx.post(f"{gateway.base_url}/oauth2/token", data=form, timeout=10)
-    assert response.status_code == 200, response.text
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
-
-
-def verify(gateway: GatewayProcess, headers: dict[str, str], nin: str) -> str:
-    response = httpx.post(f"{gateway.base_url}/v1/verify", headers=headers, timeout=10, json={
-        "nin": nin, "purpose": "voter_roll", "claims": {"family_name": "Traoré"}})
-    assert response.status_code == 200, response.text
-    return response.json()["transaction_id"]
-
-
-def audit_events(gateway: GatewayProcess, realm: Realm, **query: str) -> list[dict[str, Any]]:
-    headers = api_token(gateway, realm, "oversight-app")
-    found: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params = {**query, "limit": "1000", **({"cursor": cursor} if cursor else {})}
-        page = httpx.get(f"{gateway.base_url}/v1/audit/events", params=params, headers=headers, timeout=10)
-        assert page.status_code == 200, page.text
-        found += page.json()["events"]
-        cursor = page.json()["next_cursor"]
-        if cursor is None:
-            return found
 
 
 def test_a_page_without_a_session_is_sent_to_sign_in_and_logged_nowhere(gateway: GatewayProcess, realm: Realm,

@@ -4,76 +4,36 @@ prefix, as behind an ingress: every request is still logged."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from tests.support.browser import launched_browser, offline_page, screenshot
 from tests.support.keys import token_form
 from tests.support.realm import Realm
 from tests.support.servers import GatewayProcess
 
 pytestmark = pytest.mark.e2e
 
-ARTEFACTS = Path(os.environ.get("JAMU_TEST_ARTEFACTS", "var/test-artefacts"))
 _EXTERNAL_REFERENCE = re.compile(r"""(?:src|href)\s*=\s*["'](?:https?:)?//""", re.IGNORECASE)
-
-
-def chromium_path() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        message = "Chromium unavailable: install Debian's chromium package (.ci/run does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        print(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    executable = chromium_path()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, headless=True,
-                                              args=["--no-sandbox", "--disable-dev-shm-usage"])
-        yield launched
-        launched.close()
-
-
-def _offline_page(browser: object, base_url: str) -> tuple[object, list[str]]:
-    """A page that may reach the gateway only; what it tried to reach elsewhere is listed."""
-    context = browser.new_context(viewport={"width": 1366, "height": 768})  # type: ignore[attr-defined]
-    elsewhere: list[str] = []
-    own_host = urlsplit(base_url).netloc
-
-    def route(route: object) -> None:
-        url = route.request.url  # type: ignore[attr-defined]
-        if urlsplit(url).netloc == own_host:
-            route.continue_()  # type: ignore[attr-defined]
-        else:
-            elsewhere.append(url)
-            route.abort()  # type: ignore[attr-defined]
-
-    context.route("**/*", route)
-    return context.new_page(), elsewhere
+    yield from launched_browser()
 
 
 def test_docs_render_offline_in_a_real_browser(gateway: GatewayProcess, browser: object) -> None:
-    page, elsewhere = _offline_page(browser, gateway.base_url)
+    page, elsewhere = offline_page(browser, gateway.base_url)
     page.goto(f"{gateway.base_url}/docs", wait_until="networkidle")  # type: ignore[attr-defined]
     title = page.locator(".swagger-ui .info .title")  # type: ignore[attr-defined]
     title.wait_for(timeout=15_000)
     assert "Jamu gateway" in title.inner_text()
     assert page.locator(".opblock-summary-path", has_text="/v1/verify").count() >= 1  # type: ignore[attr-defined]
-    ARTEFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTEFACTS / "docs.png"), full_page=False)  # type: ignore[attr-defined]
+    screenshot(page, "docs")
     assert elsewhere == [], f"the page asked other hosts: {elsewhere}"
 
 

@@ -16,6 +16,10 @@ from typing import Any
 import httpx
 import pyotp
 
+from tests.support.keys import token_form
+from tests.support.realm import Realm
+from tests.support.servers import GatewayProcess
+
 JAMU = [sys.executable, "-m", "gateway.cli"]
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 _COOKIE = re.compile(r"^([^=;\s]+)=([^;]*)(.*)$")
@@ -90,3 +94,31 @@ class ConsoleClient:
         assert response.status_code == 303, response.text
         assert response.headers["location"] == "/console/"
         return self
+
+
+def api_token(gateway: GatewayProcess, realm: Realm, client_id: str) -> dict[str, str]:
+    form = token_form(client_id, realm.keys[client_id], f"{gateway.base_url}/oauth2/token")
+    response = httpx.post(f"{gateway.base_url}/oauth2/token", data=form, timeout=10)
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def verify(gateway: GatewayProcess, headers: dict[str, str], nin: str) -> str:
+    response = httpx.post(f"{gateway.base_url}/v1/verify", headers=headers, timeout=10, json={
+        "nin": nin, "purpose": "voter_roll", "claims": {"family_name": "Traoré"}})
+    assert response.status_code == 200, response.text
+    return response.json()["transaction_id"]
+
+
+def audit_events(gateway: GatewayProcess, realm: Realm, **query: str) -> list[dict[str, Any]]:
+    headers = api_token(gateway, realm, "oversight-app")
+    found: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {**query, "limit": "1000", **({"cursor": cursor} if cursor else {})}
+        page = httpx.get(f"{gateway.base_url}/v1/audit/events", params=params, headers=headers, timeout=10)
+        assert page.status_code == 200, page.text
+        found += page.json()["events"]
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            return found
