@@ -428,10 +428,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"  curl -s {base}/v1/audit/search -H \"Authorization: Bearer {token('apdp-audit')}\" \\",
         f"       -H 'Content-Type: application/json' -d '{{\"nin\": \"{person['nin']}\"}}'",
         f"  open {base}/docs",
+        *_demo_officer(settings, base),
         "",
     ]
     print("\n".join(lines), flush=True)
     return _serve(args.host, args.port, 1)
+
+
+def _demo_officer(settings: Settings, base: str) -> list[str]:
+    """A console account for the demo, made once: its password and TOTP secret are printed then only."""
+    from gateway.console import officer_store
+    from gateway.console.accounts import AccountError
+    from gateway.storage.database import create_engine, migrate
+
+    async def add() -> Any:
+        engine = create_engine(database_url(settings.database_url, settings.data_dir), schema=settings.database_schema)
+        try:
+            await migrate(engine, settings.database_schema)
+            return await officer_store(settings, engine).add("demo-officer", "officer")
+        except AccountError:
+            return None
+        finally:
+            await engine.dispose()
+
+    credentials = asyncio.run(add())
+    lines = ["  # the officers' console (docs/console.md): sign in as demo-officer"]
+    if credentials is None:
+        return [*lines, "  # (made on an earlier run; `jamu officers reset demo-officer` prints new credentials)",
+                f"  open {base}/console/"]
+    return [*lines, f"  #   password: {credentials.password}",
+            f"  #   TOTP secret: {credentials.otpauth_uri} (any authenticator app), or the current code:",
+            f"  .venv/bin/python -c \"import pyotp; print(pyotp.parse_uri('{credentials.otpauth_uri}').now())\"",
+            f"  open {base}/console/"]
 
 
 def cmd_register_seed(args: argparse.Namespace) -> int:

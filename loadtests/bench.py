@@ -15,6 +15,7 @@ from typing import Any
 from loadtests import (
     bench_audit,
     bench_bulk,
+    bench_console,
     bench_events,
     bench_hardening,
     bench_identity,
@@ -48,6 +49,7 @@ def main() -> int:
     result["tlog"] = bench_tlog.measure([])
     result["bulk"] = bench_bulk.measure([])
     result["events"] = bench_events.measure([])
+    result["console"] = bench_console.measure([])
     log = bench_log.measure(["--soak-seconds", "600"])
     result.update({key: log[key] for key in LOG_HEADLINE if key in log})
     result["log"] = log
@@ -56,7 +58,8 @@ def main() -> int:
     result["hardening"] = hardening
     print(json.dumps(result))
     return 1 if any("error" in part for part in (result["ratelimit"], result["audit"], result["tlog"],
-                                                 result["bulk"], result["events"], log, hardening)) else 0
+                                                 result["bulk"], result["events"], result["console"], log,
+                                                 hardening)) else 0
 
 
 if __name__ == "__main__":

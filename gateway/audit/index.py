@@ -285,6 +285,7 @@ class IndexTask:
         self._commits: deque[tuple[int, float]] = deque()  # (durable end after a commit, when), oldest first
         self._round = asyncio.Event()  # set, and replaced, after each catch-up attempt
         self._urgent = False
+        self._hurry = asyncio.Event()  # a read is waiting: the gathering pause ends at once
         self._adoption: asyncio.Task[Any] | None = None
         self.failing = False
 
@@ -331,8 +332,10 @@ class IndexTask:
                 await asyncio.wait_for(self._wake.wait(), self._retry_s)
             self._wake.clear()
             if not self._urgent:
-                await asyncio.sleep(self._gather_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self._gather_s)
             self._urgent = False
+            self._hurry.clear()
             end = self.durable_end()
             try:
                 await self.follower.catch_up(end)
@@ -363,6 +366,7 @@ class IndexTask:
             if remaining <= 0 or self._task is None or self._task.done():
                 return False
             self._urgent = True
+            self._hurry.set()
             self._wake.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._round.wait(), remaining)

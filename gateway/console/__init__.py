@@ -4,10 +4,16 @@ settings; `create_app` mounts its routes and runs its watcher."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
-from dataclasses import dataclass
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -24,9 +30,49 @@ from gateway.keyfiles import load_or_create_secret
 from gateway.ratelimit.admission import Network
 from gateway.settings import Settings
 
+log = logging.getLogger(__name__)
 PACKAGE = Path(__file__).parent
 STATIC_DIR = PACKAGE / "static"
 TEMPLATES_DIR = PACKAGE / "templates"
+
+
+class IntegrityRuns:
+    """The integrity report, computed off the page: a walk of every origin's chain takes minutes on a
+    log of tens of millions of events, so a page shows the latest finished report (and its age), starts a
+    new walk when that one is older than `max_age_s` (one at a time), and waits a little for it."""
+
+    def __init__(self, max_age_s: float = 60.0) -> None:
+        self.max_age_s = max_age_s
+        self.report: dict[str, Any] | None = None
+        self.finished_at: float | None = None
+        self.started_at: float | None = None
+        self.failure: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def latest(self, walk: Callable[[], Awaitable[dict[str, Any]]], wait_s: float = 2.0) -> None:
+        if not self.running and (self.finished_at is None or time.time() - self.finished_at > self.max_age_s):
+            self.started_at = time.time()
+            self._task = asyncio.create_task(self._run(walk), name="console-integrity")
+        if self._task is not None and not self._task.done():
+            await asyncio.wait({self._task}, timeout=wait_s)
+
+    async def _run(self, walk: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        try:
+            self.report, self.failure = await walk(), None
+        except Exception as exc:
+            log.warning("the console's integrity walk failed: %s", exc)
+            self.failure = type(exc).__name__
+        self.finished_at = time.time()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
 
 
 @dataclass
@@ -42,6 +88,7 @@ class Console:
     refusals: RefusalTally
     trusted_proxies: tuple[Network, ...]
     access_log: AccessLog
+    integrity: IntegrityRuns = field(default_factory=IntegrityRuns)
 
     def sign(self, purpose: str, value: str) -> str:
         return hmac.new(self.key, f"{purpose}\0{value}".encode(), hashlib.sha256).hexdigest()
@@ -51,6 +98,7 @@ class Console:
 
     async def close(self) -> None:
         await self.watcher.close()
+        await self.integrity.close()
 
 
 def console_key_path(settings: Settings) -> Path:

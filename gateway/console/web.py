@@ -59,8 +59,9 @@ DECISIONS = ("permit", "deny", "error")
 # 'unsafe-inline' for styles (never for scripts).
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+# (`X-Content-Type-Options: nosniff` is on every answer already: the outermost middleware adds it.)
 HEADERS = {"Content-Security-Policy": CSP, "Cache-Control": "no-store", "X-Frame-Options": "DENY",
-           "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
+           "Referrer-Policy": "no-referrer"}
 _ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _TEXT = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
 _LOCAL_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?$")
@@ -363,6 +364,11 @@ def may_see(session: Session, event: dict[str, Any]) -> bool:
 
 # ---- pages -----------------------------------------------------------------------------------------------------
 
+@router.get("/console")
+async def console_root(request: Request) -> Response:
+    return redirect(request, "/")
+
+
 @router.get("/console/")
 async def overview(request: Request) -> Response:
     async def build(session: Session, record: AccessRecord) -> Response:
@@ -376,7 +382,7 @@ async def overview(request: Request) -> Response:
                                      hidden[0] if hidden else None)
         view = summarise(rows, now)
         charts = [
-            volume_chart(t("volumes_24h"), [h[11:] + "h" for h in view.hours], view.hourly),
+            volume_chart(t("volumes_24h"), [h[11:] + "h" for h in view.hours], view.hourly, area=True),
             volume_chart(t("volumes_7d"), [d[5:] for d in view.days], view.daily),
             rates_chart(t("deny_rates"), view.day, view.week, "deny_rate", (t("last_24h"), t("last_7d"))),
             rates_chart(t("unknown_rates"), view.day, view.week, "unknown_rate", (t("last_24h"), t("last_7d"))),
@@ -645,8 +651,12 @@ async def alert_act(request: Request, alert_id: str) -> Response:
 async def integrity(request: Request) -> Response:
     async def build(session: Session, record: AccessRecord) -> Response:
         states = await index_current(request)
-        report = await integrity_report(services(request), states)
-        return render(request, "integrity.html", session=session, report=report)
+        runs, app = console_of(request).integrity, services(request)
+        await runs.latest(lambda: integrity_report(app, states))
+        checked = None if runs.finished_at is None else datetime.fromtimestamp(runs.finished_at, UTC)
+        return render(request, "integrity.html", session=session, report=runs.report, running=runs.running,
+                      checked_at=None if checked is None else rfc3339(checked)[:19].replace("T", " "),
+                      failure=runs.failure)
 
     return await _page(request, "console.integrity", build)
 

@@ -158,3 +158,26 @@ def test_the_life_events_benchmark_runs(tmp_path: Path) -> None:
     for part in ("push", "backlog"):
         assert result[part]["drained"] and result[part]["received"] >= result[part]["backlog"] > 0, result
         assert 0 < result[part]["rss_mib_max"] < 1024, result
+
+
+def test_the_console_benchmark_runs(tmp_path: Path) -> None:
+    """A small index (the full run builds 10 million events): the three pages timed, the alert watcher's
+    cost measured over the index, nothing refused."""
+    result = _bench(tmp_path, "bench_console", ["--events", "30000", "--persons", "5000", "--rounds", "1",
+                                                "--requests", "3", "--alert-events", "20000"])
+    assert "error" not in result, result
+    assert result["index"]["events"] == 30000 and result["alerts"]["evaluated"] == 20000, result
+    for page in ("overview", "search", "person"):
+        assert 0 < result[f"{page}_p50_ms"] <= result[f"{page}_p95_ms"], result
+    assert result["alerts"]["cpu_us_per_event"] > 0 and result["alert_rules"]["cpu_us_per_event"] > 0, result
+
+
+def test_the_alert_scenario_finds_each_abuse_and_nothing_else(tmp_path: Path) -> None:
+    """An enumeration, a scraper and a token-failure storm among ordinary traffic: each raises its alert,
+    the ordinary clients none."""
+    result = _bench(tmp_path, "alert_scenario", ["--seconds", "20"])
+    assert "error" not in result, result
+    assert {"enumerator"} <= set(result["raised"]["enumeration"]), result
+    assert {"scraper"} <= set(result["raised"]["scraping"]), result
+    assert result["raised"]["token_failures"] == ["127.0.0.1"], result
+    assert result["ordinary_alerts"] == [] and result["requests"]["roll-a"] > 100, result

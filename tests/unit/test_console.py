@@ -243,16 +243,16 @@ def test_the_overview_sums_hours_into_rates_per_administration() -> None:
     now = T0
     hour = now.strftime(HOUR_FORMAT)
     old = (now - timedelta(days=3)).strftime(HOUR_FORMAT)
-    rows = [(hour, "ceni", "verify", "permit", "", 80), (hour, "ceni", "verify", "permit", "subject_not_found", 20),
-            (hour, "ceni", "token", "deny", "invalid_client", 25), (old, "ceni", "verify", "deny", "rate_limited", 75),
-            ((now - timedelta(days=9)).strftime(HOUR_FORMAT), "ceni", "verify", "permit", "", 1000)]
+    # (hour, administration, events, denied, checks, unknown), as rollup_rows sums them
+    rows = [(hour, "ceni", 125, 25, 100, 20), (old, "ceni", 75, 75, 75, 0),
+            ((now - timedelta(days=9)).strftime(HOUR_FORMAT), "ceni", 1000, 0, 1000, 0)]
     view = summarise(rows, now)
     day, week = view.day["ceni"], view.week["ceni"]
     assert (day.events, day.denied, day.checks, day.unknown) == (125, 25, 100, 20)
     assert day.deny_rate == 0.2 and day.unknown_rate == 0.2
     assert (week.events, week.denied, week.checks) == (200, 100, 175)
     assert view.hourly["ceni"][-1] == 125 and sum(view.daily["ceni"]) == 200
-    svg = volume_chart("Volumes", [h[11:] for h in view.hours], view.hourly)
+    svg = volume_chart("Volumes", [h[11:] for h in view.hours], view.hourly, area=True)
     assert svg.startswith("<svg") and 'aria-label="Volumes"' in svg and "<script" not in svg
     assert "<script" not in rates_chart("Refus", view.day, view.week, "deny_rate", ("24 h", "7 j"))
 
