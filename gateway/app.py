@@ -60,7 +60,6 @@ from gateway.bulk.files import JobFiles
 from gateway.bulk.runner import ChunkQueue, ChunkRunner, LocalChunkQueue, Retention, SaqChunkQueue
 from gateway.bulk.store import JobStore
 from gateway.consent.store import ConsentStore
-from gateway.console import STATIC_DIR as CONSOLE_STATIC_DIR
 from gateway.console import build_console
 from gateway.console import web as console_web
 from gateway.datadir import secure_data_dir
@@ -479,7 +478,6 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     add_routes(app, identity.router, oauth.router, events.router, ops.router, consents.router, audit.router,
                transparency.router, jobs.router, console_web.router)
     app.mount(ops.DOCS_ASSETS_PATH, StaticFiles(directory=str(ops.DOCS_ASSETS_DIR)), name="docs-assets")
-    app.mount("/console/static", StaticFiles(directory=str(CONSOLE_STATIC_DIR)), name="console-static")
     app.add_middleware(
         AccessMiddleware,
         access_log=access_log,

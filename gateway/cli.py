@@ -163,6 +163,21 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts_check(args: argparse.Namespace) -> int:
+    """The console's alert rules file, checked as the gateway checks it at start (exit 1 naming each fault)."""
+    from gateway.console.alerts import RULES, load_alert_rules
+
+    path = Path(args.file) if args.file else _settings().alerts_file
+    try:
+        rules = load_alert_rules(path)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    enabled = [name for name in RULES if getattr(rules, name).enabled]
+    print(f"{path or 'built-in thresholds'}: {len(enabled)} rules enabled ({', '.join(enabled)}): valid")
+    return 0
+
+
 def cmd_policies_check(args: argparse.Namespace) -> int:
     directory = Path(args.dir) if args.dir else _settings().policies_dir
     try:
@@ -914,6 +929,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
     export.set_defaults(func=cmd_audit_export)
 
+    alerts = sub.add_parser("alerts", help="the console's alert rules").add_subparsers(dest="alerts_command",
+                                                                                       required=True)
+    alerts_check = alerts.add_parser("check", help="validate an alert rules file (default: GATEWAY_ALERTS_FILE)")
+    alerts_check.add_argument("file", nargs="?")
+    alerts_check.set_defaults(func=cmd_alerts_check)
     officers = sub.add_parser("officers", help="the console's local accounts").add_subparsers(
         dest="officers_command", required=True)
     add = officers.add_parser("add", help="a new officer: prints an initial password and a TOTP secret, once")

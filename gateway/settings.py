@@ -89,13 +89,16 @@ class Settings(BaseSettings):
     # The officers' console (CONTRACT §14, docs/console.md): alert rules, and sign-in through OpenID Connect
     # when an issuer is set (local accounts from `jamu officers` otherwise).
     alerts_file: Path | None = None
+    # Sign-in attempts per source address, on top of GATEWAY_UNAUTHENTICATED_RATE_LIMITS: each costs an argon2
+    # check (tens of milliseconds of CPU and 64 MiB), so far fewer are allowed than for an API call.
+    console_login_rate_limits: str = "minute:10/1m,hourly:60/1h"
     console_alert_poll_s: float = Field(1.0, gt=0, le=60)
     console_oidc_issuer: str | None = None
     console_oidc_client_id: str | None = None
     console_oidc_client_secret: str | None = None
     console_oidc_role_claim: str = "jamu_role"
     console_oidc_administration_claim: str = "jamu_administration"
-    console_oidc_login_claim: str = "preferred_username"
+    console_oidc_login_claim: str = "sub"  # stable and unique at its provider (a username may change hands)
 
     @field_validator("issuer")
     @classmethod

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, func, insert, literal, or_, select, text, update
+from sqlalchemy import delete, func, insert, literal, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -470,7 +470,8 @@ class AuditIndex:
         query = where.apply(select(audit_index), audit_index)
         if before is not None:
             moment, position = before
-            query = query.where(or_(c.time < moment, and_(c.time == moment, c.position < position)))
+            # The bound on time alone first, so the time indexes serve it; then the tie on position.
+            query = query.where(c.time <= moment, or_(c.time < moment, c.position < position))
         query = query.order_by(c.time.desc(), c.position.desc()).limit(limit)
         async with self.engine.connect() as connection:
             rows = list(await connection.execute(query))

@@ -21,13 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.log import AccessLog
 from gateway.audit.refusals import RefusalTally
-from gateway.console.accounts import OfficerStore, TotpSeal
-from gateway.console.alerts import AlertRules, Evaluator, load_alert_rules
+from gateway.console.accounts import AccountChanges, OfficerStore, PasswordChecks, TotpSeal
+from gateway.console.alerts import AlertRules, load_alert_rules
 from gateway.console.oidc import OidcConfig, OidcSignIn
 from gateway.console.sessions import SessionStore
 from gateway.console.watch import AlertStore, AlertWatcher
 from gateway.keyfiles import load_or_create_secret
 from gateway.ratelimit.admission import Network
+from gateway.ratelimit.gcra import Window
+from gateway.ratelimit.limiter import parse_windows
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,9 +41,10 @@ TEMPLATES_DIR = PACKAGE / "templates"
 class IntegrityRuns:
     """The integrity report, computed off the page: a walk of every origin's chain takes minutes on a
     log of tens of millions of events, so a page shows the latest finished report (and its age), starts a
-    new walk when that one is older than `max_age_s` (one at a time), and waits a little for it."""
+    new walk when that one is older than `max_age_s` or ten times as long as the last walk took, whichever
+    is longer (one at a time, whatever the page views), and waits a little for it."""
 
-    def __init__(self, max_age_s: float = 60.0) -> None:
+    def __init__(self, max_age_s: float = 300.0) -> None:
         self.max_age_s = max_age_s
         self.report: dict[str, Any] | None = None
         self.finished_at: float | None = None
@@ -54,7 +57,9 @@ class IntegrityRuns:
         return self._task is not None and not self._task.done()
 
     async def latest(self, walk: Callable[[], Awaitable[dict[str, Any]]], wait_s: float = 2.0) -> None:
-        if not self.running and (self.finished_at is None or time.time() - self.finished_at > self.max_age_s):
+        took = (self.finished_at or 0) - (self.started_at or 0)
+        stale_after = max(self.max_age_s, 10 * took)
+        if not self.running and (self.finished_at is None or time.time() - self.finished_at > stale_after):
             self.started_at = time.time()
             self._task = asyncio.create_task(self._run(walk), name="console-integrity")
         if self._task is not None and not self._task.done():
@@ -75,6 +80,26 @@ class IntegrityRuns:
                 await self._task
 
 
+class ExportSlots:
+    """Exports running at once: one per officer, `most` in all (each walks the index for as long as the
+    officer's browser reads). A slot not given back within `stale_s` (a stream its reader left) expires."""
+
+    def __init__(self, most: int = 2, stale_s: float = 3600.0) -> None:
+        self.most, self.stale_s = most, stale_s
+        self._running: dict[str, float] = {}
+
+    def take(self, login: str) -> bool:
+        now = time.monotonic()
+        self._running = {k: at for k, at in self._running.items() if now - at < self.stale_s}
+        if login in self._running or len(self._running) >= self.most:
+            return False
+        self._running[login] = now
+        return True
+
+    def give_back(self, login: str) -> None:
+        self._running.pop(login, None)
+
+
 @dataclass
 class Console:
     officers: OfficerStore
@@ -88,32 +113,62 @@ class Console:
     refusals: RefusalTally
     trusted_proxies: tuple[Network, ...]
     access_log: AccessLog
+    login_windows: tuple[Window, ...]  # sign-in attempts allowed per source address
     integrity: IntegrityRuns = field(default_factory=IntegrityRuns)
+    exports: ExportSlots = field(default_factory=ExportSlots)
 
     def sign(self, purpose: str, value: str) -> str:
         return hmac.new(self.key, f"{purpose}\0{value}".encode(), hashlib.sha256).hexdigest()
 
+    changes: AccountChanges | None = None
+    poll_s: float = 1.0
+    _relay: asyncio.Task[None] | None = None
+
     def start(self) -> None:
         self.watcher.start()
+        if self.changes is not None:
+            self._relay = asyncio.create_task(self._relay_changes(), name="console-account-changes")
+
+    async def _relay_changes(self) -> None:
+        assert self.changes is not None
+        failing = False
+        while True:
+            try:
+                await self.changes.relay()
+                failing = False
+            except Exception as exc:
+                if not failing:
+                    log.warning("account changes cannot be logged yet (%s); retrying", exc)
+                failing = True
+            await asyncio.sleep(self.poll_s)
 
     async def close(self) -> None:
+        if self._relay is not None:
+            self._relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay
         await self.watcher.close()
         await self.integrity.close()
+        self.officers.checks.close()
 
 
 def console_key_path(settings: Settings) -> Path:
     return settings.keys_dir / "console-key"
 
 
-def officer_store(settings: Settings, engine: AsyncEngine) -> OfficerStore:
+def officer_store(settings: Settings, engine: AsyncEngine, checks: PasswordChecks | None = None) -> OfficerStore:
     """The local accounts (also what `jamu officers` works on)."""
-    return OfficerStore(engine, TotpSeal(load_or_create_secret(console_key_path(settings))))
+    return OfficerStore(engine, TotpSeal(load_or_create_secret(console_key_path(settings))), checks)
 
 
 def build_console(settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient, access_log: AccessLog,
                   refusals: RefusalTally, trusted_proxies: tuple[Network, ...], owner: str) -> Console:
     """ValueError when `GATEWAY_ALERTS_FILE` or the OpenID Connect settings are not usable."""
     rules = load_alert_rules(settings.alerts_file)
+    try:
+        login_windows = parse_windows(settings.console_login_rate_limits)
+    except ValueError as exc:
+        raise ValueError(f"GATEWAY_CONSOLE_LOGIN_RATE_LIMITS: {exc}") from None
     alerts = AlertStore(engine)
     oidc = None
     if settings.console_oidc_issuer:
@@ -126,7 +181,8 @@ def build_console(settings: Settings, engine: AsyncEngine, http: httpx.AsyncClie
     templates = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(["html"]),
                             enable_async=False, trim_blocks=True, lstrip_blocks=True)
     return Console(
-        officers=officer_store(settings, engine), sessions=SessionStore(engine), alerts=alerts,
-        watcher=AlertWatcher(engine, Evaluator(rules), alerts, owner, poll_s=settings.console_alert_poll_s),
+        officers=officer_store(settings, engine, PasswordChecks()), sessions=SessionStore(engine), alerts=alerts,
+        watcher=AlertWatcher(engine, rules, alerts, owner, poll_s=settings.console_alert_poll_s),
         rules=rules, oidc=oidc, templates=templates, key=load_or_create_secret(console_key_path(settings)),
-        refusals=refusals, trusted_proxies=trusted_proxies, access_log=access_log)
+        refusals=refusals, trusted_proxies=trusted_proxies, access_log=access_log, login_windows=login_windows,
+        changes=AccountChanges(engine, access_log.append), poll_s=settings.console_alert_poll_s)

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import getpass
 import hmac
+import os
 import re
 import secrets
+import socket
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,10 +27,11 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.audit.record import AccessRecord
 from gateway.storage.database import WRITER
-from gateway.storage.tables import console_officers, console_sessions
+from gateway.storage.tables import console_account_changes, console_officers, console_sessions
 
 Role = Literal["officer", "dpa", "dpo"]
 ROLES: tuple[Role, ...] = ("officer", "dpa", "dpo")
@@ -131,15 +137,19 @@ def _officer(row: object) -> Officer:
 
 
 class OfficerStore:
-    def __init__(self, engine: AsyncEngine, seal: TotpSeal) -> None:
+    def __init__(self, engine: AsyncEngine, seal: TotpSeal, checks: PasswordChecks | None = None) -> None:
         self.engine = engine
         self.seal = seal
+        self.checks = checks or PasswordChecks(threads=1, max_waiting=0)
+        self.actor = _actor()
 
     def _credentials(self, login: str) -> tuple[Credentials, str, str]:
         password = secrets.token_urlsafe(15)
         secret = pyotp.random_base32()
         uri = pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_STEP_S).provisioning_uri(
             name=login, issuer_name=TOTP_ISSUER)
+        # Said outright, though they are the format's defaults: some authenticator apps assume otherwise.
+        uri += f"&algorithm=SHA1&digits={TOTP_DIGITS}&period={TOTP_STEP_S}"
         return Credentials(login, password, uri), _hasher.hash(password), self.seal.seal(login, secret)
 
     async def add(self, login: str, role: str, administration: str | None = None) -> Credentials:
@@ -153,6 +163,7 @@ class OfficerStore:
                 await connection.execute(insert(console_officers).values(
                     login=login, role=role, administration=administration, password_hash=password_hash,
                     totp_sealed=sealed, created_at=now, updated_at=now))
+                await self._changed(connection, login, "add", role, administration)
         except IntegrityError:
             raise AccountError(f"{login} exists already (reset it with `jamu officers reset`)") from None
         return credentials
@@ -167,6 +178,7 @@ class OfficerStore:
             if done.rowcount == 0:
                 raise AccountError(f"no officer {login}")
             await connection.execute(delete(console_sessions).where(console_sessions.c.login == login))
+            await self._changed(connection, login, "reset")
         return credentials
 
     async def set_disabled(self, login: str, disabled: bool) -> None:
@@ -178,6 +190,14 @@ class OfficerStore:
                 raise AccountError(f"no officer {login}")
             if disabled:
                 await connection.execute(delete(console_sessions).where(console_sessions.c.login == login))
+            await self._changed(connection, login, "disable" if disabled else "enable")
+
+    async def _changed(self, connection: AsyncConnection, login: str, action: str, role: str | None = None,
+                       administration: str | None = None) -> None:
+        """The change, in its own transaction, for a gateway to log (`AccountChanges`)."""
+        await connection.execute(insert(console_account_changes).values(
+            at=time.time(), login=login, action=action, role=role, administration=administration,
+            actor=self.actor))
 
     async def list(self) -> list[Officer]:
         async with self.engine.connect() as connection:
@@ -185,27 +205,33 @@ class OfficerStore:
             return [_officer(row) for row in rows]
 
     async def sign_in(self, login: str, password: str, code: str, now: float | None = None) -> Attempt:
-        """Check a password and a TOTP code. A locked account is refused without looking at either; a
-        failure is counted and may lock it; success clears the count and spends the code's step."""
+        """Check a password and a TOTP code. Every attempt costs one argon2 check and one write, whether
+        the login exists, is locked or not, so neither time nor answer tells them apart. The decision is
+        taken in one locked transaction: attempts sent together are judged one after the other, a lock
+        (or a disable) that lands meanwhile refuses the rest, and a success spends the code's step."""
         now = time.time() if now is None else now
         async with self.engine.connect() as connection:
-            row = (await connection.execute(select(console_officers).where(console_officers.c.login == login))).first()
-        if row is None or not LOGIN.fullmatch(login):
-            await asyncio.to_thread(_verify, _DUMMY_HASH, password)
+            row = (await connection.execute(select(console_officers).where(console_officers.c.login == login))
+                   ).first() if LOGIN.fullmatch(login) else None
+        password_ok = await self.checks.verify(row.password_hash if row is not None else _DUMMY_HASH, password)
+        if row is None:  # the same write a known login pays
+            async with self.engine.execution_options(**WRITER).begin() as connection:
+                await connection.execute(update(console_officers).where(console_officers.c.login == "")
+                                         .values(failures=console_officers.c.failures))
             return Attempt("invalid", None)
-        officer = _officer(row)
-        if row.locked_until is not None and row.locked_until > now:
-            return Attempt("locked", officer)
-        password_ok = await asyncio.to_thread(_verify, row.password_hash, password)
-        step = totp_step(code, self.seal.open(login, row.totp_sealed), now, row.last_totp_step) if password_ok else None
-        if officer.disabled and password_ok and step is not None:
-            return Attempt("disabled", officer)
+        secret = self.seal.open(login, row.totp_sealed)
         async with self.engine.execution_options(**WRITER).begin() as connection:
             current = (await connection.execute(select(console_officers).where(console_officers.c.login == login)
                                                 .with_for_update())).first()
             if current is None:
                 return Attempt("invalid", None)
-            if step is not None and step > current.last_totp_step:
+            officer = _officer(current)
+            if current.locked_until is not None and current.locked_until > now:
+                return Attempt("locked", officer)
+            step = totp_step(code, secret, now, current.last_totp_step) if password_ok else None
+            if step is not None and current.disabled:
+                return Attempt("disabled", officer)
+            if step is not None:
                 await connection.execute(update(console_officers).where(console_officers.c.login == login).values(
                     failures=0, first_failure_at=None, locked_until=None, last_totp_step=step))
                 return Attempt("ok", officer)
@@ -213,6 +239,75 @@ class OfficerStore:
             await connection.execute(update(console_officers).where(console_officers.c.login == login).values(
                 failures=failures, first_failure_at=first, locked_until=locked_until))
         return Attempt("invalid", officer, locked_now=locked_until is not None)
+
+
+class PasswordChecks:
+    """argon2 checks on threads of their own, a few at a time: each costs tens of milliseconds and 64 MiB,
+    so a flood of sign-ins must neither take the threads the access log writes with nor the memory. Past
+    `max_waiting` checks in line, a sign-in is refused at once (`Busy`)."""
+
+    def __init__(self, threads: int = 2, max_waiting: int = 8) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="console-argon2")
+        self._slots = asyncio.Semaphore(threads + max_waiting)
+
+    async def verify(self, password_hash: str, password: str) -> bool:
+        if self._slots.locked():
+            raise Busy
+        async with self._slots:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, _verify, password_hash, password)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Busy(Exception):
+    """Too many sign-ins are being checked: try again shortly."""
+
+
+def _actor() -> str:
+    """Who changes accounts: the operating-system user and host running `jamu officers`."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}@{socket.gethostname()}"[:200]
+
+
+class AccountChanges:
+    """Turns the account changes `jamu officers` made into `console.account` access-log events, each once
+    across every gateway process (a change is claimed before it is logged, and given back if the log
+    refuses it)."""
+
+    def __init__(self, engine: AsyncEngine, append: Callable[[AccessRecord], Awaitable[int]]) -> None:
+        self.engine = engine
+        self.append = append
+
+    async def relay(self) -> int:
+        t = console_account_changes.c
+        async with self.engine.connect() as connection:
+            pending = list(await connection.execute(
+                select(console_account_changes).where(t.logged == 0).order_by(t.id).limit(100)))
+        relayed = 0
+        for change in pending:
+            async with self.engine.execution_options(**WRITER).begin() as connection:
+                claimed = await connection.execute(update(console_account_changes).where(
+                    t.id == change.id, t.logged == 0).values(logged=1))
+            if claimed.rowcount != 1:
+                continue
+            record = AccessRecord(operation="console.account", client_id=change.actor,
+                                  evidence={k: v for k, v in (("login", change.login), ("action", change.action),
+                                                              ("role", change.role),
+                                                              ("administration", change.administration)) if v})
+            record.finish(200)
+            try:
+                await self.append(record)
+            except Exception:
+                async with self.engine.execution_options(**WRITER).begin() as connection:
+                    await connection.execute(update(console_account_changes).where(t.id == change.id)
+                                             .values(logged=0))
+                raise
+            relayed += 1
+        return relayed
 
 
 def _verify(password_hash: str, password: str) -> bool:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 REPEAT_S = 60.0  # a crossed threshold is reported again at most this often (figures and events updated)
 SAMPLE = 50  # the events an alert names: the latest of those that count towards it
+MAX_PERSONS = 100_000  # distinct persons counted per client and hour (64 bits each): memory stays bounded
 UNKNOWN = frozenset({"subject_not_found", "subject_suspended"})
 CHECKS = frozenset({"verify", "lookup", "verify.bulk"})
 PREDICATE_CHECKS = frozenset({"verify", "verify.bulk"})
@@ -127,6 +128,14 @@ class Finding:
     last_seen: str
 
 
+def _person_key(subject_hash: str) -> int:
+    """64 bits of a subject hash (a keyed SHA-256 in hex): a person in an hour's set at a fifth of the memory."""
+    try:
+        return int(subject_hash[-16:], 16)
+    except ValueError:
+        return hash(subject_hash)
+
+
 def epoch(moment: str) -> float:
     """An event's time (RFC 3339, as the log writes it) in seconds."""
     return datetime.fromisoformat(moment).timestamp()
@@ -204,9 +213,21 @@ class Evaluator:
         self._tokens = _Windowed("token_failures", rules.token_failures.window_s)
         self._consent = _Windowed("consent_refusals", rules.consent_refusals.window_s)
         self._history = _Windowed("history_quota", rules.history_quota.window_s)
-        self._hour: dict[str, tuple[int, set[str], deque[str], str]] = {}  # client: (hour, persons, sample, first)
+        self._hour: dict[str, tuple[int, set[int], deque[str], str]] = {}  # client: (hour, persons, sample, first)
         self._hourly: dict[str, deque[int]] = {}  # client: distinct persons in its past hours (the baseline)
         self._scrape_reported: dict[str, float] = {}
+        self.baseline_version = 0  # moves when a client's hour joins its baseline (worth saving)
+
+    def baseline(self) -> dict[str, list[int]]:
+        """Each client's distinct persons in its past hours: what a watcher taking over needs and cannot
+        replay (it replays one hour of events, not a day)."""
+        return {client: list(hours) for client, hours in self._hourly.items()}
+
+    def restore_baseline(self, saved: dict[str, list[int]]) -> None:
+        hours = self.rules.scraping.baseline_hours
+        for client, counts in saved.items():
+            if isinstance(client, str) and isinstance(counts, list) and all(type(c) is int for c in counts):
+                self._hourly[client] = deque(counts[-hours:], maxlen=hours)
 
     def feed(self, events: Iterable[WatchedEvent]) -> list[Finding]:
         found: list[Finding] = []
@@ -236,7 +257,7 @@ class Evaluator:
                             "predicate_probing", client, event, window,
                             {"predicate_only_checks": probes, "window_s": r.predicate_probing.window_s,
                              "threshold": r.predicate_probing.max_checks}))
-                if r.scraping.enabled and event.subject_hash is not None:
+                if r.scraping.enabled and event.subject_hash is not None and operation != "verify.bulk":
                     finding = self._scraping(client, event, at)
                     if finding is not None:
                         found.append(finding)
@@ -274,12 +295,14 @@ class Evaluator:
                 past = self._hourly.setdefault(client, deque(maxlen=rule.baseline_hours))
                 past.extend([0] * min(rule.baseline_hours, max(0, hour - current[0] - 1)))
                 past.append(len(current[1]))
+                self.baseline_version += 1
             current = (hour, set(), deque(maxlen=SAMPLE), event.time)
             self._hour[client] = current
         persons = current[1]
-        if event.subject_hash in persons:
+        person = _person_key(event.subject_hash)  # type: ignore[arg-type]
+        if person in persons or len(persons) >= MAX_PERSONS:
             return None
-        persons.add(event.subject_hash)  # type: ignore[arg-type]
+        persons.add(person)
         current[2].append(event.id)
         distinct = len(persons)
         if distinct < rule.min_persons:

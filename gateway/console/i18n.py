@@ -25,9 +25,10 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "totp": ("Code à usage unique (6 chiffres)", "One-time code (6 digits)"),
     "sign_in": ("Se connecter", "Sign in"),
     "sign_in_oidc": ("Se connecter avec le fournisseur d'identité", "Sign in with the identity provider"),
-    "login_failed": ("Identifiant, mot de passe ou code incorrect.", "Wrong login, password or code."),
-    "login_locked": ("Compte verrouillé après trop d'échecs : réessayez dans 15 minutes.",
-                     "Account locked after too many failures: try again in 15 minutes."),
+    "login_failed": ("Identifiant, mot de passe ou code incorrect, ou compte verrouillé après cinq échecs : "
+                     "dans ce cas, réessayez dans 15 minutes.",
+                     "Wrong login, password or code, or an account locked after five failures: then try again "
+                     "in 15 minutes."),
     "login_throttled": ("Trop de tentatives depuis cette adresse : réessayez plus tard.",
                         "Too many attempts from this address: try again later."),
     "csrf_failed": ("Le formulaire a expiré ; rechargez la page et recommencez.",
@@ -78,17 +79,27 @@ _MESSAGES: dict[str, tuple[str, str]] = {
     "invalid_nin": ("Ce n'est pas un NIN : 6 à 32 chiffres ou lettres majuscules.",
                     "Not a NIN: 6 to 32 digits or capital letters."),
     "reason_required": ("Indiquez un motif (3 à 500 caractères).", "Give a reason (3 to 500 characters)."),
+    "reason_has_nin": ("Le motif est consigné au journal : n'y écrivez pas de numéro d'identité.",
+                       "The reason is written to the log: do not put an identity number in it."),
     "event_detail": ("Détail de l'événement", "Event detail"),
     "inclusion_proof": ("Preuve d'inclusion", "Inclusion proof"),
     "proof_ok": ("Vérifiée : l'événement figure dans l'arbre signé de taille {size}.",
                  "Checked: the event is in the signed tree of size {size}."),
     "proof_pending": ("Pas encore couvert par un point de contrôle signé ; réessayez dans un instant.",
                       "Not yet covered by a signed checkpoint; try again in a moment."),
+    "proof_elsewhere": ("Cet événement est dans le journal d'une autre instance : sa preuve se lit là-bas "
+                        "(GET /v1/audit/proof/inclusion).",
+                        "This event is in another instance's log: its proof is read there "
+                        "(GET /v1/audit/proof/inclusion)."),
     "proof_failed": ("ÉCHEC : le journal ne correspond pas à son arbre signé ici.",
                      "FAILED: the log does not match its signed tree here."),
     "not_found": ("Introuvable.", "Not found."),
     "forbidden": ("Votre rôle ne permet pas de voir ceci.", "Your role does not allow you to see this."),
     "bad_request": ("Requête invalide.", "Invalid request."),
+    "export_busy": ("Un export est déjà en cours (un par agent, deux en tout) : réessayez quand il est fini.",
+                    "An export is already running (one per officer, two in all): try again when it ends."),
+    "conflict": ("Cette alerte a changé entre-temps (close par quelqu'un d'autre ?) : rechargez-la.",
+                 "This alert changed meanwhile (closed by someone else?): reload it."),
     "unavailable": ("Le journal d'accès est indisponible ; rien n'est affiché.",
                     "The access log is unavailable; nothing is shown."),
     "rule": ("Règle", "Rule"),
@@ -131,11 +142,16 @@ def pick(query_lang: str | None, cookie_lang: str | None, accept_language: str |
     for choice in (query_lang, cookie_lang):
         if choice in LANGUAGES:
             return choice
-    for part in (accept_language or "").split(",")[:10]:
-        tag = part.split(";")[0].strip().lower()[:2]
-        if tag in LANGUAGES:
-            return tag
-    return "fr"
+    best, weight = "fr", 0.0
+    for part in (accept_language or "").split(",")[:20]:  # by the browser's own weights (q), first wins a tie
+        tag, _, params = part.strip().partition(";")
+        try:
+            q = float(params.strip()[2:]) if params.strip().startswith("q=") else 1.0
+        except ValueError:
+            continue
+        if tag.strip().lower()[:2] in LANGUAGES and q > weight:
+            best, weight = tag.strip().lower()[:2], q
+    return best
 
 
 def translator(lang: str) -> Callable[..., str]:

@@ -5,6 +5,7 @@ valid role signs nobody in."""
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ with warnings.catch_warnings():  # Authlib prefers httpx2 and says so on import;
     from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 ALGORITHMS = ("RS256", "ES256", "EdDSA", "PS256")
+LOGIN = re.compile(r"^[^\x00-\x20\x7f]{1,150}$")  # what a provider's login claim may be to stand in the log
 METADATA_TTL_S = 300.0
 
 
@@ -140,13 +142,20 @@ class OidcSignIn:
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
         c = self.config
+        audience = claims.get("aud")
+        several = isinstance(audience, list) and len(audience) > 1
+        if (several or "azp" in claims) and claims.get("azp") != c.client_id:
+            raise OidcError("the ID token was issued to another party (azp)")
         role = claims.get(c.role_claim)
-        if isinstance(role, list):  # a provider may send its roles as a list: the one that is ours
-            role = next((r for r in role if r in ("officer", "dpa", "dpo")), None)
+        if isinstance(role, list):  # a provider may send its roles as a list: one of them must be ours
+            ours = [r for r in role if r in ("officer", "dpa", "dpo")]
+            if len(ours) != 1:
+                raise OidcError(f"the ID token's {c.role_claim!r} must hold exactly one of officer, dpa, dpo")
+            role = ours[0]
         administration = claims.get(c.administration_claim) if role == "dpo" else None
-        login = claims.get(c.login_claim) or claims.get("sub")
-        if not isinstance(login, str) or not 0 < len(login) <= 200:
-            raise OidcError("the ID token names nobody")
+        login = claims.get(c.login_claim)
+        if not isinstance(login, str) or not LOGIN.fullmatch(login):
+            raise OidcError(f"the ID token's {c.login_claim!r} is not a login (1 to 150 visible characters)")
         if not isinstance(role, str):
             raise OidcError(f"the ID token carries no role in {c.role_claim!r}")
         if administration is not None and (not isinstance(administration, str)

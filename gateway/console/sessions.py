@@ -35,7 +35,7 @@ class Session:
     search: dict[str, str] | None = None  # the last person search: its handle, subject hash and reason
 
     def csrf_ok(self, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(token.encode(), self.csrf.encode())
+        return token is not None and hmac.compare_digest(token.encode("utf-8", "replace"), self.csrf.encode())
 
 
 def _hash(value: str) -> str:

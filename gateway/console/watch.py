@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.audit.record import rfc3339
-from gateway.console.alerts import SAMPLE, Evaluator, Finding, WatchedEvent
+from gateway.console.alerts import SAMPLE, AlertRules, Evaluator, Finding, WatchedEvent
 from gateway.storage.database import WRITER
 from gateway.storage.tables import audit_index, console_alert_notes, console_alerts, console_watcher
 
@@ -56,32 +56,40 @@ class AlertStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def record(self, findings: list[Finding]) -> int:
+    async def record(self, findings: list[Finding], connection: AsyncConnection | None = None) -> int:
         """Each finding opens an alert, or updates the open one of its rule and key; a finding no later
-        than a closed alert's last event is that alert's again (a replay) and is dropped. New alerts."""
+        than a closed alert's last event is that alert's again (a replay) and is dropped. In the caller's
+        transaction when given (the watcher's, which also moves its place). New alerts."""
+        if connection is None:
+            async with self.engine.execution_options(**WRITER).begin() as own:
+                return await self._record(own, findings)
+        return await self._record(connection, findings)
+
+    async def _record(self, connection: AsyncConnection, findings: list[Finding]) -> int:
         opened = 0
         now = time.time()
         t = console_alerts.c
-        async with self.engine.execution_options(**WRITER).begin() as connection:
-            for finding in findings:
-                rows = list(await connection.execute(
-                    select(console_alerts).where(t.rule == finding.rule, t.key == finding.key)
-                    .order_by(t.created_at.desc()).limit(1)))
-                latest = rows[0] if rows else None
-                if latest is not None and latest.status in OPEN:
-                    events = list(dict.fromkeys([*orjson.loads(latest.events), *finding.events]))[-SAMPLE:]
-                    await connection.execute(update(console_alerts).where(t.id == latest.id).values(
-                        figures=orjson.dumps(finding.figures).decode(), events=orjson.dumps(events).decode(),
-                        last_seen=max(latest.last_seen, finding.last_seen), updated_at=now))
-                    continue
-                if latest is not None and finding.last_seen <= latest.last_seen:
-                    continue
-                await connection.execute(insert(console_alerts).values(
-                    id=str(uuid.uuid4()), rule=finding.rule, key=finding.key, administration=finding.administration,
-                    status="open", figures=orjson.dumps(finding.figures).decode(),
-                    events=orjson.dumps(finding.events).decode(), first_seen=finding.first_seen,
-                    last_seen=finding.last_seen, created_at=now, updated_at=now))
-                opened += 1
+        for finding in findings:
+            rows = list(await connection.execute(
+                select(console_alerts).where(t.rule == finding.rule, t.key == finding.key)
+                .order_by(t.created_at.desc()).limit(1).with_for_update()))
+            latest = rows[0] if rows else None
+            if latest is not None and latest.status in OPEN:
+                events = list(dict.fromkeys([*orjson.loads(latest.events), *finding.events]))[-SAMPLE:]
+                updated = await connection.execute(update(console_alerts).where(
+                    t.id == latest.id, t.status.in_(OPEN)).values(
+                    figures=orjson.dumps(finding.figures).decode(), events=orjson.dumps(events).decode(),
+                    last_seen=max(latest.last_seen, finding.last_seen), updated_at=now))
+                if updated.rowcount == 1:
+                    continue  # (else an officer closed it meanwhile: this is news, a new alert)
+            elif latest is not None and finding.last_seen <= latest.last_seen:
+                continue
+            await connection.execute(insert(console_alerts).values(
+                id=str(uuid.uuid4()), rule=finding.rule, key=finding.key, administration=finding.administration,
+                status="open", figures=orjson.dumps(finding.figures).decode(),
+                events=orjson.dumps(finding.events).decode(), first_seen=finding.first_seen,
+                last_seen=finding.last_seen, created_at=now, updated_at=now))
+            opened += 1
         return opened
 
     async def list(self, *, statuses: tuple[str, ...] = OPEN, administration: str | None = None, limit: int = 200
@@ -128,13 +136,21 @@ class AlertStore:
         return True
 
 
-class AlertWatcher:
-    """Follows the index into the rules, `batch` events at a time, every `poll_s` when idle."""
+class LeaseLost(Exception):
+    """Another watcher holds the lease now: what this one found is not recorded."""
 
-    def __init__(self, engine: AsyncEngine, evaluator: Evaluator, store: AlertStore, owner: str, *,
+
+class AlertWatcher:
+    """Follows the index into the rules, `batch` events at a time, every `poll_s` when idle. What a batch
+    found and the place it reached are written in one transaction that holds only while this watcher
+    still holds the lease; a failure or a lost lease starts it over from the recorded place with fresh
+    rules (their windows rebuilt from the last `warm_up_s` of events, the clients' baselines reloaded)."""
+
+    def __init__(self, engine: AsyncEngine, rules: AlertRules, store: AlertStore, owner: str, *,
                  batch: int = 5000, poll_s: float = 1.0, lease_s: float = 30.0, warm_up_s: float = 3600.0) -> None:
         self.engine = engine
-        self.evaluator = evaluator
+        self.rules = rules
+        self.evaluator = Evaluator(rules)
         self.store = store
         self.owner = owner
         self.batch = batch
@@ -143,6 +159,7 @@ class AlertWatcher:
         self.warm_up_s = warm_up_s
         self.position: int | None = None  # where this watcher is, while it holds the lease
         self.evaluated = 0
+        self._saved_baseline = -1
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -168,8 +185,11 @@ class AlertWatcher:
                 busy = await self.step()
             except asyncio.CancelledError:
                 raise
+            except LeaseLost:
+                self.position = None
+                busy = False
             except Exception:
-                log.exception("the alert watcher failed; it tries again")
+                log.exception("the alert watcher failed; it starts over from its recorded place")
                 self.position = None
                 busy = False
             if not busy:
@@ -188,13 +208,21 @@ class AlertWatcher:
         if not rows:
             return False
         findings = self.evaluator.feed(WatchedEvent(*row[1:]) for row in rows)
-        if findings:
-            await self.store.record(findings)
-        self.position = rows[-1][0]
-        self.evaluated += len(rows)
+        reached = rows[-1][0]
+        w = console_watcher.c
+        values: dict[str, Any] = {"position": reached}
+        if self.evaluator.baseline_version != self._saved_baseline:
+            values["state"] = orjson.dumps({"baseline": self.evaluator.baseline()}).decode()
         async with self.engine.execution_options(**WRITER).begin() as connection:
-            await connection.execute(update(console_watcher).where(
-                console_watcher.c.id == 1, console_watcher.c.owner == self.owner).values(position=self.position))
+            held = await connection.execute(update(console_watcher).where(
+                w.id == 1, w.owner == self.owner, w.lease_until > time.time()).values(**values))
+            if held.rowcount != 1:
+                raise LeaseLost  # rolls back: nothing recorded, the place not moved
+            if findings:
+                await self.store.record(findings, connection)
+        self._saved_baseline = self.evaluator.baseline_version
+        self.position = reached
+        self.evaluated += len(rows)
         return len(rows) == self.batch
 
     async def _read(self, after: int, limit: int) -> list[Any]:
@@ -233,19 +261,27 @@ class AlertWatcher:
         return int(first) - 1
 
     async def _take_over(self) -> int:
-        """Rebuild the windows from the events of the last `warm_up_s` before the watermark (they were
-        evaluated already: their findings are not recorded again); the watermark."""
+        """Fresh rules, the clients' baselines as last saved, the windows rebuilt from the events of the
+        last `warm_up_s` before the recorded place (evaluated already: their findings are not recorded
+        again; the lease is renewed as it goes); the recorded place."""
+        self.evaluator = Evaluator(self.rules)
         async with self.engine.connect() as connection:
-            position = int(await connection.scalar(select(console_watcher.c.position).where(console_watcher.c.id == 1))
-                           or 0)
+            row = (await connection.execute(select(console_watcher.c.position, console_watcher.c.state)
+                                            .where(console_watcher.c.id == 1))).first()
+        position = int(row.position) if row is not None else 0
+        if row is not None and row.state:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                self.evaluator.restore_baseline(orjson.loads(row.state).get("baseline") or {})
+        self._saved_baseline = self.evaluator.baseline_version
         start = min(position, await self._hour_ago())
         while start < position:
-            rows = await self._read(start, min(self.batch, position - start))
-            rows = [row for row in rows if row[0] <= position]
+            rows = [row for row in await self._read(start, self.batch) if row[0] <= position]
             if not rows:
                 break
             self.evaluator.feed(WatchedEvent(*row[1:]) for row in rows)
             start = rows[-1][0]
+            if not await self._lease():
+                raise LeaseLost
         return position
 
 

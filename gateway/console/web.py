@@ -16,14 +16,16 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
+from starlette.staticfiles import StaticFiles
 
 from gateway.api.audit import index_current, index_reads, integrity_report
 from gateway.api.fields import _nin
@@ -33,7 +35,8 @@ from gateway.audit.offline import EXPORT_FIELDS, csv_row
 from gateway.audit.proofs import NotProvable, receipt_proof
 from gateway.audit.record import AccessRecord, rfc3339
 from gateway.audit.rows import EventFilter
-from gateway.console import Console
+from gateway.console import STATIC_DIR, Console
+from gateway.console.accounts import Busy
 from gateway.console.alerts import RULES
 from gateway.console.i18n import LANG_COOKIE, pick, translator
 from gateway.console.oidc import OidcError
@@ -41,6 +44,7 @@ from gateway.console.overview import rates_chart, rollup_rows, summarise, volume
 from gateway.console.sessions import COOKIE, MAX_S, Session
 from gateway.console.watch import OPEN
 from gateway.errors import Problem
+from gateway.identity.pseudonyms import reference_names_person
 from gateway.policy.catalogue import EVENT_OPERATIONS
 from gateway.ratelimit.admission import client_address, source_address
 from gateway.services import Services, services
@@ -64,6 +68,7 @@ HEADERS = {"Content-Security-Policy": CSP, "Cache-Control": "no-store", "X-Frame
            "Referrer-Policy": "no-referrer"}
 _ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _TEXT = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
+_IDENTITY_NUMBER = re.compile(r"\d{12,}")  # a run of digits as long as an identity number
 _LOCAL_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?$")
 
 
@@ -106,8 +111,15 @@ def render(request: Request, template: str, status: int = 200, session: Session 
            ) -> Response:
     console = console_of(request)
     lang = _lang(request)
+    query = [(k, v) for k, v in request.query_params.multi_items() if k != "lang"]
+
+    def lang_url(choice: str) -> str:
+        """This page in another language: the same query (a search's filters, a person search's handle)."""
+        return "?" + urlencode([*query, ("lang", choice)])
+
     html = console.templates.get_template(template).render(
-        t=translator(lang), lang=lang, base=_base(request), session=session, path=request.url.path, **values)
+        t=translator(lang), lang=lang, lang_url=lang_url, base=_base(request), session=session,
+        path=request.url.path, **values)
     return _headers(HTMLResponse(html, status_code=status), request)
 
 
@@ -162,9 +174,26 @@ async def _page(request: Request, operation: str, build: Any, **fields: Any) -> 
         record.reason = problem.code
         await _log(request, record, problem.status)
         return render(request, "error.html", problem.status, session, message="unavailable")
+    effect = None
+    if isinstance(response, Deferred):
+        response, effect = response.response, response.effect
     if not await _log(request, record, response.status_code):
+        discard = getattr(response, "on_discard", None)
+        if discard is not None:  # an export that will never stream gives its slot back
+            discard()
         return render(request, "error.html", 503, session, message="unavailable")
+    if effect is not None and not await effect():
+        return render(request, "error.html", 409, session, message="conflict")
     return response
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A page's answer with a change that is made only once the page's event is durable (an alert
+    acknowledged or closed): no change without its trace. The change says whether it could be made."""
+
+    response: Response
+    effect: Callable[[], Awaitable[bool]]
 
 
 async def _form(request: Request, session: Session | None, limit: int = 16_384) -> dict[str, str]:
@@ -215,12 +244,9 @@ async def login_form(request: Request) -> Response:
 async def login(request: Request) -> Response:
     """Password and TOTP code. Limited per source address before anything else (refusals are counted,
     not logged one by one: nobody fills the log without credentials); every attempt is an event."""
-    app = services(request)
     console = console_of(request)
     source = _source(request, console)
-    outcome = await app.rate_limits.source(source)
-    if outcome is not None and not outcome.verdict.allowed:
-        console.refusals.count(source)
+    if not await _sign_in_allowed(request, console, source):
         return _login_page(request, 429, "login_throttled")
     try:
         form = await _form(request, None)
@@ -228,16 +254,19 @@ async def login(request: Request) -> Response:
         return _login_page(request, refused.status, refused.message)
     nonce = request.cookies.get(LOGIN_COOKIE) or ""
     token = _field(form, "csrf") or ""
-    if not nonce or not secrets.compare_digest(token, console.sign("login", nonce)):
+    if not nonce or not _same(token, console.sign("login", nonce)):
         return _login_page(request, 403, "csrf_failed")
     login_name = (_field(form, "login") or "").strip()[:64]
     password = (_field(form, "password") or "")[:256]
     code = (_field(form, "totp") or "").strip()[:16]
     record = AccessRecord(operation="console.login", source=source)
-    if console.oidc is not None:
-        attempt = None
-    else:
-        attempt = await console.officers.sign_in(login_name, password, code)
+    attempt = None
+    if console.oidc is None:
+        try:
+            attempt = await console.officers.sign_in(login_name, password, code)
+        except Busy:
+            console.refusals.count(source)
+            return _login_page(request, 429, "login_throttled")
     if attempt is None or attempt.outcome != "ok" or attempt.officer is None:
         # Only an existing account's login: anything else typed there (a NIN, say) never reaches the log.
         record.claimed_client_id = attempt.officer.login if attempt is not None and attempt.officer else None
@@ -245,13 +274,31 @@ async def login(request: Request) -> Response:
         record.reason = "account_locked" if locked else "invalid_credentials"
         if attempt is not None and attempt.outcome == "disabled":
             record.reason = "account_disabled"
-        status = 423 if locked else 401
-        if not await _log(request, record, status):
+        if not await _log(request, record, 401):
             return render(request, "error.html", 503, message="unavailable")
-        return _login_page(request, status, "login_locked" if locked else "login_failed")
+        # One answer whatever went wrong (the log says which): it tells nobody which logins exist.
+        return _login_page(request, 401, "login_failed")
     officer = attempt.officer
     record.client_id, record.administration = officer.login, officer.administration
     return await _signed_in(request, record, officer.login, officer.role, officer.administration)
+
+
+async def _sign_in_allowed(request: Request, console: Console, source: str) -> bool:
+    """The source's allowance for unauthenticated calls, then its (much smaller) one for sign-ins; a refusal
+    is counted in the source's counting event, not logged on its own."""
+    limits = services(request).rate_limits
+    outcome = await limits.source(source)
+    allowed = outcome is None or outcome.verdict.allowed
+    if allowed and console.login_windows:
+        allowed = (await limits.limiter.acquire(f"console-login:{source}", console.login_windows)).allowed
+    if not allowed:
+        console.refusals.count(source)
+    return allowed
+
+
+def _same(given: str, expected: str) -> bool:
+    """A constant-time comparison that any text can go through (compare_digest refuses non-ASCII str)."""
+    return secrets.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8", "replace"))
 
 
 async def _signed_in(request: Request, record: AccessRecord, login: str, role: str, administration: str | None,
@@ -292,15 +339,13 @@ async def login_callback(request: Request) -> Response:
     if console.oidc is None:
         return redirect(request, "/login")
     source = _source(request, console)
-    outcome = await services(request).rate_limits.source(source)
-    if outcome is not None and not outcome.verdict.allowed:
-        console.refusals.count(source)
+    if not await _sign_in_allowed(request, console, source):
         return _login_page(request, 429, "login_throttled")
     pending = _pending(console, request.cookies.get(OIDC_COOKIE) or "")
     state, code = request.query_params.get("state"), request.query_params.get("code")
     record = AccessRecord(operation="console.login", source=source)
     try:
-        if pending is None or not state or not code or not secrets.compare_digest(state, pending["state"]):
+        if pending is None or not state or not code or not _same(state, str(pending.get("state", ""))):
             raise OidcError("the callback does not answer this browser's sign-in (state)")
         identity = await console.oidc.finish(code[:2048], pending)
     except OidcError as exc:
@@ -320,7 +365,7 @@ async def login_callback(request: Request) -> Response:
 
 def _pending(console: Console, cookie: str) -> dict[str, str] | None:
     blob, _, signature = cookie.partition(".")
-    if not blob or not secrets.compare_digest(signature, console.sign("oidc", blob)):
+    if not blob or not _same(signature, console.sign("oidc", blob)):
         return None
     try:
         pending = orjson.loads(base64.urlsafe_b64decode(blob))
@@ -480,6 +525,7 @@ async def events(request: Request) -> Response:
         if len(request.url.query) > 2048:
             raise Refused(400, "bad_request")
         where, asked = search_filter(session, request.query_params)
+        record.evidence = asked or None  # what was searched for
         before = _before(request.query_params.get("cursor"))
         await index_current(request)
         async with index_reads():
@@ -514,9 +560,11 @@ async def event_detail(request: Request, transaction_id: str) -> Response:
         if found is None:
             raise Refused(404, "not_found")
         origin, seq = found
+        record.evidence = {"transaction_id": transaction_id}
         event, proof = await _proved_event(app, origin, seq)
         if event is None or event.get("id") != transaction_id or not may_see(session, event):
             raise Refused(404, "not_found")
+        record.subject_hash = event.get("subject_hash")  # opening a person's event is an access to that person
         return render(request, "event.html", session=session, event=event, origin=origin, seq=seq, proof=proof)
 
     return await _page(request, "console.event", build)
@@ -556,7 +604,7 @@ async def person_form(request: Request) -> Response:
         search = session.search
         if not handle:
             return render(request, "person.html", session=session, events=None)
-        if search is None or not secrets.compare_digest(handle, search["handle"]):
+        if search is None or not _same(handle, search["handle"]):
             raise Refused(404, "not_found")
         record.subject_hash = search["subject_hash"]
         record.evidence = {"reason": search["reason"]}
@@ -587,6 +635,8 @@ async def person_search(request: Request) -> Response:
             raise Refused(400, "invalid_nin") from None
         if not 3 <= len(reason) <= 500 or not reason.isprintable():
             raise Refused(400, "reason_required")
+        if reference_names_person(reason, nin) or _IDENTITY_NUMBER.search(reason):
+            raise Refused(400, "reason_has_nin")  # the reason goes into the log: no identity number in it
         subject = services(request).subjects(nin)
         record.subject_hash = subject
         record.evidence = {"reason": reason}
@@ -620,6 +670,7 @@ async def _visible_alert(request: Request, session: Session, alert_id: str) -> A
 @router.get("/console/alerts/{alert_id}")
 async def alert_detail(request: Request, alert_id: str) -> Response:
     async def build(session: Session, record: AccessRecord) -> Response:
+        record.evidence = {"alert": alert_id[:36]}
         alert = await _visible_alert(request, session, alert_id)
         return render(request, "alert.html", session=session, alert=alert, message=None)
 
@@ -638,11 +689,12 @@ async def alert_act(request: Request, alert_id: str) -> Response:
             raise Refused(400, "bad_request")
         if not 3 <= len(note) <= 2000:
             return render(request, "alert.html", 400, session, alert=alert, message="note_required")
-        record.reason = None
+        if alert.status == "closed":
+            raise Refused(409, "conflict")
         record.evidence = {"alert": alert.id, "action": action}
-        if not await console_of(request).alerts.act(alert.id, session.login, action, note):
-            raise Refused(409, "bad_request")
-        return redirect(request, f"/alerts/{alert.id}")
+        store = console_of(request).alerts
+        return Deferred(redirect(request, f"/alerts/{alert.id}"),
+                        lambda: store.act(alert.id, session.login, action, note))
 
     return await _page(request, "console.alert", build)
 
@@ -668,13 +720,26 @@ async def export(request: Request) -> Response:
         fmt = request.query_params.get("format")
         if fmt not in ("csv", "jsonl"):
             raise Refused(400, "bad_request")
-        where, _ = search_filter(session, request.query_params)
+        where, asked = search_filter(session, request.query_params)
+        record.evidence = {**asked, "format": fmt}
         await index_current(request)
+        slots = console_of(request).exports
+        if not slots.take(session.login):
+            raise Refused(429, "export_busy")
         audit = services(request).audit
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
-        response = StreamingResponse(_export_rows(audit, where, fmt), media_type=media, headers={
+
+        async def rows() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in _export_rows(audit, where, fmt):
+                    yield chunk
+            finally:
+                slots.give_back(session.login)
+
+        response = StreamingResponse(rows(), media_type=media, headers={
             "Content-Disposition": f'attachment; filename="jamu-events-{stamp}.{fmt}"'})
+        response.on_discard = lambda: slots.give_back(session.login)  # type: ignore[attr-defined]
         return _headers(response, request)
 
     return await _page(request, "console.export", build)
@@ -700,3 +765,13 @@ async def _export_rows(audit: AuditIndex, where: EventFilter, fmt: str) -> Async
         if len(page) < 2000 or last is None:
             return
         before = last
+
+
+# The stylesheet, before the catch-all below (routes are matched in order).
+router.mount("/console/static", StaticFiles(directory=str(STATIC_DIR)), name="console-static")
+
+
+@router.get("/console/{anything:path}")
+async def not_a_page(request: Request, anything: str) -> Response:
+    """Any other path under /console/: the console's own 404 page, with its headers (declared last)."""
+    return render(request, "error.html", 404, message="not_found")

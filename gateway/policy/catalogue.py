@@ -78,5 +78,5 @@ EVENT_OPERATIONS = (
     "verify.bulk.results", "verify.bulk.errors",
     "declaration", "events.read", "events.deliver", "events.keys", "events.subscription", "events.replay",
     "console.login", "console.logout", "console.overview", "console.events", "console.event", "console.person",
-    "console.alerts", "console.alert", "console.integrity", "console.export",
+    "console.alerts", "console.alert", "console.integrity", "console.export", "console.account",
 )

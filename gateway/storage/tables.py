@@ -291,4 +291,22 @@ console_watcher = Table(
     Column("position", BigInteger, nullable=False),
     Column("owner", Text),
     Column("lease_until", Float, nullable=False, server_default="0"),
+    Column("state", Text),  # what the rules must not forget across a take-over (clients' hourly baselines)
+)
+
+# Changes to the console's accounts made with `jamu officers` (which may run with no gateway up): each is
+# turned into a `console.account` access-log event by a running gateway, once (`logged` claims it).
+console_account_changes = Table(
+    "console_account_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("login", String(64), nullable=False),
+    Column("action", String(12), nullable=False),
+    Column("role", String(8)),
+    Column("administration", Text),
+    Column("actor", Text, nullable=False),
+    Column("logged", Integer, nullable=False, server_default="0"),
+    Index("ix_console_account_changes_logged", "logged", "id"),
+    sqlite_autoincrement=True,
 )

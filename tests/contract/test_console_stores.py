@@ -6,23 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyotp
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.index import ROW_COLUMNS, IndexFollower, forget_origin
 from gateway.audit.record import rfc3339
 from gateway.console.accounts import MAX_FAILURES, AccountError, OfficerStore, TotpSeal
-from gateway.console.alerts import AlertRules, Evaluator, Finding
+from gateway.console.alerts import AlertRules, Finding
 from gateway.console.overview import rollup_rows
 from gateway.console.sessions import IDLE_S, SessionStore
-from gateway.console.watch import AlertStore, AlertWatcher
+from gateway.console.watch import AlertStore, AlertWatcher, LeaseLost
 from gateway.storage.database import WRITER
-from gateway.storage.tables import audit_index, audit_rollup, console_sessions
+from gateway.storage.tables import audit_index, audit_rollup, console_sessions, console_watcher
 from tests.contract.test_audit_index import _log
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -126,8 +126,8 @@ def _row(origin: str, seq: int, **fields: object) -> dict[str, object]:
 async def test_the_watcher_follows_the_index_under_one_lease(engine: AsyncEngine) -> None:
     rules = AlertRules.model_validate({"enumeration": {"window_s": 600, "min_checks": 20, "max_unknown_share": 0.5}})
     store = AlertStore(engine)
-    first = AlertWatcher(engine, Evaluator(rules), store, "first", batch=7)
-    second = AlertWatcher(engine, Evaluator(rules), store, "second", batch=7)
+    first = AlertWatcher(engine, rules, store, "first", batch=7)
+    second = AlertWatcher(engine, rules, store, "second", batch=7)
     assert await first.step() is False  # an empty index: it takes the lease and waits
     async with engine.execution_options(**WRITER).begin() as connection:
         await connection.execute(insert(audit_index), [
@@ -173,10 +173,78 @@ async def test_the_index_keeps_hourly_counts_with_its_rows(engine: AsyncEngine, 
 
 async def test_the_watcher_survives_a_lease_taken_over_while_it_slept(engine: AsyncEngine) -> None:
     store = AlertStore(engine)
-    watcher = AlertWatcher(engine, Evaluator(AlertRules()), store, "a", lease_s=0.2)
-    other = AlertWatcher(engine, Evaluator(AlertRules()), store, "b", lease_s=30)
+    watcher = AlertWatcher(engine, AlertRules(), store, "a", lease_s=0.2)
+    other = AlertWatcher(engine, AlertRules(), store, "b", lease_s=30)
     await watcher.step()
     await asyncio.sleep(0.3)
     await other.step()  # the lease ran out: b holds it now
     assert await watcher.step() is False and watcher.position is None
     assert other.position is not None
+
+
+async def test_a_watcher_starting_over_rebuilds_its_windows_without_counting_twice(engine: AsyncEngine) -> None:
+    rules = AlertRules.model_validate({"consent_refusals": {"window_s": 600, "max_refusals": 20}})
+    store = AlertStore(engine)
+    watcher = AlertWatcher(engine, rules, store, "w")
+    await watcher.step()
+    async with engine.execution_options(**WRITER).begin() as connection:
+        await connection.execute(insert(audit_index), [
+            _row("o", n, decision="deny", reason="consent_invalid", status=403) for n in range(15)])
+    await watcher.step()
+    assert watcher.evaluated == 15 and await store.list() == []
+    watcher.position = None  # as after a failure: it starts over from its recorded place
+    await watcher.step()
+    async with engine.execution_options(**WRITER).begin() as connection:
+        await connection.execute(insert(audit_index), [
+            _row("o", 15 + n, decision="deny", reason="consent_invalid", status=403) for n in range(4)])
+    await watcher.step()
+    assert await store.list() == []  # 19 refusals, not 15 + 15 + 4
+    async with engine.execution_options(**WRITER).begin() as connection:
+        await connection.execute(insert(audit_index), [_row("o", 19, decision="deny", reason="consent_invalid",
+                                                            status=403)])
+    await watcher.step()
+    assert [a.rule for a in await store.list()] == ["consent_refusals"]
+
+
+async def test_a_watcher_that_lost_its_lease_records_nothing(engine: AsyncEngine) -> None:
+    rules = AlertRules.model_validate({"enumeration": {"window_s": 600, "min_checks": 5, "max_unknown_share": 0.5}})
+    store = AlertStore(engine)
+    slow = AlertWatcher(engine, rules, store, "slow")
+    await slow.step()
+    async with engine.execution_options(**WRITER).begin() as connection:
+        await connection.execute(insert(audit_index), [_row("o", n, reason="subject_not_found") for n in range(10)])
+    original = slow._read
+
+    async def read_then_lose(after: int, limit: int) -> list[object]:
+        rows = await original(after, limit)
+        async with engine.execution_options(**WRITER).begin() as connection:  # the lease runs out meanwhile
+            await connection.execute(update(console_watcher).values(owner="other", lease_until=time.time() + 60))
+        return rows
+
+    slow._read = read_then_lose  # type: ignore[method-assign]
+    with pytest.raises(LeaseLost):
+        await slow.step()
+    assert await store.list() == []
+    async with engine.connect() as connection:
+        assert await connection.scalar(select(console_watcher.c.position)) < 9
+
+
+async def test_the_clients_baselines_survive_a_take_over(engine: AsyncEngine) -> None:
+    rules = AlertRules.model_validate({"scraping": {"min_persons": 5, "baseline_factor": 2}})
+    store = AlertStore(engine)
+    first = AlertWatcher(engine, rules, store, "first", warm_up_s=0)
+    await first.step()
+    hour = 3600
+    base = datetime.now(UTC) - timedelta(hours=5)
+    rows = [_row("o", n, time=rfc3339(base + timedelta(seconds=n)), subject_hash=f"{n % 10:064x}") for n in range(30)]
+    rows += [_row("o", 30 + n, time=rfc3339(base + timedelta(seconds=hour + n)), subject_hash=f"{n:064x}")
+             for n in range(3)]
+    async with engine.execution_options(**WRITER).begin() as connection:
+        await connection.execute(insert(audit_index), rows)
+    first.position = 0
+    await first.step()
+    assert first.evaluator.baseline() == {"prober": [10]}
+    await first.close()
+    second = AlertWatcher(engine, rules, store, "second", warm_up_s=0)
+    await second.step()
+    assert second.evaluator.baseline() == {"prober": [10]}  # reloaded, not replayed

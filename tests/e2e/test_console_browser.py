@@ -113,7 +113,7 @@ def test_a_wrong_code_is_refused_and_five_failures_lock_the_account(browser: Any
     screenshot(bintou.page, "console-login-refused")
     for _ in range(4):
         bintou.sign_in_by_keyboard(code=wrong)
-    bintou.sign_in_by_keyboard()  # the right code, too late
+    bintou.sign_in_by_keyboard()  # the right code, too late (the answer does not say the account exists)
     assert "15 minutes" in bintou.page.locator("#message").inner_text()
     assert bintou.page.locator("#officer").count() == 0
     bintou.clean()
@@ -265,12 +265,12 @@ def test_sign_in_through_an_openid_provider_with_pkce(browser: Any, oidc_gateway
                      "jamu_administration": "elections"}
     page.locator("#oidc").click()
     page.wait_for_url(f"{oidc_gateway.base_url}/console/")
-    assert page.locator("#officer").inner_text() == "oidc:kadia"
+    assert page.locator("#officer").inner_text() == "oidc:u-7"  # the provider's stable subject
     assert "dpo, elections" in page.locator(".who").inner_text()
     assert provider.refusals == []
     logins = audit_events(oidc_gateway, realm, operation="console.login")
     assert [(e["client_id"], e["administration"], e["decision"]) for e in logins] == [
-        ("oidc:kadia", "elections", "permit")]
+        ("oidc:u-7", "elections", "permit")]
     # A token whose nonce is not this browser's, or a user without a role, signs nobody in.
     for user, nonce in (({"sub": "u-8", "preferred_username": "x", "jamu_role": "officer"}, "another"),
                         ({"sub": "u-9", "preferred_username": "y"}, None)):

@@ -26,7 +26,8 @@ class Realm:
         # Tests send many unauthenticated calls from one address; the per-address limit has its own tests.
         return {"GATEWAY_POLICIES_DIR": str(self.policies_dir), "GATEWAY_DATA_DIR": str(self.data_dir),
                 "GATEWAY_UNAUTHENTICATED_RATE_LIMITS": "burst:10000/1s",
-                "GATEWAY_UNAUTHENTICATED_TOTAL_RATE_LIMITS": "burst:10000/1s", **extra}
+                "GATEWAY_UNAUTHENTICATED_TOTAL_RATE_LIMITS": "burst:10000/1s",
+                "GATEWAY_CONSOLE_LOGIN_RATE_LIMITS": "burst:10000/1s", **extra}
 
 
 def _write(path: Path, doc: dict[str, Any]) -> None:

@@ -289,3 +289,37 @@ def test_the_export_streams_every_page_and_neutralises_formulas() -> None:
     assert rows[0]["client_id"] == "'=HYPERLINK(\"x\")" and rows[1]["reason"] == "'+1"
     assert rows[2]["attributes_requested"] == "'-a"
     assert len(asyncio.run(collect("jsonl")).splitlines()) == 2500
+
+
+def test_exports_run_one_per_officer_and_two_in_all() -> None:
+    from gateway.console import ExportSlots
+
+    slots = ExportSlots(most=2, stale_s=60)
+    assert slots.take("awa") and not slots.take("awa")
+    assert slots.take("bintou") and not slots.take("coumba")
+    slots.give_back("awa")
+    assert slots.take("coumba")
+    stale = ExportSlots(most=1, stale_s=0)
+    assert stale.take("awa") and stale.take("bintou")  # a slot its reader left expires
+
+
+def test_the_integrity_walk_runs_once_at_a_time_and_is_reused() -> None:
+    from gateway.console import IntegrityRuns
+
+    async def scenario() -> list[int]:
+        runs = IntegrityRuns(max_age_s=60)
+        walks: list[int] = []
+
+        async def walk() -> dict[str, Any]:
+            walks.append(1)
+            await asyncio.sleep(0.05)
+            return {"ok": True}
+
+        await runs.latest(walk, wait_s=0)  # started, not waited for
+        assert runs.running and runs.report is None
+        await runs.latest(walk, wait_s=1)  # the same walk, waited for
+        await runs.latest(walk, wait_s=1)  # fresh: reused
+        assert runs.report == {"ok": True} and not runs.running
+        return walks
+
+    assert asyncio.run(scenario()) == [1]

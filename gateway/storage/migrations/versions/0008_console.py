@@ -88,10 +88,24 @@ def upgrade() -> None:
         sa.Column("position", sa.BigInteger, nullable=False),
         sa.Column("owner", sa.Text),
         sa.Column("lease_until", sa.Float, nullable=False, server_default="0"),
+        sa.Column("state", sa.Text),
     )
+    op.create_table(
+        "console_account_changes",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("at", sa.Float, nullable=False),
+        sa.Column("login", sa.String(64), nullable=False),
+        sa.Column("action", sa.String(12), nullable=False),
+        sa.Column("role", sa.String(8)),
+        sa.Column("administration", sa.Text),
+        sa.Column("actor", sa.Text, nullable=False),
+        sa.Column("logged", sa.Integer, nullable=False, server_default="0"),
+        sqlite_autoincrement=True,
+    )
+    op.create_index("ix_console_account_changes_logged", "console_account_changes", ["logged", "id"])
 
 
 def downgrade() -> None:
-    for table in ("console_watcher", "console_alert_notes", "console_alerts", "console_sessions",
-                  "console_officers", "audit_rollup"):
+    for table in ("console_account_changes", "console_watcher", "console_alert_notes", "console_alerts",
+                  "console_sessions", "console_officers", "audit_rollup"):
         op.drop_table(table)
