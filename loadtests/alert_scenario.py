@@ -108,7 +108,8 @@ def play(root: Path, seconds: float) -> dict[str, Any]:
         stop = time.monotonic() + seconds
         counts: dict[str, int] = {}
         voters = known[:200]
-        ordinary = [voters[i] if rng.random() > 0.03 else f"9{rng.randrange(10**14):014d}" for i in range(400)]
+        ordinary = [voters[i % len(voters)] if rng.random() > 0.03 else f"9{rng.randrange(10**14):014d}"
+                    for i in range(400)]
         unknown = [f"8{rng.randrange(10**14):014d}" if rng.random() < 0.7 else rng.choice(voters) for _ in range(2000)]
         actors = [threading.Thread(target=_actor, args=(gateway, realm, "roll-a", ordinary, stop, counts, 0.02)),
                   threading.Thread(target=_actor, args=(gateway, realm, "roll-b", ordinary[::-1], stop, counts, 0.02)),
