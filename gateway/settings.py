@@ -89,9 +89,10 @@ class Settings(BaseSettings):
     # The officers' console (CONTRACT §14, docs/console.md): alert rules, and sign-in through OpenID Connect
     # when an issuer is set (local accounts from `jamu officers` otherwise).
     alerts_file: Path | None = None
-    # Sign-in attempts per source address, on top of GATEWAY_UNAUTHENTICATED_RATE_LIMITS: each costs an argon2
-    # check (tens of milliseconds of CPU and 64 MiB), so far fewer are allowed than for an API call.
-    console_login_rate_limits: str = "minute:10/1m,hourly:60/1h"
+    # Password sign-ins per source address, on top of GATEWAY_UNAUTHENTICATED_RATE_LIMITS: each costs an argon2
+    # check (tens of milliseconds of CPU and 64 MiB), so far fewer are allowed than for an API call; room
+    # for an agency's officers behind one address (each account's own lockout stops guessing).
+    console_login_rate_limits: str = "minute:30/1m,hourly:300/1h"
     console_alert_poll_s: float = Field(1.0, gt=0, le=60)
     console_oidc_issuer: str | None = None
     console_oidc_client_id: str | None = None

@@ -81,23 +81,26 @@ class IntegrityRuns:
 
 
 class ExportSlots:
-    """Exports running at once: one per officer, `most` in all (each walks the index for as long as the
-    officer's browser reads). A slot not given back within `stale_s` (a stream its reader left) expires."""
+    """Exports running at once in this process: one per officer, `most` in all (each walks the index for
+    as long as the officer's browser reads). A slot is given back when its answer ends, however it ends; one
+    not given back within `stale_s` expires all the same."""
 
     def __init__(self, most: int = 2, stale_s: float = 3600.0) -> None:
         self.most, self.stale_s = most, stale_s
-        self._running: dict[str, float] = {}
+        self._running: dict[object, tuple[str, float]] = {}  # token: (login, since)
 
-    def take(self, login: str) -> bool:
+    def take(self, login: str) -> object | None:
+        """A token for the slot, or None when the officer has one already or all are taken."""
         now = time.monotonic()
-        self._running = {k: at for k, at in self._running.items() if now - at < self.stale_s}
-        if login in self._running or len(self._running) >= self.most:
-            return False
-        self._running[login] = now
-        return True
+        self._running = {k: v for k, v in self._running.items() if now - v[1] < self.stale_s}
+        if any(who == login for who, _ in self._running.values()) or len(self._running) >= self.most:
+            return None
+        token = object()
+        self._running[token] = (login, now)
+        return token
 
-    def give_back(self, login: str) -> None:
-        self._running.pop(login, None)
+    def give_back(self, token: object) -> None:
+        self._running.pop(token, None)
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import getpass
 import hmac
 import os
@@ -19,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 import pyotp
@@ -29,7 +31,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.audit.record import AccessRecord
+from gateway.audit.record import AccessRecord, rfc3339
 from gateway.storage.database import WRITER
 from gateway.storage.tables import console_account_changes, console_officers, console_sessions
 
@@ -205,19 +207,16 @@ class OfficerStore:
             return [_officer(row) for row in rows]
 
     async def sign_in(self, login: str, password: str, code: str, now: float | None = None) -> Attempt:
-        """Check a password and a TOTP code. Every attempt costs one argon2 check and one write, whether
-        the login exists, is locked or not, so neither time nor answer tells them apart. The decision is
-        taken in one locked transaction: attempts sent together are judged one after the other, a lock
-        (or a disable) that lands meanwhile refuses the rest, and a success spends the code's step."""
+        """Check a password and a TOTP code. Every attempt costs one argon2 check, whether the login
+        exists, is locked or not. The decision is taken in one locked transaction: attempts sent together
+        are judged one after the other, a lock, a disable or a reset that lands meanwhile refuses the rest,
+        and a success spends the code's step."""
         now = time.time() if now is None else now
         async with self.engine.connect() as connection:
             row = (await connection.execute(select(console_officers).where(console_officers.c.login == login))
                    ).first() if LOGIN.fullmatch(login) else None
         password_ok = await self.checks.verify(row.password_hash if row is not None else _DUMMY_HASH, password)
-        if row is None:  # the same write a known login pays
-            async with self.engine.execution_options(**WRITER).begin() as connection:
-                await connection.execute(update(console_officers).where(console_officers.c.login == "")
-                                         .values(failures=console_officers.c.failures))
+        if row is None:
             return Attempt("invalid", None)
         secret = self.seal.open(login, row.totp_sealed)
         async with self.engine.execution_options(**WRITER).begin() as connection:
@@ -228,6 +227,8 @@ class OfficerStore:
             officer = _officer(current)
             if current.locked_until is not None and current.locked_until > now:
                 return Attempt("locked", officer)
+            if (current.password_hash, current.totp_sealed) != (row.password_hash, row.totp_sealed):
+                return Attempt("invalid", officer)  # reset while this was being checked: the old ones are void
             step = totp_step(code, secret, now, current.last_totp_step) if password_ok else None
             if step is not None and current.disabled:
                 return Attempt("disabled", officer)
@@ -274,38 +275,48 @@ def _actor() -> str:
 
 
 class AccountChanges:
-    """Turns the account changes `jamu officers` made into `console.account` access-log events, each once
-    across every gateway process (a change is claimed before it is logged, and given back if the log
-    refuses it)."""
+    """Turns the account changes `jamu officers` made into `console.account` access-log events, across
+    every gateway process: a change is claimed (`logged` set to the claim's time), appended, then marked
+    done (`logged = -1`); a claim not marked done within `reclaim_s` (its process died) is taken again, so
+    no change goes unlogged."""
 
-    def __init__(self, engine: AsyncEngine, append: Callable[[AccessRecord], Awaitable[int]]) -> None:
+    def __init__(self, engine: AsyncEngine, append: Callable[[AccessRecord], Awaitable[int]], *,
+                 reclaim_s: float = 60.0) -> None:
         self.engine = engine
         self.append = append
+        self.reclaim_s = reclaim_s
 
     async def relay(self) -> int:
         t = console_account_changes.c
+        now = time.time()
+        waiting = (t.logged == 0) | ((t.logged > 0) & (t.logged < int(now - self.reclaim_s)))
         async with self.engine.connect() as connection:
             pending = list(await connection.execute(
-                select(console_account_changes).where(t.logged == 0).order_by(t.id).limit(100)))
+                select(console_account_changes).where(waiting).order_by(t.id).limit(100)))
         relayed = 0
         for change in pending:
             async with self.engine.execution_options(**WRITER).begin() as connection:
                 claimed = await connection.execute(update(console_account_changes).where(
-                    t.id == change.id, t.logged == 0).values(logged=1))
+                    t.id == change.id, t.logged == change.logged).values(logged=max(1, int(time.time()))))
             if claimed.rowcount != 1:
-                continue
+                continue  # another process took it
+            facts = (("change", str(change.id)), ("at", rfc3339(datetime.fromtimestamp(change.at, UTC))),
+                     ("login", change.login), ("action", change.action), ("role", change.role),
+                     ("administration", change.administration))
             record = AccessRecord(operation="console.account", client_id=change.actor,
-                                  evidence={k: v for k, v in (("login", change.login), ("action", change.action),
-                                                              ("role", change.role),
-                                                              ("administration", change.administration)) if v})
+                                  evidence={k: v for k, v in facts if v})
             record.finish(200)
             try:
                 await self.append(record)
-            except Exception:
-                async with self.engine.execution_options(**WRITER).begin() as connection:
-                    await connection.execute(update(console_account_changes).where(t.id == change.id)
-                                             .values(logged=0))
+            except BaseException:
+                with contextlib.suppress(Exception):  # back in line at once (else after reclaim_s)
+                    async with self.engine.execution_options(**WRITER).begin() as connection:
+                        await connection.execute(update(console_account_changes).where(t.id == change.id)
+                                                 .values(logged=0))
                 raise
+            async with self.engine.execution_options(**WRITER).begin() as connection:
+                await connection.execute(update(console_account_changes).where(t.id == change.id)
+                                         .values(logged=-1))
             relayed += 1
         return relayed
 

@@ -216,18 +216,23 @@ class Evaluator:
         self._hour: dict[str, tuple[int, set[int], deque[str], str]] = {}  # client: (hour, persons, sample, first)
         self._hourly: dict[str, deque[int]] = {}  # client: distinct persons in its past hours (the baseline)
         self._scrape_reported: dict[str, float] = {}
+        self._closed: dict[str, int] = {}  # client: the last hour that joined its baseline
         self.baseline_version = 0  # moves when a client's hour joins its baseline (worth saving)
 
-    def baseline(self) -> dict[str, list[int]]:
-        """Each client's distinct persons in its past hours: what a watcher taking over needs and cannot
-        replay (it replays one hour of events, not a day)."""
-        return {client: list(hours) for client, hours in self._hourly.items()}
+    def baseline(self) -> dict[str, Any]:
+        """Each client's distinct persons in its past hours, and the last hour counted: what a watcher
+        taking over needs and cannot replay (it replays one hour of events, not a day)."""
+        return {"hours": {client: list(hours) for client, hours in self._hourly.items()}, "closed": dict(self._closed)}
 
-    def restore_baseline(self, saved: dict[str, list[int]]) -> None:
+    def restore_baseline(self, saved: dict[str, Any]) -> None:
         hours = self.rules.scraping.baseline_hours
-        for client, counts in saved.items():
-            if isinstance(client, str) and isinstance(counts, list) and all(type(c) is int for c in counts):
+        closed = saved.get("closed") if isinstance(saved.get("closed"), dict) else {}
+        counted = saved.get("hours") if isinstance(saved.get("hours"), dict) else {}
+        for client, counts in counted.items():
+            if isinstance(client, str) and isinstance(counts, list) and all(type(c) is int for c in counts) \
+                    and type(closed.get(client)) is int:
                 self._hourly[client] = deque(counts[-hours:], maxlen=hours)
+                self._closed[client] = closed[client]
 
     def feed(self, events: Iterable[WatchedEvent]) -> list[Finding]:
         found: list[Finding] = []
@@ -291,10 +296,15 @@ class Evaluator:
         hour = int(at // 3600)
         current = self._hour.get(client)
         if current is None or current[0] != hour:
-            if current is not None:  # the past hour joins the baseline (and hours with nobody asked)
+            closed = self._closed.get(client)
+            if current is not None and (closed is None or current[0] > closed):
+                # The past hour joins the baseline (and hours with nobody asked); an hour counted before a
+                # take-over (and replayed in part since) is not counted again.
                 past = self._hourly.setdefault(client, deque(maxlen=rule.baseline_hours))
-                past.extend([0] * min(rule.baseline_hours, max(0, hour - current[0] - 1)))
+                since = current[0] - 1 if closed is None else closed
+                past.extend([0] * min(rule.baseline_hours, max(0, current[0] - since - 1)))
                 past.append(len(current[1]))
+                self._closed[client] = current[0]
                 self.baseline_version += 1
             current = (hour, set(), deque(maxlen=SAMPLE), event.time)
             self._hour[client] = current

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -154,7 +155,8 @@ class OidcSignIn:
             role = ours[0]
         administration = claims.get(c.administration_claim) if role == "dpo" else None
         login = claims.get(c.login_claim)
-        if not isinstance(login, str) or not LOGIN.fullmatch(login):
+        if not isinstance(login, str) or not LOGIN.fullmatch(login) or any(
+                unicodedata.category(ch) in ("Cf", "Zl", "Zp", "Zs") for ch in login):  # no invisible tricks
             raise OidcError(f"the ID token's {c.login_claim!r} is not a login (1 to 150 visible characters)")
         if not isinstance(role, str):
             raise OidcError(f"the ID token carries no role in {c.role_claim!r}")

@@ -15,7 +15,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.storage.database import WRITER
-from gateway.storage.tables import console_sessions
+from gateway.storage.tables import console_officers, console_sessions
 
 COOKIE = "__Host-jamu_console"
 IDLE_S = 15 * 60
@@ -67,12 +67,17 @@ class SessionStore:
             return None
         now = time.time() if now is None else now
         id_hash = _hash(value)
+        o = console_officers.c
         async with self.engine.connect() as connection:
-            row = (await connection.execute(select(console_sessions).where(console_sessions.c.id_hash == id_hash))
-                   ).first()
+            row = (await connection.execute(
+                select(console_sessions, o.disabled, o.updated_at)
+                .select_from(console_sessions.outerjoin(console_officers, o.login == console_sessions.c.login))
+                .where(console_sessions.c.id_hash == id_hash))).first()
         if row is None:
             return None
-        if expired(row.created_at, row.last_seen, now):
+        # A local account disabled or reset since this session began ends it, however the two interleaved.
+        revoked = row.updated_at is not None and (bool(row.disabled) or row.updated_at > row.created_at)
+        if revoked or expired(row.created_at, row.last_seen, now):
             await self.end(value)
             return None
         if now - row.last_seen > _TOUCH_EVERY_S:

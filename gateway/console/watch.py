@@ -260,6 +260,20 @@ class AlertWatcher:
                 first = (await connection.scalar(select(func.max(audit_index.c.position))) or 0) + 1
         return int(first) - 1
 
+    async def _warm_up_start(self, position: int) -> int:
+        """The index position just before the `warm_up_s` of events that lead up to `position` (by their
+        time: a watcher far behind rebuilds the windows of where it is, not of now)."""
+        c = audit_index.c
+        async with self.engine.connect() as connection:
+            at = await connection.scalar(select(c.time).where(c.position <= position)
+                                         .order_by(c.position.desc()).limit(1))
+            if at is None:
+                return position
+            since = rfc3339(datetime.fromisoformat(at) - timedelta(seconds=self.warm_up_s))
+            # The first event of that time (by the time index: one seek, however far behind).
+            first = await connection.scalar(select(c.position).where(c.time >= since).order_by(c.time).limit(1))
+        return position if first is None else int(first) - 1
+
     async def _take_over(self) -> int:
         """Fresh rules, the clients' baselines as last saved, the windows rebuilt from the events of the
         last `warm_up_s` before the recorded place (evaluated already: their findings are not recorded
@@ -273,7 +287,7 @@ class AlertWatcher:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 self.evaluator.restore_baseline(orjson.loads(row.state).get("baseline") or {})
         self._saved_baseline = self.evaluator.baseline_version
-        start = min(position, await self._hour_ago())
+        start = min(position, await self._warm_up_start(position))
         while start < position:
             rows = [row for row in await self._read(start, self.batch) if row[0] <= position]
             if not rows:

@@ -182,8 +182,20 @@ async def _page(request: Request, operation: str, build: Any, **fields: Any) -> 
         if discard is not None:  # an export that will never stream gives its slot back
             discard()
         return render(request, "error.html", 503, session, message="unavailable")
-    if effect is not None and not await effect():
-        return render(request, "error.html", 409, session, message="conflict")
+    if effect is not None:
+        try:
+            done = await effect()
+        except Exception:
+            log.exception("a console change failed after its event (transaction %s)", record.id)
+            done, status = False, 500
+        else:
+            status = 409
+        if not done:  # the log says it was asked; a second event says it was not made
+            failed = _record(request, session, operation)
+            failed.evidence, failed.reason = record.evidence, "conflict" if status == 409 else "internal_error"
+            await _log(request, failed, status)
+            return render(request, "error.html", 409 if status == 409 else 503, session,
+                          message="conflict" if status == 409 else "unavailable")
     return response
 
 
@@ -283,13 +295,13 @@ async def login(request: Request) -> Response:
     return await _signed_in(request, record, officer.login, officer.role, officer.administration)
 
 
-async def _sign_in_allowed(request: Request, console: Console, source: str) -> bool:
-    """The source's allowance for unauthenticated calls, then its (much smaller) one for sign-ins; a refusal
-    is counted in the source's counting event, not logged on its own."""
+async def _sign_in_allowed(request: Request, console: Console, source: str, *, password: bool = True) -> bool:
+    """The source's allowance for unauthenticated calls, then, for a password (an argon2 check), its much
+    smaller one for sign-ins; a refusal is counted in the source's counting event, not logged on its own."""
     limits = services(request).rate_limits
     outcome = await limits.source(source)
     allowed = outcome is None or outcome.verdict.allowed
-    if allowed and console.login_windows:
+    if allowed and password and console.login_windows:
         allowed = (await limits.limiter.acquire(f"console-login:{source}", console.login_windows)).allowed
     if not allowed:
         console.refusals.count(source)
@@ -339,7 +351,7 @@ async def login_callback(request: Request) -> Response:
     if console.oidc is None:
         return redirect(request, "/login")
     source = _source(request, console)
-    if not await _sign_in_allowed(request, console, source):
+    if not await _sign_in_allowed(request, console, source, password=False):
         return _login_page(request, 429, "login_throttled")
     pending = _pending(console, request.cookies.get(OIDC_COOKIE) or "")
     state, code = request.query_params.get("state"), request.query_params.get("code")
@@ -553,6 +565,7 @@ async def event_detail(request: Request, transaction_id: str) -> Response:
     async def build(session: Session, record: AccessRecord) -> Response:
         if not _ID.fullmatch(transaction_id):
             raise Refused(404, "not_found")
+        record.evidence = {"transaction_id": transaction_id}  # asked for, found or not
         app = services(request)
         await index_current(request)
         async with index_reads():
@@ -560,7 +573,6 @@ async def event_detail(request: Request, transaction_id: str) -> Response:
         if found is None:
             raise Refused(404, "not_found")
         origin, seq = found
-        record.evidence = {"transaction_id": transaction_id}
         event, proof = await _proved_event(app, origin, seq)
         if event is None or event.get("id") != transaction_id or not may_see(session, event):
             raise Refused(404, "not_found")
@@ -724,25 +736,30 @@ async def export(request: Request) -> Response:
         record.evidence = {**asked, "format": fmt}
         await index_current(request)
         slots = console_of(request).exports
-        if not slots.take(session.login):
+        token = slots.take(session.login)
+        if token is None:
             raise Refused(429, "export_busy")
-        audit = services(request).audit
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
-
-        async def rows() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in _export_rows(audit, where, fmt):
-                    yield chunk
-            finally:
-                slots.give_back(session.login)
-
-        response = StreamingResponse(rows(), media_type=media, headers={
+        response = _Export(_export_rows(services(request).audit, where, fmt), media_type=media, headers={
             "Content-Disposition": f'attachment; filename="jamu-events-{stamp}.{fmt}"'})
-        response.on_discard = lambda: slots.give_back(session.login)  # type: ignore[attr-defined]
+        response.on_discard = lambda: slots.give_back(token)
         return _headers(response, request)
 
     return await _page(request, "console.export", build)
+
+
+class _Export(StreamingResponse):
+    """A streamed export that gives its slot back when its answer ends, however it ends (the reader
+    gone before the first row included)."""
+
+    on_discard: Callable[[], None] = staticmethod(lambda: None)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_discard()
 
 
 async def _export_rows(audit: AuditIndex, where: EventFilter, fmt: str) -> AsyncIterator[bytes]:

@@ -306,7 +306,7 @@ console_account_changes = Table(
     Column("role", String(8)),
     Column("administration", Text),
     Column("actor", Text, nullable=False),
-    Column("logged", Integer, nullable=False, server_default="0"),
+    Column("logged", Integer, nullable=False, server_default="0"),  # 0 waiting, > 0 claimed at (epoch s), -1 done
     Index("ix_console_account_changes_logged", "logged", "id"),
     sqlite_autoincrement=True,
 )

@@ -15,14 +15,21 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.audit.index import ROW_COLUMNS, IndexFollower, forget_origin
-from gateway.audit.record import rfc3339
-from gateway.console.accounts import MAX_FAILURES, AccountError, OfficerStore, TotpSeal
+from gateway.audit.record import AccessRecord, rfc3339
+from gateway.console.accounts import MAX_FAILURES, AccountChanges, AccountError, OfficerStore, TotpSeal
 from gateway.console.alerts import AlertRules, Finding
 from gateway.console.overview import rollup_rows
 from gateway.console.sessions import IDLE_S, SessionStore
 from gateway.console.watch import AlertStore, AlertWatcher, LeaseLost
 from gateway.storage.database import WRITER
-from gateway.storage.tables import audit_index, audit_rollup, console_sessions, console_watcher
+from gateway.storage.tables import (
+    audit_index,
+    audit_rollup,
+    console_account_changes,
+    console_officers,
+    console_sessions,
+    console_watcher,
+)
 from tests.contract.test_audit_index import _log
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -243,8 +250,53 @@ async def test_the_clients_baselines_survive_a_take_over(engine: AsyncEngine) ->
         await connection.execute(insert(audit_index), rows)
     first.position = 0
     await first.step()
-    assert first.evaluator.baseline() == {"prober": [10]}
+    assert first.evaluator.baseline()["hours"] == {"prober": [10]}
     await first.close()
     second = AlertWatcher(engine, rules, store, "second", warm_up_s=0)
     await second.step()
-    assert second.evaluator.baseline() == {"prober": [10]}  # reloaded, not replayed
+    assert second.evaluator.baseline()["hours"] == {"prober": [10]}  # reloaded, not replayed
+
+
+async def test_a_reset_or_a_disable_ends_sessions_whenever_they_land(engine: AsyncEngine) -> None:
+    officers = OfficerStore(engine, TotpSeal(b"s" * 32))
+    sessions = SessionStore(engine)
+    await officers.add("awa", "officer")
+    await officers.add("bintou", "officer")
+    early = await sessions.create("awa", "officer", None)
+    await asyncio.sleep(0.01)
+    await officers.reset("awa")  # (it deletes the sessions it sees; one made meanwhile must end too)
+    late = await sessions.create("bintou", "officer", None)
+    async with engine.execution_options(**WRITER).begin() as connection:  # a disable racing the sign-in
+        await connection.execute(update(console_officers).where(console_officers.c.login == "bintou")
+                                 .values(disabled=1))
+    assert await sessions.get(early) is None and await sessions.get(late) is None
+    oidc = await sessions.create("oidc:u-1", "dpa", None)  # no local account: nothing to revoke it
+    assert await sessions.get(oidc) is not None
+
+
+async def test_account_changes_are_logged_at_least_once(engine: AsyncEngine) -> None:
+    officers = OfficerStore(engine, TotpSeal(b"s" * 32))
+    await officers.add("awa", "dpo", "ceni")
+    await officers.set_disabled("awa", True)
+    logged: list[dict[str, object]] = []
+    fail = True
+
+    async def append(record: AccessRecord) -> int:
+        if fail:
+            raise OSError("the log refuses")
+        logged.append(record.event())
+        return len(logged)
+
+    changes = AccountChanges(engine, append, reclaim_s=0)
+    with pytest.raises(OSError):
+        await changes.relay()
+    fail = False
+    assert await changes.relay() == 2 and await changes.relay() == 0  # each once, none lost
+    assert [(e["evidence"]["action"], e["operation"]) for e in logged] == [("add", "console.account"),
+                                                                          ("disable", "console.account")]
+    assert logged[0]["evidence"]["administration"] == "ceni" and str(logged[0]["client_id"]).startswith("cli:")
+    await officers.reset("awa")
+    async with engine.execution_options(**WRITER).begin() as connection:  # claimed by a process that died
+        await connection.execute(update(console_account_changes).where(console_account_changes.c.logged == 0)
+                                 .values(logged=1))
+    assert await changes.relay() == 1 and logged[-1]["evidence"]["action"] == "reset"

@@ -408,8 +408,11 @@ def test_account_changes_made_with_the_cli_are_logged(gateway: GatewayProcess, r
 
     wait_until(lambda: len(logged()) == 2, 15, "the two account changes in the access log")
     add, disable = logged()
-    assert add["evidence"] == {"login": "dpa-new", "action": "add", "role": "dpa"}
-    assert disable["evidence"] == {"login": "dpa-new", "action": "disable"}
+    assert {k: add["evidence"][k] for k in ("login", "action", "role")} == {"login": "dpa-new", "action": "add",
+                                                                           "role": "dpa"}
+    assert disable["evidence"]["action"] == "disable" and "role" not in disable["evidence"]
+    assert int(disable["evidence"]["change"]) > int(add["evidence"]["change"])
+    assert add["evidence"]["at"] <= disable["evidence"]["at"] <= disable["time"]
     assert add["client_id"].startswith("cli:") and add["decision"] == "permit"
 
 
