@@ -336,3 +336,27 @@ def test_a_take_over_does_not_count_an_hour_twice_in_a_baseline() -> None:
     evaluator.feed([event(3600 + 1, subject="d" * 64)])  # the next hour ends the one after the replay
     assert evaluator.baseline()["hours"] == {"app": [100, 100, 100, 1]}
     assert evaluator.baseline()["closed"] == {"app": hour}
+
+
+def test_every_figure_an_alert_names_has_words_in_both_languages() -> None:
+    evaluator = Evaluator(rules("""
+enumeration: {min_checks: 5, max_unknown_share: 0.5}
+scraping: {min_persons: 5}
+predicate_probing: {max_checks: 5}
+token_failures: {max_failures: 5}
+consent_refusals: {max_refusals: 5}
+"""))
+    found = evaluator.feed([
+        *(event(i, client="e", reason="subject_not_found") for i in range(10)),
+        *(event(i, client="s") for i in range(10)),
+        *(event(i, client="p", claims="[]") for i in range(10)),
+        *(event(i, client=None, operation="token", decision="deny", source="10.0.0.9") for i in range(10)),
+        *(event(i, client="c", decision="deny", reason="consent_required") for i in range(10)),
+        event(1, operation="subject.history", decision="deny", reason="rate_limited", administration="ch")])
+    assert {f.rule for f in found} == set(AlertRules.model_fields)
+    for lang in ("fr", "en"):
+        t = translator(lang)
+        for finding in found:
+            assert t(f"rule.{finding.rule}") != f"rule.{finding.rule}"
+            for key in finding.figures:
+                assert t(f"figure.{key}") != f"figure.{key}", (lang, key)
