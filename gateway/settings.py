@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     subject_key_file: Path | None = None
     pseudonym_key_file: Path | None = None
     checkpoint_key_file: Path | None = None
+    console_key_file: Path | None = None  # seals TOTP secrets, signs sign-in cookies: one for all replicas
     log_format: Literal["json", "text"] = "json"
     policy_reload_interval_s: float = Field(5.0, ge=0)
     audit_seal_every: int = Field(1000, ge=1)

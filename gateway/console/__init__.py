@@ -156,7 +156,8 @@ class Console:
 
 
 def console_key_path(settings: Settings) -> Path:
-    return settings.keys_dir / "console-key"
+    """Every process of a deployment must share it (the accounts' TOTP secrets are sealed with it)."""
+    return settings.console_key_file or settings.keys_dir / "console-key"
 
 
 def officer_store(settings: Settings, engine: AsyncEngine, checks: PasswordChecks | None = None) -> OfficerStore:

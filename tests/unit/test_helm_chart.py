@@ -75,6 +75,7 @@ def test_the_pod_runs_locked_down_and_drains(demo_policies: dict) -> None:
 def test_secrets_are_referenced_never_embedded(demo_policies: dict) -> None:
     docs = render({"policies": demo_policies, "secrets": {
         "signingKey": {"name": "sig", "key": "k.pem"}, "subjectKey": {"name": "sub", "key": "k"},
+        "consoleKey": {"name": "con", "key": "c"},
         "pseudonymKey": {"name": "pse", "key": "k"}, "checkpointKey": {"name": "chk", "key": "c.pem"},
         "databaseUrl": {"name": "db", "key": "url"}, "redisUrl": {"name": "redis", "key": "url"}}})
     assert "Secret" not in {doc["kind"] for doc in docs}
@@ -85,6 +86,8 @@ def test_secrets_are_referenced_never_embedded(demo_policies: dict) -> None:
     assert env["GATEWAY_SIGNING_KEY_FILE"]["value"] == "/etc/jamu/secrets/signing/k.pem"
     volumes = {v["name"]: v for v in by_kind(docs)["StatefulSet"]["spec"]["template"]["spec"]["volumes"]}
     assert volumes["checkpoint-key"]["secret"] == {"secretName": "chk", "defaultMode": 0o400}
+    assert volumes["console-key"]["secret"] == {"secretName": "con", "defaultMode": 0o400}
+    assert env["GATEWAY_CONSOLE_KEY_FILE"]["value"] == "/etc/jamu/secrets/console/c"  # one key for every replica
     assert env["GATEWAY_REPLICAS"]["value"] == "6"  # local fallback limits divide by the most replicas
 
 
@@ -107,7 +110,10 @@ def test_options(demo_policies: dict) -> None:
     docs = render({"policies": demo_policies, "autoscaling": {"enabled": False}, "replicaCount": 3,
                    "podMonitor": {"enabled": True}, "networkPolicy": {"enabled": False},
                    "telemetry": {"otlpEndpoint": "http://otel-collector:4318"}, "connectors": "connectors: []",
-                   "witnesses": "quorum: 1\nwitnesses: []\n"})
+                   "witnesses": "quorum: 1\nwitnesses: []\n",
+                   "console": {"alerts": "enumeration: {min_checks: 30}\n",
+                               "oidc": {"issuer": "https://idp.example.ml/realms/jamu", "clientId": "jamu-console",
+                                        "clientSecret": {"name": "jamu-console-oidc", "key": "secret"}}}})
     kinds = by_kind(docs)
     assert "HorizontalPodAutoscaler" not in kinds and "NetworkPolicy" not in kinds
     assert kinds["StatefulSet"]["spec"]["replicas"] == 3
@@ -115,11 +121,23 @@ def test_options(demo_policies: dict) -> None:
                                                                     "interval": "30s"}
     env = {e["name"]: e.get("value") for e in kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
-    assert env["GATEWAY_CONNECTORS_FILE"] == "/etc/jamu/policies/connectors.yaml" and env["GATEWAY_REPLICAS"] == "3"
-    assert env["GATEWAY_WITNESSES_FILE"] == "/etc/jamu/policies/witnesses.yaml"
-    assert kinds["ConfigMap"]["data"]["witnesses.yaml"] == "quorum: 1\nwitnesses: []\n"
-    items = kinds["StatefulSet"]["spec"]["template"]["spec"]["volumes"][0]["configMap"]["items"]
-    assert {"key": "witnesses.yaml", "path": "witnesses.yaml"} in items
+    assert env["GATEWAY_CONNECTORS_FILE"] == "/etc/jamu/config/connectors.yaml" and env["GATEWAY_REPLICAS"] == "3"
+    assert env["GATEWAY_WITNESSES_FILE"] == "/etc/jamu/config/witnesses.yaml"
+    assert env["GATEWAY_ALERTS_FILE"] == "/etc/jamu/config/alerts.yaml"
+    assert env["GATEWAY_CONSOLE_OIDC_ISSUER"] == "https://idp.example.ml/realms/jamu"
+    assert env["GATEWAY_CONSOLE_OIDC_CLIENT_ID"] == "jamu-console" and env["GATEWAY_CONSOLE_OIDC_LOGIN_CLAIM"] == "sub"
+    container = kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    secret = next(e for e in container["env"] if e["name"] == "GATEWAY_CONSOLE_OIDC_CLIENT_SECRET")
+    assert secret["valueFrom"]["secretKeyRef"] == {"name": "jamu-console-oidc", "key": "secret"}
+    data = kinds["ConfigMap"]["data"]
+    assert data["witnesses.yaml"] == "quorum: 1\nwitnesses: []\n" and data["alerts.yaml"].startswith("enumeration")
+    volumes = {v["name"]: v for v in kinds["StatefulSet"]["spec"]["template"]["spec"]["volumes"]}
+    config = volumes["config"]["configMap"]["items"]
+    for name in ("connectors.yaml", "witnesses.yaml", "alerts.yaml"):  # beside the policies, not among them
+        assert {"key": name, "path": name} in config
+        assert all(item["key"] != name for item in volumes["policies"]["configMap"]["items"])
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["config"] == "/etc/jamu/config" and mounts["policies"] == "/etc/jamu/policies"
 
 
 @pytest.mark.parametrize("values, where", [
@@ -129,6 +147,8 @@ def test_options(demo_policies: dict) -> None:
     ({"logFormat": "xml"}, "logFormat"),
     ({"policies": {"files": {"../escape.yaml": "x"}}}, "escape.yaml"),
     ({"surprise": True}, "surprise"),
+    ({"console": {"oidc": {"issuer": "http://idp.example.ml"}}}, "issuer"),
+    ({"console": {"oidc": {"roleClaim": "role claim!"}}}, "roleClaim"),
 ])
 def test_bad_values_are_refused_by_the_schema(values: dict, where: str) -> None:
     with pytest.raises(helm.HelmError) as caught:
