@@ -96,7 +96,7 @@ class EmbeddedRegister:
     def _statement(self, attributes: frozenset[str]) -> tuple[str, tuple[str, ...]]:
         """One statement per set of attributes (a purpose asks for few sets). It reads the first row at or
         after the NIN asked, so a known NIN and an unknown one both descend the tree and decode one row
-        (CONTRACT §4: existence never shows, not even in time); `nin` is always read, to tell which."""
+        (docs/contract.md §4: existence never shows, not even in time); `nin` is always read, to tell which."""
         statement = self._statements.get(attributes)
         if statement is None:
             names = ("nin", *(c for c in COLUMNS if c in attributes and c != "nin"))

@@ -80,10 +80,6 @@ class CircuitBreaker:
             self._opened_at = self._clock()
 
 
-class _Retryable(Exception):
-    """A transient failure: retry if attempts remain, else 503."""
-
-
 def traceparent(trace: TraceContext | None) -> dict[str, str]:
     if trace is None:
         return {}
@@ -113,10 +109,7 @@ class Resilient:
             raise BackendUnavailable(self.name, "too many calls in flight") from None
         try:
             result = await self._attempts(attempt, parse)
-        except BackendUnavailable:
-            self.breaker.failure()
-            raise
-        except BackendError:
+        except (BackendUnavailable, BackendError):  # the backend failed: the breaker counts it
             self.breaker.failure()
             raise
         finally:

@@ -1,4 +1,4 @@
-"""The `jamu` command (CONTRACT §11)."""
+"""The `jamu` command (docs/contract.md §11)."""
 
 from __future__ import annotations
 
@@ -609,7 +609,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify_proof(args: argparse.Namespace) -> int:
-    """A receipt (CONTRACT §13) checked with public keys only: the entry's leaf leads to the checkpoint's
+    """A receipt (docs/contract.md §13) checked with public keys only: the entry's leaf leads to the checkpoint's
     root, the log signed it, and (with witness keys) a quorum cosigned it; with `--newer`, that a later
     checkpoint still holds it (a consistency proof between the two)."""
     try:
@@ -781,7 +781,7 @@ async def _officers(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_officers(args: argparse.Namespace) -> int:
-    """The console's local accounts (CONTRACT §14): add prints the initial password and the TOTP URI once."""
+    """The console's local accounts (docs/contract.md §14): add prints the initial password and the TOTP URI once."""
     return asyncio.run(_officers(args, _settings()))
 
 

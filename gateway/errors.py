@@ -1,4 +1,4 @@
-"""Problem details (RFC 9457) and the catalogue of stable error codes (CONTRACT §1).
+"""Problem details (RFC 9457) and the catalogue of stable error codes (docs/contract.md §1).
 
 A stage that refuses a request raises `Problem(code, detail)`; one handler turns it into
 `application/problem+json`. Codes are a closed set so clients can branch on them safely.

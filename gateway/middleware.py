@@ -49,7 +49,7 @@ class BodyTooLarge(HTTPException):
 
 
 def is_logged(route_path: str) -> bool:
-    """CONTRACT §7: every /v1/* and /oauth2/token request appends one event."""
+    """docs/contract.md §7: every /v1/* and /oauth2/token request appends one event."""
     return route_path.startswith("/v1/") or route_path == TOKEN_PATH
 
 

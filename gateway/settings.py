@@ -1,4 +1,4 @@
-"""Runtime settings, read from `GATEWAY_*` environment variables (CONTRACT §10).
+"""Runtime settings, read from `GATEWAY_*` environment variables (docs/contract.md §10).
 
 Everything the gateway needs to start is here with a safe default, so `jamu serve` works on a fresh
 machine; production sets the database, Redis and issuer explicitly.
@@ -16,7 +16,7 @@ SigningAlgorithm = Literal["Ed25519", "ES256"]
 
 
 class Settings(BaseSettings):
-    """The gateway's configuration. Extra knobs beyond CONTRACT §10 are documented in docs/configuration.md."""
+    """The gateway's configuration. Extra knobs beyond docs/contract.md §10 are documented in docs/configuration.md."""
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
 
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     audit_seal_every: int = Field(1000, ge=1)
     audit_seal_interval_s: float = Field(1.0, gt=0)
     audit_max_batch: int = Field(512, ge=1, le=10_000)
-    # The access log's origin (CONTRACT §13): a schema-less URL, no spaces, no `+` (C2SP signed-note).
+    # The access log's origin (docs/contract.md §13): a schema-less URL, no spaces, no `+` (C2SP signed-note).
     log_origin: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._~:/@%-]{0,190}$")] | None = None
     workers: int = Field(1, ge=1, le=256)  # set by `jamu serve --workers N`: an explicit origin gets /<slot>
     audit_segment_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     # "failing": verification goes on) and the integrity report names the stretch not yet witnessed.
     witness_max_lag_s: float = Field(300.0, gt=0)
     audit_index_max_lag_s: float = Field(2.0, gt=0)  # audit reads answer 503 while the index is further behind
-    # Bulk verification jobs (CONTRACT §16). Their files live under `jobs_dir` (shared by every process
+    # Bulk verification jobs (docs/contract.md §16). Their files live under `jobs_dir` (shared by every process
     # that runs jobs); `bulk_workers` chunks run at once in this process (0: it runs none, it only takes
     # uploads and answers status).
     jobs_dir: Path | None = None
@@ -81,13 +81,13 @@ class Settings(BaseSettings):
     bulk_max_upload_bytes: int = Field(4 * 1024**3, ge=1024)
     bulk_lease_s: float = Field(60.0, gt=0)  # a chunk not renewed within this is taken over
     bulk_results_days: float = Field(7.0, gt=0)
-    # Push of life events (CONTRACT §15, docs/life-events.md): the waits between attempts, in seconds
+    # Push of life events (docs/contract.md §15, docs/life-events.md): the waits between attempts, in seconds
     # (the last repeats), how long an event is retried before it is set aside, one attempt's timeout.
     events_retry_backoff_s: str = "5,300,1800,7200,18000,36000,50400,72000,86400"
     events_retry_horizon_s: float = Field(72 * 3600.0, gt=0)
     events_push_timeout_s: float = Field(15.0, gt=0, le=120)
     events_poll_s: float = Field(1.0, gt=0, le=60)
-    # The officers' console (CONTRACT §14, docs/console.md): alert rules, and sign-in through OpenID Connect
+    # The officers' console (docs/contract.md §14, docs/console.md): alert rules, and sign-in through OpenID Connect
     # when an issuer is set (local accounts from `jamu officers` otherwise).
     alerts_file: Path | None = None
     # Password sign-ins per source address, on top of GATEWAY_UNAUTHENTICATED_RATE_LIMITS: each costs an argon2

@@ -1,4 +1,4 @@
-"""Reading the access log (CONTRACT §7): security officers' listing, person search and integrity check,
+"""Reading the access log (docs/contract.md §7): security officers' listing, person search and integrity check,
 and a citizen's access history through a channel. Every read is itself an access and is logged.
 """
 

@@ -1,4 +1,4 @@
-"""Consents (CONTRACT §6): recorded and revoked by a consent channel, read by it and by the grantee.
+"""Consents (docs/contract.md §6): recorded and revoked by a consent channel, read by it and by the grantee.
 Anyone else gets 404, as if the consent did not exist."""
 
 from __future__ import annotations

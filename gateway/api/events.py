@@ -1,4 +1,4 @@
-"""Life events (CONTRACT §15, docs/life-events.md): declarations in, feeds out.
+"""Life events (docs/contract.md §15, docs/life-events.md): declarations in, feeds out.
 
 Every event released, pulled or pushed, is its own access-log event with the person's subject hash, so
 a person's history shows that a death or a birth was passed on, and to whom.

@@ -1,4 +1,4 @@
-"""Verification and attribute release (CONTRACT §4, §5).
+"""Verification and attribute release (docs/contract.md §4, §5).
 
 Each follows the request flow: authenticate and rate-limit (`protected`), authorise against the
 purpose (the one enforcement point), consent, fetch from the connectors that hold the attributes,
@@ -29,6 +29,8 @@ from gateway.policy.enforce import authorise
 from gateway.policy.model import Attribute, Claim, PurposePolicy
 from gateway.services import Services, services
 
+# Served by the lean handler (gateway/api/routes.py): each route here takes exactly (request, body, caller),
+# `caller` from one guard with no sub-dependencies; anything else is refused when the route is declared.
 router = APIRouter(tags=["Identity"], route_class=GuardedBodyRoute)
 
 Purpose = Annotated[str, StringConstraints(min_length=1, max_length=64)]

@@ -1,4 +1,4 @@
-"""Bulk verification jobs (CONTRACT §16, docs/bulk-verification.md): create, upload the input, follow,
+"""Bulk verification jobs (docs/contract.md §16, docs/bulk-verification.md): create, upload the input, follow,
 read results and errors, cancel. Only the submitting administration sees a job; anyone else gets 404."""
 
 from __future__ import annotations

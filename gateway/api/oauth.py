@@ -1,4 +1,4 @@
-"""The token endpoint and the discovery documents (CONTRACT §2)."""
+"""The token endpoint and the discovery documents (docs/contract.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Operations endpoints (CONTRACT §9): liveness, readiness, metrics, the API description."""
+"""Operations endpoints (docs/contract.md §9): liveness, readiness, metrics, the API description."""
 
 from __future__ import annotations
 

@@ -12,6 +12,12 @@ path gives (a test compares them on generated documents); anything it refuses ta
 above, which finds the first error in FastAPI's order and answers it in FastAPI's words.
 
 `add_routes` puts every router's routes on the app's own table, so no request pays for a nested router.
+
+FastAPI internals this module relies on (FastAPI is pinned to the series they were checked against, in
+pyproject.toml): `fastapi.dependencies.models.Dependant`, `fastapi.dependencies.utils.request_body_to_args`,
+and an `APIRoute`'s `dependant` (its `call`, `dependencies`, `body_params`, request-part parameters) and
+`body_field`. A route served by `GuardedBodyRoute` takes its request, its body and one guard, and no
+sub-dependencies (the guard does what they would).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The verifiable access log (CONTRACT §13): checkpoints, the logs' keys, inclusion and consistency
+"""The verifiable access log (docs/contract.md §13): checkpoints, the logs' keys, inclusion and consistency
 proofs, and receipts, all read from the logs' own files (`audit/proofs.py`), never from the query index's
 copy: what is proven is what was signed.
 

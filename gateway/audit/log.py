@@ -14,7 +14,7 @@ class AccessLogUnavailable(Exception):
 
 
 class AccessLog(Protocol):
-    """The single writer of ARCHITECTURE.md: `append` returns only once the event is durable."""
+    """The single writer of docs/architecture.md: `append` returns only once the event is durable."""
 
     async def start(self) -> None: ...
 

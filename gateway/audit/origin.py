@@ -1,4 +1,4 @@
-"""Which log a gateway process writes: its worker slot, its origin (CONTRACT §13) and its directory.
+"""Which log a gateway process writes: its worker slot, its origin (docs/contract.md §13) and its directory.
 
 Each process claims the lowest free slot under `<data dir>/log/slots` by taking an exclusive `flock` on
 the slot's file and holding it while it runs. So `--workers N` gives slots 0..N-1, a worker restarted by

@@ -1,4 +1,4 @@
-"""Checking a receipt (CONTRACT §13) with public keys only: what `jamu audit verify-proof` runs, and what an
+"""Checking a receipt (docs/contract.md §13) with public keys only: what `jamu audit verify-proof` runs, and what an
 administration can run on its side. Pure: no files, no network.
 
 A receipt holds the entry's bytes and a C2SP tlog-proof: the entry's index, its inclusion proof and the

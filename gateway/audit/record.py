@@ -1,4 +1,4 @@
-"""The access record: what one request did, filled stage by stage and appended once (CONTRACT §7)."""
+"""The access record: what one request did, filled stage by stage and appended once (docs/contract.md §7)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def decision_for(status: int) -> Decision:
 
 @dataclass(slots=True)
 class AccessRecord:
-    """Request-scoped; stages set fields, none of them writes the log (ARCHITECTURE: one writer)."""
+    """Request-scoped; stages set fields, none of them writes the log (docs/architecture.md: one writer)."""
 
     id: str = field(default_factory=new_id)
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -58,7 +58,7 @@ class AccessRecord:
     status: int | None = None
     latency_ms: float | None = None
     trace_id: str | None = None
-    # Set only where they apply (CONTRACT §7, 1.1); hashed only when set, so older events keep their hashes.
+    # Set only where they apply (docs/contract.md §7, 1.1); hashed only when set, so older events keep their hashes.
     claimed_client_id: str | None = None
     evidence: dict[str, str] | None = None
     job_id: str | None = None

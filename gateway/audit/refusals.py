@@ -1,4 +1,4 @@
-"""Counted refusals (CONTRACT §8): requests without a valid token that the per-source limit refuses are
+"""Counted refusals (docs/contract.md §8): requests without a valid token that the per-source limit refuses are
 not logged one by one, or a flood of them would cost one durable write each. They are counted instead:
 one event per source address and second (`operation` `unauthenticated`, `decision` `deny`, `reason`
 `rate_limited`, `count`), whose id each refusal in that second answers with.

@@ -1,5 +1,5 @@
 """The access log's store over segment files: the durable point of one gateway process's log, named by
-its origin (CONTRACT §13). `DurableAccessLog` (the one writer, group commit) hands it batches; each batch
+its origin (docs/contract.md §13). `DurableAccessLog` (the one writer, group commit) hands it batches; each batch
 is chained (`prev_hash`, `hash`, 0-based `seq`), encoded in its canonical form and written with one
 `pwrite` and one `fdatasync`, off the event loop (both release the interpreter lock).
 

@@ -1,4 +1,4 @@
-"""The one writer of the access log (ARCHITECTURE.md), with group commit.
+"""The one writer of the access log (docs/architecture.md), with group commit.
 
 Requests hand their record to `append` and wait. A single task takes everything that queued up while
 the previous batch was being written and hands it to the store as one batch (one write and one sync of

@@ -226,7 +226,7 @@ class BearerValidator:
 
 def external_scopes(claimed: frozenset[str], administration: frozenset[str], mapped: list[str] | None
                     ) -> frozenset[str]:
-    """What an external token may do (CONTRACT §2): what it claims, within what the administration's own
+    """What an external token may do (docs/contract.md §2): what it claims, within what the administration's own
     clients hold, within the mapping's list when it has one; the scopes that read the log, a person's
     history or record consents only when the mapping names them."""
     granted = claimed & administration

@@ -1,5 +1,5 @@
 """The client side of bulk jobs, for `jamu jobs`: submit a file (streamed, with its checksum), follow the
-job with a progress bar, write the results. Plain HTTP against the public API (CONTRACT §16), nothing
+job with a progress bar, write the results. Plain HTTP against the public API (docs/contract.md §16), nothing
 the gateway's own internals offer."""
 
 from __future__ import annotations

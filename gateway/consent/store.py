@@ -42,7 +42,7 @@ class Consent:
         return "expired" if self.expires_at <= now else "active"
 
     def public(self, now: str) -> dict[str, Any]:
-        """CONTRACT §6: never the NIN, nor its hash."""
+        """docs/contract.md §6: never the NIN, nor its hash."""
         return {"id": self.id, "grantee": self.grantee, "purpose": self.purpose, "attributes": self.attributes,
                 "operations": self.operations, "status": self.status(now), "created_at": self.created_at,
                 "expires_at": self.expires_at, "revoked_at": self.revoked_at, "issued_by": self.issued_by,

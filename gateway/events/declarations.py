@@ -153,7 +153,7 @@ def _pointer(loc: tuple[Any, ...], prefix: str = "") -> str:
 
 
 def parse(body: DeclarationBody) -> Declaration:
-    """The declaration's form, per type (CONTRACT §15). A birth gets its NIN from the register; every
+    """The declaration's form, per type (docs/contract.md §15). A birth gets its NIN from the register; every
     other new declaration names its person; a correction carries some of its type's fields, a void none."""
     errors: list[dict[str, str]] = []
     if body.corrects and body.voids:

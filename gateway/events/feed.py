@@ -1,6 +1,6 @@
 """Reading a subscription's feed, and the CloudEvent each item becomes for one administration.
 
-The payload is built at release, under the policy in force then (CONTRACT §15): a subscription that
+The payload is built at release, under the policy in force then (docs/contract.md §15): a subscription that
 lost an attribute never sends it again, in a retry or a replay. What it may carry is read from the
 record as the declaration left it, so a replay sends the same facts as the first delivery.
 """

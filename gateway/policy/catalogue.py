@@ -1,4 +1,4 @@
-"""The closed vocabularies every policy is checked against (CONTRACT §2, §3, §4, §12)."""
+"""The closed vocabularies every policy is checked against (docs/contract.md §2, §3, §4, §12)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ SCOPES = (
     "metrics:read",
 )
 
-# Scopes an external issuer's token never carries unless its mapping lists them (CONTRACT §2).
+# Scopes an external issuer's token never carries unless its mapping lists them (docs/contract.md §2).
 SENSITIVE_SCOPES = frozenset({"audit:read", "subject:history", "consent:write"})
 
 ATTRIBUTES = (
@@ -59,7 +59,7 @@ def predicate_reads(predicates: Iterable[str]) -> set[str]:
 
 OPERATIONS = ("verify", "lookup")
 
-# Declarations the centres make (CONTRACT §15), and the events a subscription may list: each type, its
+# Declarations the centres make (docs/contract.md §15), and the events a subscription may list: each type, its
 # correction and its void.
 DECLARATION_TYPES = ("birth", "death", "marriage", "divorce", "name_change", "displacement")
 LIFE_EVENT_TYPES = tuple(f"{t}{suffix}" for t in DECLARATION_TYPES for suffix in ("", ".corrected", ".voided"))
@@ -69,7 +69,7 @@ CLIENT_AUTH_METHODS = ("private_key_jwt", "client_secret_basic")
 # Algorithms a client may sign its assertion with, and an external issuer its tokens with.
 ASYMMETRIC_ALGORITHMS = ("Ed25519", "EdDSA", "ES256", "PS256", "RS256")
 
-# Every operation an access-log event may name (CONTRACT §7): the routes' names, the middleware's record
+# Every operation an access-log event may name (docs/contract.md §7): the routes' names, the middleware's record
 # and the audit search's filter all come from this one list.
 EVENT_OPERATIONS = (
     "token", "verify", "lookup", "consent.create", "consent.read", "consent.revoke",

@@ -1,4 +1,4 @@
-"""The single enforcement point (ARCHITECTURE.md): what an administration may ask, for which purpose,
+"""The single enforcement point (docs/architecture.md): what an administration may ask, for which purpose,
 decided from its policy before any connector is called. Pure: policy and request in, purpose out or a
 refusal with the contract's code.
 

@@ -1,4 +1,4 @@
-"""The policy schema (CONTRACT §12). Unknown fields are refused so a typo never silently widens access."""
+"""The policy schema (docs/contract.md §12). Unknown fields are refused so a typo never silently widens access."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def is_identifier(value: object) -> bool:
 
 _IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 
-# A purpose's name, as the access log may record it (CONTRACT §7): a little wider than other identifiers.
+# A purpose's name, as the access log may record it (docs/contract.md §7): a little wider than other identifiers.
 PurposeName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,63}$")]
 
 _WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
@@ -109,7 +109,7 @@ class PurposePolicy(_Strict):
 
 
 class SubscriptionPolicy(_Strict):
-    """A feed of life events to this administration (CONTRACT §15): what it hears of, under which of its
+    """A feed of life events to this administration (docs/contract.md §15): what it hears of, under which of its
     purposes, and the attributes its payloads may carry beyond `subject_ref` and the record's version."""
 
     purpose: PurposeName
@@ -178,11 +178,11 @@ class AdministrationPolicy(_Strict):
     clients: list[ClientPolicy] = []
     purposes: dict[PurposeName, PurposePolicy] = {}
     rate_limits: list[RateLimitWindow] = []
-    # A consent channel's daily cap on reads of people's access histories (CONTRACT §7); none: no cap.
+    # A consent channel's daily cap on reads of people's access histories (docs/contract.md §7); none: no cap.
     history_reads_per_day: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
-    # Records this administration's bulk jobs may check per UTC day (CONTRACT §16); none: no cap.
+    # Records this administration's bulk jobs may check per UTC day (docs/contract.md §16); none: no cap.
     bulk_records_per_day: Annotated[int, Field(ge=1, le=1_000_000_000)] | None = None
-    # Feeds of life events to this administration (CONTRACT §15), by name.
+    # Feeds of life events to this administration (docs/contract.md §15), by name.
     subscriptions: dict[Identifier, SubscriptionPolicy] = {}
 
     @property

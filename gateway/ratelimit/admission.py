@@ -1,5 +1,5 @@
 """Admission: who is calling a logged path, and whether a limit lets the call in, decided before routing
-and before the body is read (CONTRACT §8).
+and before the body is read (docs/contract.md §8).
 
 Every request to a logged path costs a durable event, so nobody may cause one without passing a limit:
 a caller with a valid bearer token is limited per administration, anyone else (no token, a bad token,

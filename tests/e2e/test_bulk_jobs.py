@@ -1,4 +1,4 @@
-"""Bulk verification jobs over real HTTP against served gateways (CONTRACT §16): a roll checked against
+"""Bulk verification jobs over real HTTP against served gateways (docs/contract.md §16): a roll checked against
 the embedded register, malformed lines reported by line, cancel, a worker killed mid-job, another
 administration kept out, the daily allowance, and a 10-million-line upload that streams."""
 

@@ -192,7 +192,7 @@ def test_lookup_releases_what_the_purpose_grants(clients: dict[str, Client]) -> 
 def test_policy_refusals(clients: dict[str, Client], client: str, body: dict, status: int, code: str) -> None:
     response = clients[client].verify(body)
     assert (response.status_code, response.json()["code"]) == (status, code)
-    if code == "attribute_not_permitted":  # CONTRACT 1.1 §4: names what was refused, claim or predicate
+    if code == "attribute_not_permitted":  # docs/contract.md §4: names what was refused, claim or predicate
         assert response.json()["attributes"] == [*body.get("claims", {}), *(p["name"] for p in body.get(
             "predicates", []))]
 

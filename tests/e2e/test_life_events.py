@@ -1,4 +1,4 @@
-"""Life events over real HTTP against served gateways (CONTRACT §15): declarations into the embedded
+"""Life events over real HTTP against served gateways (docs/contract.md §15): declarations into the embedded
 register, pull feeds with stable cursors, Standard Webhooks pushes to loopback subscribers, and the
 access-log trail of each event released."""
 

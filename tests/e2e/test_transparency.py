@@ -1,4 +1,4 @@
-"""The verifiable access log end to end (CONTRACT §13): a gateway and two reference witnesses as real
+"""The verifiable access log end to end (docs/contract.md §13): a gateway and two reference witnesses as real
 processes on loopback. Receipts checked offline with public keys only; proofs checked with the client
 side of RFC 9162; witnesses down and back; history rewritten three ways, each caught; keys rotated."""
 
