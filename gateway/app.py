@@ -19,8 +19,6 @@ from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from connectors.embedded import EmbeddedRegister
-from connectors.router import ConnectorRouter, build_connectors, load_connectors_file
 from gateway import __version__
 from gateway.api import audit, consents, events, identity, jobs, oauth, ops, problems, transparency
 from gateway.api.routes import add_routes
@@ -59,6 +57,8 @@ from gateway.auth.trusted import TrustedIssuers, load_trusted_issuers
 from gateway.bulk.files import JobFiles
 from gateway.bulk.runner import ChunkQueue, ChunkRunner, LocalChunkQueue, Retention, SaqChunkQueue
 from gateway.bulk.store import JobStore
+from gateway.connectors.embedded import EmbeddedRegister
+from gateway.connectors.router import ConnectorRouter, build_connectors, load_connectors_file
 from gateway.consent.store import ConsentStore
 from gateway.console import build_console
 from gateway.console import web as console_web

@@ -24,8 +24,6 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, Key, OKPKey
 from pydantic import ValidationError
 
-from connectors.importer import import_people
-from connectors.population import seed_register
 from gateway.audit import notes, offline, receipts
 from gateway.audit.chain import key_id
 from gateway.audit.origin import (
@@ -49,6 +47,8 @@ from gateway.auth.keys import (
     rotate_signing_key,
 )
 from gateway.bulk.client import JobError, JobsClient
+from gateway.connectors.importer import import_people
+from gateway.connectors.population import seed_register
 from gateway.datadir import secure_data_dir
 from gateway.keyfiles import load_or_create_ed25519
 from gateway.observability import logging_config

@@ -10,7 +10,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from opentelemetry import trace
 from starlette.requests import Request
 
-from connectors.router import ConnectorRouter
 from gateway.audit.index import AuditIndex, IndexTask
 from gateway.audit.log import AccessLog
 from gateway.audit.proofs import LogViews
@@ -22,6 +21,7 @@ from gateway.auth.server import TokenService
 from gateway.bulk.files import JobFiles
 from gateway.bulk.runner import ChunkQueue
 from gateway.bulk.store import JobStore
+from gateway.connectors.router import ConnectorRouter
 from gateway.consent.store import ConsentStore
 from gateway.console import Console
 from gateway.events.delivery import Deliveries, WebhookSigner

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import yaml
 
-from connectors.population import population, seed_register
+from gateway.connectors.population import population, seed_register
 from loadtests.harness import in_scratch_dir, report
 from tests.support.console import ConsoleClient, add_officer
 from tests.support.keys import jwks_of, new_key, token_form

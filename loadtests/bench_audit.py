@@ -28,13 +28,13 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
-from connectors.population import population, seed_register
 from gateway.audit.chain import CheckpointSigner
 from gateway.audit.index import IndexFollower
 from gateway.audit.origin import log_directory
 from gateway.audit.record import AccessRecord
 from gateway.audit.segment_store import SegmentStore
 from gateway.audit.writer import DurableAccessLog
+from gateway.connectors.population import population, seed_register
 from gateway.storage.database import create_engine, database_url, migrate
 from gateway.telemetry import Metrics
 from loadtests.harness import Run, drive_at_rate, in_scratch_dir, merge, report

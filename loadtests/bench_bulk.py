@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import yaml
 
-from connectors.population import seed_register
 from gateway.bulk.client import JobsClient
+from gateway.connectors.population import seed_register
 from loadtests.harness import drive_at_rate, in_scratch_dir, report
 from tests.support.keys import jwks_of, new_key, token_form
 from tests.support.realm import build_realm

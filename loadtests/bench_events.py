@@ -31,7 +31,7 @@ import httpx
 import orjson
 import yaml
 
-from connectors.population import seed_register
+from gateway.connectors.population import seed_register
 from loadtests.bench_bulk import rss_kib
 from loadtests.bench_hardening import _lua_string, wrk
 from loadtests.harness import cpu_seconds, in_scratch_dir, report

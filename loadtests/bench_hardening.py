@@ -32,9 +32,9 @@ from typing import Any
 
 import orjson
 
-from connectors.population import nin_for, seed_register
 from gateway.audit.origin import local_logs
 from gateway.audit.segments import SegmentLog
+from gateway.connectors.population import nin_for, seed_register
 from loadtests.bench_identity import Gateway, _bodies
 from loadtests.harness import cpu_seconds, in_scratch_dir, report
 

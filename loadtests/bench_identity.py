@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import yaml
 
-from connectors.population import seed_register
+from gateway.connectors.population import seed_register
 from loadtests.harness import Run, cpu_seconds, drive_at_rate, drive_closed, in_scratch_dir, merge, report
 from tests.support.keys import token_form
 from tests.support.realm import build_realm

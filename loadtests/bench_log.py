@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from connectors.population import seed_register
+from gateway.connectors.population import seed_register
 from loadtests.bench_hardening import _lua_string, _measured, pin_gateway, wrk
 from loadtests.bench_identity import Gateway, _bodies, _rss_mb
 from loadtests.harness import in_scratch_dir, report

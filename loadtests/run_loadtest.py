@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 
-from connectors.population import seed_register
 from gateway.cli import _ensure_demo_keys
+from gateway.connectors.population import seed_register
 from gateway.settings import Settings
 from tests.support.servers import REPO, free_port, wait_until
 

@@ -14,13 +14,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from connectors.base import TraceContext, unusable
 from gateway.api.deps import access_record, protected
 from gateway.api.fields import Nin
 from gateway.api.responses import FastJSONResponse
 from gateway.api.routes import GuardedBodyRoute
 from gateway.audit.record import AccessRecord
 from gateway.auth.bearer import Caller
+from gateway.connectors.base import TraceContext, unusable
 from gateway.consent.check import find_consent, use_consent
 from gateway.errors import Problem
 from gateway.identity import decide

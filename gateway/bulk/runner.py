@@ -23,7 +23,6 @@ from typing import Any, Protocol
 
 import orjson
 
-from connectors.base import TraceContext, unusable
 from gateway.audit.log import AccessLog
 from gateway.audit.origin import log_directory
 from gateway.audit.record import AccessRecord
@@ -44,6 +43,7 @@ from gateway.bulk.records import (
     write_result,
 )
 from gateway.bulk.store import JobStore, LeasedChunk
+from gateway.connectors.base import TraceContext, unusable
 from gateway.errors import Problem
 from gateway.identity import decide
 from gateway.policy.enforce import authorise

@@ -32,8 +32,8 @@ from typing import Any
 
 import orjson
 
-from connectors.embedded import COLUMNS, create_register
-from connectors.population import luhn_digit
+from gateway.connectors.embedded import COLUMNS, create_register
+from gateway.connectors.population import luhn_digit
 from gateway.events.declarations import (
     RECORD_FIELDS,
     Change,

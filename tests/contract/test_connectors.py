@@ -12,13 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.base import BackendError, BackendUnavailable, Connector, StandIn, TraceContext
-from connectors.embedded import EmbeddedRegister
-from connectors.fhir import FHIR_ATTRIBUTES, FhirConnector
-from connectors.population import population, seed_register
-from connectors.resilience import CircuitBreaker, ResiliencePolicy
-from connectors.rest import IDP_ATTRIBUTES, IDP_MAPPING, RestConnector
-from connectors.router import ConnectorRouter, ConnectorsFile, build_connectors
+from gateway.connectors.base import BackendError, BackendUnavailable, Connector, StandIn, TraceContext
+from gateway.connectors.embedded import EmbeddedRegister
+from gateway.connectors.fhir import FHIR_ATTRIBUTES, FhirConnector
+from gateway.connectors.population import population, seed_register
+from gateway.connectors.resilience import CircuitBreaker, ResiliencePolicy
+from gateway.connectors.rest import IDP_ATTRIBUTES, IDP_MAPPING, RestConnector
+from gateway.connectors.router import ConnectorRouter, ConnectorsFile, build_connectors
 from gateway.telemetry import Metrics
 from tests.support.fake_backends import REST_ATTRIBUTES, FakeBackends
 from tests.support.servers import free_port
@@ -279,7 +279,7 @@ async def test_the_router_asks_each_connector_once_and_merges(backends: FakeBack
     ([{"name": "r", "type": "rest", "url": "http://x", "method": "GET", "attributes": ["nin"]}], "'POST' or 'PUT'"),
 ])
 def test_a_bad_connectors_file_is_refused_with_its_fault(connectors: list, fault: str, tmp_path: Path) -> None:
-    from connectors.router import load_connectors_file
+    from gateway.connectors.router import load_connectors_file
 
     path = tmp_path / "connectors.yaml"
     import yaml

@@ -25,7 +25,7 @@ import pytest
 import redis
 import yaml
 
-from connectors.population import population, seed_register
+from gateway.connectors.population import population, seed_register
 from tests.support.keys import jwks_of, new_key, token_form
 from tests.support.realm import Realm, build_realm
 from tests.support.servers import GatewayProcess, free_port, wait_until

@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from connectors.population import population, seed_register
+from gateway.connectors.population import population, seed_register
 from tests.support.console import JAMU, ConsoleClient, OfficerAccount, add_officer, api_token, audit_events, verify
 from tests.support.fake_idp import FakeOidcProvider
 from tests.support.realm import Realm, build_realm

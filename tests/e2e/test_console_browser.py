@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from connectors.population import population, seed_register
+from gateway.connectors.population import population, seed_register
 from tests.support.browser import launched_browser, offline_page, screenshot
 from tests.support.console import OfficerAccount, add_officer, api_token, audit_events, verify
 from tests.support.fake_idp import FakeOidcProvider

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from connectors.population import population, seed_register
+from gateway.connectors.population import population, seed_register
 from tests.support.fake_backends import FakeBackends
 from tests.support.keys import jwks_of, new_key, token_form
 from tests.support.realm import Realm, build_realm

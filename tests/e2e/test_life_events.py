@@ -22,7 +22,7 @@ import pytest
 import yaml
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 
-from connectors.population import population, seed_register
+from gateway.connectors.population import population, seed_register
 from tests.support.keys import jwks_of, new_key, token_form
 from tests.support.realm import Realm, build_realm
 from tests.support.servers import REPO, GatewayProcess, wait_until

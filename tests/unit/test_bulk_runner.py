@@ -14,9 +14,6 @@ import orjson
 import pytest
 import yaml
 
-from connectors.base import BackendUnavailable
-from connectors.embedded import EmbeddedRegister
-from connectors.population import population, seed_register
 from gateway.audit.log import AccessLogUnavailable
 from gateway.audit.origin import log_directory
 from gateway.audit.record import AccessRecord
@@ -28,6 +25,9 @@ from gateway.bulk.records import JobSpec, event_id
 from gateway.bulk.runner import MAX_FAILURES, ChunkRunner, Retention
 from gateway.bulk.store import JobStore
 from gateway.bulk.upload import InputSplitter
+from gateway.connectors.base import BackendUnavailable
+from gateway.connectors.embedded import EmbeddedRegister
+from gateway.connectors.population import population, seed_register
 from gateway.identity.decide import Predicate
 from gateway.identity.pseudonyms import SubjectHasher
 from gateway.policy.loader import load_policies

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from connectors.population import FAMILY_NAMES, FEMALE_NAMES, MALE_NAMES
+from gateway.connectors.population import FAMILY_NAMES, FEMALE_NAMES, MALE_NAMES
 from gateway.identity import decide
 from gateway.identity.dates import PartialDate, age_at_least, anniversary, same_date
 from gateway.identity.names import (

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from connectors.population import luhn_digit, population, seed_register
 from gateway.audit.log import StubAccessLog
+from gateway.connectors.population import luhn_digit, population, seed_register
 from gateway.events.declarations import DeclarationBody, FormProblem, Rejected, judge, judge_birth, parse
 from gateway.events.delivery import (
     Deliveries,

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from connectors.base import PersonRecord, StandIn
-from connectors.embedded import SNAPSHOT_S, EmbeddedRegister
-from connectors.importer import import_people
-from connectors.population import GEOGRAPHY, IDP_SITES, luhn_digit, population, seed_register
 from gateway.cli import main
+from gateway.connectors.base import PersonRecord, StandIn
+from gateway.connectors.embedded import SNAPSHOT_S, EmbeddedRegister
+from gateway.connectors.importer import import_people
+from gateway.connectors.population import GEOGRAPHY, IDP_SITES, luhn_digit, population, seed_register
 
 
 def people_in(path: Path) -> list[dict]:

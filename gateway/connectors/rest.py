@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from connectors.base import BackendError, PersonRecord, TraceContext
-from connectors.resilience import RemoteConnector, ResiliencePolicy, Resilient, traceparent
+from gateway.connectors.base import BackendError, PersonRecord, TraceContext
+from gateway.connectors.resilience import RemoteConnector, ResiliencePolicy, Resilient, traceparent
 
 MISSING = object()
 

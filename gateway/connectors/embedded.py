@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from connectors.base import BackendUnavailable, StandIn, TraceContext
+from gateway.connectors.base import BackendUnavailable, StandIn, TraceContext
 from gateway.identity.pseudonyms import normalise_nin
 from gateway.policy.catalogue import ATTRIBUTES
 

@@ -25,9 +25,9 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
-from connectors.base import BackendError, TraceContext
-from connectors.resilience import RemoteConnector, ResiliencePolicy, Resilient, traceparent
-from connectors.rest import validated
+from gateway.connectors.base import BackendError, TraceContext
+from gateway.connectors.resilience import RemoteConnector, ResiliencePolicy, Resilient, traceparent
+from gateway.connectors.rest import validated
 
 BIRTH_PLACE = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
 NATIONALITY = "http://hl7.org/fhir/StructureDefinition/patient-nationality"

@@ -25,11 +25,11 @@ import yaml
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from connectors.base import Connector, StandIn, TraceContext
-from connectors.embedded import EmbeddedRegister
-from connectors.fhir import FhirConnector
-from connectors.resilience import CircuitBreaker, RemoteConnector, ResiliencePolicy
-from connectors.rest import IDP_ATTRIBUTES, IDP_MAPPING, RestConnector
+from gateway.connectors.base import Connector, StandIn, TraceContext
+from gateway.connectors.embedded import EmbeddedRegister
+from gateway.connectors.fhir import FhirConnector
+from gateway.connectors.resilience import CircuitBreaker, RemoteConnector, ResiliencePolicy
+from gateway.connectors.rest import IDP_ATTRIBUTES, IDP_MAPPING, RestConnector
 from gateway.errors import Problem
 from gateway.observability import OffTracer
 from gateway.policy.catalogue import ATTRIBUTES

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import httpx
 
-from connectors.base import BackendError, BackendUnavailable, TraceContext
+from gateway.connectors.base import BackendError, BackendUnavailable, TraceContext
 
 _T = TypeVar("_T")
 

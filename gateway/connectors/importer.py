@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from connectors.base import PersonRecord
-from connectors.embedded import COLUMNS, create_register
+from gateway.connectors.base import PersonRecord
+from gateway.connectors.embedded import COLUMNS, create_register
 
 MAX_REPORTED = 1000
 _NAMES = ", ".join(COLUMNS)  # the catalogue's attribute names: constants, never input

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from connectors.embedded import SCHEMA, write_people
+from gateway.connectors.embedded import SCHEMA, write_people
 
 FAMILY_NAMES = (
     "Traoré", "Diarra", "Coulibaly", "Keïta", "Koné", "Touré", "Cissé", "Sangaré", "Diallo", "Sidibé",
