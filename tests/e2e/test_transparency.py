@@ -390,7 +390,9 @@ def _rewrites(realm: Realm, data: Path, witnesses: list[Witness], log_vkey: str,
     env = realm.env(GATEWAY_DATA_DIR=str(copies["segments"]), GATEWAY_LOG_ORIGIN=ORIGIN)
     verified = jamu(env, "audit", "verify")
     assert verified.returncode == 1, verified.stdout + verified.stderr
-    assert f"BROKEN at {ORIGIN} seq {bad}: entry rewritten" in verified.stdout
+    # The first bad seq is named; how depends on where checkpoints fell (the stored tree's leaf, or a chain
+    # checkpoint sealed right after the entry), which is a matter of timing.
+    assert f"BROKEN at {ORIGIN} seq {bad}: " in verified.stdout and "rewritten" in verified.stdout
 
     # 2. The tree recomputed too: its root is no longer the last signed checkpoint's; nothing is signed.
     rewrite(_log_dir(copies["tree"]), permit)
