@@ -116,24 +116,21 @@ class Console:
     refusals: RefusalTally
     trusted_proxies: tuple[Network, ...]
     access_log: AccessLog
-    login_windows: tuple[Window, ...]  # sign-in attempts allowed per source address
+    login_windows: tuple[Window, ...]  # password sign-ins allowed per source address
+    changes: AccountChanges  # `jamu officers`' changes, to be logged
+    poll_s: float = 1.0
     integrity: IntegrityRuns = field(default_factory=IntegrityRuns)
     exports: ExportSlots = field(default_factory=ExportSlots)
+    _relay: asyncio.Task[None] | None = None
 
     def sign(self, purpose: str, value: str) -> str:
         return hmac.new(self.key, f"{purpose}\0{value}".encode(), hashlib.sha256).hexdigest()
 
-    changes: AccountChanges | None = None
-    poll_s: float = 1.0
-    _relay: asyncio.Task[None] | None = None
-
     def start(self) -> None:
         self.watcher.start()
-        if self.changes is not None:
-            self._relay = asyncio.create_task(self._relay_changes(), name="console-account-changes")
+        self._relay = asyncio.create_task(self._relay_changes(), name="console-account-changes")
 
     async def _relay_changes(self) -> None:
-        assert self.changes is not None
         failing = False
         while True:
             try:
@@ -160,9 +157,9 @@ def console_key_path(settings: Settings) -> Path:
     return settings.console_key_file or settings.keys_dir / "console-key"
 
 
-def officer_store(settings: Settings, engine: AsyncEngine, checks: PasswordChecks | None = None) -> OfficerStore:
-    """The local accounts (also what `jamu officers` works on)."""
-    return OfficerStore(engine, TotpSeal(load_or_create_secret(console_key_path(settings))), checks)
+def officer_store(settings: Settings, engine: AsyncEngine) -> OfficerStore:
+    """The local accounts, as `jamu officers` works on them."""
+    return OfficerStore(engine, TotpSeal(load_or_create_secret(console_key_path(settings))))
 
 
 def build_console(settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient, access_log: AccessLog,
@@ -184,9 +181,10 @@ def build_console(settings: Settings, engine: AsyncEngine, http: httpx.AsyncClie
                           f"{settings.issuer}{settings.root_path}/console/login/callback", http)
     templates = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(["html"]),
                             enable_async=False, trim_blocks=True, lstrip_blocks=True)
+    key = load_or_create_secret(console_key_path(settings))
     return Console(
-        officers=officer_store(settings, engine, PasswordChecks()), sessions=SessionStore(engine), alerts=alerts,
+        officers=OfficerStore(engine, TotpSeal(key), PasswordChecks()), sessions=SessionStore(engine), alerts=alerts,
         watcher=AlertWatcher(engine, rules, alerts, owner, poll_s=settings.console_alert_poll_s),
-        rules=rules, oidc=oidc, templates=templates, key=load_or_create_secret(console_key_path(settings)),
+        rules=rules, oidc=oidc, templates=templates, key=key,
         refusals=refusals, trusted_proxies=trusted_proxies, access_log=access_log, login_windows=login_windows,
         changes=AccountChanges(engine, access_log.append), poll_s=settings.console_alert_poll_s)

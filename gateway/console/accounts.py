@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import getpass
+import hashlib
 import hmac
 import os
 import re
@@ -122,7 +123,8 @@ class TotpSeal:
     alone gives no second factor."""
 
     def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key[:32].ljust(32, b"\0"))
+        # A key of its own, derived: the console's key also signs its cookies (HMAC).
+        self._aead = AESGCM(hmac.new(key, b"jamu console: TOTP seal", hashlib.sha256).digest())
 
     def seal(self, login: str, secret: str) -> str:
         nonce = secrets.token_bytes(12)

@@ -19,10 +19,20 @@ import httpx
 import orjson
 import pytest
 
-from gateway.connectors.population import population, seed_register
-from tests.support.console import JAMU, ConsoleClient, OfficerAccount, add_officer, api_token, audit_events, verify
+from gateway.connectors.population import population
+from tests.support.console import (
+    JAMU,
+    ConsoleClient,
+    OfficerAccount,
+    add_officer,
+    api_token,
+    audit_events,
+    console_realm,
+    serve_console,
+    verify,
+)
 from tests.support.fake_idp import FakeOidcProvider
-from tests.support.realm import Realm, build_realm
+from tests.support.realm import Realm
 from tests.support.servers import GatewayProcess, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -37,18 +47,12 @@ scraping: {enabled: false}
 
 @pytest.fixture(scope="module")
 def realm(tmp_path_factory: pytest.TempPathFactory) -> Realm:
-    realm = build_realm(tmp_path_factory.mktemp("console"))
-    seed_register(realm.data_dir / "register.db", COUNT, SEED)
-    (realm.data_dir.parent / "alerts.yaml").write_text(ALERTS)
-    return realm
+    return console_realm(tmp_path_factory.mktemp("console"), COUNT, SEED, ALERTS)
 
 
 @pytest.fixture(scope="module")
 def gateway(realm: Realm) -> Iterator[GatewayProcess]:
-    env = realm.env(GATEWAY_AUDIT_SEAL_INTERVAL_S="0.5", GATEWAY_ALERTS_FILE=str(realm.data_dir.parent / "alerts.yaml"),
-                    GATEWAY_CONSOLE_ALERT_POLL_S="0.2")
-    server = GatewayProcess(env, factory="tests.support.probe_app:create_durable")
-    server.start(realm.data_dir.parent / "gateway.log")
+    server = serve_console(realm)
     yield server
     server.stop()
 

@@ -11,11 +11,19 @@ from typing import Any
 
 import pytest
 
-from gateway.connectors.population import population, seed_register
+from gateway.connectors.population import population
 from tests.support.browser import launched_browser, offline_page, screenshot
-from tests.support.console import OfficerAccount, add_officer, api_token, audit_events, verify
+from tests.support.console import (
+    OfficerAccount,
+    add_officer,
+    api_token,
+    audit_events,
+    console_realm,
+    serve_console,
+    verify,
+)
 from tests.support.fake_idp import FakeOidcProvider
-from tests.support.realm import Realm, build_realm
+from tests.support.realm import Realm
 from tests.support.servers import GatewayProcess
 
 pytestmark = pytest.mark.e2e
@@ -31,18 +39,12 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def realm(tmp_path_factory: pytest.TempPathFactory) -> Realm:
-    realm = build_realm(tmp_path_factory.mktemp("console-browser"))
-    seed_register(realm.data_dir / "register.db", COUNT, SEED)
-    (realm.data_dir.parent / "alerts.yaml").write_text(ALERTS)
-    return realm
+    return console_realm(tmp_path_factory.mktemp("console-browser"), COUNT, SEED, ALERTS)
 
 
 @pytest.fixture(scope="module")
 def gateway(realm: Realm) -> Iterator[GatewayProcess]:
-    env = realm.env(GATEWAY_AUDIT_SEAL_INTERVAL_S="0.5", GATEWAY_CONSOLE_ALERT_POLL_S="0.2",
-                    GATEWAY_ALERTS_FILE=str(realm.data_dir.parent / "alerts.yaml"))
-    server = GatewayProcess(env, factory="tests.support.probe_app:create_durable")
-    server.start(realm.data_dir.parent / "gateway.log")
+    server = serve_console(realm)
     elections = api_token(server, realm, "elections-app")
     for person in PEOPLE[:12]:  # some ordinary traffic for the charts and the search
         verify(server, elections, person["nin"])

@@ -11,13 +11,15 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pyotp
 
+from gateway.connectors.population import seed_register
 from tests.support.keys import token_form
-from tests.support.realm import Realm
+from tests.support.realm import Realm, build_realm
 from tests.support.servers import GatewayProcess
 
 JAMU = [sys.executable, "-m", "gateway.cli"]
@@ -122,3 +124,20 @@ def audit_events(gateway: GatewayProcess, realm: Realm, **query: str) -> list[di
         cursor = page.json()["next_cursor"]
         if cursor is None:
             return found
+
+
+def console_realm(root: Path, count: int, seed: int, alerts: str) -> Realm:
+    """A realm with a seeded register and an alert rules file, for a gateway serving the console."""
+    realm = build_realm(root)
+    seed_register(realm.data_dir / "register.db", count, seed)
+    (realm.data_dir.parent / "alerts.yaml").write_text(alerts)
+    return realm
+
+
+def serve_console(realm: Realm) -> GatewayProcess:
+    """A gateway on `console_realm`'s realm: checkpoints every half second, alerts looked for five times a
+    second, its rules from the realm's file."""
+    env = realm.env(GATEWAY_AUDIT_SEAL_INTERVAL_S="0.5", GATEWAY_CONSOLE_ALERT_POLL_S="0.2",
+                    GATEWAY_ALERTS_FILE=str(realm.data_dir.parent / "alerts.yaml"))
+    server = GatewayProcess(env, factory="tests.support.probe_app:create_durable")
+    return server.start(realm.data_dir.parent / "gateway.log")
