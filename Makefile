@@ -25,6 +25,7 @@ serve: $(VENV)/.installed
 
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The pure and in-process tests only: no Redis, no PostgreSQL, no browser, no server processes.

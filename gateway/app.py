@@ -109,13 +109,23 @@ def _freeze_startup_objects() -> None:
 # failures with their input, which can hold a NIN, and it asks the OpenTelemetry API on every request
 # whether providers are configured (about 5 µs a request).
 FRAMEWORK_TELEMETRY_OFF: dict[str, object] = (
-    {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False,
-                   "auto_configure": False}}
-    if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
+    {
+        "telemetry": {
+            "tracing": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+        }
+    }
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
-async def _settle_log(store: SegmentStore, follower: IndexFollower, engine: AsyncEngine,
-                      witnesses: WitnessClient | None) -> None:
+async def _settle_log(
+    store: SegmentStore, follower: IndexFollower, engine: AsyncEngine, witnesses: WitnessClient | None
+) -> None:
     """Before the first append: a log made under a rotated key, or found behind what was already signed
     of it — entries a checkpoint covers gone, the index holding more, or witnesses holding a larger tree
     (restored from an older copy) — is retired and continued under a new origin, rather than signing a
@@ -136,8 +146,9 @@ async def _settle_log(store: SegmentStore, follower: IndexFollower, engine: Asyn
         witnesses.origin = store.origin
 
 
-async def _successor_needed(store: SegmentStore, engine: AsyncEngine, witnesses: WitnessClient | None
-                            ) -> tuple[str | None, str | None]:
+async def _successor_needed(
+    store: SegmentStore, engine: AsyncEngine, witnesses: WitnessClient | None
+) -> tuple[str | None, str | None]:
     if await asyncio.to_thread(store.key_changed):
         tag = rotation_tag(store.signer_key_id)
         if await log_behind_index(engine, successor_origin(store.origin, tag), 0) is not None:
@@ -162,8 +173,9 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     try:
         secure_url(settings.token_endpoint)
     except ValueError:
-        raise ConfigurationError(f"GATEWAY_ISSUER must be https (plain http only on loopback): {settings.issuer}"
-                                 ) from None
+        raise ConfigurationError(
+            f"GATEWAY_ISSUER must be https (plain http only on loopback): {settings.issuer}"
+        ) from None
 
     policies = PolicyStore(load_policies(settings.policies_dir))
     signing_keys = load_signing_keys(
@@ -174,9 +186,11 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     )
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100), follow_redirects=False)
     redis = (
-        Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s,
-                       socket_connect_timeout=settings.redis_timeout_s)
-        if settings.redis_url else None
+        Redis.from_url(
+            settings.redis_url, socket_timeout=settings.redis_timeout_s, socket_connect_timeout=settings.redis_timeout_s
+        )
+        if settings.redis_url
+        else None
     )
     replay: ReplayGuard = (
         RedisReplayGuard(redis, settings.redis_key_prefix) if redis is not None else MemoryReplayGuard()
@@ -188,15 +202,19 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
         trusted = TrustedIssuers(
-            configs, http,
+            configs,
+            http,
             refresh_interval_s=settings.jwks_refresh_interval_s,
             max_age_s=settings.jwks_max_age_s,
             timeout_s=settings.jwks_fetch_timeout_s,
         )
     metrics = Metrics()
     try:
-        engine = create_engine(database_url(settings.database_url, settings.data_dir),
-                               schema=settings.database_schema, statement_timeout_s=settings.database_timeout_s)
+        engine = create_engine(
+            database_url(settings.database_url, settings.data_dir),
+            schema=settings.database_schema,
+            statement_timeout_s=settings.database_timeout_s,
+        )
     except DatabaseConfigError as exc:
         raise ConfigurationError(f"GATEWAY_DATABASE_URL: {exc}") from None
     signer = CheckpointSigner(load_or_create_ed25519(settings.checkpoint_key_path))
@@ -205,18 +223,26 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     except SlotsExhausted as exc:
         raise ConfigurationError(str(exc)) from None
     try:
-        origin, retired_head = current_origin(settings.log_dir, log_origin(
-            settings.issuer, settings.log_origin, slot.index, settings.workers))
+        origin, retired_head = current_origin(
+            settings.log_dir, log_origin(settings.issuer, settings.log_origin, slot.index, settings.workers)
+        )
         log_dir = log_directory(settings.log_dir, origin)
     except ValueError as exc:
         raise ConfigurationError(f"GATEWAY_LOG_ORIGIN: {exc}") from None
-    segment_store = SegmentStore(log_dir, origin=origin, signer=signer, link_to=retired_head,
-                                 segment_bytes=settings.audit_segment_bytes, seal_every=settings.audit_seal_every)
+    segment_store = SegmentStore(
+        log_dir,
+        origin=origin,
+        signer=signer,
+        link_to=retired_head,
+        segment_bytes=settings.audit_segment_bytes,
+        seal_every=settings.audit_seal_every,
+    )
     index_follower = IndexFollower(engine, segment_store.directory, origin=origin)
     index_task = IndexTask(index_follower, lambda: segment_store.next_seq, metrics)
     audit_index = AuditIndex(engine)
     access_log = access_log or DurableAccessLog(
-        segment_store, metrics,
+        segment_store,
+        metrics,
         max_batch=settings.audit_max_batch,
         write_timeout_s=settings.database_timeout_s,
         seal_interval_s=settings.audit_seal_interval_s,
@@ -226,9 +252,20 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
         witnesses = load_witnesses(settings.witnesses_file) if settings.witnesses_file else None
     except ValueError as exc:
         raise ConfigurationError(f"GATEWAY_WITNESSES_FILE: {exc}") from None
-    witness_client = None if witnesses is None else WitnessClient(
-        witnesses, origin, segment_store.consistency, segment_store.record_witnessed,
-        http, metrics, timeout_s=settings.witness_timeout_s, retry_s=settings.witness_retry_s)
+    witness_client = (
+        None
+        if witnesses is None
+        else WitnessClient(
+            witnesses,
+            origin,
+            segment_store.consistency,
+            segment_store.record_witnessed,
+            http,
+            metrics,
+            timeout_s=settings.witness_timeout_s,
+            retry_s=settings.witness_retry_s,
+        )
+    )
     if witness_client is not None:
         segment_store.on_checkpoint = witness_client.checkpoint_signed
     log_views = LogViews(settings.log_dir)
@@ -286,17 +323,23 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
             return {"status": "failing", "reason": segment_store.refusal}
         return await access_log.ready()
 
-    readiness: dict[str, ReadinessCheck] = {"access_log": access_log_ready, "audit_index": index_ready,
-                                            "connectors": connectors_ready}
+    readiness: dict[str, ReadinessCheck] = {
+        "access_log": access_log_ready,
+        "audit_index": index_ready,
+        "connectors": connectors_ready,
+    }
     if witness_client is not None:
         client = witness_client
 
         async def witnesses_ready() -> dict[str, object]:
             # Never "failing": without witnesses the log goes on (durable, signed); only its publication waits.
             lag = client.lag()
-            return {"status": "degraded" if lag > settings.witness_max_lag_s or client.problems() else "ok",
-                    "lag_s": round(lag, 1), "published_size": client.published.size if client.published else None,
-                    "witnesses": client.status()}
+            return {
+                "status": "degraded" if lag > settings.witness_max_lag_s or client.problems() else "ok",
+                "lag_s": round(lag, 1),
+                "published_size": client.published.size if client.published else None,
+                "witnesses": client.status(),
+            }
 
         readiness["witnesses"] = witnesses_ready
     if redis is not None:
@@ -316,32 +359,64 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     job_files = JobFiles(settings.jobs_path)
     subjects = SubjectHasher(load_or_create_secret(settings.subject_key_path))
     chunk_runner = ChunkRunner(
-        job_store, job_files, policies=policies, identity=router, subjects=subjects, access_log=access_log,
-        log_position=lambda: (segment_store.origin, segment_store.next_seq), log_root=settings.log_dir,
-        owner=f"{segment_store.origin}#{uuid.uuid4()}", lease_s=settings.bulk_lease_s)
+        job_store,
+        job_files,
+        policies=policies,
+        identity=router,
+        subjects=subjects,
+        access_log=access_log,
+        log_position=lambda: (segment_store.origin, segment_store.next_seq),
+        log_root=settings.log_dir,
+        owner=f"{segment_store.origin}#{uuid.uuid4()}",
+        lease_s=settings.bulk_lease_s,
+    )
     chunk_queue: ChunkQueue = (
-        SaqChunkQueue(settings.redis_url, f"{settings.redis_key_prefix}bulk", job_store, job_files.identity,
-                      settings.bulk_workers, lease_s=settings.bulk_lease_s)
-        if settings.redis_url else LocalChunkQueue(job_store, job_files.identity, settings.bulk_workers))
+        SaqChunkQueue(
+            settings.redis_url,
+            f"{settings.redis_key_prefix}bulk",
+            job_store,
+            job_files.identity,
+            settings.bulk_workers,
+            lease_s=settings.bulk_lease_s,
+        )
+        if settings.redis_url
+        else LocalChunkQueue(job_store, job_files.identity, settings.bulk_workers)
+    )
     retention = Retention(job_store, job_files)
 
     # Life events: declarations write the embedded register that holds the records' status; without one
     # (a remote register) the feeds are read from the register file all the same, and stay empty.
-    register_path = next((c.path for c in connectors if isinstance(c, EmbeddedRegister)
-                          and "record_status" in c.attributes), settings.data_dir / "register.db")
+    register_path = next(
+        (c.path for c in connectors if isinstance(c, EmbeddedRegister) and "record_status" in c.attributes),
+        settings.data_dir / "register.db",
+    )
     has_register = any(isinstance(c, EmbeddedRegister) and "record_status" in c.attributes for c in connectors)
     subject_refs = SubjectRefs(load_or_create_secret(settings.pseudonym_key_path))
     event_feed = EventFeed(register_path)
     deliveries = Deliveries(
-        policies, event_feed, DeliveryStore(deliveries_path(register_path)), access_log,
-        WebhookSigner(load_or_create_ed25519(settings.keys_dir / "events-signing-key.pem")), subjects, subject_refs,
-        source=f"{settings.issuer}/v1/declarations", metrics=metrics,
+        policies,
+        event_feed,
+        DeliveryStore(deliveries_path(register_path)),
+        access_log,
+        WebhookSigner(load_or_create_ed25519(settings.keys_dir / "events-signing-key.pem")),
+        subjects,
+        subject_refs,
+        source=f"{settings.issuer}/v1/declarations",
+        metrics=metrics,
         owner=f"{socket.gethostname()}:{settings.log_dir.resolve()}:slot:{slot.index}",
-        settings=PushSettings(backoff_s=settings.events_backoff, horizon_s=settings.events_retry_horizon_s,
-                              timeout_s=settings.events_push_timeout_s, poll_s=settings.events_poll_s,
-                              lease_s=max(60.0, 4 * settings.events_push_timeout_s)))
-    register_writer = RegisterWriter(register_path, lambda: subscribers(policies), on_commit=deliveries.notify
-                                     ) if has_register else None
+        settings=PushSettings(
+            backoff_s=settings.events_backoff,
+            horizon_s=settings.events_retry_horizon_s,
+            timeout_s=settings.events_push_timeout_s,
+            poll_s=settings.events_poll_s,
+            lease_s=max(60.0, 4 * settings.events_push_timeout_s),
+        ),
+    )
+    register_writer = (
+        RegisterWriter(register_path, lambda: subscribers(policies), on_commit=deliveries.notify)
+        if has_register
+        else None
+    )
 
     async def events_ready() -> dict[str, object]:
         # Never "failing": the gateway serves whatever a subscriber does; a backlog or a failing push is degraded.
@@ -353,8 +428,15 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     readiness["events"] = events_ready
 
     try:
-        console = build_console(settings, engine, http, access_log, refusals, trusted_proxies,
-                                owner=f"{socket.gethostname()}:{segment_store.origin}#{uuid.uuid4()}")
+        console = build_console(
+            settings,
+            engine,
+            http,
+            access_log,
+            refusals,
+            trusted_proxies,
+            owner=f"{socket.gethostname()}:{segment_store.origin}#{uuid.uuid4()}",
+        )
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
 
@@ -475,8 +557,18 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     problems.install(app)
     problems.describe(app)
     # The busiest routes first: matching walks the table in order.
-    add_routes(app, identity.router, oauth.router, events.router, ops.router, consents.router, audit.router,
-               transparency.router, jobs.router, console_web.router)
+    add_routes(
+        app,
+        identity.router,
+        oauth.router,
+        events.router,
+        ops.router,
+        consents.router,
+        audit.router,
+        transparency.router,
+        jobs.router,
+        console_web.router,
+    )
     app.mount(ops.DOCS_ASSETS_PATH, StaticFiles(directory=str(ops.DOCS_ASSETS_DIR)), name="docs-assets")
     app.add_middleware(
         AccessMiddleware,
@@ -494,7 +586,8 @@ def create_app(settings: Settings | None = None, *, access_log: AccessLog | None
     )
     if provider is not None:
         # Outermost, so the access record takes the server span's trace id.
-        FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics",
-                                           exclude_spans=["receive", "send"])
+        FastAPIInstrumentor.instrument_app(
+            app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"]
+        )
         HTTPXClientInstrumentor.instrument_client(http, tracer_provider=provider)
     return app

@@ -72,8 +72,12 @@ def app_from_env() -> Any:
 def _prepare(settings: Settings) -> None:
     """Check policies and make the signing key once, in the parent, before any worker starts."""
     load_policies(settings.policies_dir)
-    load_signing_keys(settings.signing_key_path, settings.keys_dir, settings.signing_alg,
-                      retire_after_s=settings.token_lifetime_s + settings.clock_leeway_s)
+    load_signing_keys(
+        settings.signing_key_path,
+        settings.keys_dir,
+        settings.signing_alg,
+        retire_after_s=settings.token_lifetime_s + settings.clock_leeway_s,
+    )
 
 
 def _serve(host: str, port: int, workers: int) -> int:
@@ -82,8 +86,11 @@ def _serve(host: str, port: int, workers: int) -> int:
     if workers > 1 and not os.environ.get("GATEWAY_REDIS_URL"):
         # Each worker would keep its own replay guard and limits: one client assertion accepted twice,
         # a limit multiplied by the number of workers.
-        print("jamu: refusing to start: --workers N > 1 needs GATEWAY_REDIS_URL, so that the workers share "
-              "the client-assertion replay guard and the rate limits", file=sys.stderr)
+        print(
+            "jamu: refusing to start: --workers N > 1 needs GATEWAY_REDIS_URL, so that the workers share "
+            "the client-assertion replay guard and the rate limits",
+            file=sys.stderr,
+        )
         return 2
 
     # Each worker writes its own log; with an explicit origin, the workers' origins get /<slot>.
@@ -156,10 +163,16 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     settings = _settings()
     kid = rotate_signing_key(settings.signing_key_path, settings.signing_alg)
-    load_signing_keys(settings.signing_key_path, settings.keys_dir, settings.signing_alg,
-                      retire_after_s=settings.token_lifetime_s + settings.clock_leeway_s)
-    print(f"new signing key {kid}; restart the gateway. Old public keys stay published until their "
-          f"tokens expire ({settings.token_lifetime_s + settings.clock_leeway_s} s).")
+    load_signing_keys(
+        settings.signing_key_path,
+        settings.keys_dir,
+        settings.signing_alg,
+        retire_after_s=settings.token_lifetime_s + settings.clock_leeway_s,
+    )
+    print(
+        f"new signing key {kid}; restart the gateway. Old public keys stay published until their "
+        f"tokens expire ({settings.token_lifetime_s + settings.clock_leeway_s} s)."
+    )
     return 0
 
 
@@ -186,8 +199,10 @@ def cmd_policies_check(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     purposes = sum(len(a.purposes) for a in policies.administrations.values())
-    print(f"{directory}: {len(policies.administrations)} administrations, {len(policies.clients)} clients, "
-          f"{purposes} purposes: valid")
+    print(
+        f"{directory}: {len(policies.administrations)} administrations, {len(policies.clients)} clients, "
+        f"{purposes} purposes: valid"
+    )
     return 0
 
 
@@ -201,8 +216,14 @@ def _load_private_key(path: Path) -> Key:
 
 def client_assertion(client_id: str, key: Key, audience: str, lifetime_s: int = 60) -> str:
     now = int(time.time())
-    claims = {"iss": client_id, "sub": client_id, "aud": audience, "iat": now, "exp": now + lifetime_s,
-              "jti": secrets.token_urlsafe(16)}
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "iat": now,
+        "exp": now + lifetime_s,
+        "jti": secrets.token_urlsafe(16),
+    }
     alg = algorithm_of(key)
     return jwt.encode({"alg": alg, "kid": key.thumbprint()}, claims, key, algorithms=[alg])
 
@@ -231,6 +252,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def _token_source(issuer: str, client: str, key: str, scope: str, error: type[Exception]) -> Callable[[], str]:
     """A fresh access token each call, for commands that outlive one; `error` says why there is none."""
+
     def token() -> str:
         response = _token_response(issuer, client, Path(key), scope)
         if response.status_code != 200:
@@ -285,9 +307,12 @@ def _jobs(args: argparse.Namespace, client: JobsClient) -> int:
     if args.jobs_command == "submit":
         path = Path(args.file)
         fmt = args.format or ("ndjson" if path.suffix in (".ndjson", ".jsonl") else "csv")
-        spec: dict[str, Any] = {"purpose": args.purpose, "format": fmt,
-                                "claims": [c for c in (args.claims or "").split(",") if c],
-                                "predicates": [_predicate(p) for p in args.predicate or ()]}
+        spec: dict[str, Any] = {
+            "purpose": args.purpose,
+            "format": fmt,
+            "claims": [c for c in (args.claims or "").split(",") if c],
+            "predicates": [_predicate(p) for p in args.predicate or ()],
+        }
         if args.as_of:
             spec["as_of"] = args.as_of
         job = client.submit(path, spec, key=args.idempotency_key)
@@ -298,8 +323,17 @@ def _jobs(args: argparse.Namespace, client: JobsClient) -> int:
             client.download(job["id"], "results", out)
             if status["errors"]:
                 client.download(job["id"], "errors", out.with_name(out.name.replace(".results.", ".errors.")))
-            print(json.dumps({"id": job["id"], "status": status["status"], "total": status["total"],
-                              "errors": status["errors"], "results": str(out)}))
+            print(
+                json.dumps(
+                    {
+                        "id": job["id"],
+                        "status": status["status"],
+                        "total": status["total"],
+                        "errors": status["errors"],
+                        "results": str(out),
+                    }
+                )
+            )
             return 0
         print(json.dumps({"id": job["id"], "status": status["status"], "reason": status.get("reason")}))
         return 1
@@ -383,7 +417,8 @@ def _demo_person(register: Path) -> dict[str, Any]:
         connection.row_factory = sqlite3.Row
         row = connection.execute(
             "SELECT * FROM people WHERE record_status = 'active' AND length(birth_date) = 10 "
-            "AND birth_date < '2000' ORDER BY nin LIMIT 1").fetchone()
+            "AND birth_date < '2000' ORDER BY nin LIMIT 1"
+        ).fetchone()
     return dict(row)
 
 
@@ -401,12 +436,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     def token(client_id: str) -> str:
         return f"$(.venv/bin/jamu token {client_id} --key {keys.get(client_id, 'KEY.pem')} --issuer {base})"
 
-    verify = json.dumps({"nin": person["nin"], "purpose": "voter_roll",
-                         "claims": {"family_name": person["family_name"], "given_names": person["given_names"],
-                                    "birth_date": person["birth_date"]},
-                         "predicates": [{"name": "age_at_least", "value": 18}, {"name": "alive"},
-                                        {"name": "resides_in", "value": person["residence_region"]}]},
-                        ensure_ascii=False)
+    verify = json.dumps(
+        {
+            "nin": person["nin"],
+            "purpose": "voter_roll",
+            "claims": {
+                "family_name": person["family_name"],
+                "given_names": person["given_names"],
+                "birth_date": person["birth_date"],
+            },
+            "predicates": [
+                {"name": "age_at_least", "value": 18},
+                {"name": "alive"},
+                {"name": "resides_in", "value": person["residence_region"]},
+            ],
+        },
+        ensure_ascii=False,
+    )
     lines = [
         "",
         "Jamu demo: synthetic data only. Client keys are in " + str(settings.data_dir / "demo-clients"),
@@ -419,28 +465,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for client_id, pem in clients:
         lines.append(f"  .venv/bin/jamu token {client_id} --key {pem} --issuer {base} --json")
     lines += [
-        "  TOKEN=$(.venv/bin/jamu token " + (clients[0][0] if clients else "CLIENT") + " --key "
-        + (str(clients[0][1]) if clients else "KEY.pem") + f" --issuer {base})",
+        "  TOKEN=$(.venv/bin/jamu token "
+        + (clients[0][0] if clients else "CLIENT")
+        + " --key "
+        + (str(clients[0][1]) if clients else "KEY.pem")
+        + f" --issuer {base})",
         "  # an unknown client is refused with problem+json, and the refusal is logged",
         f"  curl -s -X POST {base}/oauth2/token -u nobody:wrong -d grant_type=client_credentials",
         f"  curl -s {base}/readyz",
         "  # the electoral commission verifies a voter (booleans only, nothing released)",
-        f"  curl -s {base}/v1/verify -H \"Authorization: Bearer {token('ceni-voter-roll')}\" \\",
+        f'  curl -s {base}/v1/verify -H "Authorization: Bearer {token("ceni-voter-roll")}" \\',
         f"       -H 'Content-Type: application/json' -d '{verify}'",
         "  # it may not read attributes: it holds no lookup scope, and its purpose grants none",
-        f"  curl -s {base}/v1/lookup -H \"Authorization: Bearer {token('ceni-voter-roll')}\" \\",
-        f"       -H 'Content-Type: application/json' -d '{{\"nin\": \"{person['nin']}\", "
-        f"\"purpose\": \"voter_roll\", \"attributes\": [\"birth_place\"]}}'",
+        f'  curl -s {base}/v1/lookup -H "Authorization: Bearer {token("ceni-voter-roll")}" \\',
+        f'       -H \'Content-Type: application/json\' -d \'{{"nin": "{person["nin"]}", '
+        f'"purpose": "voter_roll", "attributes": ["birth_place"]}}\'',
         "  # a civil-registration centre declares a birth: the register gives the child a NIN",
-        f"  curl -s {base}/v1/declarations -H \"Authorization: Bearer {token('cec-bamako-c3-counter')}\" \\",
+        f'  curl -s {base}/v1/declarations -H "Authorization: Bearer {token("cec-bamako-c3-counter")}" \\',
         "       -H 'Idempotency-Key: demo-birth-1' -H 'Content-Type: application/json' -d '{\"type\": \"birth\", "
-        "\"data\": {\"family_name\": \"Diarra\", \"given_names\": \"Awa\", \"sex\": \"F\", "
-        "\"birth_date\": \"2026-11-30\", \"birth_place\": \"Bamako\"}}'",
+        '"data": {"family_name": "Diarra", "given_names": "Awa", "sex": "F", '
+        '"birth_date": "2026-11-30", "birth_place": "Bamako"}}\'',
         "  # the electoral commission pulls the deaths it may know of, to strike voters (docs/life-events.md)",
         f"  curl -s '{base}/v1/events?subscription=deaths_for_roll' "
-        f"-H \"Authorization: Bearer {token('ceni-roll-sync')}\"",
+        f'-H "Authorization: Bearer {token("ceni-roll-sync")}"',
         "  # the data-protection authority sees who looked at this person",
-        f"  curl -s {base}/v1/audit/search -H \"Authorization: Bearer {token('apdp-audit')}\" \\",
+        f'  curl -s {base}/v1/audit/search -H "Authorization: Bearer {token("apdp-audit")}" \\',
         f"       -H 'Content-Type: application/json' -d '{{\"nin\": \"{person['nin']}\"}}'",
         f"  open {base}/docs",
         *_demo_officer(settings, base),
@@ -469,12 +518,18 @@ def _demo_officer(settings: Settings, base: str) -> list[str]:
     credentials = asyncio.run(add())
     lines = ["  # the officers' console (docs/console.md): sign in as demo-officer"]
     if credentials is None:
-        return [*lines, "  # (made on an earlier run; `jamu officers reset demo-officer` prints new credentials)",
-                f"  open {base}/console/"]
-    return [*lines, f"  #   password: {credentials.password}",
-            f"  #   TOTP secret: {credentials.otpauth_uri} (any authenticator app), or the current code:",
-            f"  .venv/bin/python -c \"import pyotp; print(pyotp.parse_uri('{credentials.otpauth_uri}').now())\"",
-            f"  open {base}/console/"]
+        return [
+            *lines,
+            "  # (made on an earlier run; `jamu officers reset demo-officer` prints new credentials)",
+            f"  open {base}/console/",
+        ]
+    return [
+        *lines,
+        f"  #   password: {credentials.password}",
+        f"  #   TOTP secret: {credentials.otpauth_uri} (any authenticator app), or the current code:",
+        f"  .venv/bin/python -c \"import pyotp; print(pyotp.parse_uri('{credentials.otpauth_uri}').now())\"",
+        f"  open {base}/console/",
+    ]
 
 
 def cmd_register_seed(args: argparse.Namespace) -> int:
@@ -489,8 +544,7 @@ def cmd_register_seed(args: argparse.Namespace) -> int:
 def cmd_register_import(args: argparse.Namespace) -> int:
     settings = _settings()
     try:
-        report = import_people(Path(args.file), _register_path(settings), fmt=args.format,
-                               skip_bad=args.skip_bad_lines)
+        report = import_people(Path(args.file), _register_path(settings), fmt=args.format, skip_bad=args.skip_bad_lines)
     except OSError as exc:
         print(f"jamu register import: {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
@@ -499,8 +553,11 @@ def cmd_register_import(args: argparse.Namespace) -> int:
     if report.rejected_count > len(report.rejected):
         print(f"… and {report.rejected_count - len(report.rejected)} more rejected lines", file=sys.stderr)
     if report.rejected_count and not args.skip_bad_lines:
-        print(f"nothing imported: {report.rejected_count} of {report.read} lines rejected "
-              "(--skip-bad-lines imports the others)", file=sys.stderr)
+        print(
+            f"nothing imported: {report.rejected_count} of {report.read} lines rejected "
+            "(--skip-bad-lines imports the others)",
+            file=sys.stderr,
+        )
         return 1
     print(f"{report.imported} people imported, {report.rejected_count} lines rejected")
     return 0
@@ -517,8 +574,10 @@ def _timestamp(value: str) -> str:
 
 
 def _audit_database(args: argparse.Namespace, settings: Settings) -> tuple[str, str | None]:
-    return (database_url(args.database_url or settings.database_url, settings.data_dir),
-            args.schema or settings.database_schema)
+    return (
+        database_url(args.database_url or settings.database_url, settings.data_dir),
+        args.schema or settings.database_schema,
+    )
 
 
 def _index_database(args: argparse.Namespace, settings: Settings) -> str | None:
@@ -573,13 +632,23 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     log_root = args.log_dir or settings.log_dir
     try:
         url = _index_database(args, settings)
-        keys = (offline.load_public_keys(args.public_keys) if args.public_keys
-                else offline.public_keys_of(settings.checkpoint_key_path))
-        result = asyncio.run(offline.verify(url, args.schema or settings.database_schema, log_root, keys,
-                                            require_sealed=not args.allow_unsealed,
-                                            legacy_name=legacy_origin(settings.issuer),
-                                            witnessing=_witnessing(args, settings),
-                                            outside=[_checkpoint_text(Path(p)) for p in args.checkpoints or []]))
+        keys = (
+            offline.load_public_keys(args.public_keys)
+            if args.public_keys
+            else offline.public_keys_of(settings.checkpoint_key_path)
+        )
+        result = asyncio.run(
+            offline.verify(
+                url,
+                args.schema or settings.database_schema,
+                log_root,
+                keys,
+                require_sealed=not args.allow_unsealed,
+                legacy_name=legacy_origin(settings.issuer),
+                witnessing=_witnessing(args, settings),
+                outside=[_checkpoint_text(Path(p)) for p in args.checkpoints or []],
+            )
+        )
     except offline.OfflineError as exc:
         print(f"jamu audit verify: {exc}", file=sys.stderr)
         return 2
@@ -594,11 +663,18 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         if report.ok:
             sealed = report.last_checkpoint["seq"] if report.last_checkpoint else None
             cosigned = (item.tree or {}).get("cosigned")
-            witnessed = "" if not cosigned else (
-                f", cosigned at size {cosigned['size']} by {', '.join(cosigned['witnesses']) or 'no known witness'}"
-                f"{'' if cosigned['quorum'] else ' (no quorum)'}")
-            print(f"ok: {item.origin}: {report.events_checked} events, last seq {report.last_seq}, "
-                  f"sealed up to seq {sealed} ({item.source}){witnessed}")
+            witnessed = (
+                ""
+                if not cosigned
+                else (
+                    f", cosigned at size {cosigned['size']} by {', '.join(cosigned['witnesses']) or 'no known witness'}"
+                    f"{'' if cosigned['quorum'] else ' (no quorum)'}"
+                )
+            )
+            print(
+                f"ok: {item.origin}: {report.events_checked} events, last seq {report.last_seq}, "
+                f"sealed up to seq {sealed} ({item.source}){witnessed}"
+            )
     problems = result.problems()
     if problems:
         first = problems[0]
@@ -624,8 +700,9 @@ def cmd_audit_verify_proof(args: argparse.Namespace) -> int:
         print(f"NOT VERIFIED: {exc}")
         return 1
     try:
-        checked = receipts.check_receipt(receipt, log_keys, witness_keys, args.quorum, newer, consistency,
-                                         args.transaction_id)
+        checked = receipts.check_receipt(
+            receipt, log_keys, witness_keys, args.quorum, newer, consistency, args.transaction_id
+        )
     except receipts.ReceiptInvalid as exc:
         print(f"NOT VERIFIED: {exc}")
         return 1
@@ -644,8 +721,9 @@ def cmd_audit_origins(args: argparse.Namespace) -> int:
         directory = log_directory(settings.log_dir, origin)
         last = last_checkpoint(directory)
         recorded = read_vkey(directory)
-        if (recorded not in (None, notes.Signer(origin, key).verifier.vkey())
-                or (recorded is None and last is not None and last.key_id != key_id(key.public_key()))):
+        if recorded not in (None, notes.Signer(origin, key).verifier.vkey()) or (
+            recorded is None and last is not None and last.key_id != key_id(key.public_key())
+        ):
             # the key was rotated: the gateway continues under this one at its next start
             origin = successor_origin(origin, rotation_tag(key_id(key.public_key())))
         print(f"{origin} {notes.Signer(origin, key).verifier.vkey()}")
@@ -657,8 +735,10 @@ def cmd_audit_rotate_key(args: argparse.Namespace) -> int:
     for directory in local_logs(settings.log_dir):
         held = hold_writer_lock(directory)
         if held is None:
-            print(f"jamu audit rotate-key: a running gateway writes {read_origin(directory)}; stop it first",
-                  file=sys.stderr)
+            print(
+                f"jamu audit rotate-key: a running gateway writes {read_origin(directory)}; stop it first",
+                file=sys.stderr,
+            )
             return 2
         os.close(held)
     try:
@@ -666,8 +746,7 @@ def cmd_audit_rotate_key(args: argparse.Namespace) -> int:
     except (OSError, offline.OfflineError) as exc:
         print(f"jamu audit rotate-key: {exc}", file=sys.stderr)
         return 2
-    print("new log key; at its next start each log continues under a new origin (tell the witnesses):",
-          file=sys.stderr)
+    print("new log key; at its next start each log continues under a new origin (tell the witnesses):", file=sys.stderr)
     return cmd_audit_origins(args)
 
 
@@ -699,8 +778,9 @@ def cmd_audit_reindex(args: argparse.Namespace) -> int:
     url, schema = _audit_database(args, settings)
     try:
         offline.require_database(url)
-        counts = asyncio.run(offline.reindex(url, schema, args.log_dir or settings.log_dir,
-                                             legacy_origin(settings.issuer)))
+        counts = asyncio.run(
+            offline.reindex(url, schema, args.log_dir or settings.log_dir, legacy_origin(settings.issuer))
+        )
     except offline.OfflineError as exc:
         print(f"jamu audit reindex: {exc}", file=sys.stderr)
         return 2
@@ -749,15 +829,27 @@ async def _officers(args: argparse.Namespace, settings: Settings) -> int:
         store = officer_store(settings, engine)
         try:
             if args.officers_command in ("add", "reset"):
-                credentials = (await store.add(args.login, args.role, args.administration)
-                               if args.officers_command == "add" else await store.reset(args.login))
+                credentials = (
+                    await store.add(args.login, args.role, args.administration)
+                    if args.officers_command == "add"
+                    else await store.reset(args.login)
+                )
                 if args.json:
-                    print(json.dumps({"login": credentials.login, "password": credentials.password,
-                                      "otpauth_uri": credentials.otpauth_uri}))
+                    print(
+                        json.dumps(
+                            {
+                                "login": credentials.login,
+                                "password": credentials.password,
+                                "otpauth_uri": credentials.otpauth_uri,
+                            }
+                        )
+                    )
                 else:
-                    print(f"login:       {credentials.login}\npassword:    {credentials.password}\n"
-                          f"otpauth URI: {credentials.otpauth_uri}\n"
-                          "Give these to the officer by hand; they are shown once and kept nowhere in clear.")
+                    print(
+                        f"login:       {credentials.login}\npassword:    {credentials.password}\n"
+                        f"otpauth URI: {credentials.otpauth_uri}\n"
+                        "Give these to the officer by hand; they are shown once and kept nowhere in clear."
+                    )
             elif args.officers_command in ("disable", "enable"):
                 await store.set_disabled(args.login, args.officers_command == "disable")
                 print(f"{args.login}: {args.officers_command}d")
@@ -765,11 +857,22 @@ async def _officers(args: argparse.Namespace, settings: Settings) -> int:
                 officers = await store.list()
                 now = time.time()
                 for officer in officers:
-                    state = "disabled" if officer.disabled else (
-                        "locked" if officer.locked_until and officer.locked_until > now else "active")
+                    state = (
+                        "disabled"
+                        if officer.disabled
+                        else ("locked" if officer.locked_until and officer.locked_until > now else "active")
+                    )
                     if args.json:
-                        print(json.dumps({"login": officer.login, "role": officer.role,
-                                          "administration": officer.administration, "state": state}))
+                        print(
+                            json.dumps(
+                                {
+                                    "login": officer.login,
+                                    "role": officer.role,
+                                    "administration": officer.administration,
+                                    "state": state,
+                                }
+                            )
+                        )
                     else:
                         print(f"{officer.login}\t{officer.role}\t{officer.administration or '-'}\t{state}")
         except AccountError as exc:
@@ -816,17 +919,24 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.set_defaults(func=cmd_keys_rotate)
 
     jobs = sub.add_parser("jobs", help="bulk verification jobs against a gateway").add_subparsers(
-        dest="jobs_command", required=True)
-    worker = jobs.add_parser("worker", help="run bulk jobs at the lowest CPU priority, beside the interactive "
-                                            "replicas (set GATEWAY_BULK_WORKERS=0 on those)")
+        dest="jobs_command", required=True
+    )
+    worker = jobs.add_parser(
+        "worker",
+        help="run bulk jobs at the lowest CPU priority, beside the interactive "
+        "replicas (set GATEWAY_BULK_WORKERS=0 on those)",
+    )
     worker.add_argument("--host", default="127.0.0.1")
     worker.add_argument("--port", type=int, default=8001, help="for its health probes only")
     worker.add_argument("--workers", type=int, default=1, help="processes (N > 1 needs GATEWAY_REDIS_URL)")
     worker.add_argument("--concurrency", type=int, default=2, help="chunks each process runs at once")
     worker.set_defaults(func=cmd_jobs_worker)
-    for name, what in (("submit", "verify a whole file: upload, follow with a progress bar, write the results"),
-                       ("status", "a job's status"), ("results", "download a job's results (or --errors)"),
-                       ("cancel", "cancel a job")):
+    for name, what in (
+        ("submit", "verify a whole file: upload, follow with a progress bar, write the results"),
+        ("status", "a job's status"),
+        ("results", "download a job's results (or --errors)"),
+        ("cancel", "cancel a job"),
+    ):
         command = jobs.add_parser(name, help=what)
         command.add_argument("--client", required=True, help="the client id")
         command.add_argument("--key", required=True, help="the client's private key (PEM)")
@@ -836,8 +946,11 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("file", help="CSV with a header row (ref,nin,<claims>) or NDJSON")
             command.add_argument("--purpose", required=True)
             command.add_argument("--claims", help="claimed attributes, comma-separated (columns of the file)")
-            command.add_argument("--predicate", action="append",
-                                 help="alive, age_at_least=18[@2027-06-01], resides_in=Kati, registered_idp")
+            command.add_argument(
+                "--predicate",
+                action="append",
+                help="alive, age_at_least=18[@2027-06-01], resides_in=Kati, registered_idp",
+            )
             command.add_argument("--as-of", help="the date predicates are evaluated at (default: today)")
             command.add_argument("--format", choices=("csv", "ndjson"), help="default: from the file's extension")
             command.add_argument("--out", help="where the results go (default FILE.results.<format>)")
@@ -850,7 +963,8 @@ def build_parser() -> argparse.ArgumentParser:
                 command.add_argument("--errors", action="store_true", help="the invalid records instead")
 
     events = sub.add_parser("events", help="life events against a gateway").add_subparsers(
-        dest="events_command", required=True)
+        dest="events_command", required=True
+    )
     declare = events.add_parser("declare", help="submit a JSON Lines file of declarations, one answer per line")
     declare.add_argument("file", help="one declaration per line: {type, nin?, data, corrects?, voids?}")
     declare.add_argument("--client", required=True, help="the centre's client id (scope register:declare)")
@@ -868,7 +982,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=cmd_token)
 
     register = sub.add_parser("register", help="the embedded register").add_subparsers(
-        dest="register_command", required=True)
+        dest="register_command", required=True
+    )
     seed = register.add_parser("seed", help="build a deterministic synthetic population")
     seed.add_argument("--count", type=int, required=True)
     seed.add_argument("--seed", type=int, default=1)
@@ -879,27 +994,50 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--skip-bad-lines", action="store_true", help="import the valid lines anyway")
     importer.set_defaults(func=cmd_register_import)
 
-    audit = sub.add_parser("audit", help="the access log, offline").add_subparsers(
-        dest="audit_command", required=True)
+    audit = sub.add_parser("audit", help="the access log, offline").add_subparsers(dest="audit_command", required=True)
     verify = audit.add_parser("verify", help="check the hash chain and signed checkpoints (exit 1 if broken)")
     verify.add_argument("--database-url", help="default: GATEWAY_DATABASE_URL, else SQLite in the data dir")
     verify.add_argument("--schema", help="PostgreSQL schema (default GATEWAY_DATABASE_SCHEMA)")
-    verify.add_argument("--public-key", action="append", type=Path, dest="public_keys",
-                        help="checkpoint public key PEM, repeatable (default: the data dir's)")
-    verify.add_argument("--allow-unsealed", action="store_true",
-                        help="a copy of a running log: events after the last checkpoint are not a fault")
+    verify.add_argument(
+        "--public-key",
+        action="append",
+        type=Path,
+        dest="public_keys",
+        help="checkpoint public key PEM, repeatable (default: the data dir's)",
+    )
+    verify.add_argument(
+        "--allow-unsealed",
+        action="store_true",
+        help="a copy of a running log: events after the last checkpoint are not a fault",
+    )
     verify.add_argument("--log-dir", type=Path, help="the segment logs (default: <data dir>/log)")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
-    verify.add_argument("--witness-vkey", action="extend", nargs="+", dest="witness_vkeys",
-                        help="a witness's vkey, repeatable (default: GATEWAY_WITNESSES_FILE's)")
+    verify.add_argument(
+        "--witness-vkey",
+        action="extend",
+        nargs="+",
+        dest="witness_vkeys",
+        help="a witness's vkey, repeatable (default: GATEWAY_WITNESSES_FILE's)",
+    )
     verify.add_argument("--quorum", type=int, help="cosignatures needed (default: the witnesses file's, or all)")
-    verify.add_argument("--checkpoint", action="append", dest="checkpoints", metavar="FILE",
-                        help="a checkpoint kept elsewhere (a note, or a receipt) the log must still hold")
+    verify.add_argument(
+        "--checkpoint",
+        action="append",
+        dest="checkpoints",
+        metavar="FILE",
+        help="a checkpoint kept elsewhere (a note, or a receipt) the log must still hold",
+    )
     verify.set_defaults(func=cmd_audit_verify)
     verify_proof = audit.add_parser("verify-proof", help="check a receipt offline with public keys (exit 1 if not)")
     verify_proof.add_argument("file", help="the receipt, as GET /v1/receipts/{transaction_id} returns it")
-    verify_proof.add_argument("--vkey", action="extend", nargs="+", dest="vkeys", required=True,
-                              help="the log's vkey (`jamu audit origins`), repeatable")
+    verify_proof.add_argument(
+        "--vkey",
+        action="extend",
+        nargs="+",
+        dest="vkeys",
+        required=True,
+        help="the log's vkey (`jamu audit origins`), repeatable",
+    )
     verify_proof.add_argument("--witness-vkey", action="extend", nargs="+", dest="witness_vkeys", help="repeatable")
     verify_proof.add_argument("--quorum", type=int, help="cosignatures needed (default: every witness given)")
     verify_proof.add_argument("--transaction-id", help="the transaction the receipt must be for")
@@ -929,13 +1067,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", type=Path, help="file to write (default: standard output)")
     export.set_defaults(func=cmd_audit_export)
 
-    alerts = sub.add_parser("alerts", help="the console's alert rules").add_subparsers(dest="alerts_command",
-                                                                                       required=True)
+    alerts = sub.add_parser("alerts", help="the console's alert rules").add_subparsers(
+        dest="alerts_command", required=True
+    )
     alerts_check = alerts.add_parser("check", help="validate an alert rules file (default: GATEWAY_ALERTS_FILE)")
     alerts_check.add_argument("file", nargs="?")
     alerts_check.set_defaults(func=cmd_alerts_check)
     officers = sub.add_parser("officers", help="the console's local accounts").add_subparsers(
-        dest="officers_command", required=True)
+        dest="officers_command", required=True
+    )
     add = officers.add_parser("add", help="a new officer: prints an initial password and a TOTP secret, once")
     add.add_argument("login")
     add.add_argument("--role", required=True, choices=("officer", "dpa", "dpo"))
@@ -944,16 +1084,19 @@ def build_parser() -> argparse.ArgumentParser:
     reset = officers.add_parser("reset", help="a new password and TOTP secret; the lockout cleared, sessions ended")
     reset.add_argument("login")
     reset.add_argument("--json", action="store_true")
-    for name, what in (("disable", "refuse the officer's sign-ins and end their sessions"),
-                       ("enable", "allow a disabled officer again")):
+    for name, what in (
+        ("disable", "refuse the officer's sign-ins and end their sessions"),
+        ("enable", "allow a disabled officer again"),
+    ):
         toggle = officers.add_parser(name, help=what)
         toggle.add_argument("login")
     listing = officers.add_parser("list", help="every local account, its role and state")
     listing.add_argument("--json", action="store_true")
     for parser_ in (add, reset, listing, *[officers.choices[n] for n in ("disable", "enable")]):
         parser_.set_defaults(func=cmd_officers)
-    witness = sub.add_parser("witness", help="a reference witness of the access log (C2SP tlog-witness)"
-                             ).add_subparsers(dest="witness_command", required=True)
+    witness = sub.add_parser(
+        "witness", help="a reference witness of the access log (C2SP tlog-witness)"
+    ).add_subparsers(dest="witness_command", required=True)
     init = witness.add_parser("init", help="make the witness's key and print its vkey")
     init.add_argument("--state", required=True, help="the witness's state directory")
     init.add_argument("--name", required=True, help="the witness's name (its vkey's name)")
@@ -963,8 +1106,15 @@ def build_parser() -> argparse.ArgumentParser:
     wserve.add_argument("--state", required=True)
     wserve.add_argument("--host", default="127.0.0.1")
     wserve.add_argument("--port", type=int, default=8100)
-    wserve.add_argument("--log", action="extend", nargs="+", dest="logs", required=True, metavar="ORIGIN=VKEY",
-                        help="a log to witness, repeatable")
+    wserve.add_argument(
+        "--log",
+        action="extend",
+        nargs="+",
+        dest="logs",
+        required=True,
+        metavar="ORIGIN=VKEY",
+        help="a log to witness, repeatable",
+    )
     wserve.set_defaults(func=cmd_witness_serve)
     return parser
 

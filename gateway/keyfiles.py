@@ -40,10 +40,10 @@ def load_or_create_ed25519(path: Path) -> Ed25519PrivateKey:
     """An Ed25519 private key in PEM at `path`, made on first use. Its public half is derived in memory,
     never written beside it: the key directory may be a read-only mount (`jamu audit public-key`)."""
     if not path.exists():
-        create_exclusive(path, Ed25519PrivateKey.generate().private_bytes(
-            Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        create_exclusive(
+            path, Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        )
     loaded = load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(loaded, Ed25519PrivateKey):
         raise ValueError(f"{path}: not an Ed25519 private key")
     return loaded
-

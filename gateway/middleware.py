@@ -59,7 +59,7 @@ def route_path(scope: Scope) -> str:
     path: str = scope["path"]
     root = scope.get("root_path", "")
     if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
-        return path[len(root):]
+        return path[len(root) :]
     return path
 
 
@@ -84,10 +84,22 @@ def _header(scope: Scope, wanted: bytes) -> str | None:
 
 
 class AccessMiddleware:
-    def __init__(self, app: ASGIApp, *, access_log: AccessLog, metrics: Metrics, max_body_bytes: int,
-                 problem_base: str, tracer: trace.Tracer, admitter: Admitter, refusals: RefusalTally,
-                 trusted_proxies: tuple[Network, ...], root_path: str, routes: Sequence[BaseRoute],
-                 body_limits: Sequence[tuple[re.Pattern[str], int]] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        access_log: AccessLog,
+        metrics: Metrics,
+        max_body_bytes: int,
+        problem_base: str,
+        tracer: trace.Tracer,
+        admitter: Admitter,
+        refusals: RefusalTally,
+        trusted_proxies: tuple[Network, ...],
+        root_path: str,
+        routes: Sequence[BaseRoute],
+        body_limits: Sequence[tuple[re.Pattern[str], int]] = (),
+    ) -> None:
         self.app = app
         self.tracer = tracer
         self.access_log = access_log
@@ -118,19 +130,28 @@ class AccessMiddleware:
             return
         started = time.perf_counter()
         try:
-            source = source_address(client_address(scope["client"][0] if scope.get("client") else None,
-                                                   [v for k, v in scope["headers"] if k == b"x-forwarded-for"],
-                                                   self.trusted_proxies))
+            source = source_address(
+                client_address(
+                    scope["client"][0] if scope.get("client") else None,
+                    [v for k, v in scope["headers"] if k == b"x-forwarded-for"],
+                    self.trusted_proxies,
+                )
+            )
             with self.tracer.start_as_current_span("admission"):
-                admission = await self.admitter.admit(_header(scope, b"authorization"), source,
-                                                      token_endpoint=path == TOKEN_PATH)
+                admission = await self.admitter.admit(
+                    _header(scope, b"authorization"), source, token_endpoint=path == TOKEN_PATH
+                )
         except Exception:
             # Admission itself failed (a backend's unexpected answer): answered and logged like any failure.
             record = AccessRecord(trace_id=_trace_id(scope), reason="internal_error")
             log.exception("admission failed in %s %s (transaction %s)", scope["method"], path, record.id)
             empty = Admission(None, None, None)
-            await send_problem(self._logged(scope, send, record, empty, started),
-                               Problem("internal_error", "an unexpected error occurred"), record.id, self.problem_base)
+            await send_problem(
+                self._logged(scope, send, record, empty, started),
+                Problem("internal_error", "an unexpected error occurred"),
+                record.id,
+                self.problem_base,
+            )
             return
         refusal = admission.limit.refusal() if admission.limit is not None else None
         if refusal is not None and admission.caller is None:
@@ -149,8 +170,9 @@ class AccessMiddleware:
         if refusal is not None:  # an authenticated caller over its administration's limit: logged as usual
             record.operation = self._operation_of(scope)
             record.reason = refusal.code
-            await send_problem(self._logged(scope, send, record, admission, started), refusal, record.id,
-                               self.problem_base)
+            await send_problem(
+                self._logged(scope, send, record, admission, started), refusal, record.id, self.problem_base
+            )
             return
         await self._serve(scope, receive, send, record, admission, started)
 
@@ -186,8 +208,7 @@ class AccessMiddleware:
 
         return send_unlogged
 
-    def _logged(self, scope: Scope, send: Send, record: AccessRecord, admission: Admission, started: float
-                ) -> Send:
+    def _logged(self, scope: Scope, send: Send, record: AccessRecord, admission: Admission, started: float) -> Send:
         """`send` that appends the record, durably, before the response starts; an answer that would
         release something without its event becomes `503 audit_unavailable`."""
         send = self._standard(send, admission)
@@ -207,8 +228,9 @@ class AccessMiddleware:
                     await send_problem(send, Problem("audit_unavailable"), record.id, self.problem_base)
                     self._observe(scope, 503, started)
                     return
-                self.metrics.labelled(self.metrics.decisions, record.administration or "",
-                                      record.operation or "", record.decision or "").inc()
+                self.metrics.labelled(
+                    self.metrics.decisions, record.administration or "", record.operation or "", record.decision or ""
+                ).inc()
                 headers = list(message.get("headers", []))
                 if not any(k == b"cache-control" for k, _ in headers):
                     headers.append((b"cache-control", b"no-store"))
@@ -224,8 +246,15 @@ class AccessMiddleware:
 
         return send_logged
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, record: AccessRecord | None,
-                     admission: Admission | None, started: float | None = None) -> None:
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        record: AccessRecord | None,
+        admission: Admission | None,
+        started: float | None = None,
+    ) -> None:
         started = time.perf_counter() if started is None else started
         if record is None:
             record = AccessRecord(trace_id=_trace_id(scope))  # unlogged paths still get a transaction id
@@ -248,9 +277,12 @@ class AccessMiddleware:
             limit = self._body_limit(scope)  # only a body past the usual limit asks whether its path takes more
         if content_length is not None and content_length > limit:
             record.reason = "invalid_request"
-            await send_problem(send_tracking, Problem(
-                "invalid_request", f"the request body exceeds {limit} bytes", status=413), record.id,
-                self.problem_base)
+            await send_problem(
+                send_tracking,
+                Problem("invalid_request", f"the request body exceeds {limit} bytes", status=413),
+                record.id,
+                self.problem_base,
+            )
             return
 
         received = 0
@@ -271,8 +303,9 @@ class AccessMiddleware:
             if response_started:
                 return  # the status is gone; the server closes the connection
             record.reason = "internal_error"
-            await send_problem(send_tracking, Problem("internal_error", "an unexpected error occurred"),
-                               record.id, self.problem_base)
+            await send_problem(
+                send_tracking, Problem("internal_error", "an unexpected error occurred"), record.id, self.problem_base
+            )
 
     def _body_limit(self, scope: Scope) -> int:
         """The limit of this request's path: asked only of a body past `max_body_bytes`, so the common
@@ -299,7 +332,8 @@ class AccessMiddleware:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         self.metrics.labelled(self.metrics.request_duration, scope["method"], template, str(status)).observe(
-            time.perf_counter() - started)
+            time.perf_counter() - started
+        )
 
 
 def _content_length(scope: Scope) -> int | None:

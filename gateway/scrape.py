@@ -30,9 +30,18 @@ class ScrapeListener:
     def __init__(self, metrics: Metrics, host: str, port: int) -> None:
         self._metrics = metrics
         self._host, self._port = host, port
-        self._server = _EmbeddedServer(uvicorn.Config(
-            self._app, host=host, port=port, lifespan="off", interface="asgi3", access_log=False, log_config=None,
-            server_header=False))
+        self._server = _EmbeddedServer(
+            uvicorn.Config(
+                self._app,
+                host=host,
+                port=port,
+                lifespan="off",
+                interface="asgi3",
+                access_log=False,
+                log_config=None,
+                server_header=False,
+            )
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,9 +51,13 @@ class ScrapeListener:
             status, body, content_type = 200, self._metrics.render(), self._metrics.content_type
         else:
             status, body, content_type = 404, b"only /metrics is served here\n", "text/plain"
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", content_type.encode()),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body if scope["method"] != "HEAD" else b""})
 
     async def start(self) -> None:

@@ -144,23 +144,32 @@ class Metrics:
             registry=self.registry,
         )
         self.declarations = Counter(
-            "jamu_declarations_total", "Declarations answered, by type and outcome (accepted, rejected).",
-            ["type", "outcome"], registry=self.registry,
+            "jamu_declarations_total",
+            "Declarations answered, by type and outcome (accepted, rejected).",
+            ["type", "outcome"],
+            registry=self.registry,
         )
         self.events_delivered = Counter(
-            "jamu_events_delivered_total", "Life events pushed and acknowledged, by receiving administration.",
-            ["administration"], registry=self.registry,
+            "jamu_events_delivered_total",
+            "Life events pushed and acknowledged, by receiving administration.",
+            ["administration"],
+            registry=self.registry,
         )
         self.events_delivery_failures = Counter(
-            "jamu_events_delivery_failures_total", "Failed push attempts, by receiving administration.",
-            ["administration"], registry=self.registry,
+            "jamu_events_delivery_failures_total",
+            "Failed push attempts, by receiving administration.",
+            ["administration"],
+            registry=self.registry,
         )
         self.events_outbox_backlog = Gauge(
-            "jamu_events_outbox_backlog", "Life events committed but not yet pushed to their subscribers.",
+            "jamu_events_outbox_backlog",
+            "Life events committed but not yet pushed to their subscribers.",
             registry=self.registry,
         )
         self.events_subscriptions_failing = Gauge(
-            "jamu_events_subscriptions_failing", "Push subscriptions retrying or disabled.", registry=self.registry,
+            "jamu_events_subscriptions_failing",
+            "Push subscriptions retrying or disabled.",
+            registry=self.registry,
         )
         self.ratelimit_backend_errors = Counter(
             "jamu_ratelimit_backend_errors_total",

@@ -52,8 +52,9 @@ def init_witness(state: Path, name: str, *, rotate: bool = False) -> notes.Verif
         old = notes.Cosigner(name, load_or_create_ed25519(key_path)).verifier
         os.replace(key_path, state / f"witness-key-{old.key_id.hex()}.retired.pem")
     if not key_path.exists():
-        create_exclusive(key_path, Ed25519PrivateKey.generate().private_bytes(
-            Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        create_exclusive(
+            key_path, Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        )
     create_exclusive(state / NAME_FILE, name.encode() + b"\n")
     return notes.Cosigner(name, load_or_create_ed25519(key_path)).verifier
 
@@ -125,9 +126,18 @@ class Witness:
                     # Not an extension of what it holds: refused with its size, as any inconsistency is
                     # (C2SP says 422 here; the size tells the log, or its operator, where it stands).
                     return Response(f"{held.size}\n", status_code=409, media_type=SIZE_TYPE)
-            await asyncio.to_thread(write_synced, self._path(checkpoint.origin), orjson.dumps(
-                {"origin": checkpoint.origin, "size": checkpoint.size,
-                 "root": base64.b64encode(checkpoint.root).decode(), "time": int(time.time())}))
+            await asyncio.to_thread(
+                write_synced,
+                self._path(checkpoint.origin),
+                orjson.dumps(
+                    {
+                        "origin": checkpoint.origin,
+                        "size": checkpoint.size,
+                        "root": base64.b64encode(checkpoint.root).decode(),
+                        "time": int(time.time()),
+                    }
+                ),
+            )
         line = self.cosigner.signature_line(checkpoint_text, int(time.time()))
         return PlainTextResponse(line)
 

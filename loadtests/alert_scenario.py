@@ -56,29 +56,66 @@ def _realm(root: Path) -> Realm:
     clients = []
     for client_id in (*ORDINARY, *ABUSERS):
         realm.keys[client_id] = new_key("Ed25519")
-        clients.append({"client_id": client_id, "auth": "private_key_jwt", "jwks": jwks_of(realm.keys[client_id]),
-                        "scopes": ["identity:verify"]})
+        clients.append(
+            {
+                "client_id": client_id,
+                "auth": "private_key_jwt",
+                "jwks": jwks_of(realm.keys[client_id]),
+                "scopes": ["identity:verify"],
+            }
+        )
     secret = "storm-secret-not-this-one"  # noqa: S105 (the storm never knows it)
-    clients.append({"client_id": "storm", "auth": "client_secret_basic",
-                    "secret_hash": "sha256:" + hashlib.sha256(secret.encode()).hexdigest(),
-                    "scopes": ["identity:verify"]})
-    (policies / "elections.yaml").write_text(yaml.safe_dump({
-        "id": "elections", "name": "Commission électorale", "clients": clients,
-        "purposes": {"voter_roll": {"legal_basis": "Loi électorale", "consent": "not_required",
-                                    "operations": ["verify"], "claims": ["family_name"], "predicates": ["alive"]}},
-        "rate_limits": [{"name": "burst", "limit": 10_000, "window": "1s"}]}, allow_unicode=True))
+    clients.append(
+        {
+            "client_id": "storm",
+            "auth": "client_secret_basic",
+            "secret_hash": "sha256:" + hashlib.sha256(secret.encode()).hexdigest(),
+            "scopes": ["identity:verify"],
+        }
+    )
+    (policies / "elections.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "id": "elections",
+                "name": "Commission électorale",
+                "clients": clients,
+                "purposes": {
+                    "voter_roll": {
+                        "legal_basis": "Loi électorale",
+                        "consent": "not_required",
+                        "operations": ["verify"],
+                        "claims": ["family_name"],
+                        "predicates": ["alive"],
+                    }
+                },
+                "rate_limits": [{"name": "burst", "limit": 10_000, "window": "1s"}],
+            },
+            allow_unicode=True,
+        )
+    )
     return realm
 
 
-def _actor(gateway: GatewayProcess, realm: Realm, client_id: str, nins: list[str], stop: float,
-           counts: dict[str, int], pause_s: float) -> None:
+def _actor(
+    gateway: GatewayProcess,
+    realm: Realm,
+    client_id: str,
+    nins: list[str],
+    stop: float,
+    counts: dict[str, int],
+    pause_s: float,
+) -> None:
     with httpx.Client(base_url=gateway.base_url, timeout=10) as http:
-        token = http.post("/oauth2/token", data=token_form(client_id, realm.keys[client_id],
-                                                           f"{gateway.base_url}/oauth2/token")).json()["access_token"]
+        token = http.post(
+            "/oauth2/token", data=token_form(client_id, realm.keys[client_id], f"{gateway.base_url}/oauth2/token")
+        ).json()["access_token"]
         n = 0
         while time.monotonic() < stop:
-            response = http.post("/v1/verify", headers={"Authorization": f"Bearer {token}"}, json={
-                "nin": nins[n % len(nins)], "purpose": "voter_roll", "claims": {"family_name": "Traoré"}})
+            response = http.post(
+                "/v1/verify",
+                headers={"Authorization": f"Bearer {token}"},
+                json={"nin": nins[n % len(nins)], "purpose": "voter_roll", "claims": {"family_name": "Traoré"}},
+            )
             counts[client_id] = counts.get(client_id, 0) + (response.status_code == 200)
             n += 1
             time.sleep(pause_s)
@@ -99,8 +136,11 @@ def play(root: Path, seconds: float) -> dict[str, Any]:
     rng = random.Random(9)  # noqa: S311 - synthetic traffic
     alerts_file = root / "alerts.yaml"
     alerts_file.write_text(yaml.safe_dump(ALERTS))
-    env = realm.env(GATEWAY_ALERTS_FILE=str(alerts_file), GATEWAY_CONSOLE_ALERT_POLL_S="0.5",
-                    GATEWAY_UNAUTHENTICATED_RATE_LIMITS="burst:200/1s")
+    env = realm.env(
+        GATEWAY_ALERTS_FILE=str(alerts_file),
+        GATEWAY_CONSOLE_ALERT_POLL_S="0.5",
+        GATEWAY_UNAUTHENTICATED_RATE_LIMITS="burst:200/1s",
+    )
     gateway = GatewayProcess(env, factory="gateway.cli:app_from_env")
     officer = add_officer(gateway.env, "scenario-officer", "officer")
     gateway.start(root / "gateway.log")
@@ -108,14 +148,17 @@ def play(root: Path, seconds: float) -> dict[str, Any]:
         stop = time.monotonic() + seconds
         counts: dict[str, int] = {}
         voters = known[:200]
-        ordinary = [voters[i % len(voters)] if rng.random() > 0.03 else f"9{rng.randrange(10**14):014d}"
-                    for i in range(400)]
+        ordinary = [
+            voters[i % len(voters)] if rng.random() > 0.03 else f"9{rng.randrange(10**14):014d}" for i in range(400)
+        ]
         unknown = [f"8{rng.randrange(10**14):014d}" if rng.random() < 0.7 else rng.choice(voters) for _ in range(2000)]
-        actors = [threading.Thread(target=_actor, args=(gateway, realm, "roll-a", ordinary, stop, counts, 0.02)),
-                  threading.Thread(target=_actor, args=(gateway, realm, "roll-b", ordinary[::-1], stop, counts, 0.02)),
-                  threading.Thread(target=_actor, args=(gateway, realm, "enumerator", unknown, stop, counts, 0.02)),
-                  threading.Thread(target=_actor, args=(gateway, realm, "scraper", known[200:], stop, counts, 0.005)),
-                  threading.Thread(target=_storm, args=(gateway, stop, counts))]
+        actors = [
+            threading.Thread(target=_actor, args=(gateway, realm, "roll-a", ordinary, stop, counts, 0.02)),
+            threading.Thread(target=_actor, args=(gateway, realm, "roll-b", ordinary[::-1], stop, counts, 0.02)),
+            threading.Thread(target=_actor, args=(gateway, realm, "enumerator", unknown, stop, counts, 0.02)),
+            threading.Thread(target=_actor, args=(gateway, realm, "scraper", known[200:], stop, counts, 0.005)),
+            threading.Thread(target=_storm, args=(gateway, stop, counts)),
+        ]
         for actor in actors:
             actor.start()
         for actor in actors:
@@ -132,12 +175,19 @@ def play(root: Path, seconds: float) -> dict[str, Any]:
             if all(keys <= raised.get(rule, set()) for rule, keys in expected.items()):
                 break
             time.sleep(0.5)
-        missing = {rule: sorted(keys - raised.get(rule, set())) for rule, keys in expected.items()
-                   if keys - raised.get(rule, set())}
+        missing = {
+            rule: sorted(keys - raised.get(rule, set()))
+            for rule, keys in expected.items()
+            if keys - raised.get(rule, set())
+        }
         ordinary_alerts = sorted(f"{rule}:{key}" for rule, keys in raised.items() for key in keys if key in ORDINARY)
-        result: dict[str, Any] = {"seconds": seconds, "requests": counts,
-                                  "raised": {rule: sorted(keys) for rule, keys in raised.items()},
-                                  "missing": missing, "ordinary_alerts": ordinary_alerts}
+        result: dict[str, Any] = {
+            "seconds": seconds,
+            "requests": counts,
+            "raised": {rule: sorted(keys) for rule, keys in raised.items()},
+            "missing": missing,
+            "ordinary_alerts": ordinary_alerts,
+        }
         if missing or ordinary_alerts:
             result["error"] = "the alerts do not match the abuse played"
         return result

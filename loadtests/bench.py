@@ -24,20 +24,58 @@ from loadtests import (
     bench_tlog,
 )
 
-HEADLINE = ("bare_rps", "verify_rps", "lookup_rps", "verify_ratio", "verify_ratios", "lookup_ratio",
-            "bare_p50_ms", "bare_p99_ms", "verify_p50_ms", "verify_p99_ms", "lookup_p50_ms", "lookup_p99_ms",
-            "half_load_rps", "verify_half_utilisation", "bare_half_p99_ms", "verify_half_p99_ms",
-            "verify_half_p99_over_bare", "verify_half_p99_ratios", "bare_gateway_cpu_us", "verify_gateway_cpu_us",
-            "lookup_gateway_cpu_us", "verify_cpu_ratio", "logged_bare_rps", "logged_bare_ratio",
-            "logged_bare_gateway_cpu_us", "logged_bare_log_cpu_us")
+HEADLINE = (
+    "bare_rps",
+    "verify_rps",
+    "lookup_rps",
+    "verify_ratio",
+    "verify_ratios",
+    "lookup_ratio",
+    "bare_p50_ms",
+    "bare_p99_ms",
+    "verify_p50_ms",
+    "verify_p99_ms",
+    "lookup_p50_ms",
+    "lookup_p99_ms",
+    "half_load_rps",
+    "verify_half_utilisation",
+    "bare_half_p99_ms",
+    "verify_half_p99_ms",
+    "verify_half_p99_over_bare",
+    "verify_half_p99_ratios",
+    "bare_gateway_cpu_us",
+    "verify_gateway_cpu_us",
+    "lookup_gateway_cpu_us",
+    "verify_cpu_ratio",
+    "logged_bare_rps",
+    "logged_bare_ratio",
+    "logged_bare_gateway_cpu_us",
+    "logged_bare_log_cpu_us",
+)
 # The access log's figures (wrk, one worker): named for what they measure, beside the identity
 # benchmark's closed-loop figures above.
-LOG_HEADLINE = ("logged_bare_ratio_wrk", "verify_ratio_wrk", "logged_bare_ratio_8c", "verify_ratio_8c",
-                "verify_p99_over_bare", "verify_p99_over_bare_8c", "log_cpu_us", "log_cpu_us_8c",
-                "workers_2_ratio", "soak_rss_growth")
-HARDENING_HEADLINE = ("unknown_known_throughput_ratio", "unknown_known_cpu_ratio", "known_known_throughput_ratio",
-                      "known_known_cpu_ratio", "unknown_known_throughput_ratio_8c", "unknown_known_cpu_ratio_8c",
-                      "flood_verify_ratio", "flood_verify_not_200")
+LOG_HEADLINE = (
+    "logged_bare_ratio_wrk",
+    "verify_ratio_wrk",
+    "logged_bare_ratio_8c",
+    "verify_ratio_8c",
+    "verify_p99_over_bare",
+    "verify_p99_over_bare_8c",
+    "log_cpu_us",
+    "log_cpu_us_8c",
+    "workers_2_ratio",
+    "soak_rss_growth",
+)
+HARDENING_HEADLINE = (
+    "unknown_known_throughput_ratio",
+    "unknown_known_cpu_ratio",
+    "known_known_throughput_ratio",
+    "known_known_cpu_ratio",
+    "unknown_known_throughput_ratio_8c",
+    "unknown_known_cpu_ratio_8c",
+    "flood_verify_ratio",
+    "flood_verify_not_200",
+)
 
 
 def main() -> int:
@@ -57,9 +95,23 @@ def main() -> int:
     result.update({key: hardening[key] for key in HARDENING_HEADLINE if key in hardening})
     result["hardening"] = hardening
     print(json.dumps(result))
-    return 1 if any("error" in part for part in (result["ratelimit"], result["audit"], result["tlog"],
-                                                 result["bulk"], result["events"], result["console"], log,
-                                                 hardening)) else 0
+    return (
+        1
+        if any(
+            "error" in part
+            for part in (
+                result["ratelimit"],
+                result["audit"],
+                result["tlog"],
+                result["bulk"],
+                result["events"],
+                result["console"],
+                log,
+                hardening,
+            )
+        )
+        else 0
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,14 @@ SIGNER = CheckpointSigner(Ed25519PrivateKey.generate())
 
 
 def _record(n: int) -> AccessRecord:
-    record = AccessRecord(operation="verify", administration="ceni", client_id="ceni-voter-roll",
-                          purpose="voter_roll", subject_hash=f"{n:064x}", attributes_requested=["family_name"])
+    record = AccessRecord(
+        operation="verify",
+        administration="ceni",
+        client_id="ceni-voter-roll",
+        purpose="voter_roll",
+        subject_hash=f"{n:064x}",
+        attributes_requested=["family_name"],
+    )
     record.finish(200)
     return record
 
@@ -74,8 +80,11 @@ async def _appends(directory: Path, events: int, concurrency: int, max_batch: in
     await log.close()
     await store.close()
     batches = metrics.registry.get_sample_value("jamu_access_log_batch_events_count") or 1
-    return {"per_s": round(events / elapsed), "mean_batch": round(events / batches, 1),
-            "cpu_us": round(cpu / events * 1e6, 1)}
+    return {
+        "per_s": round(events / elapsed),
+        "mean_batch": round(events / batches, 1),
+        "cpu_us": round(cpu / events * 1e6, 1),
+    }
 
 
 async def _catch_up(log_dir: Path, url: str, schema: str | None, without: str | None = None) -> dict[str, float]:
@@ -98,8 +107,13 @@ async def _catch_up(log_dir: Path, url: str, schema: str | None, without: str | 
     return {"per_s": round(added / elapsed), "cpu_us": round(cpu / added * 1e6, 1)}
 
 
-INDEXES = ("ix_audit_index_administration_time", "ix_audit_index_subject", "ix_audit_index_time",
-           "ix_audit_index_decision_time", "ix_audit_index_id")
+INDEXES = (
+    "ix_audit_index_administration_time",
+    "ix_audit_index_subject",
+    "ix_audit_index_time",
+    "ix_audit_index_decision_time",
+    "ix_audit_index_id",
+)
 
 
 def _latency(root: Path, rate: float, requests: int, rounds: int) -> dict[str, float]:
@@ -109,8 +123,10 @@ def _latency(root: Path, rate: float, requests: int, rounds: int) -> dict[str, f
     people = list(population(200, 7))
     for name in ("durable", "discarding"):
         seed_register(root / name / "register.db", 200, 7)
-    servers = {name: GatewayProcess(realm.env(GATEWAY_DATA_DIR=str(root / name)), factory=f"loadtests.apps:{factory}")
-               for name, factory in (("durable", "create_durable"), ("discarding", "create_discarding"))}
+    servers = {
+        name: GatewayProcess(realm.env(GATEWAY_DATA_DIR=str(root / name)), factory=f"loadtests.apps:{factory}")
+        for name, factory in (("durable", "create_durable"), ("discarding", "create_discarding"))
+    }
     runs: dict[str, list[Run]] = {name: [] for name in servers}
     try:
         headers = {}
@@ -120,8 +136,12 @@ def _latency(root: Path, rate: float, requests: int, rounds: int) -> dict[str, f
             token = httpx.post(f"{server.base_url}/oauth2/token", data=form, timeout=10).json()["access_token"]
             headers[name] = {"Authorization": f"Bearer {token}"}
         person = next(p for p in people if p["record_status"] == "active")
-        body = {"nin": person["nin"], "purpose": "voter_roll", "claims": {"family_name": person["family_name"]},
-                "predicates": [{"name": "alive"}]}
+        body = {
+            "nin": person["nin"],
+            "purpose": "voter_roll",
+            "claims": {"family_name": person["family_name"]},
+            "predicates": [{"name": "alive"}],
+        }
         for _ in range(rounds + 1):  # the first round warms both up and is dropped
             for name, server in servers.items():
                 run = asyncio.run(drive_at_rate(f"{server.base_url}/v1/verify", headers[name], rate, requests, body))
@@ -136,8 +156,10 @@ def _latency(root: Path, rate: float, requests: int, rounds: int) -> dict[str, f
     result = {
         "latency_rate_rps": rate,
         "latency_requests_per_side": durable.requests,
-        "durable_p50_ms": round(durable.percentile(0.5), 3), "durable_p99_ms": round(durable.percentile(0.99), 3),
-        "noop_p50_ms": round(discarding.percentile(0.5), 3), "noop_p99_ms": round(discarding.percentile(0.99), 3),
+        "durable_p50_ms": round(durable.percentile(0.5), 3),
+        "durable_p99_ms": round(durable.percentile(0.99), 3),
+        "noop_p50_ms": round(discarding.percentile(0.5), 3),
+        "noop_p99_ms": round(discarding.percentile(0.99), 3),
     }
     result["added_p50_ms"] = round(result["durable_p50_ms"] - result["noop_p50_ms"], 3)
     result["added_p99_ms"] = round(result["durable_p99_ms"] - result["noop_p99_ms"], 3)
@@ -158,12 +180,20 @@ def _export_rss_mb(root: Path, events: int) -> float:
     data = root / f"export-{events}"
     asyncio.run(_fill(data, events))
     # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the forking parent.
-    code = ("import sys; from gateway.cli import main; rc = main(sys.argv[1:]); "
-            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0], file=sys.stderr); "
-            "sys.exit(rc)")
+    code = (
+        "import sys; from gateway.cli import main; rc = main(sys.argv[1:]); "
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0], file=sys.stderr); "
+        "sys.exit(rc)"
+    )
     command = [sys.executable, "-c", code, "audit", "export", "--format", "jsonl", "--output", os.devnull]
-    done = subprocess.run(command, env={**os.environ, "GATEWAY_DATA_DIR": str(data)},  # noqa: S603
-                          capture_output=True, text=True, timeout=600, check=True)
+    done = subprocess.run(  # noqa: S603 (our own CLI)
+        command,
+        env={**os.environ, "GATEWAY_DATA_DIR": str(data)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     return round(int(done.stderr.strip().splitlines()[-1]) / 1024, 1)
 
 
@@ -179,15 +209,22 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--export-sizes", default="20000,200000")
-    parser.add_argument("--index-costs", action=argparse.BooleanOptionalAction, default=True,
-                        help="catch up once without each index, to price it")
+    parser.add_argument(
+        "--index-costs",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="catch up once without each index, to price it",
+    )
     args = parser.parse_args(argv)
 
     result: dict[str, Any] = {"bench": "audit"}
     started = time.perf_counter()
     appended = asyncio.run(_appends(root / "log", args.events, args.concurrency, 512))
-    result.update(durable_appends_per_s=appended["per_s"], durable_appends_mean_batch=appended["mean_batch"],
-                  durable_append_cpu_us=appended["cpu_us"])
+    result.update(
+        durable_appends_per_s=appended["per_s"],
+        durable_appends_mean_batch=appended["mean_batch"],
+        durable_append_cpu_us=appended["cpu_us"],
+    )
     single = asyncio.run(_appends(root / "log-single", args.events // 10, args.concurrency, 1))
     result["durable_one_per_sync_appends_per_s"] = single["per_s"]
     sqlite = asyncio.run(_catch_up(root / "log", database_url(None, root / "index"), None))

@@ -36,8 +36,13 @@ from tests.support.servers import GatewayProcess
 
 # How the job processes are started: they take the CPU the interactive process leaves.
 PRIORITY = {"idle": ["chrt", "--idle", "0"], "nice": ["nice", "-n", "10"], "normal": []}
-PURPOSE = {"legal_basis": "Loi électorale", "consent": "not_required", "operations": ["verify"],
-           "claims": ["family_name"], "predicates": ["alive"]}
+PURPOSE = {
+    "legal_basis": "Loi électorale",
+    "consent": "not_required",
+    "operations": ["verify"],
+    "claims": ["family_name"],
+    "predicates": ["alive"],
+}
 
 
 def rss_kib(pid: int) -> int:
@@ -98,19 +103,42 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
     parser.add_argument("--chunk", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2, help="chunks each job process runs at once")
     parser.add_argument("--processes", type=int, default=2, help="job processes")
-    parser.add_argument("--priority", choices=sorted(PRIORITY), default="idle",
-                        help="the job processes' CPU scheduling: idle (SCHED_IDLE), nice (nice 10) or normal")
+    parser.add_argument(
+        "--priority",
+        choices=sorted(PRIORITY),
+        default="idle",
+        help="the job processes' CPU scheduling: idle (SCHED_IDLE), nice (nice 10) or normal",
+    )
     args = parser.parse_args(argv)
     realm = build_realm(root)
-    result: dict[str, Any] = {"bench": "bulk", "people": args.people, "records": args.records,
-                              "job_processes": args.processes, "chunks_at_once": args.workers,
-                              "job_priority": args.priority}
+    result: dict[str, Any] = {
+        "bench": "bulk",
+        "people": args.people,
+        "records": args.records,
+        "job_processes": args.processes,
+        "chunks_at_once": args.workers,
+        "job_priority": args.priority,
+    }
     realm.keys["ceni-roll"] = new_key()
-    (realm.policies_dir / "ceni.yaml").write_text(yaml.safe_dump({
-        "id": "ceni", "name": "CENI", "purposes": {"roll_revision": PURPOSE},
-        "rate_limits": [{"name": "burst", "limit": 1_000_000, "window": "1s"}],
-        "clients": [{"client_id": "ceni-roll", "auth": "private_key_jwt", "jwks": jwks_of(realm.keys["ceni-roll"]),
-                     "scopes": ["identity:verify"]}]}, allow_unicode=True))
+    (realm.policies_dir / "ceni.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "id": "ceni",
+                "name": "CENI",
+                "purposes": {"roll_revision": PURPOSE},
+                "rate_limits": [{"name": "burst", "limit": 1_000_000, "window": "1s"}],
+                "clients": [
+                    {
+                        "client_id": "ceni-roll",
+                        "auth": "private_key_jwt",
+                        "jwks": jwks_of(realm.keys["ceni-roll"]),
+                        "scopes": ["identity:verify"],
+                    }
+                ],
+            },
+            allow_unicode=True,
+        )
+    )
     started = time.perf_counter()
     seed_register(realm.data_dir / "register.db", args.people, 1)
     roll = root / "roll.csv"
@@ -119,10 +147,12 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
     common = {"GATEWAY_BULK_CHUNK_RECORDS": str(args.chunk), "GATEWAY_AUDIT_SEAL_INTERVAL_S": "1"}
     interactive = GatewayProcess(realm.env(GATEWAY_BULK_WORKERS="0", **common), factory="gateway.cli:app_from_env")
     interactive.start(root / "interactive.log")
-    jobs = GatewayProcess(realm.env(GATEWAY_BULK_WORKERS=str(args.workers), GATEWAY_WORKERS=str(args.processes + 1),
-                                    **common), factory="gateway.cli:app_from_env",
-                          extra_args=["--workers", str(args.processes)] if args.processes > 1 else [],
-                          prefix=PRIORITY[args.priority])
+    jobs = GatewayProcess(
+        realm.env(GATEWAY_BULK_WORKERS=str(args.workers), GATEWAY_WORKERS=str(args.processes + 1), **common),
+        factory="gateway.cli:app_from_env",
+        extra_args=["--workers", str(args.processes)] if args.processes > 1 else [],
+        prefix=PRIORITY[args.priority],
+    )
     try:
         jobs.start(root / "jobs.log")
         result.update(_run(interactive, jobs, realm, roll, args))
@@ -152,8 +182,10 @@ def _run(interactive: GatewayProcess, jobs: GatewayProcess, realm: Any, roll: Pa
     peak = Peak([interactive.proc.pid, jobs.proc.pid])
     peak.start()
     submitted = time.perf_counter()
-    job = client.submit(roll, {"purpose": "roll_revision", "claims": ["family_name"],
-                               "predicates": [{"name": "alive"}], "format": "csv"})
+    job = client.submit(
+        roll,
+        {"purpose": "roll_revision", "claims": ["family_name"], "predicates": [{"name": "alive"}], "format": "csv"},
+    )
     uploaded = time.perf_counter()
     while client.status(job["id"])["status"] == "queued":
         time.sleep(0.1)
@@ -169,12 +201,14 @@ def _run(interactive: GatewayProcess, jobs: GatewayProcess, realm: Any, roll: Pa
     baseline = (before.percentile(0.99) + after.percentile(0.99)) / 2
     end_to_end = finished - submitted
     return {
-        "end_to_end_s": round(end_to_end, 1), "upload_s": round(uploaded - submitted, 1),
-        "records_per_s": round(args.records / end_to_end), "running_records_per_s":
-            round(args.records / max(finished - uploaded, 1e-3)),
+        "end_to_end_s": round(end_to_end, 1),
+        "upload_s": round(uploaded - submitted, 1),
+        "records_per_s": round(args.records / end_to_end),
+        "running_records_per_s": round(args.records / max(finished - uploaded, 1e-3)),
         "interactive_rss_mib": round(peak.peak[interactive.proc.pid] / 1024),
         "jobs_rss_mib": round(peak.peak[jobs.proc.pid] / 1024),
-        "verify_rate": args.rate, "verify_p99_ms_before": round(before.percentile(0.99), 2),
+        "verify_rate": args.rate,
+        "verify_p99_ms_before": round(before.percentile(0.99), 2),
         "verify_p99_ms_during": round(during.percentile(0.99), 2),
         "verify_p99_ms_after": round(after.percentile(0.99), 2),
         "verify_p99_during_over_without": round(during.percentile(0.99) / baseline, 2),

@@ -47,9 +47,13 @@ from tests.support.servers import GatewayProcess
 
 ADMINISTRATIONS = [f"adm{n:02d}" for n in range(12)]
 OPERATIONS = ["verify"] * 70 + ["lookup"] * 15 + ["token"] * 10 + ["consent.create"] * 3 + ["audit.search"] * 2
-INDEXES = (("ix_audit_index_administration_time", "administration, time"),
-           ("ix_audit_index_subject", "subject_hash, time"), ("ix_audit_index_time", "time"),
-           ("ix_audit_index_decision_time", "decision, time"), ("ix_audit_index_id", "id"))
+INDEXES = (
+    ("ix_audit_index_administration_time", "administration, time"),
+    ("ix_audit_index_subject", "subject_hash, time"),
+    ("ix_audit_index_time", "time"),
+    ("ix_audit_index_decision_time", "decision, time"),
+    ("ix_audit_index_id", "id"),
+)
 ORIGIN = "bench.example/access-log/history"
 
 
@@ -58,8 +62,7 @@ def subject_hash(key: bytes, nin: str) -> str:
     return hmac.new(key, nin.encode(), hashlib.sha256).hexdigest()
 
 
-def fill_index(database: Path, key: bytes, events: int, days: int, persons: int, seed: int = 7
-               ) -> dict[str, Any]:
+def fill_index(database: Path, key: bytes, events: int, days: int, persons: int, seed: int = 7) -> dict[str, Any]:
     """`events` synthetic events into `audit_index` (indexes dropped while loading, then built once), the
     hourly counts from them, and the synthetic origin's watermark. The persons whose NINs are known."""
     rng = random.Random(seed)  # noqa: S311 - synthetic data
@@ -75,9 +78,28 @@ def fill_index(database: Path, key: bytes, events: int, days: int, persons: int,
     db.execute("PRAGMA synchronous=OFF")
     for name, _ in INDEXES:
         db.execute(f"DROP INDEX IF EXISTS {name}")
-    columns = ("origin", "seq", "id", "time", "administration", "client_id", "operation", "purpose", "legal_basis",
-               "consent_id", "subject_hash", "attributes_requested", "attributes_released", "decision", "reason",
-               "status", "latency_ms", "trace_id", "prev_hash", "hash")
+    columns = (
+        "origin",
+        "seq",
+        "id",
+        "time",
+        "administration",
+        "client_id",
+        "operation",
+        "purpose",
+        "legal_basis",
+        "consent_id",
+        "subject_hash",
+        "attributes_requested",
+        "attributes_released",
+        "decision",
+        "reason",
+        "status",
+        "latency_ms",
+        "trace_id",
+        "prev_hash",
+        "hash",
+    )
     statement = f"INSERT INTO audit_index ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"  # noqa: S608 (constant names)
     zero = "0" * 64
     chunk = 200_000
@@ -89,31 +111,69 @@ def fill_index(database: Path, key: bytes, events: int, days: int, persons: int,
             admin = ADMINISTRATIONS[rng.randrange(12)]
             operation = OPERATIONS[rng.randrange(100)]
             roll = rng.random()
-            decision, reason, status = ("deny", "consent_invalid", 403) if roll < 0.04 else (
-                ("error", "backend_error", 502) if roll < 0.045 else ("permit", None, 200))
+            decision, reason, status = (
+                ("deny", "consent_invalid", 403)
+                if roll < 0.04
+                else (("error", "backend_error", 502) if roll < 0.045 else ("permit", None, 200))
+            )
             if decision == "permit" and operation == "verify" and rng.random() < 0.03:
                 reason = "subject_not_found"
-            person = hashes[rng.randrange(len(hashes))] if rng.random() < known_share else \
-                f"{rng.getrandbits(256):064x}" if operation != "token" else None
-            rows.append((ORIGIN, seq, f"{rng.getrandbits(128):032x}", moment, admin,
-                         f"{admin}-app{rng.randrange(5)}", operation, "voter_roll", "Loi", None, person,
-                         '["family_name"]', "[]", decision, reason, status, 3.2, None, zero, zero))
+            person = (
+                hashes[rng.randrange(len(hashes))]
+                if rng.random() < known_share
+                else f"{rng.getrandbits(256):064x}"
+                if operation != "token"
+                else None
+            )
+            rows.append(
+                (
+                    ORIGIN,
+                    seq,
+                    f"{rng.getrandbits(128):032x}",
+                    moment,
+                    admin,
+                    f"{admin}-app{rng.randrange(5)}",
+                    operation,
+                    "voter_roll",
+                    "Loi",
+                    None,
+                    person,
+                    '["family_name"]',
+                    "[]",
+                    decision,
+                    reason,
+                    status,
+                    3.2,
+                    None,
+                    zero,
+                    zero,
+                )
+            )
         db.executemany(statement, rows)
         db.commit()
     loaded = time.perf_counter() - started
     for name, on in INDEXES:
         db.execute(f"CREATE INDEX {name} ON audit_index ({on})")
     db.execute("DELETE FROM audit_rollup")
-    db.execute("INSERT INTO audit_rollup (origin, hour, administration, operation, decision, reason, count) "
-               "SELECT origin, substr(time, 1, 13), coalesce(administration, ''), coalesce(operation, ''), decision, "
-               "coalesce(reason, ''), count(*) FROM audit_index GROUP BY 1, 2, 3, 4, 5, 6")
-    db.execute("INSERT INTO audit_index_watermarks (origin, next_seq, first_seq, lag_s, reported_at) "
-               "VALUES (?, ?, 0, -1, ?)", (ORIGIN, events, time.time()))
+    db.execute(
+        "INSERT INTO audit_rollup (origin, hour, administration, operation, decision, reason, count) "
+        "SELECT origin, substr(time, 1, 13), coalesce(administration, ''), coalesce(operation, ''), decision, "
+        "coalesce(reason, ''), count(*) FROM audit_index GROUP BY 1, 2, 3, 4, 5, 6"
+    )
+    db.execute(
+        "INSERT INTO audit_index_watermarks (origin, next_seq, first_seq, lag_s, reported_at) VALUES (?, ?, 0, -1, ?)",
+        (ORIGIN, events, time.time()),
+    )
     db.commit()
     db.execute("ANALYZE")
     db.close()
-    return {"events": events, "load_s": round(loaded, 1), "build_s": round(time.perf_counter() - started, 1),
-            "database_mib": round(database.stat().st_size / 2**20), "nins": nins[:20_000]}
+    return {
+        "events": events,
+        "load_s": round(loaded, 1),
+        "build_s": round(time.perf_counter() - started, 1),
+        "database_mib": round(database.stat().st_size / 2**20),
+        "nins": nins[:20_000],
+    }
 
 
 def _timed(client: ConsoleClient, method: str, path: str, **kwargs: Any) -> float:
@@ -138,9 +198,10 @@ def measure_pages(root: Path, args: argparse.Namespace, nins: list[str]) -> dict
         client = ConsoleClient(gateway.base_url).signed_in(officer)
         day_ago = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M")
         week_ago = (datetime.now(UTC) - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M")
-        searches = ["/console/events?" + urlencode({"administration": "adm03", "decision": "deny", "since": day_ago}),
-                    "/console/events?" + urlencode({"client_id": "adm07-app2", "operation": "verify",
-                                                    "since": week_ago})]
+        searches = [
+            "/console/events?" + urlencode({"administration": "adm03", "decision": "deny", "since": day_ago}),
+            "/console/events?" + urlencode({"client_id": "adm07-app2", "operation": "verify", "since": week_ago}),
+        ]
         timings: dict[str, list[float]] = {"overview": [], "search": [], "person": [], "person_post": []}
         rng = random.Random(3)  # noqa: S311
         _timed(client, "GET", "/console/")  # warm: templates compiled, connections open
@@ -150,8 +211,9 @@ def measure_pages(root: Path, args: argparse.Namespace, nins: list[str]) -> dict
                 timings["search"].append(_timed(client, "GET", searches[n % 2]))
                 token = client.csrf()
                 started = time.perf_counter()
-                posted = client.post("/console/person", {"nin": nins[rng.randrange(len(nins))],
-                                                         "reason": "bench", "csrf": token})
+                posted = client.post(
+                    "/console/person", {"nin": nins[rng.randrange(len(nins))], "reason": "bench", "csrf": token}
+                )
                 timings["person_post"].append((time.perf_counter() - started) * 1000)
                 if posted.status_code != 303:
                     raise RuntimeError(f"person search: {posted.status_code} {posted.text[-300:]}")
@@ -179,9 +241,12 @@ async def _watcher_cost(database: Path, events: int) -> dict[str, Any]:
         wall = time.perf_counter() - started
         evaluated = watcher.evaluated - before
         await watcher.close()
-        return {"evaluated": evaluated, "cpu_us_per_event": round(cpu / evaluated * 1e6, 2),
-                "events_per_s": round(evaluated / wall),
-                "core_share_at_5000_per_s": round(5000 * cpu / evaluated, 4)}
+        return {
+            "evaluated": evaluated,
+            "cpu_us_per_event": round(cpu / evaluated * 1e6, 2),
+            "events_per_s": round(evaluated / wall),
+            "core_share_at_5000_per_s": round(5000 * cpu / evaluated, 4),
+        }
     finally:
         await engine.dispose()
 
@@ -189,11 +254,22 @@ async def _watcher_cost(database: Path, events: int) -> dict[str, Any]:
 def _rules_cost(events: int) -> dict[str, Any]:
     rng = random.Random(5)  # noqa: S311
     start = datetime.now(UTC)
-    sample = [WatchedEvent(f"id{n}", rfc3339(start + timedelta(microseconds=n * 200)), ADMINISTRATIONS[n % 12],
-                           f"c{rng.randrange(60)}", OPERATIONS[rng.randrange(100)],
-                           "deny" if rng.random() < 0.04 else "permit",
-                           "subject_not_found" if rng.random() < 0.03 else None, f"{rng.getrandbits(64):016x}",
-                           '["family_name"]', None, "10.0.0.1") for n in range(events)]
+    sample = [
+        WatchedEvent(
+            f"id{n}",
+            rfc3339(start + timedelta(microseconds=n * 200)),
+            ADMINISTRATIONS[n % 12],
+            f"c{rng.randrange(60)}",
+            OPERATIONS[rng.randrange(100)],
+            "deny" if rng.random() < 0.04 else "permit",
+            "subject_not_found" if rng.random() < 0.03 else None,
+            f"{rng.getrandbits(64):016x}",
+            '["family_name"]',
+            None,
+            "10.0.0.1",
+        )
+        for n in range(events)
+    ]
     evaluator = Evaluator(AlertRules())
     started = time.process_time()
     evaluator.feed(sample)

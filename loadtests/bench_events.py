@@ -44,39 +44,61 @@ ROLL = {"legal_basis": "Loi électorale", "consent": "not_required", "operations
 
 def declare_script(path: Path, headers: dict[str, str], nins: list[str], prefix: str) -> Path:
     """Deaths of `nins` in turn, each with its own Idempotency-Key."""
-    lines = ["local nins = {", *(f"  '{n}'," for n in nins), "}",
-             "wrk.method = 'POST'", "wrk.headers['Content-Type'] = 'application/json'",
-             *(f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()),
-             "local i = 0",
-             "request = function()",
-             "  i = i + 1",
-             "  local nin = nins[(i - 1) % #nins + 1]",
-             f"  wrk.headers['Idempotency-Key'] = '{prefix}' .. i",
-             "  return wrk.format(nil, '/v1/declarations', nil,",
-             "    '{\"type\":\"death\",\"nin\":\"' .. nin .. '\",\"data\":{\"death_date\":\"2026-11-01\"}}')",
-             "end"]
+    lines = [
+        "local nins = {",
+        *(f"  '{n}'," for n in nins),
+        "}",
+        "wrk.method = 'POST'",
+        "wrk.headers['Content-Type'] = 'application/json'",
+        *(f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()),
+        "local i = 0",
+        "request = function()",
+        "  i = i + 1",
+        "  local nin = nins[(i - 1) % #nins + 1]",
+        f"  wrk.headers['Idempotency-Key'] = '{prefix}' .. i",
+        "  return wrk.format(nil, '/v1/declarations', nil,",
+        '    \'{"type":"death","nin":"\' .. nin .. \'","data":{"death_date":"2026-11-01"}}\')',
+        "end",
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def bare_script(path: Path) -> Path:
-    body = orjson.dumps({"nin": "120394857602914", "purpose": "voter_roll",
-                         "claims": {"family_name": "Traoré", "given_names": "Aminata"},
-                         "predicates": [{"name": "alive"}]}).decode()
-    path.write_text("\n".join(["wrk.method = 'POST'", "wrk.headers['Content-Type'] = 'application/json'",
-                               f"wrk.body = {_lua_string(body)}",
-                               "request = function() return wrk.format(nil, '/bare') end"]) + "\n")
+    body = orjson.dumps(
+        {
+            "nin": "120394857602914",
+            "purpose": "voter_roll",
+            "claims": {"family_name": "Traoré", "given_names": "Aminata"},
+            "predicates": [{"name": "alive"}],
+        }
+    ).decode()
+    path.write_text(
+        "\n".join(
+            [
+                "wrk.method = 'POST'",
+                "wrk.headers['Content-Type'] = 'application/json'",
+                f"wrk.body = {_lua_string(body)}",
+                "request = function() return wrk.format(nil, '/bare') end",
+            ]
+        )
+        + "\n"
+    )
     return path
 
 
 def pull_script(path: Path, headers: dict[str, str], cursors: list[str]) -> Path:
-    lines = ["local cursors = {", *(f"  '{c}'," for c in cursors), "}",
-             *(f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()),
-             "local i = 0",
-             "request = function()",
-             "  i = i % #cursors + 1",
-             "  return wrk.format('GET', '/v1/events?subscription=deaths&limit=1000&after=' .. cursors[i])",
-             "end"]
+    lines = [
+        "local cursors = {",
+        *(f"  '{c}'," for c in cursors),
+        "}",
+        *(f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()),
+        "local i = 0",
+        "request = function()",
+        "  i = i % #cursors + 1",
+        "  return wrk.format('GET', '/v1/events?subscription=deaths&limit=1000&after=' .. cursors[i])",
+        "end",
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -87,19 +109,49 @@ class World:
         self.realm = build_realm(root)
         keys = {"centre-app": new_key(), "electoral-app": new_key()}
         self.realm.keys.update(keys)
-        (self.realm.policies_dir / "centre.yaml").write_text(yaml.safe_dump({
-            "id": "centre", "name": "Centre", "clients": [{"client_id": "centre-app", "auth": "private_key_jwt",
-                                                           "jwks": jwks_of(keys["centre-app"]),
-                                                           "scopes": ["register:declare"]}]}))
-        (self.realm.policies_dir / "electoral.yaml").write_text(yaml.safe_dump({
-            "id": "electoral", "name": "Electoral",
-            "clients": [{"client_id": "electoral-app", "auth": "private_key_jwt",
-                         "jwks": jwks_of(keys["electoral-app"]), "scopes": ["events:read"]}],
-            "purposes": {"roll": ROLL},
-            "subscriptions": {
-                "deaths": {"purpose": "roll", "events": ["death"], "attributes": ["nin", "death_date"]},
-                "deaths_push": {"purpose": "roll", "events": ["death"], "attributes": ["nin", "death_date"],
-                                "endpoint": f"http://127.0.0.1:{sink_port}/hooks", "endpoint_internal": True}}}))
+        (self.realm.policies_dir / "centre.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "id": "centre",
+                    "name": "Centre",
+                    "clients": [
+                        {
+                            "client_id": "centre-app",
+                            "auth": "private_key_jwt",
+                            "jwks": jwks_of(keys["centre-app"]),
+                            "scopes": ["register:declare"],
+                        }
+                    ],
+                }
+            )
+        )
+        (self.realm.policies_dir / "electoral.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "id": "electoral",
+                    "name": "Electoral",
+                    "clients": [
+                        {
+                            "client_id": "electoral-app",
+                            "auth": "private_key_jwt",
+                            "jwks": jwks_of(keys["electoral-app"]),
+                            "scopes": ["events:read"],
+                        }
+                    ],
+                    "purposes": {"roll": ROLL},
+                    "subscriptions": {
+                        "deaths": {"purpose": "roll", "events": ["death"], "attributes": ["nin", "death_date"]},
+                        "deaths_push": {
+                            "purpose": "roll",
+                            "events": ["death"],
+                            "attributes": ["nin", "death_date"],
+                            "endpoint": f"http://127.0.0.1:{sink_port}/hooks",
+                            "endpoint_internal": True,
+                        },
+                    },
+                }
+            )
+        )
         self.register = self.realm.data_dir / "register.db"
         seed_register(self.register, people, 5)
         self.gateway: GatewayProcess | None = None
@@ -107,9 +159,10 @@ class World:
         self.sink: GatewayProcess | None = None
 
     def start(self, log: str) -> GatewayProcess:
-        self.gateway = GatewayProcess(self.realm.env(
-            GATEWAY_EVENTS_RETRY_BACKOFF_S="3600", GATEWAY_AUDIT_SEAL_INTERVAL_S="1"),
-            factory="loadtests.apps:create_durable").start(self.root / log)
+        self.gateway = GatewayProcess(
+            self.realm.env(GATEWAY_EVENTS_RETRY_BACKOFF_S="3600", GATEWAY_AUDIT_SEAL_INTERVAL_S="1"),
+            factory="loadtests.apps:create_durable",
+        ).start(self.root / log)
         return self.gateway
 
     def headers(self, client_id: str) -> dict[str, str]:
@@ -131,8 +184,13 @@ class World:
 
 def _alive(register: Path, count: int) -> list[str]:
     with sqlite3.connect(register) as db:
-        return [n for (n,) in db.execute("SELECT nin FROM people WHERE record_status = 'active' AND death_date IS NULL "
-                                          "ORDER BY nin LIMIT ?", (count,))]
+        return [
+            n
+            for (n,) in db.execute(
+                "SELECT nin FROM people WHERE record_status = 'active' AND death_date IS NULL ORDER BY nin LIMIT ?",
+                (count,),
+            )
+        ]
 
 
 def _push_status(world: World, headers: dict[str, str]) -> dict[str, Any]:
@@ -152,8 +210,9 @@ def _drain(world: World, headers: dict[str, str], limit_s: float) -> dict[str, A
     assert world.gateway is not None and world.gateway.proc is not None
     pid = world.gateway.proc.pid
     world.start_sink()
-    httpx.post(f"{world.gateway.base_url}/v1/events/subscriptions/deaths_push/replay", json={}, headers=headers,
-               timeout=30).raise_for_status()
+    httpx.post(
+        f"{world.gateway.base_url}/v1/events/subscriptions/deaths_push/replay", json={}, headers=headers, timeout=30
+    ).raise_for_status()
     started = time.perf_counter()
     backlog = _push_status(world, headers)["backlog"]
     samples: list[int] = []
@@ -171,14 +230,21 @@ def _drain(world: World, headers: dict[str, str], limit_s: float) -> dict[str, A
     assert world.sink is not None
     received = int(httpx.get(f"{world.sink.base_url}/count", timeout=10).text)
     head = samples[: max(1, len(samples) // 10)]
-    tail = samples[-max(1, len(samples) // 10):]
-    return {"backlog": backlog, "delivered": delivered, "received": received, "seconds": round(seconds, 1),
-            "events_per_s": round(delivered / seconds), "drained": left == 0,
-            "rss_mib_first": round(statistics.median(head) / 1024, 1),
-            "rss_mib_last": round(statistics.median(tail) / 1024, 1),
-            "rss_mib_max": round(max(samples) / 1024, 1),
-            "cpu_us_per_event": round((cpu_after[0] - cpu_before[0] + cpu_after[1] - cpu_before[1])
-                                      / max(delivered, 1) * 1e6)}
+    tail = samples[-max(1, len(samples) // 10) :]
+    return {
+        "backlog": backlog,
+        "delivered": delivered,
+        "received": received,
+        "seconds": round(seconds, 1),
+        "events_per_s": round(delivered / seconds),
+        "drained": left == 0,
+        "rss_mib_first": round(statistics.median(head) / 1024, 1),
+        "rss_mib_last": round(statistics.median(tail) / 1024, 1),
+        "rss_mib_max": round(max(samples) / 1024, 1),
+        "cpu_us_per_event": round(
+            (cpu_after[0] - cpu_before[0] + cpu_after[1] - cpu_before[1]) / max(delivered, 1) * 1e6
+        ),
+    }
 
 
 def _fill_backlog(register: Path, count: int) -> None:
@@ -188,8 +254,9 @@ def _fill_backlog(register: Path, count: int) -> None:
         db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")
         position = db.execute("SELECT coalesce(max(position), 0) FROM declarations").fetchone()[0]
-        sequence = db.execute("SELECT coalesce(max(sequence), 0) FROM feed WHERE subscription = "
-                              "'electoral/deaths_push'").fetchone()[0]
+        sequence = db.execute(
+            "SELECT coalesce(max(sequence), 0) FROM feed WHERE subscription = 'electoral/deaths_push'"
+        ).fetchone()[0]
         nins = _alive(register, 50_000)
         batch = 50_000
         for start in range(0, count, batch):
@@ -201,10 +268,12 @@ def _fill_backlog(register: Path, count: int) -> None:
                 record = orjson.dumps({"nin": nin, "death_date": "2026-11-01", "record_status": "deceased"})
                 rows.append((position, str(uuid.uuid4()), nin, record))
                 feed.append(("electoral/deaths_push", sequence, position))
-            db.executemany("INSERT INTO declarations (position, event_id, type, event_type, nin, version, data, "
-                           "record, before, changed, declared_at, administration, client_id) VALUES (?, ?, 'death', "
-                           "'death', ?, 2, '{}', ?, '{}', '{}', '2026-11-01T00:00:00.000000Z', 'centre', 'centre-app')",
-                           rows)
+            db.executemany(
+                "INSERT INTO declarations (position, event_id, type, event_type, nin, version, data, "
+                "record, before, changed, declared_at, administration, client_id) VALUES (?, ?, 'death', "
+                "'death', ?, 2, '{}', ?, '{}', '{}', '2026-11-01T00:00:00.000000Z', 'centre', 'centre-app')",
+                rows,
+            )
             db.executemany("INSERT INTO feed VALUES (?, ?, ?)", feed)
             db.commit()
 
@@ -241,8 +310,12 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
             bares, declares = [], []
             for index in range(args.rounds):
                 offset = (0 if connections == 64 else args.rounds) + index
-                script = declare_script(root / f"d{connections}-{index}.lua", centre,
-                                        nins[offset * slice_size:(offset + 1) * slice_size], f"c{connections}-{index}-")
+                script = declare_script(
+                    root / f"d{connections}-{index}.lua",
+                    centre,
+                    nins[offset * slice_size : (offset + 1) * slice_size],
+                    f"c{connections}-{index}-",
+                )
                 bares.append(wrk(gateway.base_url, bare, connections, args.seconds))
                 declares.append(wrk(gateway.base_url, script, connections, args.seconds))
                 if declares[-1]["requests"] > slice_size:
@@ -251,13 +324,18 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
             good = [d["rps"] * (1 - d["non_2xx"] / max(d["requests"], 1)) for d in declares]
             result[f"declarations_per_s{suffix}"] = round(statistics.median(good))
             result[f"bare_rps{suffix}"] = round(statistics.median(b["rps"] for b in bares))
-            result[f"declare_ratio{suffix}"] = round(statistics.median(
-                g / b["rps"] for g, b in zip(good, bares, strict=True)), 3)
+            result[f"declare_ratio{suffix}"] = round(
+                statistics.median(g / b["rps"] for g, b in zip(good, bares, strict=True)), 3
+            )
             result[f"declare_p99_ms{suffix}"] = statistics.median(d["p99_ms"] for d in declares)
             result[f"declare_refused{suffix}"] = sum(d["non_2xx"] for d in declares)
 
-        feed = httpx.get(f"{gateway.base_url}/v1/events", params={"subscription": "deaths", "limit": 1000},
-                         headers=electoral, timeout=60).json()
+        feed = httpx.get(
+            f"{gateway.base_url}/v1/events",
+            params={"subscription": "deaths", "limit": 1000},
+            headers=electoral,
+            timeout=60,
+        ).json()
         cursors = []
         cursor = None
         while True:  # every page's cursor, so wrk reads full pages from all over the feed

@@ -51,35 +51,45 @@ def _lua_string(text: str) -> str:
 
 def verify_script(path: Path, headers: dict[str, str], bodies: list[dict[str, Any]]) -> Path:
     """A wrk script that posts `bodies` in turn to /v1/verify."""
-    lines = ["local bodies = {", *(f"  {_lua_string(orjson.dumps(b).decode())}," for b in bodies), "}",
-             "wrk.method = 'POST'", "wrk.headers['Content-Type'] = 'application/json'",
-             *(f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()),
-             "local i = 0",
-             "request = function()",
-             "  i = i % #bodies + 1",
-             "  return wrk.format(nil, '/v1/verify', nil, bodies[i])",
-             "end"]
+    lines = [
+        "local bodies = {",
+        *(f"  {_lua_string(orjson.dumps(b).decode())}," for b in bodies),
+        "}",
+        "wrk.method = 'POST'",
+        "wrk.headers['Content-Type'] = 'application/json'",
+        *(f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()),
+        "local i = 0",
+        "request = function()",
+        "  i = i % #bodies + 1",
+        "  return wrk.format(nil, '/v1/verify', nil, bodies[i])",
+        "end",
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def flood_script(path: Path, rate_per_connection: float) -> Path:
     """Anonymous requests wrk paces with `delay()`: an unknown path, a wrong method, a malformed body."""
-    path.write_text("\n".join([
-        "local kinds = {",
-        "  {'GET', '/v1/no-such-thing', nil},",
-        "  {'DELETE', '/v1/verify', nil},",
-        "  {'POST', '/v1/verify', '{\"nin\": '},",
-        "  {'POST', '/oauth2/token', 'grant_type=client_credentials'},",
-        "}",
-        "local i = 0",
-        "request = function()",
-        "  i = i % #kinds + 1",
-        "  local k = kinds[i]",
-        "  return wrk.format(k[1], k[2], {['Content-Type'] = 'application/json'}, k[3])",
-        "end",
-        f"delay = function() return {1000.0 / rate_per_connection:.3f} end",
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                "local kinds = {",
+                "  {'GET', '/v1/no-such-thing', nil},",
+                "  {'DELETE', '/v1/verify', nil},",
+                "  {'POST', '/v1/verify', '{\"nin\": '},",
+                "  {'POST', '/oauth2/token', 'grant_type=client_credentials'},",
+                "}",
+                "local i = 0",
+                "request = function()",
+                "  i = i % #kinds + 1",
+                "  local k = kinds[i]",
+                "  return wrk.format(k[1], k[2], {['Content-Type'] = 'application/json'}, k[3])",
+                "end",
+                f"delay = function() return {1000.0 / rate_per_connection:.3f} end",
+            ]
+        )
+        + "\n"
+    )
     return path
 
 
@@ -118,13 +128,15 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, Any
         raise RuntimeError(f"wrk said: {out[-500:]} {done.stderr[-500:]}")
     p99 = _P99.search(out)
     non_2xx = _NON_2XX.search(out)
-    return {"rps": float(rps.group(1)), "requests": int(requests.group(1)),
-            "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
-            "p99_ms": float(p99.group(1)) * _UNIT_MS[p99.group(2)] if p99 else None}
+    return {
+        "rps": float(rps.group(1)),
+        "requests": int(requests.group(1)),
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "p99_ms": float(p99.group(1)) * _UNIT_MS[p99.group(2)] if p99 else None,
+    }
 
 
-def _measured(gateway: Gateway, script: Path, connections: int, seconds: int, *, strict: bool = True
-              ) -> dict[str, Any]:
+def _measured(gateway: Gateway, script: Path, connections: int, seconds: int, *, strict: bool = True) -> dict[str, Any]:
     """A wrk run and the CPU the gateway and its log writer spent on each request of it; `strict`: any
     answer but 200 stops the benchmark."""
     pid: int = gateway.server.proc.pid  # type: ignore[union-attr]
@@ -174,11 +186,15 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
         known, control = people[:200], people[200:]
         # NINs of the register's own form (region, birth year, serial, check digit) that it does not hold:
         # what an attacker probing for existence would send.
-        unknown = [{**body, "nin": nin_for(args.people + 1 + index, 1960 + index % 40, index % 9)}
-                   for index, body in enumerate(known)]
-        scripts = {"known": verify_script(root / "known.lua", gateway.headers, known),
-                   "control": verify_script(root / "control.lua", gateway.headers, control),
-                   "unknown": verify_script(root / "unknown.lua", gateway.headers, unknown)}
+        unknown = [
+            {**body, "nin": nin_for(args.people + 1 + index, 1960 + index % 40, index % 9)}
+            for index, body in enumerate(known)
+        ]
+        scripts = {
+            "known": verify_script(root / "known.lua", gateway.headers, known),
+            "control": verify_script(root / "control.lua", gateway.headers, control),
+            "unknown": verify_script(root / "unknown.lua", gateway.headers, unknown),
+        }
         _measured(gateway, scripts["known"], 64, 2)  # warm-up; the log writer runs from here on
         pin_gateway(gateway.server.proc.pid)  # type: ignore[union-attr]
         orders = [("known", "unknown", "control"), ("unknown", "control", "known"), ("control", "known", "unknown")]
@@ -191,13 +207,17 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
             for other, label in (("unknown", "unknown_known"), ("control", "known_known")):
                 pairs = list(zip(runs[other], runs["known"], strict=True))
                 result[f"{label}_throughput_ratio{suffix}"] = round(
-                    statistics.median(o["rps"] / k["rps"] for o, k in pairs), 3)
+                    statistics.median(o["rps"] / k["rps"] for o, k in pairs), 3
+                )
                 result[f"{label}_cpu_ratio{suffix}"] = round(
-                    statistics.median(o["cpu_us"] / k["cpu_us"] for o, k in pairs), 3)
+                    statistics.median(o["cpu_us"] / k["cpu_us"] for o, k in pairs), 3
+                )
                 result[f"{label}_gateway_cpu_ratio{suffix}"] = round(
-                    statistics.median(o["gateway_cpu_us"] / k["gateway_cpu_us"] for o, k in pairs), 3)
+                    statistics.median(o["gateway_cpu_us"] / k["gateway_cpu_us"] for o, k in pairs), 3
+                )
             result[f"unknown_known_throughput_ratios{suffix}"] = [
-                round(u["rps"] / k["rps"], 3) for u, k in zip(runs["unknown"], runs["known"], strict=True)]
+                round(u["rps"] / k["rps"], 3) for u, k in zip(runs["unknown"], runs["known"], strict=True)
+            ]
             for name in ("known", "unknown"):
                 result[f"{name}_rps{suffix}"] = round(statistics.median(r["rps"] for r in runs[name]))
                 result[f"{name}_cpu_us{suffix}"] = round(statistics.median(r["cpu_us"] for r in runs[name]))
@@ -210,9 +230,13 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
         for _ in range(args.flood_rounds):
             alone.append(_measured(gateway, scripts["known"], 64, args.flood_seconds)["rps"])
             flooder = subprocess.Popen(  # noqa: S603 (our own wrk, our own loopback URL)
-                _pinned([_wrk_path(), "-t1", "-c4", f"-d{args.flood_seconds + 1}s", "-s", str(flood),
-                         gateway.url("/")]),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                _pinned(
+                    [_wrk_path(), "-t1", "-c4", f"-d{args.flood_seconds + 1}s", "-s", str(flood), gateway.url("/")]
+                ),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             try:
                 time.sleep(0.5)
                 run = _measured(gateway, scripts["known"], 64, args.flood_seconds, strict=False)
@@ -233,7 +257,8 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
         result.update(
             flood_rate=args.flood_rate,
             flood_verify_ratio=round(statistics.median(f / a for f, a in zip(flooded, alone, strict=True)), 3),
-            flood_verify_rps=round(statistics.median(flooded)), verify_alone_rps=round(statistics.median(alone)),
+            flood_verify_rps=round(statistics.median(flooded)),
+            verify_alone_rps=round(statistics.median(alone)),
             flood_requests=flood_requests,
             flood_events_logged=_anonymous_events(gateway.data_dir) - events_before,
             flood_verify_not_200=refused,  # must be 0: no audit_unavailable, no rate_limited

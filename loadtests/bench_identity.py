@@ -40,16 +40,30 @@ from tests.support.keys import token_form
 from tests.support.realm import build_realm
 from tests.support.servers import GatewayProcess
 
-FILE_CHECK = {"legal_basis": "Loi électorale", "consent": "not_required", "operations": ["lookup"],
-              "attributes": ["family_name", "given_names", "birth_date", "residence_commune"]}
-VOTER_ROLL = {"legal_basis": "Loi électorale", "consent": "not_required", "operations": ["verify"],
-              "claims": ["family_name", "given_names", "birth_date"], "predicates": ["age_at_least", "alive"]}
+FILE_CHECK = {
+    "legal_basis": "Loi électorale",
+    "consent": "not_required",
+    "operations": ["lookup"],
+    "attributes": ["family_name", "given_names", "birth_date", "residence_commune"],
+}
+VOTER_ROLL = {
+    "legal_basis": "Loi électorale",
+    "consent": "not_required",
+    "operations": ["verify"],
+    "claims": ["family_name", "given_names", "birth_date"],
+    "predicates": ["age_at_least", "alive"],
+}
 
 
 def _seed_seconds(root: Path, count: int) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "gateway.cli", "register", "seed", "--count", str(count), "--seed", "1"],  # noqa: S603
-                   env={**os.environ, "GATEWAY_DATA_DIR": str(root)}, check=True, capture_output=True, timeout=900)
+    subprocess.run(  # noqa: S603 (our own CLI)
+        [sys.executable, "-m", "gateway.cli", "register", "seed", "--count", str(count), "--seed", "1"],
+        env={**os.environ, "GATEWAY_DATA_DIR": str(root)},
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     return time.perf_counter() - started
 
 
@@ -91,23 +105,39 @@ def _bodies(register: Path, count: int, unknown: bool = False) -> list[dict[str,
     bodies = []
     for index, row in enumerate(rows):
         nin = f"9{index:014d}" if unknown else row["nin"]
-        bodies.append({"nin": nin, "purpose": "voter_roll",
-                       "claims": {"family_name": row["family_name"], "given_names": row["given_names"],
-                                  "birth_date": row["birth_date"]},
-                       "predicates": [{"name": "age_at_least", "value": 18}, {"name": "alive"}]})
+        bodies.append(
+            {
+                "nin": nin,
+                "purpose": "voter_roll",
+                "claims": {
+                    "family_name": row["family_name"],
+                    "given_names": row["given_names"],
+                    "birth_date": row["birth_date"],
+                },
+                "predicates": [{"name": "age_at_least", "value": 18}, {"name": "alive"}],
+            }
+        )
     return bodies
 
 
 class Gateway:
     """The probe gateway with everything on, an electoral client without rate limits in the way."""
 
-    def __init__(self, root: Path, register: Path, factory: str = "loadtests.apps:create_durable",
-                 extra_args: list[str] | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        register: Path,
+        factory: str = "loadtests.apps:create_durable",
+        extra_args: list[str] | None = None,
+        **env: str,
+    ) -> None:
         realm = build_realm(root)
         elections = realm.policies_dir / "elections.yaml"
         policy = yaml.safe_load(elections.read_text())
-        policy.update(rate_limits=[{"name": "burst", "limit": 1_000_000, "window": "1s"}],
-                      purposes={"voter_roll": VOTER_ROLL, "file_check": FILE_CHECK})
+        policy.update(
+            rate_limits=[{"name": "burst", "limit": 1_000_000, "window": "1s"}],
+            purposes={"voter_roll": VOTER_ROLL, "file_check": FILE_CHECK},
+        )
         elections.write_text(yaml.safe_dump(policy, allow_unicode=True))
         data = root / "var"
         data.mkdir(exist_ok=True)
@@ -149,8 +179,12 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
     parser.add_argument("--requests", type=int, default=20_000, help="per throughput measurement")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4, help="interleaved bare/verify/lookup rounds")
-    parser.add_argument("--half-rounds", type=int, default=5,
-                        help="interleaved bare/verify rounds at half the target load (p99 swings from round to round)")
+    parser.add_argument(
+        "--half-rounds",
+        type=int,
+        default=5,
+        help="interleaved bare/verify rounds at half the target load (p99 swings from round to round)",
+    )
     parser.add_argument("--half-seconds", type=float, default=5.0, help="each run at half the target load")
     parser.add_argument("--timing-requests", type=int, default=400, help="per known/unknown NIN timing run")
     args = parser.parse_args(argv)
@@ -174,42 +208,66 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
             result[f"gateway_rss_{size}_mb"] = _rss_mb(gateway.server.proc.pid)  # type: ignore[union-attr]
             if size != args.small:
                 continue
-            lookups = [{"nin": b["nin"], "purpose": "file_check", "attributes": FILE_CHECK["attributes"]}
-                       for b in bodies]
+            lookups = [
+                {"nin": b["nin"], "purpose": "file_check", "attributes": FILE_CHECK["attributes"]} for b in bodies
+            ]
             per_round = args.requests // args.rounds
             runs: dict[str, list[Run]] = {"bare": [], "logged_bare": [], "verify": [], "lookup": []}
             cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
             pid: int = gateway.server.proc.pid  # type: ignore[union-attr]
             for _ in range(args.rounds):  # interleaved, so a slow spell of the machine hits them all
-                for name, route, headers, body in (("bare", "/bare", {}, bodies),
-                                                   ("logged_bare", "/v1/bare", {}, bodies),
-                                                   ("verify", "/v1/verify", gateway.headers, bodies),
-                                                   ("lookup", "/v1/lookup", gateway.headers, lookups)):
+                for name, route, headers, body in (
+                    ("bare", "/bare", {}, bodies),
+                    ("logged_bare", "/v1/bare", {}, bodies),
+                    ("verify", "/v1/verify", gateway.headers, bodies),
+                    ("lookup", "/v1/lookup", gateway.headers, lookups),
+                ):
                     before = cpu_seconds(pid)
-                    runs[name].append(_checked(asyncio.run(drive_closed(
-                        gateway.url(route), headers, per_round, args.connections, body)), name))
+                    runs[name].append(
+                        _checked(
+                            asyncio.run(drive_closed(gateway.url(route), headers, per_round, args.connections, body)),
+                            name,
+                        )
+                    )
                     after = cpu_seconds(pid)
-                    cpu[name].append(((after[0] - before[0]) / per_round * 1e6,
-                                      (after[1] - before[1]) / per_round * 1e6))
+                    cpu[name].append(
+                        ((after[0] - before[0]) / per_round * 1e6, (after[1] - before[1]) / per_round * 1e6)
+                    )
             bare, verify, lookup = (merge(runs[name]) for name in ("bare", "verify", "lookup"))
             bare_rps = statistics.median(r.rps for r in runs["bare"])
             verify_rps = statistics.median(r.rps for r in runs["verify"])
             half = bare_rps / 4  # half of the target load, which is half the bare throughput
             halves: dict[str, list[Run]] = {"bare": [], "verify": []}
             for _ in range(args.half_rounds):  # p99 is a tail: judged per round, each against its own baseline
-                halves["bare"].append(_checked(asyncio.run(drive_at_rate(
-                    gateway.url("/bare"), {}, half, int(half * args.half_seconds), bodies[0])), "bare½"))
-                halves["verify"].append(asyncio.run(drive_at_rate(
-                    gateway.url("/v1/verify"), gateway.headers, half, int(half * args.half_seconds), bodies[0])))
+                halves["bare"].append(
+                    _checked(
+                        asyncio.run(
+                            drive_at_rate(gateway.url("/bare"), {}, half, int(half * args.half_seconds), bodies[0])
+                        ),
+                        "bare½",
+                    )
+                )
+                halves["verify"].append(
+                    asyncio.run(
+                        drive_at_rate(
+                            gateway.url("/v1/verify"), gateway.headers, half, int(half * args.half_seconds), bodies[0]
+                        )
+                    )
+                )
             verify_half = merge(halves["verify"])
-            half_p99_ratios = [round(v.percentile(0.99) / b.percentile(0.99), 2)
-                               for v, b in zip(halves["verify"], halves["bare"], strict=True)]
+            half_p99_ratios = [
+                round(v.percentile(0.99) / b.percentile(0.99), 2)
+                for v, b in zip(halves["verify"], halves["bare"], strict=True)
+            ]
             result.update(
-                bare_rps=round(bare_rps), verify_rps=round(verify_rps),
+                bare_rps=round(bare_rps),
+                verify_rps=round(verify_rps),
                 verify_ratio=_median_ratio(runs["verify"], runs["bare"]),
                 verify_ratios=[round(v.rps / b.rps, 3) for v, b in zip(runs["verify"], runs["bare"], strict=True)],
-                bare_p50_ms=round(bare.percentile(0.5), 2), bare_p99_ms=round(bare.percentile(0.99), 2),
-                verify_p50_ms=round(verify.percentile(0.5), 2), verify_p99_ms=round(verify.percentile(0.99), 2),
+                bare_p50_ms=round(bare.percentile(0.5), 2),
+                bare_p99_ms=round(bare.percentile(0.99), 2),
+                verify_p50_ms=round(verify.percentile(0.5), 2),
+                verify_p99_ms=round(verify.percentile(0.99), 2),
                 half_load_rps=round(half),
                 verify_half_utilisation=round(half / verify_rps, 2),
                 bare_half_p99_ms=round(statistics.median(r.percentile(0.99) for r in halves["bare"]), 2),
@@ -219,7 +277,8 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
                 verify_half_statuses={str(k): v for k, v in verify_half.statuses.items()},
                 lookup_rps=round(statistics.median(r.rps for r in runs["lookup"])),
                 lookup_ratio=_median_ratio(runs["lookup"], runs["bare"]),
-                lookup_p50_ms=round(lookup.percentile(0.5), 2), lookup_p99_ms=round(lookup.percentile(0.99), 2),
+                lookup_p50_ms=round(lookup.percentile(0.5), 2),
+                lookup_p99_ms=round(lookup.percentile(0.99), 2),
                 # The same bare answer, logged: what the durable access log alone leaves of the throughput.
                 logged_bare_rps=round(statistics.median(r.rps for r in runs["logged_bare"])),
                 logged_bare_ratio=_median_ratio(runs["logged_bare"], runs["bare"]),
@@ -227,17 +286,26 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
                 **{f"{name}_gateway_cpu_us": round(statistics.median(c[0] for c in cpu[name])) for name in cpu},
                 # The log's whole cost an event, in the gateway's process (the request's wait, the writer,
                 # the segment write and sync, the index follower): the same answer logged, minus bare.
-                logged_bare_log_cpu_us=round(statistics.median(lb[0] - b[0] for lb, b in zip(
-                    cpu["logged_bare"], cpu["bare"], strict=True))),
-                verify_cpu_ratio=round(statistics.median(b[0] / v[0] if v[0] else 0.0
-                                                         for b, v in zip(cpu["bare"], cpu["verify"], strict=True)), 3),
+                logged_bare_log_cpu_us=round(
+                    statistics.median(lb[0] - b[0] for lb, b in zip(cpu["logged_bare"], cpu["bare"], strict=True))
+                ),
+                verify_cpu_ratio=round(
+                    statistics.median(
+                        b[0] / v[0] if v[0] else 0.0 for b, v in zip(cpu["bare"], cpu["verify"], strict=True)
+                    ),
+                    3,
+                ),
             )
             known, unknown = _bodies(path, 1), _bodies(path, 1, unknown=True)
             timings: dict[str, list[float]] = {"known": [], "unknown": []}
             for _ in range(5):
                 for name, body in (("known", known[0]), ("unknown", unknown[0])):
-                    run = _checked(asyncio.run(drive_at_rate(gateway.url("/v1/verify"), gateway.headers, 200,
-                                                             args.timing_requests, body)), name)
+                    run = _checked(
+                        asyncio.run(
+                            drive_at_rate(gateway.url("/v1/verify"), gateway.headers, 200, args.timing_requests, body)
+                        ),
+                        name,
+                    )
                     timings[name] += run.latencies_ms
             for name, values in timings.items():
                 values.sort()

@@ -38,14 +38,19 @@ ROUTES = {"bare": "/bare", "logged_bare": "/v1/bare", "verify": "/v1/verify"}
 
 def post_script(path: Path, route: str, headers: dict[str, str], bodies: list[dict[str, Any]]) -> Path:
     """A wrk script that posts `bodies` in turn to `route`."""
-    lines = ["local bodies = {", *(f"  {_lua_string(orjson.dumps(b).decode())}," for b in bodies), "}",
-             "wrk.method = 'POST'", "wrk.headers['Content-Type'] = 'application/json'",
-             *(f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()),
-             "local i = 0",
-             "request = function()",
-             "  i = i % #bodies + 1",
-             f"  return wrk.format(nil, {_lua_string(route)}, nil, bodies[i])",
-             "end"]
+    lines = [
+        "local bodies = {",
+        *(f"  {_lua_string(orjson.dumps(b).decode())}," for b in bodies),
+        "}",
+        "wrk.method = 'POST'",
+        "wrk.headers['Content-Type'] = 'application/json'",
+        *(f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in headers.items()),
+        "local i = 0",
+        "request = function()",
+        "  i = i % #bodies + 1",
+        f"  return wrk.format(nil, {_lua_string(route)}, nil, bodies[i])",
+        "end",
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -85,13 +90,18 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
 
     gateway = Gateway(root / "gw", register)
     try:
-        scripts = {name: post_script(root / f"{name}.lua", route, gateway.headers if name == "verify" else {},
-                                     bodies) for name, route in ROUTES.items()}
+        scripts = {
+            name: post_script(root / f"{name}.lua", route, gateway.headers if name == "verify" else {}, bodies)
+            for name, route in ROUTES.items()
+        }
         for name in ROUTES:
             _measured(gateway, scripts[name], 64, 2)  # warm-up
         pin_gateway(gateway.server.proc.pid)  # type: ignore[union-attr]
-        orders = [("bare", "logged_bare", "verify"), ("logged_bare", "verify", "bare"),
-                  ("verify", "bare", "logged_bare")]
+        orders = [
+            ("bare", "logged_bare", "verify"),
+            ("logged_bare", "verify", "bare"),
+            ("verify", "bare", "logged_bare"),
+        ]
         for connections in (64, 8):
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ROUTES}
             for index in range(args.rounds):
@@ -102,15 +112,20 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
                 result[f"{name}_ratio{suffix}"] = _ratios(runs, name, "rps")
                 if connections == 64:
                     result[f"{name}_ratio_wrk"] = result[f"{name}_ratio"]
-                result[f"{name}_ratios{suffix}"] = [round(r["rps"] / b["rps"], 3)
-                                                    for r, b in zip(runs[name], runs["bare"], strict=True)]
+                result[f"{name}_ratios{suffix}"] = [
+                    round(r["rps"] / b["rps"], 3) for r, b in zip(runs[name], runs["bare"], strict=True)
+                ]
                 result[f"{name}_p99_over_bare{suffix}"] = _ratios(runs, name, "p99_ms")
             for name in ROUTES:
                 result[f"{name}_rps{suffix}"] = round(statistics.median(r["rps"] for r in runs[name]))
                 result[f"{name}_p99_ms{suffix}"] = round(statistics.median(r["p99_ms"] for r in runs[name]), 2)
                 result[f"{name}_cpu_us{suffix}"] = round(statistics.median(r["cpu_us"] for r in runs[name]), 1)
-            result[f"log_cpu_us{suffix}"] = round(statistics.median(
-                lb["cpu_us"] - b["cpu_us"] for lb, b in zip(runs["logged_bare"], runs["bare"], strict=True)), 1)
+            result[f"log_cpu_us{suffix}"] = round(
+                statistics.median(
+                    lb["cpu_us"] - b["cpu_us"] for lb, b in zip(runs["logged_bare"], runs["bare"], strict=True)
+                ),
+                1,
+            )
         if args.soak_seconds:
             result.update(_soak(gateway, scripts["verify"], args.soak_seconds))
     finally:
@@ -135,22 +150,32 @@ def _soak(gateway: Gateway, script: Path, seconds: int) -> dict[str, Any]:
         wrk(gateway.url("/"), script, 8, max(1, min(30, int(deadline - time.monotonic()))))
         samples.append(_rss_mb(pid))
     first = samples[min(2, len(samples) - 1)]
-    return {"soak_seconds": seconds, "soak_rss_mb": samples,
-            "soak_rss_growth": round((samples[-1] - first) / first, 3) if first else None}
+    return {
+        "soak_seconds": seconds,
+        "soak_rss_mb": samples,
+        "soak_rss_growth": round((samples[-1] - first) / first, 3) if first else None,
+    }
 
 
-def _workers(root: Path, register: Path, bodies: list[dict[str, Any]], redis: str, rounds: int, seconds: int
-             ) -> dict[str, Any]:
+def _workers(
+    root: Path, register: Path, bodies: list[dict[str, Any]], redis: str, rounds: int, seconds: int
+) -> dict[str, Any]:
     """One worker against two, each `jamu serve`-like (uvicorn's own worker processes), same Redis."""
     rps: dict[int, list[float]] = {1: [], 2: []}
     gateways: dict[int, Gateway] = {}
     try:
         for workers in (1, 2):
-            gateways[workers] = Gateway(root / f"w{workers}", register, extra_args=["--workers", str(workers)],
-                                        GATEWAY_REDIS_URL=redis, GATEWAY_WORKERS=str(workers),
-                                        GATEWAY_REDIS_KEY_PREFIX=f"jamu-bench-{os.getpid()}-{workers}:")
-        scripts = {w: post_script(root / f"verify-{w}.lua", ROUTES["verify"], g.headers, bodies)
-                   for w, g in gateways.items()}
+            gateways[workers] = Gateway(
+                root / f"w{workers}",
+                register,
+                extra_args=["--workers", str(workers)],
+                GATEWAY_REDIS_URL=redis,
+                GATEWAY_WORKERS=str(workers),
+                GATEWAY_REDIS_KEY_PREFIX=f"jamu-bench-{os.getpid()}-{workers}:",
+            )
+        scripts = {
+            w: post_script(root / f"verify-{w}.lua", ROUTES["verify"], g.headers, bodies) for w, g in gateways.items()
+        }
         for workers, gateway in gateways.items():
             wrk(gateway.url("/"), scripts[workers], 64, 2)  # warm-up
         for _ in range(rounds):
@@ -159,8 +184,11 @@ def _workers(root: Path, register: Path, bodies: list[dict[str, Any]], redis: st
     finally:
         for gateway in gateways.values():
             gateway.stop()
-    return {"workers_1_rps": round(statistics.median(rps[1])), "workers_2_rps": round(statistics.median(rps[2])),
-            "workers_2_ratio": round(statistics.median(b / a for a, b in zip(rps[1], rps[2], strict=True)), 3)}
+    return {
+        "workers_1_rps": round(statistics.median(rps[1])),
+        "workers_2_rps": round(statistics.median(rps[2])),
+        "workers_2_ratio": round(statistics.median(b / a for a, b in zip(rps[1], rps[2], strict=True)), 3),
+    }
 
 
 if __name__ == "__main__":

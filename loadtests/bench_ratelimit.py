@@ -46,14 +46,31 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
         redis_server = RedisProcess(root).start()
         redis_url = redis_server.url
     realm = build_realm(root)
-    for admin, limits in {"limited": [{"name": "burst", "limit": 1_000_000, "window": "1s"},
-                                      {"name": "daily", "limit": 1_000_000_000, "window": "1d"}],
-                          "unlimited": []}.items():
+    for admin, limits in {
+        "limited": [
+            {"name": "burst", "limit": 1_000_000, "window": "1s"},
+            {"name": "daily", "limit": 1_000_000_000, "window": "1d"},
+        ],
+        "unlimited": [],
+    }.items():
         realm.keys[admin] = new_key()
-        (realm.policies_dir / f"{admin}.yaml").write_text(yaml.safe_dump({
-            "id": admin, "name": admin, "rate_limits": limits,
-            "clients": [{"client_id": admin, "auth": "private_key_jwt", "jwks": jwks_of(realm.keys[admin]),
-                         "scopes": ["identity:verify"]}]}))
+        (realm.policies_dir / f"{admin}.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "id": admin,
+                    "name": admin,
+                    "rate_limits": limits,
+                    "clients": [
+                        {
+                            "client_id": admin,
+                            "auth": "private_key_jwt",
+                            "jwks": jwks_of(realm.keys[admin]),
+                            "scopes": ["identity:verify"],
+                        }
+                    ],
+                }
+            )
+        )
     gateway = GatewayProcess(realm.env(GATEWAY_REDIS_URL=redis_url, GATEWAY_REDIS_KEY_PREFIX="jamu-bench:"))
     gateway.start(root / "gateway.log")
     counter = redis_sync.Redis.from_url(redis_url)
@@ -78,8 +95,7 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
             inside = ("cmdstat_time", "cmdstat_get", "cmdstat_set")
             commands_sent += sum(after[k] - before.get(k, 0) for k in after if k not in inside) - 1  # our INFO
             evalsha_sent += after.get("cmdstat_evalsha", 0) - before.get("cmdstat_evalsha", 0)
-            runs["unlimited"].append(
-                asyncio.run(drive_at_rate(url, headers["unlimited"], args.rate, args.requests)))
+            runs["unlimited"].append(asyncio.run(drive_at_rate(url, headers["unlimited"], args.rate, args.requests)))
     finally:
         counter.close()
         gateway.stop()

@@ -45,11 +45,26 @@ from tests.support.keys import token_form
 from tests.support.realm import build_realm
 from tests.support.servers import REPO, GatewayProcess, free_port, wait_until
 
-ENTRY = orjson.dumps({"administration": "ceni", "attributes_released": ["family_name"], "client_id": "ceni-roll",
-                      "decision": "permit", "hash": "a" * 64, "id": "b6f2cb66-f1d9-47dd-955f-a0da2dc22e46",
-                      "latency_ms": 0.8, "operation": "verify", "prev_hash": "c" * 64, "purpose": "voter_roll",
-                      "seq": 123456, "status": 200, "subject_hash": "d" * 64, "time": "2026-12-03T15:44:46.632632Z",
-                      "trace_id": "e" * 32}, option=orjson.OPT_SORT_KEYS)
+ENTRY = orjson.dumps(
+    {
+        "administration": "ceni",
+        "attributes_released": ["family_name"],
+        "client_id": "ceni-roll",
+        "decision": "permit",
+        "hash": "a" * 64,
+        "id": "b6f2cb66-f1d9-47dd-955f-a0da2dc22e46",
+        "latency_ms": 0.8,
+        "operation": "verify",
+        "prev_hash": "c" * 64,
+        "purpose": "voter_roll",
+        "seq": 123456,
+        "status": 200,
+        "subject_hash": "d" * 64,
+        "time": "2026-12-03T15:44:46.632632Z",
+        "trace_id": "e" * 32,
+    },
+    option=orjson.OPT_SORT_KEYS,
+)
 
 
 def tree_cpu(root: Path, events: int, batch: int) -> dict[str, float]:
@@ -87,8 +102,10 @@ def proofs_direct(tree: TreeStore, size: int, count: int) -> dict[str, float]:
         tree.inclusion(seq, size)
         latencies.append((time.perf_counter() - started) * 1000)
     latencies.sort()
-    return {"inclusion_direct_p50_ms": round(latencies[len(latencies) // 2], 3),
-            "inclusion_direct_p99_ms": round(latencies[int(len(latencies) * 0.99)], 3)}
+    return {
+        "inclusion_direct_p50_ms": round(latencies[len(latencies) // 2], 3),
+        "inclusion_direct_p99_ms": round(latencies[int(len(latencies) * 0.99)], 3),
+    }
 
 
 def fabricate_log(data: Path, origin: str, size: int) -> None:
@@ -113,8 +130,9 @@ def token(gateway: GatewayProcess, realm: Any, client_id: str) -> dict[str, str]
     return {"Authorization": f"Bearer {answer.json()['access_token']}"}
 
 
-def proofs_http(gateway: GatewayProcess, officer: dict[str, str], origin: str, size: int, count: int
-                ) -> dict[str, float]:
+def proofs_http(
+    gateway: GatewayProcess, officer: dict[str, str], origin: str, size: int, count: int
+) -> dict[str, float]:
     """Inclusion proofs served, interleaved with `GET /v1/audit/origins` (as logged, durably, as a proof
     request, with no proof to make): the difference is what the proof costs a request."""
     rng = random.Random(2)  # noqa: S311
@@ -137,10 +155,12 @@ def proofs_http(gateway: GatewayProcess, officer: dict[str, str], origin: str, s
     return result
 
 
-async def receipt_delays(gateway: GatewayProcess, elections: dict[str, str], count: int, rate: float
-                         ) -> dict[str, float]:
+async def receipt_delays(
+    gateway: GatewayProcess, elections: dict[str, str], count: int, rate: float
+) -> dict[str, float]:
     delays: list[float] = []
     async with httpx.AsyncClient(base_url=gateway.base_url, headers=elections, timeout=10) as client:
+
         async def one() -> None:
             answer = await client.post("/v1/probe/person", json={"nin": "120394857602914"})
             answered = time.perf_counter()
@@ -155,18 +175,50 @@ async def receipt_delays(gateway: GatewayProcess, elections: dict[str, str], cou
             await asyncio.sleep(1 / rate)
         await asyncio.gather(*tasks)
     delays.sort()
-    return {"receipt_delay_p50_s": round(delays[len(delays) // 2], 3),
-            "receipt_delay_p99_s": round(delays[int(len(delays) * 0.99)], 3), "receipts": len(delays)}
+    return {
+        "receipt_delay_p50_s": round(delays[len(delays) // 2], 3),
+        "receipt_delay_p99_s": round(delays[int(len(delays) * 0.99)], 3),
+        "receipts": len(delays),
+    }
 
 
 def start_witness(state: Path, signer: notes.Signer) -> tuple[subprocess.Popen[bytes], str, str]:
     """A reference witness in its own process: (process, url, its vkey)."""
-    made = subprocess.run([sys.executable, "-m", "gateway.cli", "witness", "init", "--state", str(state),  # noqa: S603
-                           "--name", "bench.example/witness"], capture_output=True, text=True, check=True)
+    made = subprocess.run(  # noqa: S603 (our own CLI)
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "witness",
+            "init",
+            "--state",
+            str(state),
+            "--name",
+            "bench.example/witness",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     port = free_port()
-    witness = subprocess.Popen([sys.executable, "-m", "gateway.cli", "witness", "serve", "--state", str(state),  # noqa: S603
-                                "--port", str(port), "--log", signer.verifier.vkey()], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    witness = subprocess.Popen(  # noqa: S603 (our own CLI)
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "witness",
+            "serve",
+            "--state",
+            str(state),
+            "--port",
+            str(port),
+            "--log",
+            signer.verifier.vkey(),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.post(f"{url}/add-checkpoint", content="x", timeout=1).status_code == 400, 20, "witness")
     return witness, url, made.stdout.strip()
@@ -179,12 +231,14 @@ async def witness_rounds(root: Path, rounds: int) -> dict[str, float]:
     witness, url, vkey = await asyncio.to_thread(start_witness, root / "witness", signer)
     try:
         tree = build_tree(root / "wtree", 1 << 20)
-        config = WitnessesFile.model_validate({"quorum": 1, "witnesses": [
-            {"name": "bench.example/witness", "url": url, "vkey": vkey}]})
+        config = WitnessesFile.model_validate(
+            {"quorum": 1, "witnesses": [{"name": "bench.example/witness", "url": url, "vkey": vkey}]}
+        )
         recorded: list[int] = []
         async with httpx.AsyncClient() as http:
-            client = WitnessClient(config, origin, tree.consistency, lambda size, _: recorded.append(size), http,
-                                   Metrics())
+            client = WitnessClient(
+                config, origin, tree.consistency, lambda size, _: recorded.append(size), http, Metrics()
+            )
             size = 1000
             cpu = 0.0
             for _ in range(rounds):
@@ -198,8 +252,7 @@ async def witness_rounds(root: Path, rounds: int) -> dict[str, float]:
         if len(recorded) != rounds:
             raise RuntimeError(f"the witness cosigned {len(recorded)} of {rounds} checkpoints")
         per_round = cpu / rounds
-        return {"witness_round_cpu_ms": round(per_round * 1000, 3),
-                "witness_cpu_share_at_1_per_s": round(per_round, 5)}
+        return {"witness_round_cpu_ms": round(per_round * 1000, 3), "witness_cpu_share_at_1_per_s": round(per_round, 5)}
     finally:
         witness.terminate()
         await asyncio.to_thread(witness.wait, 10)
@@ -236,8 +289,9 @@ def _measure(root: Path, argv: list[str] | None) -> dict[str, Any]:
     reader.close()
     # Held as a running writer would hold it: the gateway leaves the log to it (it has no entries to adopt).
     lock = hold_writer_lock(directory)
-    gateway = GatewayProcess(realm.env(GATEWAY_AUDIT_SEAL_INTERVAL_S="1"),
-                             factory="tests.support.probe_app:create_durable").start(root / "gateway.log")
+    gateway = GatewayProcess(
+        realm.env(GATEWAY_AUDIT_SEAL_INTERVAL_S="1"), factory="tests.support.probe_app:create_durable"
+    ).start(root / "gateway.log")
     try:
         officer, elections = token(gateway, realm, "oversight-app"), token(gateway, realm, "elections-app")
         result.update(proofs_http(gateway, officer, origin, args.proof_tree_size, args.proofs))

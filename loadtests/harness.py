@@ -57,6 +57,7 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     """CPU time used so far by a process (user + system) and by its running children (the access log's
     writer): what a request costs the server, which drifts far less than its throughput on a shared
     machine. (0, 0) where /proc is not there to read."""
+
     def used(process: int) -> float:
         try:
             fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
@@ -86,8 +87,9 @@ def merge(runs: list[Run]) -> Run:
     for run in runs:
         for status, count in run.statuses.items():
             statuses[status] = statuses.get(status, 0) + count
-    return Run(sum(r.requests for r in runs), sum(r.seconds for r in runs),
-               [x for r in runs for x in r.latencies_ms], statuses)
+    return Run(
+        sum(r.requests for r in runs), sum(r.seconds for r in runs), [x for r in runs for x in r.latencies_ms], statuses
+    )
 
 
 def encode_request(url: str, headers: dict[str, str], body: dict[str, Any] | None) -> tuple[str, int, bytes]:
@@ -128,8 +130,14 @@ def _no_collector_pauses() -> Iterator[None]:
             gc.enable()
 
 
-async def drive_at_rate(url: str, headers: dict[str, str], rate: float, requests: int,
-                        body: dict[str, Any] | None = None, connections: int = 32) -> Run:
+async def drive_at_rate(
+    url: str,
+    headers: dict[str, str],
+    rate: float,
+    requests: int,
+    body: dict[str, Any] | None = None,
+    connections: int = 32,
+) -> Run:
     """One request every 1/rate s whatever the answers; latency counted from the scheduled send, so a
     stall is charged to every request it delayed (no coordinated omission). Bounded by `requests`."""
     host, port, request = encode_request(url, headers, body)
@@ -162,12 +170,16 @@ async def drive_at_rate(url: str, headers: dict[str, str], rate: float, requests
     return Run(requests, elapsed, latencies, statuses)
 
 
-async def drive_closed(url: str, headers: dict[str, str], requests: int, connections: int = 8,
-                       bodies: list[dict[str, Any]] | None = None) -> Run:
+async def drive_closed(
+    url: str, headers: dict[str, str], requests: int, connections: int = 8, bodies: list[dict[str, Any]] | None = None
+) -> Run:
     """Closed loop for throughput: `connections` keep-alive connections each send their next request as
     soon as the previous answer arrives, `requests` in all. With `bodies`, POSTs them round-robin."""
-    encoded = [encode_request(url, headers, body)[2] for body in bodies] if bodies else \
-        [encode_request(url, headers, None)[2]]
+    encoded = (
+        [encode_request(url, headers, body)[2] for body in bodies]
+        if bodies
+        else [encode_request(url, headers, None)[2]]
+    )
     host, port, _ = encode_request(url, headers, None)
     latencies: list[float] = []
     statuses: dict[int, int] = {}

@@ -34,8 +34,10 @@ def _load_people(environment: Any, **_: Any) -> None:
         return
     with sqlite3.connect(f"file:{register}?mode=ro", uri=True) as connection:
         connection.row_factory = sqlite3.Row
-        PEOPLE.extend(dict(r) for r in connection.execute(
-            "SELECT * FROM people WHERE record_status = 'active' ORDER BY nin LIMIT 5000"))
+        PEOPLE.extend(
+            dict(r)
+            for r in connection.execute("SELECT * FROM people WHERE record_status = 'active' ORDER BY nin LIMIT 5000")
+        )
 
 
 class GatewayUser(FastHttpUser):
@@ -52,13 +54,29 @@ class GatewayUser(FastHttpUser):
 
     def refresh(self) -> None:
         now = int(time.time())
-        assertion = jwt.encode({"alg": "Ed25519", "kid": self.key.thumbprint()},
-                               {"iss": self.client_id, "sub": self.client_id, "aud": f"{self.issuer}/oauth2/token",
-                                "iat": now, "exp": now + 60, "jti": secrets.token_urlsafe(12)}, self.key,
-                               algorithms=["Ed25519"])
-        with self.client.post("/oauth2/token", data={
-                "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
-                "client_assertion": assertion}, name="/oauth2/token", catch_response=True) as response:
+        assertion = jwt.encode(
+            {"alg": "Ed25519", "kid": self.key.thumbprint()},
+            {
+                "iss": self.client_id,
+                "sub": self.client_id,
+                "aud": f"{self.issuer}/oauth2/token",
+                "iat": now,
+                "exp": now + 60,
+                "jti": secrets.token_urlsafe(12),
+            },
+            self.key,
+            algorithms=["Ed25519"],
+        )
+        with self.client.post(
+            "/oauth2/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": assertion,
+            },
+            name="/oauth2/token",
+            catch_response=True,
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"token: {response.status_code}")
                 return
@@ -71,8 +89,9 @@ class GatewayUser(FastHttpUser):
         for _ in range(3):
             if time.time() > self.expires_at:
                 self.refresh()
-            with self.client.post(path, json=body, headers=self.headers, name=name or path,
-                                  catch_response=True) as response:
+            with self.client.post(
+                path, json=body, headers=self.headers, name=name or path, catch_response=True
+            ) as response:
                 if response.status_code == 429 and expect != 429:
                     response.success()  # the limit doing its job
                     wait = float(response.headers.get("Retry-After", "1"))
@@ -98,17 +117,32 @@ class ElectoralCommission(GatewayUser):
     @task(20)
     def verify_voter(self) -> None:
         p = self.person()
-        self.call("/v1/verify", {"nin": p["nin"], "purpose": "voter_roll",
-                                 "claims": {"family_name": p["family_name"], "given_names": p["given_names"],
-                                            "birth_date": p["birth_date"]},
-                                 "predicates": [{"name": "age_at_least", "value": 18, "as_of": "2027-06-01"},
-                                                {"name": "alive"},
-                                                {"name": "resides_in", "value": p["residence_region"]}]})
+        self.call(
+            "/v1/verify",
+            {
+                "nin": p["nin"],
+                "purpose": "voter_roll",
+                "claims": {
+                    "family_name": p["family_name"],
+                    "given_names": p["given_names"],
+                    "birth_date": p["birth_date"],
+                },
+                "predicates": [
+                    {"name": "age_at_least", "value": 18, "as_of": "2027-06-01"},
+                    {"name": "alive"},
+                    {"name": "resides_in", "value": p["residence_region"]},
+                ],
+            },
+        )
 
     @task(1)
     def attribute_it_may_not_read(self) -> None:
-        self.call("/v1/verify", {"nin": self.person()["nin"], "purpose": "voter_roll",
-                                 "claims": {"sex": "F"}}, expect=403, name="/v1/verify (refused claim)")
+        self.call(
+            "/v1/verify",
+            {"nin": self.person()["nin"], "purpose": "voter_roll", "claims": {"sex": "F"}},
+            expect=403,
+            name="/v1/verify (refused claim)",
+        )
 
 
 class HealthInsurance(GatewayUser):
@@ -125,11 +159,19 @@ class HealthInsurance(GatewayUser):
         self.consents: list[tuple[str, str]] = []
         for p in random.sample(PEOPLE, 20):
             expires = (datetime.now(UTC) + timedelta(days=30)).isoformat()
-            consent = channel.call("/v1/consents", {
-                "nin": p["nin"], "grantee": "canam", "purpose": "amo_enrolment",
-                "attributes": ["family_name", "given_names", "birth_date", "residence_commune"],
-                "operations": ["lookup", "verify"], "expires_at": expires,
-                "evidence": {"method": "signed_form", "reference": "LT"}}, expect=201)
+            consent = channel.call(
+                "/v1/consents",
+                {
+                    "nin": p["nin"],
+                    "grantee": "canam",
+                    "purpose": "amo_enrolment",
+                    "attributes": ["family_name", "given_names", "birth_date", "residence_commune"],
+                    "operations": ["lookup", "verify"],
+                    "expires_at": expires,
+                    "evidence": {"method": "signed_form", "reference": "LT"},
+                },
+                expect=201,
+            )
             if consent:
                 self.consents.append((p["nin"], consent["id"]))
 
@@ -138,13 +180,24 @@ class HealthInsurance(GatewayUser):
         if not self.consents:
             return
         nin, consent_id = random.choice(self.consents)  # noqa: S311
-        self.call("/v1/lookup", {"nin": nin, "purpose": "amo_enrolment", "consent_id": consent_id,
-                                 "attributes": ["family_name", "birth_date"]})
+        self.call(
+            "/v1/lookup",
+            {
+                "nin": nin,
+                "purpose": "amo_enrolment",
+                "consent_id": consent_id,
+                "attributes": ["family_name", "birth_date"],
+            },
+        )
 
     @task(1)
     def lookup_without_consent(self) -> None:
-        self.call("/v1/lookup", {"nin": self.person()["nin"], "purpose": "amo_enrolment",
-                                 "attributes": ["family_name"]}, expect=403, name="/v1/lookup (no consent)")
+        self.call(
+            "/v1/lookup",
+            {"nin": self.person()["nin"], "purpose": "amo_enrolment", "attributes": ["family_name"]},
+            expect=403,
+            name="/v1/lookup (no consent)",
+        )
 
 
 class SocialDevelopment(GatewayUser):
@@ -156,9 +209,15 @@ class SocialDevelopment(GatewayUser):
     @task
     def idp_check(self) -> None:
         p = self.person()
-        self.call("/v1/verify", {"nin": p["nin"], "purpose": "idp_assistance_check",
-                                 "claims": {"family_name": p["family_name"]},
-                                 "predicates": [{"name": "registered_idp"}, {"name": "alive"}]})
+        self.call(
+            "/v1/verify",
+            {
+                "nin": p["nin"],
+                "purpose": "idp_assistance_check",
+                "claims": {"family_name": p["family_name"]},
+                "predicates": [{"name": "registered_idp"}, {"name": "alive"}],
+            },
+        )
 
 
 class ConsentCounter(GatewayUser):
@@ -176,9 +235,13 @@ class Intruder(FastHttpUser):
 
     @task
     def forged_token(self) -> None:
-        with self.client.post("/v1/verify", json={"nin": "120394857602914", "purpose": "voter_roll"},
-                              headers={"Authorization": "Bearer eyJhbGciOiJub25lIn0.e30."},
-                              name="/v1/verify (forged token)", catch_response=True) as response:
+        with self.client.post(
+            "/v1/verify",
+            json={"nin": "120394857602914", "purpose": "voter_roll"},
+            headers={"Authorization": "Bearer eyJhbGciOiJub25lIn0.e30."},
+            name="/v1/verify (forged token)",
+            catch_response=True,
+        ) as response:
             if response.status_code != 401:
                 response.failure(f"expected 401, got {response.status_code}")
             else:

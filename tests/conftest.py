@@ -106,8 +106,10 @@ async def migrated_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Asy
     if request.param == "sqlite":
         url, schema = database_url(None, tmp_path), None
     else:
-        url, schema = database_url(request.getfixturevalue("postgres_url"), tmp_path), \
-            request.getfixturevalue("postgres_schema")
+        url, schema = (
+            database_url(request.getfixturevalue("postgres_url"), tmp_path),
+            request.getfixturevalue("postgres_schema"),
+        )
     engine = create_engine(url, schema=schema)
     await migrate(engine, schema)
     yield engine

@@ -51,11 +51,29 @@ def token(gateway: str, client_id: str, key_path: Path) -> str:
         key, alg = ECKey.import_key(pem), "ES256"
     now = int(time.time())
     endpoint = f"{gateway}/oauth2/token"
-    assertion = jwt.encode({"alg": alg}, {"iss": client_id, "sub": client_id, "aud": endpoint, "iat": now,
-                                          "exp": now + 60, "jti": secrets.token_urlsafe(16)}, key, algorithms=[alg])
-    response = httpx.post(endpoint, data={
-        "grant_type": "client_credentials", "scope": "events:read", "client_assertion": assertion,
-        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}, timeout=30)
+    assertion = jwt.encode(
+        {"alg": alg},
+        {
+            "iss": client_id,
+            "sub": client_id,
+            "aud": endpoint,
+            "iat": now,
+            "exp": now + 60,
+            "jti": secrets.token_urlsafe(16),
+        },
+        key,
+        algorithms=[alg],
+    )
+    response = httpx.post(
+        endpoint,
+        data={
+            "grant_type": "client_credentials",
+            "scope": "events:read",
+            "client_assertion": assertion,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        },
+        timeout=30,
+    )
     response.raise_for_status()
     return str(response.json()["access_token"])
 
@@ -99,8 +117,14 @@ class Stop(Exception):
 SAVE_EVERY_S = 10.0
 
 
-def _save(roll_path: Path | None, columns: list[str], rows: list[dict[str, str]], roll: dict[str, dict[str, str]],
-          state_path: Path, state: dict[str, Any]) -> None:
+def _save(
+    roll_path: Path | None,
+    columns: list[str],
+    rows: list[dict[str, str]],
+    roll: dict[str, dict[str, str]],
+    state_path: Path,
+    state: dict[str, Any],
+) -> None:
     """The roll (when it changed), then the state: a crash in between replays what the dedupe skips."""
     if roll_path is not None:
         out = io.StringIO()
@@ -111,8 +135,9 @@ def _save(roll_path: Path | None, columns: list[str], rows: list[dict[str, str]]
     write_atomically(state_path, json.dumps(state))
 
 
-def run(gateway: str, client_id: str, key: Path, subscription: str, roll_path: Path, state_path: Path
-        ) -> dict[str, int]:
+def run(
+    gateway: str, client_id: str, key: Path, subscription: str, roll_path: Path, state_path: Path
+) -> dict[str, int]:
     fresh = {"cursor": None, "seen": [], "struck_by": {}}
     state = json.loads(state_path.read_text()) if state_path.exists() else fresh
     seen, struck_by = set(state["seen"]), dict(state["struck_by"])
@@ -136,8 +161,9 @@ def run(gateway: str, client_id: str, key: Path, subscription: str, roll_path: P
         page.raise_for_status()
         doc = page.json()
         for raw in doc["events"]:
-            event = from_http_event(HTTPMessage(headers={"content-type": "application/cloudevents+json"},
-                                                body=json.dumps(raw).encode()))
+            event = from_http_event(
+                HTTPMessage(headers={"content-type": "application/cloudevents+json"}, body=json.dumps(raw).encode())
+            )
             if event.get_id() in seen:
                 counts["duplicates"] += 1
                 continue
@@ -153,8 +179,14 @@ def run(gateway: str, client_id: str, key: Path, subscription: str, roll_path: P
         cursor = doc["next_cursor"]
         # Every few seconds and at the end, not every page: a long backlog is not rewritten page after page.
         if not doc["events"] or time.monotonic() - saved_at > SAVE_EVERY_S:
-            _save(roll_path if changed_since else None, columns, rows, roll, state_path,
-                  {"cursor": cursor, "seen": sorted(seen), "struck_by": struck_by})
+            _save(
+                roll_path if changed_since else None,
+                columns,
+                rows,
+                roll,
+                state_path,
+                {"cursor": cursor, "seen": sorted(seen), "struck_by": struck_by},
+            )
             saved_at, changed_since = time.monotonic(), False
         if not doc["events"]:
             return counts

@@ -66,12 +66,21 @@ def _after(cursor: str | None) -> Position | None:
     try:
         value = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         position, origin, seq = value
-        if not (type(position) is int and type(seq) is int and 0 <= position < 2**63 and 0 <= seq < 2**63
-                and isinstance(origin, str) and _CURSOR_ORIGIN.fullmatch(origin)):
+        if not (
+            type(position) is int
+            and type(seq) is int
+            and 0 <= position < 2**63
+            and 0 <= seq < 2**63
+            and isinstance(origin, str)
+            and _CURSOR_ORIGIN.fullmatch(origin)
+        ):
             raise ValueError
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise Problem("invalid_request", "the cursor is not one this API handed out", extra={
-            "errors": [{"in": "query", "parameter": "cursor", "detail": "unknown cursor"}]}) from None
+        raise Problem(
+            "invalid_request",
+            "the cursor is not one this API handed out",
+            extra={"errors": [{"in": "query", "parameter": "cursor", "detail": "unknown cursor"}]},
+        ) from None
     return Position(position, origin, seq)
 
 
@@ -92,12 +101,18 @@ async def index_current(request: Request) -> list[OriginState]:
     async with index_reads():
         states = await app.audit.origins()
     now = time.time()
-    behind = [why for state in states if state.origin != app.access_log.origin
-              and (why := state.behind(max_lag, now, LAG_REPORT_FRESH_S))]
+    behind = [
+        why
+        for state in states
+        if state.origin != app.access_log.origin and (why := state.behind(max_lag, now, LAG_REPORT_FRESH_S))
+    ]
     if own_behind or behind:
         log.warning("audit read refused: the index is behind (%s)", "; ".join(behind) or "this process's log")
-        raise Problem("audit_unavailable", "the access log's query index is behind the log; retry shortly",
-                      headers={"Retry-After": "1"})
+        raise Problem(
+            "audit_unavailable",
+            "the access log's query index is behind the log; retry shortly",
+            headers={"Retry-After": "1"},
+        )
     return states
 
 
@@ -108,8 +123,11 @@ async def index_reads() -> AsyncIterator[None]:
         yield
     except (SQLAlchemyError, OSError) as exc:
         log.warning("access log index unreadable: %s", exc)
-        raise Problem("audit_unavailable", "the access log's query index cannot be read; retry shortly",
-                      headers={"Retry-After": "1"}) from None
+        raise Problem(
+            "audit_unavailable",
+            "the access log's query index cannot be read; retry shortly",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 def _indexed_through(states: list[OriginState]) -> dict[str, int]:
@@ -125,8 +143,9 @@ def _instant(moment: datetime | None, name: str, *, in_body: bool = False) -> st
         return rfc3339(moment)
     except (OverflowError, ValueError):
         where = {"pointer": f"/{name}"} if in_body else {"in": "query", "parameter": name}
-        raise Problem("invalid_request", f"{name} is out of range",
-                      extra={"errors": [{**where, "detail": "out of range"}]}) from None
+        raise Problem(
+            "invalid_request", f"{name} is out of range", extra={"errors": [{**where, "detail": "out of range"}]}
+        ) from None
 
 
 class PersonSearch(BaseModel):
@@ -140,6 +159,7 @@ class PersonSearch(BaseModel):
 
 class HistoryEvidence(BaseModel):
     """How the channel knows the person is the one asking: present at the counter, an OTP, a signed form."""
+
     model_config = ConfigDict(extra="forbid")
     method: Literal["in_person", "otp", "signed_form"]
     reference: Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -163,8 +183,14 @@ async def _page(request: Request, where: EventFilter, cursor: str | None, limit:
     async with index_reads():
         events, last = await services(request).audit.page(where, after, limit)
     next_cursor = _cursor(last) if len(events) == limit and last is not None else None
-    return FastJSONResponse({"transaction_id": access_record(request).id, "events": events,
-                             "next_cursor": next_cursor, "indexed_through": _indexed_through(states)})
+    return FastJSONResponse(
+        {
+            "transaction_id": access_record(request).id,
+            "events": events,
+            "next_cursor": next_cursor,
+            "indexed_through": _indexed_through(states),
+        }
+    )
 
 
 @router.get("/v1/audit/events", name="audit.search", summary="List access events (security officers)")
@@ -183,26 +209,37 @@ async def list_events(
     """Every origin's events in the order they became searchable (oldest first). `next_cursor` is set
     when the page is full; pass it back for the next page: an event indexed meanwhile comes on a later
     page. `since` is inclusive, `until` exclusive."""
-    where = EventFilter(administration=administration, client_id=client_id, operation=operation,
-                        decision=decision, since=_instant(since, "since"), until=_instant(until, "until"))
+    where = EventFilter(
+        administration=administration,
+        client_id=client_id,
+        operation=operation,
+        decision=decision,
+        since=_instant(since, "since"),
+        until=_instant(until, "until"),
+    )
     return await _page(request, where, cursor, limit)
 
 
 @router.post("/v1/audit/search", name="audit.search", summary="Every access to one person's record")
 async def search_person(
-    request: Request, body: PersonSearch,
+    request: Request,
+    body: PersonSearch,
     caller: Annotated[Caller, Depends(protected("audit.search", "audit:read"))],
 ) -> FastJSONResponse:
     subject = services(request).subjects(body.nin)
     access_record(request).subject_hash = subject
-    where = EventFilter(subject_hash=subject, since=_instant(body.since, "since", in_body=True),
-                        until=_instant(body.until, "until", in_body=True))
+    where = EventFilter(
+        subject_hash=subject,
+        since=_instant(body.since, "since", in_body=True),
+        until=_instant(body.until, "until", in_body=True),
+    )
     return await _page(request, where, body.cursor, body.limit)
 
 
 @router.get("/v1/audit/integrity", name="audit.integrity", summary="Check the hash chain and checkpoints")
 async def integrity(
-    request: Request, caller: Annotated[Caller, Depends(protected("audit.integrity", "audit:read"))],
+    request: Request,
+    caller: Annotated[Caller, Depends(protected("audit.integrity", "audit:read"))],
 ) -> FastJSONResponse:
     """Walks every origin's chain as the index holds it, against its signed checkpoints. The tail
     written since an origin's last checkpoint is reported in `unsealed_events`, not as a problem: a
@@ -234,19 +271,31 @@ async def integrity_report(app: Any, states: list[OriginState]) -> dict[str, Any
             named += mine
             problems += mine
         last_checkpoint = report.last_checkpoint if signed is None else {**(report.last_checkpoint or {}), **signed}
-        entry = {"origin": state.origin, "tree_size": tree_size,
-                 "indexed_through": state.indexed, "last_seq": report.last_seq,
-                 "last_checkpoint": last_checkpoint, "unsealed_events": report.unsealed_events,
-                 "cosignatures": cosignatures, "problems": named}
+        entry = {
+            "origin": state.origin,
+            "tree_size": tree_size,
+            "indexed_through": state.indexed,
+            "last_seq": report.last_seq,
+            "last_checkpoint": last_checkpoint,
+            "unsealed_events": report.unsealed_events,
+            "cosignatures": cosignatures,
+            "problems": named,
+        }
         if state.link is not None:
             entry["continues"] = {"origin": state.link.origin, "seq": state.link.seq}
         origins.append(entry)
         if state.origin == own_origin:
             own = entry
     own = own or {"last_seq": None, "last_checkpoint": None, "unsealed_events": 0}
-    return {"ok": not problems, "events_checked": checked, "last_seq": own["last_seq"],
-            "last_checkpoint": own["last_checkpoint"], "unsealed_events": own["unsealed_events"],
-            "problems": problems[:100], "origins": origins}
+    return {
+        "ok": not problems,
+        "events_checked": checked,
+        "last_seq": own["last_seq"],
+        "last_checkpoint": own["last_checkpoint"],
+        "unsealed_events": own["unsealed_events"],
+        "problems": problems[:100],
+        "origins": origins,
+    }
 
 
 async def _signed_head(app: Any, origin: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
@@ -268,8 +317,10 @@ async def _signed_head(app: Any, origin: str) -> tuple[dict[str, Any] | None, li
     if witnessed:
         with contextlib.suppress(notes.NoteError):
             _, good = notes.verified(witnessed[0].note, app.witnesses.verifiers())
-            cosignatures = [{"witness": s.name, "size": witnessed[0].size,
-                             "time": struct.unpack(">Q", s.blob[4:12])[0]} for s in good]
+            cosignatures = [
+                {"witness": s.name, "size": witnessed[0].size, "time": struct.unpack(">Q", s.blob[4:12])[0]}
+                for s in good
+            ]
     return {"size": head.size, "root": notes.b64encode(head.root), "note": head.note}, cosignatures
 
 
@@ -285,15 +336,24 @@ def _own_log_problems(app: Any, origin: str) -> list[dict[str, Any]]:
         found += [{"origin": origin, "seq": store.next_seq if store else 0, "problem": p} for p in client.problems()]
         lag = client.lag()
         if lag > app.settings.witness_max_lag_s:
-            found.append({"origin": origin, "seq": store.next_seq if store else 0,
-                          "problem": f"no checkpoint has reached its witness quorum for {lag:.0f} s"})
+            found.append(
+                {
+                    "origin": origin,
+                    "seq": store.next_seq if store else 0,
+                    "problem": f"no checkpoint has reached its witness quorum for {lag:.0f} s",
+                }
+            )
     return found
 
 
-@router.post("/v1/subjects/access-history", name="subject.history",
-             summary="Who used a person's record, for the person (through a channel)")
+@router.post(
+    "/v1/subjects/access-history",
+    name="subject.history",
+    summary="Who used a person's record, for the person (through a channel)",
+)
 async def access_history(
-    request: Request, body: HistoryRequest,
+    request: Request,
+    body: HistoryRequest,
     caller: Annotated[Caller, Depends(protected("subject.history", "subject:history"))],
 ) -> FastJSONResponse:
     """The latest uses of the person's record, oldest first, this read included: the channel's reads of
@@ -314,13 +374,26 @@ async def access_history(
     async with index_reads():
         events = await app.audit.subject_events(subject, HIDDEN_FROM_HISTORY, HISTORY_LIMIT)
     names = {a.id: a.name for a in app.policies.current.administrations.values()}
-    this_read = {"time": rfc3339(record.time), "administration": caller.administration,
-                 "operation": "subject.history", "purpose": None, "attributes_released": [], "decision": "permit"}
+    this_read = {
+        "time": rfc3339(record.time),
+        "administration": caller.administration,
+        "operation": "subject.history",
+        "purpose": None,
+        "attributes_released": [],
+        "decision": "permit",
+    }
     history: list[dict[str, Any]] = [
-        {"time": e["time"], "administration": e["administration"],
-         "administration_name": names.get(e["administration"] or ""), "operation": e["operation"],
-         "purpose": e["purpose"], "attributes_released": e["attributes_released"], "decision": e["decision"]}
-        for e in [*events[-(HISTORY_LIMIT - 1):], this_read]
+        {
+            "time": e["time"],
+            "administration": e["administration"],
+            "administration_name": names.get(e["administration"] or ""),
+            "operation": e["operation"],
+            "purpose": e["purpose"],
+            "attributes_released": e["attributes_released"],
+            "decision": e["decision"],
+        }
+        for e in [*events[-(HISTORY_LIMIT - 1) :], this_read]
     ]
-    return FastJSONResponse({"transaction_id": record.id, "events": history,
-                             "indexed_through": _indexed_through(states)})
+    return FastJSONResponse(
+        {"transaction_id": record.id, "events": history, "indexed_through": _indexed_through(states)}
+    )

@@ -52,13 +52,15 @@ class ConsentRequest(BaseModel):
 
 
 def _answer(request: Request, consent: Consent, status: int = 200) -> FastJSONResponse:
-    return FastJSONResponse({"transaction_id": access_record(request).id, **consent.public(now_text())},
-                            status_code=status)
+    return FastJSONResponse(
+        {"transaction_id": access_record(request).id, **consent.public(now_text())}, status_code=status
+    )
 
 
 @router.post("/v1/consents", name="consent.create", status_code=201, summary="Record a person's consent")
 async def create_consent(
-    request: Request, body: ConsentRequest,
+    request: Request,
+    body: ConsentRequest,
     caller: Annotated[Caller, Depends(protected("consent.create", "consent:write"))],
 ) -> FastJSONResponse:
     """For one grantee's consent-based purpose, within what that purpose allows, until a date no later
@@ -77,11 +79,13 @@ async def create_consent(
         raise invalid_at("/purpose", "the grantee has no consent-based purpose by this name")
     record.purpose = body.purpose  # a purpose of the grantee's own policy: never a made-up one
     # Within what the purpose may touch: released attributes, claims, and what its predicates read.
-    outside = sorted(set(body.attributes) - set(purpose.attributes) - set(purpose.claims)
-                     - predicate_reads(purpose.predicates))
+    outside = sorted(
+        set(body.attributes) - set(purpose.attributes) - set(purpose.claims) - predicate_reads(purpose.predicates)
+    )
     if outside:
-        raise Problem("attribute_not_permitted", "the purpose does not cover these attributes",
-                      extra={"attributes": outside})
+        raise Problem(
+            "attribute_not_permitted", "the purpose does not cover these attributes", extra={"attributes": outside}
+        )
     operations = sorted(set(body.operations) - set(purpose.operations))
     if operations:
         raise Problem("operation_not_permitted", f"the purpose does not allow {', '.join(operations)}")
@@ -91,17 +95,26 @@ async def create_consent(
     if body.expires_at > now + timedelta(days=purpose.max_consent_days):
         raise invalid_at("/expires_at", f"at most {purpose.max_consent_days} days ahead for this purpose")
     consent = await app.consents.create(
-        subject_hash=record.subject_hash, grantee=body.grantee, purpose=body.purpose, attributes=body.attributes,
-        operations=body.operations, issued_by=caller.administration, issued_by_client=caller.client_id,
-        evidence_method=body.evidence.method, evidence_reference=body.evidence.reference,
-        expires_at=rfc3339(body.expires_at), max_uses=body.max_uses)
+        subject_hash=record.subject_hash,
+        grantee=body.grantee,
+        purpose=body.purpose,
+        attributes=body.attributes,
+        operations=body.operations,
+        issued_by=caller.administration,
+        issued_by_client=caller.client_id,
+        evidence_method=body.evidence.method,
+        evidence_reference=body.evidence.reference,
+        expires_at=rfc3339(body.expires_at),
+        max_uses=body.max_uses,
+    )
     record.consent_id = consent.id
     return _answer(request, consent, 201)
 
 
 @router.get("/v1/consents/{consent_id}", name="consent.read", summary="Read a consent (its channel or grantee)")
 async def read_consent(
-    request: Request, consent_id: ConsentId,
+    request: Request,
+    consent_id: ConsentId,
     caller: Annotated[Caller, Depends(protected("consent.read", "consent:read"))],
 ) -> FastJSONResponse:
     record = access_record(request)
@@ -115,7 +128,8 @@ async def read_consent(
 
 @router.post("/v1/consents/{consent_id}/revoke", name="consent.revoke", summary="Revoke a consent (its channel)")
 async def revoke_consent(
-    request: Request, consent_id: ConsentId,
+    request: Request,
+    consent_id: ConsentId,
     caller: Annotated[Caller, Depends(protected("consent.revoke", "consent:write"))],
 ) -> FastJSONResponse:
     """Effective for the very next request. Revoking twice answers the same revoked consent."""

@@ -19,8 +19,9 @@ def access_record(request: Request) -> AccessRecord:
 def idempotency_key(value: str | None) -> str:
     """The `Idempotency-Key` a creating request must carry (bulk jobs, declarations), or `400` naming it."""
     if value is None or not value.strip() or not value.isprintable():
-        raise invalid_at("/headers/Idempotency-Key", "an Idempotency-Key header is required (1 to 200 printable "
-                         "characters)")
+        raise invalid_at(
+            "/headers/Idempotency-Key", "an Idempotency-Key header is required (1 to 200 printable characters)"
+        )
     return value
 
 

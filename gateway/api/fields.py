@@ -17,5 +17,4 @@ def _nin(value: str) -> str:
 
 
 # A NIN in a request body (never a URL): checked, then in its one normalised spelling.
-Nin = Annotated[str, Field(max_length=64, description="the person's NIN; never sent in a URL"),
-                AfterValidator(_nin)]
+Nin = Annotated[str, Field(max_length=64, description="the person's NIN; never sent in a URL"), AfterValidator(_nin)]

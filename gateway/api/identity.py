@@ -97,8 +97,16 @@ class LookupRequest(_Body):
         return list(dict.fromkeys(attributes))
 
 
-async def _start(request: Request, caller: Caller, body: _Body, operation: str, *, claims: Iterable[str] = (),
-                 predicates: Iterable[str] = (), attributes: Iterable[str] = ()) -> tuple[Services, PurposePolicy]:
+async def _start(
+    request: Request,
+    caller: Caller,
+    body: _Body,
+    operation: str,
+    *,
+    claims: Iterable[str] = (),
+    predicates: Iterable[str] = (),
+    attributes: Iterable[str] = (),
+) -> tuple[Services, PurposePolicy]:
     """Policy, then consent: both before any connector is asked."""
     app = services(request)
     record = access_record(request)
@@ -107,22 +115,31 @@ async def _start(request: Request, caller: Caller, body: _Body, operation: str, 
     if administration is not None and body.purpose in administration.purposes:
         record.purpose = body.purpose  # one of the caller's own purposes: a made-up one is never logged
     with app.tracer.start_as_current_span("authorise"):
-        policy = authorise(administration, body.purpose, operation, claims=claims, predicates=predicates,
-                           attributes=attributes)
+        policy = authorise(
+            administration, body.purpose, operation, claims=claims, predicates=predicates, attributes=attributes
+        )
     record.legal_basis = policy.legal_basis
     if policy.consent == "required":
         # A verification uses the claimed attributes and what its predicates read; a lookup the released ones.
         with app.tracer.start_as_current_span("consent"):
-            consent = await find_consent(app.consents, body.consent_id, subject_hash=record.subject_hash,
-                                         grantee=caller.administration)
+            consent = await find_consent(
+                app.consents, body.consent_id, subject_hash=record.subject_hash, grantee=caller.administration
+            )
             record.consent_id = consent.id  # logged only once it is known to be the caller's
-            await use_consent(app.consents, consent, purpose=body.purpose, operation=operation,
-                              attributes=[*claims, *attributes], predicates=predicates)
+            await use_consent(
+                app.consents,
+                consent,
+                purpose=body.purpose,
+                operation=operation,
+                attributes=[*claims, *attributes],
+                predicates=predicates,
+            )
     return app, policy
 
 
-async def _person(app: Services, record: AccessRecord, nin: str, attributes: frozenset[str]
-                  ) -> tuple[Mapping[str, Any] | None, bool]:
+async def _person(
+    app: Services, record: AccessRecord, nin: str, attributes: frozenset[str]
+) -> tuple[Mapping[str, Any] | None, bool]:
     """What the register read for this NIN (the person, a suspended person, a stand-in or nothing), and
     whether it is a usable record of this person. Unknown and suspended answer alike; the access log
     keeps which."""
@@ -133,7 +150,8 @@ async def _person(app: Services, record: AccessRecord, nin: str, attributes: fro
 
 @router.post("/v1/verify", name="verify", summary="Verify claims and predicates about a person")
 async def verify(
-    request: Request, body: VerifyRequest,
+    request: Request,
+    body: VerifyRequest,
     caller: Annotated[Caller, Depends(protected("verify", "identity:verify"))],
 ) -> FastJSONResponse:
     """Answers booleans only; an unknown or suspended NIN answers like a person who matches nothing."""
@@ -141,21 +159,29 @@ async def verify(
     predicates = [decide.Predicate(p.name, p.value, p.as_of) for p in body.predicates or ()]
     record = access_record(request)
     record.attributes_requested = sorted(claims)
-    app, policy = await _start(request, caller, body, "verify", claims=claims,
-                               predicates={p.name for p in predicates})
+    app, policy = await _start(request, caller, body, "verify", claims=claims, predicates={p.name for p in predicates})
     person, usable = await _person(app, record, body.nin, decide.needed_attributes(claims, predicates))
     # An unusable record's stand-in (a neighbour's, or the suspended record) is judged and masked: the
     # same work as a real answer, never its result.
-    answer = decide.verify(person if usable else None, claims, predicates, today=datetime.now(UTC).date(),
-                           threshold=policy.fuzzy_threshold, claim_details=policy.claim_details, stand_in=person)
+    answer = decide.verify(
+        person if usable else None,
+        claims,
+        predicates,
+        today=datetime.now(UTC).date(),
+        threshold=policy.fuzzy_threshold,
+        claim_details=policy.claim_details,
+        stand_in=person,
+    )
     record.releases_data = True
-    return FastJSONResponse({"transaction_id": record.id,
-                             "subject_ref": app.subject_refs(caller.administration, body.nin), **answer})
+    return FastJSONResponse(
+        {"transaction_id": record.id, "subject_ref": app.subject_refs(caller.administration, body.nin), **answer}
+    )
 
 
 @router.post("/v1/lookup", name="lookup", summary="Release a person's attributes")
 async def lookup(
-    request: Request, body: LookupRequest,
+    request: Request,
+    body: LookupRequest,
     caller: Annotated[Caller, Depends(protected("lookup", "identity:lookup"))],
 ) -> FastJSONResponse:
     """Every requested attribute must be granted by the purpose (and the consent, where required)."""
@@ -167,6 +193,10 @@ async def lookup(
         raise Problem("subject_not_found", "no usable record for this person")
     record.releases_data = True
     record.attributes_released = body.attributes
-    return FastJSONResponse({"transaction_id": record.id,
-                             "subject_ref": app.subject_refs(caller.administration, body.nin),
-                             "attributes": {name: person.get(name) for name in body.attributes}})
+    return FastJSONResponse(
+        {
+            "transaction_id": record.id,
+            "subject_ref": app.subject_refs(caller.administration, body.nin),
+            "attributes": {name: person.get(name) for name in body.attributes},
+        }
+    )

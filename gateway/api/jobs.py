@@ -94,22 +94,40 @@ async def _status(app: Services, job: Job) -> dict[str, Any]:
     elif job.status == "running" and job.started_at and progress.processed and job.total:
         rate = progress.processed / max(time.time() - job.started_at, 1e-3)
         eta = round((job.total - progress.processed) / rate, 1)
-    return {"id": job.id, "status": job.status, "total": job.total, "processed": progress.processed,
-            "errors": progress.errors, "started_at": _time(job.started_at), "eta_s": eta,
-            "created_at": _time(job.created_at), "finished_at": _time(job.finished_at),
-            "results_expire_at": _time(job.expires_at), "purpose": job.spec.purpose, "format": job.format,
-            "input_url": _input_url(job.id), "input_sha256": job.input_sha256, "reason": job.reason}
+    return {
+        "id": job.id,
+        "status": job.status,
+        "total": job.total,
+        "processed": progress.processed,
+        "errors": progress.errors,
+        "started_at": _time(job.started_at),
+        "eta_s": eta,
+        "created_at": _time(job.created_at),
+        "finished_at": _time(job.finished_at),
+        "results_expire_at": _time(job.expires_at),
+        "purpose": job.spec.purpose,
+        "format": job.format,
+        "input_url": _input_url(job.id),
+        "input_sha256": job.input_sha256,
+        "reason": job.reason,
+    }
 
 
 def _time(moment: float | None) -> str | None:
-    return None if moment is None else datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
+    return (
+        None
+        if moment is None
+        else datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
 
 
-@router.post("/v1/verification-jobs", name="verify.bulk.create", status_code=201,
-             summary="Create a bulk verification job")
+@router.post(
+    "/v1/verification-jobs", name="verify.bulk.create", status_code=201, summary="Create a bulk verification job"
+)
 async def create_job(
-    request: Request, body: JobRequest, idempotency_key: IdempotencyKey = None,
+    request: Request,
+    body: JobRequest,
+    idempotency_key: IdempotencyKey = None,
     caller: Caller = Depends(protected("verify.bulk.create", "identity:verify")),  # noqa: B008
 ) -> FastJSONResponse:
     """The job's purpose, claims and predicates are checked against the policy now, as a verification's
@@ -123,41 +141,68 @@ async def create_job(
         if earlier.request_hash != request_hash:
             raise Problem("conflict", "this Idempotency-Key was used for another job request")
         record.job_id = earlier.id
-        return FastJSONResponse({"transaction_id": record.id, "id": earlier.id, "status": earlier.status,
-                                 "input_url": _input_url(earlier.id)}, status_code=201)
+        return FastJSONResponse(
+            {
+                "transaction_id": record.id,
+                "id": earlier.id,
+                "status": earlier.status,
+                "input_url": _input_url(earlier.id),
+            },
+            status_code=201,
+        )
     administration = _administration(app, caller)
     if administration is not None and body.purpose in administration.purposes:
         record.purpose = body.purpose
-    policy = authorise(administration, body.purpose, "verify", claims=body.claims,
-                       predicates={p.name for p in body.predicates})
+    policy = authorise(
+        administration, body.purpose, "verify", claims=body.claims, predicates={p.name for p in body.predicates}
+    )
     record.legal_basis = policy.legal_basis
     record.attributes_requested = sorted(body.claims)
     if policy.consent == "required":
-        raise Problem("consent_required", "a bulk job runs under a purpose whose legal basis allows the "
-                      "processing; a consent-based purpose needs each person's consent, one verification at a time")
+        raise Problem(
+            "consent_required",
+            "a bulk job runs under a purpose whose legal basis allows the "
+            "processing; a consent-based purpose needs each person's consent, one verification at a time",
+        )
     if not body.claims and not body.predicates:
         raise invalid_at("/claims", "send at least one of claims, predicates")
     limit = administration.bulk_records_per_day if administration is not None else None
     left = await app.jobs.bulk_left(caller.administration, limit)
     if body.records is not None and left is not None and body.records > left:
-        raise Problem("rate_limited", f"{body.records} records declared; {left} bulk records left today",
-                      headers={"Retry-After": str(_seconds_to_midnight())})
+        raise Problem(
+            "rate_limited",
+            f"{body.records} records declared; {left} bulk records left today",
+            headers={"Retry-After": str(_seconds_to_midnight())},
+        )
     if body.records is not None and body.records > app.settings.bulk_max_records:
         raise invalid_at("/records", f"at most {app.settings.bulk_max_records} records per job")
     today = datetime.now(UTC).date()
     # The job's one evaluation date; a predicate's own `as_of` still overrides it (decide.evaluate).
-    spec = JobSpec(body.purpose, tuple(body.claims),
-                   tuple(Predicate(p.name, p.value, p.as_of) for p in body.predicates), body.as_of or today)
+    spec = JobSpec(
+        body.purpose,
+        tuple(body.claims),
+        tuple(Predicate(p.name, p.value, p.as_of) for p in body.predicates),
+        body.as_of or today,
+    )
     try:
-        job, _ = await app.jobs.create(job_id=str(uuid.uuid4()), administration=caller.administration,
-                                       client_id=caller.client_id, idempotency_key=key, request_hash=request_hash,
-                                       spec=spec, fmt=body.format, declared_records=body.records)
+        job, _ = await app.jobs.create(
+            job_id=str(uuid.uuid4()),
+            administration=caller.administration,
+            client_id=caller.client_id,
+            idempotency_key=key,
+            request_hash=request_hash,
+            spec=spec,
+            fmt=body.format,
+            declared_records=body.records,
+        )
     except IdempotencyConflict:
         raise Problem("conflict", "this Idempotency-Key was used for another job request") from None
     record.job_id = job.id
     record.count = body.records
-    return FastJSONResponse({"transaction_id": record.id, "id": job.id, "status": job.status,
-                             "input_url": _input_url(job.id)}, status_code=201)
+    return FastJSONResponse(
+        {"transaction_id": record.id, "id": job.id, "status": job.status, "input_url": _input_url(job.id)},
+        status_code=201,
+    )
 
 
 async def _discard(app: Services, job_id: str, upload: Upload) -> None:
@@ -191,10 +236,13 @@ def _content_digest(header: str | None) -> str | None:
     raise invalid_at("/headers/Content-Digest", "only sha-256 is accepted")
 
 
-@router.put("/v1/verification-jobs/{job_id}/input", name="verify.bulk.upload", status_code=202,
-            summary="Upload a job's input")
+@router.put(
+    "/v1/verification-jobs/{job_id}/input", name="verify.bulk.upload", status_code=202, summary="Upload a job's input"
+)
 async def upload_input(
-    request: Request, job_id: JobId, content_digest: Annotated[str | None, Header(alias="Content-Digest")] = None,
+    request: Request,
+    job_id: JobId,
+    content_digest: Annotated[str | None, Header(alias="Content-Digest")] = None,
     caller: Caller = Depends(protected("verify.bulk.upload", "identity:verify")),  # noqa: B008
 ) -> FastJSONResponse:
     """Streamed to disk and cut into chunks on the way; never held whole. Nothing is kept unless the whole
@@ -207,8 +255,9 @@ async def upload_input(
     administration = _administration(app, caller)
     limit_per_day = administration.bulk_records_per_day if administration is not None else None
     if await app.jobs.bulk_left(caller.administration, limit_per_day) == 0:  # refused before any byte is kept
-        raise Problem("rate_limited", "no bulk records left today",
-                      headers={"Retry-After": str(_seconds_to_midnight())})
+        raise Problem(
+            "rate_limited", "no bulk records left today", headers={"Retry-After": str(_seconds_to_midnight())}
+        )
     limit = min(settings.bulk_max_records, job.declared_records or settings.bulk_max_records)
     splitter = InputSplitter(job.format, job.spec, settings.bulk_chunk_records, limit)
     upload = await asyncio.to_thread(app.job_files.start_upload, job.id)
@@ -233,16 +282,25 @@ async def upload_input(
         if wanted_sha is not None and wanted_sha != splitter.sha256:
             raise invalid_at("/headers/Content-Digest", "the body's SHA-256 differs from Content-Digest")
         input_file = await asyncio.to_thread(upload.keep)
-        await app.jobs.accept_input(job, total=splitter.records, sha256=splitter.sha256, input_file=input_file,
-                                    jobs_dir=app.job_files.identity, chunks=chunks, daily_limit=limit_per_day)
+        await app.jobs.accept_input(
+            job,
+            total=splitter.records,
+            sha256=splitter.sha256,
+            input_file=input_file,
+            jobs_dir=app.job_files.identity,
+            chunks=chunks,
+            daily_limit=limit_per_day,
+        )
         accepted = True
     except UploadRefused as exc:
         too_many = str(exc).startswith("more than")
-        raise invalid_at("/body", str(exc), 413 if too_many and limit == settings.bulk_max_records else None
-                       ) from None
+        raise invalid_at("/body", str(exc), 413 if too_many and limit == settings.bulk_max_records else None) from None
     except QuotaExceeded as exc:
-        raise Problem("rate_limited", f"{splitter.records} records uploaded; {exc.left} bulk records left today",
-                      headers={"Retry-After": str(_seconds_to_midnight())}) from None
+        raise Problem(
+            "rate_limited",
+            f"{splitter.records} records uploaded; {exc.left} bulk records left today",
+            headers={"Retry-After": str(_seconds_to_midnight())},
+        ) from None
     except NotAwaitingInput as exc:
         raise Problem("conflict", f"the job is {exc.status}: it takes no input now") from None
     except ClientDisconnect:
@@ -256,13 +314,22 @@ async def upload_input(
         await app.chunk_queue.submit(job.id, [c.n for c in chunks])
     except Exception as exc:  # the job is queued in the database: the queue's own sweep finds its chunks
         log.warning("bulk job %s: chunks not dispatched at once: %s", job.id, exc)
-    return FastJSONResponse({"transaction_id": record.id, "id": job.id, "status": "queued",
-                             "total": splitter.records, "input_sha256": splitter.sha256}, status_code=202)
+    return FastJSONResponse(
+        {
+            "transaction_id": record.id,
+            "id": job.id,
+            "status": "queued",
+            "total": splitter.records,
+            "input_sha256": splitter.sha256,
+        },
+        status_code=202,
+    )
 
 
 @router.get("/v1/verification-jobs/{job_id}", name="verify.bulk.status", summary="A job's status")
 async def job_status(
-    request: Request, job_id: JobId,
+    request: Request,
+    job_id: JobId,
     caller: Caller = Depends(protected("verify.bulk.status", "identity:verify")),  # noqa: B008
 ) -> FastJSONResponse:
     app, job = await _job(request, caller, job_id)
@@ -271,7 +338,8 @@ async def job_status(
 
 @router.delete("/v1/verification-jobs/{job_id}", name="verify.bulk.cancel", summary="Cancel a job")
 async def cancel_job(
-    request: Request, job_id: JobId,
+    request: Request,
+    job_id: JobId,
     caller: Caller = Depends(protected("verify.bulk.cancel", "identity:verify")),  # noqa: B008
 ) -> FastJSONResponse:
     """Chunks already finished keep their results; no further record is verified. A job that has ended
@@ -286,20 +354,27 @@ async def cancel_job(
 async def _output(request: Request, caller: Caller, job_id: str, kind: str) -> StreamingResponse:
     app, job = await _job(request, caller, job_id)
     if not job.ended:
-        raise Problem("conflict", f"the job is {job.status}: its {kind} are ready when it ends",
-                      headers={"Retry-After": "5"})
+        raise Problem(
+            "conflict", f"the job is {job.status}: its {kind} are ready when it ends", headers={"Retry-After": "5"}
+        )
     chunks = await app.jobs.done_chunks(job.id)
     if job.expires_at is None or not await asyncio.to_thread(app.job_files.has_results, job.id, chunks):
         raise Problem("not_found", f"the job's {kind} were deleted after their retention")
     header = results_header(job.format, job.spec) if kind == "results" else errors_header(job.format)
-    return StreamingResponse(app.job_files.stream(job.id, kind, chunks, header), media_type=MEDIA[job.format],
-                             headers={"Cache-Control": "no-store",
-                                      "Content-Disposition": f'attachment; filename="{job.id}-{kind}.{job.format}"'})
+    return StreamingResponse(
+        app.job_files.stream(job.id, kind, chunks, header),
+        media_type=MEDIA[job.format],
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Disposition": f'attachment; filename="{job.id}-{kind}.{job.format}"',
+        },
+    )
 
 
 @router.get("/v1/verification-jobs/{job_id}/results", name="verify.bulk.results", summary="A job's results")
 async def job_results(
-    request: Request, job_id: JobId,
+    request: Request,
+    job_id: JobId,
     caller: Caller = Depends(protected("verify.bulk.results", "identity:verify")),  # noqa: B008
 ) -> StreamingResponse:
     """One line per record, in input order: `ref`, `match`, one per predicate, `code`."""
@@ -308,7 +383,8 @@ async def job_results(
 
 @router.get("/v1/verification-jobs/{job_id}/errors", name="verify.bulk.errors", summary="A job's invalid records")
 async def job_errors(
-    request: Request, job_id: JobId,
+    request: Request,
+    job_id: JobId,
     caller: Caller = Depends(protected("verify.bulk.errors", "identity:verify")),  # noqa: B008
 ) -> StreamingResponse:
     """Line number, `ref` (when one could be read) and reason for each `invalid_input` record."""

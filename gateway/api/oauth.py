@@ -71,14 +71,17 @@ async def jwks(request: Request) -> FastJSONResponse:
 @router.get("/.well-known/oauth-authorization-server", summary="Authorization-server metadata (RFC 8414)")
 async def metadata(request: Request) -> FastJSONResponse:
     settings = services(request).settings
-    return FastJSONResponse({
-        "issuer": settings.issuer,
-        "token_endpoint": settings.token_endpoint,
-        "jwks_uri": f"{settings.issuer}/.well-known/jwks.json",
-        "grant_types_supported": ["client_credentials"],
-        "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
-        "token_endpoint_auth_signing_alg_values_supported": list(ASYMMETRIC_ALGORITHMS),
-        "scopes_supported": list(SCOPES),
-        "service_documentation": f"{settings.issuer}/docs",
-    }, headers={"Cache-Control": "public, max-age=300"})
+    return FastJSONResponse(
+        {
+            "issuer": settings.issuer,
+            "token_endpoint": settings.token_endpoint,
+            "jwks_uri": f"{settings.issuer}/.well-known/jwks.json",
+            "grant_types_supported": ["client_credentials"],
+            "response_types_supported": [],
+            "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+            "token_endpoint_auth_signing_alg_values_supported": list(ASYMMETRIC_ALGORITHMS),
+            "scopes_supported": list(SCOPES),
+            "service_documentation": f"{settings.issuer}/docs",
+        },
+        headers={"Cache-Control": "public, max-age=300"},
+    )

@@ -48,8 +48,7 @@ async def readyz(request: Request) -> FastJSONResponse:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics (bearer token with scope metrics:read)",
-            response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics (bearer token with scope metrics:read)", response_class=Response)
 async def metrics(request: Request) -> Response:
     """Per-administration volumes are not public: on this listener a token with `metrics:read` is needed.
     The cluster's scraper uses the separate listener of `GATEWAY_METRICS_PORT`, which needs none."""
@@ -76,7 +75,8 @@ async def docs(request: Request) -> Response:
         return FastJSONResponse(request.app.openapi())
     base = request.scope.get("root_path", "")
     return get_swagger_ui_html(
-        openapi_url=f"{base}/openapi.json", title="Jamu gateway API",
+        openapi_url=f"{base}/openapi.json",
+        title="Jamu gateway API",
         swagger_js_url=f"{base}{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
         swagger_css_url=f"{base}{DOCS_ASSETS_PATH}/swagger-ui.css",
         swagger_favicon_url=f"{base}{DOCS_ASSETS_PATH}/favicon.png",
@@ -90,4 +90,5 @@ async def problem_type(code: str) -> FastJSONResponse:
     if kind is None:
         raise Problem("not_found", "no such problem type")
     return FastJSONResponse(
-        {"code": kind.code, "status": kind.status, "title": kind.title, "description": kind.description})
+        {"code": kind.code, "status": kind.status, "title": kind.title, "description": kind.description}
+    )

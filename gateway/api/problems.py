@@ -108,12 +108,12 @@ def describe(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
-        table = "\n".join(
-            f"| `{p.code}` | {p.status} | {p.description} |" for p in CATALOGUE.values())
+        table = "\n".join(f"| `{p.code}` | {p.status} | {p.description} |" for p in CATALOGUE.values())
         description = (
             (app.description or "")
             + "\n\n## Errors\n\nEvery error is `application/problem+json`.\n\n| code | status | meaning |\n"
-            + "|---|---|---|\n" + table
+            + "|---|---|---|\n"
+            + table
         )
         schema = get_openapi(title=app.title, version=app.version, description=description, routes=app.routes)
         schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = _PROBLEM_SCHEMA

@@ -62,16 +62,25 @@ def parse_body(raw: bytes, content_type: str | None) -> Any:
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
-                                       "input": {}, "ctx": {"error": exc.msg}}], body=exc.doc) from None
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", exc.pos),
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": exc.msg},
+                }
+            ],
+            body=exc.doc,
+        ) from None
     except Exception:  # not UTF-8/16/32, nested too deep: FastAPI's answer to a body it cannot read
         raise HTTPException(400, "There was an error parsing the body") from None
 
 
 def _reads_request_parts(dependant: Dependant) -> bool:
     """Path, query, header or cookie parameters: what this handler does not fill."""
-    return bool(dependant.path_params or dependant.query_params or dependant.header_params
-                or dependant.cookie_params)
+    return bool(dependant.path_params or dependant.query_params or dependant.header_params or dependant.cookie_params)
 
 
 def read_valid_body(model: type[BaseModel], raw: bytes, content_type: str | None) -> BaseModel | None:
@@ -93,9 +102,17 @@ class GuardedBodyRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         own = self.dependant
         endpoint, guards, body_field = own.call, own.dependencies, self.body_field
-        if (endpoint is None or body_field is None or len(own.body_params) != 1 or _reads_request_parts(own)
-                or len(guards) != 1 or guards[0].call is None or _reads_request_parts(guards[0])
-                or guards[0].body_params or guards[0].dependencies):
+        if (
+            endpoint is None
+            or body_field is None
+            or len(own.body_params) != 1
+            or _reads_request_parts(own)
+            or len(guards) != 1
+            or guards[0].call is None
+            or _reads_request_parts(guards[0])
+            or guards[0].body_params
+            or guards[0].dependencies
+        ):
             raise TypeError(f"{self.path}: GuardedBodyRoute serves (request, body, caller) endpoints only")
         model = body_field.field_info.annotation
         if not (isinstance(model, type) and issubclass(model, BaseModel)):

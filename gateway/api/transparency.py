@@ -44,8 +44,10 @@ async def _view(app: Services, origin: str | None) -> LogView:
     own = app.access_log.origin
     view = await asyncio.to_thread(_views(app).get, origin or own)
     if view is None:
-        raise Problem("not_found", f"no log of origin {origin!r} on this instance" if origin else
-                      "this instance's log has no key yet")
+        raise Problem(
+            "not_found",
+            f"no log of origin {origin!r} on this instance" if origin else "this instance's log has no key yet",
+        )
     return view
 
 
@@ -53,8 +55,9 @@ async def _signed(view: LogView) -> SignedHead:
     try:
         head = await asyncio.to_thread(view.signed)
     except notes.NoteError:
-        raise Problem("audit_unavailable", "the log's last checkpoint does not verify: see the integrity "
-                      "report") from None
+        raise Problem(
+            "audit_unavailable", "the log's last checkpoint does not verify: see the integrity report"
+        ) from None
     if head is None:
         raise Problem("conflict", "the log has not signed a checkpoint yet", headers={"Retry-After": "1"})
     return head
@@ -77,10 +80,16 @@ def _b64(hashes: list[bytes]) -> list[str]:
     return [notes.b64encode(h) for h in hashes]
 
 
-@router.get("/v1/audit/checkpoint", name="audit.proof", response_class=Response,
-            summary="The latest signed checkpoint, with the witnesses' cosignatures (C2SP tlog-checkpoint)")
+@router.get(
+    "/v1/audit/checkpoint",
+    name="audit.proof",
+    response_class=Response,
+    summary="The latest signed checkpoint, with the witnesses' cosignatures (C2SP tlog-checkpoint)",
+)
 async def checkpoint(
-    request: Request, caller: Annotated[Caller, Depends(protected("audit.proof", None))], origin: Origin = None,
+    request: Request,
+    caller: Annotated[Caller, Depends(protected("audit.proof", None))],
+    origin: Origin = None,
 ) -> Response:
     head = await _signed(await _view(services(request), origin))
     return Response(head.note, media_type="text/plain; charset=utf-8", headers={"Cache-Control": "no-store"})
@@ -88,29 +97,41 @@ async def checkpoint(
 
 @router.get("/v1/audit/origins", name="audit.proof", summary="Each local log's origin and public key (vkey)")
 async def origins(
-    request: Request, caller: Annotated[Caller, Depends(protected("audit.proof", None))],
+    request: Request,
+    caller: Annotated[Caller, Depends(protected("audit.proof", None))],
 ) -> FastJSONResponse:
     views = await asyncio.to_thread(_views(services(request)).all)
     return FastJSONResponse({"origins": [{"origin": v.origin, "vkey": v.vkey} for v in views if v.vkey]})
 
 
-@router.get("/v1/audit/proof/inclusion", name="audit.proof",
-            summary="An entry's inclusion proof in a signed tree (security officers)")
+@router.get(
+    "/v1/audit/proof/inclusion",
+    name="audit.proof",
+    summary="An entry's inclusion proof in a signed tree (security officers)",
+)
 async def inclusion(
-    request: Request, caller: Annotated[Caller, Depends(protected("audit.proof", "audit:read"))],
-    seq: Size, size: Size, origin: Origin = None,
+    request: Request,
+    caller: Annotated[Caller, Depends(protected("audit.proof", "audit:read"))],
+    seq: Size,
+    size: Size,
+    origin: Origin = None,
 ) -> FastJSONResponse:
     view = await _view(services(request), origin)
     leaf, hashes = await _proved(view.inclusion, seq, size)
-    return FastJSONResponse({"origin": view.origin, "seq": seq, "size": size, "leaf_hash": notes.b64encode(leaf),
-                             "hashes": _b64(hashes)})
+    return FastJSONResponse(
+        {"origin": view.origin, "seq": seq, "size": size, "leaf_hash": notes.b64encode(leaf), "hashes": _b64(hashes)}
+    )
 
 
-@router.get("/v1/audit/proof/consistency", name="audit.proof",
-            summary="A proof that one signed tree extends an older one")
+@router.get(
+    "/v1/audit/proof/consistency", name="audit.proof", summary="A proof that one signed tree extends an older one"
+)
 async def consistency(
-    request: Request, caller: Annotated[Caller, Depends(protected("audit.proof", None))],
-    old: Size, new: Size, origin: Origin = None,
+    request: Request,
+    caller: Annotated[Caller, Depends(protected("audit.proof", None))],
+    old: Size,
+    new: Size,
+    origin: Origin = None,
 ) -> FastJSONResponse:
     view = await _view(services(request), origin)
     hashes = await _proved(view.consistency, old, new)
@@ -150,10 +171,15 @@ async def _locate(app: Services, transaction_id: str) -> tuple[str, int] | None:
         return await asyncio.to_thread(tails)
 
 
-@router.get("/v1/receipts/{transaction_id}", name="receipt",
-            summary="Proof that one of your transactions was logged (C2SP tlog-proof)")
+@router.get(
+    "/v1/receipts/{transaction_id}",
+    name="receipt",
+    summary="Proof that one of your transactions was logged (C2SP tlog-proof)",
+)
 async def receipt(
-    request: Request, caller: Annotated[Caller, Depends(protected("receipt", None))], transaction_id: str,
+    request: Request,
+    caller: Annotated[Caller, Depends(protected("receipt", None))],
+    transaction_id: str,
 ) -> FastJSONResponse:
     app = services(request)
     unknown = Problem("not_found", "no transaction of your administration with this id")
@@ -162,11 +188,13 @@ async def receipt(
     try:
         found = await _locate(app, transaction_id)
     except _NotYet:
-        raise Problem("conflict", "the access log's index is catching up; retry shortly",
-                      headers={"Retry-After": "1"}) from None
+        raise Problem(
+            "conflict", "the access log's index is catching up; retry shortly", headers={"Retry-After": "1"}
+        ) from None
     except SQLAlchemyError:
-        raise Problem("audit_unavailable", "the access log's index cannot be read; retry shortly",
-                      headers={"Retry-After": "1"}) from None
+        raise Problem(
+            "audit_unavailable", "the access log's index cannot be read; retry shortly", headers={"Retry-After": "1"}
+        ) from None
     if found is None:
         raise unknown
     origin, seq = found
@@ -182,14 +210,14 @@ async def receipt(
     try:
         head = await asyncio.to_thread(_receipt_head, app, view, seq)
         if head is None:
-            raise Problem("conflict", "the entry is durable but no signed checkpoint covers it yet",
-                          headers={"Retry-After": "1"})
+            raise Problem(
+                "conflict", "the entry is durable but no signed checkpoint covers it yet", headers={"Retry-After": "1"}
+            )
         entry, proof = await asyncio.to_thread(receipt_proof, view, seq, head)
     except (merkle.InvalidProof, notes.NoteError, LookupError):
         raise _unprovable() from None
     quorum = app.witnesses is None or cosigned_count(head.note, app.witnesses.verifiers()) >= app.witnesses.quorum
-    return FastJSONResponse({"origin": origin, "seq": seq, "entry": entry.decode(), "proof": proof,
-                             "quorum": quorum})
+    return FastJSONResponse({"origin": origin, "seq": seq, "entry": entry.decode(), "proof": proof, "quorum": quorum})
 
 
 def _unprovable() -> Problem:

@@ -22,9 +22,24 @@ from gateway.audit.notes import Signer
 
 GENESIS = "0" * 64
 HASHED_FIELDS = (
-    "seq", "id", "time", "administration", "client_id", "operation", "purpose", "legal_basis", "consent_id",
-    "subject_hash", "attributes_requested", "attributes_released", "decision", "reason", "status",
-    "latency_ms", "trace_id", "prev_hash",
+    "seq",
+    "id",
+    "time",
+    "administration",
+    "client_id",
+    "operation",
+    "purpose",
+    "legal_basis",
+    "consent_id",
+    "subject_hash",
+    "attributes_requested",
+    "attributes_released",
+    "decision",
+    "reason",
+    "status",
+    "latency_ms",
+    "trace_id",
+    "prev_hash",
 )
 # Fields added after the log's first version: hashed only when set, so every earlier event, which has
 # none of them, keeps the hash it was written with.
@@ -93,8 +108,7 @@ class CheckpointSigner:
 
     def sign(self, seq: int, head_hash: str, time: str) -> Checkpoint:
         signature = self._private.sign(checkpoint_message(seq, head_hash))
-        return Checkpoint(seq, head_hash, time, self.key_id,
-                          base64.urlsafe_b64encode(signature).rstrip(b"=").decode())
+        return Checkpoint(seq, head_hash, time, self.key_id, base64.urlsafe_b64encode(signature).rstrip(b"=").decode())
 
 
 def checkpoint_valid(checkpoint: Checkpoint, keys: Mapping[str, Ed25519PublicKey]) -> str | None:
@@ -120,9 +134,14 @@ class IntegrityReport:
     unsealed_events: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "events_checked": self.events_checked, "last_seq": self.last_seq,
-                "last_checkpoint": self.last_checkpoint, "problems": self.problems,
-                "unsealed_events": self.unsealed_events}
+        return {
+            "ok": self.ok,
+            "events_checked": self.events_checked,
+            "last_seq": self.last_seq,
+            "last_checkpoint": self.last_checkpoint,
+            "problems": self.problems,
+            "unsealed_events": self.unsealed_events,
+        }
 
 
 @dataclass
@@ -181,8 +200,9 @@ class ChainVerifier:
             self._problem(checkpoint.seq, "checkpointed event is missing")
         elif checkpoint.head_hash != head_hash:
             self._rewritten = True
-            self._problem(seq, f"chain differs from the signed checkpoint: history after seq "
-                               f"{self._sealed_seq} was rewritten")
+            self._problem(
+                seq, f"chain differs from the signed checkpoint: history after seq {self._sealed_seq} was rewritten"
+            )
         else:
             self._sealed_seq = seq
             self._last_checkpoint = checkpoint
@@ -192,8 +212,12 @@ class ChainVerifier:
         for checkpoint in reversed(self._pending):
             invalid = checkpoint_valid(checkpoint, self.keys)
             truncated = truncated or not invalid
-            self._problem(checkpoint.seq, invalid or f"events deleted from the end: the log stops at seq "
-                                                     f"{self._prev_seq} but a checkpoint covers seq {checkpoint.seq}")
+            self._problem(
+                checkpoint.seq,
+                invalid
+                or f"events deleted from the end: the log stops at seq "
+                f"{self._prev_seq} but a checkpoint covers seq {checkpoint.seq}",
+            )
         self._pending = []
         unsealed = self._prev_seq - self._sealed_seq if self._prev_seq > self._sealed_seq else 0
         # Entries before a valid checkpoint past the end were sealed; the fault is the missing end.

@@ -63,7 +63,7 @@ class _CheckpointTail:
                 data = os.pread(handle.fileno(), 1 << 20, self._offset)
         except FileNotFoundError:
             return []
-        whole = data[:data.rfind(b"\n") + 1]
+        whole = data[: data.rfind(b"\n") + 1]
         self._offset += len(whole)
         found = []
         for line in whole.split(b"\n"):
@@ -102,8 +102,9 @@ def _index_row(origin: str, payload: bytes) -> tuple[Any, ...]:
     return tuple(values)
 
 
-_SQLITE_INSERT = str(insert(audit_index).compile(dialect=sqlite_dialect(paramstyle="qmark"),
-                                                   column_keys=list(ROW_COLUMNS)))
+_SQLITE_INSERT = str(
+    insert(audit_index).compile(dialect=sqlite_dialect(paramstyle="qmark"), column_keys=list(ROW_COLUMNS))
+)
 
 
 async def _positions_in_commit_order(connection: AsyncConnection) -> None:
@@ -132,22 +133,39 @@ def _rollup_statement(dialect: str, origin: str, first_seq: int, end: int) -> An
     """The hourly counts of one origin's events `first_seq`..`end` (just added), added to `audit_rollup`
     in the caller's transaction: the overview's charts read these instead of the events."""
     c = audit_index.c
-    keys = (func.substr(c.time, 1, 13), func.coalesce(c.administration, ""), func.coalesce(c.operation, ""),
-            c.decision, func.coalesce(c.reason, ""))
-    counts = (select(c.origin, *keys, func.count())
-              .where(c.origin == origin, c.seq >= first_seq, c.seq < end).group_by(c.origin, *keys))
+    keys = (
+        func.substr(c.time, 1, 13),
+        func.coalesce(c.administration, ""),
+        func.coalesce(c.operation, ""),
+        c.decision,
+        func.coalesce(c.reason, ""),
+    )
+    counts = (
+        select(c.origin, *keys, func.count())
+        .where(c.origin == origin, c.seq >= first_seq, c.seq < end)
+        .group_by(c.origin, *keys)
+    )
     upsert = (pg_insert if dialect == "postgresql" else sqlite_insert)(audit_rollup).from_select(
-        ["origin", "hour", "administration", "operation", "decision", "reason", "count"], counts)
+        ["origin", "hour", "administration", "operation", "decision", "reason", "count"], counts
+    )
     return upsert.on_conflict_do_update(
         index_elements=["origin", "hour", "administration", "operation", "decision", "reason"],
-        set_={"count": audit_rollup.c.count + upsert.excluded.count})
+        set_={"count": audit_rollup.c.count + upsert.excluded.count},
+    )
 
 
 class IndexFollower:
     """Follows one log directory into the index."""
 
-    def __init__(self, engine: AsyncEngine, directory: Path, *, origin: str | None = None, batch: int = 4000,
-                 report_lag: Callable[[int], float] | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        directory: Path,
+        *,
+        origin: str | None = None,
+        batch: int = 4000,
+        report_lag: Callable[[int], float] | None = None,
+    ) -> None:
         self._engine = engine
         self.report_lag = report_lag  # seconds behind once the index holds the entries below the given seq
         self.directory = directory
@@ -187,8 +205,11 @@ class IndexFollower:
         added = 0
         while True:
             async with self._engine.execution_options(**WRITER).begin() as connection:
-                found = (await connection.execute(
-                    select(_origins.c.next_seq).where(_origins.c.origin == self.origin).with_for_update())).first()
+                found = (
+                    await connection.execute(
+                        select(_origins.c.next_seq).where(_origins.c.origin == self.origin).with_for_update()
+                    )
+                ).first()
                 next_seq = 0 if found is None else int(found[0])
                 self.indexed_through = next_seq
                 if next_seq > until:
@@ -202,26 +223,43 @@ class IndexFollower:
                     await connection.execute(_rollup_statement(connection.dialect.name, self.origin, next_seq, end))
                 covered = [c for c in checkpoints if c.seq < end]
                 if covered:
-                    known = set((await connection.execute(
-                        select(audit_index_checkpoints.c.seq).where(
-                            audit_index_checkpoints.c.origin == self.origin,
-                            audit_index_checkpoints.c.seq.in_([c.seq for c in covered])))).scalars())
+                    known = set(
+                        (
+                            await connection.execute(
+                                select(audit_index_checkpoints.c.seq).where(
+                                    audit_index_checkpoints.c.origin == self.origin,
+                                    audit_index_checkpoints.c.seq.in_([c.seq for c in covered]),
+                                )
+                            )
+                        ).scalars()
+                    )
                     fresh = [{**c.__dict__, "origin": self.origin} for c in covered if c.seq not in known]
                     if fresh:
                         await connection.execute(insert(audit_index_checkpoints), fresh)
                 if not rows:
                     if found is not None and self.report_lag is not None:  # a heartbeat: still following
-                        await connection.execute(update(_origins).where(_origins.c.origin == self.origin)
-                                                 .values(**self._lag_report(end)))
+                        await connection.execute(
+                            update(_origins).where(_origins.c.origin == self.origin).values(**self._lag_report(end))
+                        )
                 elif found is None:
                     link = read_link(self.directory)  # written when the log was made
-                    await connection.execute(insert(_origins).values(
-                        origin=self.origin, next_seq=end, first_seq=0,
-                        link_origin=link.origin if link else None, link_seq=link.seq if link else None,
-                        link_hash=link.hash if link else None, **self._lag_report(end)))
+                    await connection.execute(
+                        insert(_origins).values(
+                            origin=self.origin,
+                            next_seq=end,
+                            first_seq=0,
+                            link_origin=link.origin if link else None,
+                            link_seq=link.seq if link else None,
+                            link_hash=link.hash if link else None,
+                            **self._lag_report(end),
+                        )
+                    )
                 else:
-                    await connection.execute(update(_origins).where(_origins.c.origin == self.origin)
-                                             .values(next_seq=end, **self._lag_report(end)))
+                    await connection.execute(
+                        update(_origins)
+                        .where(_origins.c.origin == self.origin)
+                        .values(next_seq=end, **self._lag_report(end))
+                    )
             self._pending_checkpoints = [c for c in checkpoints if c.seq >= end]  # once committed
             self.indexed_through = end
             added += len(rows)
@@ -238,21 +276,33 @@ class IndexFollower:
         know of it (and of its silence, should its follower never get further)."""
         link = read_link(self.directory)
         async with self._engine.execution_options(**WRITER).begin() as connection:
-            known = (await connection.execute(select(_origins.c.next_seq).where(_origins.c.origin == self.origin)
-                                              .with_for_update())).first()
+            known = (
+                await connection.execute(
+                    select(_origins.c.next_seq).where(_origins.c.origin == self.origin).with_for_update()
+                )
+            ).first()
             report = {"lag_s": 0.0, "reported_at": time.time()}
             if known is None:
-                await connection.execute(insert(_origins).values(
-                    origin=self.origin, next_seq=0, first_seq=0, link_origin=link.origin if link else None,
-                    link_seq=link.seq if link else None, link_hash=link.hash if link else None, **report))
+                await connection.execute(
+                    insert(_origins).values(
+                        origin=self.origin,
+                        next_seq=0,
+                        first_seq=0,
+                        link_origin=link.origin if link else None,
+                        link_seq=link.seq if link else None,
+                        link_hash=link.hash if link else None,
+                        **report,
+                    )
+                )
             else:
                 await connection.execute(update(_origins).where(_origins.c.origin == self.origin).values(**report))
 
     async def mark_stopped(self) -> None:
         """Say this origin's follower stopped with the index caught up: its silence is not a lag."""
         async with self._engine.execution_options(**WRITER).begin() as connection:
-            await connection.execute(update(_origins).where(_origins.c.origin == self.origin)
-                                     .values(lag_s=STOPPED, reported_at=time.time()))
+            await connection.execute(
+                update(_origins).where(_origins.c.origin == self.origin).values(lag_s=STOPPED, reported_at=time.time())
+            )
 
     async def forget(self) -> None:
         """Drop this origin from the index (before a rebuild)."""
@@ -272,8 +322,15 @@ class IndexTask:
     takes many commits, then catches up to the log's durable end. Its lag is a metric, part of `/readyz`,
     and what audit reads check before they answer."""
 
-    def __init__(self, follower: IndexFollower, durable_end: Callable[[], int], metrics: Metrics, *,
-                 gather_s: float = 0.05, retry_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        follower: IndexFollower,
+        durable_end: Callable[[], int],
+        metrics: Metrics,
+        *,
+        gather_s: float = 0.05,
+        retry_s: float = 1.0,
+    ) -> None:
         self.follower = follower
         follower.report_lag = self.waited  # each batch tells the other processes how far behind it is
         self.durable_end = durable_end
@@ -438,12 +495,16 @@ class AuditIndex:
     async def locate(self, transaction_id: str) -> tuple[str, int] | None:
         """(origin, seq) of an indexed event by its id: where to read it in its log (receipts)."""
         async with self.engine.connect() as connection:
-            row = (await connection.execute(select(audit_index.c.origin, audit_index.c.seq)
-                                            .where(audit_index.c.id == transaction_id).limit(1))).first()
+            row = (
+                await connection.execute(
+                    select(audit_index.c.origin, audit_index.c.seq).where(audit_index.c.id == transaction_id).limit(1)
+                )
+            ).first()
         return None if row is None else (row.origin, row.seq)
 
-    async def page(self, where: EventFilter, after: Position | None = None, limit: int = 100
-                   ) -> tuple[list[dict[str, Any]], Position | None]:
+    async def page(
+        self, where: EventFilter, after: Position | None = None, limit: int = 100
+    ) -> tuple[list[dict[str, Any]], Position | None]:
         """Up to `limit` events after `after`, and where the page stopped."""
         c = audit_index.c
         query = where.apply(select(audit_index), audit_index)
@@ -457,12 +518,16 @@ class AuditIndex:
 
     async def event(self, origin: str, seq: int) -> dict[str, Any] | None:
         async with self.engine.connect() as connection:
-            row = (await connection.execute(select(audit_index).where(audit_index.c.origin == origin,
-                                                                      audit_index.c.seq == seq))).first()
+            row = (
+                await connection.execute(
+                    select(audit_index).where(audit_index.c.origin == origin, audit_index.c.seq == seq)
+                )
+            ).first()
         return None if row is None else event_from_row(row)
 
-    async def latest(self, where: EventFilter, before: tuple[str, int] | None = None, limit: int = 50
-                     ) -> tuple[list[dict[str, Any]], tuple[str, int] | None]:
+    async def latest(
+        self, where: EventFilter, before: tuple[str, int] | None = None, limit: int = 50
+    ) -> tuple[list[dict[str, Any]], tuple[str, int] | None]:
         """Up to `limit` events, newest first (by time, then index position), older than `before`; and
         where the page stopped. Time order lets the (administration, time), (decision, time) and
         (subject, time) indexes serve a filtered page without sorting."""
@@ -478,8 +543,7 @@ class AuditIndex:
         last = (rows[-1].time, rows[-1].position) if rows else None
         return [{**event_from_row(row), "origin": row.origin} for row in rows], last
 
-    async def events(self, where: EventFilter, after: Position | None = None, limit: int = 100
-                     ) -> list[dict[str, Any]]:
+    async def events(self, where: EventFilter, after: Position | None = None, limit: int = 100) -> list[dict[str, Any]]:
         return (await self.page(where, after, limit))[0]
 
     async def stream(self, where: EventFilter | None = None, chunk: int = 2000) -> AsyncIterator[dict[str, Any]]:
@@ -494,8 +558,9 @@ class AuditIndex:
                 return
             after = last
 
-    async def subject_events(self, subject_hash: str, hidden_prefixes: Sequence[str], limit: int
-                             ) -> list[dict[str, Any]]:
+    async def subject_events(
+        self, subject_hash: str, hidden_prefixes: Sequence[str], limit: int
+    ) -> list[dict[str, Any]]:
         """One person's latest `limit` events, oldest first, but for operations that start with one of
         `hidden_prefixes`."""
         query = person_query(audit_index, subject_hash, hidden_prefixes)
@@ -508,26 +573,35 @@ class AuditIndex:
     async def origins(self) -> list[OriginState]:
         async with self.engine.connect() as connection:
             rows = await connection.execute(select(_origins).order_by(_origins.c.origin))
-            return [OriginState(r.origin, r.next_seq, r.first_seq,
-                                Link(r.link_origin, r.link_seq, r.link_hash) if r.link_origin else None,
-                                r.lag_s, r.reported_at, r.continued_by)
-                    for r in rows]
+            return [
+                OriginState(
+                    r.origin,
+                    r.next_seq,
+                    r.first_seq,
+                    Link(r.link_origin, r.link_seq, r.link_hash) if r.link_origin else None,
+                    r.lag_s,
+                    r.reported_at,
+                    r.continued_by,
+                )
+                for r in rows
+            ]
 
     async def checkpoints(self, origin: str) -> list[Checkpoint]:
         t = audit_index_checkpoints
         async with self.engine.connect() as connection:
             rows = await connection.execute(
                 select(t.c.seq, t.c.head_hash, t.c.time, t.c.key_id, t.c.signature)
-                .where(t.c.origin == origin).order_by(t.c.seq))
+                .where(t.c.origin == origin)
+                .order_by(t.c.seq)
+            )
             return [Checkpoint(**row._asdict()) for row in rows]
 
-    async def origin_entries(self, origin: str, from_seq: int = 0, chunk: int = 2000
-                             ) -> AsyncIterator[dict[str, Any]]:
+    async def origin_entries(self, origin: str, from_seq: int = 0, chunk: int = 2000) -> AsyncIterator[dict[str, Any]]:
         """One origin's events in seq order (for the chain check)."""
         c = audit_index.c
         after = from_seq - 1
         while True:
-            query = (select(audit_index).where(c.origin == origin, c.seq > after).order_by(c.seq).limit(chunk))
+            query = select(audit_index).where(c.origin == origin, c.seq > after).order_by(c.seq).limit(chunk)
             async with self.engine.connect() as connection:
                 page = [event_from_row(row) for row in await connection.execute(query)]
             for event in page:
@@ -538,8 +612,13 @@ class AuditIndex:
 
     async def verify(self, state: OriginState, keys: Any, *, require_sealed: bool = False) -> ChainVerifier:
         """Walk one origin's indexed chain against its checkpoints; the caller finishes the verifier."""
-        verifier = ChainVerifier(await self.checkpoints(state.origin), keys, require_sealed=require_sealed,
-                                 first_seq=state.first_seq, start_hash=state.link.hash if state.link else GENESIS)
+        verifier = ChainVerifier(
+            await self.checkpoints(state.origin),
+            keys,
+            require_sealed=require_sealed,
+            first_seq=state.first_seq,
+            start_hash=state.link.hash if state.link else GENESIS,
+        )
         async for event in self.origin_entries(state.origin, state.first_seq):
             verifier.feed(event)
         return verifier
@@ -554,8 +633,11 @@ async def legacy_head(engine: AsyncEngine) -> tuple[int, str] | None:
     from gateway.storage.tables import access_log_head
 
     async with engine.connect() as connection:
-        head = (await connection.execute(select(access_log_head.c.seq, access_log_head.c.hash)
-                                         .where(access_log_head.c.id == 1))).first()
+        head = (
+            await connection.execute(
+                select(access_log_head.c.seq, access_log_head.c.hash).where(access_log_head.c.id == 1)
+            )
+        ).first()
     return None if head is None or head.seq == 0 else (int(head.seq), str(head.hash))
 
 
@@ -573,17 +655,24 @@ async def import_legacy(engine: AsyncEngine, origin: str, *, continued_by: str |
             known = await connection.scalar(select(_origins.c.origin).where(_origins.c.origin == origin))
             if known is not None:
                 return link
-            await connection.execute(insert(_origins).values(origin=origin, next_seq=link.seq + 1, first_seq=1,
-                                                             continued_by=continued_by))
+            await connection.execute(
+                insert(_origins).values(origin=origin, next_seq=link.seq + 1, first_seq=1, continued_by=continued_by)
+            )
             await _positions_in_commit_order(connection)
-            await connection.execute(insert(audit_index).from_select(
-                ["origin", *columns], select(literal(origin), *[access_events.c[n] for n in columns])
-                .order_by(access_events.c.seq)))
+            await connection.execute(
+                insert(audit_index).from_select(
+                    ["origin", *columns],
+                    select(literal(origin), *[access_events.c[n] for n in columns]).order_by(access_events.c.seq),
+                )
+            )
             await connection.execute(_rollup_statement(connection.dialect.name, origin, 0, link.seq + 1))
             cp = access_checkpoints.c
-            await connection.execute(insert(audit_index_checkpoints).from_select(
-                ["origin", "seq", "head_hash", "time", "key_id", "signature"],
-                select(literal(origin), cp.seq, cp.head_hash, cp.time, cp.key_id, cp.signature)))
+            await connection.execute(
+                insert(audit_index_checkpoints).from_select(
+                    ["origin", "seq", "head_hash", "time", "key_id", "signature"],
+                    select(literal(origin), cp.seq, cp.head_hash, cp.time, cp.key_id, cp.signature),
+                )
+            )
     except IntegrityError:
         pass  # another process imported it first
     return link
@@ -596,8 +685,7 @@ async def forget_origin(engine: AsyncEngine, origin: str) -> None:
             await connection.execute(delete(table).where(table.c.origin == origin))
 
 
-async def adopt_idle_logs(engine: AsyncEngine, log_root: Path, own: Path, signer: CheckpointSigner
-                          ) -> dict[str, int]:
+async def adopt_idle_logs(engine: AsyncEngine, log_root: Path, own: Path, signer: CheckpointSigner) -> dict[str, int]:
     """Finish other local logs that no process is writing: a log left behind when its process died, and
     whose origin no process now has (its issuer or slot changed). Each is opened as its writer would
     (recovered, its writer lock held) and its tail sealed with a checkpoint; the lock is let go before the
@@ -622,8 +710,7 @@ async def adopt_idle_logs(engine: AsyncEngine, log_root: Path, own: Path, signer
         except Exception as exc:  # garbage where a checkpoint or an entry should be
             why_not = f"it cannot be read ({exc})"
         if why_not is not None:
-            log.error("access log %s is not finished automatically: %s; run jamu audit verify", store.origin,
-                      why_not)
+            log.error("access log %s is not finished automatically: %s; run jamu audit verify", store.origin, why_not)
             await store.close()
             continue
         try:
@@ -641,8 +728,6 @@ async def adopt_idle_logs(engine: AsyncEngine, log_root: Path, own: Path, signer
     return added
 
 
-
-
 class LogBehindIndex(Exception):
     """The index holds more of an origin than its log: the log was restored from an older copy or lost."""
 
@@ -654,8 +739,10 @@ async def log_behind_index(engine: AsyncEngine, origin: str, next_seq: int) -> s
     async with engine.connect() as connection:
         indexed = await connection.scalar(select(_origins.c.next_seq).where(_origins.c.origin == origin))
     if indexed is not None and indexed > next_seq:
-        return (f"restored from an older copy: the log holds {next_seq} entries but the index already holds "
-                f"{indexed} (the rows after seq {next_seq - 1} stay in the index as evidence)")
+        return (
+            f"restored from an older copy: the log holds {next_seq} entries but the index already holds "
+            f"{indexed} (the rows after seq {next_seq - 1} stay in the index as evidence)"
+        )
     return None
 
 

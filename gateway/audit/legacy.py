@@ -25,12 +25,17 @@ from gateway.storage.tables import audit_index_watermarks
 
 async def _imported(engine: AsyncEngine, origin: str) -> bool:
     async with engine.connect() as connection:
-        return await connection.scalar(select(audit_index_watermarks.c.origin)
-                                       .where(audit_index_watermarks.c.origin == origin)) is not None
+        return (
+            await connection.scalar(
+                select(audit_index_watermarks.c.origin).where(audit_index_watermarks.c.origin == origin)
+            )
+            is not None
+        )
 
 
-async def continue_legacy_log(engine: AsyncEngine, signer: CheckpointSigner, settings: Settings,
-                              store: SegmentStore) -> Link | None:
+async def continue_legacy_log(
+    engine: AsyncEngine, signer: CheckpointSigner, settings: Settings, store: SegmentStore
+) -> Link | None:
     """Import the 1.0 log once; if `store` is a new log and no other log continues the 1.0 one yet, claim
     it and make `store` continue from its head (one claim in the database, so replicas never fork it).
     The link, if any."""
@@ -53,8 +58,11 @@ async def _claim(engine: AsyncEngine, legacy: str, successor: str) -> bool:
     """Record `successor` as the one log continuing `legacy`, unless another already is."""
     w = audit_index_watermarks.c
     async with engine.execution_options(**WRITER).begin() as connection:
-        claimed = await connection.execute(update(audit_index_watermarks).where(
-            w.origin == legacy, w.continued_by.is_(None)).values(continued_by=successor))
+        claimed = await connection.execute(
+            update(audit_index_watermarks)
+            .where(w.origin == legacy, w.continued_by.is_(None))
+            .values(continued_by=successor)
+        )
         if claimed.rowcount == 1:
             return True
         holder = await connection.scalar(select(w.continued_by).where(w.origin == legacy))

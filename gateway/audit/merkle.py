@@ -141,8 +141,7 @@ def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes],
         raise InvalidProof("the proof does not lead to the root")
 
 
-def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes,
-                       proof: Sequence[bytes]) -> None:
+def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> None:
     """RFC 9162 §2.1.4.2; raises InvalidProof unless the old tree is a prefix of the new one."""
     if not 0 <= old_size <= new_size:
         raise InvalidProof(f"a tree of {old_size} cannot precede a tree of {new_size}")

@@ -160,14 +160,14 @@ def parse(note: str) -> tuple[str, list[Signature]]:
     cut = note.rfind("\n\n")
     if cut < 0 or not note.endswith("\n"):
         raise NoteError("a note is a text, a blank line and signature lines")
-    text, lines = note[:cut + 1], note[cut + 2:].splitlines()
+    text, lines = note[: cut + 1], note[cut + 2 :].splitlines()
     if not lines or len(lines) > MAX_SIGNATURES:
         raise NoteError("a note carries between 1 and 100 signatures")
     signatures = []
     for line in lines:
         if not line.startswith(_DASH):
             raise NoteError("a signature line starts with an em dash and a space")
-        name, _, encoded = line[len(_DASH):].partition(" ")
+        name, _, encoded = line[len(_DASH) :].partition(" ")
         try:
             blob = base64.b64decode(encoded, validate=True)
         except binascii.Error:

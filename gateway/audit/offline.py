@@ -47,10 +47,33 @@ from gateway.audit.tree import TREE_DIR, TreeStore
 from gateway.storage.database import create_engine
 from gateway.storage.tables import access_events
 
-EXPORT_FIELDS = ("origin", "seq", "id", "time", "administration", "client_id", "operation", "purpose", "legal_basis",
-                 "consent_id", "subject_hash", "attributes_requested", "attributes_released", "decision",
-                 "reason", "status", "latency_ms", "trace_id", "prev_hash", "hash", "claimed_client_id",
-                 "evidence", "job_id", "count", "source")
+EXPORT_FIELDS = (
+    "origin",
+    "seq",
+    "id",
+    "time",
+    "administration",
+    "client_id",
+    "operation",
+    "purpose",
+    "legal_basis",
+    "consent_id",
+    "subject_hash",
+    "attributes_requested",
+    "attributes_released",
+    "decision",
+    "reason",
+    "status",
+    "latency_ms",
+    "trace_id",
+    "prev_hash",
+    "hash",
+    "claimed_client_id",
+    "evidence",
+    "job_id",
+    "count",
+    "source",
+)
 
 # What a spreadsheet would run as a formula when a cell starts with it (OWASP "CSV injection").
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -186,8 +209,14 @@ class TreeCheck:
 
     BATCH = 4096
 
-    def __init__(self, directory: Path, origin: str, keys: dict[str, Ed25519PublicKey],
-                 witnessing: Witnessing | None, outside: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        origin: str,
+        keys: dict[str, Ed25519PublicKey],
+        witnessing: Witnessing | None,
+        outside: Sequence[str] = (),
+    ) -> None:
         self.origin = origin
         self.problems: list[dict[str, Any]] = []
         self.frontier = Frontier()
@@ -259,8 +288,9 @@ class TreeCheck:
         for offset, leaf in enumerate(self._batch):
             if offset < len(stored) and stored[offset] != leaf:
                 self.first_rewritten = start + offset
-                self._problem(start + offset, "entry rewritten: it is not the entry whose leaf the gateway's tree "
-                                              "holds")
+                self._problem(
+                    start + offset, "entry rewritten: it is not the entry whose leaf the gateway's tree holds"
+                )
                 break
         self._batch = []
 
@@ -271,10 +301,12 @@ class TreeCheck:
         if checkpoint.root != self.frontier.root() or size != self.frontier.size:
             first = self.first_rewritten if self.first_rewritten is not None and self.first_rewritten < size else None
             where = f" (first entry rewritten: seq {first})" if first is not None else ""
-            self._problem(first if first is not None else size - 1,
-                          f"the tree of the first {size} entries is not the one a "
-                          f"{'cosigned' if witnessed else 'signed'} checkpoint gives: history before seq {size} was "
-                          f"rewritten{where}")
+            self._problem(
+                first if first is not None else size - 1,
+                f"the tree of the first {size} entries is not the one a "
+                f"{'cosigned' if witnessed else 'signed'} checkpoint gives: history before seq {size} was "
+                f"rewritten{where}",
+            )
             return
         if witnessed and self.witnessing is not None:
             try:
@@ -292,8 +324,11 @@ class TreeCheck:
         if self._batch:
             self._compare_stored()
         for size, _, witnessed in self._notes:
-            self._problem(size - 1, f"a {'cosigned' if witnessed else 'signed'} checkpoint covers {size} entries, the "
-                                    f"log holds {self.frontier.size}: entries were deleted from the end")
+            self._problem(
+                size - 1,
+                f"a {'cosigned' if witnessed else 'signed'} checkpoint covers {size} entries, the "
+                f"log holds {self.frontier.size}: entries were deleted from the end",
+            )
         if self._stored is not None:
             self._stored.close()
         return self.problems
@@ -307,8 +342,12 @@ class OriginReport:
     tree: dict[str, Any] | None = None  # a segment log's tree: size, root, last cosigned checkpoint
 
     def as_dict(self) -> dict[str, Any]:
-        return {"origin": self.origin, "source": self.source, **self.report.as_dict(),
-                **({"tree": self.tree} if self.tree is not None else {})}
+        return {
+            "origin": self.origin,
+            "source": self.source,
+            **self.report.as_dict(),
+            **({"tree": self.tree} if self.tree is not None else {}),
+        }
 
 
 @dataclass
@@ -323,13 +362,21 @@ class Verification:
         return [{"origin": o.origin, **p} for o in self.origins for p in o.report.problems]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "events_checked": sum(o.report.events_checked for o in self.origins),
-                "problems": self.problems(), "origins": [o.as_dict() for o in self.origins]}
+        return {
+            "ok": self.ok,
+            "events_checked": sum(o.report.events_checked for o in self.origins),
+            "problems": self.problems(),
+            "origins": [o.as_dict() for o in self.origins],
+        }
 
 
-def _segment_walk(directory: Path, keys: dict[str, Ed25519PublicKey], require_sealed: bool,
-                  witnessing: Witnessing | None = None, outside: Sequence[str] = ()
-                  ) -> tuple[ChainVerifier, list[dict[str, Any]], dict[str, Any]]:
+def _segment_walk(
+    directory: Path,
+    keys: dict[str, Ed25519PublicKey],
+    require_sealed: bool,
+    witnessing: Witnessing | None = None,
+    outside: Sequence[str] = (),
+) -> tuple[ChainVerifier, list[dict[str, Any]], dict[str, Any]]:
     """Check one local log: frames (CRC, numbering), chain, checkpoints. Returns the verifier, extra
     problems (damage that stops the walk, a torn tail) and how many entries were read."""
     extra: list[dict[str, Any]] = []
@@ -342,18 +389,31 @@ def _segment_walk(directory: Path, keys: dict[str, Ed25519PublicKey], require_se
         recovery = None
     link = read_link(directory)
     # A walk cut short by damage leaves the rest unchecked: that is the damage, not an unsealed tail.
-    verifier = ChainVerifier(checkpoints, keys, require_sealed=require_sealed and not extra,
-                             first_seq=0, start_hash=link.hash if link else GENESIS)
+    verifier = ChainVerifier(
+        checkpoints,
+        keys,
+        require_sealed=require_sealed and not extra,
+        first_seq=0,
+        start_hash=link.hash if link else GENESIS,
+    )
     if recovery is not None and recovery.torn_bytes:
-        extra.append({"seq": recovery.next_seq, "problem": f"a torn write of {recovery.torn_bytes} bytes at the "
-                      "end (never acknowledged; the gateway cuts it at its next start)"})
+        extra.append(
+            {
+                "seq": recovery.next_seq,
+                "problem": f"a torn write of {recovery.torn_bytes} bytes at the "
+                "end (never acknowledged; the gateway cuts it at its next start)",
+            }
+        )
     tree = TreeCheck(directory, read_origin(directory) or directory.name, keys, witnessing, outside)
     for seq, payload in segments.records(0):
         verifier.feed(orjson.loads(payload))
         tree.feed(seq, payload)
     extra += tree.finish()
-    return verifier, extra, {"size": tree.frontier.size, "root": notes.b64encode(tree.frontier.root()),
-                             "cosigned": tree.cosigned}
+    return (
+        verifier,
+        extra,
+        {"size": tree.frontier.size, "root": notes.b64encode(tree.frontier.root()), "cosigned": tree.cosigned},
+    )
 
 
 async def _compare_index(index: AuditIndex, origin: str, directory: Path) -> list[dict[str, Any]]:
@@ -388,12 +448,14 @@ async def _compare_index(index: AuditIndex, origin: str, directory: Path) -> lis
     return problems
 
 
-async def _legacy_report(engine: AsyncEngine, keys: dict[str, Ed25519PublicKey], require_sealed: bool
-                         ) -> IntegrityReport | None:
+async def _legacy_report(
+    engine: AsyncEngine, keys: dict[str, Ed25519PublicKey], require_sealed: bool
+) -> IntegrityReport | None:
     async with engine.connect() as connection:
         tables = await connection.run_sync(lambda c: inspect(c).get_table_names())
-        if "access_events" not in tables or not await connection.scalar(select(func.count()).select_from(
-                access_events)):
+        if "access_events" not in tables or not await connection.scalar(
+            select(func.count()).select_from(access_events)
+        ):
             return None
     store = AccessLogStore(engine, _NoSigner())  # type: ignore[arg-type]
     verifier = ChainVerifier(await store.checkpoints(), keys, require_sealed=require_sealed)
@@ -402,9 +464,17 @@ async def _legacy_report(engine: AsyncEngine, keys: dict[str, Ed25519PublicKey],
     return verifier.finish()
 
 
-async def verify(url: str | None, schema: str | None, log_root: Path, keys: dict[str, Ed25519PublicKey], *,
-                 require_sealed: bool, legacy_name: str, witnessing: Witnessing | None = None,
-                 outside: Sequence[str] = ()) -> Verification:
+async def verify(
+    url: str | None,
+    schema: str | None,
+    log_root: Path,
+    keys: dict[str, Ed25519PublicKey],
+    *,
+    require_sealed: bool,
+    legacy_name: str,
+    witnessing: Witnessing | None = None,
+    outside: Sequence[str] = (),
+) -> Verification:
     """Every origin: each local log from its segments (and its index rows against them), every other
     origin the index holds from the index, and a migrated 1.0 log from its SQL chain."""
     reports: list[OriginReport] = []
@@ -415,24 +485,35 @@ async def verify(url: str | None, schema: str | None, log_root: Path, keys: dict
         for directory in local_logs(log_root):
             origin = read_origin(directory) or directory.name
             local.add(origin)
-            verifier, extra, tree = await asyncio.to_thread(_segment_walk, directory, keys, require_sealed,
-                                                            witnessing, outside)
+            verifier, extra, tree = await asyncio.to_thread(
+                _segment_walk, directory, keys, require_sealed, witnessing, outside
+            )
             report = verifier.finish()
             link = read_link(directory)
             if link is not None and link.origin == legacy_name and engine is not None and index is not None:
                 head = await legacy_head(engine)
                 if head != (link.seq, link.hash):
-                    extra.append({"seq": 0, "problem": f"continues {link.origin} at seq {link.seq}, but that "
-                                  f"log's head is {'none' if head is None else f'seq {head[0]}'} with another hash"})
+                    extra.append(
+                        {
+                            "seq": 0,
+                            "problem": f"continues {link.origin} at seq {link.seq}, but that "
+                            f"log's head is {'none' if head is None else f'seq {head[0]}'} with another hash",
+                        }
+                    )
                 successor = next((o.continued_by for o in await index.origins() if o.origin == legacy_name), None)
                 if successor is not None and successor != origin:
-                    extra.append({"seq": 0, "problem": f"continues {link.origin}, which {successor} continues: "
-                                  "the history forks"})
+                    extra.append(
+                        {
+                            "seq": 0,
+                            "problem": f"continues {link.origin}, which {successor} continues: the history forks",
+                        }
+                    )
             if index is not None:
                 extra += await _compare_index(index, origin, directory)
             # By seq; at one seq, the entry the stored tree shows rewritten before what the chain says of it.
-            report.problems = sorted(report.problems + extra, key=lambda p: (
-                p["seq"], not p["problem"].startswith("entry rewritten")))[:MAX_PROBLEMS]
+            report.problems = sorted(
+                report.problems + extra, key=lambda p: (p["seq"], not p["problem"].startswith("entry rewritten"))
+            )[:MAX_PROBLEMS]
             report.ok = not report.problems
             reports.append(OriginReport(origin, report, "segments", tree))
         if engine is not None and index is not None:
@@ -467,11 +548,18 @@ async def reindex(url: str, schema: str | None, log_root: Path, legacy_name: str
             finally:
                 os.close(held)
         if await legacy_head(engine) is not None:
-            successor = next((o.continued_by for o in await AuditIndex(engine).origins()
-                              if o.origin == legacy_name), None)
+            successor = next(
+                (o.continued_by for o in await AuditIndex(engine).origins() if o.origin == legacy_name), None
+            )
             # The index may be the thing lost: the logs themselves say which one continues the 1.0 log.
-            successor = successor or next((read_origin(d) for d in local_logs(log_root)
-                                           if (link := read_link(d)) is not None and link.origin == legacy_name), None)
+            successor = successor or next(
+                (
+                    read_origin(d)
+                    for d in local_logs(log_root)
+                    if (link := read_link(d)) is not None and link.origin == legacy_name
+                ),
+                None,
+            )
             await forget_origin(engine, legacy_name)
             link = await import_legacy(engine, legacy_name, continued_by=successor)
             counts[legacy_name] = 0 if link is None else link.seq

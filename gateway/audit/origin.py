@@ -101,7 +101,7 @@ def successor_origin(origin: str, tag: str) -> str:
     even by a data dir restored from before an earlier retirement."""
     base = origin
     while (match := _SUCCESSOR.search(base)) is not None and match.end() == len(base):
-        base = base[:match.start()]
+        base = base[: match.start()]
     return f"{base}/{tag}"
 
 

@@ -68,11 +68,11 @@ def parse_proof(text: str) -> ParsedProof:
         at = 2
     if at >= len(lines) or not lines[at].startswith("index "):
         raise notes.NoteError("a proof names its entry's index")
-    raw = lines[at][len("index "):]
+    raw = lines[at][len("index ") :]
     if not re.fullmatch(r"0|[1-9][0-9]{0,18}", raw):
         raise notes.NoteError("a proof's index is a decimal with no leading zeroes")
     hashes = []
-    for line in lines[at + 1:]:
+    for line in lines[at + 1 :]:
         try:
             value = base64.b64decode(line, validate=True)
         except ValueError:

@@ -25,9 +25,15 @@ class ReceiptInvalid(Exception):
     """The receipt does not prove what it claims; the message says which check failed."""
 
 
-def check_receipt(receipt: Mapping[str, Any], log_keys: list[notes.Verifier], witness_keys: list[notes.Verifier],
-                  quorum: int | None = None, newer: str | None = None,
-                  consistency: Mapping[str, Any] | None = None, transaction_id: str | None = None) -> str:
+def check_receipt(
+    receipt: Mapping[str, Any],
+    log_keys: list[notes.Verifier],
+    witness_keys: list[notes.Verifier],
+    quorum: int | None = None,
+    newer: str | None = None,
+    consistency: Mapping[str, Any] | None = None,
+    transaction_id: str | None = None,
+) -> str:
     """Raises ReceiptInvalid unless the receipt holds; a one-line summary when it does."""
     if quorum is not None and (quorum < 1 or not witness_keys):
         raise ReceiptInvalid("a quorum is at least 1, of the witness keys given")
@@ -77,8 +83,13 @@ def check_receipt(receipt: Mapping[str, Any], log_keys: list[notes.Verifier], wi
     return summary
 
 
-def _still_held(origin: str, old: notes.Checkpoint, newer: str, consistency: Mapping[str, Any] | None,
-                log_keys: list[notes.Verifier]) -> str:
+def _still_held(
+    origin: str,
+    old: notes.Checkpoint,
+    newer: str,
+    consistency: Mapping[str, Any] | None,
+    log_keys: list[notes.Verifier],
+) -> str:
     try:
         later = notes.signed_checkpoint(newer, [k for k in log_keys if k.name == origin])
     except notes.NoteError as exc:
@@ -92,6 +103,7 @@ def _still_held(origin: str, old: notes.Checkpoint, newer: str, consistency: Map
     try:
         merkle.verify_consistency(old.size, later.size, old.root, later.root, hashes)
     except merkle.InvalidProof as exc:
-        raise ReceiptInvalid(f"the newer checkpoint (size {later.size}) does not extend the receipt's (size "
-                             f"{old.size}): {exc}") from None
+        raise ReceiptInvalid(
+            f"the newer checkpoint (size {later.size}) does not extend the receipt's (size {old.size}): {exc}"
+        ) from None
     return f"; still held by the checkpoint of {later.size} entries"

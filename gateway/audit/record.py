@@ -85,17 +85,27 @@ class AccessRecord:
         """The fields that go into the log, in the contract's names (EVENT_FIELDS). Text is bounded
         and stripped of NULs, whatever a stage copied into it, so no event can fail to store."""
         return {
-            "id": _text(self.id), "time": rfc3339(self.time), "operation": _text(self.operation),
-            "administration": _text(self.administration), "client_id": _text(self.client_id),
-            "purpose": _text(self.purpose), "legal_basis": _text(self.legal_basis),
-            "consent_id": _text(self.consent_id), "subject_hash": _text(self.subject_hash),
+            "id": _text(self.id),
+            "time": rfc3339(self.time),
+            "operation": _text(self.operation),
+            "administration": _text(self.administration),
+            "client_id": _text(self.client_id),
+            "purpose": _text(self.purpose),
+            "legal_basis": _text(self.legal_basis),
+            "consent_id": _text(self.consent_id),
+            "subject_hash": _text(self.subject_hash),
             "attributes_requested": [_bounded(item) for item in self.attributes_requested[:_MAX_LIST]],
             "attributes_released": [_bounded(item) for item in self.attributes_released[:_MAX_LIST]],
-            "decision": self.decision, "reason": _text(self.reason), "status": self.status,
-            "latency_ms": self.latency_ms, "trace_id": _text(self.trace_id),
+            "decision": self.decision,
+            "reason": _text(self.reason),
+            "status": self.status,
+            "latency_ms": self.latency_ms,
+            "trace_id": _text(self.trace_id),
             "claimed_client_id": _text(self.claimed_client_id),
             "evidence": None if self.evidence is None else {k: _bounded(v) for k, v in self.evidence.items()},
-            "job_id": _text(self.job_id), "count": self.count, "source": _text(self.source),
+            "job_id": _text(self.job_id),
+            "count": self.count,
+            "source": _text(self.source),
         }
 
 

@@ -24,8 +24,7 @@ OVERFLOW_SOURCE = "other"  # sources beyond `max_sources` open at once share one
 
 
 class RefusalTally:
-    def __init__(self, access_log: AccessLog, *, max_sources: int = 256, flush_interval_s: float = 0.25
-                 ) -> None:
+    def __init__(self, access_log: AccessLog, *, max_sources: int = 256, flush_interval_s: float = 0.25) -> None:
         self._log = access_log
         self._max_sources = max_sources
         self._flush_interval_s = flush_interval_s
@@ -44,8 +43,12 @@ class RefusalTally:
                 record = self._open.get(key)
             if record is None:
                 record = self._open[key] = AccessRecord(
-                    time=datetime.fromtimestamp(second, UTC), operation="unauthenticated", reason="rate_limited",
-                    source=key[0], count=0)
+                    time=datetime.fromtimestamp(second, UTC),
+                    operation="unauthenticated",
+                    reason="rate_limited",
+                    source=key[0],
+                    count=0,
+                )
         record.count = (record.count or 0) + 1
         return record.id
 

@@ -57,8 +57,9 @@ class EventFilter:
             if value is not None:
                 query = query.where(c[name] == value)
         for prefix in self.hidden_prefixes:  # an event with no operation (an unknown path) is not hidden
-            query = query.where(or_(c.operation.is_(None),
-                                    c.operation.not_like(prefix.replace("_", "\\_") + "%", escape="\\")))
+            query = query.where(
+                or_(c.operation.is_(None), c.operation.not_like(prefix.replace("_", "\\_") + "%", escape="\\"))
+            )
         if self.since is not None:
             query = query.where(c.time >= self.since)
         if self.until is not None:

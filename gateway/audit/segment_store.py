@@ -84,8 +84,10 @@ def read_retired(directory: Path) -> dict[str, Any] | None:
 
 def retire(directory: Path, head: Link, reason: str, successor: str) -> None:
     """Mark a log as never to be written again, naming the origin that continues it and its head."""
-    write_synced(directory / RETIRED_FILE, orjson.dumps(
-        {"reason": reason, "successor": successor, "time": rfc3339(datetime.now(UTC)), **head.__dict__}))
+    write_synced(
+        directory / RETIRED_FILE,
+        orjson.dumps({"reason": reason, "successor": successor, "time": rfc3339(datetime.now(UTC)), **head.__dict__}),
+    )
 
 
 def read_head(directory: Path, origin: str) -> Link:
@@ -202,9 +204,17 @@ def write_synced(path: Path, data: bytes) -> None:
 
 
 class SegmentStore:
-    def __init__(self, directory: Path, *, origin: str = "", signer: CheckpointSigner | None = None,
-                 segment_bytes: int = 64 * 1024 * 1024, seal_every: int = 1000, link_to: Link | None = None,
-                 lock_wait_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        origin: str = "",
+        signer: CheckpointSigner | None = None,
+        segment_bytes: int = 64 * 1024 * 1024,
+        seal_every: int = 1000,
+        link_to: Link | None = None,
+        lock_wait_s: float = 3.0,
+    ) -> None:
         self.directory = directory
         self.origin = origin
         self.log = SegmentLog(directory, segment_bytes=segment_bytes)
@@ -302,8 +312,10 @@ class SegmentStore:
         elif self.origin and found != self.origin:
             raise LogMismatch(f"{self.directory} holds the log of {found!r}, not {self.origin!r}")
         if (retired := read_retired(self.directory)) is not None:
-            raise LogMismatch(f"{self.directory}: the log was retired ({retired.get('reason')}); it continues as "
-                              f"{retired.get('successor')!r}")
+            raise LogMismatch(
+                f"{self.directory}: the log was retired ({retired.get('reason')}); it continues as "
+                f"{retired.get('successor')!r}"
+            )
         self.origin = found or self.origin
         if self._signer is not None:
             vkey = self._signer.note_signer(self.origin).verifier.vkey()
@@ -311,18 +323,25 @@ class SegmentStore:
             if recorded is None:  # a new log, or one from before vkeys: only if this key signed it
                 last = last_checkpoint(self.directory)
                 if last is not None and checkpoint_valid(last, {self._signer.key_id: self._signer.public_key}):
-                    raise LogMismatch(f"{self.directory}: the log {self.origin!r} was not signed by this "
-                                      "gateway's log key")
+                    raise LogMismatch(
+                        f"{self.directory}: the log {self.origin!r} was not signed by this gateway's log key"
+                    )
                 write_synced(self.directory / VKEY_FILE, vkey.encode() + b"\n")
             elif recorded != vkey:
-                raise LogMismatch(f"{self.directory}: the log {self.origin!r} is signed by {recorded}, not by this "
-                                  "gateway's log key; a new key begins a new origin")
+                raise LogMismatch(
+                    f"{self.directory}: the log {self.origin!r} is signed by {recorded}, not by this "
+                    "gateway's log key; a new key begins a new origin"
+                )
         sealed = last_checkpoint(self.directory)
         recovery = self.log.open(protect_through=sealed.seq if sealed else -1)
         self.torn_bytes = recovery.torn_bytes
         if recovery.torn_bytes:
-            log.warning("access log %s: a torn write of %d bytes after seq %d was cut (never acknowledged)",
-                        self.origin, recovery.torn_bytes, recovery.next_seq - 1)
+            log.warning(
+                "access log %s: a torn write of %d bytes after seq %d was cut (never acknowledged)",
+                self.origin,
+                recovery.torn_bytes,
+                recovery.next_seq - 1,
+            )
         if sealed is not None:
             self._sealed = (sealed.seq, time.time())
         self._open_tree(recovery.next_seq, sealed)
@@ -339,8 +358,10 @@ class SegmentStore:
         signed = sealed.seq + 1 if sealed is not None else 0
         if size < signed:  # entries a checkpoint covers are gone: keep the tree as evidence, sign nothing
             self.cut_short = True
-            self._refuse(f"the log holds {size} entries but its last checkpoint covers {signed}: entries were "
-                         "deleted from the end")
+            self._refuse(
+                f"the log holds {size} entries but its last checkpoint covers {signed}: entries were "
+                "deleted from the end"
+            )
             return
         keep = min(self.tree.size, signed)
         self.tree.truncate(keep)
@@ -356,8 +377,10 @@ class SegmentStore:
         if self._kept.origin != self.origin or self._kept.size != signed:
             self._refuse(f"the last checkpoint names {self._kept.origin!r} at size {self._kept.size}")
         elif self.tree.root(signed) != self._kept.root:
-            self._refuse(f"the log's tree at size {signed} is not the one its last signed checkpoint covers: "
-                         f"entries before seq {signed} were rewritten")
+            self._refuse(
+                f"the log's tree at size {signed} is not the one its last signed checkpoint covers: "
+                f"entries before seq {signed} were rewritten"
+            )
 
     def _extend_tree_from(self, start: int) -> None:
         batch: list[bytes] = []
@@ -376,8 +399,7 @@ class SegmentStore:
             try:
                 self.tree.extend([leaf_hash(payload) for payload in payloads])
             except OSError as exc:
-                log.error("access log %s: the tree could not be extended (%s); redone before signing",
-                          self.origin, exc)
+                log.error("access log %s: the tree could not be extended (%s); redone before signing", self.origin, exc)
                 self._tree_behind = True
 
     def scrub(self) -> str | None:
@@ -403,8 +425,10 @@ class SegmentStore:
         stored = self.tree.leaf_hashes(start, len(leaves))
         for offset, leaf in enumerate(leaves):
             if offset >= len(stored) or stored[offset] != leaf:
-                self._refuse(f"entry seq {start + offset} is not the entry the signed tree holds: it was "
-                             "rewritten after it was logged")
+                self._refuse(
+                    f"entry seq {start + offset} is not the entry the signed tree holds: it was "
+                    "rewritten after it was logged"
+                )
                 return True
         return False
 
@@ -519,8 +543,10 @@ class SegmentStore:
         self.tree.sync()
         kept = self._kept
         if kept is not None and (size < kept.size or self.tree.root(kept.size) != kept.root):
-            self._refuse(f"the tree at size {size} does not extend the last signed checkpoint (size "
-                         f"{kept.size}): entries before seq {kept.size} were rewritten")
+            self._refuse(
+                f"the tree at size {size} does not extend the last signed checkpoint (size "
+                f"{kept.size}): entries before seq {kept.size} were rewritten"
+            )
             raise NotAnExtension(self.refusal)
         checkpoint = notes.Checkpoint(self.origin, size, self.tree.root(size))
         note = notes.sign(checkpoint.text(), self._signer.note_signer(self.origin))

@@ -75,7 +75,7 @@ def _frames(data: bytes, expected_seq: int) -> Iterator[tuple[int, int, bytes | 
     ends the walk."""
     offset = 0
     while offset + HEADER.size <= len(data):
-        header = data[offset:offset + HEADER.size]
+        header = data[offset : offset + HEADER.size]
         if header == _ZERO_HEADER:
             return
         length, crc, seq = HEADER.unpack(header)
@@ -83,7 +83,7 @@ def _frames(data: bytes, expected_seq: int) -> Iterator[tuple[int, int, bytes | 
         if length > MAX_PAYLOAD or end > len(data):
             yield offset, seq, None, "frame runs past the end of the segment"
             return
-        payload = data[offset + HEADER.size:end]
+        payload = data[offset + HEADER.size : end]
         if crc32c(payload, crc32c(_SEQ.pack(seq))) != crc:
             yield offset, seq, None, "CRC mismatch"
             return
@@ -137,8 +137,7 @@ class SegmentLog:
                 # A whole frame with a good CRC out of sequence, damage in an earlier segment, or a good
                 # frame after the damage: no torn write looks like that.
                 gap = fault is not None and fault.startswith("sequence gap")
-                if (gap or index < len(paths) - 1 or seq <= protect_through
-                        or _valid_frame_after(data, offset, seq)):
+                if gap or index < len(paths) - 1 or seq <= protect_through or _valid_frame_after(data, offset, seq):
                     raise CorruptLog(path, offset, seq, fault or "damaged frame")
                 torn = len(data[end:].rstrip(b"\x00"))  # the unacknowledged rest of the last write
                 if not self.read_only:
@@ -277,7 +276,7 @@ class SegmentReader:
         count, offset = 0, 0
         while count < limit and offset + HEADER.size <= len(data):
             length, crc, seq = HEADER.unpack_from(data, offset)
-            if length == 0 and data[offset:offset + HEADER.size] == _ZERO_HEADER:
+            if length == 0 and data[offset : offset + HEADER.size] == _ZERO_HEADER:
                 break
             end = offset + HEADER.size + length
             if end > len(data):
@@ -286,7 +285,7 @@ class SegmentReader:
                 break
             if seq != self._next_seq:
                 raise CorruptLog(self._segment, self._offset + offset, seq, f"expected seq {self._next_seq}")
-            payload = data[offset + HEADER.size:end]
+            payload = data[offset + HEADER.size : end]
             if crc32c(payload, crc32c(_SEQ.pack(seq))) != crc:
                 raise CorruptLog(self._segment, self._offset + offset, seq, "CRC mismatch")
             if out is not None:
@@ -315,7 +314,7 @@ def _valid_frame_after(data: bytes, offset: int, seq: int) -> bool:
     then the damage at `offset` is in the middle of the log, not a torn last write (the damaged header's
     own length may be garbage, so its word is not taken). Found by searching for the sequence number's
     bytes, so a long segment costs a few `find`s, not a walk."""
-    data = data[:len(data.rstrip(b"\x00")) + HEADER.size]  # the written part (zeros after it hold nothing)
+    data = data[: len(data.rstrip(b"\x00")) + HEADER.size]  # the written part (zeros after it hold nothing)
     for candidate in range(seq, seq + 4):
         needle = _SEQ.pack(candidate)
         at = data.find(needle, offset + 1)
@@ -324,8 +323,11 @@ def _valid_frame_after(data: bytes, offset: int, seq: int) -> bool:
             if start > offset and start + HEADER.size <= len(data):
                 length, crc, _ = HEADER.unpack_from(data, start)
                 end = start + HEADER.size + length
-                if (0 < length <= MAX_PAYLOAD and end <= len(data)
-                        and crc32c(data[start + HEADER.size:end], crc32c(needle)) == crc):
+                if (
+                    0 < length <= MAX_PAYLOAD
+                    and end <= len(data)
+                    and crc32c(data[start + HEADER.size : end], crc32c(needle)) == crc
+                ):
                     return True
             at = data.find(needle, at + 1)
     return False
@@ -412,7 +414,7 @@ class EntryLocator:
                     if end > len(data):
                         break
                     if seq >= start:
-                        payload = data[at + HEADER.size:end]
+                        payload = data[at + HEADER.size : end]
                         if crc32c(payload, crc32c(_SEQ.pack(seq))) != crc:
                             return found
                         found.append((seq, payload))

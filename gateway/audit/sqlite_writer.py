@@ -180,8 +180,14 @@ class SqliteWriterProcess:
             if process is not None:
                 self._kill(process)
             process, replies = await asyncio.get_running_loop().subprocess_exec(
-                _Replies, sys.executable, "-m", "gateway.audit.sqlite_writer",
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
+                _Replies,
+                sys.executable,
+                "-m",
+                "gateway.audit.sqlite_writer",
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None,
+            )
             key = base64.b64encode(self._signer.private_bytes()).decode()  # read-only stores never get here
             self._stdin(process).write(orjson.dumps({**self._config, "key": key}) + b"\n")
             self._process, self._replies = process, replies

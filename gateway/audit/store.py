@@ -84,8 +84,9 @@ class AccessLogStore:
             rows = await connection.execute(query.order_by(access_events.c.seq).limit(limit))
             return [event_from_row(row) for row in rows]
 
-    async def subject_events(self, subject_hash: str, hidden_prefixes: Sequence[str], limit: int
-                             ) -> list[dict[str, Any]]:
+    async def subject_events(
+        self, subject_hash: str, hidden_prefixes: Sequence[str], limit: int
+    ) -> list[dict[str, Any]]:
         """One person's latest `limit` events, oldest first, but for operations that start with one of
         `hidden_prefixes`."""
         query = person_query(access_events, subject_hash, hidden_prefixes)

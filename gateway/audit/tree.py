@@ -76,7 +76,7 @@ class TreeStore:
         if not self._fds:
             return []
         data = os.pread(self._fds[0], count * HASH, start * HASH)
-        return [data[i:i + HASH] for i in range(0, len(data) - HASH + 1, HASH)]
+        return [data[i : i + HASH] for i in range(0, len(data) - HASH + 1, HASH)]
 
     def extend(self, leaves: list[bytes]) -> None:
         """Append leaf hashes and every subtree they complete: one write per level touched."""
@@ -107,8 +107,11 @@ class TreeStore:
         for level in range(1, len(self._fds)):
             have, want = os.fstat(self._fds[level]).st_size // HASH, size >> level
             for index in range(have, want):
-                os.pwrite(self._fds[level], node_hash(self.node(level - 1, 2 * index),
-                                                      self.node(level - 1, 2 * index + 1)), index * HASH)
+                os.pwrite(
+                    self._fds[level],
+                    node_hash(self.node(level - 1, 2 * index), self.node(level - 1, 2 * index + 1)),
+                    index * HASH,
+                )
         self._dirty.update(range(len(self._fds)))
 
     def sync(self) -> None:

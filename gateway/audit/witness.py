@@ -199,9 +199,15 @@ class WitnessClient:
         return time.time() - self._unpublished[0][1] if self._unpublished else 0.0
 
     def status(self) -> list[dict[str, Any]]:
-        return [{"name": w.entry.name, "cosigned_size": w.size, "problem": w.problem,
-                 "last_cosignature_s_ago": None if not w.last_ok else round(time.time() - w.last_ok, 1)}
-                for w in self._state]
+        return [
+            {
+                "name": w.entry.name,
+                "cosigned_size": w.size,
+                "problem": w.problem,
+                "last_cosignature_s_ago": None if not w.last_ok else round(time.time() - w.last_ok, 1),
+            }
+            for w in self._state
+        ]
 
     def problems(self) -> list[str]:
         """Evidence a witness holds another history of the log (not mere unreachability: see `lag`)."""
@@ -254,9 +260,12 @@ class WitnessClient:
         in size (a witness is not trusted to stop talking)."""
         async with asyncio.timeout(self.timeout_s):
             # No compression: a small encoded answer must not inflate past the limit before it is counted.
-            async with self.http.stream("POST", witness.entry.url.rstrip("/") + "/add-checkpoint", content=body,
-                                        headers={"content-type": "text/plain; charset=utf-8",
-                                                 "accept-encoding": "identity"}) as response:
+            async with self.http.stream(
+                "POST",
+                witness.entry.url.rstrip("/") + "/add-checkpoint",
+                content=body,
+                headers={"content-type": "text/plain; charset=utf-8", "accept-encoding": "identity"},
+            ) as response:
                 if response.headers.get("content-encoding", "identity").lower() != "identity":
                     raise httpx.DecodingError("the witness's answer is encoded")
                 data = b""
@@ -277,8 +286,10 @@ class WitnessClient:
             if answer is not None and answer > size:
                 ahead.append(f"{witness.entry.name} at {answer}")
         if len(ahead) >= self.witnesses.quorum and 2 * len(ahead) > len(self._state):
-            return (f"restored from an older copy: its last checkpoint covers {size} entries, witnesses hold more "
-                    f"({', '.join(ahead)})")
+            return (
+                f"restored from an older copy: its last checkpoint covers {size} entries, witnesses hold more "
+                f"({', '.join(ahead)})"
+            )
         return None
 
     async def _held(self, witness: _Witness, note: str, size: int) -> int | None:
@@ -298,8 +309,11 @@ class WitnessClient:
         old = witness.size or 0
         for _ in range(3):
             if old > size:
-                return self._fault(witness, f"it holds this log at size {old}, larger than the log's {size}: "
-                                            "the log was restored from an older copy or forked")
+                return self._fault(
+                    witness,
+                    f"it holds this log at size {old}, larger than the log's {size}: "
+                    "the log was restored from an older copy or forked",
+                )
             try:
                 proof = await asyncio.to_thread(self.consistency, old, size)
             except (LookupError, ValueError) as exc:
@@ -316,13 +330,19 @@ class WitnessClient:
                     return self._fault(witness, "a 409 without a size")
                 their = int(match.group(1))
                 if their == old:  # its size is the one we sent: it holds another tree, or ours does not extend it
-                    return self._fault(witness, f"it holds another tree at size {their}, which this log does not "
-                                                "extend: the log was restored from an older copy or forked")
+                    return self._fault(
+                        witness,
+                        f"it holds another tree at size {their}, which this log does not "
+                        "extend: the log was restored from an older copy or forked",
+                    )
                 witness.size, old = their, their
                 continue
             if status == 422:
-                return self._fault(witness, f"it cannot verify that this log extends the checkpoint it holds (size "
-                                            f"{old}): the log was restored from an older copy or forked")
+                return self._fault(
+                    witness,
+                    f"it cannot verify that this log extends the checkpoint it holds (size "
+                    f"{old}): the log was restored from an older copy or forked",
+                )
             if status != 200:
                 self.metrics.audit_witness_failures.labels(witness.entry.name).inc()
                 return self._fault(witness, f"answered {status}", alarm=False)
@@ -336,8 +356,9 @@ class WitnessClient:
 
     def _fault(self, witness: _Witness, problem: str, *, alarm: bool = True) -> None:
         if witness.problem != problem:
-            (log.critical if alarm else log.warning)("access log %s: witness %s: %s", self.origin,
-                                                     witness.entry.name, problem)
+            (log.critical if alarm else log.warning)(
+                "access log %s: witness %s: %s", self.origin, witness.entry.name, problem
+            )
         witness.problem = problem
         witness.size = None  # what it said is not kept: the next try asks it again from 0
         if alarm:

@@ -41,9 +41,17 @@ def _expired(done: asyncio.Future[int | None]) -> bool:
 
 
 class DurableAccessLog:
-    def __init__(self, store: LogStore, metrics: Metrics, *, max_batch: int = 512,
-                 max_queue: int = 10_000, write_timeout_s: float = 5.0, seal_interval_s: float = 60.0,
-                 on_durable: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: LogStore,
+        metrics: Metrics,
+        *,
+        max_batch: int = 512,
+        max_queue: int = 10_000,
+        write_timeout_s: float = 5.0,
+        seal_interval_s: float = 60.0,
+        on_durable: Callable[[], None] | None = None,
+    ) -> None:
         self.store = store
         self._on_durable = on_durable
         self._metrics = metrics
@@ -67,8 +75,10 @@ class DurableAccessLog:
         except Exception as exc:
             log.warning("access log not writable at start: %s", exc)  # /readyz says so until it is
             self._failing = True
-        self._tasks = [asyncio.create_task(self._commit_loop(), name="access-log-writer"),
-                       asyncio.create_task(self._seal_loop(), name="access-log-sealer")]
+        self._tasks = [
+            asyncio.create_task(self._commit_loop(), name="access-log-writer"),
+            asyncio.create_task(self._seal_loop(), name="access-log-sealer"),
+        ]
 
     async def append(self, record: AccessRecord) -> int | None:
         """Queue the event and wait until it is durable; its seq in this log (None from a store that does
@@ -111,7 +121,7 @@ class DurableAccessLog:
                 continue
             size = min(self._max_batch, room - self._queue.qsize())
             waits: list[asyncio.Future[int | None]] = []
-            for record in records[start:start + size]:
+            for record in records[start : start + size]:
                 done: asyncio.Future[int | None] = loop.create_future()
                 self._queue.put_nowait((record.event(), done))
                 waits.append(done)

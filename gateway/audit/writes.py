@@ -56,8 +56,7 @@ def seal(writes: Writes, signer: CheckpointSigner, seq: int, head_hash: str) -> 
     writes.mark_sealed(seq, time.time())
 
 
-def append_events(writes: Writes, signer: CheckpointSigner, events: Sequence[dict[str, Any]], seal_every: int
-                  ) -> None:
+def append_events(writes: Writes, signer: CheckpointSigner, events: Sequence[dict[str, Any]], seal_every: int) -> None:
     """Chain `events` after the head and store them; seal when `seal_every` events are unsealed."""
     head = writes.head()
     linked = link(events, head.seq, head.hash)
@@ -79,10 +78,16 @@ def seal_head(writes: Writes, signer: CheckpointSigner, older_than_s: float) -> 
 
 # Statements built once: the hot path pays execution, not construction.
 _HEAD_FOR_UPDATE = select(access_log_head).where(access_log_head.c.id == 1).with_for_update()
-_ADVANCE = update(access_log_head).where(access_log_head.c.id == 1).values(
-    seq=bindparam("new_seq"), hash=bindparam("new_hash"))
-_SEALED = update(access_log_head).where(access_log_head.c.id == 1).values(
-    checkpoint_seq=bindparam("new_seq"), checkpoint_at=bindparam("new_at"))
+_ADVANCE = (
+    update(access_log_head)
+    .where(access_log_head.c.id == 1)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+_SEALED = (
+    update(access_log_head)
+    .where(access_log_head.c.id == 1)
+    .values(checkpoint_seq=bindparam("new_seq"), checkpoint_at=bindparam("new_at"))
+)
 _INSERT_EVENTS = access_events.insert()
 _INSERT_CHECKPOINT = access_checkpoints.insert()
 

@@ -113,8 +113,11 @@ class BearerValidator:
         cached = self._cache.get(token)
         if cached is not None:
             caller, generation = cached
-            if (generation == self._policies.generation and now < caller.expires_at + self._leeway
-                    and await self._key_still_published(caller)):
+            if (
+                generation == self._policies.generation
+                and now < caller.expires_at + self._leeway
+                and await self._key_still_published(caller)
+            ):
                 return caller
             self._cache.pop(token, None)
         caller = await self._verify(token, now)
@@ -224,8 +227,9 @@ class BearerValidator:
         )
 
 
-def external_scopes(claimed: frozenset[str], administration: frozenset[str], mapped: list[str] | None
-                    ) -> frozenset[str]:
+def external_scopes(
+    claimed: frozenset[str], administration: frozenset[str], mapped: list[str] | None
+) -> frozenset[str]:
     """What an external token may do (docs/contract.md §2): what it claims, within what the administration's own
     clients hold, within the mapping's list when it has one; the scopes that read the log, a person's
     history or record consents only when the mapping names them."""

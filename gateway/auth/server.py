@@ -119,7 +119,8 @@ class PrivateKeyJWT(JWTBearerClientAssertion):
         now = time.time()
         if claims["exp"] > now + self._max_lifetime_s + self.leeway:
             raise InvalidClientError(
-                description=f"The client assertion must expire within {self._max_lifetime_s} seconds.")
+                description=f"The client assertion must expire within {self._max_lifetime_s} seconds."
+            )
         iat = claims.get("iat")
         if isinstance(iat, int | float) and iat > now + self.leeway:
             raise InvalidClientError(description="The client assertion was issued in the future.")
@@ -176,8 +177,15 @@ class AccessTokenIssuer:
         self._lifetime_s = lifetime_s
         self._header = {"alg": keys.alg, "typ": "at+jwt", "kid": keys.kid}
 
-    def __call__(self, grant_type: str, client: OAuthClient, user: Any = None, scope: str | None = None,
-                 expires_in: int | None = None, include_refresh_token: bool = False) -> dict[str, Any]:
+    def __call__(
+        self,
+        grant_type: str,
+        client: OAuthClient,
+        user: Any = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = False,
+    ) -> dict[str, Any]:
         now = int(time.time())
         granted = client.get_allowed_scope(scope)
         claims = {
@@ -216,7 +224,8 @@ class TokenService(AuthorizationServer):
         self._leeway_s = leeway_s
         self.register_grant(ClientCredentials)
         self.register_client_auth_method(
-            "private_key_jwt", PrivateKeyJWT([token_endpoint, issuer], leeway_s, assertion_max_lifetime_s))
+            "private_key_jwt", PrivateKeyJWT([token_endpoint, issuer], leeway_s, assertion_max_lifetime_s)
+        )
         self.register_token_generator("default", AccessTokenIssuer(issuer, audience, keys, token_lifetime_s))
 
     # Authlib's framework hooks --------------------------------------------------------------------
@@ -334,8 +343,12 @@ def _client_problem(description: str, authorization: str | None) -> Problem:
     headers = {}
     if _is_basic(authorization):
         headers["WWW-Authenticate"] = 'Basic realm="jamu"'
-    return Problem("invalid_client", description, headers=headers,
-                   extra={"error": "invalid_client", "error_description": description})
+    return Problem(
+        "invalid_client",
+        description,
+        headers=headers,
+        extra={"error": "invalid_client", "error_description": description},
+    )
 
 
 def _oauth_problem(payload: dict[str, Any], authorization: str | None) -> Problem:
@@ -344,4 +357,3 @@ def _oauth_problem(payload: dict[str, Any], authorization: str | None) -> Proble
     if error == "invalid_client":
         return _client_problem(description, authorization)
     return _request_problem(error, description)
-

@@ -62,11 +62,13 @@ class JobsClient:
     def close(self) -> None:
         self.http.close()
 
-    def _send(self, method: str, url: str, *, retry: bool = True, headers: dict[str, str] | None = None,
-              **kwargs: Any) -> httpx.Response:
+    def _send(
+        self, method: str, url: str, *, retry: bool = True, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
         for attempt in range(2 if retry else 1):
-            response = self.http.request(method, url, headers={**(headers or {}),
-                                                               "Authorization": f"Bearer {self._token}"}, **kwargs)
+            response = self.http.request(
+                method, url, headers={**(headers or {}), "Authorization": f"Bearer {self._token}"}, **kwargs
+            )
             if response.status_code != 401 or attempt or not retry:
                 return response
             self._token = self._token_source()
@@ -119,8 +121,9 @@ class JobsClient:
         """The results (or errors) streamed to `path`; the number of bytes written."""
         written = 0
         self.status(job_id)  # a fresh token before a long download
-        with self.http.stream("GET", f"/v1/verification-jobs/{job_id}/{kind}",
-                              headers={"Authorization": f"Bearer {self._token}"}) as response:
+        with self.http.stream(
+            "GET", f"/v1/verification-jobs/{job_id}/{kind}", headers={"Authorization": f"Bearer {self._token}"}
+        ) as response:
             if response.status_code != 200:
                 response.read()
                 _check(response, 200)
@@ -137,5 +140,7 @@ def progress_line(status: dict[str, Any], width: int = 30) -> str:
     bar = "#" * int(share * width) + "." * (width - int(share * width))
     eta = status.get("eta_s")
     tail = f" eta {eta:.0f}s" if isinstance(eta, int | float) and status["status"] == "running" else ""
-    return (f"[{bar}] {share:6.1%} {done:,}/{total:,} records, {status.get('errors') or 0:,} invalid, "
-            f"{status['status']}{tail}   ")
+    return (
+        f"[{bar}] {share:6.1%} {done:,}/{total:,} records, {status.get('errors') or 0:,} invalid, "
+        f"{status['status']}{tail}   "
+    )

@@ -126,7 +126,7 @@ class Upload:
                 raise FileNotFoundError(self.partial)  # discarded meanwhile
             view = memoryview(data)
             while view:
-                view = view[os.write(self._fd, view):]
+                view = view[os.write(self._fd, view) :]
 
     def keep(self) -> str:
         """Synced and renamed into place; its name, which the job records."""

@@ -47,14 +47,21 @@ class JobSpec:
     today: date  # the job's one evaluation date: predicates without their own `as_of` use it
 
     def to_json(self) -> dict[str, Any]:
-        return {"purpose": self.purpose, "claims": list(self.claims), "today": self.today.isoformat(),
-                "predicates": [{"name": p.name, "value": p.value,
-                                "as_of": None if p.as_of is None else p.as_of.isoformat()} for p in self.predicates]}
+        return {
+            "purpose": self.purpose,
+            "claims": list(self.claims),
+            "today": self.today.isoformat(),
+            "predicates": [
+                {"name": p.name, "value": p.value, "as_of": None if p.as_of is None else p.as_of.isoformat()}
+                for p in self.predicates
+            ],
+        }
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> JobSpec:
-        predicates = tuple(Predicate(p["name"], p["value"], p["as_of"] and date.fromisoformat(p["as_of"]))
-                           for p in doc["predicates"])
+        predicates = tuple(
+            Predicate(p["name"], p["value"], p["as_of"] and date.fromisoformat(p["as_of"])) for p in doc["predicates"]
+        )
         return cls(doc["purpose"], tuple(doc["claims"]), predicates, date.fromisoformat(doc["today"]))
 
     @property
@@ -181,7 +188,8 @@ def write_result(fmt: Format, ref: str, result: Mapping[str, Any], spec: JobSpec
         return orjson.dumps({"ref": ref, **result}) + b"\n"
     out = StringIO()
     csv.writer(out, lineterminator="\n").writerow(
-        [ref, _cell(result["match"]), result["code"], *(_cell(result[p.name]) for p in spec.predicates)])
+        [ref, _cell(result["match"]), result["code"], *(_cell(result[p.name]) for p in spec.predicates)]
+    )
     return out.getvalue().encode()
 
 

@@ -59,8 +59,7 @@ _LANES = 32  # records of a chunk in flight at once (remote connectors answer in
 
 
 class Fetch(Protocol):
-    async def fetch(self, nin: str, attributes: frozenset[str], context: TraceContext | None = None
-                    ) -> Any: ...
+    async def fetch(self, nin: str, attributes: frozenset[str], context: TraceContext | None = None) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +76,20 @@ class JobRefused(Exception):
 
 
 class ChunkRunner:
-    def __init__(self, store: JobStore, files: JobFiles, *, policies: PolicyStore, identity: Fetch,
-                 subjects: Callable[[str], str], access_log: AccessLog,
-                 log_position: Callable[[], tuple[str, int] | None], log_root: Path, owner: str,
-                 lease_s: float) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        files: JobFiles,
+        *,
+        policies: PolicyStore,
+        identity: Fetch,
+        subjects: Callable[[str], str],
+        access_log: AccessLog,
+        log_position: Callable[[], tuple[str, int] | None],
+        log_root: Path,
+        owner: str,
+        lease_s: float,
+    ) -> None:
         self.store = store
         self.files = files
         self.policies = policies
@@ -125,8 +134,9 @@ class ChunkRunner:
             # ran out is never written later), so the chunk is then left to its lease (at least four
             # timeouts) rather than given back: whoever takes it over reads a settled log.
             log.warning("bulk job %s chunk %d failed (failure %d): %s", job_id, n, leased.failures + 1, exc)
-            failures = await self.store.failed(job_id, n, owner, release_in_s=None if attempt.appending else
-                                               min(2.0 ** (leased.failures + 1), 300.0))
+            failures = await self.store.failed(
+                job_id, n, owner, release_in_s=None if attempt.appending else min(2.0 ** (leased.failures + 1), 300.0)
+            )
             if failures >= MAX_FAILURES:
                 await self.store.fail(job_id, f"chunk {n} failed {failures} times; the last: {exc}")
                 self.files.delete_input(job_id)
@@ -153,8 +163,9 @@ class ChunkRunner:
         job, spec = leased.job, leased.job.spec
         administration = self.policies.current.administrations.get(job.administration)
         try:
-            policy = authorise(administration, spec.purpose, "verify", claims=spec.claims,
-                               predicates={p.name for p in spec.predicates})
+            policy = authorise(
+                administration, spec.purpose, "verify", claims=spec.claims, predicates={p.name for p in spec.predicates}
+            )
         except Problem as exc:
             raise JobRefused(f"the policy no longer allows this job: {exc.detail}") from None
         if policy.consent == "required":
@@ -177,8 +188,9 @@ class ChunkRunner:
         try:
             if job.input_file is None:
                 raise FileNotFoundError(job.id)
-            raw = await asyncio.to_thread(self.files.read_range, job.id, job.input_file, chunk.byte_start,
-                                          chunk.byte_end)
+            raw = await asyncio.to_thread(
+                self.files.read_range, job.id, job.input_file, chunk.byte_start, chunk.byte_end
+            )
             header = await self._header(job.id, job.input_file, spec) if job.format == "csv" else None
         except FileNotFoundError:
             raise JobRefused("the job's input is gone") from None
@@ -194,8 +206,13 @@ class ChunkRunner:
             raise _LeaseLost  # cancelled (or taken over) while verifying: nothing logged, nothing answered
         already = await asyncio.to_thread(self._logged_before, leased)
         if already:
-            log.info("bulk job %s chunk %d taken over: %d of its %d events were already logged", job.id, chunk.n,
-                     len(already), len(outcomes))
+            log.info(
+                "bulk job %s chunk %d taken over: %d of its %d events were already logged",
+                job.id,
+                chunk.n,
+                len(already),
+                len(outcomes),
+            )
         position = self.log_position()
         if position is not None and not await self.store.logging_at(leased, owner, *position):
             raise _LeaseLost
@@ -216,8 +233,9 @@ class ChunkRunner:
         if ended is not None:
             self.files.delete_input(job.id)  # it holds NINs: gone as soon as the job ends
 
-    async def _verify_all(self, leased: LeasedChunk, policy: PurposePolicy, lines: Sequence[bytes],
-                          header: list[str] | None) -> list[_Outcome]:
+    async def _verify_all(
+        self, leased: LeasedChunk, policy: PurposePolicy, lines: Sequence[bytes], header: list[str] | None
+    ) -> list[_Outcome]:
         """Every line, in `_LANES` lanes: remote connectors answer in parallel, while the embedded register
         (answering without suspending) costs no task per record. Each lane gives the loop back between
         records, so interactive requests served by this process wait at most one record's work."""
@@ -243,12 +261,25 @@ class ChunkRunner:
 
     def _event(self, leased: LeasedChunk, policy: PurposePolicy, line: int) -> AccessRecord:
         job = leased.job
-        return AccessRecord(id=event_id(job.id, line), operation=OPERATION, administration=job.administration,
-                            client_id=job.client_id, purpose=job.spec.purpose, legal_basis=policy.legal_basis,
-                            job_id=job.id)
+        return AccessRecord(
+            id=event_id(job.id, line),
+            operation=OPERATION,
+            administration=job.administration,
+            client_id=job.client_id,
+            purpose=job.spec.purpose,
+            legal_basis=policy.legal_basis,
+            job_id=job.id,
+        )
 
-    async def _verify(self, leased: LeasedChunk, policy: PurposePolicy, raw: bytes, line: int,
-                      header: list[str] | None, needed: frozenset[str]) -> _Outcome:
+    async def _verify(
+        self,
+        leased: LeasedChunk,
+        policy: PurposePolicy,
+        raw: bytes,
+        line: int,
+        header: list[str] | None,
+        needed: frozenset[str],
+    ) -> _Outcome:
         spec, fmt = leased.job.spec, leased.job.format
         event = self._event(leased, policy, line)
         try:
@@ -262,13 +293,21 @@ class ChunkRunner:
         event.finish(200)
         return _Outcome(line, record.ref, result_of(answer, spec), event)
 
-    async def _answer(self, record: Record, spec: JobSpec, policy: PurposePolicy, needed: frozenset[str],
-                      event: AccessRecord) -> dict[str, Any]:
+    async def _answer(
+        self, record: Record, spec: JobSpec, policy: PurposePolicy, needed: frozenset[str], event: AccessRecord
+    ) -> dict[str, Any]:
         person = await self.identity.fetch(record.nin, needed, TraceContext(event.id.replace("-", "")))
         event.outcome = unusable(person)
         # As /v1/verify: an unknown or suspended person's stand-in is judged and masked, never answered.
-        return decide.verify(None if event.outcome else person, record.claims, list(spec.predicates), today=spec.today,
-                             threshold=policy.fuzzy_threshold, claim_details=False, stand_in=person)
+        return decide.verify(
+            None if event.outcome else person,
+            record.claims,
+            list(spec.predicates),
+            today=spec.today,
+            threshold=policy.fuzzy_threshold,
+            claim_details=False,
+            stand_in=person,
+        )
 
     def _logged_before(self, leased: LeasedChunk) -> set[str]:
         """The ids of this chunk's events that earlier attempts appended (read from their logs)."""
@@ -344,7 +383,8 @@ class LocalChunkQueue:
         if self.concurrency <= 0:
             return
         self._tasks = [asyncio.create_task(self._feed(), name="bulk-feed")] + [
-            asyncio.create_task(self._work_loop(handler), name=f"bulk-worker-{i}") for i in range(self.concurrency)]
+            asyncio.create_task(self._work_loop(handler), name=f"bulk-worker-{i}") for i in range(self.concurrency)
+        ]
 
     async def submit(self, job_id: str, chunks: Sequence[int]) -> None:
         self._wake.set()
@@ -438,8 +478,17 @@ class SaqChunkQueue:
     and does nothing). A periodic pass enqueues chunks that no one holds and saq does not know of (a
     Redis restarted empty, a lease that ran out), keyed by chunk so a chunk is queued once at a time."""
 
-    def __init__(self, redis_url: str, name: str, store: JobStore, jobs_dir: str, concurrency: int, *,
-                 lease_s: float, poll_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        name: str,
+        store: JobStore,
+        jobs_dir: str,
+        concurrency: int,
+        *,
+        lease_s: float,
+        poll_s: float = 2.0,
+    ) -> None:
         import saq  # only with Redis configured
 
         self._saq = saq
@@ -474,9 +523,12 @@ class SaqChunkQueue:
 
         if self.concurrency > 0:
             self._worker = self._saq.Worker(
-                self.queue, functions=[("run_chunk", run_chunk)], concurrency=self.concurrency,
+                self.queue,
+                functions=[("run_chunk", run_chunk)],
+                concurrency=self.concurrency,
                 timers={"schedule": 1, "worker_info": 10, "sweep": max(1, int(lease_s)), "abort": 1},
-                dequeue_timeout=1.0)
+                dequeue_timeout=1.0,
+            )
             self._worker.SIGNALS = []  # the server's own signal handling stays in charge
             self._tasks.append(asyncio.create_task(self._worker.start(), name="bulk-saq-worker"))
         self._tasks.append(asyncio.create_task(self._sweep(), name="bulk-saq-sweep"))
@@ -496,8 +548,16 @@ class SaqChunkQueue:
             log.warning("bulk job %s: chunks left to the sweep: %s", job_id, exc)
 
     async def _enqueue(self, job_id: str, n: int) -> None:
-        await self.queue.enqueue("run_chunk", job_id=job_id, n=n, key=f"{job_id}:{n}", timeout=0,
-                                 heartbeat=max(1, int(self.lease_s)), retries=3, ttl=600)
+        await self.queue.enqueue(
+            "run_chunk",
+            job_id=job_id,
+            n=n,
+            key=f"{job_id}:{n}",
+            timeout=0,
+            heartbeat=max(1, int(self.lease_s)),
+            retries=3,
+            ttl=600,
+        )
 
     async def _sweep(self) -> None:
         while True:

@@ -53,7 +53,7 @@ class InputSplitter:
         at = 0
         if self._header_bytes is not None:  # the CSV header: the first line, read whole
             end = piece.find(b"\n")
-            self._header_bytes += piece if end < 0 else piece[:end + 1]
+            self._header_bytes += piece if end < 0 else piece[: end + 1]
             if len(self._header_bytes) > MAX_LINE_BYTES:
                 raise UploadRefused("the header row is too long")
             if end < 0:
@@ -72,8 +72,9 @@ class InputSplitter:
             self._too_long()
 
     def _too_long(self) -> None:
-        raise UploadRefused(f"line {self._chunk_first_line + self._chunk_records} is longer than "
-                            f"{MAX_LINE_BYTES} bytes")
+        raise UploadRefused(
+            f"line {self._chunk_first_line + self._chunk_records} is longer than {MAX_LINE_BYTES} bytes"
+        )
 
     def _header_done(self, offset: int) -> None:
         assert self._header_bytes is not None
@@ -95,8 +96,9 @@ class InputSplitter:
             self._close_chunk(offset)
 
     def _close_chunk(self, offset: int) -> None:
-        self.chunks.append(Chunk(len(self.chunks), self._chunk_first_line, self._chunk_start, offset,
-                                 self._chunk_records))
+        self.chunks.append(
+            Chunk(len(self.chunks), self._chunk_first_line, self._chunk_start, offset, self._chunk_records)
+        )
         self._chunk_first_line += self._chunk_records
         self._chunk_start, self._chunk_records = offset, 0
 

@@ -96,8 +96,9 @@ class Connector(Protocol):
     attributes: frozenset[str]
     authoritative: bool  # True: "no record" means the person is unknown; False: only these attributes are
 
-    async def fetch(self, nin: str, attributes: frozenset[str], trace: TraceContext | None = None
-                    ) -> Mapping[str, Any] | None: ...
+    async def fetch(
+        self, nin: str, attributes: frozenset[str], trace: TraceContext | None = None
+    ) -> Mapping[str, Any] | None: ...
 
     async def health(self) -> bool: ...
 

@@ -67,8 +67,15 @@ def _absent(width: int) -> tuple[None, ...]:
 class EmbeddedRegister:
     authoritative = True
 
-    def __init__(self, path: Path, *, name: str = "register", attributes: Iterable[str] = ATTRIBUTES,
-                 threads: int = 2, inline_reads: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str = "register",
+        attributes: Iterable[str] = ATTRIBUTES,
+        threads: int = 2,
+        inline_reads: bool = True,
+    ) -> None:
         self.name = name
         self.attributes = frozenset(attributes)
         self.path = path
@@ -85,8 +92,9 @@ class EmbeddedRegister:
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
-                                         isolation_level=None)
+            connection = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+            )
             connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._local.connection = connection
             with self._lock:
@@ -101,8 +109,10 @@ class EmbeddedRegister:
         if statement is None:
             names = ("nin", *(c for c in COLUMNS if c in attributes and c != "nin"))
             columns = ", ".join(names)
-            sql = (f"SELECT {columns} FROM (SELECT {columns} FROM people WHERE nin >= ?1 ORDER BY nin LIMIT 1) "  # noqa: S608
-                   f"UNION ALL SELECT {columns} FROM (SELECT {columns} FROM people ORDER BY nin LIMIT 1) LIMIT 1")
+            sql = (
+                f"SELECT {columns} FROM (SELECT {columns} FROM people WHERE nin >= ?1 ORDER BY nin LIMIT 1) "  # noqa: S608
+                f"UNION ALL SELECT {columns} FROM (SELECT {columns} FROM people ORDER BY nin LIMIT 1) LIMIT 1"
+            )
             statement = self._statements[attributes] = (sql, names)
         return statement
 
@@ -136,14 +146,16 @@ class EmbeddedRegister:
                 if connection.in_transaction:
                     connection.execute("COMMIT")
 
-    async def fetch(self, nin: str, attributes: frozenset[str], trace: TraceContext | None = None
-                    ) -> Mapping[str, Any] | None:
+    async def fetch(
+        self, nin: str, attributes: frozenset[str], trace: TraceContext | None = None
+    ) -> Mapping[str, Any] | None:
         try:
             if self._inline:  # a primary-key read from the page cache, on the loop: no thread hop
                 row, found = self._read_in_snapshot(normalise_nin(nin), attributes)
             else:
                 row, found = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._read, normalise_nin(nin), attributes)
+                    self._pool, self._read, normalise_nin(nin), attributes
+                )
         except sqlite3.Error as exc:
             raise BackendUnavailable(self.name, type(exc).__name__) from None
         answer = {name: row.get(name) for name in attributes}
@@ -153,7 +165,8 @@ class EmbeddedRegister:
 
     async def health(self) -> bool:
         await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: self._connection().execute("SELECT 1 FROM people LIMIT 1").fetchall())
+            self._pool, lambda: self._connection().execute("SELECT 1 FROM people LIMIT 1").fetchall()
+        )
         return True
 
     def count(self) -> int:

@@ -31,10 +31,22 @@ from gateway.connectors.rest import validated
 
 BIRTH_PLACE = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
 NATIONALITY = "http://hl7.org/fhir/StructureDefinition/patient-nationality"
-FHIR_ATTRIBUTES = frozenset({
-    "nin", "family_name", "given_names", "sex", "birth_date", "birth_place", "nationality", "residence_region",
-    "residence_cercle", "residence_commune", "death_date", "record_status",
-})
+FHIR_ATTRIBUTES = frozenset(
+    {
+        "nin",
+        "family_name",
+        "given_names",
+        "sex",
+        "birth_date",
+        "birth_place",
+        "nationality",
+        "residence_region",
+        "residence_cercle",
+        "residence_commune",
+        "death_date",
+        "record_status",
+    }
+)
 
 
 def _extension(patient: Patient, url: str) -> Any:
@@ -75,8 +87,17 @@ def patient_attributes(patient: Patient) -> dict[str, Any]:
 
 
 class FhirConnector(RemoteConnector):
-    def __init__(self, *, name: str, url: str, identifier_system: str, attributes: frozenset[str],
-                 authoritative: bool = True, client: httpx.AsyncClient, policy: ResiliencePolicy) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        url: str,
+        identifier_system: str,
+        attributes: frozenset[str],
+        authoritative: bool = True,
+        client: httpx.AsyncClient,
+        policy: ResiliencePolicy,
+    ) -> None:
         self.name = name
         self.attributes = attributes
         self.authoritative = authoritative
@@ -84,8 +105,9 @@ class FhirConnector(RemoteConnector):
         self._system = identifier_system
         self._http = Resilient(name, client, policy)
 
-    async def fetch(self, nin: str, attributes: frozenset[str], trace: TraceContext | None = None
-                    ) -> Mapping[str, Any] | None:
+    async def fetch(
+        self, nin: str, attributes: frozenset[str], trace: TraceContext | None = None
+    ) -> Mapping[str, Any] | None:
         form = {"identifier": f"{self._system}|{nin}"}
         headers = {"Accept": "application/fhir+json", **traceparent(trace)}
 
@@ -101,14 +123,16 @@ class FhirConnector(RemoteConnector):
                 bundle = Bundle.model_validate_json(response.content)
             except (ValidationError, ValueError):
                 raise BackendError(self.name, "not a FHIR Bundle") from None
-            patients = [e.resource for e in bundle.entry or () if isinstance(e.resource, Patient)
-                        and (e.search is None or e.search.mode in (None, "match"))]
+            patients = [
+                e.resource
+                for e in bundle.entry or ()
+                if isinstance(e.resource, Patient) and (e.search is None or e.search.mode in (None, "match"))
+            ]
             if not patients:
                 return None
             if len(patients) > 1:
                 raise BackendError(self.name, "several patients carry this identifier")
             mapped = patient_attributes(patients[0])
-            return validated(self.name, nin, {a: mapped[a] for a in attributes & self.attributes - {"nin"}},
-                             attributes)
+            return validated(self.name, nin, {a: mapped[a] for a in attributes & self.attributes - {"nin"}}, attributes)
 
         return await self._http.call(attempt, parse)

@@ -39,8 +39,9 @@ def _reason(error: ValidationError) -> str:
     parts = []
     for item in error.errors()[:5]:
         where = ".".join(str(p) for p in item["loc"]) or "line"
-        message = "unknown attribute" if item["type"] == "extra_forbidden" else item["msg"].removeprefix(
-            "Value error, ")
+        message = (
+            "unknown attribute" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
+        )
         parts.append(f"{where}: {message}")
     return "; ".join(parts)
 

@@ -36,7 +36,7 @@ class ResiliencePolicy:
     def deadline_s(self) -> float:
         """The longest one call can take, retries and waits included."""
         attempt = self.connect_timeout_s + self.read_timeout_s
-        return self.queue_timeout_s + (self.retries + 1) * attempt + self.retries * self.backoff_s * 2 ** self.retries
+        return self.queue_timeout_s + (self.retries + 1) * attempt + self.retries * self.backoff_s * 2**self.retries
 
 
 class CircuitBreaker:
@@ -98,8 +98,11 @@ class Resilient:
         self._slots = asyncio.Semaphore(policy.max_concurrency)
         self.timeout = httpx.Timeout(policy.read_timeout_s, connect=policy.connect_timeout_s)
 
-    async def call(self, attempt: Callable[[httpx.AsyncClient, httpx.Timeout], Awaitable[httpx.Response]],
-                   parse: Callable[[httpx.Response], _T]) -> _T:
+    async def call(
+        self,
+        attempt: Callable[[httpx.AsyncClient, httpx.Timeout], Awaitable[httpx.Response]],
+        parse: Callable[[httpx.Response], _T],
+    ) -> _T:
         if not self.breaker.allow():
             raise BackendUnavailable(self.name, "circuit open")
         try:
@@ -117,12 +120,15 @@ class Resilient:
         self.breaker.success()
         return result
 
-    async def _attempts(self, attempt: Callable[[httpx.AsyncClient, httpx.Timeout], Awaitable[httpx.Response]],
-                        parse: Callable[[httpx.Response], _T]) -> _T:
+    async def _attempts(
+        self,
+        attempt: Callable[[httpx.AsyncClient, httpx.Timeout], Awaitable[httpx.Response]],
+        parse: Callable[[httpx.Response], _T],
+    ) -> _T:
         why = "no attempt"
         for number in range(self.policy.retries + 1):
             if number:
-                await asyncio.sleep(random.uniform(0, self.policy.backoff_s * 2 ** number))  # noqa: S311
+                await asyncio.sleep(random.uniform(0, self.policy.backoff_s * 2**number))  # noqa: S311
             try:
                 response = await attempt(self.client, self.timeout)
             except httpx.TimeoutException:

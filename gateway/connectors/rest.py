@@ -48,10 +48,23 @@ def validated(connector: str, nin: str, values: Mapping[str, Any], asked: frozen
 
 
 class RestConnector(RemoteConnector):
-    def __init__(self, *, name: str, url: str, path: str, attributes: frozenset[str], mapping: dict[str, str],
-                 nin_field: str = "nin", body: dict[str, Any] | None = None, result: str = "",
-                 not_found_status: tuple[int, ...] = (404,), authoritative: bool = True, method: str = "POST",
-                 client: httpx.AsyncClient, policy: ResiliencePolicy) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        url: str,
+        path: str,
+        attributes: frozenset[str],
+        mapping: dict[str, str],
+        nin_field: str = "nin",
+        body: dict[str, Any] | None = None,
+        result: str = "",
+        not_found_status: tuple[int, ...] = (404,),
+        authoritative: bool = True,
+        method: str = "POST",
+        client: httpx.AsyncClient,
+        policy: ResiliencePolicy,
+    ) -> None:
         self.name = name
         self.attributes = attributes
         self.authoritative = authoritative
@@ -65,8 +78,9 @@ class RestConnector(RemoteConnector):
         self._http = Resilient(name, client, policy)
         self._health_url = url.rstrip("/") + "/"
 
-    async def fetch(self, nin: str, attributes: frozenset[str], trace: TraceContext | None = None
-                    ) -> Mapping[str, Any] | None:
+    async def fetch(
+        self, nin: str, attributes: frozenset[str], trace: TraceContext | None = None
+    ) -> Mapping[str, Any] | None:
         body = plant(self._nin_field, nin, dict(self._body))
         headers = {"Accept": "application/json", **traceparent(trace)}
 

@@ -145,23 +145,52 @@ def build_connectors(config: ConnectorsFile, data_dir: Path, client: httpx.Async
         authoritative = "record_status" in attributes
         if isinstance(entry, EmbeddedConfig):
             path = Path(entry.path) if entry.path else data_dir / "register.db"
-            made.append(EmbeddedRegister(path, name=entry.name, attributes=attributes,
-                                         inline_reads=entry.reads == "inline"))
+            made.append(
+                EmbeddedRegister(path, name=entry.name, attributes=attributes, inline_reads=entry.reads == "inline")
+            )
         elif isinstance(entry, RestConfig):
-            made.append(RestConnector(
-                name=entry.name, url=entry.url, path=entry.path, attributes=attributes, mapping=dict(entry.mapping),
-                nin_field=entry.nin_field, body=entry.body, result=entry.result,
-                not_found_status=tuple(entry.not_found_status), authoritative=authoritative, method=entry.method,
-                client=client,
-                policy=entry.policy()))
+            made.append(
+                RestConnector(
+                    name=entry.name,
+                    url=entry.url,
+                    path=entry.path,
+                    attributes=attributes,
+                    mapping=dict(entry.mapping),
+                    nin_field=entry.nin_field,
+                    body=entry.body,
+                    result=entry.result,
+                    not_found_status=tuple(entry.not_found_status),
+                    authoritative=authoritative,
+                    method=entry.method,
+                    client=client,
+                    policy=entry.policy(),
+                )
+            )
         elif isinstance(entry, IdpConfig):
-            made.append(RestConnector(
-                name=entry.name, url=entry.url, path=entry.path, attributes=attributes, mapping=IDP_MAPPING,
-                authoritative=authoritative, client=client, policy=entry.policy()))
+            made.append(
+                RestConnector(
+                    name=entry.name,
+                    url=entry.url,
+                    path=entry.path,
+                    attributes=attributes,
+                    mapping=IDP_MAPPING,
+                    authoritative=authoritative,
+                    client=client,
+                    policy=entry.policy(),
+                )
+            )
         else:
-            made.append(FhirConnector(
-                name=entry.name, url=entry.url, identifier_system=entry.identifier_system, attributes=attributes,
-                authoritative=authoritative, client=client, policy=entry.policy()))
+            made.append(
+                FhirConnector(
+                    name=entry.name,
+                    url=entry.url,
+                    identifier_system=entry.identifier_system,
+                    attributes=attributes,
+                    authoritative=authoritative,
+                    client=client,
+                    policy=entry.policy(),
+                )
+            )
     return made
 
 
@@ -169,8 +198,9 @@ _NO_ANSWER: Mapping[str, Any] = {}
 
 
 class ConnectorRouter:
-    def __init__(self, connectors: list[Connector], metrics: Metrics | None = None,
-                 tracer: trace.Tracer | None = None) -> None:
+    def __init__(
+        self, connectors: list[Connector], metrics: Metrics | None = None, tracer: trace.Tracer | None = None
+    ) -> None:
         self.connectors = connectors
         self._metrics = metrics or Metrics()
         self._tracer = tracer or OffTracer()
@@ -178,12 +208,14 @@ class ConnectorRouter:
         for connector in connectors:
             if isinstance(connector, RemoteConnector):
                 self._metrics.connector_breaker_state.labels(connector.name).set_function(
-                    lambda b=connector.breaker: CircuitBreaker.STATE_VALUES[b.state])
+                    lambda b=connector.breaker: CircuitBreaker.STATE_VALUES[b.state]
+                )
         self._authority = next(c for c in connectors if c.authoritative)
         self._plans: dict[frozenset[str], list[tuple[Connector, frozenset[str]]]] = {}
 
-    async def fetch(self, nin: str, attributes: frozenset[str], context: TraceContext | None = None
-                    ) -> dict[str, Any] | None:
+    async def fetch(
+        self, nin: str, attributes: frozenset[str], context: TraceContext | None = None
+    ) -> dict[str, Any] | None:
         """The person's `attributes` (and record status), or None when the register has no such person.
         Each connector involved is asked once; several are asked concurrently."""
         ordered = self._plan(attributes)
@@ -219,12 +251,14 @@ class ConnectorRouter:
                 self._plans[attributes] = plan
         return plan
 
-    async def _ask(self, connector: Connector, nin: str, attributes: frozenset[str], context: TraceContext | None
-                   ) -> Mapping[str, Any] | None:
+    async def _ask(
+        self, connector: Connector, nin: str, attributes: frozenset[str], context: TraceContext | None
+    ) -> Mapping[str, Any] | None:
         started = time.perf_counter()
         outcome = "ok"
-        with self._tracer.start_as_current_span(f"connector {connector.name}",
-                                                attributes={"jamu.connector": connector.name}):
+        with self._tracer.start_as_current_span(
+            f"connector {connector.name}", attributes={"jamu.connector": connector.name}
+        ):
             try:
                 return await connector.fetch(nin, attributes, context)
             except Problem as exc:
@@ -233,7 +267,8 @@ class ConnectorRouter:
                 raise
             finally:
                 self._metrics.labelled(self._metrics.connector_duration, connector.name, outcome).observe(
-                    time.perf_counter() - started)
+                    time.perf_counter() - started
+                )
 
     async def health(self) -> dict[str, bool]:
         results = await asyncio.gather(*(c.health() for c in self.connectors), return_exceptions=True)
@@ -245,5 +280,3 @@ class ConnectorRouter:
     async def close(self) -> None:
         for connector in self.connectors:
             await connector.close()
-
-

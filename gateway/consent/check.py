@@ -16,8 +16,7 @@ def consent_invalid(reason: str, detail: str, **extra: object) -> Problem:
     return Problem("consent_invalid", detail, extra={"reason": reason, **extra})
 
 
-async def find_consent(store: ConsentStore, consent_id: str | None, *, subject_hash: str, grantee: str
-                       ) -> Consent:
+async def find_consent(store: ConsentStore, consent_id: str | None, *, subject_hash: str, grantee: str) -> Consent:
     """The consent this grantee may use for this person, or the refusal an unknown id gets."""
     if consent_id is None:
         raise Problem("consent_required", "this purpose needs the person's consent: send consent_id")
@@ -29,8 +28,15 @@ async def find_consent(store: ConsentStore, consent_id: str | None, *, subject_h
     return consent
 
 
-async def use_consent(store: ConsentStore, consent: Consent, *, purpose: str, operation: str,
-                      attributes: Iterable[str], predicates: Iterable[str] = ()) -> None:
+async def use_consent(
+    store: ConsentStore,
+    consent: Consent,
+    *,
+    purpose: str,
+    operation: str,
+    attributes: Iterable[str],
+    predicates: Iterable[str] = (),
+) -> None:
     """`attributes`: what the operation claims or releases; `predicates`: whose reads the consent must
     cover too (a predicate answers about attributes as surely as a claim does)."""
     if consent.purpose != purpose:

@@ -162,8 +162,15 @@ def officer_store(settings: Settings, engine: AsyncEngine) -> OfficerStore:
     return OfficerStore(engine, TotpSeal(load_or_create_secret(console_key_path(settings))))
 
 
-def build_console(settings: Settings, engine: AsyncEngine, http: httpx.AsyncClient, access_log: AccessLog,
-                  refusals: RefusalTally, trusted_proxies: tuple[Network, ...], owner: str) -> Console:
+def build_console(
+    settings: Settings,
+    engine: AsyncEngine,
+    http: httpx.AsyncClient,
+    access_log: AccessLog,
+    refusals: RefusalTally,
+    trusted_proxies: tuple[Network, ...],
+    owner: str,
+) -> Console:
     """ValueError when `GATEWAY_ALERTS_FILE` or the OpenID Connect settings are not usable."""
     rules = load_alert_rules(settings.alerts_file)
     try:
@@ -175,16 +182,39 @@ def build_console(settings: Settings, engine: AsyncEngine, http: httpx.AsyncClie
     if settings.console_oidc_issuer:
         if not settings.console_oidc_client_id:
             raise ValueError("GATEWAY_CONSOLE_OIDC_CLIENT_ID is required with GATEWAY_CONSOLE_OIDC_ISSUER")
-        oidc = OidcSignIn(OidcConfig(settings.console_oidc_issuer, settings.console_oidc_client_id,
-                                     settings.console_oidc_client_secret, settings.console_oidc_role_claim,
-                                     settings.console_oidc_administration_claim, settings.console_oidc_login_claim),
-                          f"{settings.issuer}{settings.root_path}/console/login/callback", http)
-    templates = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(["html"]),
-                            enable_async=False, trim_blocks=True, lstrip_blocks=True)
+        oidc = OidcSignIn(
+            OidcConfig(
+                settings.console_oidc_issuer,
+                settings.console_oidc_client_id,
+                settings.console_oidc_client_secret,
+                settings.console_oidc_role_claim,
+                settings.console_oidc_administration_claim,
+                settings.console_oidc_login_claim,
+            ),
+            f"{settings.issuer}{settings.root_path}/console/login/callback",
+            http,
+        )
+    templates = Environment(
+        loader=FileSystemLoader(TEMPLATES_DIR),
+        autoescape=select_autoescape(["html"]),
+        enable_async=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     key = load_or_create_secret(console_key_path(settings))
     return Console(
-        officers=OfficerStore(engine, TotpSeal(key), PasswordChecks()), sessions=SessionStore(engine), alerts=alerts,
+        officers=OfficerStore(engine, TotpSeal(key), PasswordChecks()),
+        sessions=SessionStore(engine),
+        alerts=alerts,
         watcher=AlertWatcher(engine, rules, alerts, owner, poll_s=settings.console_alert_poll_s),
-        rules=rules, oidc=oidc, templates=templates, key=key,
-        refusals=refusals, trusted_proxies=trusted_proxies, access_log=access_log, login_windows=login_windows,
-        changes=AccountChanges(engine, access_log.append), poll_s=settings.console_alert_poll_s)
+        rules=rules,
+        oidc=oidc,
+        templates=templates,
+        key=key,
+        refusals=refusals,
+        trusted_proxies=trusted_proxies,
+        access_log=access_log,
+        login_windows=login_windows,
+        changes=AccountChanges(engine, access_log.append),
+        poll_s=settings.console_alert_poll_s,
+    )

@@ -136,8 +136,13 @@ class TotpSeal:
 
 
 def _officer(row: object) -> Officer:
-    return Officer(row.login, row.role, row.administration, bool(row.disabled),  # type: ignore[attr-defined]
-                   row.locked_until)  # type: ignore[attr-defined]
+    return Officer(
+        row.login,
+        row.role,
+        row.administration,
+        bool(row.disabled),  # type: ignore[attr-defined]
+        row.locked_until,
+    )  # type: ignore[attr-defined]
 
 
 class OfficerStore:
@@ -151,7 +156,8 @@ class OfficerStore:
         password = secrets.token_urlsafe(15)
         secret = pyotp.random_base32()
         uri = pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_STEP_S).provisioning_uri(
-            name=login, issuer_name=TOTP_ISSUER)
+            name=login, issuer_name=TOTP_ISSUER
+        )
         # Said outright, though they are the format's defaults: some authenticator apps assume otherwise.
         uri += f"&algorithm=SHA1&digits={TOTP_DIGITS}&period={TOTP_STEP_S}"
         return Credentials(login, password, uri), _hasher.hash(password), self.seal.seal(login, secret)
@@ -164,9 +170,17 @@ class OfficerStore:
         now = time.time()
         try:
             async with self.engine.execution_options(**WRITER).begin() as connection:
-                await connection.execute(insert(console_officers).values(
-                    login=login, role=role, administration=administration, password_hash=password_hash,
-                    totp_sealed=sealed, created_at=now, updated_at=now))
+                await connection.execute(
+                    insert(console_officers).values(
+                        login=login,
+                        role=role,
+                        administration=administration,
+                        password_hash=password_hash,
+                        totp_sealed=sealed,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
                 await self._changed(connection, login, "add", role, administration)
         except IntegrityError:
             raise AccountError(f"{login} exists already (reset it with `jamu officers reset`)") from None
@@ -176,9 +190,19 @@ class OfficerStore:
         """A new password and TOTP secret; the lockout cleared and every session of the officer ended."""
         credentials, password_hash, sealed = await asyncio.to_thread(self._credentials, login)
         async with self.engine.execution_options(**WRITER).begin() as connection:
-            done = await connection.execute(update(console_officers).where(console_officers.c.login == login).values(
-                password_hash=password_hash, totp_sealed=sealed, last_totp_step=0, failures=0,
-                first_failure_at=None, locked_until=None, updated_at=time.time()))
+            done = await connection.execute(
+                update(console_officers)
+                .where(console_officers.c.login == login)
+                .values(
+                    password_hash=password_hash,
+                    totp_sealed=sealed,
+                    last_totp_step=0,
+                    failures=0,
+                    first_failure_at=None,
+                    locked_until=None,
+                    updated_at=time.time(),
+                )
+            )
             if done.rowcount == 0:
                 raise AccountError(f"no officer {login}")
             await connection.execute(delete(console_sessions).where(console_sessions.c.login == login))
@@ -188,20 +212,31 @@ class OfficerStore:
     async def set_disabled(self, login: str, disabled: bool) -> None:
         """Disabling ends the officer's sessions at once."""
         async with self.engine.execution_options(**WRITER).begin() as connection:
-            done = await connection.execute(update(console_officers).where(console_officers.c.login == login)
-                                            .values(disabled=int(disabled), updated_at=time.time()))
+            done = await connection.execute(
+                update(console_officers)
+                .where(console_officers.c.login == login)
+                .values(disabled=int(disabled), updated_at=time.time())
+            )
             if done.rowcount == 0:
                 raise AccountError(f"no officer {login}")
             if disabled:
                 await connection.execute(delete(console_sessions).where(console_sessions.c.login == login))
             await self._changed(connection, login, "disable" if disabled else "enable")
 
-    async def _changed(self, connection: AsyncConnection, login: str, action: str, role: str | None = None,
-                       administration: str | None = None) -> None:
+    async def _changed(
+        self,
+        connection: AsyncConnection,
+        login: str,
+        action: str,
+        role: str | None = None,
+        administration: str | None = None,
+    ) -> None:
         """The change, in its own transaction, for a gateway to log (`AccountChanges`)."""
-        await connection.execute(insert(console_account_changes).values(
-            at=time.time(), login=login, action=action, role=role, administration=administration,
-            actor=self.actor))
+        await connection.execute(
+            insert(console_account_changes).values(
+                at=time.time(), login=login, action=action, role=role, administration=administration, actor=self.actor
+            )
+        )
 
     async def list(self) -> list[Officer]:
         async with self.engine.connect() as connection:
@@ -215,15 +250,21 @@ class OfficerStore:
         and a success spends the code's step."""
         now = time.time() if now is None else now
         async with self.engine.connect() as connection:
-            row = (await connection.execute(select(console_officers).where(console_officers.c.login == login))
-                   ).first() if LOGIN.fullmatch(login) else None
+            row = (
+                (await connection.execute(select(console_officers).where(console_officers.c.login == login))).first()
+                if LOGIN.fullmatch(login)
+                else None
+            )
         password_ok = await self.checks.verify(row.password_hash if row is not None else _DUMMY_HASH, password)
         if row is None:
             return Attempt("invalid", None)
         secret = self.seal.open(login, row.totp_sealed)
         async with self.engine.execution_options(**WRITER).begin() as connection:
-            current = (await connection.execute(select(console_officers).where(console_officers.c.login == login)
-                                                .with_for_update())).first()
+            current = (
+                await connection.execute(
+                    select(console_officers).where(console_officers.c.login == login).with_for_update()
+                )
+            ).first()
             if current is None:
                 return Attempt("invalid", None)
             officer = _officer(current)
@@ -235,12 +276,18 @@ class OfficerStore:
             if step is not None and current.disabled:
                 return Attempt("disabled", officer)
             if step is not None:
-                await connection.execute(update(console_officers).where(console_officers.c.login == login).values(
-                    failures=0, first_failure_at=None, locked_until=None, last_totp_step=step))
+                await connection.execute(
+                    update(console_officers)
+                    .where(console_officers.c.login == login)
+                    .values(failures=0, first_failure_at=None, locked_until=None, last_totp_step=step)
+                )
                 return Attempt("ok", officer)
             failures, first, locked_until = after_failure(current.failures, current.first_failure_at, now)
-            await connection.execute(update(console_officers).where(console_officers.c.login == login).values(
-                failures=failures, first_failure_at=first, locked_until=locked_until))
+            await connection.execute(
+                update(console_officers)
+                .where(console_officers.c.login == login)
+                .values(failures=failures, first_failure_at=first, locked_until=locked_until)
+            )
         return Attempt("invalid", officer, locked_now=locked_until is not None)
 
 
@@ -282,8 +329,9 @@ class AccountChanges:
     done (`logged = -1`); a claim not marked done within `reclaim_s` (its process died) is taken again, so
     no change goes unlogged."""
 
-    def __init__(self, engine: AsyncEngine, append: Callable[[AccessRecord], Awaitable[int]], *,
-                 reclaim_s: float = 60.0) -> None:
+    def __init__(
+        self, engine: AsyncEngine, append: Callable[[AccessRecord], Awaitable[int]], *, reclaim_s: float = 60.0
+    ) -> None:
         self.engine = engine
         self.append = append
         self.reclaim_s = reclaim_s
@@ -293,32 +341,42 @@ class AccountChanges:
         now = time.time()
         waiting = (t.logged == 0) | ((t.logged > 0) & (t.logged < int(now - self.reclaim_s)))
         async with self.engine.connect() as connection:
-            pending = list(await connection.execute(
-                select(console_account_changes).where(waiting).order_by(t.id).limit(100)))
+            pending = list(
+                await connection.execute(select(console_account_changes).where(waiting).order_by(t.id).limit(100))
+            )
         relayed = 0
         for change in pending:
             async with self.engine.execution_options(**WRITER).begin() as connection:
-                claimed = await connection.execute(update(console_account_changes).where(
-                    t.id == change.id, t.logged == change.logged).values(logged=max(1, int(time.time()))))
+                claimed = await connection.execute(
+                    update(console_account_changes)
+                    .where(t.id == change.id, t.logged == change.logged)
+                    .values(logged=max(1, int(time.time())))
+                )
             if claimed.rowcount != 1:
                 continue  # another process took it
-            facts = (("change", str(change.id)), ("at", rfc3339(datetime.fromtimestamp(change.at, UTC))),
-                     ("login", change.login), ("action", change.action), ("role", change.role),
-                     ("administration", change.administration))
-            record = AccessRecord(operation="console.account", client_id=change.actor,
-                                  evidence={k: v for k, v in facts if v})
+            facts = (
+                ("change", str(change.id)),
+                ("at", rfc3339(datetime.fromtimestamp(change.at, UTC))),
+                ("login", change.login),
+                ("action", change.action),
+                ("role", change.role),
+                ("administration", change.administration),
+            )
+            record = AccessRecord(
+                operation="console.account", client_id=change.actor, evidence={k: v for k, v in facts if v}
+            )
             record.finish(200)
             try:
                 await self.append(record)
             except BaseException:
                 with contextlib.suppress(Exception):  # back in line at once (else after reclaim_s)
                     async with self.engine.execution_options(**WRITER).begin() as connection:
-                        await connection.execute(update(console_account_changes).where(t.id == change.id)
-                                                 .values(logged=0))
+                        await connection.execute(
+                            update(console_account_changes).where(t.id == change.id).values(logged=0)
+                        )
                 raise
             async with self.engine.execution_options(**WRITER).begin() as connection:
-                await connection.execute(update(console_account_changes).where(t.id == change.id)
-                                         .values(logged=-1))
+                await connection.execute(update(console_account_changes).where(t.id == change.id).values(logged=-1))
             relayed += 1
         return relayed
 

@@ -37,6 +37,7 @@ class _Rule(BaseModel):
 
 class Enumeration(_Rule):
     """A client's share of unknown or suspended NINs among its checks."""
+
     window_s: int = Field(600, ge=10, le=86400)
     min_checks: int = Field(50, ge=1)
     max_unknown_share: float = Field(0.3, gt=0, le=1)
@@ -44,6 +45,7 @@ class Enumeration(_Rule):
 
 class Scraping(_Rule):
     """Distinct persons a client asked about in an hour, against its own hourly baseline."""
+
     min_persons: int = Field(500, ge=1)
     baseline_factor: float = Field(5.0, ge=1)
     baseline_hours: int = Field(24, ge=1, le=24 * 30)
@@ -51,30 +53,35 @@ class Scraping(_Rule):
 
 class PredicateProbing(_Rule):
     """Checks that ask predicates only (no claim), in bulk."""
+
     window_s: int = Field(600, ge=10, le=86400)
     max_checks: int = Field(1000, ge=1)
 
 
 class TokenFailures(_Rule):
     """Refused token requests (and refusals counted without a token) from one source address."""
+
     window_s: int = Field(60, ge=1, le=86400)
     max_failures: int = Field(30, ge=1)
 
 
 class ConsentRefusals(_Rule):
     """A client's calls refused for a missing or invalid consent."""
+
     window_s: int = Field(600, ge=10, le=86400)
     max_refusals: int = Field(20, ge=1)
 
 
 class HistoryQuota(_Rule):
     """A channel's access-history reads refused over its daily quota."""
+
     window_s: int = Field(86400, ge=60, le=7 * 86400)
     max_refusals: int = Field(1, ge=1)
 
 
 class AlertRules(BaseModel):
     """`GATEWAY_ALERTS_FILE`: every rule optional (its defaults apply), unknown keys refused."""
+
     model_config = ConfigDict(extra="forbid")
     enumeration: Enumeration = Enumeration()
     scraping: Scraping = Scraping()
@@ -104,6 +111,7 @@ def load_alert_rules(path: Path | None) -> AlertRules:
 
 class WatchedEvent(NamedTuple):
     """An event as the rules read it (a row of the index: lists as JSON text)."""
+
     id: str
     time: str
     administration: str | None
@@ -144,6 +152,7 @@ def epoch(moment: str) -> float:
 @dataclass
 class _Window:
     """Counts over a sliding window of ten buckets, and the latest events that counted."""
+
     buckets: dict[int, list[int]] = field(default_factory=dict)
     sample: deque[str] = field(default_factory=lambda: deque(maxlen=SAMPLE))
     first_seen: str = ""
@@ -176,8 +185,9 @@ class _Windowed:
         self.windows: dict[str, _Window] = {}
         self._swept = 0
 
-    def add(self, key: str, at: float, values: tuple[int, ...], event: WatchedEvent | None
-            ) -> tuple[_Window, list[int]]:
+    def add(
+        self, key: str, at: float, values: tuple[int, ...], event: WatchedEvent | None
+    ) -> tuple[_Window, list[int]]:
         bucket = int(at // self.step)
         window = self.windows.get(key)
         if window is None:
@@ -229,8 +239,12 @@ class Evaluator:
         closed = saved.get("closed") if isinstance(saved.get("closed"), dict) else {}
         counted = saved.get("hours") if isinstance(saved.get("hours"), dict) else {}
         for client, counts in counted.items():
-            if isinstance(client, str) and isinstance(counts, list) and all(type(c) is int for c in counts) \
-                    and type(closed.get(client)) is int:
+            if (
+                isinstance(client, str)
+                and isinstance(counts, list)
+                and all(type(c) is int for c in counts)
+                and type(closed.get(client)) is int
+            ):
                 self._hourly[client] = deque(counts[-hours:], maxlen=hours)
                 self._closed[client] = closed[client]
 
@@ -246,22 +260,50 @@ class Evaluator:
                 if r.enumeration.enabled:
                     unknown = n if event.reason in UNKNOWN else 0
                     window, (checks, misses) = self._enumeration.add(
-                        client, at, (n, unknown), event if unknown else None)
+                        client, at, (n, unknown), event if unknown else None
+                    )
                     rule = r.enumeration
-                    if (checks >= rule.min_checks and misses >= rule.max_unknown_share * checks
-                            and self._enumeration.due(window, at)):
-                        found.append(self._finding(
-                            "enumeration", client, event, window,
-                            {"checks": checks, "unknown": misses, "share": round(misses / checks, 3),
-                             "window_s": rule.window_s, "threshold": rule.max_unknown_share}))
-                if (r.predicate_probing.enabled and operation in PREDICATE_CHECKS
-                        and event.attributes_requested == "[]" and event.decision == "permit"):
+                    if (
+                        checks >= rule.min_checks
+                        and misses >= rule.max_unknown_share * checks
+                        and self._enumeration.due(window, at)
+                    ):
+                        found.append(
+                            self._finding(
+                                "enumeration",
+                                client,
+                                event,
+                                window,
+                                {
+                                    "checks": checks,
+                                    "unknown": misses,
+                                    "share": round(misses / checks, 3),
+                                    "window_s": rule.window_s,
+                                    "threshold": rule.max_unknown_share,
+                                },
+                            )
+                        )
+                if (
+                    r.predicate_probing.enabled
+                    and operation in PREDICATE_CHECKS
+                    and event.attributes_requested == "[]"
+                    and event.decision == "permit"
+                ):
                     window, (probes,) = self._probing.add(client, at, (n,), event)
                     if probes > r.predicate_probing.max_checks and self._probing.due(window, at):
-                        found.append(self._finding(
-                            "predicate_probing", client, event, window,
-                            {"predicate_only_checks": probes, "window_s": r.predicate_probing.window_s,
-                             "threshold": r.predicate_probing.max_checks}))
+                        found.append(
+                            self._finding(
+                                "predicate_probing",
+                                client,
+                                event,
+                                window,
+                                {
+                                    "predicate_only_checks": probes,
+                                    "window_s": r.predicate_probing.window_s,
+                                    "threshold": r.predicate_probing.max_checks,
+                                },
+                            )
+                        )
                 if r.scraping.enabled and event.subject_hash is not None and operation != "verify.bulk":
                     finding = self._scraping(client, event, at)
                     if finding is not None:
@@ -269,26 +311,61 @@ class Evaluator:
             if r.consent_refusals.enabled and event.reason in CONSENT_REFUSALS and client is not None:
                 window, (refusals,) = self._consent.add(client, at, (1,), event)
                 if refusals >= r.consent_refusals.max_refusals and self._consent.due(window, at):
-                    found.append(self._finding(
-                        "consent_refusals", client, event, window,
-                        {"refusals": refusals, "window_s": r.consent_refusals.window_s,
-                         "threshold": r.consent_refusals.max_refusals}))
-            if r.token_failures.enabled and event.source is not None and event.decision == "deny" and (
-                    operation == "token" or operation == "unauthenticated"):
+                    found.append(
+                        self._finding(
+                            "consent_refusals",
+                            client,
+                            event,
+                            window,
+                            {
+                                "refusals": refusals,
+                                "window_s": r.consent_refusals.window_s,
+                                "threshold": r.consent_refusals.max_refusals,
+                            },
+                        )
+                    )
+            if (
+                r.token_failures.enabled
+                and event.source is not None
+                and event.decision == "deny"
+                and (operation == "token" or operation == "unauthenticated")
+            ):
                 window, (failures,) = self._tokens.add(event.source, at, (event.count or 1,), event)
                 if failures >= r.token_failures.max_failures and self._tokens.due(window, at):
-                    found.append(self._finding(
-                        "token_failures", event.source, event, window,
-                        {"failures": failures, "window_s": r.token_failures.window_s,
-                         "threshold": r.token_failures.max_failures}))
-            if (r.history_quota.enabled and operation == "subject.history" and event.reason == "rate_limited"
-                    and event.administration is not None):
+                    found.append(
+                        self._finding(
+                            "token_failures",
+                            event.source,
+                            event,
+                            window,
+                            {
+                                "failures": failures,
+                                "window_s": r.token_failures.window_s,
+                                "threshold": r.token_failures.max_failures,
+                            },
+                        )
+                    )
+            if (
+                r.history_quota.enabled
+                and operation == "subject.history"
+                and event.reason == "rate_limited"
+                and event.administration is not None
+            ):
                 window, (refused,) = self._history.add(event.administration, at, (1,), event)
                 if refused >= r.history_quota.max_refusals and self._history.due(window, at):
-                    found.append(self._finding(
-                        "history_quota", event.administration, event, window,
-                        {"refused_reads": refused, "window_s": r.history_quota.window_s,
-                         "threshold": r.history_quota.max_refusals}))
+                    found.append(
+                        self._finding(
+                            "history_quota",
+                            event.administration,
+                            event,
+                            window,
+                            {
+                                "refused_reads": refused,
+                                "window_s": r.history_quota.window_s,
+                                "threshold": r.history_quota.max_refusals,
+                            },
+                        )
+                    )
         return found
 
     def _scraping(self, client: str, event: WatchedEvent, at: float) -> Finding | None:
@@ -324,13 +401,24 @@ class Evaluator:
         if at - self._scrape_reported.get(client, float("-inf")) < REPEAT_S:
             return None
         self._scrape_reported[client] = at
-        return Finding("scraping", client, event.administration,
-                       {"distinct_persons": distinct, "baseline_per_hour": round(baseline, 1),
-                        "baseline_hours": len(past or ()), "factor": rule.baseline_factor,
-                        "min_persons": rule.min_persons},
-                       list(current[2]), current[3], event.time)
+        return Finding(
+            "scraping",
+            client,
+            event.administration,
+            {
+                "distinct_persons": distinct,
+                "baseline_per_hour": round(baseline, 1),
+                "baseline_hours": len(past or ()),
+                "factor": rule.baseline_factor,
+                "min_persons": rule.min_persons,
+            },
+            list(current[2]),
+            current[3],
+            event.time,
+        )
 
     @staticmethod
     def _finding(rule: str, key: str, event: WatchedEvent, window: _Window, figures: dict[str, Any]) -> Finding:
-        return Finding(rule, key, event.administration, figures, list(window.sample),
-                       window.first_seen or event.time, event.time)
+        return Finding(
+            rule, key, event.administration, figures, list(window.sample), window.first_seen or event.time, event.time
+        )

@@ -80,10 +80,14 @@ class OidcSignIn:
 
     def _client(self) -> AsyncOAuth2Client:
         return AsyncOAuth2Client(
-            client_id=self.config.client_id, client_secret=self.config.client_secret, scope="openid profile",
-            redirect_uri=self.redirect_uri, code_challenge_method="S256",
+            client_id=self.config.client_id,
+            client_secret=self.config.client_secret,
+            scope="openid profile",
+            redirect_uri=self.redirect_uri,
+            code_challenge_method="S256",
             token_endpoint_auth_method="client_secret_basic" if self.config.client_secret else "none",
-            timeout=10.0)
+            timeout=10.0,
+        )
 
     async def begin(self) -> tuple[str, dict[str, str]]:
         """The provider's authorization URL, and what the callback must find again (state, nonce, verifier)."""
@@ -91,16 +95,21 @@ class OidcSignIn:
         verifier = generate_token(64)
         nonce = generate_token(32)
         async with self._client() as client:
-            url, state = client.create_authorization_url(metadata["authorization_endpoint"], code_verifier=verifier,
-                                                         nonce=nonce)
+            url, state = client.create_authorization_url(
+                metadata["authorization_endpoint"], code_verifier=verifier, nonce=nonce
+            )
         return url, {"state": state, "nonce": nonce, "verifier": verifier}
 
     async def finish(self, code: str, pending: dict[str, str]) -> Identity:
         metadata = await self.metadata()
         try:
             async with self._client() as client:
-                token = await client.fetch_token(metadata["token_endpoint"], code=code,
-                                                 code_verifier=pending["verifier"], grant_type="authorization_code")
+                token = await client.fetch_token(
+                    metadata["token_endpoint"],
+                    code=code,
+                    code_verifier=pending["verifier"],
+                    grant_type="authorization_code",
+                )
         except Exception as exc:  # Authlib raises its own errors and httpx's
             raise OidcError(f"the code was not exchanged: {type(exc).__name__}: {exc}") from None
         id_token = token.get("id_token") if isinstance(token, dict) else None
@@ -121,9 +130,13 @@ class OidcSignIn:
             except JoseError as exc:
                 raise OidcError(f"the ID token's signature does not hold: {exc}") from None
             registry = JWTClaimsRegistry(
-                leeway=60, iss={"essential": True, "value": self.config.issuer},
-                aud={"essential": True, "value": self.config.client_id}, sub={"essential": True},
-                exp={"essential": True}, nonce={"essential": True, "value": nonce})
+                leeway=60,
+                iss={"essential": True, "value": self.config.issuer},
+                aud={"essential": True, "value": self.config.client_id},
+                sub={"essential": True},
+                exp={"essential": True},
+                nonce={"essential": True, "value": nonce},
+            )
             try:
                 registry.validate(decoded.claims)
             except JoseError as exc:
@@ -155,13 +168,17 @@ class OidcSignIn:
             role = ours[0]
         administration = claims.get(c.administration_claim) if role == "dpo" else None
         login = claims.get(c.login_claim)
-        if not isinstance(login, str) or not LOGIN.fullmatch(login) or any(
-                unicodedata.category(ch) in ("Cf", "Zl", "Zp", "Zs") for ch in login):  # no invisible tricks
+        if (
+            not isinstance(login, str)
+            or not LOGIN.fullmatch(login)
+            or any(unicodedata.category(ch) in ("Cf", "Zl", "Zp", "Zs") for ch in login)
+        ):  # no invisible tricks
             raise OidcError(f"the ID token's {c.login_claim!r} is not a login (1 to 150 visible characters)")
         if not isinstance(role, str):
             raise OidcError(f"the ID token carries no role in {c.role_claim!r}")
-        if administration is not None and (not isinstance(administration, str)
-                                           or not ADMINISTRATION.fullmatch(administration)):
+        if administration is not None and (
+            not isinstance(administration, str) or not ADMINISTRATION.fullmatch(administration)
+        ):
             raise OidcError(f"the ID token's {c.administration_claim!r} is not an administration id")
         try:
             check_role(role, administration)

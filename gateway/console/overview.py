@@ -49,24 +49,34 @@ class Overview:
     week: dict[str, Rates] = field(default_factory=dict)
 
 
-async def rollup_rows(engine: AsyncEngine, since_hour: str, administration: str | None,
-                      hidden_prefix: str | None) -> list[tuple[str, str, int, int, int, int]]:
+async def rollup_rows(
+    engine: AsyncEngine, since_hour: str, administration: str | None, hidden_prefix: str | None
+) -> list[tuple[str, str, int, int, int, int]]:
     """(hour, administration, events, denied, checks, unknown) since an hour, summed over origins,
     operations and reasons in the database: a few thousand rows for a week, whatever the traffic."""
     r = audit_rollup.c
     checks = r.operation.in_(sorted(CHECKS))
-    query = (select(r.hour, r.administration, func.sum(r.count),
-                    func.sum(case((r.decision == "deny", r.count), else_=0)),
-                    func.sum(case((checks, r.count), else_=0)),
-                    func.sum(case((checks & r.reason.in_(sorted(UNKNOWN)), r.count), else_=0)))
-             .where(r.hour >= since_hour).group_by(r.hour, r.administration))
+    query = (
+        select(
+            r.hour,
+            r.administration,
+            func.sum(r.count),
+            func.sum(case((r.decision == "deny", r.count), else_=0)),
+            func.sum(case((checks, r.count), else_=0)),
+            func.sum(case((checks & r.reason.in_(sorted(UNKNOWN)), r.count), else_=0)),
+        )
+        .where(r.hour >= since_hour)
+        .group_by(r.hour, r.administration)
+    )
     if administration is not None:
         query = query.where(r.administration == administration)
     if hidden_prefix is not None:
         query = query.where(r.operation.not_like(hidden_prefix.replace("_", "\\_") + "%", escape="\\"))
     async with engine.connect() as connection:
-        return [(row[0], row[1], int(row[2]), int(row[3]), int(row[4]), int(row[5]))
-                for row in await connection.execute(query)]
+        return [
+            (row[0], row[1], int(row[2]), int(row[3]), int(row[4]), int(row[5]))
+            for row in await connection.execute(query)
+        ]
 
 
 def window_start(now: datetime) -> str:
@@ -107,29 +117,53 @@ def summarise(rows: Iterable[Sequence[Any]], now: datetime) -> Overview:
 
 
 # High contrast, the page's own font, no web fonts or scripts fetched from anywhere.
-_STYLE = Style(background="#ffffff", plot_background="#ffffff", foreground="#1a1a1a",
-               foreground_strong="#000000", foreground_subtle="#4a4a4a", font_family="system-ui, sans-serif",
-               colors=("#0b5394", "#b45f06", "#38761d", "#741b47", "#134f5c", "#990000", "#7f6000", "#351c75"),
-               label_font_size=11, major_label_font_size=11, legend_font_size=12, title_font_size=14)
+_STYLE = Style(
+    background="#ffffff",
+    plot_background="#ffffff",
+    foreground="#1a1a1a",
+    foreground_strong="#000000",
+    foreground_subtle="#4a4a4a",
+    font_family="system-ui, sans-serif",
+    colors=("#0b5394", "#b45f06", "#38761d", "#741b47", "#134f5c", "#990000", "#7f6000", "#351c75"),
+    label_font_size=11,
+    major_label_font_size=11,
+    legend_font_size=12,
+    title_font_size=14,
+)
 
 
 def _config(title: str, labels: list[str]) -> dict[str, Any]:
-    return {"js": [], "disable_xml_declaration": True, "style": _STYLE, "title": title, "x_labels": labels,
-            "width": 640, "height": 300, "explicit_size": False, "show_legend": True, "legend_at_bottom": True,
-            "legend_at_bottom_columns": 4, "truncate_legend": 30, "x_label_rotation": 0, "print_values": False}
+    return {
+        "js": [],
+        "disable_xml_declaration": True,
+        "style": _STYLE,
+        "title": title,
+        "x_labels": labels,
+        "width": 640,
+        "height": 300,
+        "explicit_size": False,
+        "show_legend": True,
+        "legend_at_bottom": True,
+        "legend_at_bottom_columns": 4,
+        "truncate_legend": 30,
+        "x_label_rotation": 0,
+        "print_values": False,
+    }
 
 
 def volume_chart(title: str, labels: list[str], series: dict[str, list[int]], *, area: bool = False) -> str:
     """Stacked volumes per administration: bars, or an area (a quarter of the SVG for 24 points a series)."""
-    chart = (pygal.StackedLine(**_config(title, labels), fill=True, show_dots=False) if area
-             else pygal.StackedBar(**_config(title, labels)))
+    chart = (
+        pygal.StackedLine(**_config(title, labels), fill=True, show_dots=False)
+        if area
+        else pygal.StackedBar(**_config(title, labels))
+    )
     for name, values in series.items():
         chart.add(name, values)
     return _svg(chart)
 
 
-def rates_chart(title: str, day: dict[str, Rates], week: dict[str, Rates], rate: str, labels: tuple[str, str]
-                ) -> str:
+def rates_chart(title: str, day: dict[str, Rates], week: dict[str, Rates], rate: str, labels: tuple[str, str]) -> str:
     names = sorted(set(day) | set(week))
     chart = pygal.Bar(**{**_config(title, names), "range": (0, 100)}, value_formatter=lambda v: f"{v:.1f} %")
     chart.add(labels[0], [round(100 * getattr(day.get(n, Rates()), rate), 2) for n in names])

@@ -56,9 +56,17 @@ class SessionStore:
         now = time.time()
         async with self.engine.execution_options(**WRITER).begin() as connection:
             await connection.execute(delete(console_sessions).where(console_sessions.c.last_seen < now - IDLE_S))
-            await connection.execute(insert(console_sessions).values(
-                id_hash=_hash(value), login=login, role=role, administration=administration,
-                csrf=secrets.token_urlsafe(32), created_at=now, last_seen=now))
+            await connection.execute(
+                insert(console_sessions).values(
+                    id_hash=_hash(value),
+                    login=login,
+                    role=role,
+                    administration=administration,
+                    csrf=secrets.token_urlsafe(32),
+                    created_at=now,
+                    last_seen=now,
+                )
+            )
         return value
 
     async def get(self, value: str | None, now: float | None = None) -> Session | None:
@@ -69,10 +77,13 @@ class SessionStore:
         id_hash = _hash(value)
         o = console_officers.c
         async with self.engine.connect() as connection:
-            row = (await connection.execute(
-                select(console_sessions, o.disabled, o.updated_at)
-                .select_from(console_sessions.outerjoin(console_officers, o.login == console_sessions.c.login))
-                .where(console_sessions.c.id_hash == id_hash))).first()
+            row = (
+                await connection.execute(
+                    select(console_sessions, o.disabled, o.updated_at)
+                    .select_from(console_sessions.outerjoin(console_officers, o.login == console_sessions.c.login))
+                    .where(console_sessions.c.id_hash == id_hash)
+                )
+            ).first()
         if row is None:
             return None
         # A local account disabled or reset since this session began ends it, however the two interleaved.
@@ -82,8 +93,9 @@ class SessionStore:
             return None
         if now - row.last_seen > _TOUCH_EVERY_S:
             async with self.engine.execution_options(**WRITER).begin() as connection:
-                await connection.execute(update(console_sessions).where(console_sessions.c.id_hash == id_hash)
-                                         .values(last_seen=now))
+                await connection.execute(
+                    update(console_sessions).where(console_sessions.c.id_hash == id_hash).values(last_seen=now)
+                )
         search = orjson.loads(row.search) if getattr(row, "search", None) else None
         return Session(id_hash, row.login, row.role, row.administration, row.csrf, row.created_at, now, search)
 
@@ -92,8 +104,9 @@ class SessionStore:
         handle = secrets.token_urlsafe(16)
         search = orjson.dumps({"handle": handle, "subject_hash": subject_hash, "reason": reason}).decode()
         async with self.engine.execution_options(**WRITER).begin() as connection:
-            await connection.execute(update(console_sessions).where(console_sessions.c.id_hash == session.id_hash)
-                                     .values(search=search))
+            await connection.execute(
+                update(console_sessions).where(console_sessions.c.id_hash == session.id_hash).values(search=search)
+            )
         return handle
 
     async def end(self, value: str) -> None:

@@ -48,8 +48,20 @@ class Alert:
 
 
 def _alert(row: Any, notes: tuple[dict[str, Any], ...] = ()) -> Alert:
-    return Alert(row.id, row.rule, row.key, row.administration, row.status, orjson.loads(row.figures),
-                 orjson.loads(row.events), row.first_seen, row.last_seen, row.created_at, row.updated_at, notes)
+    return Alert(
+        row.id,
+        row.rule,
+        row.key,
+        row.administration,
+        row.status,
+        orjson.loads(row.figures),
+        orjson.loads(row.events),
+        row.first_seen,
+        row.last_seen,
+        row.created_at,
+        row.updated_at,
+        notes,
+    )
 
 
 class AlertStore:
@@ -70,30 +82,53 @@ class AlertStore:
         now = time.time()
         t = console_alerts.c
         for finding in findings:
-            rows = list(await connection.execute(
-                select(console_alerts).where(t.rule == finding.rule, t.key == finding.key)
-                .order_by(t.created_at.desc()).limit(1).with_for_update()))
+            rows = list(
+                await connection.execute(
+                    select(console_alerts)
+                    .where(t.rule == finding.rule, t.key == finding.key)
+                    .order_by(t.created_at.desc())
+                    .limit(1)
+                    .with_for_update()
+                )
+            )
             latest = rows[0] if rows else None
             if latest is not None and latest.status in OPEN:
                 events = list(dict.fromkeys([*orjson.loads(latest.events), *finding.events]))[-SAMPLE:]
-                updated = await connection.execute(update(console_alerts).where(
-                    t.id == latest.id, t.status.in_(OPEN)).values(
-                    figures=orjson.dumps(finding.figures).decode(), events=orjson.dumps(events).decode(),
-                    last_seen=max(latest.last_seen, finding.last_seen), updated_at=now))
+                updated = await connection.execute(
+                    update(console_alerts)
+                    .where(t.id == latest.id, t.status.in_(OPEN))
+                    .values(
+                        figures=orjson.dumps(finding.figures).decode(),
+                        events=orjson.dumps(events).decode(),
+                        last_seen=max(latest.last_seen, finding.last_seen),
+                        updated_at=now,
+                    )
+                )
                 if updated.rowcount == 1:
                     continue  # (else an officer closed it meanwhile: this is news, a new alert)
             elif latest is not None and finding.last_seen <= latest.last_seen:
                 continue
-            await connection.execute(insert(console_alerts).values(
-                id=str(uuid.uuid4()), rule=finding.rule, key=finding.key, administration=finding.administration,
-                status="open", figures=orjson.dumps(finding.figures).decode(),
-                events=orjson.dumps(finding.events).decode(), first_seen=finding.first_seen,
-                last_seen=finding.last_seen, created_at=now, updated_at=now))
+            await connection.execute(
+                insert(console_alerts).values(
+                    id=str(uuid.uuid4()),
+                    rule=finding.rule,
+                    key=finding.key,
+                    administration=finding.administration,
+                    status="open",
+                    figures=orjson.dumps(finding.figures).decode(),
+                    events=orjson.dumps(finding.events).decode(),
+                    first_seen=finding.first_seen,
+                    last_seen=finding.last_seen,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
             opened += 1
         return opened
 
-    async def list(self, *, statuses: tuple[str, ...] = OPEN, administration: str | None = None, limit: int = 200
-                   ) -> list[Alert]:
+    async def list(
+        self, *, statuses: tuple[str, ...] = OPEN, administration: str | None = None, limit: int = 200
+    ) -> list[Alert]:
         t = console_alerts.c
         query = select(console_alerts).where(t.status.in_(statuses))
         if administration is not None:
@@ -116,8 +151,12 @@ class AlertStore:
             if row is None:
                 return None
             n = console_alert_notes.c
-            notes = tuple(r._asdict() for r in await connection.execute(
-                select(n.n, n.login, n.action, n.note, n.at).where(n.alert_id == alert_id).order_by(n.n)))
+            notes = tuple(
+                r._asdict()
+                for r in await connection.execute(
+                    select(n.n, n.login, n.action, n.note, n.at).where(n.alert_id == alert_id).order_by(n.n)
+                )
+            )
         return _alert(row, notes)
 
     async def act(self, alert_id: str, login: str, action: str, note: str) -> bool:
@@ -125,14 +164,20 @@ class AlertStore:
         status = {"acknowledge": "acknowledged", "close": "closed"}[action]
         t = console_alerts.c
         async with self.engine.execution_options(**WRITER).begin() as connection:
-            done = await connection.execute(update(console_alerts).where(t.id == alert_id, t.status.in_(OPEN))
-                                            .values(status=status, updated_at=time.time()))
+            done = await connection.execute(
+                update(console_alerts)
+                .where(t.id == alert_id, t.status.in_(OPEN))
+                .values(status=status, updated_at=time.time())
+            )
             if done.rowcount == 0:
                 return False
             n = console_alert_notes.c
             last = await connection.scalar(select(func.max(n.n)).where(n.alert_id == alert_id))
-            await connection.execute(insert(console_alert_notes).values(
-                alert_id=alert_id, n=(last or 0) + 1, login=login, action=action, note=note, at=time.time()))
+            await connection.execute(
+                insert(console_alert_notes).values(
+                    alert_id=alert_id, n=(last or 0) + 1, login=login, action=action, note=note, at=time.time()
+                )
+            )
         return True
 
 
@@ -146,8 +191,18 @@ class AlertWatcher:
     still holds the lease; a failure or a lost lease starts it over from the recorded place with fresh
     rules (their windows rebuilt from the last `warm_up_s` of events, the clients' baselines reloaded)."""
 
-    def __init__(self, engine: AsyncEngine, rules: AlertRules, store: AlertStore, owner: str, *,
-                 batch: int = 5000, poll_s: float = 1.0, lease_s: float = 30.0, warm_up_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        rules: AlertRules,
+        store: AlertStore,
+        owner: str,
+        *,
+        batch: int = 5000,
+        poll_s: float = 1.0,
+        lease_s: float = 30.0,
+        warm_up_s: float = 3600.0,
+    ) -> None:
         self.engine = engine
         self.rules = rules
         self.evaluator = Evaluator(rules)
@@ -176,8 +231,11 @@ class AlertWatcher:
                 await self._task
         with contextlib.suppress(Exception):
             async with self.engine.execution_options(**WRITER).begin() as connection:
-                await connection.execute(update(console_watcher).where(
-                    console_watcher.c.id == 1, console_watcher.c.owner == self.owner).values(lease_until=0))
+                await connection.execute(
+                    update(console_watcher)
+                    .where(console_watcher.c.id == 1, console_watcher.c.owner == self.owner)
+                    .values(lease_until=0)
+                )
 
     async def _run(self) -> None:
         while True:
@@ -214,8 +272,11 @@ class AlertWatcher:
         if self.evaluator.baseline_version != self._saved_baseline:
             values["state"] = orjson.dumps({"baseline": self.evaluator.baseline()}).decode()
         async with self.engine.execution_options(**WRITER).begin() as connection:
-            held = await connection.execute(update(console_watcher).where(
-                w.id == 1, w.owner == self.owner, w.lease_until > time.time()).values(**values))
+            held = await connection.execute(
+                update(console_watcher)
+                .where(w.id == 1, w.owner == self.owner, w.lease_until > time.time())
+                .values(**values)
+            )
             if held.rowcount != 1:
                 raise LeaseLost  # rolls back: nothing recorded, the place not moved
             if findings:
@@ -227,17 +288,24 @@ class AlertWatcher:
 
     async def _read(self, after: int, limit: int) -> list[Any]:
         async with self.engine.connect() as connection:
-            return list(await connection.execute(
-                select(audit_index.c.position, *_WATCHED).where(audit_index.c.position > after)
-                .order_by(audit_index.c.position).limit(limit)))
+            return list(
+                await connection.execute(
+                    select(audit_index.c.position, *_WATCHED)
+                    .where(audit_index.c.position > after)
+                    .order_by(audit_index.c.position)
+                    .limit(limit)
+                )
+            )
 
     async def _lease(self) -> bool:
         now = time.time()
         w = console_watcher.c
         async with self.engine.execution_options(**WRITER).begin() as connection:
-            done = await connection.execute(update(console_watcher).where(
-                w.id == 1, or_(w.owner == self.owner, w.lease_until < now)).values(
-                owner=self.owner, lease_until=now + self.lease_s))
+            done = await connection.execute(
+                update(console_watcher)
+                .where(w.id == 1, or_(w.owner == self.owner, w.lease_until < now))
+                .values(owner=self.owner, lease_until=now + self.lease_s)
+            )
             if done.rowcount == 1:
                 return True
             if await connection.scalar(select(w.id).where(w.id == 1)) is not None:
@@ -245,8 +313,11 @@ class AlertWatcher:
         start = await self._hour_ago()
         try:
             async with self.engine.execution_options(**WRITER).begin() as connection:
-                await connection.execute(insert(console_watcher).values(
-                    id=1, position=start, owner=self.owner, lease_until=now + self.lease_s))
+                await connection.execute(
+                    insert(console_watcher).values(
+                        id=1, position=start, owner=self.owner, lease_until=now + self.lease_s
+                    )
+                )
         except IntegrityError:
             return False
         return True
@@ -265,8 +336,9 @@ class AlertWatcher:
         time: a watcher far behind rebuilds the windows of where it is, not of now)."""
         c = audit_index.c
         async with self.engine.connect() as connection:
-            at = await connection.scalar(select(c.time).where(c.position <= position)
-                                         .order_by(c.position.desc()).limit(1))
+            at = await connection.scalar(
+                select(c.time).where(c.position <= position).order_by(c.position.desc()).limit(1)
+            )
             if at is None:
                 return position
             since = rfc3339(datetime.fromisoformat(at) - timedelta(seconds=self.warm_up_s))
@@ -280,8 +352,11 @@ class AlertWatcher:
         again; the lease is renewed as it goes); the recorded place."""
         self.evaluator = Evaluator(self.rules)
         async with self.engine.connect() as connection:
-            row = (await connection.execute(select(console_watcher.c.position, console_watcher.c.state)
-                                            .where(console_watcher.c.id == 1))).first()
+            row = (
+                await connection.execute(
+                    select(console_watcher.c.position, console_watcher.c.state).where(console_watcher.c.id == 1)
+                )
+            ).first()
         position = int(row.position) if row is not None else 0
         if row is not None and row.state:
             with contextlib.suppress(ValueError, TypeError, AttributeError):

@@ -61,11 +61,17 @@ SEARCHABLE_OPERATIONS = (*(o for o in EVENT_OPERATIONS if o not in CONSOLE_OPERA
 DECISIONS = ("permit", "deny", "error")
 # The page's own stylesheet and no script at all; pygal's charts are inline SVG whose <style> needs
 # 'unsafe-inline' for styles (never for scripts).
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 # (`X-Content-Type-Options: nosniff` is on every answer already: the outermost middleware adds it.)
-HEADERS = {"Content-Security-Policy": CSP, "Cache-Control": "no-store", "X-Frame-Options": "DENY",
-           "Referrer-Policy": "no-referrer"}
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 _ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _TEXT = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
 _IDENTITY_NUMBER = re.compile(r"\d{12,}")  # a run of digits as long as an identity number
@@ -93,8 +99,9 @@ def _base(request: Request) -> str:
 
 
 def _lang(request: Request) -> str:
-    return pick(request.query_params.get("lang"), request.cookies.get(LANG_COOKIE),
-                request.headers.get("accept-language"))
+    return pick(
+        request.query_params.get("lang"), request.cookies.get(LANG_COOKIE), request.headers.get("accept-language")
+    )
 
 
 def _headers(response: Response, request: Request) -> Response:
@@ -102,13 +109,15 @@ def _headers(response: Response, request: Request) -> Response:
         response.headers[name] = value
     chosen = request.query_params.get("lang")
     if chosen in ("fr", "en"):
-        response.set_cookie(LANG_COOKIE, chosen, max_age=365 * 86400, path="/", secure=True, httponly=True,
-                            samesite="strict")
+        response.set_cookie(
+            LANG_COOKIE, chosen, max_age=365 * 86400, path="/", secure=True, httponly=True, samesite="strict"
+        )
     return response
 
 
-def render(request: Request, template: str, status: int = 200, session: Session | None = None, **values: Any
-           ) -> Response:
+def render(
+    request: Request, template: str, status: int = 200, session: Session | None = None, **values: Any
+) -> Response:
     console = console_of(request)
     lang = _lang(request)
     query = [(k, v) for k, v in request.query_params.multi_items() if k != "lang"]
@@ -118,8 +127,14 @@ def render(request: Request, template: str, status: int = 200, session: Session 
         return "?" + urlencode([*query, ("lang", choice)])
 
     html = console.templates.get_template(template).render(
-        t=translator(lang), lang=lang, lang_url=lang_url, base=_base(request), session=session,
-        path=request.url.path, **values)
+        t=translator(lang),
+        lang=lang,
+        lang_url=lang_url,
+        base=_base(request),
+        session=session,
+        path=request.url.path,
+        **values,
+    )
     return _headers(HTMLResponse(html, status_code=status), request)
 
 
@@ -130,8 +145,11 @@ def redirect(request: Request, to: str) -> Response:
 
 def _source(request: Request, console: Console) -> str:
     peer = request.client.host if request.client else None
-    return source_address(client_address(peer, [v.encode("latin-1") for v in request.headers.getlist(
-        "x-forwarded-for")], console.trusted_proxies))
+    return source_address(
+        client_address(
+            peer, [v.encode("latin-1") for v in request.headers.getlist("x-forwarded-for")], console.trusted_proxies
+        )
+    )
 
 
 async def _log(request: Request, record: AccessRecord, status: int) -> bool:
@@ -194,8 +212,13 @@ async def _page(request: Request, operation: str, build: Any, **fields: Any) -> 
             failed = _record(request, session, operation)
             failed.evidence, failed.reason = record.evidence, "conflict" if status == 409 else "internal_error"
             await _log(request, failed, status)
-            return render(request, "error.html", 409 if status == 409 else 503, session,
-                          message="conflict" if status == 409 else "unavailable")
+            return render(
+                request,
+                "error.html",
+                409 if status == 409 else 503,
+                session,
+                message="conflict" if status == 409 else "unavailable",
+            )
     return response
 
 
@@ -236,11 +259,19 @@ def _field(form: dict[str, str], name: str) -> str | None:
 
 # ---- sign-in -----------------------------------------------------------------------------------------------
 
+
 def _login_page(request: Request, status: int = 200, message: str | None = None) -> Response:
     console = console_of(request)
     nonce = secrets.token_urlsafe(24)
-    response = render(request, "login.html", status, csrf=console.sign("login", nonce), message=message,
-                      oidc=console.oidc is not None, local=console.oidc is None)
+    response = render(
+        request,
+        "login.html",
+        status,
+        csrf=console.sign("login", nonce),
+        message=message,
+        oidc=console.oidc is not None,
+        local=console.oidc is None,
+    )
     response.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, path="/", secure=True, httponly=True, samesite="strict")
     return response
 
@@ -313,8 +344,15 @@ def _same(given: str, expected: str) -> bool:
     return secrets.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8", "replace"))
 
 
-async def _signed_in(request: Request, record: AccessRecord, login: str, role: str, administration: str | None,
-                     *, meta_refresh: bool = False) -> Response:
+async def _signed_in(
+    request: Request,
+    record: AccessRecord,
+    login: str,
+    role: str,
+    administration: str | None,
+    *,
+    meta_refresh: bool = False,
+) -> Response:
     console = console_of(request)
     if not await _log(request, record, 303):
         return render(request, "error.html", 503, message="unavailable")
@@ -340,8 +378,15 @@ async def login_oidc(request: Request) -> Response:
     blob = base64.urlsafe_b64encode(orjson.dumps({**pending, "at": time.time()})).decode()
     response = _headers(Response(status_code=303, headers={"Location": url}), request)
     # Lax, not Strict: it must come back with the provider's (cross-site) redirect to the callback.
-    response.set_cookie(OIDC_COOKIE, f"{blob}.{console.sign('oidc', blob)}", max_age=600, path="/", secure=True,
-                        httponly=True, samesite="lax")
+    response.set_cookie(
+        OIDC_COOKIE,
+        f"{blob}.{console.sign('oidc', blob)}",
+        max_age=600,
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="lax",
+    )
     return response
 
 
@@ -369,8 +414,9 @@ async def login_callback(request: Request) -> Response:
         response.delete_cookie(OIDC_COOKIE, path="/", secure=True, httponly=True, samesite="lax")
         return response
     record.client_id, record.administration = identity.login, identity.administration
-    response = await _signed_in(request, record, identity.login, identity.role, identity.administration,
-                                meta_refresh=True)
+    response = await _signed_in(
+        request, record, identity.login, identity.role, identity.administration, meta_refresh=True
+    )
     response.delete_cookie(OIDC_COOKIE, path="/", secure=True, httponly=True, samesite="lax")
     return response
 
@@ -402,6 +448,7 @@ async def logout(request: Request) -> Response:
 
 # ---- what each role may see ----------------------------------------------------------------------------------
 
+
 def scope_of(session: Session, administration: str | None = None) -> tuple[str | None, tuple[str, ...]]:
     """The administration a query is held to and the operations hidden from it. A dpo asking for another
     administration is refused, not quietly answered with its own."""
@@ -421,6 +468,7 @@ def may_see(session: Session, event: dict[str, Any]) -> bool:
 
 # ---- pages -----------------------------------------------------------------------------------------------------
 
+
 @router.get("/console")
 async def console_root(request: Request) -> Response:
     return redirect(request, "/")
@@ -435,8 +483,7 @@ async def overview(request: Request) -> Response:
         administration, hidden = scope_of(session)
         now = datetime.now(UTC)
         async with index_reads():
-            rows = await rollup_rows(app.audit.engine, window_start(now), administration,
-                                     hidden[0] if hidden else None)
+            rows = await rollup_rows(app.audit.engine, window_start(now), administration, hidden[0] if hidden else None)
         view = summarise(rows, now)
         charts = [
             volume_chart(t("volumes_24h"), [h[11:] + "h" for h in view.hours], view.hourly, area=True),
@@ -445,8 +492,16 @@ async def overview(request: Request) -> Response:
             rates_chart(t("unknown_rates"), view.day, view.week, "unknown_rate", (t("last_24h"), t("last_7d"))),
         ]
         alerts = await console.alerts.list(administration=administration, limit=5)
-        return render(request, "overview.html", session=session, view=view, charts=charts, alerts=alerts,
-                      open_alerts=await console.alerts.count_open(administration), health=await _health(app))
+        return render(
+            request,
+            "overview.html",
+            session=session,
+            view=view,
+            charts=charts,
+            alerts=alerts,
+            open_alerts=await console.alerts.count_open(administration),
+            health=await _health(app),
+        )
 
     return await _page(request, "console.overview", build)
 
@@ -466,8 +521,13 @@ async def _health(app: Services) -> dict[str, Any]:
     witnesses = None
     if app.witness_client is not None:
         witnesses = {"lag_s": round(app.witness_client.lag(), 1), "problems": app.witness_client.problems()}
-    return {"checkpoint": head, "index_lag_events": lag_events, "index_lag_s": round(lag_s, 2),
-            "witnesses": witnesses, "refusing": app.log_store.refusal if app.log_store is not None else None}
+    return {
+        "checkpoint": head,
+        "index_lag_events": lag_events,
+        "index_lag_s": round(lag_s, 2),
+        "witnesses": witnesses,
+        "refusing": app.log_store.refusal if app.log_store is not None else None,
+    }
 
 
 def _text(value: str | None, name: str) -> str | None:
@@ -498,8 +558,10 @@ def _time(value: str | None) -> str | None:
 def search_filter(session: Session, params: Any) -> tuple[EventFilter, dict[str, str]]:
     """The search form's filters, held to what the officer's role may see; and the filters as asked, for
     the form and the next page's link."""
-    asked = {name: params.get(name) or "" for name in
-             ("administration", "client_id", "operation", "decision", "purpose", "since", "until")}
+    asked = {
+        name: params.get(name) or ""
+        for name in ("administration", "client_id", "operation", "decision", "purpose", "since", "until")
+    }
     operation = asked["operation"] or None
     if operation is not None and operation not in SEARCHABLE_OPERATIONS and operation not in CONSOLE_OPERATIONS:
         raise Refused(400, "bad_request")
@@ -509,9 +571,16 @@ def search_filter(session: Session, params: Any) -> tuple[EventFilter, dict[str,
     if decision is not None and decision not in DECISIONS:
         raise Refused(400, "bad_request")
     administration, hidden = scope_of(session, _text(asked["administration"], "administration"))
-    where = EventFilter(administration=administration, client_id=_text(asked["client_id"], "client_id"),
-                        operation=operation, decision=decision, purpose=_text(asked["purpose"], "purpose"),
-                        since=_time(asked["since"]), until=_time(asked["until"]), hidden_prefixes=hidden)
+    where = EventFilter(
+        administration=administration,
+        client_id=_text(asked["client_id"], "client_id"),
+        operation=operation,
+        decision=decision,
+        purpose=_text(asked["purpose"], "purpose"),
+        since=_time(asked["since"]),
+        until=_time(asked["until"]),
+        hidden_prefixes=hidden,
+    )
     return where, {k: v for k, v in asked.items() if v}
 
 
@@ -543,9 +612,17 @@ async def events(request: Request) -> Response:
         async with index_reads():
             found, last = await services(request).audit.latest(where, before, PAGE_SIZE)
         next_cursor = _cursor(last) if len(found) == PAGE_SIZE and last is not None else None
-        return render(request, "events.html", session=session, events=found, asked=asked, next_cursor=next_cursor,
-                      operations=_operations(session), decisions=DECISIONS,
-                      administrations=_administrations(request, session))
+        return render(
+            request,
+            "events.html",
+            session=session,
+            events=found,
+            asked=asked,
+            next_cursor=next_cursor,
+            operations=_operations(session),
+            decisions=DECISIONS,
+            administrations=_administrations(request, session),
+        )
 
     return await _page(request, "console.events", build)
 
@@ -621,15 +698,21 @@ async def person_form(request: Request) -> Response:
         record.subject_hash = search["subject_hash"]
         record.evidence = {"reason": search["reason"]}
         administration, hidden = scope_of(session)
-        where = EventFilter(subject_hash=search["subject_hash"], administration=administration,
-                            hidden_prefixes=hidden)
+        where = EventFilter(subject_hash=search["subject_hash"], administration=administration, hidden_prefixes=hidden)
         before = _before(request.query_params.get("cursor"))
         await index_current(request)
         async with index_reads():
             found, last = await services(request).audit.latest(where, before, PAGE_SIZE)
         next_cursor = _cursor(last) if len(found) == PAGE_SIZE and last is not None else None
-        return render(request, "person.html", session=session, events=found, reason=search["reason"],
-                      handle=handle, next_cursor=next_cursor)
+        return render(
+            request,
+            "person.html",
+            session=session,
+            events=found,
+            reason=search["reason"],
+            handle=handle,
+            next_cursor=next_cursor,
+        )
 
     return await _page(request, "console.person", build)
 
@@ -638,6 +721,7 @@ async def person_form(request: Request) -> Response:
 async def person_search(request: Request) -> Response:
     """The NIN and the officer's reason arrive in a form, never a URL; the search is kept with the session
     and the browser is sent to its results by a handle (`303`)."""
+
     async def build(session: Session, record: AccessRecord) -> Response:
         form = await _form(request, session)
         reason = " ".join((_field(form, "reason") or "").split())
@@ -663,8 +747,9 @@ async def alerts(request: Request) -> Response:
     async def build(session: Session, record: AccessRecord) -> Response:
         administration, _ = scope_of(session)
         closed = request.query_params.get("closed") == "1"
-        found = await console_of(request).alerts.list(statuses=(*OPEN, "closed") if closed else OPEN,
-                                                      administration=administration)
+        found = await console_of(request).alerts.list(
+            statuses=(*OPEN, "closed") if closed else OPEN, administration=administration
+        )
         return render(request, "alerts.html", session=session, alerts=found, closed=closed, rules=RULES)
 
     return await _page(request, "console.alerts", build)
@@ -692,6 +777,7 @@ async def alert_detail(request: Request, alert_id: str) -> Response:
 @router.post("/console/alerts/{alert_id}")
 async def alert_act(request: Request, alert_id: str) -> Response:
     """Acknowledge or close, with a note (both logged)."""
+
     async def build(session: Session, record: AccessRecord) -> Response:
         form = await _form(request, session)
         alert = await _visible_alert(request, session, alert_id)
@@ -705,8 +791,9 @@ async def alert_act(request: Request, alert_id: str) -> Response:
             raise Refused(409, "conflict")
         record.evidence = {"alert": alert.id, "action": action}
         store = console_of(request).alerts
-        return Deferred(redirect(request, f"/alerts/{alert.id}"),
-                        lambda: store.act(alert.id, session.login, action, note))
+        return Deferred(
+            redirect(request, f"/alerts/{alert.id}"), lambda: store.act(alert.id, session.login, action, note)
+        )
 
     return await _page(request, "console.alert", build)
 
@@ -718,9 +805,15 @@ async def integrity(request: Request) -> Response:
         runs, app = console_of(request).integrity, services(request)
         await runs.latest(lambda: integrity_report(app, states))
         checked = None if runs.finished_at is None else datetime.fromtimestamp(runs.finished_at, UTC)
-        return render(request, "integrity.html", session=session, report=runs.report, running=runs.running,
-                      checked_at=None if checked is None else rfc3339(checked)[:19].replace("T", " "),
-                      failure=runs.failure)
+        return render(
+            request,
+            "integrity.html",
+            session=session,
+            report=runs.report,
+            running=runs.running,
+            checked_at=None if checked is None else rfc3339(checked)[:19].replace("T", " "),
+            failure=runs.failure,
+        )
 
     return await _page(request, "console.integrity", build)
 
@@ -728,6 +821,7 @@ async def integrity(request: Request) -> Response:
 @router.get("/console/export")
 async def export(request: Request) -> Response:
     """The search's events, every page of them, as CSV (formula-safe) or JSON Lines, streamed."""
+
     async def build(session: Session, record: AccessRecord) -> Response:
         fmt = request.query_params.get("format")
         if fmt not in ("csv", "jsonl"):
@@ -741,8 +835,11 @@ async def export(request: Request) -> Response:
             raise Refused(429, "export_busy")
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
-        response = _Export(_export_rows(services(request).audit, where, fmt), media_type=media, headers={
-            "Content-Disposition": f'attachment; filename="jamu-events-{stamp}.{fmt}"'})
+        response = _Export(
+            _export_rows(services(request).audit, where, fmt),
+            media_type=media,
+            headers={"Content-Disposition": f'attachment; filename="jamu-events-{stamp}.{fmt}"'},
+        )
         response.on_discard = lambda: slots.give_back(token)
         return _headers(response, request)
 

@@ -25,8 +25,9 @@ DeclarationType = Literal[DECLARATION_TYPES]  # type: ignore[valid-type]
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Place = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-Reference = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
-                                             pattern=r"^[A-Za-z0-9._/-]+$")]
+Reference = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._/-]+$")
+]
 
 
 def _date_text(value: str) -> str:
@@ -81,14 +82,28 @@ class DisplacementData(_Data):
 
 
 DATA: dict[str, type[_Data]] = {
-    "birth": BirthData, "death": DeathData, "marriage": UnionData, "divorce": UnionData,
-    "name_change": NameChangeData, "displacement": DisplacementData,
+    "birth": BirthData,
+    "death": DeathData,
+    "marriage": UnionData,
+    "divorce": UnionData,
+    "name_change": NameChangeData,
+    "displacement": DisplacementData,
 }
 
 # What each type sets on the person's record (the §3 attributes), beside the facts it only records.
 RECORD_FIELDS: dict[str, tuple[str, ...]] = {
-    "birth": ("family_name", "given_names", "sex", "birth_date", "birth_place", "father_name", "mother_name",
-              "residence_region", "residence_cercle", "residence_commune"),
+    "birth": (
+        "family_name",
+        "given_names",
+        "sex",
+        "birth_date",
+        "birth_place",
+        "father_name",
+        "mother_name",
+        "residence_region",
+        "residence_cercle",
+        "residence_commune",
+    ),
     "death": ("death_date",),
     "marriage": (),
     "divorce": (),
@@ -165,8 +180,9 @@ def parse(body: DeclarationBody) -> Declaration:
             errors.append({"pointer": "/data", "detail": "a void carries no data: {}"})
     else:
         unknown = sorted(set(body.data) - set(model.model_fields))
-        errors += [{"pointer": f"/data/{name}", "detail": f"not a field of a {body.type} declaration"}
-                   for name in unknown[:20]]
+        errors += [
+            {"pointer": f"/data/{name}", "detail": f"not a field of a {body.type} declaration"} for name in unknown[:20]
+        ]
         if not unknown:
             data, problems = _read_data(model, body.data, partial=body.corrects is not None)
             errors += problems
@@ -183,19 +199,26 @@ def parse(body: DeclarationBody) -> Declaration:
     return Declaration(body.type, body.nin, data, body.corrects, body.voids)
 
 
-def _read_data(model: type[_Data], raw: Mapping[str, Any], *, partial: bool
-               ) -> tuple[dict[str, Any], list[dict[str, str]]]:
+def _read_data(
+    model: type[_Data], raw: Mapping[str, Any], *, partial: bool
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
     if partial:  # a correction: only the fields it corrects, each checked as its type checks it
         fields_sent = dict(raw)
-        nulls = [{"pointer": f"/data/{k}", "detail": "a correction sets a value; void the declaration to undo it"}
-                 for k, v in fields_sent.items() if v is None]
+        nulls = [
+            {"pointer": f"/data/{k}", "detail": "a correction sets a value; void the declaration to undo it"}
+            for k, v in fields_sent.items()
+            if v is None
+        ]
         if nulls:
             return {}, nulls
         try:
             checked = model.model_validate({**_placeholders(model), **fields_sent})
         except ValidationError as exc:
-            return {}, [{"pointer": _pointer(tuple(e["loc"]), "/data"), "detail": e["msg"]}
-                        for e in exc.errors()[:20] if e["loc"] and e["loc"][0] in fields_sent]
+            return {}, [
+                {"pointer": _pointer(tuple(e["loc"]), "/data"), "detail": e["msg"]}
+                for e in exc.errors()[:20]
+                if e["loc"] and e["loc"][0] in fields_sent
+            ]
         return {k: getattr(checked, k) for k in fields_sent}, []
     try:
         checked = model.model_validate(dict(raw))
@@ -250,13 +273,21 @@ def check_record(record: Mapping[str, Any], today: date) -> None:
 
 def new_record(nin: str, data: Mapping[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {name: data.get(name) for name in RECORD_FIELDS["birth"]}
-    record.update(nin=nin, nationality=None, death_date=None, record_status="active", displacement_status=None,
-                  displacement_site=None, idp_household_id=None)
+    record.update(
+        nin=nin,
+        nationality=None,
+        death_date=None,
+        record_status="active",
+        displacement_status=None,
+        displacement_site=None,
+        idp_household_id=None,
+    )
     return record
 
 
-def judge_birth(nin: str, data: Mapping[str, Any], parents: Mapping[str, Mapping[str, Any] | None],
-                today: date) -> Change:
+def judge_birth(
+    nin: str, data: Mapping[str, Any], parents: Mapping[str, Mapping[str, Any] | None], today: date
+) -> Change:
     """A new person. Each parent named by NIN must be known and born before the child."""
     _not_future(data.get("birth_date"), today, "birth_date")
     child_born = PartialDate.parse(data["birth_date"])
@@ -275,8 +306,13 @@ def judge_birth(nin: str, data: Mapping[str, Any], parents: Mapping[str, Mapping
     return Change(nin, record, {}, {k: record[k] for k in RECORD_FIELDS["birth"] if record.get(k) is not None})
 
 
-def judge(declaration: Declaration, record: Mapping[str, Any] | None, spouse: Mapping[str, Any] | None,
-          married: bool, today: date) -> Change:
+def judge(
+    declaration: Declaration,
+    record: Mapping[str, Any] | None,
+    spouse: Mapping[str, Any] | None,
+    married: bool,
+    today: date,
+) -> Change:
     """A new declaration (not a birth) against the person's record as it stands."""
     kind, data = declaration.type, declaration.data
     if record is None:
@@ -314,9 +350,15 @@ def judge(declaration: Declaration, record: Mapping[str, Any] | None, spouse: Ma
     return Change(nin, after, {k: record.get(k) for k in changed}, changed)
 
 
-def judge_amendment(declaration: Declaration, original: Mapping[str, Any], chain: Mapping[str, Any],
-                    first_before: Mapping[str, Any], record: Mapping[str, Any] | None, today: date,
-                    later: str | None = None) -> Change:
+def judge_amendment(
+    declaration: Declaration,
+    original: Mapping[str, Any],
+    chain: Mapping[str, Any],
+    first_before: Mapping[str, Any],
+    record: Mapping[str, Any] | None,
+    today: date,
+    later: str | None = None,
+) -> Change:
     """A correction or a void of `original` (its type, its NIN, `voided`), given `chain` (each field's
     value as the original and its corrections left it) and `first_before` (each of those fields' value
     before the chain first changed it). `later` names a declaration made since that stands on what this

@@ -129,14 +129,24 @@ class PublicResolver(AbstractResolver):
     """Resolves as the system does and refuses a name with any non-public address: the connection then
     goes only to the addresses checked."""
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-                      ) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         infos = await asyncio.get_running_loop().run_in_executor(
-            _DNS_THREADS, functools.partial(socket.getaddrinfo, host, port, family, socket.SOCK_STREAM))
+            _DNS_THREADS, functools.partial(socket.getaddrinfo, host, port, family, socket.SOCK_STREAM)
+        )
         answers: list[ResolveResult] = [
-            ResolveResult(hostname=host, host=str(address[0]), port=int(address[1]), family=found, proto=proto,
-                          flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
-            for found, _, proto, _, address in infos if found in (socket.AF_INET, socket.AF_INET6)]
+            ResolveResult(
+                hostname=host,
+                host=str(address[0]),
+                port=int(address[1]),
+                family=found,
+                proto=proto,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+            for found, _, proto, _, address in infos
+            if found in (socket.AF_INET, socket.AF_INET6)
+        ]
         if not answers or not all(public_address(a["host"]) for a in answers):
             raise UnsafeEndpoint("the endpoint's host resolves to a non-public address")
         return answers
@@ -229,8 +239,9 @@ class DeliveryStore:
 
     def _db(self) -> sqlite3.Connection:
         if self._connection is None:
-            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                         timeout=BUSY_TIMEOUT_MS / 1000)
+            connection = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            )
             connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
@@ -257,12 +268,14 @@ class DeliveryStore:
     async def lease(self, key: str, owner: str, lease_s: float, now: float) -> DeliveryState | None:
         """The subscription's state if this owner holds (or now takes) its lease until `now + lease_s`;
         None if another owner holds it."""
+
         def work(db: sqlite3.Connection) -> DeliveryState | None:
             db.execute("INSERT INTO deliveries (subscription) VALUES (?) ON CONFLICT DO NOTHING", (key,))
             taken = db.execute(
                 "UPDATE deliveries SET epoch = epoch + (owner IS NOT ?1 OR lease_until < ?4), owner = ?1, "
                 "lease_until = ?2 WHERE subscription = ?3 AND (owner = ?1 OR owner IS NULL OR lease_until < ?4)",
-                (owner, now + lease_s, key, now)).rowcount
+                (owner, now + lease_s, key, now),
+            ).rowcount
             row = db.execute(f"SELECT {_STATE} FROM deliveries WHERE subscription = ?", (key,)).fetchone()  # noqa: S608
             return DeliveryState(*row) if taken else None
 
@@ -270,40 +283,67 @@ class DeliveryStore:
 
     async def save(self, key: str, owner: str, state: DeliveryState, dead: Sequence[tuple[int, str]] = ()) -> bool:
         """Write the state (and dead letters) if this owner still holds the lease and no replay came since."""
+
         def work(db: sqlite3.Connection) -> bool:
             saved = db.execute(
                 "UPDATE deliveries SET delivered = ?, attempts = ?, first_failed_at = ?, next_at = ?, "
                 "disabled = ?, last_error = ? WHERE subscription = ? AND owner = ? AND replays = ? AND epoch = ?",
-                (state.delivered, state.attempts, state.first_failed_at, state.next_at, state.disabled,
-                 state.last_error, key, owner, state.replays, state.epoch)).rowcount
+                (
+                    state.delivered,
+                    state.attempts,
+                    state.first_failed_at,
+                    state.next_at,
+                    state.disabled,
+                    state.last_error,
+                    key,
+                    owner,
+                    state.replays,
+                    state.epoch,
+                ),
+            ).rowcount
             if saved:
-                db.executemany("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
-                               [(key, seq, event_id, time.time(), state.attempts, state.last_error)
-                                for seq, event_id in dead])
+                db.executemany(
+                    "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
+                    [(key, seq, event_id, time.time(), state.attempts, state.last_error) for seq, event_id in dead],
+                )
             return bool(saved)
 
         return await self._run(work)
 
     async def release(self, key: str, owner: str) -> None:
-        await self._run(lambda db: db.execute("UPDATE deliveries SET lease_until = 0 WHERE subscription = ? AND "
-                                              "owner = ?", (key, owner)))
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE deliveries SET lease_until = 0 WHERE subscription = ? AND owner = ?", (key, owner)
+            )
+        )
 
     async def replay(self, key: str, after: int) -> None:
         """Deliver again from just after `after`: the endpoint is enabled again, retries start afresh, and
         a pusher's state from before is not written back over it."""
-        await self._run(lambda db: db.execute(
-            "INSERT INTO deliveries (subscription, delivered) VALUES (?1, ?2) ON CONFLICT (subscription) DO UPDATE "
-            "SET delivered = ?2, attempts = 0, first_failed_at = NULL, next_at = 0, disabled = NULL, "
-            "last_error = NULL, replays = replays + 1", (key, after)))
+        await self._run(
+            lambda db: db.execute(
+                "INSERT INTO deliveries (subscription, delivered) VALUES (?1, ?2) ON CONFLICT (subscription) DO UPDATE "
+                "SET delivered = ?2, attempts = 0, first_failed_at = NULL, next_at = 0, disabled = NULL, "
+                "last_error = NULL, replays = replays + 1",
+                (key, after),
+            )
+        )
 
     async def status(self, key: str) -> tuple[DeliveryState, list[dict[str, Any]]]:
         def work(db: sqlite3.Connection) -> tuple[DeliveryState, list[dict[str, Any]]]:
             row = db.execute(f"SELECT {_STATE} FROM deliveries WHERE subscription = ?", (key,)).fetchone()  # noqa: S608
-            dead = db.execute("SELECT sequence, event_id, failed_at, attempts, last_error FROM dead_letters "
-                              "WHERE subscription = ? ORDER BY sequence DESC LIMIT 1000", (key,)).fetchall()
-            return (DeliveryState(*row) if row else DeliveryState(),
-                    [{"sequence": s, "event_id": e, "failed_at": f, "attempts": a, "last_error": m}
-                     for s, e, f, a, m in dead])
+            dead = db.execute(
+                "SELECT sequence, event_id, failed_at, attempts, last_error FROM dead_letters "
+                "WHERE subscription = ? ORDER BY sequence DESC LIMIT 1000",
+                (key,),
+            ).fetchall()
+            return (
+                DeliveryState(*row) if row else DeliveryState(),
+                [
+                    {"sequence": s, "event_id": e, "failed_at": f, "attempts": a, "last_error": m}
+                    for s, e, f, a, m in dead
+                ],
+            )
 
         return await self._run(work)
 
@@ -351,11 +391,13 @@ class Pusher:
         if self._session is None or self._session_internal != internal:
             if self._session is not None:
                 await self._session.close()
-            connector = aiohttp.TCPConnector(limit=1, resolver=None if internal else PublicResolver(),
-                                             ttl_dns_cache=60)
+            connector = aiohttp.TCPConnector(limit=1, resolver=None if internal else PublicResolver(), ttl_dns_cache=60)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=self.d.settings.timeout_s),
-                skip_auto_headers=("User-Agent",), headers={"user-agent": "jamu-events"})
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self.d.settings.timeout_s),
+                skip_auto_headers=("User-Agent",),
+                headers={"user-agent": "jamu-events"},
+            )
             self._session_internal = internal
         return self._session
 
@@ -441,17 +483,24 @@ class Pusher:
         try:
             for index, item in enumerate(items):
                 if logged <= index:
-                    ahead = items[index:index + window]
-                    await self.d.access_log.append_many([
-                        release_record(administration, subscription, self.d.subjects(i.nin), "events.deliver", None)
-                        for i in ahead])
+                    ahead = items[index : index + window]
+                    await self.d.access_log.append_many(
+                        [
+                            release_record(administration, subscription, self.d.subjects(i.nin), "events.deliver", None)
+                            for i in ahead
+                        ]
+                    )
                     logged = index + len(ahead)
                 if await self._hold() is None:
                     break  # the lease is gone: another process delivers from the saved position
                 outcome = await self._post(subscription, self._body(item, subscription))
                 if outcome.ok:
                     state.delivered, state.attempts, state.first_failed_at, state.last_error = (
-                        item.sequence, 0, None, None)
+                        item.sequence,
+                        0,
+                        None,
+                        None,
+                    )
                     state.next_at = 0.0
                     self.d.metrics_delivered(self.administration)
                     continue
@@ -501,9 +550,12 @@ class Pusher:
         try:
             check_endpoint(url, subscription.endpoint_internal)
             timestamp = int(time.time())  # the attempt's own time, whatever clock schedules retries
-            headers = {"content-type": "application/cloudevents+json", "webhook-id": event_id,
-                       "webhook-timestamp": str(timestamp),
-                       "webhook-signature": self.d.signer.sign(event_id, timestamp, body)}
+            headers = {
+                "content-type": "application/cloudevents+json",
+                "webhook-id": event_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": self.d.signer.sign(event_id, timestamp, body),
+            }
             session = await self._client(subscription.endpoint_internal)
             async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
                 status, after = response.status, response.headers.get("retry-after")
@@ -532,9 +584,20 @@ def _failure(exc: BaseException) -> str:
 class Deliveries:
     """Keeps one pusher per subscription that has an endpoint, as the policies change."""
 
-    def __init__(self, policies: PolicyStore, feed: EventFeed, store: DeliveryStore, access_log: AccessLog,
-                 signer: WebhookSigner, subjects: Callable[[str], str], subject_refs: Callable[[str, str], str],
-                 source: str, metrics: Metrics, settings: PushSettings | None = None, owner: str | None = None) -> None:
+    def __init__(
+        self,
+        policies: PolicyStore,
+        feed: EventFeed,
+        store: DeliveryStore,
+        access_log: AccessLog,
+        signer: WebhookSigner,
+        subjects: Callable[[str], str],
+        subject_refs: Callable[[str, str], str],
+        source: str,
+        metrics: Metrics,
+        settings: PushSettings | None = None,
+        owner: str | None = None,
+    ) -> None:
         self.policies, self.feed, self.store, self.access_log = policies, feed, store, access_log
         self.signer, self.subjects, self.subject_refs, self.source = signer, subjects, subject_refs, source
         self.metrics = metrics
@@ -553,9 +616,12 @@ class Deliveries:
 
     def subscriptions(self) -> dict[str, tuple[str, str]]:
         """`key → (administration, name)` of every subscription with an endpoint."""
-        return {subscription_key(admin.id, name): (admin.id, name)
-                for admin in self.policies.current.administrations.values()
-                for name, sub in admin.subscriptions.items() if sub.endpoint is not None}
+        return {
+            subscription_key(admin.id, name): (admin.id, name)
+            for admin in self.policies.current.administrations.values()
+            for name, sub in admin.subscriptions.items()
+            if sub.endpoint is not None
+        }
 
     def notify(self) -> None:
         """New feed rows were committed: every pusher looks now rather than at its next poll."""
@@ -593,8 +659,12 @@ class Deliveries:
                 failing.append(key)
         self.metrics.events_outbox_backlog.set(backlog)
         self.metrics.events_subscriptions_failing.set(len(failing) + len(disabled))
-        return {"status": "degraded" if failing or disabled else "ok", "backlog": backlog, "failing": failing,
-                "disabled": disabled}
+        return {
+            "status": "degraded" if failing or disabled else "ok",
+            "backlog": backlog,
+            "failing": failing,
+            "disabled": disabled,
+        }
 
     async def close(self) -> None:
         if self._task is not None:

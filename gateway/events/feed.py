@@ -43,14 +43,24 @@ def subscription_key(administration: str, name: str) -> str:
     return f"{administration}/{name}"
 
 
-def release_record(administration: AdministrationPolicy, subscription: SubscriptionPolicy, subject_hash: str,
-                   operation: str, client_id: str | None) -> AccessRecord:
+def release_record(
+    administration: AdministrationPolicy,
+    subscription: SubscriptionPolicy,
+    subject_hash: str,
+    operation: str,
+    client_id: str | None,
+) -> AccessRecord:
     """The access-log event of one event released (pulled or pushed): its person, its purpose and legal
     basis, and the attributes it carried."""
-    record = AccessRecord(operation=operation, administration=administration.id, client_id=client_id,
-                          purpose=subscription.purpose,
-                          legal_basis=administration.purposes[subscription.purpose].legal_basis,
-                          subject_hash=subject_hash, attributes_released=sorted(subscription.attributes))
+    record = AccessRecord(
+        operation=operation,
+        administration=administration.id,
+        client_id=client_id,
+        purpose=subscription.purpose,
+        legal_basis=administration.purposes[subscription.purpose].legal_basis,
+        subject_hash=subject_hash,
+        attributes_released=sorted(subscription.attributes),
+    )
     record.finish(200)
     return record
 
@@ -84,9 +94,15 @@ def cloud_event(item: FeedItem, subscription: SubscriptionPolicy, subject_ref: s
     data: dict[str, Any] = {name: item.record.get(name) for name in subscription.attributes}
     data["version"] = item.version
     event: dict[str, Any] = {
-        "specversion": "1.0", "id": item.event_id, "source": source, "type": EVENT_TYPE_PREFIX + item.event_type,
-        "time": item.declared_at, "sequence": str(item.sequence), "subject": subject_ref,
-        "datacontenttype": "application/json", "data": data,
+        "specversion": "1.0",
+        "id": item.event_id,
+        "source": source,
+        "type": EVENT_TYPE_PREFIX + item.event_type,
+        "time": item.declared_at,
+        "sequence": str(item.sequence),
+        "subject": subject_ref,
+        "datacontenttype": "application/json",
+        "data": data,
     }
     if item.amends is not None:
         event["voids" if item.event_type.endswith(".voided") else "corrects"] = item.amends
@@ -103,8 +119,9 @@ class EventFeed:
 
     def _db(self) -> sqlite3.Connection:
         if self._connection is None:
-            self._connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
-                                               isolation_level=None, timeout=10)
+            self._connection = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None, timeout=10
+            )
         return self._connection
 
     def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -123,16 +140,22 @@ class EventFeed:
                 "SELECT f.sequence, d.event_id, d.event_type, d.nin, d.version, d.record, d.declared_at, d.amends "
                 "FROM feed f JOIN declarations d ON d.position = f.position "
                 "WHERE f.subscription = ? AND f.sequence > ? ORDER BY f.sequence LIMIT ?",
-                (subscription, after, limit)).fetchall()
+                (subscription, after, limit),
+            ).fetchall()
             return [FeedItem(r[0], r[1], r[2], r[3], r[4], orjson.loads(r[5]), r[6], r[7]) for r in rows]
 
         return await asyncio.to_thread(self._run, work) or []
 
     async def heads(self, subscriptions: list[str]) -> dict[str, int]:
         """Each subscription's last sequence (0: none yet), one primary-key descent each."""
+
         def work(db: sqlite3.Connection) -> dict[str, int]:
-            return {key: db.execute("SELECT coalesce(max(sequence), 0) FROM feed WHERE subscription = ?",
-                                    (key,)).fetchone()[0] for key in subscriptions}
+            return {
+                key: db.execute(
+                    "SELECT coalesce(max(sequence), 0) FROM feed WHERE subscription = ?", (key,)
+                ).fetchone()[0]
+                for key in subscriptions
+            }
 
         return await asyncio.to_thread(self._run, work) or {}
 

@@ -110,8 +110,11 @@ class Subscriber:
 
 def subscribers(policies: PolicyStore) -> list[Subscriber]:
     """Every subscription of the policies in force, as the outbox routes to them."""
-    return [Subscriber(subscription_key(admin.id, name), frozenset(sub.events))
-            for admin in policies.current.administrations.values() for name, sub in admin.subscriptions.items()]
+    return [
+        Subscriber(subscription_key(admin.id, name), frozenset(sub.events))
+        for admin in policies.current.administrations.values()
+        for name, sub in admin.subscriptions.items()
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +155,13 @@ def _now() -> str:
 class RegisterWriter:
     """Applies declarations, many to a transaction, on one thread at a time."""
 
-    def __init__(self, path: Path, subscribers: Callable[[], Sequence[Subscriber]],
-                 on_commit: Callable[[], None] | None = None, today: Callable[[], date] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        subscribers: Callable[[], Sequence[Subscriber]],
+        on_commit: Callable[[], None] | None = None,
+        today: Callable[[], date] | None = None,
+    ) -> None:
         self.path = path
         self._subscribers = subscribers
         self._on_commit = on_commit or (lambda: None)
@@ -175,8 +183,9 @@ class RegisterWriter:
     def _open(self) -> sqlite3.Connection:
         connection = open_register(self.path)
         connection.close()
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                     timeout=BUSY_TIMEOUT_MS / 1000)
+        connection = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
         connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         connection.execute("PRAGMA synchronous=FULL")  # a declaration answered 201 survives a power cut
         # A group's changes stay in the cache until its commit: a spill would wait for the lock on the loop.
@@ -277,9 +286,10 @@ class _Transaction:
 
     def submit(self, submission: Submission) -> Answer | Exception:
         """One declaration in its own savepoint: refused or failed, it is undone alone."""
-        row = self.db.execute("SELECT request_hash, status, answer, subject FROM declaration_keys "
-                              "WHERE administration = ? AND key = ?",
-                              (submission.administration, submission.key)).fetchone()
+        row = self.db.execute(
+            "SELECT request_hash, status, answer, subject FROM declaration_keys WHERE administration = ? AND key = ?",
+            (submission.administration, submission.key),
+        ).fetchone()
         if row is not None:
             if row[0] != submission.request_hash:
                 return KeyConflict("this Idempotency-Key was used for another declaration")
@@ -305,9 +315,17 @@ class _Transaction:
             self.sequences = sequences
             raise
         self.db.execute("RELEASE declaration")
-        self.db.execute("INSERT INTO declaration_keys VALUES (?, ?, ?, ?, ?, ?)",
-                        (submission.administration, submission.key, submission.request_hash, answer.status,
-                         orjson.dumps(answer.body), answer.subject))
+        self.db.execute(
+            "INSERT INTO declaration_keys VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                submission.administration,
+                submission.key,
+                submission.request_hash,
+                answer.status,
+                orjson.dumps(answer.body),
+                answer.subject,
+            ),
+        )
         return answer
 
     # -- reading --------------------------------------------------------------------------------------
@@ -322,23 +340,36 @@ class _Transaction:
         row = self.db.execute(
             "SELECT type FROM declarations WHERE amends IS NULL AND voided = 0 AND type IN ('marriage', 'divorce') "
             "AND ((nin = ?1 AND spouse_nin = ?2) OR (nin = ?2 AND spouse_nin = ?1)) ORDER BY position DESC LIMIT 1",
-            (a, b)).fetchone()
+            (a, b),
+        ).fetchone()
         return row is not None and row[0] == "marriage"
 
     def original(self, event_id: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT position, type, nin, amends, voided, before, changed, spouse_nin "
-                              "FROM declarations WHERE event_id = ?", (event_id,)).fetchone()
+        row = self.db.execute(
+            "SELECT position, type, nin, amends, voided, before, changed, spouse_nin "
+            "FROM declarations WHERE event_id = ?",
+            (event_id,),
+        ).fetchone()
         if row is None:
             return None
-        return {"position": row[0], "type": row[1], "nin": row[2], "amends": row[3], "voided": bool(row[4]),
-                "before": orjson.loads(row[5]), "changed": orjson.loads(row[6]), "spouse_nin": row[7]}
+        return {
+            "position": row[0],
+            "type": row[1],
+            "nin": row[2],
+            "amends": row[3],
+            "voided": bool(row[4]),
+            "before": orjson.loads(row[5]),
+            "changed": orjson.loads(row[6]),
+            "spouse_nin": row[7],
+        }
 
     def chain(self, event_id: str, original: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Each field as the original and its corrections, in order, left it; and each such field's value
         before the first of them changed it (what a void puts back)."""
         values, before = dict(original["changed"]), dict(original["before"])
         for changed_text, before_text in self.db.execute(
-                "SELECT changed, before FROM declarations WHERE amends = ? ORDER BY position", (event_id,)):
+            "SELECT changed, before FROM declarations WHERE amends = ? ORDER BY position", (event_id,)
+        ):
             values.update(orjson.loads(changed_text))
             for name, value in orjson.loads(before_text).items():
                 before.setdefault(name, value)
@@ -348,33 +379,49 @@ class _Transaction:
         """A standing declaration made after `original` that relies on it: one on the same person that
         changed one of `fields`, a later marriage or divorce of the same two people, anything at all on a
         person whose birth is being voided (their own declarations, a union, a child's birth)."""
-        voided = {e for (e,) in self.db.execute("SELECT event_id FROM declarations WHERE voided = 1 AND position > ? "
-                                                "AND nin = ?", (original["position"], original["nin"]))}
+        voided = {
+            e
+            for (e,) in self.db.execute(
+                "SELECT event_id FROM declarations WHERE voided = 1 AND position > ? AND nin = ?",
+                (original["position"], original["nin"]),
+            )
+        }
         whole = original["type"] == "birth" and voiding
         for event, amends, kind, spouse, changed in self.db.execute(
-                "SELECT event_id, amends, type, spouse_nin, changed FROM declarations WHERE nin = ? AND position > ? "
-                "ORDER BY position", (original["nin"], original["position"])):
+            "SELECT event_id, amends, type, spouse_nin, changed FROM declarations WHERE nin = ? AND position > ? "
+            "ORDER BY position",
+            (original["nin"], original["position"]),
+        ):
             root = amends or event
             if root == event_id or root in voided:
                 continue
             if whole or fields & set(orjson.loads(changed)):
                 return event
-            if kind in ("marriage", "divorce") and original["type"] in ("marriage", "divorce") \
-                    and spouse == original["spouse_nin"]:
+            if (
+                kind in ("marriage", "divorce")
+                and original["type"] in ("marriage", "divorce")
+                and spouse == original["spouse_nin"]
+            ):
                 return event
         if whole:  # each term on its own index
-            for condition in ("spouse_nin = ?2", "type = 'birth' AND json_extract(data, '$.father_nin') = ?2",
-                              "type = 'birth' AND json_extract(data, '$.mother_nin') = ?2"):
+            for condition in (
+                "spouse_nin = ?2",
+                "type = 'birth' AND json_extract(data, '$.father_nin') = ?2",
+                "type = 'birth' AND json_extract(data, '$.mother_nin') = ?2",
+            ):
                 row = self.db.execute(
                     f"SELECT event_id FROM declarations WHERE {condition} AND position > ?1 AND voided = 0 "  # noqa: S608
-                    "AND amends IS NULL LIMIT 1", (original["position"], original["nin"])).fetchone()
+                    "AND amends IS NULL LIMIT 1",
+                    (original["position"], original["nin"]),
+                ).fetchone()
                 if row is not None:
                     return str(row[0])
         if original["type"] in ("marriage", "divorce"):
             row = self.db.execute(
                 "SELECT event_id FROM declarations WHERE position > ? AND voided = 0 AND amends IS NULL AND "
                 "type IN ('marriage', 'divorce') AND nin = ? AND spouse_nin = ? LIMIT 1",
-                (original["position"], original["spouse_nin"], original["nin"])).fetchone()
+                (original["position"], original["spouse_nin"], original["nin"]),
+            ).fetchone()
             if row is not None:
                 return str(row[0])
         return None
@@ -389,18 +436,30 @@ class _Transaction:
         if amends is not None:
             original = self.original(amends)
             if original is None or original["amends"] is not None:
-                raise Rejected("original_not_found", "corrects/voids names no declaration of the register "
-                               "(amend the original, not a correction)")
+                raise Rejected(
+                    "original_not_found",
+                    "corrects/voids names no declaration of the register (amend the original, not a correction)",
+                )
             self.subject = original["nin"]
             record = self.person(original["nin"])
             values, first_before = self.chain(amends, original)
             touched = set(values) | (set(declaration.data) & set(RECORD_FIELDS[declaration.type]))
-            change = judge_amendment(declaration, original, values, first_before, record, self.today,
-                                     self.later(amends, original, touched, voiding=declaration.voids is not None))
+            change = judge_amendment(
+                declaration,
+                original,
+                values,
+                first_before,
+                record,
+                self.today,
+                self.later(amends, original, touched, voiding=declaration.voids is not None),
+            )
             spouse_nin = original["spouse_nin"]
         elif declaration.type == "birth":
-            parents = {nin: self.person(nin) for nin in (declaration.data.get("father_nin"),
-                                                       declaration.data.get("mother_nin")) if nin}
+            parents = {
+                nin: self.person(nin)
+                for nin in (declaration.data.get("father_nin"), declaration.data.get("mother_nin"))
+                if nin
+            }
             change = judge_birth(self._new_nin(declaration.data["birth_date"]), declaration.data, parents, self.today)
             self.subject = change.nin
         else:
@@ -416,10 +475,23 @@ class _Transaction:
             "INSERT INTO declarations (event_id, type, event_type, nin, spouse_nin, version, amends, data, record, "
             "before, changed, declared_at, administration, client_id) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (event_id, declaration.type, declaration.event_type, change.nin, spouse_nin, version, amends,
-             orjson.dumps(declaration.data), orjson.dumps(change.record or self._last_record(change)),
-             orjson.dumps(change.before), orjson.dumps(change.changed), _now(), submission.administration,
-             submission.client_id))
+            (
+                event_id,
+                declaration.type,
+                declaration.event_type,
+                change.nin,
+                spouse_nin,
+                version,
+                amends,
+                orjson.dumps(declaration.data),
+                orjson.dumps(change.record or self._last_record(change)),
+                orjson.dumps(change.before),
+                orjson.dumps(change.changed),
+                _now(),
+                submission.administration,
+                submission.client_id,
+            ),
+        )
         position = cursor.lastrowid
         assert position is not None
         if declaration.voids:
@@ -435,31 +507,41 @@ class _Transaction:
             self.db.execute("DELETE FROM people WHERE nin = ?", (change.nin,))
             return
         if created:
-            self.db.execute(f"INSERT INTO people ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",  # noqa: S608
-                            [change.record.get(c) for c in COLUMNS])
+            self.db.execute(
+                f"INSERT INTO people ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",  # noqa: S608
+                [change.record.get(c) for c in COLUMNS],
+            )
         elif change.changed:
             names = sorted(change.changed)
-            self.db.execute(f"UPDATE people SET {', '.join(f'{n} = ?' for n in names)} WHERE nin = ?",  # noqa: S608
-                            [*(change.changed[n] for n in names), change.nin])
+            self.db.execute(
+                f"UPDATE people SET {', '.join(f'{n} = ?' for n in names)} WHERE nin = ?",  # noqa: S608
+                [*(change.changed[n] for n in names), change.nin],
+            )
 
     def _next_version(self, nin: str, *, born: bool) -> int:
         """A birth is version 1; a record loaded by import or seed is at version 1 until its first
         declaration makes version 2."""
-        row = self.db.execute("INSERT INTO record_versions VALUES (?, ?) ON CONFLICT (nin) "
-                              "DO UPDATE SET version = version + 1 RETURNING version",
-                              (nin, 1 if born else 2)).fetchone()
+        row = self.db.execute(
+            "INSERT INTO record_versions VALUES (?, ?) ON CONFLICT (nin) "
+            "DO UPDATE SET version = version + 1 RETURNING version",
+            (nin, 1 if born else 2),
+        ).fetchone()
         return int(row[0])
 
     def _new_nin(self, birth_date: str) -> str:
         """15 digits: 2 (declared at birth), 00, birth year (2), serial (9), Luhn: never one the seed makes,
         and never one the register holds or ever gave (an imported record may carry any NIN)."""
         while True:
-            row = self.db.execute("INSERT INTO counters VALUES ('nin_serial', 1) ON CONFLICT (name) "
-                                  "DO UPDATE SET value = value + 1 RETURNING value").fetchone()
+            row = self.db.execute(
+                "INSERT INTO counters VALUES ('nin_serial', 1) ON CONFLICT (name) "
+                "DO UPDATE SET value = value + 1 RETURNING value"
+            ).fetchone()
             body = f"200{int(birth_date[:4]) % 100:02d}{row[0]:09d}"
             nin = body + luhn_digit(body)
-            taken = self.db.execute("SELECT 1 FROM people WHERE nin = ?1 UNION ALL SELECT 1 FROM record_versions "
-                                    "WHERE nin = ?1 LIMIT 1", (nin,)).fetchone()
+            taken = self.db.execute(
+                "SELECT 1 FROM people WHERE nin = ?1 UNION ALL SELECT 1 FROM record_versions WHERE nin = ?1 LIMIT 1",
+                (nin,),
+            ).fetchone()
             if taken is None:
                 return nin
 
@@ -468,8 +550,9 @@ class _Transaction:
         a void, per subscription whose feed holds the original, whatever it lists now."""
         keys = {s.key for s in self.subscribers if event_type in s.events}
         if original_position is not None:
-            keys |= {k for (k,) in self.db.execute("SELECT subscription FROM feed WHERE position = ?",
-                                                   (original_position,))}
+            keys |= {
+                k for (k,) in self.db.execute("SELECT subscription FROM feed WHERE position = ?", (original_position,))
+            }
         for key in sorted(keys):
             sequence = self.sequences.get(key)
             if sequence is None:

@@ -11,19 +11,41 @@ from gateway.identity.dates import PartialDate, age_at_least, same_date
 from gateway.identity.names import normalise, same_given_names, same_name
 from gateway.policy.catalogue import PREDICATE_READS
 
-NAME_CLAIMS = frozenset({"family_name", "father_name", "mother_name", "birth_place", "residence_region",
-                         "residence_cercle", "residence_commune", "displacement_site"})
+NAME_CLAIMS = frozenset(
+    {
+        "family_name",
+        "father_name",
+        "mother_name",
+        "birth_place",
+        "residence_region",
+        "residence_cercle",
+        "residence_commune",
+        "displacement_site",
+    }
+)
 DATE_CLAIMS = frozenset({"birth_date", "death_date"})
 RESIDENCE = ("residence_region", "residence_cercle", "residence_commune")
 
 # A stand-in record with every attribute set: unknown or suspended NINs are judged against it, then
 # answered false, so their answer takes the same path as a real one.
 DECOY: dict[str, Any] = {
-    "nin": "000000000000000", "family_name": "Diarra", "given_names": "Awa Kadiatou", "sex": "F",
-    "birth_date": "1984-06-15", "birth_place": "Ségou", "father_name": "Seydou Diarra",
-    "mother_name": "Fanta Koné", "nationality": "MLI", "residence_region": "Ségou",
-    "residence_cercle": "Ségou", "residence_commune": "Pelengana", "death_date": None, "record_status": "active",
-    "displacement_status": None, "displacement_site": None, "idp_household_id": None,
+    "nin": "000000000000000",
+    "family_name": "Diarra",
+    "given_names": "Awa Kadiatou",
+    "sex": "F",
+    "birth_date": "1984-06-15",
+    "birth_place": "Ségou",
+    "father_name": "Seydou Diarra",
+    "mother_name": "Fanta Koné",
+    "nationality": "MLI",
+    "residence_region": "Ségou",
+    "residence_cercle": "Ségou",
+    "residence_commune": "Pelengana",
+    "death_date": None,
+    "record_status": "active",
+    "displacement_status": None,
+    "displacement_site": None,
+    "idp_household_id": None,
 }
 
 
@@ -45,8 +67,6 @@ class Predicate(NamedTuple):
     as_of: date | None = None
 
 
-
-
 def evaluate(predicate: Predicate, record: Mapping[str, Any], today: date) -> bool | None:
     if predicate.name == "alive":
         if record.get("record_status") == "deceased" or record.get("death_date"):
@@ -54,8 +74,9 @@ def evaluate(predicate: Predicate, record: Mapping[str, Any], today: date) -> bo
         return True if record.get("record_status") == "active" else None
     if predicate.name == "age_at_least":
         born = record.get("birth_date")
-        return None if born is None else age_at_least(PartialDate.parse(born), predicate.value,
-                                                       predicate.as_of or today)
+        return (
+            None if born is None else age_at_least(PartialDate.parse(born), predicate.value, predicate.as_of or today)
+        )
     if predicate.name == "resides_in":
         places = [record.get(level) for level in RESIDENCE]
         if all(p is None for p in places):
@@ -70,16 +91,24 @@ def evaluate(predicate: Predicate, record: Mapping[str, Any], today: date) -> bo
     raise ValueError(f"unknown predicate {predicate.name}")
 
 
-def verify(record: Mapping[str, Any] | None, claims: Mapping[str, str], predicates: list[Predicate], *,
-           today: date, threshold: float | None, claim_details: bool,
-           stand_in: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def verify(
+    record: Mapping[str, Any] | None,
+    claims: Mapping[str, str],
+    predicates: list[Predicate],
+    *,
+    today: date,
+    threshold: float | None,
+    claim_details: bool,
+    stand_in: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The answer body (without transaction id and subject_ref). `record` None: unknown or unusable; then
     `stand_in` (a real record read in its place) or the built-in decoy is judged, and the answer masked."""
     found = record is not None
     subject = record if record is not None else stand_in if stand_in is not None else DECOY
     # Both sides take the same steps: an unknown record's answers are masked, not skipped.
-    results = {name: claim_matches(name, value, subject.get(name), threshold) and found
-               for name, value in claims.items()}
+    results = {
+        name: claim_matches(name, value, subject.get(name), threshold) and found for name, value in claims.items()
+    }
     outcomes = [evaluate(p, subject, today) for p in predicates]
     outcomes = [outcome if found else False for outcome in outcomes]
     answer: dict[str, Any] = {}

@@ -57,6 +57,7 @@ def predicate_reads(predicates: Iterable[str]) -> set[str]:
     """Every attribute the named predicates read."""
     return {attribute for name in predicates for attribute in PREDICATE_READS[name]}
 
+
 OPERATIONS = ("verify", "lookup")
 
 # Declarations the centres make (docs/contract.md §15), and the events a subscription may list: each type, its
@@ -72,11 +73,39 @@ ASYMMETRIC_ALGORITHMS = ("Ed25519", "EdDSA", "ES256", "PS256", "RS256")
 # Every operation an access-log event may name (docs/contract.md §7): the routes' names, the middleware's record
 # and the audit search's filter all come from this one list.
 EVENT_OPERATIONS = (
-    "token", "verify", "lookup", "consent.create", "consent.read", "consent.revoke",
-    "audit.search", "audit.integrity", "subject.history", "audit.proof", "receipt",
-    "verify.bulk", "verify.bulk.create", "verify.bulk.upload", "verify.bulk.status", "verify.bulk.cancel",
-    "verify.bulk.results", "verify.bulk.errors",
-    "declaration", "events.read", "events.deliver", "events.keys", "events.subscription", "events.replay",
-    "console.login", "console.logout", "console.overview", "console.events", "console.event", "console.person",
-    "console.alerts", "console.alert", "console.integrity", "console.export", "console.account",
+    "token",
+    "verify",
+    "lookup",
+    "consent.create",
+    "consent.read",
+    "consent.revoke",
+    "audit.search",
+    "audit.integrity",
+    "subject.history",
+    "audit.proof",
+    "receipt",
+    "verify.bulk",
+    "verify.bulk.create",
+    "verify.bulk.upload",
+    "verify.bulk.status",
+    "verify.bulk.cancel",
+    "verify.bulk.results",
+    "verify.bulk.errors",
+    "declaration",
+    "events.read",
+    "events.deliver",
+    "events.keys",
+    "events.subscription",
+    "events.replay",
+    "console.login",
+    "console.logout",
+    "console.overview",
+    "console.events",
+    "console.event",
+    "console.person",
+    "console.alerts",
+    "console.alert",
+    "console.integrity",
+    "console.export",
+    "console.account",
 )

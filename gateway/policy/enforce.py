@@ -13,17 +13,27 @@ from gateway.errors import Problem
 from gateway.policy.model import AdministrationPolicy, PurposePolicy
 
 
-def authorise(administration: AdministrationPolicy | None, purpose: str, operation: str, *,
-              claims: Iterable[str] = (), predicates: Iterable[str] = (), attributes: Iterable[str] = ()
-              ) -> PurposePolicy:
+def authorise(
+    administration: AdministrationPolicy | None,
+    purpose: str,
+    operation: str,
+    *,
+    claims: Iterable[str] = (),
+    predicates: Iterable[str] = (),
+    attributes: Iterable[str] = (),
+) -> PurposePolicy:
     policy = administration.purposes.get(purpose) if administration is not None else None
     if policy is None:
         raise Problem("purpose_not_permitted", "this administration has no such purpose")
     if operation not in policy.operations:
         raise Problem("operation_not_permitted", f"the purpose does not allow {operation}")
-    refused = sorted((set(claims) - set(policy.claims)) | (set(predicates) - set(policy.predicates))
-                     | (set(attributes) - set(policy.attributes)))
+    refused = sorted(
+        (set(claims) - set(policy.claims))
+        | (set(predicates) - set(policy.predicates))
+        | (set(attributes) - set(policy.attributes))
+    )
     if refused:
-        raise Problem("attribute_not_permitted", f"the purpose does not grant {', '.join(refused)}",
-                      extra={"attributes": refused})
+        raise Problem(
+            "attribute_not_permitted", f"the purpose does not grant {', '.join(refused)}", extra={"attributes": refused}
+        )
     return policy

@@ -72,9 +72,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if isinstance(key, Hashable) and key in keys:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         if isinstance(key, Hashable):
             keys.add(key)
     return loader.construct_mapping(node, deep)
@@ -157,9 +155,14 @@ def _load_file(path: Path) -> tuple[AdministrationPolicy | None, list[PolicyProb
             try:
                 jwks = yaml.safe_load(jwks_path.read_text(encoding="utf-8"))
             except FileNotFoundError:
-                problems.append(PolicyProblem(
-                    name, where, f"{client.jwks_file} not found (create it with "
-                    f"`jamu keys generate {client.client_id}`, or run `jamu demo` for the demo set)"))
+                problems.append(
+                    PolicyProblem(
+                        name,
+                        where,
+                        f"{client.jwks_file} not found (create it with "
+                        f"`jamu keys generate {client.client_id}`, or run `jamu demo` for the demo set)",
+                    )
+                )
                 continue
             except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
                 problems.append(PolicyProblem(name, where, f"{client.jwks_file} cannot be read: {exc}"))
@@ -187,16 +190,23 @@ def load_policies(directory: Path) -> PolicySet:
         if admin is None:
             continue
         if admin.id in administrations:
-            problems.append(PolicyProblem(
-                str(path), "id", f"administration {admin.id!r} is already defined in {admin_files[admin.id]}"))
+            problems.append(
+                PolicyProblem(
+                    str(path), "id", f"administration {admin.id!r} is already defined in {admin_files[admin.id]}"
+                )
+            )
             continue
         administrations[admin.id] = admin
         admin_files[admin.id] = path
         for index, client in enumerate(admin.clients):
             if client.client_id in clients:
-                problems.append(PolicyProblem(
-                    str(path), f"clients[{index}].client_id",
-                    f"{client.client_id!r} is already a client in {client_files[client.client_id]}"))
+                problems.append(
+                    PolicyProblem(
+                        str(path),
+                        f"clients[{index}].client_id",
+                        f"{client.client_id!r} is already a client in {client_files[client.client_id]}",
+                    )
+                )
                 continue
             clients[client.client_id] = RegisteredClient(client, admin.id, keysets.get(client.client_id))
             client_files[client.client_id] = path

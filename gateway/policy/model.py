@@ -129,8 +129,14 @@ class SubscriptionPolicy(_Strict):
         if value is None:
             return None
         parts = urlsplit(value)
-        if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password \
-                or parts.fragment or any(c.isspace() or not c.isprintable() for c in value):
+        if (
+            parts.scheme not in ("https", "http")
+            or not parts.hostname
+            or parts.username
+            or parts.password
+            or parts.fragment
+            or any(c.isspace() or not c.isprintable() for c in value)
+        ):
             raise ValueError("endpoint must be an absolute http(s) URL without credentials or fragment")
         try:
             parts.port  # noqa: B018 (raises on a port out of range)
@@ -200,6 +206,8 @@ class AdministrationPolicy(_Strict):
                 raise ValueError(f"subscription {name}: purpose {subscription.purpose!r} is not one of this policy's")
             if purpose.consent != "not_required":
                 # A feed releases without the person asking: only a legal basis can allow it.
-                raise ValueError(f"subscription {name}: purpose {subscription.purpose!r} needs a legal basis "
-                                 "(consent: not_required): a feed is not released on a person's consent")
+                raise ValueError(
+                    f"subscription {name}: purpose {subscription.purpose!r} needs a legal basis "
+                    "(consent: not_required): a feed is not released on a person's consent"
+                )
         return self

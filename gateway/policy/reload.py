@@ -50,8 +50,12 @@ class PolicyReloader:
                 return False
             self.store.replace(policies)
             self.metrics.policy_generation.set(self.store.generation)
-            log.info("policies reloaded (%s): %d administrations, generation %d", why,
-                     len(policies.administrations), self.store.generation)
+            log.info(
+                "policies reloaded (%s): %d administrations, generation %d",
+                why,
+                len(policies.administrations),
+                self.store.generation,
+            )
             return True
 
     async def _watch(self) -> None:

@@ -104,6 +104,5 @@ class RedisBackend:
         for window in windows:
             args += [window.period_us, window.limit]
         reply = await self._script(keys=self.keys(key, windows), args=args)
-        states = tuple(
-            WindowState(w, int(reply[2 + 2 * i]), int(reply[3 + 2 * i])) for i, w in enumerate(windows))
+        states = tuple(WindowState(w, int(reply[2 + 2 * i]), int(reply[3 + 2 * i])) for i, w in enumerate(windows))
         return Verdict(bool(int(reply[0])), int(reply[1]), states)

@@ -60,6 +60,10 @@ def decide(windows: Sequence[Window], tats: Sequence[int | None], now_us: int) -
         if new_tat - window.period_us - now_us > retry:
             retry = new_tat - window.period_us - now_us
     stored = proposed if retry == 0 else current
-    states = tuple([WindowState(w, max((w.period_us - (tat - now_us)) // w.interval_us, 0), tat - now_us)
-                    for w, tat in zip(windows, stored, strict=True)])
+    states = tuple(
+        [
+            WindowState(w, max((w.period_us - (tat - now_us)) // w.interval_us, 0), tat - now_us)
+            for w, tat in zip(windows, stored, strict=True)
+        ]
+    )
     return Verdict(retry == 0, retry, states), stored

@@ -57,8 +57,9 @@ class Outcome:
         if self.verdict.allowed:
             return None
         retry = max(math.ceil(self.verdict.retry_after_us / 1_000_000), 1)
-        return Problem("rate_limited", f"rate limit exceeded; retry after {retry} s",
-                       headers={"Retry-After": str(retry)})
+        return Problem(
+            "rate_limited", f"rate limit exceeded; retry after {retry} s", headers={"Retry-After": str(retry)}
+        )
 
 
 @functools.lru_cache(maxsize=256)
@@ -69,7 +70,8 @@ def _policy_field(windows: tuple[Window, ...]) -> bytes:
 
 def _fields(verdict: Verdict) -> list[tuple[bytes, bytes]]:
     state = ", ".join(
-        f'"{s.window.name}";r={s.remaining};t={math.ceil(s.reset_us / 1_000_000)}' for s in verdict.windows)
+        f'"{s.window.name}";r={s.remaining};t={math.ceil(s.reset_us / 1_000_000)}' for s in verdict.windows
+    )
     policy = _policy_field(tuple(s.window for s in verdict.windows))
     return [(b"ratelimit-policy", policy), (b"ratelimit", state.encode())]
 
@@ -112,8 +114,11 @@ class RateLimiter:
             except (RedisError, OSError, TimeoutError) as exc:
                 self._shared_down_until = time.monotonic() + self._retry_after_s
                 self._metrics.ratelimit_backend_errors.inc()
-                log.warning("rate-limit backend failed (%s); limiting locally at 1/%d of each limit",
-                            type(exc).__name__, self._replicas)
+                log.warning(
+                    "rate-limit backend failed (%s); limiting locally at 1/%d of each limit",
+                    type(exc).__name__,
+                    self._replicas,
+                )
         if self._shared is None:
             return await self._local.acquire(key, windows)
         self._metrics.ratelimit_degraded.set(1)
@@ -136,8 +141,13 @@ class RateLimits:
     """Which limit a caller is under: its administration's windows, or, without a valid token, the
     per-source windows (`GATEWAY_UNAUTHENTICATED_RATE_LIMITS`)."""
 
-    def __init__(self, limiter: RateLimiter, policies: PolicyStore, unauthenticated: tuple[Window, ...],
-                 unauthenticated_total: tuple[Window, ...] = ()) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        policies: PolicyStore,
+        unauthenticated: tuple[Window, ...],
+        unauthenticated_total: tuple[Window, ...] = (),
+    ) -> None:
         self.limiter = limiter
         self._policies = policies
         self._unauthenticated = unauthenticated
@@ -169,6 +179,7 @@ class RateLimits:
         outcome = await self._check(f"ip:{source}", self._unauthenticated, "unauthenticated")
         if outcome is not None and not outcome.verdict.allowed:
             return outcome
-        total = await self._check("ip:*token" if token_endpoint else "ip:*", self._unauthenticated_total,
-                                  "unauthenticated")
+        total = await self._check(
+            "ip:*token" if token_endpoint else "ip:*", self._unauthenticated_total, "unauthenticated"
+        )
         return total if total is not None and not total.verdict.allowed else outcome

@@ -56,12 +56,12 @@ def create_engine(url: str, *, schema: str | None = None, statement_timeout_s: f
         connect_args["command_timeout"] = statement_timeout_s
         if schema:
             connect_args["server_settings"] = {"search_path": schema}
-        return create_async_engine(url, connect_args=connect_args, pool_size=5, max_overflow=5,
-                                   pool_pre_ping=True)
+        return create_async_engine(url, connect_args=connect_args, pool_size=5, max_overflow=5, pool_pre_ping=True)
     if url.startswith("sqlite+aiosqlite:///") and not url.endswith(":memory:"):
         Path(url.removeprefix("sqlite+aiosqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": statement_timeout_s},
-                                 execution_options={"jamu_timeout_s": statement_timeout_s})
+    engine = create_async_engine(
+        url, connect_args={"timeout": statement_timeout_s}, execution_options={"jamu_timeout_s": statement_timeout_s}
+    )
     _sqlite_discipline(engine.sync_engine, statement_timeout_s)
     return engine
 

@@ -84,8 +84,13 @@ async def lock_held(engine: AsyncEngine) -> AsyncIterator[None]:
 
 
 def record(n: int, **fields: Any) -> AccessRecord:
-    rec = AccessRecord(operation="verify", administration=fields.pop("administration", "ceni"),
-                       client_id="ceni-app", subject_hash=fields.pop("subject_hash", f"{n:064x}"), **fields)
+    rec = AccessRecord(
+        operation="verify",
+        administration=fields.pop("administration", "ceni"),
+        client_id="ceni-app",
+        subject_hash=fields.pop("subject_hash", f"{n:064x}"),
+        **fields,
+    )
     rec.finish(fields.pop("status", 200))
     return rec
 
@@ -117,7 +122,8 @@ async def test_appended_events_come_back_exactly_and_chain(stores: StoreFactory)
 
 
 async def test_settle_runs_once_when_the_events_are_durable_and_never_for_a_failed_write(
-        engines: EngineFactory, stores: StoreFactory) -> None:
+    engines: EngineFactory, stores: StoreFactory
+) -> None:
     store = stores(seal_every=1000)
     settled: list[int] = []
     await store.append(events_of(record(1), record(2)), lambda: settled.append(1))
@@ -158,8 +164,10 @@ async def test_writers_in_separate_processes_extend_one_chain(stores: StoreFacto
 async def test_filters_pages_and_one_persons_events(stores: StoreFactory) -> None:
     store = stores()
     person = "ab" * 32
-    batch = [record(n, administration="ceni" if n % 2 else "canam", subject_hash=person if n % 3 == 0 else None)
-             for n in range(30)]
+    batch = [
+        record(n, administration="ceni" if n % 2 else "canam", subject_hash=person if n % 3 == 0 else None)
+        for n in range(30)
+    ]
     batch[4].operation = "lookup"
     await store.append(events_of(*batch))
     canam = await store.events(EventFilter(administration="canam"), 0, 100)
@@ -196,7 +204,8 @@ async def test_the_writer_commits_concurrent_events_in_groups(stores: StoreFacto
 
 
 async def test_a_write_that_cannot_commit_fails_the_append_and_readiness_then_recovers(
-        engines: EngineFactory, stores: StoreFactory) -> None:
+    engines: EngineFactory, stores: StoreFactory
+) -> None:
     log = DurableAccessLog(stores(), Metrics(), write_timeout_s=2.0, seal_interval_s=3600)
     await log.start()
     await log.append(record(1))

@@ -37,8 +37,10 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if request.param == "sqlite":
         url, schema = database_url(None, tmp_path), None
     else:
-        url, schema = (database_url(request.getfixturevalue("postgres_url"), tmp_path),
-                       request.getfixturevalue("postgres_schema"))
+        url, schema = (
+            database_url(request.getfixturevalue("postgres_url"), tmp_path),
+            request.getfixturevalue("postgres_schema"),
+        )
     engine = create_engine(url, schema=schema)
     await migrate(engine, schema)
     yield engine
@@ -49,8 +51,9 @@ SIGNER = CheckpointSigner(Ed25519PrivateKey.generate())
 KEYS = {SIGNER.key_id: SIGNER.public_key}
 
 
-async def _log(directory: Path, count: int, origin: str = "gw.example/access-log/a-0", *,
-               link_to: Link | None = None) -> int:
+async def _log(
+    directory: Path, count: int, origin: str = "gw.example/access-log/a-0", *, link_to: Link | None = None
+) -> int:
     """Write `count` events to the log in `directory` (made or reopened), sealed; returns its size."""
     store = SegmentStore(directory, origin=origin, signer=SIGNER, segment_bytes=16384, seal_every=100)
     if link_to is not None:
@@ -58,9 +61,12 @@ async def _log(directory: Path, count: int, origin: str = "gw.example/access-log
     writer = DurableAccessLog(store, Metrics(), max_batch=64)  # type: ignore[arg-type]
     await writer.start()
     for n in range(count):
-        record = AccessRecord(operation="verify", administration="ceni" if n % 2 else "canam",
-                              subject_hash=f"{n % 7:064x}", evidence={"method": "otp", "reference": f"R{n}"}
-                              if n % 10 == 0 else None)
+        record = AccessRecord(
+            operation="verify",
+            administration="ceni" if n % 2 else "canam",
+            subject_hash=f"{n % 7:064x}",
+            evidence={"method": "otp", "reference": f"R{n}"} if n % 10 == 0 else None,
+        )
         record.finish(200 if n % 3 else 403)
         await writer.append(record)
     await writer.close()
@@ -70,8 +76,9 @@ async def _log(directory: Path, count: int, origin: str = "gw.example/access-log
 
 async def _rows(engine: AsyncEngine, origin: str) -> list[int]:
     async with engine.connect() as connection:
-        result = await connection.execute(select(audit_index.c.seq).where(audit_index.c.origin == origin)
-                                          .order_by(audit_index.c.seq))
+        result = await connection.execute(
+            select(audit_index.c.seq).where(audit_index.c.origin == origin).order_by(audit_index.c.seq)
+        )
         return [row.seq for row in result]
 
 
@@ -98,8 +105,9 @@ async def test_the_follower_indexes_every_entry_once_and_resumes(engine: AsyncEn
     assert (await index.verify(state, KEYS, require_sealed=True)).finish().ok
 
 
-async def test_a_failed_batch_moves_neither_rows_nor_watermark(engine: AsyncEngine, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failed_batch_moves_neither_rows_nor_watermark(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await _log(tmp_path / "b", 100)
     follower = IndexFollower(engine, tmp_path / "b", batch=30)
     calls = 0
@@ -111,7 +119,7 @@ async def test_a_failed_batch_moves_neither_rows_nor_watermark(engine: AsyncEngi
         rows, checkpoints = original(from_seq, until)
         if calls == 3:  # the third batch: a row that cannot be stored (status must not be null)
             status = ROW_COLUMNS.index("status")
-            rows = [*rows[:-1], (*rows[-1][:status], None, *rows[-1][status + 1:])]
+            rows = [*rows[:-1], (*rows[-1][:status], None, *rows[-1][status + 1 :])]
         return rows, checkpoints
 
     monkeypatch.setattr(follower, "_read", read_then_fail)
@@ -133,8 +141,10 @@ async def test_origins_are_indexed_apart_and_read_together(engine: AsyncEngine, 
     index = AuditIndex(engine)
     assert await index.count() == 50
     everything = [e async for e in index.stream(chunk=7)]
-    assert len(everything) == 50 and {e["origin"] for e in everything} == {"gw/access-log/host-0",
-                                                                         "gw/access-log/host-1"}
+    assert len(everything) == 50 and {e["origin"] for e in everything} == {
+        "gw/access-log/host-0",
+        "gw/access-log/host-1",
+    }
     assert [e["seq"] for e in everything if e["origin"] == "gw/access-log/host-1"] == list(range(20))
     where = EventFilter(administration="ceni", decision="permit")
     page, after = await index.page(where, None, 5)
@@ -142,7 +152,8 @@ async def test_origins_are_indexed_apart_and_read_together(engine: AsyncEngine, 
     assert after is not None and (after.origin, after.seq) == (page[-1]["origin"], page[-1]["seq"])
     rest, _ = await index.page(where, after, 100)
     assert [(e["origin"], e["seq"]) for e in page + rest] == [
-        (e["origin"], e["seq"]) for e in await index.events(where, None, 100)]
+        (e["origin"], e["seq"]) for e in await index.events(where, None, 100)
+    ]
     # An event indexed after a page was read comes on a later page, whatever its time.
     await _log(tmp_path / "w0", 2, "gw/access-log/host-0")
     await followers[0].catch_up()
@@ -195,8 +206,9 @@ async def test_idle_logs_are_finished_only_when_this_gateway_signed_them(engine:
     own = log_directory(root, "gw/access-log/host-0")
     await _log(log_directory(root, "gw/access-log/host-9"), 30, "gw/access-log/host-9")  # sealed by SIGNER
     stranger = CheckpointSigner(Ed25519PrivateKey.generate())
-    forged = SegmentStore(log_directory(root, "gw/access-log/forged"), origin="gw/access-log/forged",
-                          signer=stranger, seal_every=5)
+    forged = SegmentStore(
+        log_directory(root, "gw/access-log/forged"), origin="gw/access-log/forged", signer=stranger, seal_every=5
+    )
     writer = DurableAccessLog(forged, Metrics())  # type: ignore[arg-type]
     await writer.start()
     for n in range(12):
@@ -213,7 +225,8 @@ async def test_idle_logs_are_finished_only_when_this_gateway_signed_them(engine:
 
 
 async def test_an_origin_is_known_before_its_first_batch_and_an_index_ahead_of_its_log_stops_it(
-        engine: AsyncEngine, tmp_path: Path) -> None:
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
     await _log(tmp_path / "a", 5)
     follower = IndexFollower(engine, tmp_path / "a")
     await follower.register()  # what a process does at start, before any batch

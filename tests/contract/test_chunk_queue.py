@@ -35,8 +35,7 @@ async def store(tmp_path: Path) -> AsyncIterator[JobStore]:
 
 
 @pytest.fixture(params=["local", "saq"])
-async def make_queue(request: pytest.FixtureRequest, store: JobStore, redis_prefix: str
-                     ) -> AsyncIterator[object]:
+async def make_queue(request: pytest.FixtureRequest, store: JobStore, redis_prefix: str) -> AsyncIterator[object]:
     made: list[ChunkQueue] = []
     name = f"{redis_prefix}bulk"
 
@@ -45,8 +44,9 @@ async def make_queue(request: pytest.FixtureRequest, store: JobStore, redis_pref
         if request.param == "local":
             queue = LocalChunkQueue(store, jobs_dir, concurrency, poll_s=0.2)
         else:
-            queue = SaqChunkQueue(request.getfixturevalue("redis_url"), name, store, jobs_dir, concurrency,
-                                  lease_s=LEASE_S, poll_s=0.2)
+            queue = SaqChunkQueue(
+                request.getfixturevalue("redis_url"), name, store, jobs_dir, concurrency, lease_s=LEASE_S, poll_s=0.2
+            )
         made.append(queue)
         return queue
 
@@ -62,12 +62,25 @@ async def make_queue(request: pytest.FixtureRequest, store: JobStore, redis_pref
 
 
 async def queued_job(store: JobStore, key: str, chunks: int, jobs_dir: str = JOBS_DIR) -> str:
-    job, _ = await store.create(job_id=f"00000000-0000-4000-8000-{key:0>12}", administration="electoral",
-                                client_id="c", idempotency_key=key, request_hash="h", spec=SPEC, fmt="csv",
-                                declared_records=None)
-    await store.accept_input(job, total=chunks * 10, sha256="0" * 64, input_file="input-x", jobs_dir=jobs_dir,
-                             chunks=[Chunk(n, 2 + n * 10, n * 100, n * 100 + 100, 10) for n in range(chunks)],
-                             daily_limit=None)
+    job, _ = await store.create(
+        job_id=f"00000000-0000-4000-8000-{key:0>12}",
+        administration="electoral",
+        client_id="c",
+        idempotency_key=key,
+        request_hash="h",
+        spec=SPEC,
+        fmt="csv",
+        declared_records=None,
+    )
+    await store.accept_input(
+        job,
+        total=chunks * 10,
+        sha256="0" * 64,
+        input_file="input-x",
+        jobs_dir=jobs_dir,
+        chunks=[Chunk(n, 2 + n * 10, n * 100, n * 100 + 100, 10) for n in range(chunks)],
+        daily_limit=None,
+    )
     return job.id
 
 

@@ -25,8 +25,16 @@ from tests.support.servers import free_port
 
 SEED, COUNT = 11, 400
 PEOPLE = list(population(COUNT, SEED))
-FAST = ResiliencePolicy(connect_timeout_s=0.5, read_timeout_s=0.5, retries=1, backoff_s=0.01, max_concurrency=8,
-                        queue_timeout_s=0.2, failure_threshold=3, open_s=30)
+FAST = ResiliencePolicy(
+    connect_timeout_s=0.5,
+    read_timeout_s=0.5,
+    retries=1,
+    backoff_s=0.01,
+    max_concurrency=8,
+    queue_timeout_s=0.2,
+    failure_threshold=3,
+    open_s=30,
+)
 TRACE = TraceContext("4bf92f3577b34da6a3ce929d0e0e4736")
 UNKNOWN = "100000000000000"
 
@@ -60,18 +68,42 @@ def make(kind: str, base: str, register_file: Path, client: httpx.AsyncClient, p
     if kind == "embedded-thread":
         return EmbeddedRegister(register_file, inline_reads=False)
     if kind == "rest":
-        return RestConnector(name="rest", url=base, path="/people/search", attributes=frozenset(REST_ATTRIBUTES),
-                             mapping={}, nin_field="query.nin", result="person", client=client, policy=policy)
+        return RestConnector(
+            name="rest",
+            url=base,
+            path="/people/search",
+            attributes=frozenset(REST_ATTRIBUTES),
+            mapping={},
+            nin_field="query.nin",
+            result="person",
+            client=client,
+            policy=policy,
+        )
     if kind == "fhir":
-        return FhirConnector(name="fhir", url=f"{base}/fhir", identifier_system="urn:ml:nina",
-                             attributes=FHIR_ATTRIBUTES, client=client, policy=policy)
-    return RestConnector(name="idp", url=base, path="/v1/persons/search", attributes=IDP_ATTRIBUTES,
-                         mapping=IDP_MAPPING, authoritative=False, client=client, policy=policy)
+        return FhirConnector(
+            name="fhir",
+            url=f"{base}/fhir",
+            identifier_system="urn:ml:nina",
+            attributes=FHIR_ATTRIBUTES,
+            client=client,
+            policy=policy,
+        )
+    return RestConnector(
+        name="idp",
+        url=base,
+        path="/v1/persons/search",
+        attributes=IDP_ATTRIBUTES,
+        mapping=IDP_MAPPING,
+        authoritative=False,
+        client=client,
+        policy=policy,
+    )
 
 
 @pytest.fixture(params=["embedded", "embedded-thread", "rest", "fhir", "idp"])
-async def connector(request: pytest.FixtureRequest, backends: FakeBackends, register_file: Path,
-                    client: httpx.AsyncClient) -> AsyncIterator[Connector]:
+async def connector(
+    request: pytest.FixtureRequest, backends: FakeBackends, register_file: Path, client: httpx.AsyncClient
+) -> AsyncIterator[Connector]:
     backends.mode = "ok"
     made = make(request.param, backends.base, register_file, client, FAST)
     yield made
@@ -115,7 +147,8 @@ REMOTE = ["rest", "fhir", "idp"]
 
 @pytest.mark.parametrize("kind", REMOTE)
 async def test_the_nin_stays_out_of_urls_and_the_trace_goes_along(
-        kind: str, backends: FakeBackends, register_file: Path, client: httpx.AsyncClient) -> None:
+    kind: str, backends: FakeBackends, register_file: Path, client: httpx.AsyncClient
+) -> None:
     backends.mode = "ok"
     backends.requests.clear()
     connector = make(kind, backends.base, register_file, client, FAST)
@@ -128,8 +161,9 @@ async def test_the_nin_stays_out_of_urls_and_the_trace_goes_along(
 
 
 @pytest.mark.parametrize("kind", REMOTE)
-async def test_a_slow_backend_answers_503_within_its_timeout(kind: str, backends: FakeBackends, register_file: Path,
-                                                             client: httpx.AsyncClient) -> None:
+async def test_a_slow_backend_answers_503_within_its_timeout(
+    kind: str, backends: FakeBackends, register_file: Path, client: httpx.AsyncClient
+) -> None:
     backends.mode = "slow"
     connector = make(kind, backends.base, register_file, client, FAST)
     started = time.monotonic()
@@ -140,8 +174,9 @@ async def test_a_slow_backend_answers_503_within_its_timeout(kind: str, backends
 
 
 @pytest.mark.parametrize("kind", REMOTE)
-async def test_a_failing_backend_is_retried_then_503(kind: str, backends: FakeBackends, register_file: Path,
-                                                     client: httpx.AsyncClient) -> None:
+async def test_a_failing_backend_is_retried_then_503(
+    kind: str, backends: FakeBackends, register_file: Path, client: httpx.AsyncClient
+) -> None:
     backends.mode = "fail"
     backends.requests.clear()
     connector = make(kind, backends.base, register_file, client, FAST)
@@ -152,8 +187,9 @@ async def test_a_failing_backend_is_retried_then_503(kind: str, backends: FakeBa
 
 
 @pytest.mark.parametrize("kind", REMOTE)
-async def test_a_malformed_answer_is_502(kind: str, backends: FakeBackends, register_file: Path,
-                                         client: httpx.AsyncClient) -> None:
+async def test_a_malformed_answer_is_502(
+    kind: str, backends: FakeBackends, register_file: Path, client: httpx.AsyncClient
+) -> None:
     backends.mode = "malformed"
     connector = make(kind, backends.base, register_file, client, FAST)
     with pytest.raises(BackendError) as caught:
@@ -161,20 +197,30 @@ async def test_a_malformed_answer_is_502(kind: str, backends: FakeBackends, regi
     assert caught.value.status == 502
 
 
-async def test_wrong_values_from_a_backend_are_502(backends: FakeBackends, register_file: Path,
-                                                   client: httpx.AsyncClient) -> None:
+async def test_wrong_values_from_a_backend_are_502(
+    backends: FakeBackends, register_file: Path, client: httpx.AsyncClient
+) -> None:
     backends.mode = "ok"
-    connector = RestConnector(name="rest", url=backends.base, path="/people/search",
-                              attributes=frozenset(REST_ATTRIBUTES), mapping={"sex": "birth_date"},
-                              nin_field="query.nin", result="person", client=client, policy=FAST)
+    connector = RestConnector(
+        name="rest",
+        url=backends.base,
+        path="/people/search",
+        attributes=frozenset(REST_ATTRIBUTES),
+        mapping={"sex": "birth_date"},
+        nin_field="query.nin",
+        result="person",
+        client=client,
+        policy=FAST,
+    )
     with pytest.raises(BackendError) as caught:
         await connector.fetch(PEOPLE[0]["nin"], frozenset({"sex"}), TRACE)
     assert "invalid sex" in caught.value.detail
 
 
 @pytest.mark.parametrize("kind", REMOTE)
-async def test_a_dead_backend_is_503_and_opens_the_breaker(kind: str, register_file: Path,
-                                                           client: httpx.AsyncClient) -> None:
+async def test_a_dead_backend_is_503_and_opens_the_breaker(
+    kind: str, register_file: Path, client: httpx.AsyncClient
+) -> None:
     connector = make(kind, f"http://127.0.0.1:{free_port()}", register_file, client, FAST)
     for _ in range(FAST.failure_threshold):
         with pytest.raises(BackendUnavailable) as caught:
@@ -188,8 +234,9 @@ async def test_a_dead_backend_is_503_and_opens_the_breaker(kind: str, register_f
 
 
 @pytest.mark.parametrize("kind", REMOTE)
-async def test_the_breaker_state_is_a_metric_read_at_scrape_time(kind: str, register_file: Path,
-                                                                 client: httpx.AsyncClient, tmp_path: Path) -> None:
+async def test_the_breaker_state_is_a_metric_read_at_scrape_time(
+    kind: str, register_file: Path, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
     connector = make(kind, f"http://127.0.0.1:{free_port()}", register_file, client, FAST)
     metrics = Metrics()
     ConnectorRouter([EmbeddedRegister(register_file), connector], metrics)
@@ -202,14 +249,17 @@ async def test_the_breaker_state_is_a_metric_read_at_scrape_time(kind: str, regi
     assert 'jamu_connector_breaker_state{connector="register"}' not in metrics.render().decode()
 
 
-async def test_the_bulkhead_refuses_what_it_cannot_hold(backends: FakeBackends, register_file: Path,
-                                                        client: httpx.AsyncClient) -> None:
+async def test_the_bulkhead_refuses_what_it_cannot_hold(
+    backends: FakeBackends, register_file: Path, client: httpx.AsyncClient
+) -> None:
     backends.mode = "slow"
-    narrow = ResiliencePolicy(connect_timeout_s=0.5, read_timeout_s=1.0, retries=0, max_concurrency=1,
-                              queue_timeout_s=0.1)
+    narrow = ResiliencePolicy(
+        connect_timeout_s=0.5, read_timeout_s=1.0, retries=0, max_concurrency=1, queue_timeout_s=0.1
+    )
     connector = make("rest", backends.base, register_file, client, narrow)
-    results = await asyncio.gather(*(connector.fetch(PEOPLE[0]["nin"], connector.attributes, TRACE)
-                                     for _ in range(3)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(connector.fetch(PEOPLE[0]["nin"], connector.attributes, TRACE) for _ in range(3)), return_exceptions=True
+    )
     details = sorted(str(r.detail) for r in results if isinstance(r, BackendUnavailable))
     assert len(details) == 3
     assert sum("too many calls in flight" in d for d in details) == 2
@@ -232,14 +282,24 @@ def test_the_breaker_half_opens_for_one_trial() -> None:
     assert breaker.state == "closed" and breaker.allow()
 
 
-async def test_the_router_asks_each_connector_once_and_merges(backends: FakeBackends, register_file: Path,
-                                                               client: httpx.AsyncClient, tmp_path: Path) -> None:
+async def test_the_router_asks_each_connector_once_and_merges(
+    backends: FakeBackends, register_file: Path, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
     backends.mode = "ok"
-    config = ConnectorsFile.model_validate({"connectors": [
-        {"name": "register", "type": "embedded", "path": str(register_file), "reads": "thread",
-         "attributes": [a for a in REST_ATTRIBUTES]},
-        {"name": "idp", "type": "idp", "url": backends.base, "retries": 0},
-    ]})
+    config = ConnectorsFile.model_validate(
+        {
+            "connectors": [
+                {
+                    "name": "register",
+                    "type": "embedded",
+                    "path": str(register_file),
+                    "reads": "thread",
+                    "attributes": [a for a in REST_ATTRIBUTES],
+                },
+                {"name": "idp", "type": "idp", "url": backends.base, "retries": 0},
+            ]
+        }
+    )
     router = ConnectorRouter(build_connectors(config, tmp_path, client))
     displaced = next(p for p in PEOPLE if p["displacement_status"] == "displaced")
     settled = next(p for p in PEOPLE if p["displacement_status"] is None and p["record_status"] == "active")
@@ -259,25 +319,52 @@ async def test_the_router_asks_each_connector_once_and_merges(backends: FakeBack
     await router.close()
 
 
-@pytest.mark.parametrize("connectors, fault", [
-    ([{"name": "a", "type": "embedded"}, {"name": "b", "type": "idp", "url": "https://x"}], "served by both"),
-    ([{"name": "a", "type": "embedded", "attributes": ["family_name"]},
-      {"name": "b", "type": "idp", "url": "http://idp.example.ml"}], "must be https"),
-    ([{"name": "a", "type": "embedded", "attributes": ["family_name"]},
-      {"name": "b", "type": "fhir", "url": "http://10.0.0.5:8080/fhir", "attributes": ["sex"]}], "must be https"),
-    ([{"name": "a", "type": "embedded", "attributes": ["family_name"]},
-      {"name": "r", "type": "rest", "url": "http://127.0.0.1:8080", "path": "@registry.example.org/v1",
-       "attributes": ["sex"]}], "String should match pattern"),
-    ([{"name": "a", "type": "embedded", "attributes": ["family_name"]},
-      {"name": "b", "type": "idp", "url": "https://idp.example.ml", "path": "//other.example/x"}],
-     "String should match pattern"),
-    ([{"name": "a", "type": "embedded", "attributes": ["nin"]}], "no connector serves"),
-    ([{"name": "a", "type": "embedded", "atributes": ["nin"]}], "Extra inputs"),
-    ([{"name": "a", "type": "ftp"}], "does not match any of the expected tags"),
-    ([{"name": "a", "type": "embedded", "attributes": ["nin", "shoe_size"]}], "Input should be"),
-    ([{"name": "a", "type": "embedded", "reads": "sometimes"}], "'thread' or 'inline'"),
-    ([{"name": "r", "type": "rest", "url": "http://x", "method": "GET", "attributes": ["nin"]}], "'POST' or 'PUT'"),
-])
+@pytest.mark.parametrize(
+    "connectors, fault",
+    [
+        ([{"name": "a", "type": "embedded"}, {"name": "b", "type": "idp", "url": "https://x"}], "served by both"),
+        (
+            [
+                {"name": "a", "type": "embedded", "attributes": ["family_name"]},
+                {"name": "b", "type": "idp", "url": "http://idp.example.ml"},
+            ],
+            "must be https",
+        ),
+        (
+            [
+                {"name": "a", "type": "embedded", "attributes": ["family_name"]},
+                {"name": "b", "type": "fhir", "url": "http://10.0.0.5:8080/fhir", "attributes": ["sex"]},
+            ],
+            "must be https",
+        ),
+        (
+            [
+                {"name": "a", "type": "embedded", "attributes": ["family_name"]},
+                {
+                    "name": "r",
+                    "type": "rest",
+                    "url": "http://127.0.0.1:8080",
+                    "path": "@registry.example.org/v1",
+                    "attributes": ["sex"],
+                },
+            ],
+            "String should match pattern",
+        ),
+        (
+            [
+                {"name": "a", "type": "embedded", "attributes": ["family_name"]},
+                {"name": "b", "type": "idp", "url": "https://idp.example.ml", "path": "//other.example/x"},
+            ],
+            "String should match pattern",
+        ),
+        ([{"name": "a", "type": "embedded", "attributes": ["nin"]}], "no connector serves"),
+        ([{"name": "a", "type": "embedded", "atributes": ["nin"]}], "Extra inputs"),
+        ([{"name": "a", "type": "ftp"}], "does not match any of the expected tags"),
+        ([{"name": "a", "type": "embedded", "attributes": ["nin", "shoe_size"]}], "Input should be"),
+        ([{"name": "a", "type": "embedded", "reads": "sometimes"}], "'thread' or 'inline'"),
+        ([{"name": "r", "type": "rest", "url": "http://x", "method": "GET", "attributes": ["nin"]}], "'POST' or 'PUT'"),
+    ],
+)
 def test_a_bad_connectors_file_is_refused_with_its_fault(connectors: list, fault: str, tmp_path: Path) -> None:
     from gateway.connectors.router import load_connectors_file
 

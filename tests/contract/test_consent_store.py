@@ -21,20 +21,41 @@ def store(migrated_engine: AsyncEngine) -> ConsentStore:
     return ConsentStore(migrated_engine)
 
 
-async def grant(store: ConsentStore, *, max_uses: int | None = None, expires_in: timedelta = timedelta(days=30),
-                attributes: tuple[str, ...] = ("family_name", "birth_date")) -> str:
+async def grant(
+    store: ConsentStore,
+    *,
+    max_uses: int | None = None,
+    expires_in: timedelta = timedelta(days=30),
+    attributes: tuple[str, ...] = ("family_name", "birth_date"),
+) -> str:
     consent = await store.create(
-        subject_hash=PERSON, grantee="canam", purpose="amo_enrolment", attributes=list(attributes),
-        operations=["lookup", "verify"], issued_by="cec", issued_by_client="cec-counter", evidence_method="signed_form",
-        evidence_reference="F-2026-001", expires_at=rfc3339(datetime.now(UTC) + expires_in), max_uses=max_uses)
+        subject_hash=PERSON,
+        grantee="canam",
+        purpose="amo_enrolment",
+        attributes=list(attributes),
+        operations=["lookup", "verify"],
+        issued_by="cec",
+        issued_by_client="cec-counter",
+        evidence_method="signed_form",
+        evidence_reference="F-2026-001",
+        expires_at=rfc3339(datetime.now(UTC) + expires_in),
+        max_uses=max_uses,
+    )
     return consent.id
 
 
 async def check(store: ConsentStore, consent_id: str | None, **overrides: object) -> None:
-    asked: dict = {"subject_hash": PERSON, "grantee": "canam", "purpose": "amo_enrolment", "operation": "lookup",
-                   "attributes": ["family_name"], **overrides}
-    consent = await find_consent(store, consent_id, subject_hash=asked.pop("subject_hash"),
-                                 grantee=asked.pop("grantee"))
+    asked: dict = {
+        "subject_hash": PERSON,
+        "grantee": "canam",
+        "purpose": "amo_enrolment",
+        "operation": "lookup",
+        "attributes": ["family_name"],
+        **overrides,
+    }
+    consent = await find_consent(
+        store, consent_id, subject_hash=asked.pop("subject_hash"), grantee=asked.pop("grantee")
+    )
     await use_consent(store, consent, **asked)
 
 
@@ -61,8 +82,10 @@ async def test_every_mismatch_has_its_reason(store: ConsentStore) -> None:
     assert await reason(store, consent_id, purpose="other") == ("consent_invalid", "purpose")
     assert await reason(store, consent_id, subject_hash=OTHER) == ("consent_invalid", "unknown")
     assert await reason(store, consent_id, operation="audit") == ("consent_invalid", "operation")
-    assert await reason(store, consent_id, attributes=["family_name", "residence_commune"]) == \
-        ("consent_invalid", "attributes")
+    assert await reason(store, consent_id, attributes=["family_name", "residence_commune"]) == (
+        "consent_invalid",
+        "attributes",
+    )
     await check(store, consent_id)
     assert (await store.get(consent_id)).uses == 1  # type: ignore[union-attr]
 
@@ -109,8 +132,7 @@ async def test_two_concurrent_uses_of_a_one_use_consent_one_succeeds(store: Cons
 
 async def test_revocation_races_with_use_and_wins_from_then_on(store: ConsentStore) -> None:
     consent_id = await grant(store)
-    outcomes = await asyncio.gather(check(store, consent_id), store.revoke(consent_id, "cec"),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(check(store, consent_id), store.revoke(consent_id, "cec"), return_exceptions=True)
     assert outcomes[1] is not None and outcomes[1].revoked_at is not None  # type: ignore[union-attr]
     assert await reason(store, consent_id) == ("consent_invalid", "revoked")
     again = await store.revoke(consent_id, "cec")

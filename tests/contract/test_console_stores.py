@@ -63,13 +63,15 @@ async def test_accounts_sign_in_lock_reset_and_disable(engine: AsyncEngine) -> N
     assert [a.locked_now for a in attempts] == [False] * (MAX_FAILURES - 1) + [True]
     assert (await store.sign_in("dpo-ceni", dpo.password, code, now + 10)).outcome == "locked"
     fresh = await store.reset("dpo-ceni")
-    assert (await store.sign_in("dpo-ceni", dpo.password, totp(fresh.otpauth_uri).at(now), now + 20)).outcome \
-        == "invalid"
+    assert (
+        await store.sign_in("dpo-ceni", dpo.password, totp(fresh.otpauth_uri).at(now), now + 20)
+    ).outcome == "invalid"
     signed = await store.sign_in("dpo-ceni", fresh.password, totp(fresh.otpauth_uri).at(now + 30), now + 30)
     assert signed.outcome == "ok" and signed.officer is not None and signed.officer.administration == "ceni"
     await store.set_disabled("awa", True)
-    assert (await store.sign_in("awa", awa.password, totp(awa.otpauth_uri).at(now + 60), now + 60)).outcome \
-        == "disabled"
+    assert (
+        await store.sign_in("awa", awa.password, totp(awa.otpauth_uri).at(now + 60), now + 60)
+    ).outcome == "disabled"
     assert [(o.login, o.disabled) for o in await store.list()] == [("awa", True), ("dpo-ceni", False)]
     with pytest.raises(AccountError):
         await store.reset("nobody")
@@ -112,8 +114,10 @@ async def test_one_open_alert_per_rule_and_key_and_notes_on_every_action(engine:
     assert not await store.act(alert.id, "awa", "close", "again")
     closed = await store.get(alert.id)
     assert closed is not None and closed.status == "closed"
-    assert [(n["action"], n["note"], n["login"]) for n in closed.notes] == [("acknowledge", "vu", "awa"),
-                                                                           ("close", "clos", "awa")]
+    assert [(n["action"], n["note"], n["login"]) for n in closed.notes] == [
+        ("acknowledge", "vu", "awa"),
+        ("close", "clos", "awa"),
+    ]
     assert await store.record([finding("2026-12-01T10:02:00.000000Z")]) == 0  # a replay of what was closed
     assert await store.record([finding("2026-12-01T11:00:00.000000Z")]) == 1  # new events: a new alert
     assert len(await store.list(statuses=("open", "acknowledged", "closed"))) == 2
@@ -122,10 +126,23 @@ async def test_one_open_alert_per_rule_and_key_and_notes_on_every_action(engine:
 
 def _row(origin: str, seq: int, **fields: object) -> dict[str, object]:
     row: dict[str, object] = {name: None for name in ROW_COLUMNS}
-    row.update(origin=origin, seq=seq, id=f"00000000-0000-4000-8000-{seq:012d}", time=rfc3339(datetime.now(UTC)),
+    row.update(
+        origin=origin,
+        seq=seq,
+        id=f"00000000-0000-4000-8000-{seq:012d}",
+        time=rfc3339(datetime.now(UTC)),
         attributes_requested='["family_name"]',
-        attributes_released="[]", decision="permit", status=200, latency_ms=1.0, prev_hash="0" * 64,
-        hash="0" * 64, operation="verify", client_id="prober", administration="ceni", subject_hash=f"{seq:064x}")
+        attributes_released="[]",
+        decision="permit",
+        status=200,
+        latency_ms=1.0,
+        prev_hash="0" * 64,
+        hash="0" * 64,
+        operation="verify",
+        client_id="prober",
+        administration="ceni",
+        subject_hash=f"{seq:064x}",
+    )
     row.update(fields)
     return row
 
@@ -137,8 +154,9 @@ async def test_the_watcher_follows_the_index_under_one_lease(engine: AsyncEngine
     second = AlertWatcher(engine, rules, store, "second", batch=7)
     assert await first.step() is False  # an empty index: it takes the lease and waits
     async with engine.execution_options(**WRITER).begin() as connection:
-        await connection.execute(insert(audit_index), [
-            _row("o", n, reason="subject_not_found" if n % 2 else None) for n in range(30)])
+        await connection.execute(
+            insert(audit_index), [_row("o", n, reason="subject_not_found" if n % 2 else None) for n in range(30)]
+        )
     while await first.step():
         pass
     assert first.evaluated == 30
@@ -158,9 +176,14 @@ async def test_the_index_keeps_hourly_counts_with_its_rows(engine: AsyncEngine, 
     follower = IndexFollower(engine, tmp_path / "a", batch=64)
     await follower.catch_up()
     async with engine.connect() as connection:
-        expected = dict((tuple(r[:2]), r[2]) for r in await connection.execute(
-            select(audit_index.c.administration, audit_index.c.decision, func.count())
-            .group_by(audit_index.c.administration, audit_index.c.decision)))
+        expected = dict(
+            (tuple(r[:2]), r[2])
+            for r in await connection.execute(
+                select(audit_index.c.administration, audit_index.c.decision, func.count()).group_by(
+                    audit_index.c.administration, audit_index.c.decision
+                )
+            )
+        )
     rows = await rollup_rows(engine, "2000-01-01T00", None, None)
     events: dict[str, int] = {}
     denied: dict[str, int] = {}
@@ -195,20 +218,25 @@ async def test_a_watcher_starting_over_rebuilds_its_windows_without_counting_twi
     watcher = AlertWatcher(engine, rules, store, "w")
     await watcher.step()
     async with engine.execution_options(**WRITER).begin() as connection:
-        await connection.execute(insert(audit_index), [
-            _row("o", n, decision="deny", reason="consent_invalid", status=403) for n in range(15)])
+        await connection.execute(
+            insert(audit_index),
+            [_row("o", n, decision="deny", reason="consent_invalid", status=403) for n in range(15)],
+        )
     await watcher.step()
     assert watcher.evaluated == 15 and await store.list() == []
     watcher.position = None  # as after a failure: it starts over from its recorded place
     await watcher.step()
     async with engine.execution_options(**WRITER).begin() as connection:
-        await connection.execute(insert(audit_index), [
-            _row("o", 15 + n, decision="deny", reason="consent_invalid", status=403) for n in range(4)])
+        await connection.execute(
+            insert(audit_index),
+            [_row("o", 15 + n, decision="deny", reason="consent_invalid", status=403) for n in range(4)],
+        )
     await watcher.step()
     assert await store.list() == []  # 19 refusals, not 15 + 15 + 4
     async with engine.execution_options(**WRITER).begin() as connection:
-        await connection.execute(insert(audit_index), [_row("o", 19, decision="deny", reason="consent_invalid",
-                                                            status=403)])
+        await connection.execute(
+            insert(audit_index), [_row("o", 19, decision="deny", reason="consent_invalid", status=403)]
+        )
     await watcher.step()
     assert [a.rule for a in await store.list()] == ["consent_refusals"]
 
@@ -244,8 +272,9 @@ async def test_the_clients_baselines_survive_a_take_over(engine: AsyncEngine) ->
     hour = 3600
     base = datetime.now(UTC) - timedelta(hours=5)
     rows = [_row("o", n, time=rfc3339(base + timedelta(seconds=n)), subject_hash=f"{n % 10:064x}") for n in range(30)]
-    rows += [_row("o", 30 + n, time=rfc3339(base + timedelta(seconds=hour + n)), subject_hash=f"{n:064x}")
-             for n in range(3)]
+    rows += [
+        _row("o", 30 + n, time=rfc3339(base + timedelta(seconds=hour + n)), subject_hash=f"{n:064x}") for n in range(3)
+    ]
     async with engine.execution_options(**WRITER).begin() as connection:
         await connection.execute(insert(audit_index), rows)
     first.position = 0
@@ -267,8 +296,9 @@ async def test_a_reset_or_a_disable_ends_sessions_whenever_they_land(engine: Asy
     await officers.reset("awa")  # (it deletes the sessions it sees; one made meanwhile must end too)
     late = await sessions.create("bintou", "officer", None)
     async with engine.execution_options(**WRITER).begin() as connection:  # a disable racing the sign-in
-        await connection.execute(update(console_officers).where(console_officers.c.login == "bintou")
-                                 .values(disabled=1))
+        await connection.execute(
+            update(console_officers).where(console_officers.c.login == "bintou").values(disabled=1)
+        )
     assert await sessions.get(early) is None and await sessions.get(late) is None
     oidc = await sessions.create("oidc:u-1", "dpa", None)  # no local account: nothing to revoke it
     assert await sessions.get(oidc) is not None
@@ -292,11 +322,14 @@ async def test_account_changes_are_logged_at_least_once(engine: AsyncEngine) -> 
         await changes.relay()
     fail = False
     assert await changes.relay() == 2 and await changes.relay() == 0  # each once, none lost
-    assert [(e["evidence"]["action"], e["operation"]) for e in logged] == [("add", "console.account"),
-                                                                          ("disable", "console.account")]
+    assert [(e["evidence"]["action"], e["operation"]) for e in logged] == [
+        ("add", "console.account"),
+        ("disable", "console.account"),
+    ]
     assert logged[0]["evidence"]["administration"] == "ceni" and str(logged[0]["client_id"]).startswith("cli:")
     await officers.reset("awa")
     async with engine.execution_options(**WRITER).begin() as connection:  # claimed by a process that died
-        await connection.execute(update(console_account_changes).where(console_account_changes.c.logged == 0)
-                                 .values(logged=1))
+        await connection.execute(
+            update(console_account_changes).where(console_account_changes.c.logged == 0).values(logged=1)
+        )
     assert await changes.relay() == 1 and logged[-1]["evidence"]["action"] == "reset"

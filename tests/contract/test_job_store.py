@@ -25,9 +25,16 @@ def store(migrated_engine: AsyncEngine) -> JobStore:
 
 async def new_job(store: JobStore, key: str, administration: str = "ceni", request_hash: str = "h") -> str:
     number = int.from_bytes(f"{administration}/{key}".encode()[-6:], "big")
-    job, _ = await store.create(job_id=f"00000000-0000-4000-8000-{number:012x}", administration=administration,
-                                client_id="c", idempotency_key=key, request_hash=request_hash, spec=SPEC, fmt="csv",
-                                declared_records=None)
+    job, _ = await store.create(
+        job_id=f"00000000-0000-4000-8000-{number:012x}",
+        administration=administration,
+        client_id="c",
+        idempotency_key=key,
+        request_hash=request_hash,
+        spec=SPEC,
+        fmt="csv",
+        declared_records=None,
+    )
     return job.id
 
 
@@ -37,9 +44,16 @@ def chunks(count: int) -> list[Chunk]:
 
 async def test_a_key_answers_its_job_and_refuses_another_request(store: JobStore) -> None:
     job_id = await new_job(store, "1")
-    again, replayed = await store.create(job_id="00000000-0000-4000-8000-999999999999", administration="ceni",
-                                         client_id="c", idempotency_key="1", request_hash="h", spec=SPEC, fmt="csv",
-                                         declared_records=None)
+    again, replayed = await store.create(
+        job_id="00000000-0000-4000-8000-999999999999",
+        administration="ceni",
+        client_id="c",
+        idempotency_key="1",
+        request_hash="h",
+        spec=SPEC,
+        fmt="csv",
+        declared_records=None,
+    )
     assert replayed and again.id == job_id and again.spec == SPEC
     with pytest.raises(IdempotencyConflict):
         await new_job(store, "1", request_hash="other")
@@ -50,27 +64,41 @@ async def test_a_key_answers_its_job_and_refuses_another_request(store: JobStore
 async def test_the_allowance_is_charged_once_per_upload_even_when_two_race(store: JobStore) -> None:
     first, second, third = [await store.get(await new_job(store, k)) for k in ("a", "b", "c")]
     results = await asyncio.gather(
-        store.accept_input(first, total=60, sha256="0" * 64, input_file="i", jobs_dir=DIR, chunks=chunks(6),
-                           daily_limit=100),
-        store.accept_input(second, total=60, sha256="0" * 64, input_file="i", jobs_dir=DIR, chunks=chunks(6),
-                           daily_limit=100), return_exceptions=True)
+        store.accept_input(
+            first, total=60, sha256="0" * 64, input_file="i", jobs_dir=DIR, chunks=chunks(6), daily_limit=100
+        ),
+        store.accept_input(
+            second, total=60, sha256="0" * 64, input_file="i", jobs_dir=DIR, chunks=chunks(6), daily_limit=100
+        ),
+        return_exceptions=True,
+    )
     assert sorted(type(r).__name__ for r in results) == ["NoneType", "QuotaExceeded"]
     assert await store.bulk_left("ceni", 100) == 40
-    await store.accept_input(third, total=40, sha256="0" * 64, input_file="i", jobs_dir=DIR, chunks=chunks(4),
-                             daily_limit=100)
+    await store.accept_input(
+        third, total=40, sha256="0" * 64, input_file="i", jobs_dir=DIR, chunks=chunks(4), daily_limit=100
+    )
     with pytest.raises(NotAwaitingInput):
-        await store.accept_input(third, total=1, sha256="0" * 64, input_file="i", jobs_dir=DIR, chunks=chunks(1),
-                                 daily_limit=None)
+        await store.accept_input(
+            third, total=1, sha256="0" * 64, input_file="i", jobs_dir=DIR, chunks=chunks(1), daily_limit=None
+        )
     assert await store.bulk_left("ceni", 100) == 0
     with pytest.raises(QuotaExceeded):
-        await store.accept_input(await store.get(await new_job(store, "d")), total=1, sha256="0" * 64,
-                                 input_file="i", jobs_dir=DIR, chunks=chunks(1), daily_limit=100)
+        await store.accept_input(
+            await store.get(await new_job(store, "d")),
+            total=1,
+            sha256="0" * 64,
+            input_file="i",
+            jobs_dir=DIR,
+            chunks=chunks(1),
+            daily_limit=100,
+        )
 
 
 async def test_leases_fence_and_the_last_chunks_finishing_together_complete_the_job(store: JobStore) -> None:
     job = await store.get(await new_job(store, "2"))
-    await store.accept_input(job, total=20, sha256="0" * 64, input_file="i", jobs_dir=DIR, chunks=chunks(2),
-                             daily_limit=None)
+    await store.accept_input(
+        job, total=20, sha256="0" * 64, input_file="i", jobs_dir=DIR, chunks=chunks(2), daily_limit=None
+    )
     assert await store.takeable(DIR) == [(job.id, 0), (job.id, 1)] and await store.takeable("x" * 32) == []
     a, b = await store.lease(job.id, 0, "a", 30), await store.lease(job.id, 1, "b", 30)
     assert a is not None and b is not None and a.attempts == 1
@@ -88,8 +116,9 @@ async def test_leases_fence_and_the_last_chunks_finishing_together_complete_the_
 
 async def test_cancel_drops_waiting_chunks_and_lets_a_running_one_commit(store: JobStore) -> None:
     job = await store.get(await new_job(store, "3"))
-    await store.accept_input(job, total=30, sha256="0" * 64, input_file="i", jobs_dir=DIR, chunks=chunks(3),
-                             daily_limit=None)
+    await store.accept_input(
+        job, total=30, sha256="0" * 64, input_file="i", jobs_dir=DIR, chunks=chunks(3), daily_limit=None
+    )
     assert await store.lease(job.id, 0, "a", 30) is not None
     assert await store.cancel(job.id) and not await store.cancel(job.id)
     assert not await store.renew(job.id, 0, "a", 30)  # the worker learns of it at its next step

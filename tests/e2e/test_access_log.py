@@ -67,17 +67,31 @@ def gateway(realm: Realm) -> Iterator[GatewayProcess]:
 def traffic(gateway: GatewayProcess, realm: Realm) -> dict[str, Any]:
     """A small history: two people verified, one denial, one refused token."""
     elections = token(gateway, realm, "elections-app")
-    ids = {"aminata": [person(gateway, elections, AMINATA).json()["transaction_id"] for _ in range(3)],
-           "bakary": [person(gateway, elections, BAKARY).json()["transaction_id"]]}
-    denied = httpx.post(f"{gateway.base_url}/v1/probe/person", json={"nin": AMINATA},
-                        headers={"Authorization": "Bearer not-a-token"}, timeout=10)
+    ids = {
+        "aminata": [person(gateway, elections, AMINATA).json()["transaction_id"] for _ in range(3)],
+        "bakary": [person(gateway, elections, BAKARY).json()["transaction_id"]],
+    }
+    denied = httpx.post(
+        f"{gateway.base_url}/v1/probe/person",
+        json={"nin": AMINATA},
+        headers={"Authorization": "Bearer not-a-token"},
+        timeout=10,
+    )
     assert denied.status_code == 401
     ids["denied"] = denied.json()["transaction_id"]
-    bad_client = httpx.post(f"{gateway.base_url}/oauth2/token", data={"grant_type": "client_credentials"},
-                            auth=("nobody", "wrong"), timeout=10)
+    bad_client = httpx.post(
+        f"{gateway.base_url}/oauth2/token",
+        data={"grant_type": "client_credentials"},
+        auth=("nobody", "wrong"),
+        timeout=10,
+    )
     ids["token_refused"] = bad_client.json()["transaction_id"]
-    return {"ids": ids, "officer": token(gateway, realm, "oversight-app"),
-            "channel": token(gateway, realm, "channel-app"), "elections": elections}
+    return {
+        "ids": ids,
+        "officer": token(gateway, realm, "oversight-app"),
+        "channel": token(gateway, realm, "channel-app"),
+        "elections": elections,
+    }
 
 
 def events(gateway: GatewayProcess, headers: dict[str, str], **params: Any) -> dict[str, Any]:
@@ -102,20 +116,50 @@ def test_every_request_is_an_event_with_the_contract_fields(gateway: GatewayProc
     by_id = {e["id"]: e for e in listing["events"]}
     for tx in traffic["ids"]["aminata"] + traffic["ids"]["bakary"]:
         event = by_id[tx]
-        assert (event["administration"], event["client_id"], event["operation"]) == \
-            ("elections", "elections-app", "verify")
+        assert (event["administration"], event["client_id"], event["operation"]) == (
+            "elections",
+            "elections-app",
+            "verify",
+        )
         assert (event["decision"], event["status"], event["reason"]) == ("permit", 200, None)
         assert event["attributes_released"] == ["family_name"] and event["purpose"] == "voter_roll"
         assert len(event["subject_hash"]) == 64 and len(event["trace_id"]) == 32
     denied = by_id[traffic["ids"]["denied"]]
-    assert (denied["decision"], denied["reason"], denied["status"], denied["administration"]) == \
-        ("deny", "invalid_token", 401, None)
+    assert (denied["decision"], denied["reason"], denied["status"], denied["administration"]) == (
+        "deny",
+        "invalid_token",
+        401,
+        None,
+    )
     refused = by_id[traffic["ids"]["token_refused"]]
     assert (refused["operation"], refused["decision"], refused["reason"]) == ("token", "deny", "invalid_client")
-    expected = {"origin", "seq", "id", "time", "administration", "client_id", "operation", "purpose", "legal_basis",
-                "consent_id", "subject_hash", "attributes_requested", "attributes_released", "decision",
-                "reason", "status", "latency_ms", "trace_id", "prev_hash", "hash", "claimed_client_id",
-                "evidence", "job_id", "count", "source"}
+    expected = {
+        "origin",
+        "seq",
+        "id",
+        "time",
+        "administration",
+        "client_id",
+        "operation",
+        "purpose",
+        "legal_basis",
+        "consent_id",
+        "subject_hash",
+        "attributes_requested",
+        "attributes_released",
+        "decision",
+        "reason",
+        "status",
+        "latency_ms",
+        "trace_id",
+        "prev_hash",
+        "hash",
+        "claimed_client_id",
+        "evidence",
+        "job_id",
+        "count",
+        "source",
+    }
     assert set(denied) == expected
     assert listing["next_cursor"] is None
     by_seq = sorted(listing["events"], key=lambda e: e["seq"])
@@ -128,10 +172,13 @@ def test_every_request_is_an_event_with_the_contract_fields(gateway: GatewayProc
 
 def test_every_response_names_its_event(gateway: GatewayProcess, realm: Realm, traffic: dict) -> None:
     """Audit-Log-Position: <origin> <seq>, the event that carries the response's transaction id."""
-    answered = [person(gateway, traffic["elections"], AMINATA),
-                httpx.post(f"{gateway.base_url}/v1/probe/person", json={"nin": AMINATA}, timeout=10),
-                httpx.post(f"{gateway.base_url}/v1/probe/person", content=b"{not json",
-                           headers=traffic["elections"], timeout=10)]
+    answered = [
+        person(gateway, traffic["elections"], AMINATA),
+        httpx.post(f"{gateway.base_url}/v1/probe/person", json={"nin": AMINATA}, timeout=10),
+        httpx.post(
+            f"{gateway.base_url}/v1/probe/person", content=b"{not json", headers=traffic["elections"], timeout=10
+        ),
+    ]
     listing = {e["id"]: e for e in events(gateway, traffic["officer"], limit=1000)["events"]}
     positions = []
     for response in answered:
@@ -157,8 +204,14 @@ def test_filters_and_cursor_pages(gateway: GatewayProcess, traffic: dict) -> Non
     assert future["events"] == []
     past = events(gateway, officer, until="2000-01-01T00:00:00Z")
     assert past["events"] == []
-    for params in ({"cursor": "bm9wZQ"}, {"limit": 0}, {"limit": 5000}, {"decision": "maybe"},
-                   {"since": "yesterday"}, {"since": "2026-01-01T00:00:00"}):
+    for params in (
+        {"cursor": "bm9wZQ"},
+        {"limit": 0},
+        {"limit": 5000},
+        {"decision": "maybe"},
+        {"since": "yesterday"},
+        {"since": "2026-01-01T00:00:00"},
+    ):
         response = httpx.get(f"{gateway.base_url}/v1/audit/events", params=params, headers=officer, timeout=10)
         assert response.status_code == 400, params
         assert response.json()["code"] == "invalid_request"
@@ -181,16 +234,21 @@ def test_search_by_person_finds_their_events_and_only_theirs(gateway: GatewayPro
 
 
 def test_reads_need_their_scope_and_are_themselves_logged(gateway: GatewayProcess, traffic: dict) -> None:
-    for method, path in (("GET", "/v1/audit/events"), ("GET", "/v1/audit/integrity"),
-                         ("POST", "/v1/audit/search")):
-        response = httpx.request(method, f"{gateway.base_url}{path}", json={"nin": AMINATA},
-                                 headers=traffic["elections"], timeout=10)
+    for method, path in (("GET", "/v1/audit/events"), ("GET", "/v1/audit/integrity"), ("POST", "/v1/audit/search")):
+        response = httpx.request(
+            method, f"{gateway.base_url}{path}", json={"nin": AMINATA}, headers=traffic["elections"], timeout=10
+        )
         assert response.status_code == 403 and response.json()["code"] == "insufficient_scope"
-    history = httpx.post(f"{gateway.base_url}/v1/subjects/access-history",
-                         json={"nin": AMINATA, "evidence": EVIDENCE}, headers=traffic["officer"], timeout=10)
+    history = httpx.post(
+        f"{gateway.base_url}/v1/subjects/access-history",
+        json={"nin": AMINATA, "evidence": EVIDENCE},
+        headers=traffic["officer"],
+        timeout=10,
+    )
     assert history.status_code == 403
-    search = httpx.post(f"{gateway.base_url}/v1/audit/search", json={"nin": BAKARY},
-                        headers=traffic["officer"], timeout=10).json()
+    search = httpx.post(
+        f"{gateway.base_url}/v1/audit/search", json={"nin": BAKARY}, headers=traffic["officer"], timeout=10
+    ).json()
     reads = events(gateway, traffic["officer"], operation="audit.search", limit=1000)["events"]
     logged = {e["id"]: e for e in reads}
     assert search["transaction_id"] in logged
@@ -201,15 +259,24 @@ def test_reads_need_their_scope_and_are_themselves_logged(gateway: GatewayProces
 
 
 def test_counting_events_are_filterable_and_bad_time_bounds_refused(gateway: GatewayProcess, traffic: dict) -> None:
-    listed = httpx.get(f"{gateway.base_url}/v1/audit/events", params={"operation": "unauthenticated"},
-                       headers=traffic["officer"], timeout=10)
+    listed = httpx.get(
+        f"{gateway.base_url}/v1/audit/events",
+        params={"operation": "unauthenticated"},
+        headers=traffic["officer"],
+        timeout=10,
+    )
     assert listed.status_code == 200, listed.text
     for bound in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
-        response = httpx.get(f"{gateway.base_url}/v1/audit/events", params={"since": bound},
-                             headers=traffic["officer"], timeout=10)
+        response = httpx.get(
+            f"{gateway.base_url}/v1/audit/events", params={"since": bound}, headers=traffic["officer"], timeout=10
+        )
         assert response.status_code == 400 and response.json()["code"] == "invalid_request", response.text
-        searched = httpx.post(f"{gateway.base_url}/v1/audit/search", json={"nin": AMINATA, "until": bound},
-                              headers=traffic["officer"], timeout=10)
+        searched = httpx.post(
+            f"{gateway.base_url}/v1/audit/search",
+            json={"nin": AMINATA, "until": bound},
+            headers=traffic["officer"],
+            timeout=10,
+        )
         assert searched.status_code == 400 and searched.json()["errors"][0]["pointer"] == "/until"
 
 
@@ -234,41 +301,55 @@ EVIDENCE = {"method": "in_person", "reference": "GUICHET-2026-0042"}
 
 def test_a_citizen_sees_who_used_their_record(gateway: GatewayProcess, traffic: dict) -> None:
     url = f"{gateway.base_url}/v1/subjects/access-history"
-    searched = httpx.post(f"{gateway.base_url}/v1/audit/search", json={"nin": AMINATA}, headers=traffic["officer"],
-                          timeout=10)
+    searched = httpx.post(
+        f"{gateway.base_url}/v1/audit/search", json={"nin": AMINATA}, headers=traffic["officer"], timeout=10
+    )
     assert searched.status_code == 200  # an officer's read of this person's events: not shown to the person
-    history = httpx.post(url, json={"nin": AMINATA, "evidence": EVIDENCE}, headers=traffic["channel"],
-                         timeout=10).json()
+    history = httpx.post(
+        url, json={"nin": AMINATA, "evidence": EVIDENCE}, headers=traffic["channel"], timeout=10
+    ).json()
     verifications = [e for e in history["events"] if e["operation"] == "verify"]
     assert len(verifications) >= 3
-    assert verifications[0] == {"time": verifications[0]["time"], "administration": "elections",
-                                "administration_name": "Commission électorale", "operation": "verify",
-                                "purpose": "voter_roll", "attributes_released": ["family_name"],
-                                "decision": "permit"}
+    assert verifications[0] == {
+        "time": verifications[0]["time"],
+        "administration": "elections",
+        "administration_name": "Commission électorale",
+        "operation": "verify",
+        "purpose": "voter_roll",
+        "attributes_released": ["family_name"],
+        "decision": "permit",
+    }
     assert all(not e["operation"].startswith("audit.") for e in history["events"])
     assert history["events"][-1]["operation"] == "subject.history"  # this read, shown to the person
-    again = httpx.post(url, json={"nin": AMINATA, "evidence": EVIDENCE}, headers=traffic["channel"],
-                       timeout=10).json()
+    again = httpx.post(url, json={"nin": AMINATA, "evidence": EVIDENCE}, headers=traffic["channel"], timeout=10).json()
     reads = [e for e in again["events"] if e["operation"] == "subject.history"]
     assert len(reads) >= 2 and reads[-2]["administration"] == "channel"  # the earlier read, from the log
     nobody = httpx.post(url, json={"nin": NOBODY, "evidence": EVIDENCE}, headers=traffic["channel"], timeout=10)
     assert [e["operation"] for e in nobody.json()["events"]] == ["subject.history"]
-    logged = {e["id"]: e for e in events(gateway, traffic["officer"], operation="subject.history",
-                                           limit=1000)["events"]}
+    logged = {
+        e["id"]: e for e in events(gateway, traffic["officer"], operation="subject.history", limit=1000)["events"]
+    }
     assert logged[history["transaction_id"]]["evidence"] == EVIDENCE
 
 
-@pytest.mark.parametrize("body", [
-    {"nin": AMINATA},
-    {"nin": AMINATA, "evidence": {"method": "telepathy", "reference": "x"}},
-    {"nin": AMINATA, "evidence": {"method": "in_person"}},
-    {"nin": AMINATA, "evidence": {"method": "otp", "reference": f"NIN {AMINATA}"}},
-    {"nin": AMINATA, "evidence": {"method": "otp", "reference": ".".join(AMINATA[i:i + 3] for i in range(0, 15, 3))}},
-    {"nin": AMINATA, "evidence": {"method": "otp", "reference": "/".join(AMINATA)}},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"nin": AMINATA},
+        {"nin": AMINATA, "evidence": {"method": "telepathy", "reference": "x"}},
+        {"nin": AMINATA, "evidence": {"method": "in_person"}},
+        {"nin": AMINATA, "evidence": {"method": "otp", "reference": f"NIN {AMINATA}"}},
+        {
+            "nin": AMINATA,
+            "evidence": {"method": "otp", "reference": ".".join(AMINATA[i : i + 3] for i in range(0, 15, 3))},
+        },
+        {"nin": AMINATA, "evidence": {"method": "otp", "reference": "/".join(AMINATA)}},
+    ],
+)
 def test_a_history_read_needs_evidence_of_the_person(gateway: GatewayProcess, traffic: dict, body: dict) -> None:
-    response = httpx.post(f"{gateway.base_url}/v1/subjects/access-history", json=body,
-                          headers=traffic["channel"], timeout=10)
+    response = httpx.post(
+        f"{gateway.base_url}/v1/subjects/access-history", json=body, headers=traffic["channel"], timeout=10
+    )
     assert response.status_code == 400 and response.json()["code"] == "invalid_request"
     assert AMINATA not in response.text
 
@@ -277,8 +358,13 @@ def test_no_nin_at_rest(gateway: GatewayProcess, realm: Realm, traffic: dict, tm
     events(gateway, traffic["officer"])  # the traffic has happened
     export = tmp_path / "export.jsonl"
     env = {**os.environ, **realm.env()}
-    subprocess.run([*JAMU, "audit", "export", "--format", "jsonl", "--output", str(export)], env=env,
-                   check=True, timeout=60, capture_output=True)
+    subprocess.run(
+        [*JAMU, "audit", "export", "--format", "jsonl", "--output", str(export)],
+        env=env,
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
     files = [*realm.data_dir.rglob("*"), realm.data_dir.parent / "gateway.log", export]
     scanned = 0
     for path in files:
@@ -296,8 +382,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs: a disk that really fills up."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if made.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root or CAP_SYS_ADMIN): {made.stderr.strip()}")
     try:
@@ -306,13 +393,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def test_a_full_disk_releases_nothing_and_recovers_when_space_returns(realm: Realm, tmp_path: Path,
-                                                                     small_disk: Path) -> None:
+def test_a_full_disk_releases_nothing_and_recovers_when_space_returns(
+    realm: Realm, tmp_path: Path, small_disk: Path
+) -> None:
     """The segments fill their disk: answers become 503 audit_unavailable, /readyz says so, nothing is
     released; when space returns, the same process answers again and no acknowledged event is lost."""
     data = small_disk / "var"
-    server = serve(realm, tmp_path / "full.log", GATEWAY_DATA_DIR=str(data),
-                   GATEWAY_AUDIT_SEGMENT_BYTES=str(64 * 1024))
+    server = serve(realm, tmp_path / "full.log", GATEWAY_DATA_DIR=str(data), GATEWAY_AUDIT_SEGMENT_BYTES=str(64 * 1024))
     try:
         elections = token(server, realm, "elections-app")
         acknowledged = [person(server, elections, AMINATA).json()["transaction_id"]]
@@ -389,8 +476,13 @@ def test_sigkill_under_load_loses_no_acknowledged_event(realm: Realm, tmp_path: 
         assert not missing, f"{len(missing)} acknowledged events lost"
     finally:
         restarted.stop()
-    verified = subprocess.run([*JAMU, "audit", "verify"], env={**os.environ, **realm.env(GATEWAY_DATA_DIR=str(data))},
-                              capture_output=True, text=True, timeout=120)
+    verified = subprocess.run(
+        [*JAMU, "audit", "verify"],
+        env={**os.environ, **realm.env(GATEWAY_DATA_DIR=str(data))},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
@@ -408,7 +500,7 @@ def _frames(segment: Path) -> list[tuple[int, int]]:
     from gateway.audit.segments import HEADER
 
     data, found, offset = segment.read_bytes(), [], 0
-    while offset + HEADER.size <= len(data) and data[offset:offset + HEADER.size] != bytes(HEADER.size):
+    while offset + HEADER.size <= len(data) and data[offset : offset + HEADER.size] != bytes(HEADER.size):
         length = HEADER.unpack_from(data, offset)[0]
         found.append((offset, HEADER.size + length))
         offset += HEADER.size + length
@@ -426,12 +518,20 @@ def test_offline_verify_and_export_of_a_copy(realm: Realm, tmp_path: Path) -> No
         server.stop()  # a clean stop seals the tail and indexes it
     env = {**os.environ, **realm.env(GATEWAY_DATA_DIR=str(data))}
     public_key = tmp_path / "checkpoint-key.pub.pem"  # as an officer receives it: `jamu audit public-key`
-    public_key.write_text(subprocess.run([*JAMU, "audit", "public-key"], env=env, capture_output=True, text=True,
-                                         check=True, timeout=60).stdout)
+    public_key.write_text(
+        subprocess.run(
+            [*JAMU, "audit", "public-key"], env=env, capture_output=True, text=True, check=True, timeout=60
+        ).stdout
+    )
 
     def verify(copy: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*JAMU, "audit", "verify", "--public-key", str(public_key), *extra],
-                              env={**env, "GATEWAY_DATA_DIR": str(copy)}, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [*JAMU, "audit", "verify", "--public-key", str(public_key), *extra],
+            env={**env, "GATEWAY_DATA_DIR": str(copy)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     ok = verify(data)
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -447,7 +547,7 @@ def test_offline_verify_and_export_of_a_copy(realm: Realm, tmp_path: Path) -> No
         frames = _frames(segment)
         raw = segment.read_bytes()
         (start, length), end = frames[6], frames[-1][0] + frames[-1][1]
-        segment.write_bytes(raw[:start] + raw[start + length:end] + bytes(len(raw) - end + length))
+        segment.write_bytes(raw[:start] + raw[start + length : end] + bytes(len(raw) - end + length))
 
     def truncate(segment: Path, db: Path) -> None:
         with open(segment, "r+b") as handle:
@@ -466,9 +566,14 @@ def test_offline_verify_and_export_of_a_copy(realm: Realm, tmp_path: Path) -> No
             index.execute("DELETE FROM audit_index")
             index.execute("DELETE FROM audit_index_watermarks")
 
-    cases = {flip: (4, "CRC mismatch"), remove: (6, "sequence gap: expected 6"),
-             truncate: (8, "a checkpoint covers seq 10"), change_row: (3, "differs from the log"),
-             delete_row: (5, "index row missing"), drop_origin: (0, "the index holds none of this log's 11")}
+    cases = {
+        flip: (4, "CRC mismatch"),
+        remove: (6, "sequence gap: expected 6"),
+        truncate: (8, "a checkpoint covers seq 10"),
+        change_row: (3, "differs from the log"),
+        delete_row: (5, "index row missing"),
+        drop_origin: (0, "the index holds none of this log's 11"),
+    }
     for tamper, (bad_seq, why) in cases.items():
         copy = tmp_path / tamper.__name__
         tamper(*_copy(data, copy))
@@ -485,7 +590,7 @@ def test_offline_verify_and_export_of_a_copy(realm: Realm, tmp_path: Path) -> No
 
     segment, _ = _copy(data, tmp_path / "forged")
     offset, length = _frames(segment)[-1]
-    last = json.loads(segment.read_bytes()[offset + 16:offset + length])
+    last = json.loads(segment.read_bytes()[offset + 16 : offset + length])
     fields = {k: v for k, v in last.items() if k not in ("seq", "prev_hash", "hash")}
     forged = link([{**fields, "id": "forged"}], last["seq"], last["hash"])[0]
     with open(segment, "r+b") as handle:
@@ -496,23 +601,49 @@ def test_offline_verify_and_export_of_a_copy(realm: Realm, tmp_path: Path) -> No
     assert "not covered by a signed checkpoint" in broken.stdout
     assert verify(tmp_path / "forged", "--allow-unsealed").returncode == 0  # a live copy's tail is not a fault
 
-    missing = subprocess.run([*JAMU, "audit", "verify", "--database-url", f"sqlite:///{tmp_path}/none.db"],
-                             env=env, capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [*JAMU, "audit", "verify", "--database-url", f"sqlite:///{tmp_path}/none.db"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "no database" in missing.stderr
     empty = verify(tmp_path / "empty")
     assert empty.returncode == 2 and "no access log" in empty.stderr
 
     out = tmp_path / "events.csv"
-    exported = subprocess.run([*JAMU, "audit", "export", "--format", "csv", "--output", str(out),
-                               "--administration", "elections", "--since", "2000-01-01T00:00:00Z"],
-                              env=env, capture_output=True, text=True, timeout=60)
+    exported = subprocess.run(
+        [
+            *JAMU,
+            "audit",
+            "export",
+            "--format",
+            "csv",
+            "--output",
+            str(out),
+            "--administration",
+            "elections",
+            "--since",
+            "2000-01-01T00:00:00Z",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert exported.returncode == 0, exported.stderr
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert len(rows) == 11 and {r["administration"] for r in rows} == {"elections"}  # its token, 10 calls
     assert rows[0]["operation"] == "token" and rows[1]["attributes_released"] == "family_name"
     assert "/access-log/" in rows[0]["origin"]
-    lines = subprocess.run([*JAMU, "audit", "export", "--format", "jsonl", "--until", "2000-01-01T00:00:00Z"],
-                           env=env, capture_output=True, text=True, timeout=60)
+    lines = subprocess.run(
+        [*JAMU, "audit", "export", "--format", "jsonl", "--until", "2000-01-01T00:00:00Z"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert lines.returncode == 0 and lines.stdout == ""
     everything = subprocess.run([*JAMU, "audit", "export"], env=env, capture_output=True, text=True, timeout=60)
     parsed = [json.loads(line) for line in everything.stdout.splitlines()]
@@ -531,23 +662,36 @@ def test_offline_verify_and_export_of_a_copy(realm: Realm, tmp_path: Path) -> No
 
 
 @pytest.mark.postgres
-def test_a_gateway_on_postgresql_logs_and_verifies(realm: Realm, tmp_path: Path, postgres_url: str,
-                                                   postgres_schema: str) -> None:
-    server = serve(realm, tmp_path / "pg.log", GATEWAY_DATA_DIR=str(tmp_path / "var"),
-                   GATEWAY_DATABASE_URL=postgres_url, GATEWAY_DATABASE_SCHEMA=postgres_schema)
+def test_a_gateway_on_postgresql_logs_and_verifies(
+    realm: Realm, tmp_path: Path, postgres_url: str, postgres_schema: str
+) -> None:
+    server = serve(
+        realm,
+        tmp_path / "pg.log",
+        GATEWAY_DATA_DIR=str(tmp_path / "var"),
+        GATEWAY_DATABASE_URL=postgres_url,
+        GATEWAY_DATABASE_SCHEMA=postgres_schema,
+    )
     try:
         elections = token(server, realm, "elections-app")
         sent = [person(server, elections, AMINATA).json()["transaction_id"] for _ in range(5)]
         officer = token(server, realm, "oversight-app")
-        found = httpx.post(f"{server.base_url}/v1/audit/search", json={"nin": AMINATA}, headers=officer,
-                           timeout=10).json()
+        found = httpx.post(
+            f"{server.base_url}/v1/audit/search", json={"nin": AMINATA}, headers=officer, timeout=10
+        ).json()
         assert [e["id"] for e in found["events"]] == sent
         report = httpx.get(f"{server.base_url}/v1/audit/integrity", headers=officer, timeout=10).json()
         assert report["ok"] and report["events_checked"] >= 8
     finally:
         server.stop()
-    env = {**os.environ, **realm.env(GATEWAY_DATA_DIR=str(tmp_path / "var"), GATEWAY_DATABASE_URL=postgres_url,
-                                     GATEWAY_DATABASE_SCHEMA=postgres_schema)}
+    env = {
+        **os.environ,
+        **realm.env(
+            GATEWAY_DATA_DIR=str(tmp_path / "var"),
+            GATEWAY_DATABASE_URL=postgres_url,
+            GATEWAY_DATABASE_SCHEMA=postgres_schema,
+        ),
+    }
     verified = subprocess.run([*JAMU, "audit", "verify"], env=env, capture_output=True, text=True, timeout=60)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert AMINATA not in verified.stdout
@@ -555,7 +699,8 @@ def test_a_gateway_on_postgresql_logs_and_verifies(realm: Realm, tmp_path: Path,
 
 @pytest.mark.postgres
 def test_with_the_index_database_down_verification_goes_on_and_the_index_catches_up(
-        realm: Realm, tmp_path: Path, postgres_url: str, postgres_schema: str) -> None:
+    realm: Realm, tmp_path: Path, postgres_url: str, postgres_schema: str
+) -> None:
     """The index's PostgreSQL goes away (a proxy cut): answers keep coming, each durable in the segments;
     audit reads answer 503 with Retry-After rather than miss events; /readyz says the index is degraded
     but the gateway ready; once the database is back, the index catches up and every event is found."""
@@ -566,8 +711,13 @@ def test_with_the_index_database_down_verification_goes_on_and_the_index_catches
     target = urlsplit(postgres_url)
     proxy = CuttableProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
     proxied = postgres_url.replace(f"{target.hostname}:{target.port or 5432}", f"127.0.0.1:{proxy.port}")
-    server = serve(realm, tmp_path / "index-down.log", GATEWAY_DATA_DIR=str(tmp_path / "var"),
-                   GATEWAY_DATABASE_URL=proxied, GATEWAY_DATABASE_SCHEMA=postgres_schema)
+    server = serve(
+        realm,
+        tmp_path / "index-down.log",
+        GATEWAY_DATA_DIR=str(tmp_path / "var"),
+        GATEWAY_DATABASE_URL=proxied,
+        GATEWAY_DATABASE_SCHEMA=postgres_schema,
+    )
     try:
         elections, officer = token(server, realm, "elections-app"), token(server, realm, "oversight-app")
         assert person(server, elections, AMINATA).status_code == 200
@@ -575,8 +725,11 @@ def test_with_the_index_database_down_verification_goes_on_and_the_index_catches
         during = [person(server, elections, AMINATA) for _ in range(5)]
         assert [r.status_code for r in during] == [200] * 5
         assert all(r.headers["audit-log-position"] for r in during)
-        for method, path, body in (("GET", "/v1/audit/events", None), ("POST", "/v1/audit/search", {"nin": AMINATA}),
-                                   ("GET", "/v1/audit/integrity", None)):
+        for method, path, body in (
+            ("GET", "/v1/audit/events", None),
+            ("POST", "/v1/audit/search", {"nin": AMINATA}),
+            ("GET", "/v1/audit/integrity", None),
+        ):
             refused = httpx.request(method, f"{server.base_url}{path}", json=body, headers=officer, timeout=10)
             assert refused.status_code == 503 and refused.json()["code"] == "audit_unavailable", refused.text
             assert refused.headers["retry-after"] == "1"
@@ -585,8 +738,9 @@ def test_with_the_index_database_down_verification_goes_on_and_the_index_catches
         proxy.restore()
         deadline = time.monotonic() + 15
         while True:
-            listed = httpx.get(f"{server.base_url}/v1/audit/events", params={"limit": 1000}, headers=officer,
-                               timeout=10)
+            listed = httpx.get(
+                f"{server.base_url}/v1/audit/events", params={"limit": 1000}, headers=officer, timeout=10
+            )
             if listed.status_code == 200:
                 break
             assert time.monotonic() < deadline, listed.text
@@ -618,8 +772,9 @@ def test_a_1_0_log_is_carried_over_and_verifies_as_one_history(realm: Realm, tmp
         store = AccessLogStore(engine, signer, seal_every=1000)
         ids = []
         for n in range(6):
-            record = AccessRecord(operation="verify", administration="elections", client_id="elections-app",
-                                  subject_hash=f"{n:064x}")
+            record = AccessRecord(
+                operation="verify", administration="elections", client_id="elections-app", subject_hash=f"{n:064x}"
+            )
             record.finish(200)
             await store.append([record.event()])
             ids.append(record.id)
@@ -639,8 +794,13 @@ def test_a_1_0_log_is_carried_over_and_verifies_as_one_history(realm: Realm, tmp
         assert new[0]["seq"] == 0 and new[0]["prev_hash"] == old[-1]["hash"]  # the new log continues the old
     finally:
         server.stop()
-    verified = subprocess.run([*JAMU, "audit", "verify"], env={**os.environ, **realm.env(GATEWAY_DATA_DIR=str(data))},
-                              capture_output=True, text=True, timeout=60)
+    verified = subprocess.run(
+        [*JAMU, "audit", "verify"],
+        env={**os.environ, **realm.env(GATEWAY_DATA_DIR=str(data))},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "/access-log/1.0: 6 events, last seq 6, sealed up to seq 6 (1.0 log)" in verified.stdout
 

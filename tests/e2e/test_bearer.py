@@ -60,8 +60,9 @@ def test_valid_token_reaches_the_operation(gateway: GatewayProcess, realm: Realm
 
 def test_hand_signed_token_with_the_gateway_key_is_accepted(gateway: GatewayProcess, realm: Realm) -> None:
     """The control for the refusals below: the same construction, correct, passes."""
-    token = sign(_header(realm), access_claims(gateway.base_url, "elections-app", "identity:verify"),
-                 _gateway_key(realm))
+    token = sign(
+        _header(realm), access_claims(gateway.base_url, "elections-app", "identity:verify"), _gateway_key(realm)
+    )
     assert _probe(gateway, f"Bearer {token}").status_code == 200
 
 
@@ -118,14 +119,25 @@ def test_forged_and_misdirected_tokens_are_refused(gateway: GatewayProcess, real
     assert _state(gateway)["calls"]["verify"] == before, "a refused token never reaches the operation"
 
 
-@pytest.mark.parametrize("authorization", [
-    None, "", "Bearer", "Bearer  x", "Basic dXNlcjpwYXNz", "Token abc.def.ghi", "Bearer a.b.c d.e.f",
-    "bearer", "Bearer \u00e9t\u00e9.x.y",
-])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer  x",
+        "Basic dXNlcjpwYXNz",
+        "Token abc.def.ghi",
+        "Bearer a.b.c d.e.f",
+        "bearer",
+        "Bearer \u00e9t\u00e9.x.y",
+    ],
+)
 def test_malformed_authorization_header(gateway: GatewayProcess, authorization: str | None) -> None:
     if authorization is not None and not authorization.isascii():
-        response = httpx.get(f"{gateway.base_url}/v1/probe/verify",
-                             headers=[(b"Authorization", authorization.encode("utf-8"))])
+        response = httpx.get(
+            f"{gateway.base_url}/v1/probe/verify", headers=[(b"Authorization", authorization.encode("utf-8"))]
+        )
     else:
         response = _probe(gateway, authorization)
     assert response.status_code == 401, response.text
@@ -134,8 +146,11 @@ def test_malformed_authorization_header(gateway: GatewayProcess, authorization: 
 
 def test_oversized_body_to_protected_route(gateway: GatewayProcess, realm: Realm) -> None:
     token = _issued_token(gateway, realm)
-    response = httpx.post(f"{gateway.base_url}/v1/probe/lookup", content=b'{"name": "' + b"x" * 100_000 + b'"}',
-                          headers={"Authorization": f"Bearer {token}", "content-type": "application/json"})
+    response = httpx.post(
+        f"{gateway.base_url}/v1/probe/lookup",
+        content=b'{"name": "' + b"x" * 100_000 + b'"}',
+        headers={"Authorization": f"Bearer {token}", "content-type": "application/json"},
+    )
     assert response.status_code == 413
     assert response.json()["code"] == "invalid_request"
 
@@ -147,7 +162,10 @@ def test_chunked_oversized_body_is_cut_off(gateway: GatewayProcess, realm: Realm
         for _ in range(200):
             yield b"x" * 1024
 
-    response = httpx.post(f"{gateway.base_url}/v1/probe/lookup", content=chunks(),
-                          headers={"Authorization": f"Bearer {token}", "content-type": "application/json"})
+    response = httpx.post(
+        f"{gateway.base_url}/v1/probe/lookup",
+        content=chunks(),
+        headers={"Authorization": f"Bearer {token}", "content-type": "application/json"},
+    )
     assert response.status_code == 413
     assert response.json()["code"] == "invalid_request"

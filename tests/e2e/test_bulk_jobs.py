@@ -46,15 +46,28 @@ def build(root: Path, *, bulk_per_day: int | None = None) -> Realm:
         client_id = f"{admin}-client"
         realm.keys[client_id] = new_key()
         policy: dict[str, Any] = {
-            "id": admin, "name": admin.title(),
+            "id": admin,
+            "name": admin.title(),
             "purposes": {
-                "roll_revision": {"legal_basis": "Loi électorale, art. 45", "consent": "not_required",
-                                  "operations": ["verify"], "claims": ["family_name", "given_names", "birth_date"],
-                                  "predicates": ["alive", "age_at_least"]},
-                "enrolment": {"consent": "required", "operations": ["verify"], "claims": ["family_name"]}},
+                "roll_revision": {
+                    "legal_basis": "Loi électorale, art. 45",
+                    "consent": "not_required",
+                    "operations": ["verify"],
+                    "claims": ["family_name", "given_names", "birth_date"],
+                    "predicates": ["alive", "age_at_least"],
+                },
+                "enrolment": {"consent": "required", "operations": ["verify"], "claims": ["family_name"]},
+            },
             "rate_limits": [{"name": "burst", "limit": 1000, "window": "1s"}],
-            "clients": [{"client_id": client_id, "auth": "private_key_jwt", "jwks": jwks_of(realm.keys[client_id]),
-                         "scopes": ["identity:verify"]}]}
+            "clients": [
+                {
+                    "client_id": client_id,
+                    "auth": "private_key_jwt",
+                    "jwks": jwks_of(realm.keys[client_id]),
+                    "scopes": ["identity:verify"],
+                }
+            ],
+        }
         if bulk_per_day is not None and admin == "electoral":
             policy["bulk_records_per_day"] = bulk_per_day
         (realm.policies_dir / f"{admin}.yaml").write_text(yaml.safe_dump(policy, allow_unicode=True))
@@ -74,8 +87,13 @@ class Client:
         self.http = httpx.Client(base_url=gateway.base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
     def create(self, key: str, **body: Any) -> httpx.Response:
-        doc = {"purpose": "roll_revision", "claims": ["family_name"], "predicates": [{"name": "alive"}],
-               "format": "csv", **body}
+        doc = {
+            "purpose": "roll_revision",
+            "claims": ["family_name"],
+            "predicates": [{"name": "alive"}],
+            "format": "csv",
+            **body,
+        }
         return self.http.post("/v1/verification-jobs", json=doc, headers={"Idempotency-Key": key})
 
     def upload(self, job: dict[str, Any], data: Any, **headers: str) -> httpx.Response:
@@ -84,8 +102,9 @@ class Client:
     def status(self, job_id: str) -> httpx.Response:
         return self.http.get(f"/v1/verification-jobs/{job_id}")
 
-    def wait(self, job_id: str, until: tuple[str, ...] = ("completed", "failed", "cancelled"),
-             timeout: float = 120) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, until: tuple[str, ...] = ("completed", "failed", "cancelled"), timeout: float = 120
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             doc = self.status(job_id).json()
@@ -135,25 +154,33 @@ def gateway(realm: Realm) -> Iterator[GatewayProcess]:
 
 @pytest.fixture(scope="module")
 def clients(gateway: GatewayProcess, realm: Realm) -> dict[str, Client]:
-    return {"electoral": Client(gateway, realm, "electoral-client"), "social": Client(gateway, realm, "social-client"),
-            "officer": Client(gateway, realm, "oversight-app")}
+    return {
+        "electoral": Client(gateway, realm, "electoral-client"),
+        "social": Client(gateway, realm, "social-client"),
+        "officer": Client(gateway, realm, "oversight-app"),
+    }
 
 
-def test_a_roll_is_checked_record_by_record_with_one_event_each(clients: dict[str, Client], realm: Realm,
-                                                               gateway: GatewayProcess) -> None:
+def test_a_roll_is_checked_record_by_record_with_one_event_each(
+    clients: dict[str, Client], realm: Realm, gateway: GatewayProcess
+) -> None:
     electoral = clients["electoral"]
     alive, dead, suspended = ACTIVE[0], DECEASED[0], SUSPENDED[0]
     rows = [
-        {"ref": "v1", "nin": alive["nin"], "family_name": alive["family_name"]},           # verified
-        {"ref": "v2", "nin": alive["nin"], "family_name": "Zzzyxw"},                       # wrong name
-        {"ref": "v3", "nin": UNKNOWN, "family_name": alive["family_name"]},                # unknown person
-        {"ref": "v4", "nin": dead["nin"], "family_name": dead["family_name"]},             # match, not alive
-        {"ref": "v5", "nin": suspended["nin"], "family_name": suspended["family_name"]},   # like unknown
-        {"ref": "v6", "nin": "12", "family_name": "Traoré"},                                # malformed NIN
-        {"ref": "", "nin": alive["nin"], "family_name": "Traoré"},                          # no ref
+        {"ref": "v1", "nin": alive["nin"], "family_name": alive["family_name"]},  # verified
+        {"ref": "v2", "nin": alive["nin"], "family_name": "Zzzyxw"},  # wrong name
+        {"ref": "v3", "nin": UNKNOWN, "family_name": alive["family_name"]},  # unknown person
+        {"ref": "v4", "nin": dead["nin"], "family_name": dead["family_name"]},  # match, not alive
+        {"ref": "v5", "nin": suspended["nin"], "family_name": suspended["family_name"]},  # like unknown
+        {"ref": "v6", "nin": "12", "family_name": "Traoré"},  # malformed NIN
+        {"ref": "", "nin": alive["nin"], "family_name": "Traoré"},  # no ref
     ]
-    body = roll_csv(rows) + b'v8,"unterminated\n' + b"\n" + b"v10,%s,%s\n" % (
-        ACTIVE[1]["nin"].encode(), ACTIVE[1]["family_name"].encode())
+    body = (
+        roll_csv(rows)
+        + b'v8,"unterminated\n'
+        + b"\n"
+        + b"v10,%s,%s\n" % (ACTIVE[1]["nin"].encode(), ACTIVE[1]["family_name"].encode())
+    )
     created = electoral.create("roll-2026", records=20)
     assert created.status_code == 201, created.text
     job = created.json()
@@ -175,10 +202,17 @@ def test_a_roll_is_checked_record_by_record_with_one_event_each(clients: dict[st
     assert results.text.splitlines()[0] == "ref,match,code,alive"
     lines = parse_results(results.text)
     assert [(r["ref"], r["match"], r["code"], r["alive"]) for r in lines] == [
-        ("v1", "true", "verified", "true"), ("v2", "false", "not_verified", "true"),
-        ("v3", "false", "not_verified", "false"), ("v4", "true", "not_verified", "false"),
-        ("v5", "false", "not_verified", "false"), ("v6", "", "invalid_input", ""), ("", "", "invalid_input", ""),
-        ("v8", "", "invalid_input", ""), ("", "", "invalid_input", ""), ("v10", "true", "verified", "true")]
+        ("v1", "true", "verified", "true"),
+        ("v2", "false", "not_verified", "true"),
+        ("v3", "false", "not_verified", "false"),
+        ("v4", "true", "not_verified", "false"),
+        ("v5", "false", "not_verified", "false"),
+        ("v6", "", "invalid_input", ""),
+        ("", "", "invalid_input", ""),
+        ("v8", "", "invalid_input", ""),
+        ("", "", "invalid_input", ""),
+        ("v10", "true", "verified", "true"),
+    ]
     # Nothing from the register comes back: no names, no dates, no NINs.
     for person in (alive, dead, suspended):
         assert person["nin"] not in results.text and person["birth_date"] not in results.text
@@ -203,8 +237,10 @@ def test_a_roll_is_checked_record_by_record_with_one_event_each(clients: dict[st
     assert not list((realm.data_dir / "jobs" / job["id"]).glob("input*"))
     # The person sees the check in their history, like any verification.
     channel = Client(gateway, realm, "channel-app")
-    history = channel.http.post("/v1/subjects/access-history", json={
-        "nin": dead["nin"], "evidence": {"method": "in_person", "reference": "counter-7"}})
+    history = channel.http.post(
+        "/v1/subjects/access-history",
+        json={"nin": dead["nin"], "evidence": {"method": "in_person", "reference": "counter-7"}},
+    )
     assert history.status_code == 200, history.text
     assert [e["purpose"] for e in history.json()["events"] if e["operation"] == "verify.bulk"] == ["roll_revision"]
 
@@ -212,13 +248,22 @@ def test_a_roll_is_checked_record_by_record_with_one_event_each(clients: dict[st
 def test_ndjson_records_and_fields_checked_per_line(clients: dict[str, Client]) -> None:
     electoral = clients["electoral"]
     person = ACTIVE[2]
-    job = electoral.create("nd-1", format="ndjson", claims=["family_name", "birth_date"],
-                           predicates=[{"name": "age_at_least", "value": 18}, {"name": "alive"}]).json()
+    job = electoral.create(
+        "nd-1",
+        format="ndjson",
+        claims=["family_name", "birth_date"],
+        predicates=[{"name": "age_at_least", "value": 18}, {"name": "alive"}],
+    ).json()
     lines = [
         {"ref": "a", "nin": person["nin"], "family_name": person["family_name"], "birth_date": person["birth_date"]},
         {"ref": "b", "nin": person["nin"], "family_name": person["family_name"], "birth_date": "1990-02-31"},
-        {"ref": "c", "nin": person["nin"], "family_name": person["family_name"], "birth_date": person["birth_date"],
-         "phone": "+22370000000"},
+        {
+            "ref": "c",
+            "nin": person["nin"],
+            "family_name": person["family_name"],
+            "birth_date": person["birth_date"],
+            "phone": "+22370000000",
+        },
         [1, 2],
     ]
     body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
@@ -228,11 +273,17 @@ def test_ndjson_records_and_fields_checked_per_line(clients: dict[str, Client]) 
     assert results.headers["content-type"].startswith("application/x-ndjson")
     answers = [json.loads(line) for line in results.text.splitlines()]
     adult = person["birth_date"] <= "2008"
-    assert answers[0] == {"ref": "a", "match": True, "age_at_least": adult, "alive": True,
-                          "code": "verified" if adult else "not_verified"}
+    assert answers[0] == {
+        "ref": "a",
+        "match": True,
+        "age_at_least": adult,
+        "alive": True,
+        "code": "verified" if adult else "not_verified",
+    }
     assert [a["code"] for a in answers[1:]] == ["invalid_input"] * 3
-    errors = [json.loads(line) for line in electoral.http.get(f"/v1/verification-jobs/{job['id']}/errors").text
-              .splitlines()]
+    errors = [
+        json.loads(line) for line in electoral.http.get(f"/v1/verification-jobs/{job['id']}/errors").text.splitlines()
+    ]
     assert [(e["line"], e["ref"]) for e in errors] == [(2, "b"), (3, "c"), (4, None)]
     assert "birth_date" in errors[0]["reason"] and "phone" in errors[1]["reason"]
     assert "+22370000000" not in json.dumps(errors)  # the reason names the field, never echoes the value
@@ -245,16 +296,19 @@ def test_creation_is_idempotent_and_validated(clients: dict[str, Client]) -> Non
     assert first.status_code == again.status_code == 201 and first.json()["id"] == again.json()["id"]
     other = electoral.create("same-key", records=6)
     assert other.status_code == 409 and other.json()["code"] == "conflict"
-    missing = electoral.http.post("/v1/verification-jobs", json={"purpose": "roll_revision", "format": "csv",
-                                                                 "claims": ["family_name"]})
+    missing = electoral.http.post(
+        "/v1/verification-jobs", json={"purpose": "roll_revision", "format": "csv", "claims": ["family_name"]}
+    )
     assert missing.status_code == 400 and missing.headers["content-type"] == "application/problem+json"
     cases = [
         ({"purpose": "roll_revision", "format": "xlsx", "claims": ["family_name"]}, 400, "invalid_request"),
         ({"purpose": "roll_revision", "format": "csv", "claims": ["nin"]}, 400, "invalid_request"),
-        ({"purpose": "roll_revision", "format": "csv", "claims": ["family_name"], "records": "many"}, 400,
-         "invalid_request"),
-        ({"purpose": "roll_revision", "format": "csv", "claims": ["family_name"], "extra": 1}, 400,
-         "invalid_request"),
+        (
+            {"purpose": "roll_revision", "format": "csv", "claims": ["family_name"], "records": "many"},
+            400,
+            "invalid_request",
+        ),
+        ({"purpose": "roll_revision", "format": "csv", "claims": ["family_name"], "extra": 1}, 400, "invalid_request"),
         ({"purpose": "roll_revision", "format": "csv", "claims": ["sex"]}, 403, "attribute_not_permitted"),
         ({"purpose": "fishing", "format": "csv", "claims": ["family_name"]}, 403, "purpose_not_permitted"),
         ({"purpose": "enrolment", "format": "csv", "claims": ["family_name"]}, 403, "consent_required"),
@@ -263,8 +317,11 @@ def test_creation_is_idempotent_and_validated(clients: dict[str, Client]) -> Non
     for i, (body, status, code) in enumerate(cases):
         answer = electoral.http.post("/v1/verification-jobs", json=body, headers={"Idempotency-Key": f"bad-{i}"})
         assert (answer.status_code, answer.json()["code"]) == (status, code), (body, answer.text)
-    broken = electoral.http.post("/v1/verification-jobs", content=b'{"purpose": ', headers={
-        "Idempotency-Key": "broken", "Content-Type": "application/json"})
+    broken = electoral.http.post(
+        "/v1/verification-jobs",
+        content=b'{"purpose": ',
+        headers={"Idempotency-Key": "broken", "Content-Type": "application/json"},
+    )
     assert broken.status_code == 400
 
 
@@ -310,10 +367,13 @@ def test_another_administration_sees_no_job(clients: dict[str, Client]) -> None:
     electoral, social = clients["electoral"], clients["social"]
     job = electoral.create("private").json()
     body = roll_csv([{"ref": "1", "nin": ACTIVE[0]["nin"], "family_name": "X"}])
-    for answer in (social.status(job["id"]), social.upload(job, body),
-                   social.http.get(f"/v1/verification-jobs/{job['id']}/results"),
-                   social.http.get(f"/v1/verification-jobs/{job['id']}/errors"),
-                   social.http.delete(f"/v1/verification-jobs/{job['id']}")):
+    for answer in (
+        social.status(job["id"]),
+        social.upload(job, body),
+        social.http.get(f"/v1/verification-jobs/{job['id']}/results"),
+        social.http.get(f"/v1/verification-jobs/{job['id']}/errors"),
+        social.http.delete(f"/v1/verification-jobs/{job['id']}"),
+    ):
         assert answer.status_code == 404 and answer.json()["code"] == "not_found"
     assert electoral.status(job["id"]).json()["status"] == "awaiting_input"
     assert electoral.status("00000000-0000-0000-0000-000000000000").status_code == 404
@@ -339,8 +399,10 @@ def test_the_daily_allowance_refuses_a_job_at_submission(clients: dict[str, Clie
 def test_cancel_stops_a_running_job(clients: dict[str, Client], realm: Realm) -> None:
     electoral = clients["electoral"]
     job = electoral.create("to-cancel").json()
-    rows = [{"ref": str(i), "nin": PEOPLE[i % COUNT]["nin"], "family_name": PEOPLE[i % COUNT]["family_name"]}
-            for i in range(15_000)]
+    rows = [
+        {"ref": str(i), "nin": PEOPLE[i % COUNT]["nin"], "family_name": PEOPLE[i % COUNT]["family_name"]}
+        for i in range(15_000)
+    ]
     assert electoral.upload(job, roll_csv(rows)).status_code == 202
     electoral.wait(job["id"], until=("running",), timeout=30)
     while (running := electoral.status(job["id"]).json())["processed"] == 0:
@@ -384,8 +446,10 @@ def test_a_worker_killed_mid_job_resumes_with_one_result_and_one_event_per_recor
     try:
         electoral = Client(first, open_realm, "electoral-client")
         job = electoral.create("kill-me").json()
-        rows = [{"ref": f"r{i}", "nin": PEOPLE[i % COUNT]["nin"], "family_name": PEOPLE[i % COUNT]["family_name"]}
-                for i in range(total)]
+        rows = [
+            {"ref": f"r{i}", "nin": PEOPLE[i % COUNT]["nin"], "family_name": PEOPLE[i % COUNT]["family_name"]}
+            for i in range(total)
+        ]
         assert electoral.upload(job, roll_csv(rows)).status_code == 202
         deadline = time.monotonic() + 60
         while (processed := electoral.status(job["id"]).json()["processed"]) < total // 5:
@@ -416,8 +480,12 @@ def test_a_worker_killed_mid_job_resumes_with_one_result_and_one_event_per_recor
 
 
 def test_a_ten_million_line_upload_streams_in_bounded_memory(open_realm: Realm) -> None:
-    gateway = serve(open_realm, open_realm.data_dir.parent / "upload.log", GATEWAY_BULK_WORKERS="0",
-                    GATEWAY_BULK_CHUNK_RECORDS="5000")
+    gateway = serve(
+        open_realm,
+        open_realm.data_dir.parent / "upload.log",
+        GATEWAY_BULK_WORKERS="0",
+        GATEWAY_BULK_CHUNK_RECORDS="5000",
+    )
     try:
         electoral = Client(gateway, open_realm, "electoral-client")
         job = electoral.create("ten-million").json()
@@ -452,8 +520,9 @@ def test_a_ten_million_line_upload_streams_in_bounded_memory(open_realm: Realm) 
         gateway.stop()
 
 
-def test_jamu_jobs_submits_follows_and_writes_the_results(gateway: GatewayProcess, realm: Realm,
-                                                          tmp_path: Path) -> None:
+def test_jamu_jobs_submits_follows_and_writes_the_results(
+    gateway: GatewayProcess, realm: Realm, tmp_path: Path
+) -> None:
     pem = tmp_path / "electoral.pem"
     pem.write_bytes(realm.keys["electoral-client"].as_pem(private=True))
     roll = tmp_path / "roll.csv"
@@ -463,9 +532,26 @@ def test_jamu_jobs_submits_follows_and_writes_the_results(gateway: GatewayProces
     base = ["--client", "electoral-client", "--key", str(pem), "--gateway", gateway.base_url]
     jamu = [sys.executable, "-m", "gateway.cli", "jobs"]
     env = {**os.environ}
-    done = subprocess.run([*jamu, "submit", str(roll), *base, "--purpose", "roll_revision", "--claims", "family_name",
-                           "--predicate", "alive", "--predicate", "age_at_least=18@2027-06-01"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [
+            *jamu,
+            "submit",
+            str(roll),
+            *base,
+            "--purpose",
+            "roll_revision",
+            "--claims",
+            "family_name",
+            "--predicate",
+            "alive",
+            "--predicate",
+            "age_at_least=18@2027-06-01",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert (summary["status"], summary["total"], summary["errors"]) == ("completed", 600, 1)
@@ -475,25 +561,49 @@ def test_jamu_jobs_submits_follows_and_writes_the_results(gateway: GatewayProces
     assert results[3]["code"] == "invalid_input" and results[0]["match"] == "true"
     assert list(results[0]) == ["ref", "match", "code", "alive", "age_at_least"]
     assert "p3" in (tmp_path / "roll.csv.errors.csv").read_text()
-    again = subprocess.run([*jamu, "submit", str(roll), *base, "--purpose", "roll_revision", "--claims", "family_name",
-                            "--predicate", "alive", "--predicate", "age_at_least=18@2027-06-01", "--quiet"],
-                           capture_output=True, text=True, timeout=60, env=env)
+    again = subprocess.run(
+        [
+            *jamu,
+            "submit",
+            str(roll),
+            *base,
+            "--purpose",
+            "roll_revision",
+            "--claims",
+            "family_name",
+            "--predicate",
+            "alive",
+            "--predicate",
+            "age_at_least=18@2027-06-01",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert json.loads(again.stdout)["id"] == summary["id"]  # the same submission finds the same job
     status = subprocess.run([*jamu, "status", summary["id"], *base], capture_output=True, text=True, timeout=30)
     assert json.loads(status.stdout)["processed"] == 600
     out = tmp_path / "errors.csv"
-    fetched = subprocess.run([*jamu, "results", summary["id"], *base, "--out", str(out), "--errors"],
-                             capture_output=True, text=True, timeout=30)
+    fetched = subprocess.run(
+        [*jamu, "results", summary["id"], *base, "--out", str(out), "--errors"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert fetched.returncode == 0 and out.read_text().startswith("line,ref,reason")
     results_out = tmp_path / "again.csv"
-    fetched = subprocess.run([*jamu, "results", summary["id"], *base, "--out", str(results_out)],
-                             capture_output=True, text=True, timeout=30)
+    fetched = subprocess.run(
+        [*jamu, "results", summary["id"], *base, "--out", str(results_out)], capture_output=True, text=True, timeout=30
+    )
     assert fetched.returncode == 0 and results_out.read_text() == (tmp_path / "roll.csv.results.csv").read_text()
     waiting = Client(gateway, realm, "electoral-client").create("cli-cancel").json()
     cancelled = subprocess.run([*jamu, "cancel", waiting["id"], *base], capture_output=True, text=True, timeout=30)
     assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["status"] == "cancelled"
-    refused = subprocess.run([*jamu, "status", "00000000-0000-0000-0000-000000000000", *base],
-                             capture_output=True, text=True, timeout=30)
+    refused = subprocess.run(
+        [*jamu, "status", "00000000-0000-0000-0000-000000000000", *base], capture_output=True, text=True, timeout=30
+    )
     assert refused.returncode == 1 and "not_found" in refused.stderr
 
 
@@ -504,8 +614,12 @@ def test_jobs_run_in_a_worker_process_at_idle_priority_beside_the_interactive_on
     env = {**os.environ, **open_realm.env(GATEWAY_BULK_CHUNK_RECORDS="250")}
     env.pop("GATEWAY_ISSUER", None)
     with open(logs / "worker.log", "wb") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "gateway.cli", "jobs", "worker", "--port", str(port)],
-                                  env=env, stdout=out, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "jobs", "worker", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200, 30, "jamu jobs worker")
         policy = int(Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[38])
@@ -518,8 +632,10 @@ def test_jobs_run_in_a_worker_process_at_idle_priority_beside_the_interactive_on
         assert done["status"] == "completed" and done["processed"] == 1000
         interactive_origin = electoral.status(job["id"]).headers["Audit-Log-Position"].rsplit(" ", 1)[0]
         with sqlite3.connect(open_realm.data_dir / "jamu.db") as db:
-            positions = [json.loads(row[0]) for row in db.execute(
-                "SELECT log_positions FROM verification_chunks WHERE job_id = ?", (job["id"],))]
+            positions = [
+                json.loads(row[0])
+                for row in db.execute("SELECT log_positions FROM verification_chunks WHERE job_id = ?", (job["id"],))
+            ]
         origins = {origin for chunk in positions for origin, _ in chunk}
         assert len(positions) == 4 and origins and interactive_origin not in origins  # all run in the worker
     finally:
@@ -538,8 +654,9 @@ def test_with_redis_chunks_are_dispatched_through_saq(tmp_path: Path, redis_url:
         assert electoral.upload(job, roll_csv(rows)).status_code == 202
         done = electoral.wait(job["id"], timeout=60)
         assert done["status"] == "completed" and done["processed"] == 900
-        assert [r["ref"] for r in parse_results(electoral.http.get(
-            f"/v1/verification-jobs/{job['id']}/results").text)] == [f"s{i}" for i in range(900)]
+        assert [
+            r["ref"] for r in parse_results(electoral.http.get(f"/v1/verification-jobs/{job['id']}/results").text)
+        ] == [f"s{i}" for i in range(900)]
         client = redis.Redis.from_url(redis_url)
         saq_keys = [k.decode() for k in client.scan_iter(f"saq:*{redis_prefix}bulk*")]
         assert any(job["id"] in key for key in saq_keys), saq_keys  # the chunks went through the queue

@@ -50,8 +50,9 @@ def test_demo_serves_and_its_walkthrough_works(tmp_path: Path) -> None:
     env.pop("GATEWAY_ISSUER", None)
     log = tmp_path / "demo.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([*JAMU, "demo", "--port", str(port)], cwd=tmp_path, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [*JAMU, "demo", "--port", str(port)], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: httpx.get(f"{base}/healthz").status_code == 200, 30, "jamu demo")
@@ -66,10 +67,11 @@ def test_demo_serves_and_its_walkthrough_works(tmp_path: Path) -> None:
         assert httpx.get(f"{base}/.well-known/oauth-authorization-server").json()["issuer"] == base
         assert "PRIVATE KEY" not in text
         # The walk-through's verification, against the register the demo seeded, says yes.
-        verify = next(line for line in text.splitlines() if "-d '{\"nin\"" in line and "claims" in line)
+        verify = next(line for line in text.splitlines() if '-d \'{"nin"' in line and "claims" in line)
         request = json.loads(verify.split("-d '", 1)[1].rsplit("'", 1)[0])
-        answer = httpx.post(f"{base}/v1/verify", json=request,
-                            headers={"Authorization": f"Bearer {body['access_token']}"}, timeout=10)
+        answer = httpx.post(
+            f"{base}/v1/verify", json=request, headers={"Authorization": f"Bearer {body['access_token']}"}, timeout=10
+        )
         assert answer.status_code == 200, answer.text
         assert answer.json()["match"] is True
         assert [p["result"] for p in answer.json()["predicates"]] == [True, True, True]
@@ -82,8 +84,13 @@ def test_demo_serves_and_its_walkthrough_works(tmp_path: Path) -> None:
 def test_serve_with_workers_refuses_to_start_without_redis(tmp_path: Path) -> None:
     env = {**os.environ, "GATEWAY_POLICIES_DIR": str(REPO / "policies"), "GATEWAY_DATA_DIR": str(tmp_path / "var")}
     env.pop("GATEWAY_REDIS_URL", None)
-    result = subprocess.run([*JAMU, "serve", "--port", str(free_port()), "--workers", "2"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [*JAMU, "serve", "--port", str(free_port()), "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "GATEWAY_REDIS_URL" in result.stderr and "replay" in result.stderr
 
@@ -93,30 +100,49 @@ def test_serve_with_two_workers(tmp_path: Path, redis_url: str, redis_prefix: st
     from gateway.cli import _ensure_demo_keys
     from gateway.settings import Settings
 
-    [(client, pem), *_] = [c for c in _ensure_demo_keys(
-        Settings(policies_dir=tmp_path / "policies", data_dir=tmp_path / "var")) if c[0] == "apdp-audit"]
+    [(client, pem), *_] = [
+        c
+        for c in _ensure_demo_keys(Settings(policies_dir=tmp_path / "policies", data_dir=tmp_path / "var"))
+        if c[0] == "apdp-audit"
+    ]
     port = free_port()
-    env = {**os.environ, "GATEWAY_POLICIES_DIR": str(tmp_path / "policies"), "GATEWAY_DATA_DIR": str(tmp_path / "var"),
-           "GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_KEY_PREFIX": redis_prefix}
+    env = {
+        **os.environ,
+        "GATEWAY_POLICIES_DIR": str(tmp_path / "policies"),
+        "GATEWAY_DATA_DIR": str(tmp_path / "var"),
+        "GATEWAY_REDIS_URL": redis_url,
+        "GATEWAY_REDIS_KEY_PREFIX": redis_prefix,
+    }
     env.pop("GATEWAY_ISSUER", None)
     with open(tmp_path / "serve.log", "wb") as out:
-        proc = subprocess.Popen([*JAMU, "serve", "--port", str(port), "--workers", "2"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [*JAMU, "serve", "--port", str(port), "--workers", "2"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: httpx.get(f"{base}/healthz").status_code == 200, 40, "jamu serve --workers 2")
         kids = {k["kid"] for _ in range(6) for k in httpx.get(f"{base}/.well-known/jwks.json").json()["keys"]}
         assert len(kids) == 1, "every worker signs with the one key made before they started"
-        result = subprocess.run([*JAMU, "token", client, "--key", str(pem), "--issuer", base],
-                                capture_output=True, text=True, env=env, timeout=30)
+        result = subprocess.run(
+            [*JAMU, "token", client, "--key", str(pem), "--issuer", base],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
         assert result.returncode == 0, result.stderr
         # One assertion, sent over fresh connections (so to either worker): accepted exactly once.
         form = token_form(client, load_pem(pem), f"{base}/oauth2/token")
         statuses = [httpx.post(f"{base}/oauth2/token", data=form, timeout=10).status_code for _ in range(6)]
         assert sorted(statuses) == [200, 401, 401, 401, 401, 401]
         # Each worker writes its own log: its own origin (slot 0, slot 1), each numbered from 0.
-        token = httpx.post(f"{base}/oauth2/token", data=token_form(client, load_pem(pem), f"{base}/oauth2/token"),
-                           timeout=10).json()["access_token"]
+        token = httpx.post(
+            f"{base}/oauth2/token", data=token_form(client, load_pem(pem), f"{base}/oauth2/token"), timeout=10
+        ).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
         origins = set()
         for _ in range(40):

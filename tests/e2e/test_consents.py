@@ -23,13 +23,27 @@ from tests.support.servers import GatewayProcess, free_port, wait_until
 pytestmark = pytest.mark.e2e
 PEOPLE = [p for p in population(500, 31) if p["record_status"] == "active"]
 PERSON, NEIGHBOUR = PEOPLE[0], PEOPLE[1]
-ENROLMENT = {"consent": "required", "operations": ["verify", "lookup"], "claims": ["family_name", "birth_date"],
-             "predicates": ["alive"], "attributes": ["family_name", "given_names", "birth_date", "residence_commune"],
-             "max_consent_days": 90}
+ENROLMENT = {
+    "consent": "required",
+    "operations": ["verify", "lookup"],
+    "claims": ["family_name", "birth_date"],
+    "predicates": ["alive"],
+    "attributes": ["family_name", "given_names", "birth_date", "residence_commune"],
+    "max_consent_days": 90,
+}
 ADMINISTRATIONS = {
-    "health": (["identity:verify", "identity:lookup", "consent:read"], {"enrolment": ENROLMENT, "care": {
-        "legal_basis": "Code de la santé", "consent": "not_required", "operations": ["verify"],
-        "claims": ["family_name"]}}),
+    "health": (
+        ["identity:verify", "identity:lookup", "consent:read"],
+        {
+            "enrolment": ENROLMENT,
+            "care": {
+                "legal_basis": "Code de la santé",
+                "consent": "not_required",
+                "operations": ["verify"],
+                "claims": ["family_name"],
+            },
+        },
+    ),
     "counter": (["consent:write", "consent:read"], {}),
     "intruder": (["consent:write", "consent:read", "identity:lookup"], {"enrolment": ENROLMENT}),
     "desk": (["subject:history"], {}),
@@ -41,11 +55,25 @@ def build(root: Path) -> Realm:
     realm = build_realm(root)
     for admin, (scopes, purposes) in ADMINISTRATIONS.items():
         realm.keys[admin] = new_key()
-        (realm.policies_dir / f"{admin}.yaml").write_text(yaml.safe_dump({
-            "id": admin, "name": admin.title(), "purposes": purposes,
-            **({"history_reads_per_day": HISTORY_READS_PER_DAY} if admin == "desk" else {}),
-            "clients": [{"client_id": admin, "auth": "private_key_jwt", "jwks": jwks_of(realm.keys[admin]),
-                         "scopes": scopes}]}, allow_unicode=True))
+        (realm.policies_dir / f"{admin}.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "id": admin,
+                    "name": admin.title(),
+                    "purposes": purposes,
+                    **({"history_reads_per_day": HISTORY_READS_PER_DAY} if admin == "desk" else {}),
+                    "clients": [
+                        {
+                            "client_id": admin,
+                            "auth": "private_key_jwt",
+                            "jwks": jwks_of(realm.keys[admin]),
+                            "scopes": scopes,
+                        }
+                    ],
+                },
+                allow_unicode=True,
+            )
+        )
     seed_register(realm.data_dir / "register.db", 500, 31)
     return realm
 
@@ -64,9 +92,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("consents")
     realm = build(root)
     metrics_port = free_port()
-    server = GatewayProcess(realm.env(GATEWAY_POLICY_RELOAD_INTERVAL_S="0.3", GATEWAY_METRICS_PORT=str(metrics_port),
-                                      GATEWAY_METRICS_HOST="127.0.0.1"),
-                            factory="tests.support.probe_app:create_durable")
+    server = GatewayProcess(
+        realm.env(
+            GATEWAY_POLICY_RELOAD_INTERVAL_S="0.3",
+            GATEWAY_METRICS_PORT=str(metrics_port),
+            GATEWAY_METRICS_HOST="127.0.0.1",
+        ),
+        factory="tests.support.probe_app:create_durable",
+    )
     server.start(root / "gateway.log")
     server.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # type: ignore[attr-defined]
     clients = {name: Client(server, realm, name) for name in ADMINISTRATIONS}
@@ -78,9 +111,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def consent_body(**overrides: Any) -> dict[str, Any]:
     expires = (datetime.now(UTC) + timedelta(days=30)).isoformat()
-    return {"nin": PERSON["nin"], "grantee": "health", "purpose": "enrolment", "attributes": ["family_name",
-            "birth_date"], "operations": ["lookup", "verify"], "expires_at": expires,
-            "evidence": {"method": "signed_form", "reference": "F-001"}, **overrides}
+    return {
+        "nin": PERSON["nin"],
+        "grantee": "health",
+        "purpose": "enrolment",
+        "attributes": ["family_name", "birth_date"],
+        "operations": ["lookup", "verify"],
+        "expires_at": expires,
+        "evidence": {"method": "signed_form", "reference": "F-001"},
+        **overrides,
+    }
 
 
 def record(world: dict[str, Any], **overrides: Any) -> dict[str, Any]:
@@ -89,8 +129,13 @@ def record(world: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     return response.json()
 
 
-def lookup(world: dict[str, Any], consent_id: str | None, nin: str = PERSON["nin"],
-           attributes: tuple[str, ...] = ("family_name",), who: str = "health") -> httpx.Response:
+def lookup(
+    world: dict[str, Any],
+    consent_id: str | None,
+    nin: str = PERSON["nin"],
+    attributes: tuple[str, ...] = ("family_name",),
+    who: str = "health",
+) -> httpx.Response:
     body = {"nin": nin, "purpose": "enrolment", "attributes": list(attributes)}
     if consent_id:
         body["consent_id"] = consent_id
@@ -105,9 +150,15 @@ def test_a_consent_opens_exactly_what_it_names(world: dict[str, Any]) -> None:
     released = lookup(world, consent["id"], attributes=("family_name", "birth_date"))
     assert released.status_code == 200, released.text
     assert released.json()["attributes"] == {"family_name": PERSON["family_name"], "birth_date": PERSON["birth_date"]}
-    verified = world["health"].http.post("/v1/verify", json={
-        "nin": PERSON["nin"], "purpose": "enrolment", "consent_id": consent["id"],
-        "claims": {"family_name": PERSON["family_name"]}})
+    verified = world["health"].http.post(
+        "/v1/verify",
+        json={
+            "nin": PERSON["nin"],
+            "purpose": "enrolment",
+            "consent_id": consent["id"],
+            "claims": {"family_name": PERSON["family_name"]},
+        },
+    )
     assert verified.status_code == 200 and verified.json()["match"] is True
     seen = world["health"].http.get(f"/v1/consents/{consent['id']}").json()
     assert seen["uses"] == 2 and seen["grantee"] == "health"
@@ -130,8 +181,9 @@ def test_others_cannot_see_revoke_or_use_it(world: dict[str, Any]) -> None:
     unknown = lookup(world, "cns_" + "A" * 24, nin=NEIGHBOUR["nin"])
     # Another person's consent is no consent at all: the very answer an unknown id gets.
     assert (other.status_code, other.headers["content-type"]) == (unknown.status_code, unknown.headers["content-type"])
-    assert {k: v for k, v in other.json().items() if k != "transaction_id"} == \
-        {k: v for k, v in unknown.json().items() if k != "transaction_id"}
+    assert {k: v for k, v in other.json().items() if k != "transaction_id"} == {
+        k: v for k, v in unknown.json().items() if k != "transaction_id"
+    }
     assert other.json()["reason"] == "unknown" and NEIGHBOUR["family_name"] not in other.text
     assert world["counter"].http.get(url).json()["uses"] == 0  # refusals used nothing
 
@@ -149,8 +201,7 @@ def test_recording_a_consent_is_checked_against_the_grantees_purpose(world: dict
         (consent_body(max_uses=0), 400, "invalid_request"),
         (consent_body(evidence={"method": "telepathy"}), 400, "invalid_request"),
         (consent_body(nin="12"), 400, "invalid_request"),
-        (consent_body(evidence={"method": "signed_form", "reference": f"CNI {PERSON['nin']}"}), 400,
-         "invalid_request"),
+        (consent_body(evidence={"method": "signed_form", "reference": f"CNI {PERSON['nin']}"}), 400, "invalid_request"),
     ]
     for body, status, code in cases:
         response = post("/v1/consents", json=body)
@@ -175,24 +226,36 @@ def test_a_consent_must_cover_what_a_predicate_reads(world: dict[str, Any]) -> N
 
 def test_only_the_callers_own_purposes_and_consents_are_logged(world: dict[str, Any]) -> None:
     stranger = record(world)  # given to health; the intruder names it
-    made_up = world["intruder"].http.post("/v1/lookup", json={
-        "nin": PERSON["nin"], "purpose": "police_investigation", "attributes": ["family_name"]})
+    made_up = world["intruder"].http.post(
+        "/v1/lookup", json={"nin": PERSON["nin"], "purpose": "police_investigation", "attributes": ["family_name"]}
+    )
     assert made_up.json()["code"] == "purpose_not_permitted"
     borrowed = lookup(world, stranger["id"], who="intruder")
     assert borrowed.json()["code"] == "consent_invalid"
-    widened = world["intruder"].http.post("/v1/lookup", json={
-        "nin": PERSON["nin"], "purpose": "enrolment", "attributes": ["sex"]})
+    widened = world["intruder"].http.post(
+        "/v1/lookup", json={"nin": PERSON["nin"], "purpose": "enrolment", "attributes": ["sex"]}
+    )
     assert widened.json()["code"] == "attribute_not_permitted"
     events = world["officer"].http.post("/v1/audit/search", json={"nin": PERSON["nin"], "limit": 1000}).json()
     by_id = {e["id"]: e for e in events["events"]}
-    assert (by_id[made_up.json()["transaction_id"]]["purpose"], by_id[made_up.json()["transaction_id"]]["reason"]) \
-        == (None, "purpose_not_permitted")
+    assert (by_id[made_up.json()["transaction_id"]]["purpose"], by_id[made_up.json()["transaction_id"]]["reason"]) == (
+        None,
+        "purpose_not_permitted",
+    )
     assert by_id[borrowed.json()["transaction_id"]]["consent_id"] is None
     # Its own purpose, refused for what it asked: the purpose is recorded, with the reason.
-    assert (by_id[widened.json()["transaction_id"]]["purpose"], by_id[widened.json()["transaction_id"]]["reason"]) \
-        == ("enrolment", "attribute_not_permitted")
-    history = world["channel"].http.post("/v1/subjects/access-history", json={
-        "nin": PERSON["nin"], "evidence": {"method": "in_person", "reference": "G-1"}}).json()
+    assert (by_id[widened.json()["transaction_id"]]["purpose"], by_id[widened.json()["transaction_id"]]["reason"]) == (
+        "enrolment",
+        "attribute_not_permitted",
+    )
+    history = (
+        world["channel"]
+        .http.post(
+            "/v1/subjects/access-history",
+            json={"nin": PERSON["nin"], "evidence": {"method": "in_person", "reference": "G-1"}},
+        )
+        .json()
+    )
     assert "police_investigation" not in str(history)
 
 
@@ -208,10 +271,15 @@ def test_one_use_raced_and_revocation(world: dict[str, Any]) -> None:
     consent = record(world, max_uses=1)
 
     async def race() -> list[int]:
-        async with httpx.AsyncClient(base_url=world["server"].base_url, headers=world["health"].headers,
-                                     timeout=15) as client:
-            body = {"nin": PERSON["nin"], "purpose": "enrolment", "consent_id": consent["id"],
-                    "attributes": ["family_name"]}
+        async with httpx.AsyncClient(
+            base_url=world["server"].base_url, headers=world["health"].headers, timeout=15
+        ) as client:
+            body = {
+                "nin": PERSON["nin"],
+                "purpose": "enrolment",
+                "consent_id": consent["id"],
+                "attributes": ["family_name"],
+            }
             responses = await asyncio.gather(*(client.post("/v1/lookup", json=body) for _ in range(4)))
         return sorted(r.status_code for r in responses)
 
@@ -229,10 +297,19 @@ def test_consents_are_in_the_log_and_in_the_persons_history(world: dict[str, Any
     world["health"].http.get(f"/v1/consents/{consent['id']}")
     events = world["officer"].http.post("/v1/audit/search", json={"nin": PERSON["nin"]}).json()["events"]
     created = next(e for e in events if e["id"] == consent["transaction_id"])
-    assert (created["operation"], created["consent_id"], created["client_id"]) == \
-        ("consent.create", consent["id"], "counter")
-    history = world["channel"].http.post("/v1/subjects/access-history", json={
-        "nin": PERSON["nin"], "evidence": {"method": "signed_form", "reference": "F-77"}}).json()
+    assert (created["operation"], created["consent_id"], created["client_id"]) == (
+        "consent.create",
+        consent["id"],
+        "counter",
+    )
+    history = (
+        world["channel"]
+        .http.post(
+            "/v1/subjects/access-history",
+            json={"nin": PERSON["nin"], "evidence": {"method": "signed_form", "reference": "F-77"}},
+        )
+        .json()
+    )
     operations = {e["operation"] for e in history["events"]}
     assert {"consent.create", "consent.read", "lookup"} <= operations
 
@@ -242,8 +319,9 @@ def _policy(world: dict[str, Any], admin: str) -> Path:
 
 
 def _care_verify(world: dict[str, Any], purpose: str) -> httpx.Response:
-    return world["health"].http.post("/v1/verify", json={"nin": PERSON["nin"], "purpose": purpose,
-                                                         "claims": {"family_name": PERSON["family_name"]}})
+    return world["health"].http.post(
+        "/v1/verify", json={"nin": PERSON["nin"], "purpose": purpose, "claims": {"family_name": PERSON["family_name"]}}
+    )
 
 
 def _metric(world: dict[str, Any], name: str) -> float:
@@ -258,13 +336,18 @@ def test_policies_reload_without_restart_and_a_bad_set_is_refused(world: dict[st
     original = path.read_text()
     assert _care_verify(world, "triage").json()["code"] == "purpose_not_permitted"
     document = yaml.safe_load(original)
-    document["purposes"]["triage"] = {"legal_basis": "Urgences", "consent": "not_required",
-                                      "operations": ["verify"], "claims": ["family_name"]}
+    document["purposes"]["triage"] = {
+        "legal_basis": "Urgences",
+        "consent": "not_required",
+        "operations": ["verify"],
+        "claims": ["family_name"],
+    }
     path.write_text(yaml.safe_dump(document, allow_unicode=True))
     wait_until(lambda: _care_verify(world, "triage").status_code == 200, 10, "the new purpose")
     failures = _metric(world, "jamu_policy_reload_failures_total")
-    broken = dict(document, purposes={**document["purposes"], "triage": {**document["purposes"]["triage"],
-                                                                          "colour": "blue"}})
+    broken = dict(
+        document, purposes={**document["purposes"], "triage": {**document["purposes"]["triage"], "colour": "blue"}}
+    )
     path.write_text(yaml.safe_dump(broken, allow_unicode=True))
     wait_until(lambda: _metric(world, "jamu_policy_reload_failures_total") > failures, 10, "the refusal")
     assert _care_verify(world, "triage").status_code == 200  # the previous set is still in force
@@ -275,15 +358,20 @@ def test_policies_reload_without_restart_and_a_bad_set_is_refused(world: dict[st
 
 def test_sighup_reloads_at_once(tmp_path: Path) -> None:
     realm = build(tmp_path)
-    server = GatewayProcess(realm.env(GATEWAY_POLICY_RELOAD_INTERVAL_S="0"),
-                            factory="tests.support.probe_app:create_durable")
+    server = GatewayProcess(
+        realm.env(GATEWAY_POLICY_RELOAD_INTERVAL_S="0"), factory="tests.support.probe_app:create_durable"
+    )
     server.start(tmp_path / "gateway.log")
     try:
         world = {"server": server, "realm": realm, "health": Client(server, realm, "health")}
         path = _policy(world, "health")
         document = yaml.safe_load(path.read_text())
-        document["purposes"]["triage"] = {"legal_basis": "Urgences", "consent": "not_required",
-                                          "operations": ["verify"], "claims": ["family_name"]}
+        document["purposes"]["triage"] = {
+            "legal_basis": "Urgences",
+            "consent": "not_required",
+            "operations": ["verify"],
+            "claims": ["family_name"],
+        }
         path.write_text(yaml.safe_dump(document, allow_unicode=True))
         time.sleep(0.5)
         assert _care_verify(world, "triage").status_code == 403  # nothing watches the files here

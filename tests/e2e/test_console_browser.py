@@ -80,13 +80,17 @@ class Officer:
 
     def clean(self) -> None:
         assert self.elsewhere == [], f"the console asked other hosts: {self.elsewhere}"
-        refused = [p for p in self.problems if "401" not in p and "403" not in p and "404" not in p
-                   and "423" not in p and "400" not in p]
+        refused = [
+            p
+            for p in self.problems
+            if "401" not in p and "403" not in p and "404" not in p and "423" not in p and "400" not in p
+        ]
         assert refused == [], refused
 
 
-def officer(browser: Any, gateway: GatewayProcess, login: str, role: str = "officer",
-            administration: str | None = None) -> Officer:
+def officer(
+    browser: Any, gateway: GatewayProcess, login: str, role: str = "officer", administration: str | None = None
+) -> Officer:
     return Officer(browser, gateway, add_officer(gateway.env, login, role, administration))
 
 
@@ -121,8 +125,9 @@ def test_a_wrong_code_is_refused_and_five_failures_lock_the_account(browser: Any
     bintou.clean()
 
 
-def test_search_by_person_keeps_the_nin_out_of_every_address(browser: Any, gateway: GatewayProcess,
-                                                             realm: Realm) -> None:
+def test_search_by_person_keeps_the_nin_out_of_every_address(
+    browser: Any, gateway: GatewayProcess, realm: Realm
+) -> None:
     target = PEOPLE[2]["nin"]
     transaction = verify(gateway, api_token(gateway, realm, "elections-app"), target)
     coumba = officer(browser, gateway, "coumba")
@@ -196,8 +201,7 @@ def test_export_downloads_the_search_as_csv(browser: Any, gateway: GatewayProces
     fanta.clean()
 
 
-def test_a_dpo_cannot_reach_another_administrations_events(browser: Any, gateway: GatewayProcess,
-                                                          realm: Realm) -> None:
+def test_a_dpo_cannot_reach_another_administrations_events(browser: Any, gateway: GatewayProcess, realm: Realm) -> None:
     event = verify(gateway, api_token(gateway, realm, "elections-app"), PEOPLE[8]["nin"])
     gaoussou = officer(browser, gateway, "gaoussou", "dpo", "health")
     gaoussou.sign_in_by_keyboard()
@@ -228,8 +232,10 @@ def test_a_form_with_a_forged_csrf_token_is_refused(browser: Any, gateway: Gatew
     issa.page.locator("#main input[name=csrf]").evaluate("input => { input.value = 'forged' }")
     issa.page.get_by_label("NIN").fill(PEOPLE[1]["nin"])
     issa.page.locator("#reason").fill("essai")
-    with issa.page.expect_response(lambda r: r.request.method == "POST") as posted, \
-            issa.page.expect_navigation(wait_until="load"):
+    with (
+        issa.page.expect_response(lambda r: r.request.method == "POST") as posted,
+        issa.page.expect_navigation(wait_until="load"),
+    ):
         issa.page.get_by_role("button", name="Rechercher").click()
     assert posted.value.status == 403
     assert "expiré" in issa.page.locator("#message").inner_text()
@@ -246,25 +252,35 @@ def provider() -> Iterator[FakeOidcProvider]:
 
 
 @pytest.fixture(scope="module")
-def oidc_gateway(realm: Realm, provider: FakeOidcProvider, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[GatewayProcess]:
+def oidc_gateway(
+    realm: Realm, provider: FakeOidcProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     data = tmp_path_factory.mktemp("oidc-data")
-    env = {**realm.env(), "GATEWAY_DATA_DIR": str(data), "GATEWAY_CONSOLE_OIDC_ISSUER": provider.issuer,
-           "GATEWAY_CONSOLE_OIDC_CLIENT_ID": provider.client_id,
-           "GATEWAY_CONSOLE_OIDC_CLIENT_SECRET": provider.client_secret}
+    env = {
+        **realm.env(),
+        "GATEWAY_DATA_DIR": str(data),
+        "GATEWAY_CONSOLE_OIDC_ISSUER": provider.issuer,
+        "GATEWAY_CONSOLE_OIDC_CLIENT_ID": provider.client_id,
+        "GATEWAY_CONSOLE_OIDC_CLIENT_SECRET": provider.client_secret,
+    }
     server = GatewayProcess(env, factory="tests.support.probe_app:create_durable")
     server.start(data.parent / "oidc-gateway.log")
     yield server
     server.stop()
 
 
-def test_sign_in_through_an_openid_provider_with_pkce(browser: Any, oidc_gateway: GatewayProcess,
-                                                      provider: FakeOidcProvider, realm: Realm) -> None:
+def test_sign_in_through_an_openid_provider_with_pkce(
+    browser: Any, oidc_gateway: GatewayProcess, provider: FakeOidcProvider, realm: Realm
+) -> None:
     page, elsewhere = offline_page(browser, oidc_gateway.base_url, locale="fr-FR")
     page.goto(f"{oidc_gateway.base_url}/console/login")
     assert page.locator("#password").count() == 0  # with a provider, no local accounts
-    provider.user = {"sub": "u-7", "preferred_username": "kadia", "jamu_role": "dpo",
-                     "jamu_administration": "elections"}
+    provider.user = {
+        "sub": "u-7",
+        "preferred_username": "kadia",
+        "jamu_role": "dpo",
+        "jamu_administration": "elections",
+    }
     page.locator("#oidc").click()
     page.wait_for_url(f"{oidc_gateway.base_url}/console/")
     assert page.locator("#officer").inner_text() == "oidc:u-7"  # the provider's stable subject
@@ -272,10 +288,13 @@ def test_sign_in_through_an_openid_provider_with_pkce(browser: Any, oidc_gateway
     assert provider.refusals == []
     logins = audit_events(oidc_gateway, realm, operation="console.login")
     assert [(e["client_id"], e["administration"], e["decision"]) for e in logins] == [
-        ("oidc:u-7", "elections", "permit")]
+        ("oidc:u-7", "elections", "permit")
+    ]
     # A token whose nonce is not this browser's, or a user without a role, signs nobody in.
-    for user, nonce in (({"sub": "u-8", "preferred_username": "x", "jamu_role": "officer"}, "another"),
-                        ({"sub": "u-9", "preferred_username": "y"}, None)):
+    for user, nonce in (
+        ({"sub": "u-8", "preferred_username": "x", "jamu_role": "officer"}, "another"),
+        ({"sub": "u-9", "preferred_username": "y"}, None),
+    ):
         other, _ = offline_page(browser, oidc_gateway.base_url)
         provider.user, provider.nonce_override = user, nonce
         other.goto(f"{oidc_gateway.base_url}/console/login/oidc")

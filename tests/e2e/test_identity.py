@@ -21,8 +21,9 @@ from tests.support.servers import GatewayProcess
 pytestmark = pytest.mark.e2e
 SEED, COUNT = 21, 3000
 PEOPLE = list(population(COUNT, SEED))
-ACTIVE = [p for p in PEOPLE if p["record_status"] == "active" and len(p["birth_date"]) == 10
-          and p["birth_date"] < "2000"]
+ACTIVE = [
+    p for p in PEOPLE if p["record_status"] == "active" and len(p["birth_date"]) == 10 and p["birth_date"] < "2000"
+]
 PERSON = ACTIVE[0]
 DECEASED = next(p for p in PEOPLE if p["record_status"] == "deceased")
 SUSPENDED = next(p for p in PEOPLE if p["record_status"] == "suspended")
@@ -30,19 +31,46 @@ DISPLACED = next(p for p in PEOPLE if p["displacement_status"] == "displaced")
 UNKNOWN = "100000000000000"
 
 POLICIES = {
-    "electoral": {"scopes": ["identity:verify", "identity:lookup"], "purposes": {
-        "voter_roll": {"legal_basis": "Loi électorale", "consent": "not_required", "operations": ["verify"],
-                       "claims": ["family_name", "given_names", "birth_date", "birth_place"],
-                       "predicates": ["age_at_least", "alive", "resides_in"]}}},
-    "health": {"scopes": ["identity:verify", "identity:lookup"], "purposes": {
-        "care": {"legal_basis": "Code de la santé publique", "consent": "not_required",
-                 "operations": ["verify", "lookup"], "claims": ["family_name", "given_names", "birth_date", "sex"],
-                 "predicates": ["alive"], "attributes": ["family_name", "given_names", "birth_date", "sex"],
-                 "claim_details": True, "fuzzy_threshold": 0.9},
-        "enrolment": {"consent": "required", "operations": ["lookup"], "attributes": ["family_name"]}}},
-    "social": {"scopes": ["identity:verify"], "purposes": {
-        "idp_check": {"legal_basis": "Programme PDI", "consent": "not_required", "operations": ["verify"],
-                      "claims": ["family_name"], "predicates": ["registered_idp", "alive"]}}},
+    "electoral": {
+        "scopes": ["identity:verify", "identity:lookup"],
+        "purposes": {
+            "voter_roll": {
+                "legal_basis": "Loi électorale",
+                "consent": "not_required",
+                "operations": ["verify"],
+                "claims": ["family_name", "given_names", "birth_date", "birth_place"],
+                "predicates": ["age_at_least", "alive", "resides_in"],
+            }
+        },
+    },
+    "health": {
+        "scopes": ["identity:verify", "identity:lookup"],
+        "purposes": {
+            "care": {
+                "legal_basis": "Code de la santé publique",
+                "consent": "not_required",
+                "operations": ["verify", "lookup"],
+                "claims": ["family_name", "given_names", "birth_date", "sex"],
+                "predicates": ["alive"],
+                "attributes": ["family_name", "given_names", "birth_date", "sex"],
+                "claim_details": True,
+                "fuzzy_threshold": 0.9,
+            },
+            "enrolment": {"consent": "required", "operations": ["lookup"], "attributes": ["family_name"]},
+        },
+    },
+    "social": {
+        "scopes": ["identity:verify"],
+        "purposes": {
+            "idp_check": {
+                "legal_basis": "Programme PDI",
+                "consent": "not_required",
+                "operations": ["verify"],
+                "claims": ["family_name"],
+                "predicates": ["registered_idp", "alive"],
+            }
+        },
+    },
 }
 
 
@@ -51,11 +79,25 @@ def build(root: Path) -> Realm:
     for admin, spec in POLICIES.items():
         client_id = f"{admin}-client"
         realm.keys[client_id] = new_key()
-        (realm.policies_dir / f"{admin}.yaml").write_text(yaml.safe_dump({
-            "id": admin, "name": admin.title(), "purposes": spec["purposes"],
-            "rate_limits": [{"name": "burst", "limit": 1000, "window": "1s"}],
-            "clients": [{"client_id": client_id, "auth": "private_key_jwt", "jwks": jwks_of(realm.keys[client_id]),
-                         "scopes": spec["scopes"]}]}, allow_unicode=True))
+        (realm.policies_dir / f"{admin}.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "id": admin,
+                    "name": admin.title(),
+                    "purposes": spec["purposes"],
+                    "rate_limits": [{"name": "burst", "limit": 1000, "window": "1s"}],
+                    "clients": [
+                        {
+                            "client_id": client_id,
+                            "auth": "private_key_jwt",
+                            "jwks": jwks_of(realm.keys[client_id]),
+                            "scopes": spec["scopes"],
+                        }
+                    ],
+                },
+                allow_unicode=True,
+            )
+        )
     seed_register(realm.data_dir / "register.db", COUNT, SEED)
     return realm
 
@@ -89,18 +131,29 @@ class Client:
 @pytest.fixture(scope="module")
 def clients(gateway: GatewayProcess, realm: Realm) -> dict[str, Client]:
     return {name: Client(gateway, realm, f"{name}-client") for name in POLICIES} | {
-        "officer": Client(gateway, realm, "oversight-app")}
+        "officer": Client(gateway, realm, "oversight-app")
+    }
 
 
 def voter(nin: str, **claims: str) -> dict[str, Any]:
-    return {"nin": nin, "purpose": "voter_roll", "claims": claims or {"family_name": PERSON["family_name"]},
-            "predicates": [{"name": "age_at_least", "value": 18, "as_of": "2027-06-01"}, {"name": "alive"},
-                           {"name": "resides_in", "value": PERSON["residence_cercle"]}]}
+    return {
+        "nin": nin,
+        "purpose": "voter_roll",
+        "claims": claims or {"family_name": PERSON["family_name"]},
+        "predicates": [
+            {"name": "age_at_least", "value": 18, "as_of": "2027-06-01"},
+            {"name": "alive"},
+            {"name": "resides_in", "value": PERSON["residence_cercle"]},
+        ],
+    }
 
 
 def test_a_voter_is_verified(clients: dict[str, Client]) -> None:
-    claims = {"family_name": PERSON["family_name"].upper(), "given_names": " ".join(
-        reversed(PERSON["given_names"].split())), "birth_date": PERSON["birth_date"]}
+    claims = {
+        "family_name": PERSON["family_name"].upper(),
+        "given_names": " ".join(reversed(PERSON["given_names"].split())),
+        "birth_date": PERSON["birth_date"],
+    }
     response = clients["electoral"].verify(voter(PERSON["nin"], **claims))
     assert response.status_code == 200, response.text
     body = response.json()
@@ -117,8 +170,12 @@ def test_a_voter_is_verified(clients: dict[str, Client]) -> None:
 
 def test_claim_details_and_close_spellings_where_the_purpose_allows(clients: dict[str, Client]) -> None:
     person = next(p for p in ACTIVE if p["family_name"] == "Coulibaly")
-    body = {"nin": person["nin"], "purpose": "care", "claims": {"family_name": "Coulibali", "sex": person["sex"]},
-            "predicates": [{"name": "alive"}]}
+    body = {
+        "nin": person["nin"],
+        "purpose": "care",
+        "claims": {"family_name": "Coulibali", "sex": person["sex"]},
+        "predicates": [{"name": "alive"}],
+    }
     answer = clients["health"].verify(body).json()
     assert answer["claims"] == {"family_name": True, "sex": True} and answer["match"] is True
     far = clients["health"].verify({**body, "claims": {"family_name": "Zzzzzz"}}).json()
@@ -145,8 +202,11 @@ def test_unknown_and_suspended_answer_like_nobody_and_only_the_log_knows(clients
 def test_subject_refs_are_stable_per_administration_and_unlinkable_across(clients: dict[str, Client]) -> None:
     first = clients["electoral"].verify(voter(PERSON["nin"])).json()["subject_ref"]
     again = clients["electoral"].verify(voter(" ".join(PERSON["nin"]))).json()["subject_ref"]
-    other = clients["health"].verify({"nin": PERSON["nin"], "purpose": "care",
-                                      "claims": {"sex": PERSON["sex"]}}).json()["subject_ref"]
+    other = (
+        clients["health"]
+        .verify({"nin": PERSON["nin"], "purpose": "care", "claims": {"sex": PERSON["sex"]}})
+        .json()["subject_ref"]
+    )
     assert first == again and first != other
 
 
@@ -155,7 +215,8 @@ def test_registered_idp(clients: dict[str, Client]) -> None:
     assert clients["social"].verify(body).json()["predicates"] == [{"name": "registered_idp", "result": True}]
     body["nin"] = PERSON["nin"]
     assert clients["social"].verify(body).json()["predicates"][0]["result"] is (
-        PERSON["displacement_status"] == "displaced")
+        PERSON["displacement_status"] == "displaced"
+    )
 
 
 def test_lookup_releases_what_the_purpose_grants(clients: dict[str, Client]) -> None:
@@ -163,8 +224,9 @@ def test_lookup_releases_what_the_purpose_grants(clients: dict[str, Client]) -> 
     response = clients["health"].lookup({"nin": PERSON["nin"], "purpose": "care", "attributes": wanted})
     assert response.status_code == 200, response.text
     assert response.json()["attributes"] == {k: PERSON[k] for k in wanted}
-    denied = clients["health"].lookup({"nin": PERSON["nin"], "purpose": "care",
-                                       "attributes": ["family_name", "residence_commune", "father_name"]})
+    denied = clients["health"].lookup(
+        {"nin": PERSON["nin"], "purpose": "care", "attributes": ["family_name", "residence_commune", "father_name"]}
+    )
     assert denied.status_code == 403
     assert denied.json()["code"] == "attribute_not_permitted"
     assert denied.json()["attributes"] == ["father_name", "residence_commune"]
@@ -178,47 +240,79 @@ def test_lookup_releases_what_the_purpose_grants(clients: dict[str, Client]) -> 
     assert any(e["operation"] == "lookup" and e["attributes_released"] == wanted for e in released)
 
 
-@pytest.mark.parametrize("client, body, status, code", [
-    ("electoral", {"nin": "120394857602914", "purpose": "marketing", "claims": {"family_name": "X"}}, 403,
-     "purpose_not_permitted"),
-    ("electoral", {"nin": "120394857602914", "purpose": "voter_roll", "claims": {"sex": "F"}}, 403,
-     "attribute_not_permitted"),
-    ("social", {"nin": "120394857602914", "purpose": "idp_check", "predicates": [{"name": "resides_in",
-                                                                                   "value": "Mopti"}]}, 403,
-     "attribute_not_permitted"),
-    ("health", {"nin": "120394857602914", "purpose": "enrolment", "claims": {"family_name": "X"}}, 403,
-     "operation_not_permitted"),
-])
+@pytest.mark.parametrize(
+    "client, body, status, code",
+    [
+        (
+            "electoral",
+            {"nin": "120394857602914", "purpose": "marketing", "claims": {"family_name": "X"}},
+            403,
+            "purpose_not_permitted",
+        ),
+        (
+            "electoral",
+            {"nin": "120394857602914", "purpose": "voter_roll", "claims": {"sex": "F"}},
+            403,
+            "attribute_not_permitted",
+        ),
+        (
+            "social",
+            {
+                "nin": "120394857602914",
+                "purpose": "idp_check",
+                "predicates": [{"name": "resides_in", "value": "Mopti"}],
+            },
+            403,
+            "attribute_not_permitted",
+        ),
+        (
+            "health",
+            {"nin": "120394857602914", "purpose": "enrolment", "claims": {"family_name": "X"}},
+            403,
+            "operation_not_permitted",
+        ),
+    ],
+)
 def test_policy_refusals(clients: dict[str, Client], client: str, body: dict, status: int, code: str) -> None:
     response = clients[client].verify(body)
     assert (response.status_code, response.json()["code"]) == (status, code)
     if code == "attribute_not_permitted":  # docs/contract.md §4: names what was refused, claim or predicate
-        assert response.json()["attributes"] == [*body.get("claims", {}), *(p["name"] for p in body.get(
-            "predicates", []))]
+        assert response.json()["attributes"] == [
+            *body.get("claims", {}),
+            *(p["name"] for p in body.get("predicates", [])),
+        ]
 
 
 def test_consent_based_purposes_need_a_consent(clients: dict[str, Client]) -> None:
     body = {"nin": PERSON["nin"], "purpose": "enrolment", "attributes": ["family_name"]}
     assert clients["health"].lookup(body).json()["code"] == "consent_required"
     assert clients["health"].lookup({**body, "consent_id": "c-unknown"}).json()["code"] == "consent_invalid"
-    electoral = clients["electoral"].lookup({"nin": PERSON["nin"], "purpose": "voter_roll",
-                                             "attributes": ["family_name"]})
+    electoral = clients["electoral"].lookup(
+        {"nin": PERSON["nin"], "purpose": "voter_roll", "attributes": ["family_name"]}
+    )
     assert electoral.json()["code"] == "operation_not_permitted"
 
 
-@pytest.mark.parametrize("raw, pointer", [
-    (b'{"nin": "120394857602914", "purpose": "voter_roll"', ""),
-    (b'{"nin": 120394857602914, "purpose": "voter_roll", "claims": {"family_name": "X"}}', "/nin"),
-    (b'{"nin": "12", "purpose": "voter_roll", "claims": {"family_name": "X"}}', "/nin"),
-    (b'{"nin": "120394857602914", "purpose": "voter_roll"}', ""),
-    (b'{"nin": "120394857602914", "purpose": "voter_roll", "claims": {"shoe_size": "42"}}', "/claims/shoe_size"),
-    (b'{"nin": "120394857602914", "purpose": "voter_roll", "predicates": [{"name": "age_at_least"}]}',
-     "/predicates/0"),
-    (b'{"nin": "120394857602914", "purpose": "voter_roll", "predicates": [{"name": "alive", "value": 3}]}',
-     "/predicates/0"),
-    (b'{"nin": "120394857602914", "purpose": "voter_roll", "claims": {"family_name": ""}}', "/claims/family_name"),
-    (b'[]', ""),
-])
+@pytest.mark.parametrize(
+    "raw, pointer",
+    [
+        (b'{"nin": "120394857602914", "purpose": "voter_roll"', ""),
+        (b'{"nin": 120394857602914, "purpose": "voter_roll", "claims": {"family_name": "X"}}', "/nin"),
+        (b'{"nin": "12", "purpose": "voter_roll", "claims": {"family_name": "X"}}', "/nin"),
+        (b'{"nin": "120394857602914", "purpose": "voter_roll"}', ""),
+        (b'{"nin": "120394857602914", "purpose": "voter_roll", "claims": {"shoe_size": "42"}}', "/claims/shoe_size"),
+        (
+            b'{"nin": "120394857602914", "purpose": "voter_roll", "predicates": [{"name": "age_at_least"}]}',
+            "/predicates/0",
+        ),
+        (
+            b'{"nin": "120394857602914", "purpose": "voter_roll", "predicates": [{"name": "alive", "value": 3}]}',
+            "/predicates/0",
+        ),
+        (b'{"nin": "120394857602914", "purpose": "voter_roll", "claims": {"family_name": ""}}', "/claims/family_name"),
+        (b"[]", ""),
+    ],
+)
 def test_bad_bodies_are_400_with_a_pointer(clients: dict[str, Client], raw: bytes, pointer: str) -> None:
     response = clients["electoral"].http.post("/v1/verify", content=raw, headers={"Content-Type": "application/json"})
     assert response.status_code == 400, response.text
@@ -246,10 +340,14 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayPr
     realm = build(root)
     backends = FakeBackends(PEOPLE).start()
     connectors = root / "connectors.yaml"
-    connectors.write_text(yaml.safe_dump(backends.connectors_file(
-        read_timeout_s=0.5, connect_timeout_s=0.5, retries=1, failure_threshold=1000)))
-    server = GatewayProcess(realm.env(GATEWAY_CONNECTORS_FILE=str(connectors)),
-                            factory="tests.support.probe_app:create_durable")
+    connectors.write_text(
+        yaml.safe_dump(
+            backends.connectors_file(read_timeout_s=0.5, connect_timeout_s=0.5, retries=1, failure_threshold=1000)
+        )
+    )
+    server = GatewayProcess(
+        realm.env(GATEWAY_CONNECTORS_FILE=str(connectors)), factory="tests.support.probe_app:create_durable"
+    )
     server.start(root / "gateway.log")
     yield server, backends, realm
     server.stop()
@@ -259,16 +357,22 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayPr
 def test_remote_backends_serve_and_fail_cleanly(remote: tuple[GatewayProcess, FakeBackends, Realm]) -> None:
     server, backends, realm = remote
     social = Client(server, realm, "social-client")
-    body = {"nin": DISPLACED["nin"], "purpose": "idp_check", "claims": {"family_name": DISPLACED["family_name"]},
-            "predicates": [{"name": "registered_idp"}, {"name": "alive"}], }
+    body = {
+        "nin": DISPLACED["nin"],
+        "purpose": "idp_check",
+        "claims": {"family_name": DISPLACED["family_name"]},
+        "predicates": [{"name": "registered_idp"}, {"name": "alive"}],
+    }
     backends.mode = "ok"
     backends.requests.clear()
     ok = social.verify(body)
     assert ok.status_code == 200 and ok.json()["match"] is True
     assert ok.json()["predicates"][0]["result"] is True
     assert len(backends.requests) == 2  # the register and the IDP registry, once each
-    assert all(r["headers"]["traceparent"].split("-")[1] == backends.requests[0]["headers"]["traceparent"]
-               .split("-")[1] for r in backends.requests)
+    assert all(
+        r["headers"]["traceparent"].split("-")[1] == backends.requests[0]["headers"]["traceparent"].split("-")[1]
+        for r in backends.requests
+    )
     backends.requests.clear()
     refused = social.verify({**body, "purpose": "voter_roll"})
     assert refused.status_code == 403 and backends.requests == []  # policy first, no backend asked

@@ -32,11 +32,16 @@ pytestmark = pytest.mark.e2e
 JAMU = [sys.executable, "-m", "gateway.cli"]
 SEED, COUNT = 41, 300
 PEOPLE = list(population(COUNT, SEED))
-ALIVE = [p for p in PEOPLE if p["record_status"] == "active" and len(p["birth_date"]) == 10
-         and p["birth_date"] < "2000"]
+ALIVE = [
+    p for p in PEOPLE if p["record_status"] == "active" and len(p["birth_date"]) == 10 and p["birth_date"] < "2000"
+]
 DEAD = [p for p in PEOPLE if p["record_status"] == "deceased"]
-FAST_PUSH = {"GATEWAY_EVENTS_RETRY_BACKOFF_S": "0.2,0.4,0.8", "GATEWAY_EVENTS_POLL_S": "0.2",
-             "GATEWAY_POLICY_RELOAD_INTERVAL_S": "0.3", "GATEWAY_AUDIT_SEAL_INTERVAL_S": "1"}
+FAST_PUSH = {
+    "GATEWAY_EVENTS_RETRY_BACKOFF_S": "0.2,0.4,0.8",
+    "GATEWAY_EVENTS_POLL_S": "0.2",
+    "GATEWAY_POLICY_RELOAD_INTERVAL_S": "0.3",
+    "GATEWAY_AUDIT_SEAL_INTERVAL_S": "1",
+}
 
 
 def _client(realm: Realm, client_id: str, scopes: list[str]) -> dict[str, Any]:
@@ -44,35 +49,83 @@ def _client(realm: Realm, client_id: str, scopes: list[str]) -> dict[str, Any]:
     return {"client_id": client_id, "auth": "private_key_jwt", "jwks": jwks_of(realm.keys[client_id]), "scopes": scopes}
 
 
-def write_policies(realm: Realm, push_url: str | None, births_url: str | None = None,
-                   death_attributes: tuple[str, ...] = ("nin", "death_date")) -> None:
+def write_policies(
+    realm: Realm,
+    push_url: str | None,
+    births_url: str | None = None,
+    death_attributes: tuple[str, ...] = ("nin", "death_date"),
+) -> None:
     keys = dict(realm.keys)
-    (realm.policies_dir / "centre.yaml").write_text(yaml.safe_dump({
-        "id": "centre", "name": "Centre d'état civil de Ségou", "sector": "civil_registration",
-        "clients": [_client(realm, "centre-app", ["register:declare"])]}, allow_unicode=True))
-    (realm.policies_dir / "centre2.yaml").write_text(yaml.safe_dump({
-        "id": "centre2", "name": "Centre d'état civil de Mopti", "sector": "civil_registration",
-        "clients": [_client(realm, "centre2-app", ["register:declare"])]}, allow_unicode=True))
+    (realm.policies_dir / "centre.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "id": "centre",
+                "name": "Centre d'état civil de Ségou",
+                "sector": "civil_registration",
+                "clients": [_client(realm, "centre-app", ["register:declare"])],
+            },
+            allow_unicode=True,
+        )
+    )
+    (realm.policies_dir / "centre2.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "id": "centre2",
+                "name": "Centre d'état civil de Mopti",
+                "sector": "civil_registration",
+                "clients": [_client(realm, "centre2-app", ["register:declare"])],
+            },
+            allow_unicode=True,
+        )
+    )
     subscriptions: dict[str, Any] = {
-        "deaths": {"purpose": "roll", "events": ["death"], "attributes": list(death_attributes)}}
+        "deaths": {"purpose": "roll", "events": ["death"], "attributes": list(death_attributes)}
+    }
     if push_url:
-        subscriptions["deaths_push"] = {"purpose": "roll", "events": ["death"], "attributes": list(death_attributes),
-                                        "endpoint": push_url, "endpoint_internal": True}
-    (realm.policies_dir / "electoral.yaml").write_text(yaml.safe_dump({
-        "id": "electoral", "name": "Commission électorale",
-        "clients": [_client(realm, "electoral-app", ["events:read"])],
-        "purposes": {"roll": {"legal_basis": "Loi électorale, art. 52", "consent": "not_required",
-                              "operations": ["verify"]}},
-        "subscriptions": subscriptions}, allow_unicode=True))
-    insurance: dict[str, Any] = {"births": {"purpose": "coverage", "events": ["birth", "death"],
-                                            "attributes": ["family_name", "birth_date"]}}
+        subscriptions["deaths_push"] = {
+            "purpose": "roll",
+            "events": ["death"],
+            "attributes": list(death_attributes),
+            "endpoint": push_url,
+            "endpoint_internal": True,
+        }
+    (realm.policies_dir / "electoral.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "id": "electoral",
+                "name": "Commission électorale",
+                "clients": [_client(realm, "electoral-app", ["events:read"])],
+                "purposes": {
+                    "roll": {
+                        "legal_basis": "Loi électorale, art. 52",
+                        "consent": "not_required",
+                        "operations": ["verify"],
+                    }
+                },
+                "subscriptions": subscriptions,
+            },
+            allow_unicode=True,
+        )
+    )
+    insurance: dict[str, Any] = {
+        "births": {"purpose": "coverage", "events": ["birth", "death"], "attributes": ["family_name", "birth_date"]}
+    }
     if births_url:
         insurance["births"].update(endpoint=births_url, endpoint_internal=True)
-    (realm.policies_dir / "insurance.yaml").write_text(yaml.safe_dump({
-        "id": "insurance", "name": "Caisse d'assurance maladie",
-        "clients": [_client(realm, "insurance-app", ["events:read"])],
-        "purposes": {"coverage": {"legal_basis": "Loi AMO", "consent": "not_required", "operations": ["verify"]}},
-        "subscriptions": insurance}, allow_unicode=True))
+    (realm.policies_dir / "insurance.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "id": "insurance",
+                "name": "Caisse d'assurance maladie",
+                "clients": [_client(realm, "insurance-app", ["events:read"])],
+                "purposes": {
+                    "coverage": {"legal_basis": "Loi AMO", "consent": "not_required", "operations": ["verify"]}
+                },
+                "subscriptions": insurance,
+            },
+            allow_unicode=True,
+        )
+    )
     for name, key in keys.items():  # a rewrite keeps the keys the clients already hold
         realm.keys.setdefault(name, key)
 
@@ -106,8 +159,9 @@ class Api:
 
 
 def serve(realm: Realm, log: Path, **env: str) -> GatewayProcess:
-    return GatewayProcess(realm.env(**{**FAST_PUSH, **env}), factory="tests.support.probe_app:create_durable"
-                          ).start(log)
+    return GatewayProcess(realm.env(**{**FAST_PUSH, **env}), factory="tests.support.probe_app:create_durable").start(
+        log
+    )
 
 
 def person(realm: Realm, nin: str) -> dict[str, Any] | None:
@@ -119,16 +173,21 @@ def person(realm: Realm, nin: str) -> dict[str, Any] | None:
 
 def register_state(realm: Realm) -> tuple[Any, ...]:
     with sqlite3.connect(realm.data_dir / "register.db") as db:
-        return (db.execute("SELECT count(*), group_concat(nin || record_status || coalesce(death_date, '')) "
-                           "FROM people").fetchone(),
-                db.execute("SELECT count(*) FROM declarations").fetchone(),
-                db.execute("SELECT count(*) FROM feed").fetchone())
+        return (
+            db.execute(
+                "SELECT count(*), group_concat(nin || record_status || coalesce(death_date, '')) FROM people"
+            ).fetchone(),
+            db.execute("SELECT count(*) FROM declarations").fetchone(),
+            db.execute("SELECT count(*) FROM feed").fetchone(),
+        )
 
 
 def history(gateway: GatewayProcess, realm: Realm, nin: str) -> list[dict[str, Any]]:
     channel = Api(gateway, realm, "channel-app")
-    response = channel.http.post("/v1/subjects/access-history", json={
-        "nin": nin, "evidence": {"method": "in_person", "reference": "FORM-2026-0042"}})
+    response = channel.http.post(
+        "/v1/subjects/access-history",
+        json={"nin": nin, "evidence": {"method": "in_person", "reference": "FORM-2026-0042"}},
+    )
     assert response.status_code == 200, response.text
     return response.json()["events"]
 
@@ -157,15 +216,18 @@ def _token(gateway: GatewayProcess, realm: Realm, client_id: str) -> str:
 
 def trust_keys(gateway: GatewayProcess, realm: Realm, *receivers: Receiver) -> None:
     """What a subscriber does once, out of band: fetch the gateway's push signing keys and trust them."""
-    keys = httpx.get(f"{gateway.base_url}/v1/events/signing-keys",
-                     headers={"Authorization": f"Bearer {_token(gateway, realm, 'electoral-app')}"}).json()["keys"]
+    keys = httpx.get(
+        f"{gateway.base_url}/v1/events/signing-keys",
+        headers={"Authorization": f"Bearer {_token(gateway, realm, 'electoral-app')}"},
+    ).json()["keys"]
     for receiver in receivers:
         receiver.public_keys[:] = [k["public_key"] for k in keys]
 
 
 @contextlib.contextmanager
-def pushing(tmp_path: Path, receiver: Receiver, births: Receiver | None = None, **env: str
-            ) -> Iterator[tuple[GatewayProcess, Realm]]:
+def pushing(
+    tmp_path: Path, receiver: Receiver, births: Receiver | None = None, **env: str
+) -> Iterator[tuple[GatewayProcess, Realm]]:
     """A gateway of its own pushing the death feed to `receiver` (and births to `births`), both trusted."""
     realm = build(tmp_path, push_url=receiver.url, births_url=births.url if births else None)
     gateway = serve(realm, tmp_path / "gateway.log", **env)
@@ -191,9 +253,19 @@ def test_a_birth_gets_a_new_nin_and_a_death_versions_the_record(world: tuple[Gat
     gateway, realm = world
     centre = Api(gateway, realm, "centre-app")
     mother = ALIVE[0]
-    born = centre.declare("b-1", type="birth", data={
-        "family_name": "Coulibaly", "given_names": "Awa", "sex": "F", "birth_date": "2026-11-30",
-        "birth_place": "Ségou", "mother_nin": mother["nin"], "mother_name": "Fanta Coulibaly"})
+    born = centre.declare(
+        "b-1",
+        type="birth",
+        data={
+            "family_name": "Coulibaly",
+            "given_names": "Awa",
+            "sex": "F",
+            "birth_date": "2026-11-30",
+            "birth_place": "Ségou",
+            "mother_nin": mother["nin"],
+            "mother_name": "Fanta Coulibaly",
+        },
+    )
     assert born.status_code == 201, born.text
     doc = born.json()
     assert doc["version"] == 1 and len(doc["nin"]) == 15 and doc["nin"].startswith("2")
@@ -201,15 +273,18 @@ def test_a_birth_gets_a_new_nin_and_a_death_versions_the_record(world: tuple[Gat
     record = person(realm, doc["nin"])
     assert record is not None and record["family_name"] == "Coulibaly" and record["record_status"] == "active"
 
-    died = centre.declare("d-1", type="death", nin=ALIVE[1]["nin"], data={"death_date": "2026-11-01",
-                                                                          "death_place": "Mopti"})
+    died = centre.declare(
+        "d-1", type="death", nin=ALIVE[1]["nin"], data={"death_date": "2026-11-01", "death_place": "Mopti"}
+    )
     assert died.status_code == 201, died.text
     assert died.json()["version"] == 2 and died.json()["nin"] == ALIVE[1]["nin"]
     after = person(realm, ALIVE[1]["nin"])
     assert after is not None and after["record_status"] == "deceased" and after["death_date"] == "2026-11-01"
     # The person's history shows the declaration.
-    assert any(e["operation"] == "declaration" and e["administration"] == "centre"
-               for e in history(gateway, realm, ALIVE[1]["nin"]))
+    assert any(
+        e["operation"] == "declaration" and e["administration"] == "centre"
+        for e in history(gateway, realm, ALIVE[1]["nin"])
+    )
 
 
 def test_impossible_and_malformed_declarations_change_nothing(world: tuple[GatewayProcess, Realm]) -> None:
@@ -217,18 +292,43 @@ def test_impossible_and_malformed_declarations_change_nothing(world: tuple[Gatew
     centre = Api(gateway, realm, "centre-app")
     before = register_state(realm)
     cases = [
-        (centre.declare("x-1", type="death", nin=DEAD[0]["nin"], data={"death_date": "2026-10-01"}),
-         422, "already_deceased"),
-        (centre.declare("x-2", type="birth", data={"family_name": "Diarra", "given_names": "Ali", "sex": "M",
-                                                   "birth_date": "2099-01-01", "birth_place": "Kayes"}),
-         422, "date_in_future"),
-        (centre.declare("x-3", type="death", nin=ALIVE[2]["nin"], data={"death_date": "1901-01-01"}),
-         422, "death_before_birth"),
-        (centre.declare("x-4", type="death", nin="100000000000000", data={"death_date": "2026-10-01"}),
-         422, "subject_not_found"),
-        (centre.declare("x-5", type="marriage", nin=DEAD[0]["nin"], data={"spouse_nin": ALIVE[3]["nin"],
-                                                                          "date": "2026-01-01"}),
-         422, "subject_deceased"),
+        (
+            centre.declare("x-1", type="death", nin=DEAD[0]["nin"], data={"death_date": "2026-10-01"}),
+            422,
+            "already_deceased",
+        ),
+        (
+            centre.declare(
+                "x-2",
+                type="birth",
+                data={
+                    "family_name": "Diarra",
+                    "given_names": "Ali",
+                    "sex": "M",
+                    "birth_date": "2099-01-01",
+                    "birth_place": "Kayes",
+                },
+            ),
+            422,
+            "date_in_future",
+        ),
+        (
+            centre.declare("x-3", type="death", nin=ALIVE[2]["nin"], data={"death_date": "1901-01-01"}),
+            422,
+            "death_before_birth",
+        ),
+        (
+            centre.declare("x-4", type="death", nin="100000000000000", data={"death_date": "2026-10-01"}),
+            422,
+            "subject_not_found",
+        ),
+        (
+            centre.declare(
+                "x-5", type="marriage", nin=DEAD[0]["nin"], data={"spouse_nin": ALIVE[3]["nin"], "date": "2026-01-01"}
+            ),
+            422,
+            "subject_deceased",
+        ),
     ]
     for response, status, reason in cases:
         assert response.status_code == status, response.text
@@ -241,10 +341,14 @@ def test_impossible_and_malformed_declarations_change_nothing(world: tuple[Gatew
         centre.declare("m-4", type="death", data={"death_date": "2026-10-01"}),
         centre.declare("m-5", type="exodus", nin=ALIVE[2]["nin"], data={}),
         centre.declare("m-6", type="birth", nin=ALIVE[2]["nin"], data={}),
-        centre.http.post("/v1/declarations", content=b'{"type": "death", "nin": ', headers={
-            "Idempotency-Key": "m-7", "content-type": "application/json"}),
-        centre.http.post("/v1/declarations", json={"type": "death", "nin": ALIVE[2]["nin"],
-                                                   "data": {"death_date": "2026-10-01"}}),  # no key
+        centre.http.post(
+            "/v1/declarations",
+            content=b'{"type": "death", "nin": ',
+            headers={"Idempotency-Key": "m-7", "content-type": "application/json"},
+        ),
+        centre.http.post(
+            "/v1/declarations", json={"type": "death", "nin": ALIVE[2]["nin"], "data": {"death_date": "2026-10-01"}}
+        ),  # no key
         centre.declare("m-9", type="death", nin="\uff11\uff12\uff13\u202e", data={"death_date": "2026-10-01"}),
     ]
     pointers = []
@@ -259,31 +363,43 @@ def test_impossible_and_malformed_declarations_change_nothing(world: tuple[Gatew
 def test_an_idempotency_key_answers_the_first_answer_or_409(world: tuple[GatewayProcess, Realm]) -> None:
     gateway, realm = world
     centre = Api(gateway, realm, "centre-app")
-    body = {"type": "displacement", "nin": ALIVE[4]["nin"],
-            "data": {"displacement_status": "displaced", "displacement_site": "Site de Faladié",
-                     "effective_date": "2026-09-01"}}
+    body = {
+        "type": "displacement",
+        "nin": ALIVE[4]["nin"],
+        "data": {
+            "displacement_status": "displaced",
+            "displacement_site": "Site de Faladié",
+            "effective_date": "2026-09-01",
+        },
+    }
     first = centre.declare("k-1", **body)
     assert first.status_code == 201, first.text
     state = register_state(realm)
     again = centre.declare("k-1", **body)
     assert again.status_code == 201
-    assert {k: v for k, v in again.json().items() if k != "transaction_id"} == \
-        {k: v for k, v in first.json().items() if k != "transaction_id"}
+    assert {k: v for k, v in again.json().items() if k != "transaction_id"} == {
+        k: v for k, v in first.json().items() if k != "transaction_id"
+    }
     other = centre.declare("k-1", **{**body, "data": {**body["data"], "displacement_site": "Site de Sénou"}})
     assert other.status_code == 409 and other.json()["code"] == "conflict"
     assert register_state(realm) == state
     # Another administration's key space is its own: its k-1 is a new declaration, not a conflict.
     other_centre = Api(gateway, realm, "centre2-app")
-    theirs = other_centre.declare("k-1", type="displacement", nin=ALIVE[6]["nin"], data={
-        "displacement_status": "returned", "effective_date": "2026-10-01"})
+    theirs = other_centre.declare(
+        "k-1",
+        type="displacement",
+        nin=ALIVE[6]["nin"],
+        data={"displacement_status": "returned", "effective_date": "2026-10-01"},
+    )
     assert theirs.status_code == 201 and theirs.json()["event_id"] != first.json()["event_id"]
     # A client without register:declare is refused.
     electoral = Api(gateway, realm, "electoral-app")
     assert electoral.declare("k-1", **body).status_code == 403
 
 
-def test_corrections_and_voids_reach_every_subscriber_of_the_original(world: tuple[GatewayProcess, Realm],
-                                                                       receiver: Receiver) -> None:
+def test_corrections_and_voids_reach_every_subscriber_of_the_original(
+    world: tuple[GatewayProcess, Realm], receiver: Receiver
+) -> None:
     gateway, realm = world
     centre = Api(gateway, realm, "centre-app")
     nin = ALIVE[5]["nin"]
@@ -305,10 +421,18 @@ def test_corrections_and_voids_reach_every_subscriber_of_the_original(world: tup
     for client_id, subscription in (("electoral-app", "deaths"), ("insurance-app", "births")):
         api = Api(gateway, realm, client_id)
         events = api.pull(subscription, limit=1000).json()["events"]
-        chain = [e for e in events if e["id"] == died["event_id"] or e.get("corrects") == died["event_id"]
-                 or e.get("voids") == died["event_id"]]
-        assert [e["type"] for e in chain] == ["ml.etatcivil.death", "ml.etatcivil.death.corrected",
-                                              "ml.etatcivil.death.voided"], (subscription, chain)
+        chain = [
+            e
+            for e in events
+            if e["id"] == died["event_id"]
+            or e.get("corrects") == died["event_id"]
+            or e.get("voids") == died["event_id"]
+        ]
+        assert [e["type"] for e in chain] == [
+            "ml.etatcivil.death",
+            "ml.etatcivil.death.corrected",
+            "ml.etatcivil.death.voided",
+        ], (subscription, chain)
     pushed = _wait_pushed(receiver, 1)
     wait_until(lambda: any(d.event.get("voids") == died["event_id"] for d in receiver.accepted()), 20, "void pushed")
     assert pushed
@@ -341,8 +465,11 @@ def test_the_pull_feed_pages_with_stable_cursors_and_logs_each_release(world: tu
     ours = [e for e in seen if e["data"].get("nin") in nins]
     assert len(ours) == len(nins)
     for event in ours:
-        parsed = from_http_event(HTTPMessage(headers={"content-type": "application/cloudevents+json"},
-                                             body=httpx.Response(200, json=event).content))
+        parsed = from_http_event(
+            HTTPMessage(
+                headers={"content-type": "application/cloudevents+json"}, body=httpx.Response(200, json=event).content
+            )
+        )
         assert parsed.get_type() == "ml.etatcivil.death" and parsed.get_id() == event["id"]
         assert set(event["data"]) == {"nin", "death_date", "version"}  # only the subscription's attributes
         assert event["subject"] and event["subject"] != event["data"]["nin"]
@@ -352,8 +479,14 @@ def test_the_pull_feed_pages_with_stable_cursors_and_logs_each_release(world: tu
     # Without a cursor the feed starts at its first event.
     assert electoral.pull("deaths", limit=1).json()["events"][0]["sequence"] == "1"
     # Each event released is in that person's history, with who received it.
-    wait_until(lambda: any(e["operation"] == "events.read" and e["administration"] == "electoral"
-                           for e in history(gateway, realm, nins[0])), 10, "events.read in history")
+    wait_until(
+        lambda: any(
+            e["operation"] == "events.read" and e["administration"] == "electoral"
+            for e in history(gateway, realm, nins[0])
+        ),
+        10,
+        "events.read in history",
+    )
 
 
 def test_a_feed_is_its_administrations_own(world: tuple[GatewayProcess, Realm]) -> None:
@@ -373,8 +506,9 @@ def test_a_feed_is_its_administrations_own(world: tuple[GatewayProcess, Realm]) 
 # -- push -----------------------------------------------------------------------------------------------
 
 
-def test_pushed_events_are_signed_cloudevents_in_sequence(world: tuple[GatewayProcess, Realm],
-                                                         receiver: Receiver) -> None:
+def test_pushed_events_are_signed_cloudevents_in_sequence(
+    world: tuple[GatewayProcess, Realm], receiver: Receiver
+) -> None:
     gateway, realm = world
     centre = Api(gateway, realm, "centre-app")
     nin = ALIVE[20]["nin"]
@@ -390,8 +524,14 @@ def test_pushed_events_are_signed_cloudevents_in_sequence(world: tuple[GatewayPr
     assert mine.headers["webhook-id"] == event_id
     assert mine.headers["content-type"] == "application/cloudevents+json"
     assert mine.event["data"] == {"nin": nin, "death_date": "2026-11-20", "version": 2}
-    wait_until(lambda: any(e["operation"] == "events.deliver" and e["administration"] == "electoral"
-                           for e in history(gateway, realm, nin)), 10, "events.deliver in history")
+    wait_until(
+        lambda: any(
+            e["operation"] == "events.deliver" and e["administration"] == "electoral"
+            for e in history(gateway, realm, nin)
+        ),
+        10,
+        "events.deliver in history",
+    )
     status = Api(gateway, realm, "electoral-app").http.get("/v1/events/subscriptions/deaths_push").json()
     assert status["push"]["disabled"] is None and status["dead_letters"] == []
 
@@ -401,15 +541,21 @@ def test_a_subscriber_down_gets_everything_afterwards_in_sequence(tmp_path: Path
     receiver = Receiver(answer=lambda d: (503, {}, 0.0) if time.time() < down["until"] else (200, {}, 0.0)).start()
     with pushing(tmp_path, receiver) as (gateway, realm):
         centre = Api(gateway, realm, "centre-app")
-        ids = [centre.declare(f"down-{i}", type="death", nin=p["nin"], data={"death_date": "2026-11-02"}
-                              ).json()["event_id"] for i, p in enumerate(ALIVE[:12])]
+        ids = [
+            centre.declare(f"down-{i}", type="death", nin=p["nin"], data={"death_date": "2026-11-02"}).json()[
+                "event_id"
+            ]
+            for i, p in enumerate(ALIVE[:12])
+        ]
         wait_until(lambda: len(receiver.received) >= 3, 20, "retries while down")
         electoral = Api(gateway, realm, "electoral-app")
         push = electoral.http.get("/v1/events/subscriptions/deaths_push").json()["push"]
         assert push["attempts"] >= 1 and push["last_error"] == "503" and push["backlog"] == 12
         ready = httpx.get(f"{gateway.base_url}/readyz").json()
-        assert ready["checks"]["events"]["backlog"] == 12 and "electoral/deaths_push" in \
-            ready["checks"]["events"]["failing"]
+        assert (
+            ready["checks"]["events"]["backlog"] == 12
+            and "electoral/deaths_push" in ready["checks"]["events"]["failing"]
+        )
         down["until"] = 0  # back up
         delivered = _wait_pushed(receiver, 12, timeout=30)
         assert [d.event["id"] for d in delivered] == ids  # in sequence, none lost
@@ -418,8 +564,11 @@ def test_a_subscriber_down_gets_everything_afterwards_in_sequence(tmp_path: Path
         for d in receiver.received:  # a retried event always came with the same webhook-id
             by_id.setdefault(d.event["id"], set()).add(d.headers["webhook-id"])
         assert all(ids == {event_id} for event_id, ids in by_id.items())
-        wait_until(lambda: httpx.get(f"{gateway.base_url}/readyz").json()["checks"]["events"]["backlog"] == 0,
-                   10, "backlog drained")
+        wait_until(
+            lambda: httpx.get(f"{gateway.base_url}/readyz").json()["checks"]["events"]["backlog"] == 0,
+            10,
+            "backlog drained",
+        )
 
 
 def test_sigkill_between_the_register_change_and_delivery_loses_nothing(tmp_path: Path) -> None:
@@ -427,8 +576,12 @@ def test_sigkill_between_the_register_change_and_delivery_loses_nothing(tmp_path
     receiver = Receiver(answer=lambda d: (200, {}, 0.0) if up["ok"] else (500, {}, 0.0)).start()
     with pushing(tmp_path, receiver) as (gateway, realm):
         centre = Api(gateway, realm, "centre-app")
-        ids = [centre.declare(f"kill-{i}", type="death", nin=p["nin"], data={"death_date": "2026-11-03"}
-                              ).json()["event_id"] for i, p in enumerate(ALIVE[:5])]
+        ids = [
+            centre.declare(f"kill-{i}", type="death", nin=p["nin"], data={"death_date": "2026-11-03"}).json()[
+                "event_id"
+            ]
+            for i, p in enumerate(ALIVE[:5])
+        ]
         assert gateway.proc is not None
         os.kill(gateway.proc.pid, signal.SIGKILL)
         gateway.proc.wait(10)
@@ -452,10 +605,15 @@ def test_gone_disables_retry_after_is_honoured_and_a_slow_subscriber_holds_only_
         electoral = Api(gateway, realm, "electoral-app")
         declared = time.monotonic()
         for i, p in enumerate(ALIVE[:3]):
-            assert centre.declare(f"g-{i}", type="death", nin=p["nin"], data={"death_date": "2026-11-04"}
-                                  ).status_code == 201
-        wait_until(lambda: electoral.http.get("/v1/events/subscriptions/deaths_push").json()["push"]["disabled"],
-                   15, "410 disables the endpoint")
+            assert (
+                centre.declare(f"g-{i}", type="death", nin=p["nin"], data={"death_date": "2026-11-04"}).status_code
+                == 201
+            )
+        wait_until(
+            lambda: electoral.http.get("/v1/events/subscriptions/deaths_push").json()["push"]["disabled"],
+            15,
+            "410 disables the endpoint",
+        )
         # The insurance fund's endpoint holds its one connection 3 s an answer; the electoral endpoint was
         # served meanwhile, on its own.
         assert time.monotonic() - declared < 2.5
@@ -501,17 +659,28 @@ def test_a_policy_change_removes_an_attribute_from_retries_and_replays(tmp_path:
 def test_an_endpoint_outside_the_internal_network_must_resolve_to_public_addresses(tmp_path: Path) -> None:
     realm = build(tmp_path)
     policy = yaml.safe_load((realm.policies_dir / "electoral.yaml").read_text())
-    policy["subscriptions"]["deaths_push"] = {"purpose": "roll", "events": ["death"], "attributes": ["death_date"],
-                                              "endpoint": "https://localhost:9/hooks"}
+    policy["subscriptions"]["deaths_push"] = {
+        "purpose": "roll",
+        "events": ["death"],
+        "attributes": ["death_date"],
+        "endpoint": "https://localhost:9/hooks",
+    }
     (realm.policies_dir / "electoral.yaml").write_text(yaml.safe_dump(policy))
     gateway = serve(realm, tmp_path / "gateway.log")
     try:
         centre = Api(gateway, realm, "centre-app")
-        assert centre.declare("s-1", type="death", nin=ALIVE[0]["nin"], data={"death_date": "2026-11-05"}
-                              ).status_code == 201
+        assert (
+            centre.declare("s-1", type="death", nin=ALIVE[0]["nin"], data={"death_date": "2026-11-05"}).status_code
+            == 201
+        )
         electoral = Api(gateway, realm, "electoral-app")
-        wait_until(lambda: (electoral.http.get("/v1/events/subscriptions/deaths_push").json()["push"]["last_error"]
-                            or "").startswith("unsafe endpoint"), 10, "refused to reach loopback")
+        wait_until(
+            lambda: (
+                electoral.http.get("/v1/events/subscriptions/deaths_push").json()["push"]["last_error"] or ""
+            ).startswith("unsafe endpoint"),
+            10,
+            "refused to reach loopback",
+        )
     finally:
         gateway.stop()
 
@@ -521,28 +690,38 @@ def test_dead_letters_are_shown_and_replayed_and_metrics_follow(tmp_path: Path) 
     receiver = Receiver(answer=lambda d: (500, {}, 0.0) if broken["on"] else (200, {}, 0.0)).start()
     with pushing(tmp_path, receiver, GATEWAY_EVENTS_RETRY_HORIZON_S="1.5") as (gateway, realm):
         centre = Api(gateway, realm, "centre-app")
-        ids = [centre.declare(f"dl-{i}", type="death", nin=p["nin"], data={"death_date": "2026-11-06"}
-                              ).json()["event_id"] for i, p in enumerate(ALIVE[:3])]
+        ids = [
+            centre.declare(f"dl-{i}", type="death", nin=p["nin"], data={"death_date": "2026-11-06"}).json()["event_id"]
+            for i, p in enumerate(ALIVE[:3])
+        ]
         electoral = Api(gateway, realm, "electoral-app")
-        wait_until(lambda: electoral.http.get("/v1/events/subscriptions/deaths_push").json()["dead_letters"], 15,
-                   "a dead letter after the horizon")
+        wait_until(
+            lambda: electoral.http.get("/v1/events/subscriptions/deaths_push").json()["dead_letters"],
+            15,
+            "a dead letter after the horizon",
+        )
         status = electoral.http.get("/v1/events/subscriptions/deaths_push").json()
         assert [d["event_id"] for d in status["dead_letters"]] == [ids[0]]
         assert status["push"]["disabled"] and status["push"]["backlog"] == 2  # the rest kept, in order
         oversight = Api(gateway, realm, "oversight-app")
-        wait_until(lambda: "jamu_events_outbox_backlog 2.0" in oversight.http.get("/metrics").text, 10,
-                   "the backlog gauge follows")  # refreshed every few polls, without /readyz
+        wait_until(
+            lambda: "jamu_events_outbox_backlog 2.0" in oversight.http.get("/metrics").text,
+            10,
+            "the backlog gauge follows",
+        )  # refreshed every few polls, without /readyz
         metrics = oversight.http.get("/metrics").text
         assert "jamu_events_subscriptions_failing 1.0" in metrics
         assert 'jamu_events_delivery_failures_total{administration="electoral"}' in metrics
         broken["on"] = False
-        replay = electoral.http.post("/v1/events/subscriptions/deaths_push/replay",
-                                     json={"after": status["dead_letters"][0]["replay_from"]})
+        replay = electoral.http.post(
+            "/v1/events/subscriptions/deaths_push/replay", json={"after": status["dead_letters"][0]["replay_from"]}
+        )
         assert replay.status_code == 202, replay.text
         delivered = _wait_pushed(receiver, 3)
         assert [d.event["id"] for d in delivered] == ids
-        ahead = electoral.http.post("/v1/events/subscriptions/deaths_push/replay",
-                                    json={"after": status["head_cursor"][:-2] + "xx"})
+        ahead = electoral.http.post(
+            "/v1/events/subscriptions/deaths_push/replay", json={"after": status["head_cursor"][:-2] + "xx"}
+        )
         assert ahead.status_code == 400
 
 
@@ -560,27 +739,55 @@ def test_the_reference_consumer_strikes_deceased_voters(world: tuple[GatewayProc
     gateway, realm = world
     voters = ALIVE[30:40]
     roll = tmp_path / "roll.csv"
-    roll.write_text("nin,family_name,status\n" + "".join(f"{p['nin']},{p['family_name']},listed\n" for p in voters),
-                    encoding="utf-8")
+    roll.write_text(
+        "nin,family_name,status\n" + "".join(f"{p['nin']},{p['family_name']},listed\n" for p in voters),
+        encoding="utf-8",
+    )
     declarations = tmp_path / "deaths.jsonl"
     dying = [*voters[:3], ALIVE[41]]  # the last one is not on this roll
-    declarations.write_text("".join(
-        json.dumps({"type": "death", "nin": p["nin"], "data": {"death_date": "2026-11-25"}}) + "\n" for p in dying)
-        + json.dumps({"type": "death", "nin": DEAD[1]["nin"], "data": {"death_date": "2026-11-25"}}) + "\n")
-    declare = [*JAMU, "events", "declare", str(declarations), "--client", "centre-app",
-               "--key", str(_pem(realm, "centre-app", tmp_path)), "--gateway", gateway.base_url]
+    declarations.write_text(
+        "".join(
+            json.dumps({"type": "death", "nin": p["nin"], "data": {"death_date": "2026-11-25"}}) + "\n" for p in dying
+        )
+        + json.dumps({"type": "death", "nin": DEAD[1]["nin"], "data": {"death_date": "2026-11-25"}})
+        + "\n"
+    )
+    declare = [
+        *JAMU,
+        "events",
+        "declare",
+        str(declarations),
+        "--client",
+        "centre-app",
+        "--key",
+        str(_pem(realm, "centre-app", tmp_path)),
+        "--gateway",
+        gateway.base_url,
+    ]
     run = subprocess.run(declare, capture_output=True, text=True, timeout=60)
     answers = [json.loads(line) for line in run.stdout.splitlines()]
     assert run.returncode == 1  # one line was refused, and said so
     assert [a["status"] for a in answers] == [201, 201, 201, 201, 422]
     assert answers[-1]["reason"] == "already_deceased" and answers[-1]["line"] == 5
     again = subprocess.run(declare, capture_output=True, text=True, timeout=60)  # idempotent by line
-    assert [json.loads(line).get("event_id") for line in again.stdout.splitlines()] == [a.get("event_id")
-                                                                                        for a in answers]
+    assert [json.loads(line).get("event_id") for line in again.stdout.splitlines()] == [
+        a.get("event_id") for a in answers
+    ]
 
-    consumer = [sys.executable, str(REPO / "examples" / "strike_deceased_voters" / "strike.py"),
-                "--gateway", gateway.base_url, "--client", "electoral-app",
-                "--key", str(_pem(realm, "electoral-app", tmp_path)), "--subscription", "deaths", "--roll", str(roll)]
+    consumer = [
+        sys.executable,
+        str(REPO / "examples" / "strike_deceased_voters" / "strike.py"),
+        "--gateway",
+        gateway.base_url,
+        "--client",
+        "electoral-app",
+        "--key",
+        str(_pem(realm, "electoral-app", tmp_path)),
+        "--subscription",
+        "deaths",
+        "--roll",
+        str(roll),
+    ]
 
     def strike() -> dict[str, int]:
         done = subprocess.run(consumer, capture_output=True, text=True, timeout=60, cwd=REPO)

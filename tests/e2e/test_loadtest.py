@@ -18,10 +18,21 @@ pytestmark = pytest.mark.e2e
 
 
 def run(tmp_path: Path, **env: str) -> tuple[int, dict]:
-    done = subprocess.run([sys.executable, "-m", "loadtests.run_loadtest"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "LOADTEST_DURATION": "8s", "LOADTEST_USERS": "8",
-                                                       "LOADTEST_DATA_DIR": str(tmp_path / "var"),
-                                                       "LOADTEST_REPORTS": str(tmp_path / "reports"), **env})
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtests.run_loadtest"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "LOADTEST_DURATION": "8s",
+            "LOADTEST_USERS": "8",
+            "LOADTEST_DATA_DIR": str(tmp_path / "var"),
+            "LOADTEST_REPORTS": str(tmp_path / "reports"),
+            **env,
+        },
+    )
     return done.returncode, json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -38,8 +49,24 @@ def test_the_scenarios_run_and_the_slos_decide_the_exit_code(tmp_path: Path) -> 
 def test_the_identity_benchmark_prints_its_headline_figures(tmp_path: Path) -> None:
     """`make bench`'s identity part, at toy sizes: it runs, every answer is a 200, and the figures the
     issue names are there and plausible (the targets themselves are judged by the full run)."""
-    argv = ["--seed-count", "2000", "--small", "1000", "--large", "3000", "--requests", "1200", "--rounds", "2",
-            "--half-rounds", "1", "--half-seconds", "0.5", "--timing-requests", "20"]
+    argv = [
+        "--seed-count",
+        "2000",
+        "--small",
+        "1000",
+        "--large",
+        "3000",
+        "--requests",
+        "1200",
+        "--rounds",
+        "2",
+        "--half-rounds",
+        "1",
+        "--half-seconds",
+        "0.5",
+        "--timing-requests",
+        "20",
+    ]
     result = _bench(tmp_path, "bench_identity", argv)
     for name in ("bare", "verify", "lookup"):
         assert result[f"{name}_rps"] > 50, result
@@ -67,23 +94,37 @@ def _need_wrk() -> None:
 
 
 def _bench(tmp_path: Path, module: str, argv: list[str], **env: str) -> dict:
-    done = subprocess.run([sys.executable, "-m", f"loadtests.{module}", *argv], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path), **env})
+    done = subprocess.run(
+        [sys.executable, "-m", f"loadtests.{module}", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TMPDIR": str(tmp_path), **env},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert not list(tmp_path.glob("jamu-bench-*"))  # what it built is removed
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_the_rate_limit_benchmark_runs(tmp_path: Path, redis_url: str) -> None:
-    result = _bench(tmp_path, "bench_ratelimit", ["--requests", "60", "--rounds", "1", "--rate", "200"],
-                    JAMU_BENCH_REDIS_URL=redis_url)
+    result = _bench(
+        tmp_path,
+        "bench_ratelimit",
+        ["--requests", "60", "--rounds", "1", "--rate", "200"],
+        JAMU_BENCH_REDIS_URL=redis_url,
+    )
     assert "error" not in result and result["redis_commands_per_request"] >= 1, result
     assert result["with_limiter_p99_ms"] > 0 and result["without_limiter_p99_ms"] > 0
 
 
 def test_the_access_log_benchmark_runs(tmp_path: Path, postgres_url: str) -> None:
-    result = _bench(tmp_path, "bench_audit", ["--events", "400", "--requests", "60", "--rounds", "1", "--rate",
-                                              "200", "--export-sizes", "100,300"], JAMU_BENCH_DATABASE_URL=postgres_url)
+    result = _bench(
+        tmp_path,
+        "bench_audit",
+        ["--events", "400", "--requests", "60", "--rounds", "1", "--rate", "200", "--export-sizes", "100,300"],
+        JAMU_BENCH_DATABASE_URL=postgres_url,
+    )
     assert "error" not in result, result
     assert result["durable_appends_per_s"] > 0 and result["durable_one_per_sync_appends_per_s"] > 0
     assert result["durable_append_cpu_us"] > 0 and result["sqlite_catch_up_per_s"] > 0
@@ -96,11 +137,19 @@ def test_the_hardening_benchmark_runs(tmp_path: Path) -> None:
     """wrk against a served gateway at toy size: the figures are there, every verification answered 200
     with an anonymous flood beside it, and the flood logged far fewer events than it sent."""
     _need_wrk()
-    result = _bench(tmp_path, "bench_hardening", ["--people", "2000", "--rounds", "3", "--seconds", "1",
-                                                  "--flood-rounds", "1", "--flood-seconds", "2"])
+    result = _bench(
+        tmp_path,
+        "bench_hardening",
+        ["--people", "2000", "--rounds", "3", "--seconds", "1", "--flood-rounds", "1", "--flood-seconds", "2"],
+    )
     assert "error" not in result, result
-    for key in ("unknown_known_throughput_ratio", "unknown_known_cpu_ratio", "known_known_throughput_ratio",
-                "unknown_known_throughput_ratio_8c", "flood_verify_ratio"):
+    for key in (
+        "unknown_known_throughput_ratio",
+        "unknown_known_cpu_ratio",
+        "known_known_throughput_ratio",
+        "unknown_known_throughput_ratio_8c",
+        "flood_verify_ratio",
+    ):
         assert 0.2 < result[key] < 5, (key, result)
     assert result["flood_verify_not_200"] == 0
     assert result["flood_requests"] > 2 * result["flood_events_logged"] > 0, result
@@ -110,9 +159,12 @@ def test_the_log_benchmark_runs(tmp_path: Path, redis_url: str) -> None:
     """wrk against a served gateway at toy size: bare, logged bare and verify, at 64 and 8 connections,
     every answer 200, the log's CPU positive; one worker against two; memory sampled over a short soak."""
     _need_wrk()
-    result = _bench(tmp_path, "bench_log", ["--people", "2000", "--rounds", "1", "--seconds", "1",
-                                            "--worker-rounds", "1", "--soak-seconds", "2"],
-                    JAMU_BENCH_REDIS_URL=redis_url)
+    result = _bench(
+        tmp_path,
+        "bench_log",
+        ["--people", "2000", "--rounds", "1", "--seconds", "1", "--worker-rounds", "1", "--soak-seconds", "2"],
+        JAMU_BENCH_REDIS_URL=redis_url,
+    )
     assert "error" not in result, result
     for key in ("logged_bare_ratio", "verify_ratio", "logged_bare_ratio_8c", "verify_ratio_8c", "workers_2_ratio"):
         assert 0.05 < result[key] < 5, (key, result)
@@ -121,8 +173,18 @@ def test_the_log_benchmark_runs(tmp_path: Path, redis_url: str) -> None:
 
 
 def test_the_verifiable_log_benchmark_runs(tmp_path: Path) -> None:
-    argv = ["--tree-events", "2000", "--proof-tree-size", "5000", "--proofs", "20", "--receipts", "5",
-            "--witness-rounds", "3"]
+    argv = [
+        "--tree-events",
+        "2000",
+        "--proof-tree-size",
+        "5000",
+        "--proofs",
+        "20",
+        "--receipts",
+        "5",
+        "--witness-rounds",
+        "3",
+    ]
     result = _bench(tmp_path, "bench_tlog", argv)
     assert 0 < result["tree_leaf_hash_cpu_us"] < result["tree_cpu_us"] < 1000, result
     assert result["proof_tree_size"] == 5000
@@ -148,9 +210,26 @@ def test_the_life_events_benchmark_runs(tmp_path: Path) -> None:
     into the feed drained with the gateway's memory sampled: every figure there, nothing refused, every
     pushed event received."""
     _need_wrk()
-    result = _bench(tmp_path, "bench_events", ["--people", "6000", "--rounds", "1", "--seconds", "1",
-                                               "--pull-seconds", "1", "--drain-seconds", "30", "--backlog", "3000",
-                                               "--backlog-seconds", "30"])
+    result = _bench(
+        tmp_path,
+        "bench_events",
+        [
+            "--people",
+            "6000",
+            "--rounds",
+            "1",
+            "--seconds",
+            "1",
+            "--pull-seconds",
+            "1",
+            "--drain-seconds",
+            "30",
+            "--backlog",
+            "3000",
+            "--backlog-seconds",
+            "30",
+        ],
+    )
     assert "error" not in result, result
     assert result["declarations_per_s"] > 0 and result["declarations_per_s_8c"] > 0, result
     assert 0 < result["declare_ratio"] < 5 and result["declare_refused"] == 0, result
@@ -163,8 +242,11 @@ def test_the_life_events_benchmark_runs(tmp_path: Path) -> None:
 def test_the_console_benchmark_runs(tmp_path: Path) -> None:
     """A small index (the full run builds 10 million events): the three pages timed, the alert watcher's
     cost measured over the index, nothing refused."""
-    result = _bench(tmp_path, "bench_console", ["--events", "30000", "--persons", "5000", "--rounds", "1",
-                                                "--requests", "3", "--alert-events", "20000"])
+    result = _bench(
+        tmp_path,
+        "bench_console",
+        ["--events", "30000", "--persons", "5000", "--rounds", "1", "--requests", "3", "--alert-events", "20000"],
+    )
     assert "error" not in result, result
     assert result["index"]["events"] == 30000 and result["alerts"]["evaluated"] == 20000, result
     for page in ("overview", "search", "person"):

@@ -60,9 +60,11 @@ def test_served_under_a_prefix_every_request_is_logged(realm: Realm, tmp_path: P
         token = httpx.post(f"{server.base_url}/jamu/oauth2/token", data=form, timeout=10)
         assert token.status_code == 200, token.text
         headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
-        answers = [httpx.get(f"{server.base_url}/jamu/v1/probe/verify", headers=headers, timeout=10),
-                   httpx.get(f"{server.base_url}/v1/probe/verify", headers=headers, timeout=10),
-                   httpx.get(f"{server.base_url}/jamu/v1/no-such-thing", headers=headers, timeout=10)]
+        answers = [
+            httpx.get(f"{server.base_url}/jamu/v1/probe/verify", headers=headers, timeout=10),
+            httpx.get(f"{server.base_url}/v1/probe/verify", headers=headers, timeout=10),
+            httpx.get(f"{server.base_url}/jamu/v1/no-such-thing", headers=headers, timeout=10),
+        ]
         assert [a.status_code for a in answers] == [200, 200, 404]
         events = httpx.get(f"{server.base_url}/jamu/test-state", timeout=10).json()["events"]
         logged = {e["id"]: e for e in events}

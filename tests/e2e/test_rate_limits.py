@@ -32,11 +32,23 @@ def limited_realm(tmp_path_factory: pytest.TempPathFactory) -> Realm:
     for admin, windows in LIMITS.items():
         client_id = f"{admin}-app"
         realm.keys[client_id] = new_key()
-        (realm.policies_dir / f"{admin}.yaml").write_text(yaml.safe_dump({
-            "id": admin, "name": admin.title(), "rate_limits": windows,
-            "clients": [{"client_id": client_id, "auth": "private_key_jwt", "jwks": jwks_of(realm.keys[client_id]),
-                         "scopes": ["identity:verify"]}],
-        }))
+        (realm.policies_dir / f"{admin}.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "id": admin,
+                    "name": admin.title(),
+                    "rate_limits": windows,
+                    "clients": [
+                        {
+                            "client_id": client_id,
+                            "auth": "private_key_jwt",
+                            "jwks": jwks_of(realm.keys[client_id]),
+                            "scopes": ["identity:verify"],
+                        }
+                    ],
+                }
+            )
+        )
     return realm
 
 
@@ -79,8 +91,9 @@ def _event(gateway: GatewayProcess, transaction_id: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def shared_gateways(limited_realm: Realm, redis_url: str,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GatewayProcess]]:
+def shared_gateways(
+    limited_realm: Realm, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[GatewayProcess]]:
     logs = tmp_path_factory.mktemp("limit-logs")
     prefix = f"jamu-test:limits:{id(logs)}:"
     env = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_KEY_PREFIX": prefix, "GATEWAY_ISSUER": "http://127.0.0.1:9"}
@@ -114,19 +127,28 @@ def test_fields_then_429_with_retry_after(shared_gateways: list[GatewayProcess],
     assert state["calls"]["verify"] == calls_before + 4, "the refused call never reached the operation"
     event = next(e for e in state["events"] if e["id"] == refused.json()["transaction_id"])
     assert (event["decision"], event["reason"], event["status"], event["administration"]) == (
-        "deny", "rate_limited", 429, "limited")
+        "deny",
+        "rate_limited",
+        429,
+        "limited",
+    )
     metrics = _metrics(gateway, limited_realm, "http://127.0.0.1:9")
     assert 'jamu_ratelimit_refusals_total{administration="limited"} 1.0' in metrics
 
 
-def test_two_replicas_never_exceed_the_shared_limit(shared_gateways: list[GatewayProcess],
-                                                    limited_realm: Realm) -> None:
+def test_two_replicas_never_exceed_the_shared_limit(
+    shared_gateways: list[GatewayProcess], limited_realm: Realm
+) -> None:
     token = _token(shared_gateways[0], limited_realm, "shared-app", "http://127.0.0.1:9")
 
     async def burst() -> list[int]:
         async with httpx.AsyncClient(timeout=20) as client:
-            calls = [client.get(f"{shared_gateways[i % 2].base_url}/v1/probe/verify",
-                                headers={"Authorization": f"Bearer {token}"}) for i in range(60)]
+            calls = [
+                client.get(
+                    f"{shared_gateways[i % 2].base_url}/v1/probe/verify", headers={"Authorization": f"Bearer {token}"}
+                )
+                for i in range(60)
+            ]
             return [r.status_code for r in await asyncio.gather(*calls)]
 
     statuses = asyncio.run(burst())
@@ -134,10 +156,12 @@ def test_two_replicas_never_exceed_the_shared_limit(shared_gateways: list[Gatewa
     assert statuses.count(200) == 20, "one atomic script per request: no tolerance needed"
 
 
-def test_unauthenticated_calls_are_limited_per_address(limited_realm: Realm,
-                                                       tmp_path_factory: pytest.TempPathFactory) -> None:
-    gateway = _serve(limited_realm, tmp_path_factory.mktemp("anon"), "anon",
-                     GATEWAY_UNAUTHENTICATED_RATE_LIMITS="burst:5/1m")
+def test_unauthenticated_calls_are_limited_per_address(
+    limited_realm: Realm, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    gateway = _serve(
+        limited_realm, tmp_path_factory.mktemp("anon"), "anon", GATEWAY_UNAUTHENTICATED_RATE_LIMITS="burst:5/1m"
+    )
     try:
         statuses = [_probe(gateway, "not.a.token").status_code for _ in range(5)]
         assert statuses == [401] * 5
@@ -150,14 +174,22 @@ def test_unauthenticated_calls_are_limited_per_address(limited_realm: Realm,
         assert token_refused.status_code == 429, "the token endpoint shares the per-address budget"
         # Before routing and body parsing: unknown paths, wrong methods, malformed bodies, a spoofed
         # X-Forwarded-For from a peer that is not a trusted proxy.
-        others = [httpx.get(f"{gateway.base_url}/v1/no-such-path"), httpx.delete(f"{gateway.base_url}/v1/verify"),
-                  httpx.post(f"{gateway.base_url}/v1/verify", content=b'{"nin": ', headers={
-                      "Content-Type": "application/json"}),
-                  httpx.get(f"{gateway.base_url}/v1/probe/verify", headers={"X-Forwarded-For": "198.51.100.77"})]
+        others = [
+            httpx.get(f"{gateway.base_url}/v1/no-such-path"),
+            httpx.delete(f"{gateway.base_url}/v1/verify"),
+            httpx.post(
+                f"{gateway.base_url}/v1/verify", content=b'{"nin": ', headers={"Content-Type": "application/json"}
+            ),
+            httpx.get(f"{gateway.base_url}/v1/probe/verify", headers={"X-Forwarded-For": "198.51.100.77"}),
+        ]
         assert [o.status_code for o in others] == [429] * 4
         event = _event(gateway, token_refused.json()["transaction_id"])
         assert (event["operation"], event["decision"], event["reason"], event["source"]) == (
-            "unauthenticated", "deny", "rate_limited", "127.0.0.1")
+            "unauthenticated",
+            "deny",
+            "rate_limited",
+            "127.0.0.1",
+        )
         assert event["count"] >= 1 and event["administration"] is None
         time.sleep(1.3)  # every second with refusals is over: its counting event is logged
         counted = [e for e in _state(gateway)["events"] if e["operation"] == "unauthenticated"]
@@ -167,10 +199,16 @@ def test_unauthenticated_calls_are_limited_per_address(limited_realm: Realm,
         gateway.stop()
 
 
-def test_x_forwarded_for_from_a_trusted_proxy_names_the_source(limited_realm: Realm,
-                                                                tmp_path_factory: pytest.TempPathFactory) -> None:
-    gateway = _serve(limited_realm, tmp_path_factory.mktemp("proxied"), "proxied",
-                     GATEWAY_UNAUTHENTICATED_RATE_LIMITS="burst:3/1m", GATEWAY_TRUSTED_PROXIES="127.0.0.1/32")
+def test_x_forwarded_for_from_a_trusted_proxy_names_the_source(
+    limited_realm: Realm, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    gateway = _serve(
+        limited_realm,
+        tmp_path_factory.mktemp("proxied"),
+        "proxied",
+        GATEWAY_UNAUTHENTICATED_RATE_LIMITS="burst:3/1m",
+        GATEWAY_TRUSTED_PROXIES="127.0.0.1/32",
+    )
 
     def call(client: str) -> httpx.Response:
         return httpx.get(f"{gateway.base_url}/v1/probe/verify", headers={"X-Forwarded-For": client}, timeout=10)
@@ -185,16 +223,24 @@ def test_x_forwarded_for_from_a_trusted_proxy_names_the_source(limited_realm: Re
         gateway.stop()
 
 
-def test_redis_stopped_and_restarted_under_traffic(limited_realm: Realm,
-                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_redis_stopped_and_restarted_under_traffic(
+    limited_realm: Realm, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     if not RedisProcess.available():
         pytest.skip("stopping Redis needs a throwaway redis-server on PATH")
     redis = RedisProcess(tmp_path_factory.mktemp("redis-failover")).start()
     metrics_port = free_port()
-    gateway = _serve(limited_realm, tmp_path_factory.mktemp("failover"), "failover",
-                     GATEWAY_REDIS_URL=redis.url, GATEWAY_REPLICAS="2", GATEWAY_REDIS_RETRY_S="1",
-                     GATEWAY_REDIS_TIMEOUT_S="0.2", GATEWAY_METRICS_PORT=str(metrics_port),
-                     GATEWAY_METRICS_HOST="127.0.0.1")
+    gateway = _serve(
+        limited_realm,
+        tmp_path_factory.mktemp("failover"),
+        "failover",
+        GATEWAY_REDIS_URL=redis.url,
+        GATEWAY_REPLICAS="2",
+        GATEWAY_REDIS_RETRY_S="1",
+        GATEWAY_REDIS_TIMEOUT_S="0.2",
+        GATEWAY_METRICS_PORT=str(metrics_port),
+        GATEWAY_METRICS_HOST="127.0.0.1",
+    )
     scraped = f"http://127.0.0.1:{metrics_port}/metrics"  # no token: the scraper's listener
     try:
         token = _token(gateway, limited_realm, "failover-app")

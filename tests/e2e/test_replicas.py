@@ -21,8 +21,12 @@ SHARED_ISSUER = "http://127.0.0.1:9"  # what clients would call through the load
 def replicas(realm: Realm, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GatewayProcess]]:
     logs = tmp_path_factory.mktemp("replicas")
     prefix = "jamu-test:replicas:"
-    servers = [GatewayProcess(realm.env(GATEWAY_REDIS_URL=redis_url, GATEWAY_REDIS_KEY_PREFIX=prefix,
-                                        GATEWAY_ISSUER=SHARED_ISSUER)) for _ in range(2)]
+    servers = [
+        GatewayProcess(
+            realm.env(GATEWAY_REDIS_URL=redis_url, GATEWAY_REDIS_KEY_PREFIX=prefix, GATEWAY_ISSUER=SHARED_ISSUER)
+        )
+        for _ in range(2)
+    ]
     for index, server in enumerate(servers):
         server.env["GATEWAY_ISSUER"] = SHARED_ISSUER
         server.start(logs / f"replica-{index}.log")

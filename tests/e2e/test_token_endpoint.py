@@ -62,7 +62,11 @@ def test_private_key_jwt_client_gets_an_rfc9068_token(gateway: GatewayProcess, r
     assert claims["jti"]
     event = _event(gateway, body["transaction_id"])
     assert (event["operation"], event["decision"], event["client_id"], event["administration"]) == (
-        "token", "permit", "elections-app", "elections")
+        "token",
+        "permit",
+        "elections-app",
+        "elections",
+    )
 
 
 def test_es256_client_and_issuer_as_audience(gateway: GatewayProcess, realm: Realm) -> None:
@@ -81,8 +85,11 @@ def test_scope_narrows_and_cannot_widen(gateway: GatewayProcess, realm: Realm) -
     allowed = httpx.get(f"{gateway.base_url}/v1/probe/verify", headers={"Authorization": f"Bearer {token}"})
     assert allowed.status_code == 200
     assert allowed.json()["scopes"] == ["identity:verify"]
-    denied = httpx.post(f"{gateway.base_url}/v1/probe/lookup", json={"name": "x", "count": 1},
-                        headers={"Authorization": f"Bearer {token}"})
+    denied = httpx.post(
+        f"{gateway.base_url}/v1/probe/lookup",
+        json={"name": "x", "count": 1},
+        headers={"Authorization": f"Bearer {token}"},
+    )
     body = _assert_problem(denied, 403, "insufficient_scope")
     assert 'error="insufficient_scope"' in denied.headers["www-authenticate"]
     assert _event(gateway, body["transaction_id"])["reason"] == "insufficient_scope"
@@ -105,8 +112,12 @@ def test_client_secret_basic(gateway: GatewayProcess, realm: Realm) -> None:
     assert realm.secrets["health-app"] not in wrong.text
     event = _event(gateway, body["transaction_id"])
     # A failed authentication is not that client's act: the claim is recorded as a claim only.
-    assert (event["decision"], event["reason"], event["client_id"], event["administration"]) == \
-        ("deny", "invalid_client", None, None)
+    assert (event["decision"], event["reason"], event["client_id"], event["administration"]) == (
+        "deny",
+        "invalid_client",
+        None,
+        None,
+    )
     assert event["claimed_client_id"] == "health-app" and event["source"] == "127.0.0.1"
 
     unknown = _post(gateway, form, auth=("nobody", "secret"))
@@ -122,12 +133,15 @@ def test_client_secret_basic(gateway: GatewayProcess, realm: Realm) -> None:
 
 
 def test_garbage_assertions_are_not_blamed_on_the_client_they_name(gateway: GatewayProcess, realm: Realm) -> None:
-    form = {"grant_type": "client_credentials", "client_id": "oversight-app", "client_assertion": "a.b.c",
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": "oversight-app",
+        "client_assertion": "a.b.c",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+    }
     body = _assert_problem(_post(gateway, form), 401, "invalid_client")
     event = _event(gateway, body["transaction_id"])
-    assert (event["client_id"], event["administration"], event["claimed_client_id"]) == \
-        (None, None, "oversight-app")
+    assert (event["client_id"], event["administration"], event["claimed_client_id"]) == (None, None, "oversight-app")
 
 
 def test_secret_client_cannot_use_assertions_and_key_client_cannot_use_secrets(
@@ -151,8 +165,7 @@ def test_secret_client_cannot_use_assertions_and_key_client_cannot_use_secrets(
     ],
 )
 def test_bad_assertions_are_refused(gateway: GatewayProcess, realm: Realm, case: str, overrides: dict) -> None:
-    form = token_form("elections-app", realm.keys["elections-app"], f"{gateway.base_url}/oauth2/token",
-                      **overrides)
+    form = token_form("elections-app", realm.keys["elections-app"], f"{gateway.base_url}/oauth2/token", **overrides)
     _assert_problem(_post(gateway, form), 401, "invalid_client")
 
 
@@ -190,28 +203,41 @@ def test_unknown_client_by_assertion(gateway: GatewayProcess) -> None:
         ("nul and control bytes", b"grant_type=client_credentials%00%01", None),
     ],
 )
-def test_malformed_token_requests(gateway: GatewayProcess, realm: Realm, case: str, content: bytes,
-                                  headers: dict | None) -> None:
+def test_malformed_token_requests(
+    gateway: GatewayProcess, realm: Realm, case: str, content: bytes, headers: dict | None
+) -> None:
     response = httpx.post(
-        f"{gateway.base_url}/oauth2/token", content=content,
+        f"{gateway.base_url}/oauth2/token",
+        content=content,
         headers=headers or {"content-type": "application/x-www-form-urlencoded"},
-        auth=("health-app", realm.secrets["health-app"]), timeout=10)
+        auth=("health-app", realm.secrets["health-app"]),
+        timeout=10,
+    )
     assert response.status_code in {400, 401}, response.text
     assert response.json()["code"] in {"invalid_request", "invalid_client"}
     assert "access_token" not in response.text
 
 
 def test_malformed_basic_header(gateway: GatewayProcess) -> None:
-    for value in ["Basic !!!notbase64", "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
-                  "Basic " + base64.b64encode(b"no-colon").decode()]:
-        response = httpx.post(f"{gateway.base_url}/oauth2/token", data={"grant_type": "client_credentials"},
-                              headers={"Authorization": value})
+    for value in [
+        "Basic !!!notbase64",
+        "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
+        "Basic " + base64.b64encode(b"no-colon").decode(),
+    ]:
+        response = httpx.post(
+            f"{gateway.base_url}/oauth2/token",
+            data={"grant_type": "client_credentials"},
+            headers={"Authorization": value},
+        )
         _assert_problem(response, 401, "invalid_client")
 
 
 def test_oversized_token_request(gateway: GatewayProcess) -> None:
-    response = httpx.post(f"{gateway.base_url}/oauth2/token", content=b"a=" + b"x" * 200_000,
-                          headers={"content-type": "application/x-www-form-urlencoded"})
+    response = httpx.post(
+        f"{gateway.base_url}/oauth2/token",
+        content=b"a=" + b"x" * 200_000,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     body = _assert_problem(response, 413, "invalid_request")
     assert _event(gateway, body["transaction_id"])["decision"] == "deny"
 

@@ -54,10 +54,17 @@ class Witness:
     def start(self, logs: list[str]) -> Witness:
         args = [a for vkey in logs for a in ("--log", vkey)]
         with open(self.state.parent / f"{self.name}.log", "ab") as out:
-            self.proc = subprocess.Popen([*JAMU, "witness", "serve", "--state", str(self.state), "--port",
-                                          str(self.port), *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        wait_until(lambda: httpx.post(f"{self.url}/add-checkpoint", content="x", timeout=1).status_code == 400,
-                   20, f"witness {self.name}")
+            self.proc = subprocess.Popen(
+                [*JAMU, "witness", "serve", "--state", str(self.state), "--port", str(self.port), *args],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(
+            lambda: httpx.post(f"{self.url}/add-checkpoint", content="x", timeout=1).status_code == 400,
+            20,
+            f"witness {self.name}",
+        )
         return self
 
     def stop(self) -> None:
@@ -93,8 +100,9 @@ def get(gateway: GatewayProcess, path: str, headers: dict[str, str], **params: A
     return httpx.get(f"{gateway.base_url}{path}", params=params, headers=headers, timeout=10)
 
 
-def receipt_of(gateway: GatewayProcess, headers: dict[str, str], transaction_id: str, *, quorum: bool,
-               timeout: float = 20) -> dict[str, Any]:
+def receipt_of(
+    gateway: GatewayProcess, headers: dict[str, str], transaction_id: str, *, quorum: bool, timeout: float = 20
+) -> dict[str, Any]:
     """Poll for a receipt (409 with Retry-After until a checkpoint covers it) until it has the quorum asked."""
     deadline = time.monotonic() + timeout
     while True:
@@ -147,14 +155,25 @@ def witnesses(realm: Realm, log_vkey: str) -> Iterator[list[Witness]]:
 
 
 def witnesses_file(path: Path, witnesses: list[Witness], quorum: int) -> Path:
-    path.write_text(json.dumps({"quorum": quorum, "witnesses": [
-        {"name": w.vkey.split("+")[0], "url": w.url, "vkey": w.vkey} for w in witnesses]}))
+    path.write_text(
+        json.dumps(
+            {
+                "quorum": quorum,
+                "witnesses": [{"name": w.vkey.split("+")[0], "url": w.url, "vkey": w.vkey} for w in witnesses],
+            }
+        )
+    )
     return path
 
 
 def serve(realm: Realm, log: Path, witnesses: list[Witness], port: int | None = None, **env: str) -> GatewayProcess:
-    settings = {"GATEWAY_DATABASE_TIMEOUT_S": "1", "GATEWAY_LOG_ORIGIN": ORIGIN,
-                "GATEWAY_WITNESS_RETRY_S": "1", "GATEWAY_WITNESS_MAX_LAG_S": "3", **env}
+    settings = {
+        "GATEWAY_DATABASE_TIMEOUT_S": "1",
+        "GATEWAY_LOG_ORIGIN": ORIGIN,
+        "GATEWAY_WITNESS_RETRY_S": "1",
+        "GATEWAY_WITNESS_MAX_LAG_S": "3",
+        **env,
+    }
     if witnesses:
         settings["GATEWAY_WITNESSES_FILE"] = str(witnesses_file(log.with_suffix(".witnesses.json"), witnesses, 2))
     return GatewayProcess(realm.env(**settings), factory=DURABLE, port=port).start(log)
@@ -171,7 +190,8 @@ def gateway(realm: Realm, witnesses: list[Witness]) -> Iterator[GatewayProcess]:
 
 
 def test_a_receipt_proves_a_transaction_offline_with_public_keys_only(
-        gateway: GatewayProcess, realm: Realm, witnesses: list[Witness], log_vkey: str, tmp_path: Path) -> None:
+    gateway: GatewayProcess, realm: Realm, witnesses: list[Witness], log_vkey: str, tmp_path: Path
+) -> None:
     elections = token(gateway, realm, "elections-app")
     answered = person(gateway, elections)
     assert answered.status_code == 200
@@ -197,8 +217,16 @@ def test_a_receipt_proves_a_transaction_offline_with_public_keys_only(
     path.write_text(json.dumps(receipt))
     other_key = notes.Signer(ORIGIN, Ed25519PrivateKey.generate()).verifier.vkey()
     assert jamu({}, "audit", "verify-proof", str(path), "--vkey", other_key).returncode == 1
-    unwitnessed = jamu({}, "audit", "verify-proof", str(path), "--vkey", log_vkey, "--witness-vkey",
-                       new_witness(tmp_path, "stranger").vkey)
+    unwitnessed = jamu(
+        {},
+        "audit",
+        "verify-proof",
+        str(path),
+        "--vkey",
+        log_vkey,
+        "--witness-vkey",
+        new_witness(tmp_path, "stranger").vkey,
+    )
     assert unwitnessed.returncode == 1 and "0 witness(es) cosigned" in unwitnessed.stdout
 
     # Only the caller's own administration's transactions; unknown ids alike.
@@ -210,7 +238,8 @@ def test_a_receipt_proves_a_transaction_offline_with_public_keys_only(
 
 
 def test_checkpoint_origins_and_proofs_hold_for_any_client(
-        gateway: GatewayProcess, realm: Realm, witnesses: list[Witness], log_vkey: str) -> None:
+    gateway: GatewayProcess, realm: Realm, witnesses: list[Witness], log_vkey: str
+) -> None:
     elections, officer = token(gateway, realm, "elections-app"), token(gateway, realm, "oversight-app")
     origins = get(gateway, "/v1/audit/origins", elections)
     assert origins.status_code == 200 and {"origin": ORIGIN, "vkey": log_vkey} in origins.json()["origins"]
@@ -239,8 +268,13 @@ def test_checkpoint_origins_and_proofs_hold_for_any_client(
     inclusion = get(gateway, "/v1/audit/proof/inclusion", officer, seq=new.size - 1, size=new.size, origin=ORIGIN)
     assert inclusion.status_code == 200, inclusion.text
     body = inclusion.json()
-    merkle.verify_inclusion(new.size - 1, new.size, base64.b64decode(body["leaf_hash"]),
-                            [base64.b64decode(h) for h in body["hashes"]], new.root)
+    merkle.verify_inclusion(
+        new.size - 1,
+        new.size,
+        base64.b64decode(body["leaf_hash"]),
+        [base64.b64decode(h) for h in body["hashes"]],
+        new.root,
+    )
     assert get(gateway, "/v1/audit/proof/inclusion", officer, seq=new.size, size=new.size).status_code == 400
     assert get(gateway, "/v1/audit/proof/inclusion", officer, seq=0, size=10**12).status_code == 409
     assert get(gateway, "/v1/audit/proof/consistency", elections, old=5, new=2).status_code == 400
@@ -265,7 +299,8 @@ def test_checkpoint_origins_and_proofs_hold_for_any_client(
 
 
 def test_with_a_witness_down_the_log_goes_on_and_the_quorum_returns_with_it(
-        gateway: GatewayProcess, realm: Realm, witnesses: list[Witness], log_vkey: str) -> None:
+    gateway: GatewayProcess, realm: Realm, witnesses: list[Witness], log_vkey: str
+) -> None:
     elections = token(gateway, realm, "elections-app")
     court = witnesses[1]
     court.stop()
@@ -283,7 +318,8 @@ def test_with_a_witness_down_the_log_goes_on_and_the_quorum_returns_with_it(
             time.sleep(0.3)
         deadline = time.monotonic() + 15
         while (ready := httpx.get(f"{gateway.base_url}/readyz", timeout=5)).json()["checks"]["witnesses"][
-                "status"] != "degraded":
+            "status"
+        ] != "degraded":
             assert time.monotonic() < deadline, ready.text
             time.sleep(0.5)
         assert ready.status_code == 200 and ready.json()["checks"]["witnesses"]["lag_s"] >= 3
@@ -302,6 +338,7 @@ def parse_note(receipt: dict[str, Any]) -> str:
 
 # --- History rewritten -------------------------------------------------------------------------------
 
+
 def _log_dir(data: Path, origin: str = ORIGIN) -> Path:
     from gateway.audit.origin import log_directory
 
@@ -312,8 +349,11 @@ def rewrite(log_dir: Path, change: Any) -> list[dict[str, Any]]:
     """Rewrite a stopped log as an attacker with file access would: entries changed by `change` (a list
     of events in, a list out), the chain recomputed from the first entry, every frame's CRC too."""
     events = [orjson.loads(p) for _, p in SegmentLog(log_dir, read_only=True).records(0)]
-    linked = link([{k: v for k, v in e.items() if k not in ("seq", "prev_hash", "hash")} for e in change(events)],
-                  -1, events[0]["prev_hash"])
+    linked = link(
+        [{k: v for k, v in e.items() if k not in ("seq", "prev_hash", "hash")} for e in change(events)],
+        -1,
+        events[0]["prev_hash"],
+    )
     for segment in log_dir.glob("*.seg"):
         segment.unlink()
     (log_dir / f"{0:020d}.seg").write_bytes(b"".join(frame(e["seq"], entry_bytes(e)) for e in linked))
@@ -359,8 +399,12 @@ def _rewrites(realm: Realm, data: Path, witnesses: list[Witness], log_vkey: str,
     try:
         elections = token(server, realm, "elections-app")
         ids = [person(server, elections).json()["transaction_id"] for _ in range(6)]
-        denied = httpx.post(f"{server.base_url}/v1/probe/person", json={"nin": AMINATA},
-                            headers={"Authorization": "Bearer forged"}, timeout=10)
+        denied = httpx.post(
+            f"{server.base_url}/v1/probe/person",
+            json={"nin": AMINATA},
+            headers={"Authorization": "Bearer forged"},
+            timeout=10,
+        )
         assert denied.status_code == 401
         receipt = receipt_of(server, elections, ids[2], quorum=True)  # before anything is rewritten
     finally:
@@ -381,8 +425,9 @@ def _rewrites(realm: Realm, data: Path, witnesses: list[Witness], log_vkey: str,
     bad = next(e["seq"] for e in linked if e["id"] == denied_id)
     rewrite_index(copies["segments"] / "jamu.db")
     # The same address, so tokens issued before the rewrite are still meant for it.
-    restarted = serve(realm, tmp_path / "segments.log", witnesses, server.port,
-                      GATEWAY_DATA_DIR=str(copies["segments"]))
+    restarted = serve(
+        realm, tmp_path / "segments.log", witnesses, server.port, GATEWAY_DATA_DIR=str(copies["segments"])
+    )
     try:
         wait_refusing(restarted, elections, f"entry seq {bad} is not the entry the signed tree holds")
     finally:
@@ -447,12 +492,26 @@ def _rewrites(realm: Realm, data: Path, witnesses: list[Witness], log_vkey: str,
     keys = ["--vkey", log_vkey, *[a for w in witnesses for a in ("--witness-vkey", w.vkey)]]
     alone = jamu({}, "audit", "verify-proof", str(tmp_path / "receipt.json"), *keys)
     assert alone.returncode == 0  # the receipt itself still holds: it was cosigned when it was given
-    against = jamu({}, "audit", "verify-proof", str(tmp_path / "receipt.json"), *keys,
-                   "--newer", str(tmp_path / "newer.txt"), "--consistency", str(tmp_path / "consistency.json"))
+    against = jamu(
+        {},
+        "audit",
+        "verify-proof",
+        str(tmp_path / "receipt.json"),
+        *keys,
+        "--newer",
+        str(tmp_path / "newer.txt"),
+        "--consistency",
+        str(tmp_path / "consistency.json"),
+    )
     assert against.returncode == 1 and "does not extend the receipt's" in against.stdout
     # The log itself no longer holds the checkpoint the receipt was given under.
-    verified = jamu(realm.env(GATEWAY_DATA_DIR=str(copies["everything"])), "audit", "verify",
-                    "--checkpoint", str(tmp_path / "receipt.json"))
+    verified = jamu(
+        realm.env(GATEWAY_DATA_DIR=str(copies["everything"])),
+        "audit",
+        "verify",
+        "--checkpoint",
+        str(tmp_path / "receipt.json"),
+    )
     assert verified.returncode == 1 and "history before seq" in verified.stdout, verified.stdout
     # Two verifiers compare what they were shown: the forged checkpoint bears no witness's cosignature.
     assert notes.verified(newer, [notes.Verifier.parse(log_vkey)])

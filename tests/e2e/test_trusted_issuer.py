@@ -31,13 +31,22 @@ def idp() -> Iterator[FakeIdP]:
 def federated(realm: Realm, idp: FakeIdP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     root = tmp_path_factory.mktemp("federated")
     trusted = root / "trusted.yaml"
-    trusted.write_text(yaml.safe_dump(idp.config(
-        AUDIENCE,
-        **{"portal-ceni": "elections", "portal-narrow": {"administration": "elections", "scopes": ["identity:lookup"]},
-           "portal-orphan": "no-such-administration",
-           "portal-oversight": {"administration": "oversight", "scopes": ["audit:read", "identity:verify"]}})))
-    server = GatewayProcess(realm.env(GATEWAY_TRUSTED_ISSUERS_FILE=str(trusted),
-                                      GATEWAY_JWKS_REFRESH_INTERVAL_S=str(REFRESH_INTERVAL)))
+    trusted.write_text(
+        yaml.safe_dump(
+            idp.config(
+                AUDIENCE,
+                **{
+                    "portal-ceni": "elections",
+                    "portal-narrow": {"administration": "elections", "scopes": ["identity:lookup"]},
+                    "portal-orphan": "no-such-administration",
+                    "portal-oversight": {"administration": "oversight", "scopes": ["audit:read", "identity:verify"]},
+                },
+            )
+        )
+    )
+    server = GatewayProcess(
+        realm.env(GATEWAY_TRUSTED_ISSUERS_FILE=str(trusted), GATEWAY_JWKS_REFRESH_INTERVAL_S=str(REFRESH_INTERVAL))
+    )
     server.start(root / "gateway.log")
     yield server
     server.stop()
@@ -66,14 +75,18 @@ def test_mapping_can_restrict_scopes(federated: GatewayProcess, idp: FakeIdP) ->
     assert response.json()["code"] == "insufficient_scope"
 
 
-@pytest.mark.parametrize(("case", "client_id", "overrides"), [
-    ("unmapped client", "portal-unknown", {}),
-    ("mapped to an unknown administration", "portal-orphan", {}),
-    ("wrong audience", "portal-ceni", {"aud": "https://other.example"}),
-    ("expired", "portal-ceni", {"exp": int(time.time()) - 600}),
-])
-def test_idp_tokens_refused(federated: GatewayProcess, idp: FakeIdP, case: str, client_id: str,
-                            overrides: dict) -> None:
+@pytest.mark.parametrize(
+    ("case", "client_id", "overrides"),
+    [
+        ("unmapped client", "portal-unknown", {}),
+        ("mapped to an unknown administration", "portal-orphan", {}),
+        ("wrong audience", "portal-ceni", {"aud": "https://other.example"}),
+        ("expired", "portal-ceni", {"exp": int(time.time()) - 600}),
+    ],
+)
+def test_idp_tokens_refused(
+    federated: GatewayProcess, idp: FakeIdP, case: str, client_id: str, overrides: dict
+) -> None:
     response = _probe(federated, _idp_token(idp, client_id, **overrides))
     assert response.status_code == 401, case
     assert response.json()["code"] == "invalid_token", case
@@ -112,13 +125,18 @@ def test_external_scopes_are_capped_by_the_administrations_policy(federated: Gat
     response = _probe(federated, _idp_token(idp, "portal-ceni", claimed))
     assert response.status_code == 200, response.text
     assert response.json()["scopes"] == ["identity:lookup", "identity:verify"]
-    history = httpx.post(f"{federated.base_url}/v1/subjects/access-history", timeout=10,
-                         headers={"Authorization": f"Bearer {_idp_token(idp, 'portal-ceni', claimed)}"},
-                         json={"nin": "120394857602914",
-                               "evidence": {"method": "in_person", "reference": "F-1"}})
+    history = httpx.post(
+        f"{federated.base_url}/v1/subjects/access-history",
+        timeout=10,
+        headers={"Authorization": f"Bearer {_idp_token(idp, 'portal-ceni', claimed)}"},
+        json={"nin": "120394857602914", "evidence": {"method": "in_person", "reference": "F-1"}},
+    )
     assert history.status_code == 403 and history.json()["code"] == "insufficient_scope"
-    events = httpx.get(f"{federated.base_url}/v1/audit/events", timeout=10,
-                       headers={"Authorization": f"Bearer {_idp_token(idp, 'portal-ceni', claimed)}"})
+    events = httpx.get(
+        f"{federated.base_url}/v1/audit/events",
+        timeout=10,
+        headers={"Authorization": f"Bearer {_idp_token(idp, 'portal-ceni', claimed)}"},
+    )
     assert events.status_code == 403 and events.json()["code"] == "insufficient_scope"
 
 
@@ -126,33 +144,42 @@ def test_a_sensitive_scope_comes_only_from_a_mapping_that_lists_it(federated: Ga
     # `oversight` holds audit:read in its own policy and the mapping lists it; identity:verify is listed by
     # the mapping but held by no client of `oversight`, so it is not granted.
     token = _idp_token(idp, "portal-oversight", f"{SENSITIVE} identity:verify")
-    response = httpx.get(f"{federated.base_url}/v1/audit/events?limit=1", headers={"Authorization": f"Bearer {token}"},
-                         timeout=10)
+    response = httpx.get(
+        f"{federated.base_url}/v1/audit/events?limit=1", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
     assert response.status_code == 200, response.text
     assert _probe(federated, token).status_code == 403
 
 
-@pytest.mark.parametrize(("case", "overrides"), [
-    ("lives 30 days", {"exp": int(time.time()) + 30 * 86400}),
-    ("lives 301 s", {"iat": int(time.time()) - 10, "exp": int(time.time()) + 291}),
-    ("no iat", {"iat": None}),
-    ("iat not a number", {"iat": "yesterday"}),
-])
-def test_external_token_lifetime_is_bounded(federated: GatewayProcess, idp: FakeIdP, case: str,
-                                            overrides: dict) -> None:
+@pytest.mark.parametrize(
+    ("case", "overrides"),
+    [
+        ("lives 30 days", {"exp": int(time.time()) + 30 * 86400}),
+        ("lives 301 s", {"iat": int(time.time()) - 10, "exp": int(time.time()) + 291}),
+        ("no iat", {"iat": None}),
+        ("iat not a number", {"iat": "yesterday"}),
+    ],
+)
+def test_external_token_lifetime_is_bounded(
+    federated: GatewayProcess, idp: FakeIdP, case: str, overrides: dict
+) -> None:
     response = _probe(federated, _idp_token(idp, "portal-ceni", **overrides))
     assert response.status_code == 401, case
     assert response.json()["code"] == "invalid_token", case
 
 
 def test_a_key_removed_from_the_jwks_stops_validating_cached_tokens(
-        realm: Realm, tmp_path_factory: pytest.TempPathFactory) -> None:
+    realm: Realm, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     idp = FakeIdP().start()
     root = tmp_path_factory.mktemp("removal")
     trusted = root / "trusted.yaml"
     trusted.write_text(yaml.safe_dump(idp.config(AUDIENCE, **{"portal-ceni": "elections"})))
-    server = GatewayProcess(realm.env(GATEWAY_TRUSTED_ISSUERS_FILE=str(trusted), GATEWAY_JWKS_MAX_AGE_S="1",
-                                      GATEWAY_JWKS_REFRESH_INTERVAL_S="1"))
+    server = GatewayProcess(
+        realm.env(
+            GATEWAY_TRUSTED_ISSUERS_FILE=str(trusted), GATEWAY_JWKS_MAX_AGE_S="1", GATEWAY_JWKS_REFRESH_INTERVAL_S="1"
+        )
+    )
     try:
         server.start(root / "gateway.log")
         old = idp.keys[0]

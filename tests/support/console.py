@@ -65,7 +65,7 @@ class ConsoleClient:
             match = _COOKIE.match(line)
             assert match, line
             name, value, attributes = match.groups()
-            if 'max-age=0' in attributes.lower() or value in ('""', ""):
+            if "max-age=0" in attributes.lower() or value in ('""', ""):
                 self.cookies.pop(name, None)
             else:
                 self.cookies[name] = value
@@ -84,12 +84,17 @@ class ConsoleClient:
         assert match, page.text
         return match.group(1)
 
-    def login(self, account: OfficerAccount, code: str | None = None, password: str | None = None
-              ) -> httpx.Response:
+    def login(self, account: OfficerAccount, code: str | None = None, password: str | None = None) -> httpx.Response:
         token = self.csrf("/console/login")
-        return self.post("/console/login", {"login": account.login, "password": password or account.password,
-                                            "totp": code if code is not None else account.totp.now(),
-                                            "csrf": token})
+        return self.post(
+            "/console/login",
+            {
+                "login": account.login,
+                "password": password or account.password,
+                "totp": code if code is not None else account.totp.now(),
+                "csrf": token,
+            },
+        )
 
     def signed_in(self, account: OfficerAccount) -> ConsoleClient:
         response = self.login(account)
@@ -106,8 +111,12 @@ def api_token(gateway: GatewayProcess, realm: Realm, client_id: str) -> dict[str
 
 
 def verify(gateway: GatewayProcess, headers: dict[str, str], nin: str) -> str:
-    response = httpx.post(f"{gateway.base_url}/v1/verify", headers=headers, timeout=10, json={
-        "nin": nin, "purpose": "voter_roll", "claims": {"family_name": "Traoré"}})
+    response = httpx.post(
+        f"{gateway.base_url}/v1/verify",
+        headers=headers,
+        timeout=10,
+        json={"nin": nin, "purpose": "voter_roll", "claims": {"family_name": "Traoré"}},
+    )
     assert response.status_code == 200, response.text
     return response.json()["transaction_id"]
 
@@ -137,7 +146,10 @@ def console_realm(root: Path, count: int, seed: int, alerts: str) -> Realm:
 def serve_console(realm: Realm) -> GatewayProcess:
     """A gateway on `console_realm`'s realm: checkpoints every half second, alerts looked for five times a
     second, its rules from the realm's file."""
-    env = realm.env(GATEWAY_AUDIT_SEAL_INTERVAL_S="0.5", GATEWAY_CONSOLE_ALERT_POLL_S="0.2",
-                    GATEWAY_ALERTS_FILE=str(realm.data_dir.parent / "alerts.yaml"))
+    env = realm.env(
+        GATEWAY_AUDIT_SEAL_INTERVAL_S="0.5",
+        GATEWAY_CONSOLE_ALERT_POLL_S="0.2",
+        GATEWAY_ALERTS_FILE=str(realm.data_dir.parent / "alerts.yaml"),
+    )
     server = GatewayProcess(env, factory="tests.support.probe_app:create_durable")
     return server.start(realm.data_dir.parent / "gateway.log")

@@ -24,13 +24,23 @@ def fhir_patient(person: Mapping[str, Any]) -> dict[str, Any]:
         "name": [{"use": "official", "family": person["family_name"], "given": person["given_names"].split()}],
         "gender": {"F": "female", "M": "male"}[person["sex"]],
         "birthDate": person["birth_date"],
-        "address": [{"use": "home", "state": person["residence_region"], "district": person["residence_cercle"],
-                     "city": person["residence_commune"]}],
+        "address": [
+            {
+                "use": "home",
+                "state": person["residence_region"],
+                "district": person["residence_cercle"],
+                "city": person["residence_commune"],
+            }
+        ],
         "extension": [
-            {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
-             "valueAddress": {"city": person["birth_place"]}},
-            {"url": "http://hl7.org/fhir/StructureDefinition/patient-nationality",
-             "extension": [{"url": "code", "valueCodeableConcept": {"coding": [{"code": person["nationality"]}]}}]},
+            {
+                "url": "http://hl7.org/fhir/StructureDefinition/patient-birthPlace",
+                "valueAddress": {"city": person["birth_place"]},
+            },
+            {
+                "url": "http://hl7.org/fhir/StructureDefinition/patient-nationality",
+                "extension": [{"url": "code", "valueCodeableConcept": {"coding": [{"code": person["nationality"]}]}}],
+            },
         ],
     }
     if person["death_date"]:
@@ -67,8 +77,13 @@ class FakeBackends:
             person = self.people.get(nin)
             if person is None:
                 return JSONResponse({"error": "unknown"}, status_code=404)
-            return JSONResponse({"person": {k: v for k, v in person.items() if not k.startswith("displacement")
-                                            and k != "idp_household_id"}})
+            return JSONResponse(
+                {
+                    "person": {
+                        k: v for k, v in person.items() if not k.startswith("displacement") and k != "idp_household_id"
+                    }
+                }
+            )
 
         async def idp(request: Request) -> Response:
             await note(request)
@@ -78,8 +93,13 @@ class FakeBackends:
             person = self.people.get((await request.json())["nin"])
             if person is None or person["displacement_status"] is None:
                 return JSONResponse({"error": "not registered"}, status_code=404)
-            return JSONResponse({"status": person["displacement_status"], "site": person["displacement_site"],
-                                 "household_id": person["idp_household_id"]})
+            return JSONResponse(
+                {
+                    "status": person["displacement_status"],
+                    "site": person["displacement_site"],
+                    "household_id": person["idp_household_id"],
+                }
+            )
 
         async def fhir(request: Request) -> Response:
             body = await note(request)
@@ -90,12 +110,18 @@ class FakeBackends:
             _, _, nin = form.get("identifier", [""])[0].partition("|")
             person = self.people.get(nin)
             entries = [] if person is None else [{"resource": fhir_patient(person), "search": {"mode": "match"}}]
-            return JSONResponse({"resourceType": "Bundle", "type": "searchset", "total": len(entries),
-                                 "entry": entries}, media_type="application/fhir+json")
+            return JSONResponse(
+                {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries},
+                media_type="application/fhir+json",
+            )
 
-        app = Starlette(routes=[Route("/people/search", rest, methods=["POST"]),
-                                Route("/v1/persons/search", idp, methods=["POST"]),
-                                Route("/fhir/Patient/_search", fhir, methods=["POST"])])
+        app = Starlette(
+            routes=[
+                Route("/people/search", rest, methods=["POST"]),
+                Route("/v1/persons/search", idp, methods=["POST"]),
+                Route("/fhir/Patient/_search", fhir, methods=["POST"]),
+            ]
+        )
         self.server = ThreadedServer(app, "fake backends")
         self.base = self.server.base
 
@@ -109,13 +135,36 @@ class FakeBackends:
     def connectors_file(self, **timeouts: Any) -> dict[str, Any]:
         """A connectors file: the register over REST, displacement from the IDP registry."""
         register = [a for a in REST_ATTRIBUTES]
-        return {"connectors": [
-            {"name": "register", "type": "rest", "url": self.base, "path": "/people/search",
-             "nin_field": "query.nin", "result": "person", "attributes": register, **timeouts},
-            {"name": "idp", "type": "idp", "url": self.base, **timeouts},
-        ]}
+        return {
+            "connectors": [
+                {
+                    "name": "register",
+                    "type": "rest",
+                    "url": self.base,
+                    "path": "/people/search",
+                    "nin_field": "query.nin",
+                    "result": "person",
+                    "attributes": register,
+                    **timeouts,
+                },
+                {"name": "idp", "type": "idp", "url": self.base, **timeouts},
+            ]
+        }
 
 
-REST_ATTRIBUTES = ("nin", "family_name", "given_names", "sex", "birth_date", "birth_place", "father_name",
-                   "mother_name", "nationality", "residence_region", "residence_cercle", "residence_commune",
-                   "death_date", "record_status")
+REST_ATTRIBUTES = (
+    "nin",
+    "family_name",
+    "given_names",
+    "sex",
+    "birth_date",
+    "birth_place",
+    "father_name",
+    "mother_name",
+    "nationality",
+    "residence_region",
+    "residence_cercle",
+    "residence_commune",
+    "death_date",
+    "record_status",
+)

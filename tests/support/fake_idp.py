@@ -47,8 +47,17 @@ class FakeIdP:
         return key
 
     def config(self, audience: str, **clients: Any) -> dict[str, Any]:
-        return {"issuers": [{"issuer": self.issuer, "jwks_url": self.jwks_url, "audience": audience,
-                             "algorithms": ["ES256"], "clients": clients}]}
+        return {
+            "issuers": [
+                {
+                    "issuer": self.issuer,
+                    "jwks_url": self.jwks_url,
+                    "audience": audience,
+                    "algorithms": ["ES256"],
+                    "clients": clients,
+                }
+            ]
+        }
 
 
 class FakeOidcProvider:
@@ -65,21 +74,37 @@ class FakeOidcProvider:
         self.nonce_override: str | None = None
 
         async def discovery(_: Request) -> JSONResponse:
-            return JSONResponse({"issuer": self.issuer, "authorization_endpoint": f"{self.issuer}/authorize",
-                                 "token_endpoint": f"{self.issuer}/token", "jwks_uri": f"{self.issuer}/jwks.json",
-                                 "response_types_supported": ["code"], "code_challenge_methods_supported": ["S256"],
-                                 "id_token_signing_alg_values_supported": ["ES256"]})
+            return JSONResponse(
+                {
+                    "issuer": self.issuer,
+                    "authorization_endpoint": f"{self.issuer}/authorize",
+                    "token_endpoint": f"{self.issuer}/token",
+                    "jwks_uri": f"{self.issuer}/jwks.json",
+                    "response_types_supported": ["code"],
+                    "code_challenge_methods_supported": ["S256"],
+                    "id_token_signing_alg_values_supported": ["ES256"],
+                }
+            )
 
         async def authorize(request: Request) -> Response:
             q = request.query_params
-            if q.get("client_id") != self.client_id or q.get("code_challenge_method") != "S256" or \
-                    not q.get("code_challenge") or q.get("response_type") != "code":
+            if (
+                q.get("client_id") != self.client_id
+                or q.get("code_challenge_method") != "S256"
+                or not q.get("code_challenge")
+                or q.get("response_type") != "code"
+            ):
                 return JSONResponse({"error": "invalid_request"}, status_code=400)
             code = secrets.token_urlsafe(16)
-            self.codes[code] = {"challenge": q["code_challenge"], "redirect_uri": q["redirect_uri"],
-                                "nonce": q.get("nonce"), "user": dict(self.user)}
-            return RedirectResponse(f"{q['redirect_uri']}?{urlencode({'code': code, 'state': q.get('state', '')})}",
-                                    status_code=302)
+            self.codes[code] = {
+                "challenge": q["code_challenge"],
+                "redirect_uri": q["redirect_uri"],
+                "nonce": q.get("nonce"),
+                "user": dict(self.user),
+            }
+            return RedirectResponse(
+                f"{q['redirect_uri']}?{urlencode({'code': code, 'state': q.get('state', '')})}", status_code=302
+            )
 
         async def token(request: Request) -> JSONResponse:
             form = dict(parse_qsl((await request.body()).decode()))
@@ -88,26 +113,54 @@ class FakeOidcProvider:
             granted = self.codes.pop(form.get("code", ""), None)
             verifier = form.get("code_verifier", "")
             challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-            why = ("client authentication" if auth != expected else "unknown code" if granted is None
-                   else "redirect_uri" if form.get("redirect_uri") != granted["redirect_uri"]
-                   else "PKCE verifier" if challenge != granted["challenge"] else None)
+            why = (
+                "client authentication"
+                if auth != expected
+                else "unknown code"
+                if granted is None
+                else "redirect_uri"
+                if form.get("redirect_uri") != granted["redirect_uri"]
+                else "PKCE verifier"
+                if challenge != granted["challenge"]
+                else None
+            )
             if why is not None:
                 self.refusals.append(why)
                 return JSONResponse({"error": "invalid_grant", "error_description": why}, status_code=400)
             now = int(time.time())
-            claims = {"iss": self.issuer, "aud": self.client_id, "iat": now, "exp": now + 300,
-                      "nonce": self.nonce_override or granted["nonce"], **granted["user"]}
+            claims = {
+                "iss": self.issuer,
+                "aud": self.client_id,
+                "iat": now,
+                "exp": now + 300,
+                "nonce": self.nonce_override or granted["nonce"],
+                **granted["user"],
+            }
             header = {"alg": "ES256", "kid": self.key.thumbprint()}
             id_token = jwt.encode(header, claims, self.key, algorithms=["ES256"])
-            return JSONResponse({"access_token": secrets.token_urlsafe(16), "token_type": "Bearer",
-                                 "expires_in": 300, "id_token": id_token})
+            return JSONResponse(
+                {
+                    "access_token": secrets.token_urlsafe(16),
+                    "token_type": "Bearer",
+                    "expires_in": 300,
+                    "id_token": id_token,
+                }
+            )
 
         async def jwks(_: Request) -> JSONResponse:
             return JSONResponse(jwks_of(self.key))
 
-        self.server = ThreadedServer(Starlette(routes=[
-            Route("/.well-known/openid-configuration", discovery), Route("/authorize", authorize),
-            Route("/token", token, methods=["POST"]), Route("/jwks.json", jwks)]), "fake OpenID provider")
+        self.server = ThreadedServer(
+            Starlette(
+                routes=[
+                    Route("/.well-known/openid-configuration", discovery),
+                    Route("/authorize", authorize),
+                    Route("/token", token, methods=["POST"]),
+                    Route("/jwks.json", jwks),
+                ]
+            ),
+            "fake OpenID provider",
+        )
         self.issuer = self.server.base
 
     def start(self) -> FakeOidcProvider:

@@ -31,8 +31,14 @@ def jwks_of(*keys: Key) -> dict[str, Any]:
 
 def assertion(client_id: str, key: Key, audience: str, *, lifetime: int = 60, **overrides: Any) -> str:
     now = int(time.time())
-    claims = {"iss": client_id, "sub": client_id, "aud": audience, "iat": now, "exp": now + lifetime,
-              "jti": secrets.token_urlsafe(12)}
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "iat": now,
+        "exp": now + lifetime,
+        "jti": secrets.token_urlsafe(12),
+    }
     claims.update(overrides)
     claims = {k: v for k, v in claims.items() if v is not None}
     alg = alg_of(key)
@@ -40,8 +46,11 @@ def assertion(client_id: str, key: Key, audience: str, *, lifetime: int = 60, **
 
 
 def token_form(client_id: str, key: Key, audience: str, scope: str | None = None, **overrides: Any) -> dict[str, str]:
-    form = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
-            "client_assertion": assertion(client_id, key, audience, **overrides)}
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion(client_id, key, audience, **overrides),
+    }
     if scope is not None:
         form["scope"] = scope
     return form
@@ -72,8 +81,17 @@ def load_pem(path: Path) -> Key:
 
 def access_claims(issuer: str, client_id: str, scope: str, *, audience: str | None = None, **overrides: Any) -> dict:
     now = int(time.time())
-    claims = {"iss": issuer, "sub": client_id, "aud": audience or issuer, "exp": now + 120, "iat": now, "nbf": now,
-              "jti": secrets.token_urlsafe(8), "client_id": client_id, "scope": scope}
+    claims = {
+        "iss": issuer,
+        "sub": client_id,
+        "aud": audience or issuer,
+        "exp": now + 120,
+        "iat": now,
+        "nbf": now,
+        "jti": secrets.token_urlsafe(8),
+        "client_id": client_id,
+        "scope": scope,
+    }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
 
@@ -81,5 +99,6 @@ def access_claims(issuer: str, client_id: str, scope: str, *, audience: str | No
 def gateway_token(data_dir: Path, issuer: str, client_id: str, scope: str) -> str:
     """An access token signed with a gateway's own signing key, as its token endpoint would issue it."""
     key = load_pem(data_dir / "keys" / "signing-key.pem")
-    return sign({"alg": "Ed25519", "typ": "at+jwt", "kid": key.thumbprint()}, access_claims(issuer, client_id, scope),
-                key)
+    return sign(
+        {"alg": "Ed25519", "typ": "at+jwt", "kid": key.thumbprint()}, access_claims(issuer, client_id, scope), key
+    )

@@ -36,8 +36,7 @@ def create_durable() -> Any:
     return create(durable=True)
 
 
-def create(settings: Settings | None = None, access_log: StubAccessLog | None = None, *,
-           durable: bool = False) -> Any:
+def create(settings: Settings | None = None, access_log: StubAccessLog | None = None, *, durable: bool = False) -> Any:
     access_log = None if durable else access_log or StubAccessLog()
     app = create_app(settings or Settings(), access_log=access_log)
     calls = {"verify": 0, "lookup": 0}
@@ -47,12 +46,17 @@ def create(settings: Settings | None = None, access_log: StubAccessLog | None = 
         request: Request, caller: Annotated[Caller, Depends(protected("verify", "identity:verify"))]
     ) -> dict[str, Any]:
         calls["verify"] += 1
-        return {"transaction_id": access_record(request).id, "administration": caller.administration,
-                "client_id": caller.client_id, "scopes": sorted(caller.scopes)}
+        return {
+            "transaction_id": access_record(request).id,
+            "administration": caller.administration,
+            "client_id": caller.client_id,
+            "scopes": sorted(caller.scopes),
+        }
 
     @app.post("/v1/probe/lookup", name="lookup")
     async def probe_lookup(
-        request: Request, body: ProbeBody,
+        request: Request,
+        body: ProbeBody,
         caller: Annotated[Caller, Depends(protected("lookup", "identity:lookup"))],
     ) -> dict[str, Any]:
         calls["lookup"] += 1
@@ -60,7 +64,8 @@ def create(settings: Settings | None = None, access_log: StubAccessLog | None = 
 
     @app.post("/v1/probe/person", name="verify")
     async def probe_person(
-        request: Request, body: PersonBody,
+        request: Request,
+        body: PersonBody,
         caller: Annotated[Caller, Depends(protected("verify", "identity:verify"))],
     ) -> dict[str, Any]:
         """Stands for an operation on one person: records their pseudonym and what was released."""

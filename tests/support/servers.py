@@ -42,9 +42,14 @@ def wait_until(check, timeout: float, what: str) -> None:
 class GatewayProcess:
     """`uvicorn` serving an app factory in a child process, on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], factory: str = "tests.support.probe_app:create",
-                 port: int | None = None, extra_args: list[str] | None = None,
-                 prefix: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        factory: str = "tests.support.probe_app:create",
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+        prefix: list[str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "GATEWAY_ISSUER": self.base_url, **env}
@@ -60,10 +65,29 @@ class GatewayProcess:
         log_config.write_text(json.dumps(logging_config("json")))  # as `jamu serve` logs
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*self.prefix, sys.executable, "-m", "uvicorn", "--factory", self.factory, "--host", "127.0.0.1",
-                 "--port", str(self.port), "--no-access-log", "--no-proxy-headers", "--timeout-graceful-shutdown", "3",
-                 "--log-config", str(log_config), *self.extra_args],
-                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    *self.prefix,
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    self.factory,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--no-access-log",
+                    "--no-proxy-headers",
+                    "--timeout-graceful-shutdown",
+                    "3",
+                    "--log-config",
+                    str(log_config),
+                    *self.extra_args,
+                ],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
         def up() -> bool:
@@ -104,9 +128,21 @@ class RedisProcess:
 
     def start(self) -> RedisProcess:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
         def up() -> bool:
@@ -138,21 +174,43 @@ class PostgresProcess:
 
     def start(self) -> PostgresProcess:
         """Raises RuntimeError with PostgreSQL's own words when it cannot run here (e.g. as root)."""
-        init = subprocess.run(["initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-N"],
-                              capture_output=True, text=True, timeout=120)
+        init = subprocess.run(
+            ["initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-N"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed: {init.stderr.strip()[-300:]}")
         start = subprocess.run(
-            ["pg_ctl", "-D", str(self.datadir), "-w", "-t", "30", "-l", str(self.datadir / "log"), "start",
-             "-o", f"-p {self.port} -h 127.0.0.1 -k {self.datadir} -c fsync=off"],
-            capture_output=True, text=True, timeout=60)
+            [
+                "pg_ctl",
+                "-D",
+                str(self.datadir),
+                "-w",
+                "-t",
+                "30",
+                "-l",
+                str(self.datadir / "log"),
+                "start",
+                "-o",
+                f"-p {self.port} -h 127.0.0.1 -k {self.datadir} -c fsync=off",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if start.returncode != 0:
             raise RuntimeError(f"pg_ctl start failed: {start.stderr.strip()[-300:]}")
         return self
 
     def stop(self) -> None:
-        subprocess.run(["pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop"],
-                       capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            ["pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
 
 
 class ThreadedServer:
@@ -162,8 +220,9 @@ class ThreadedServer:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.what = what
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="off"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self) -> None:

@@ -22,7 +22,8 @@ class CuttableProxy:
     def start(self) -> CuttableProxy:
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._accept, "127.0.0.1", 0), self._loop).result(5)
+            asyncio.start_server(self._accept, "127.0.0.1", 0), self._loop
+        ).result(5)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -52,6 +53,7 @@ class CuttableProxy:
 
     def cut(self) -> None:
         """Refuse new connections and drop every open one."""
+
         async def drop() -> None:
             self.up = False
             for writer in list(self._open):

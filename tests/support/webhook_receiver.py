@@ -26,8 +26,11 @@ class SignatureRefused(Exception):
 
 def verify_v1a(public_keys: list[str], headers: dict[str, str], body: bytes, now: float | None = None) -> None:
     """Standard Webhooks' asymmetric scheme: `v1a,<base64 Ed25519>` over `id.timestamp.body`."""
-    msg_id, timestamp, signatures = (headers.get("webhook-id"), headers.get("webhook-timestamp"),
-                                     headers.get("webhook-signature"))
+    msg_id, timestamp, signatures = (
+        headers.get("webhook-id"),
+        headers.get("webhook-timestamp"),
+        headers.get("webhook-signature"),
+    )
     if not (msg_id and timestamp and signatures):
         raise SignatureRefused("missing webhook headers")
     if abs((now or time.time()) - int(timestamp)) > TOLERANCE_S:

@@ -25,11 +25,22 @@ KEYS = {SIGNER.key_id: SIGNER.public_key}
 
 def raw_event(n: int) -> dict[str, Any]:
     return {
-        "id": f"tx-{n}", "time": f"2026-11-23T10:00:{n % 60:02d}.000000Z", "administration": "ceni",
-        "client_id": "ceni-app", "operation": "verify", "purpose": "voter_roll", "legal_basis": "Loi électorale",
-        "consent_id": None, "subject_hash": f"{n:064x}", "attributes_requested": ["family_name"],
-        "attributes_released": [], "decision": "permit", "reason": None, "status": 200,
-        "latency_ms": 1.25 + n, "trace_id": f"{n:032x}",
+        "id": f"tx-{n}",
+        "time": f"2026-11-23T10:00:{n % 60:02d}.000000Z",
+        "administration": "ceni",
+        "client_id": "ceni-app",
+        "operation": "verify",
+        "purpose": "voter_roll",
+        "legal_basis": "Loi électorale",
+        "consent_id": None,
+        "subject_hash": f"{n:064x}",
+        "attributes_requested": ["family_name"],
+        "attributes_released": [],
+        "decision": "permit",
+        "reason": None,
+        "status": 200,
+        "latency_ms": 1.25 + n,
+        "trace_id": f"{n:032x}",
     }
 
 
@@ -127,8 +138,11 @@ def test_history_rewritten_and_rechained_contradicts_the_checkpoint() -> None:
     checkpoints = seal(events, 4, 10)
     rewritten = [dict(e) for e in events[:6]]
     rewritten[5]["administration"] = "someone-else"
-    forged = rewritten[:5] + link([{k: v for k, v in e.items() if k not in ("seq", "prev_hash", "hash")}
-                                   for e in rewritten[5:] + events[6:]], 5, events[4]["hash"])
+    forged = rewritten[:5] + link(
+        [{k: v for k, v in e.items() if k not in ("seq", "prev_hash", "hash")} for e in rewritten[5:] + events[6:]],
+        5,
+        events[4]["hash"],
+    )
     report = verify(forged, checkpoints)
     # One problem, naming where trust ends (not, besides, an "unsealed" tail from seq 5: that tail is the
     # rewritten history the problem already names).
@@ -154,14 +168,19 @@ def test_a_forged_or_foreign_checkpoint_is_refused() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 11), st.sampled_from(["id", "time", "administration", "subject_hash", "status",
-                                              "latency_ms", "attributes_released", "prev_hash"]))
+@given(
+    st.integers(0, 11),
+    st.sampled_from(
+        ["id", "time", "administration", "subject_hash", "status", "latency_ms", "attributes_released", "prev_hash"]
+    ),
+)
 def test_any_single_change_is_located_at_its_event(index: int, name: str) -> None:
     events = chain(12)
     checkpoints = seal(events, 12)
     value = events[index][name]
-    events[index][name] = (value + 1 if isinstance(value, int | float)
-                           else [*value, "nin"] if isinstance(value, list) else "x" + value)
+    events[index][name] = (
+        value + 1 if isinstance(value, int | float) else [*value, "nin"] if isinstance(value, list) else "x" + value
+    )
     report = verify(events, checkpoints)
     assert not report.ok
     assert first_problem(report) == index + 1

@@ -24,8 +24,16 @@ def setup(tmp_path: Path):
     realm = build_realm(tmp_path)
     keys = load_signing_keys(tmp_path / "k.pem", tmp_path / "keys", "Ed25519", retire_after_s=330)
     store = PolicyStore(load_policies(realm.policies_dir))
-    validator = BearerValidator(issuer=ISSUER, audience=ISSUER, signing_keys=keys, policies=store, trusted=None,
-                                leeway_s=0, max_token_bytes=8192, cache_size=2)
+    validator = BearerValidator(
+        issuer=ISSUER,
+        audience=ISSUER,
+        signing_keys=keys,
+        policies=store,
+        trusted=None,
+        leeway_s=0,
+        max_token_bytes=8192,
+        cache_size=2,
+    )
 
     def token(**overrides) -> str:
         claims = access_claims(ISSUER, "elections-app", "identity:verify", **overrides)

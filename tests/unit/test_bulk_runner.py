@@ -66,10 +66,23 @@ class Setup:
     async def __aenter__(self) -> Setup:
         policies = self.tmp / "policies"
         policies.mkdir()
-        (policies / "electoral.yaml").write_text(yaml.safe_dump({
-            "id": "electoral", "name": "CENI", "purposes": {"roll_revision": {
-                "legal_basis": "Loi électorale", "consent": "not_required", "operations": ["verify"],
-                "claims": ["family_name"], "predicates": ["alive"]}}}))
+        (policies / "electoral.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "id": "electoral",
+                    "name": "CENI",
+                    "purposes": {
+                        "roll_revision": {
+                            "legal_basis": "Loi électorale",
+                            "consent": "not_required",
+                            "operations": ["verify"],
+                            "claims": ["family_name"],
+                            "predicates": ["alive"],
+                        }
+                    },
+                }
+            )
+        )
         self.policies = PolicyStore(load_policies(policies))
         seed_register(self.tmp / "register.db", 200, 5)
         self.register = EmbeddedRegister(self.tmp / "register.db")
@@ -89,32 +102,56 @@ class Setup:
         await self.engine.dispose()
 
     def runner(self, owner: str, access_log: Any, lease_s: float = 30) -> ChunkRunner:
-        return ChunkRunner(self.jobs, self.files, policies=self.policies, identity=self.register,
-                           subjects=SubjectHasher(b"k" * 32), access_log=access_log,
-                           log_position=lambda: (ORIGIN, self.segments.next_seq), log_root=self.log_root,
-                           owner=owner, lease_s=lease_s)
+        return ChunkRunner(
+            self.jobs,
+            self.files,
+            policies=self.policies,
+            identity=self.register,
+            subjects=SubjectHasher(b"k" * 32),
+            access_log=access_log,
+            log_position=lambda: (ORIGIN, self.segments.next_seq),
+            log_root=self.log_root,
+            owner=owner,
+            lease_s=lease_s,
+        )
 
     async def job(self, spec: JobSpec = SPEC, key: str = "k") -> str:
-        job, _ = await self.jobs.create(job_id=f"00000000-0000-4000-8000-{key.encode().hex():0>12}",
-                                        administration="electoral", client_id="ceni-app", idempotency_key=key,
-                                        request_hash="h", spec=spec, fmt="csv", declared_records=None)
+        job, _ = await self.jobs.create(
+            job_id=f"00000000-0000-4000-8000-{key.encode().hex():0>12}",
+            administration="electoral",
+            client_id="ceni-app",
+            idempotency_key=key,
+            request_hash="h",
+            spec=spec,
+            fmt="csv",
+            declared_records=None,
+        )
         body = b"ref,nin,family_name\n" + b"".join(
-            b"r%d,%s,%s\n" % (i, PEOPLE[i]["nin"].encode(), PEOPLE[i]["family_name"].encode())
-            for i in range(RECORDS))
+            b"r%d,%s,%s\n" % (i, PEOPLE[i]["nin"].encode(), PEOPLE[i]["family_name"].encode()) for i in range(RECORDS)
+        )
         splitter = InputSplitter("csv", spec, 1000, 1000)
         splitter.feed(body)
         chunks = splitter.finish()
         upload = self.files.start_upload(job.id)
         upload.write(body)
         name = upload.keep()
-        await self.jobs.accept_input(job, total=RECORDS, sha256=splitter.sha256, input_file=name, chunks=chunks,
-                                     jobs_dir=self.files.identity,
-                                     daily_limit=None)
+        await self.jobs.accept_input(
+            job,
+            total=RECORDS,
+            sha256=splitter.sha256,
+            input_file=name,
+            chunks=chunks,
+            jobs_dir=self.files.identity,
+            daily_limit=None,
+        )
         return job.id
 
     def logged(self, job_id: str) -> list[str]:
-        return [orjson.loads(payload)["id"] for _, payload in SegmentReader(self.store_dir).read(0, 10_000)
-                if orjson.loads(payload).get("job_id") == job_id]
+        return [
+            orjson.loads(payload)["id"]
+            for _, payload in SegmentReader(self.store_dir).read(0, 10_000)
+            if orjson.loads(payload).get("job_id") == job_id
+        ]
 
 
 @pytest.fixture
@@ -187,9 +224,16 @@ async def test_an_input_left_by_a_job_that_ended_elsewhere_is_swept(setup: Setup
 
 
 async def test_a_job_never_uploaded_fails_after_a_day_and_a_dead_upload_is_swept(setup: Setup) -> None:
-    job, _ = await setup.jobs.create(job_id="00000000-0000-4000-8000-000000000002", administration="electoral",
-                                     client_id="ceni-app", idempotency_key="never", request_hash="h", spec=SPEC,
-                                     fmt="csv", declared_records=None)
+    job, _ = await setup.jobs.create(
+        job_id="00000000-0000-4000-8000-000000000002",
+        administration="electoral",
+        client_id="ceni-app",
+        idempotency_key="never",
+        request_hash="h",
+        spec=SPEC,
+        fmt="csv",
+        declared_records=None,
+    )
     upload = setup.files.start_upload(job.id)  # and its process dies mid-stream
     upload.write(b"ref,nin,family_name\n")
     stale = upload.partial
@@ -233,10 +277,23 @@ async def test_a_backend_down_gives_the_chunk_back_to_be_retried_later_with_noth
 
 
 async def test_every_record_is_judged_as_of_the_jobs_one_date(setup: Setup) -> None:
-    (setup.tmp / "policies" / "electoral.yaml").write_text(yaml.safe_dump({
-        "id": "electoral", "name": "CENI", "purposes": {"roll_revision": {
-            "legal_basis": "Loi électorale", "consent": "not_required", "operations": ["verify"],
-            "claims": ["family_name"], "predicates": ["alive", "age_at_least"]}}}))
+    (setup.tmp / "policies" / "electoral.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "id": "electoral",
+                "name": "CENI",
+                "purposes": {
+                    "roll_revision": {
+                        "legal_basis": "Loi électorale",
+                        "consent": "not_required",
+                        "operations": ["verify"],
+                        "claims": ["family_name"],
+                        "predicates": ["alive", "age_at_least"],
+                    }
+                },
+            }
+        )
+    )
     setup.policies.replace(load_policies(setup.tmp / "policies"))
     adults: dict[str, list[str]] = {}
     for key, today in (("old", date(1800, 1, 1)), ("new", date(2200, 1, 1))):

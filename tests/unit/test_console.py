@@ -33,12 +33,32 @@ T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 _ids = iter(range(10**9))
 
 
-def event(seconds: float, *, client: str | None = "app", operation: str = "verify", decision: str = "permit",
-          reason: str | None = None, subject: str | None = None, claims: str = '["family_name"]',
-          count: int | None = None, source: str | None = None, administration: str | None = "ceni") -> WatchedEvent:
-    return WatchedEvent(f"ev-{next(_ids)}", rfc3339(T0 + timedelta(seconds=seconds)), administration, client,
-                        operation, decision, reason, subject if subject is not None else f"s{next(_ids)}", claims,
-                        count, source)
+def event(
+    seconds: float,
+    *,
+    client: str | None = "app",
+    operation: str = "verify",
+    decision: str = "permit",
+    reason: str | None = None,
+    subject: str | None = None,
+    claims: str = '["family_name"]',
+    count: int | None = None,
+    source: str | None = None,
+    administration: str | None = "ceni",
+) -> WatchedEvent:
+    return WatchedEvent(
+        f"ev-{next(_ids)}",
+        rfc3339(T0 + timedelta(seconds=seconds)),
+        administration,
+        client,
+        operation,
+        decision,
+        reason,
+        subject if subject is not None else f"s{next(_ids)}",
+        claims,
+        count,
+        source,
+    )
 
 
 def rules(text: str) -> AlertRules:
@@ -46,6 +66,7 @@ def rules(text: str) -> AlertRules:
 
 
 # ---- the rules file -----------------------------------------------------------------------------------------
+
 
 def test_without_a_file_the_built_in_thresholds_apply() -> None:
     assert load_alert_rules(None) == AlertRules()
@@ -58,9 +79,13 @@ def test_a_rules_file_is_validated_like_a_policy_file(tmp_path: Path) -> None:
     loaded = load_alert_rules(good)
     assert loaded.enumeration.min_checks == 10 and loaded.enumeration.window_s == 600
     assert not loaded.scraping.enabled
-    for text, named in (("enumeraton: {}\n", "enumeraton"), ("token_failures: {max_failures: 0}\n", "max_failures"),
-                        ("consent_refusals: {window_s: ten}\n", "window_s"), ("- a\n- b\n", "(file)"),
-                        ("enumeration: {min_checks: 5, extra: 1}\n", "extra")):
+    for text, named in (
+        ("enumeraton: {}\n", "enumeraton"),
+        ("token_failures: {max_failures: 0}\n", "max_failures"),
+        ("consent_refusals: {window_s: ten}\n", "window_s"),
+        ("- a\n- b\n", "(file)"),
+        ("enumeration: {min_checks: 5, extra: 1}\n", "extra"),
+    ):
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
         with pytest.raises(ValueError, match=named) as raised:
@@ -112,8 +137,17 @@ def test_token_failures_count_per_source_and_counted_refusals_by_their_count() -
     evaluator = Evaluator(rules("token_failures: {window_s: 60, max_failures: 50}"))
     mixed = [event(i, operation="token", decision="deny", source=f"10.0.0.{i % 5}", client=None) for i in range(40)]
     assert evaluator.feed(mixed) == []
-    counted = [event(50, operation="unauthenticated", decision="deny", source="192.0.2.7", client=None,
-                     reason="rate_limited", count=60)]
+    counted = [
+        event(
+            50,
+            operation="unauthenticated",
+            decision="deny",
+            source="192.0.2.7",
+            client=None,
+            reason="rate_limited",
+            count=60,
+        )
+    ]
     found = evaluator.feed(counted)
     assert [(f.rule, f.key, f.figures["failures"]) for f in found] == [("token_failures", "192.0.2.7", 60)]
 
@@ -141,9 +175,19 @@ def test_predicate_probing_counts_checks_without_claims() -> None:
 
 def test_consent_refusals_and_history_reads_over_quota() -> None:
     evaluator = Evaluator(rules("consent_refusals: {window_s: 600, max_refusals: 5}"))
-    found = evaluator.feed([*(event(i, decision="deny", reason="consent_invalid") for i in range(5)),
-                            event(10, operation="subject.history", decision="deny", reason="rate_limited",
-                                  administration="channel", client="channel-app")])
+    found = evaluator.feed(
+        [
+            *(event(i, decision="deny", reason="consent_invalid") for i in range(5)),
+            event(
+                10,
+                operation="subject.history",
+                decision="deny",
+                reason="rate_limited",
+                administration="channel",
+                client="channel-app",
+            ),
+        ]
+    )
     assert sorted((f.rule, f.key) for f in found) == [("consent_refusals", "app"), ("history_quota", "channel")]
 
 
@@ -153,6 +197,7 @@ def test_a_disabled_rule_raises_nothing() -> None:
 
 
 # ---- sign-in -------------------------------------------------------------------------------------------------
+
 
 def test_a_totp_code_of_this_step_or_the_last_signs_in_once() -> None:
     secret = pyotp.random_base32()
@@ -204,6 +249,7 @@ def test_sessions_end_after_15_idle_minutes_or_8_hours() -> None:
 
 # ---- what each role may see ----------------------------------------------------------------------------------
 
+
 def session(role: str, administration: str | None = None) -> Session:
     return Session("h", "login", role, administration, "csrf-token", 0.0, 0.0)
 
@@ -224,11 +270,17 @@ def test_a_dpo_is_held_to_its_administration_and_only_a_dpa_sees_officers() -> N
 
 def test_the_search_form_is_checked_and_held_to_the_role() -> None:
     where, asked = search_filter(session("dpo", "ceni"), {"decision": "deny", "since": "2026-12-01T10:00"})
-    assert where == EventFilter(administration="ceni", decision="deny", since="2026-12-01T10:00:00.000000Z",
-                                hidden_prefixes=("console.",))
+    assert where == EventFilter(
+        administration="ceni", decision="deny", since="2026-12-01T10:00:00.000000Z", hidden_prefixes=("console.",)
+    )
     assert asked == {"decision": "deny", "since": "2026-12-01T10:00"}
-    for params in ({"decision": "maybe"}, {"operation": "drop table"}, {"since": "yesterday"},
-                   {"client_id": "a\x00b"}, {"until": "99999-01-01T00:00"}):
+    for params in (
+        {"decision": "maybe"},
+        {"operation": "drop table"},
+        {"since": "yesterday"},
+        {"client_id": "a\x00b"},
+        {"until": "99999-01-01T00:00"},
+    ):
         with pytest.raises(Refused):
             search_filter(session("officer"), params)
     with pytest.raises(Refused) as refused:
@@ -239,13 +291,17 @@ def test_the_search_form_is_checked_and_held_to_the_role() -> None:
 
 # ---- overview, language, export ------------------------------------------------------------------------------
 
+
 def test_the_overview_sums_hours_into_rates_per_administration() -> None:
     now = T0
     hour = now.strftime(HOUR_FORMAT)
     old = (now - timedelta(days=3)).strftime(HOUR_FORMAT)
     # (hour, administration, events, denied, checks, unknown), as rollup_rows sums them
-    rows = [(hour, "ceni", 125, 25, 100, 20), (old, "ceni", 75, 75, 75, 0),
-            ((now - timedelta(days=9)).strftime(HOUR_FORMAT), "ceni", 1000, 0, 1000, 0)]
+    rows = [
+        (hour, "ceni", 125, 25, 100, 20),
+        (old, "ceni", 75, 75, 75, 0),
+        ((now - timedelta(days=9)).strftime(HOUR_FORMAT), "ceni", 1000, 0, 1000, 0),
+    ]
     view = summarise(rows, now)
     day, week = view.day["ceni"], view.week["ceni"]
     assert (day.events, day.denied, day.checks, day.unknown) == (125, 25, 100, 20)
@@ -272,21 +328,31 @@ class _Index:
 
     async def latest(self, where: EventFilter, before: Any, limit: int) -> tuple[list[dict[str, Any]], Any]:
         start = 0 if before is None else before
-        page = self._events[start:start + limit]
+        page = self._events[start : start + limit]
         return page, start + len(page)
 
 
 def test_the_export_streams_every_page_and_neutralises_formulas() -> None:
-    hostile = [{"origin": "o", "seq": n, "id": f"id-{n}", "time": "t", "client_id": "=HYPERLINK(\"x\")" if n == 0
-                else "app", "reason": "+1" if n == 1 else None, "attributes_requested": ["-a"], "evidence": None}
-               for n in range(2500)]
+    hostile = [
+        {
+            "origin": "o",
+            "seq": n,
+            "id": f"id-{n}",
+            "time": "t",
+            "client_id": '=HYPERLINK("x")' if n == 0 else "app",
+            "reason": "+1" if n == 1 else None,
+            "attributes_requested": ["-a"],
+            "evidence": None,
+        }
+        for n in range(2500)
+    ]
 
     async def collect(fmt: str) -> bytes:
         return b"".join([chunk async for chunk in _export_rows(_Index(hostile), EventFilter(), fmt)])  # type: ignore[arg-type]
 
     rows = list(csv.DictReader(io.StringIO(asyncio.run(collect("csv")).decode())))
     assert len(rows) == 2500
-    assert rows[0]["client_id"] == "'=HYPERLINK(\"x\")" and rows[1]["reason"] == "'+1"
+    assert rows[0]["client_id"] == '\'=HYPERLINK("x")' and rows[1]["reason"] == "'+1"
     assert rows[2]["attributes_requested"] == "'-a"
     assert len(asyncio.run(collect("jsonl")).splitlines()) == 2500
 
@@ -339,20 +405,25 @@ def test_a_take_over_does_not_count_an_hour_twice_in_a_baseline() -> None:
 
 
 def test_every_figure_an_alert_names_has_words_in_both_languages() -> None:
-    evaluator = Evaluator(rules("""
+    evaluator = Evaluator(
+        rules("""
 enumeration: {min_checks: 5, max_unknown_share: 0.5}
 scraping: {min_persons: 5}
 predicate_probing: {max_checks: 5}
 token_failures: {max_failures: 5}
 consent_refusals: {max_refusals: 5}
-"""))
-    found = evaluator.feed([
-        *(event(i, client="e", reason="subject_not_found") for i in range(10)),
-        *(event(i, client="s") for i in range(10)),
-        *(event(i, client="p", claims="[]") for i in range(10)),
-        *(event(i, client=None, operation="token", decision="deny", source="10.0.0.9") for i in range(10)),
-        *(event(i, client="c", decision="deny", reason="consent_required") for i in range(10)),
-        event(1, operation="subject.history", decision="deny", reason="rate_limited", administration="ch")])
+""")
+    )
+    found = evaluator.feed(
+        [
+            *(event(i, client="e", reason="subject_not_found") for i in range(10)),
+            *(event(i, client="s") for i in range(10)),
+            *(event(i, client="p", claims="[]") for i in range(10)),
+            *(event(i, client=None, operation="token", decision="deny", source="10.0.0.9") for i in range(10)),
+            *(event(i, client="c", decision="deny", reason="consent_required") for i in range(10)),
+            event(1, operation="subject.history", decision="deny", reason="rate_limited", administration="ch"),
+        ]
+    )
     assert {f.rule for f in found} == set(AlertRules.model_fields)
     for lang in ("fr", "en"):
         t = translator(lang)

@@ -70,8 +70,10 @@ def test_remaining_and_reset_after_idle() -> None:
     assert verdict.windows[0].reset_us == 200_000
 
 
-@given(st.lists(st.integers(min_value=0, max_value=3 * S), min_size=1, max_size=60),
-       st.integers(min_value=0, max_value=2 * S))
+@given(
+    st.lists(st.integers(min_value=0, max_value=3 * S), min_size=1, max_size=60),
+    st.integers(min_value=0, max_value=2 * S),
+)
 def test_gcra_bound_over_any_span(offsets: list[int], span: int) -> None:
     """At most `limit` at once and `limit` per period sustained: in any span D, at most
     1 + floor((D + period - interval) / interval) requests (the GCRA conformance bound)."""

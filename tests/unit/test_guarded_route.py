@@ -301,6 +301,7 @@ def _routed_app(*routers: APIRouter) -> FastAPI:
 
 async def test_added_routes_answer_as_included_ones() -> None:
     """Routes added flat answer, refuse a wrong method and document themselves as included ones do."""
+
     def build() -> tuple[APIRouter, APIRouter]:
         first, second = APIRouter(tags=["First"]), APIRouter(tags=["Second"])
 
@@ -346,8 +347,12 @@ async def test_routes_added_later_go_after_the_earlier_ones_and_before_the_frame
     app = _routed_app(first)
     add_routes(app, later)
     paths = [getattr(route, "path", None) for route in app.router.routes]
-    assert paths[:2] == ["/a", "/later"] and set(paths[2:]) == {"/openapi.json", "/docs", "/docs/oauth2-redirect",
-                                                                "/redoc"}, paths
+    assert paths[:2] == ["/a", "/later"] and set(paths[2:]) == {
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+    }, paths
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         assert (await client.get("/later")).json() == {"b": "later"}
         assert set((await client.get("/openapi.json")).json()["paths"]) == {"/a", "/later"}

@@ -44,9 +44,16 @@ def local_realm(tmp_path: Path) -> Realm:
 
 
 def _app(realm: Realm, access_log: StubAccessLog, **overrides: Any) -> FastAPI:
-    settings_ = Settings(policies_dir=realm.policies_dir, data_dir=realm.data_dir, issuer=ISSUER,
-                         **{"unauthenticated_rate_limits": "burst:10000/1s",
-                            "unauthenticated_total_rate_limits": "burst:10000/1s", **overrides})
+    settings_ = Settings(
+        policies_dir=realm.policies_dir,
+        data_dir=realm.data_dir,
+        issuer=ISSUER,
+        **{
+            "unauthenticated_rate_limits": "burst:10000/1s",
+            "unauthenticated_total_rate_limits": "burst:10000/1s",
+            **overrides,
+        },
+    )
     return probe_app.create(settings_, access_log)
 
 
@@ -65,6 +72,7 @@ def _token(realm: Realm, scope: str = "identity:verify identity:lookup", client:
 
 # --- 8. nothing a client sends reaches a response header; no header value gives a 5xx ----------------------
 
+
 async def test_the_tokens_alg_is_never_echoed_into_a_header(local_realm: Realm) -> None:
     access_log = StubAccessLog()
     async with served(_app(local_realm, access_log)) as http:
@@ -76,18 +84,49 @@ async def test_the_tokens_alg_is_never_echoed_into_a_header(local_realm: Realm) 
             assert alg not in response.text
 
 
-READ_HEADERS = [b"authorization", b"content-type", b"content-length", b"traceparent", b"x-forwarded-for",
-                b"accept", b"host", b"cookie", b"accept-language", b"idempotency-key", b"transfer-encoding"]
-PATHS = [("GET", "/v1/probe/verify"), ("POST", "/v1/verify"), ("POST", "/oauth2/token"), ("GET", "/docs"),
-         ("GET", "/metrics"), ("POST", "/v1/nope"), ("GET", "/healthz"), ("GET", "/v1/audit/events/"),
-         ("POST", "/v1/verify/")]
+READ_HEADERS = [
+    b"authorization",
+    b"content-type",
+    b"content-length",
+    b"traceparent",
+    b"x-forwarded-for",
+    b"accept",
+    b"host",
+    b"cookie",
+    b"accept-language",
+    b"idempotency-key",
+    b"transfer-encoding",
+]
+PATHS = [
+    ("GET", "/v1/probe/verify"),
+    ("POST", "/v1/verify"),
+    ("POST", "/oauth2/token"),
+    ("GET", "/docs"),
+    ("GET", "/metrics"),
+    ("POST", "/v1/nope"),
+    ("GET", "/healthz"),
+    ("GET", "/v1/audit/events/"),
+    ("POST", "/v1/verify/"),
+]
 
 
-def _asgi_call(app: FastAPI, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
-               ) -> tuple[int, list[tuple[bytes, bytes]]]:
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": headers, "client": ("192.0.2.7", 4000), "server": ("127.0.0.1", 8000)}
+def _asgi_call(
+    app: FastAPI, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[int, list[tuple[bytes, bytes]]]:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("192.0.2.7", 4000),
+        "server": ("127.0.0.1", 8000),
+    }
     sent: list[dict[str, Any]] = []
     delivered = False
 
@@ -113,16 +152,47 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(route=st.sampled_from(PATHS), headers=st.lists(
-    st.tuples(st.sampled_from(READ_HEADERS), st.binary(max_size=300) | st.sampled_from([
-        b"Bearer \xff\xfe", b'Bearer a.b.c"', b"Basic \xe9t\xe9", b"application/json; charset=\xff", b"-1",
-        b"99999999999999999999999", b"00-" + b"f" * 32 + b"-" + b"1" * 16 + b"-01", b"1.2.3.4, ::1, \xff",
-        b"Bearer " + b"A" * 9000, b"Basic\t/ w==", b"basic  \xff\xfe", b"Basic", b"Basic =", b"Bearer\tx.y.z"])),
-        max_size=6),
-    body=st.sampled_from([b"", b"{}", b'{"nin": "1"}', b"\xff" * 10, b"grant_type=client_credentials",
-                          b"grant_type=client_credentials&client_id=a&client_assertion=x.y.z"]))
-def test_no_header_value_gives_a_server_error(fuzz_app: FastAPI, route: tuple[str, str],
-                                             headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+@given(
+    route=st.sampled_from(PATHS),
+    headers=st.lists(
+        st.tuples(
+            st.sampled_from(READ_HEADERS),
+            st.binary(max_size=300)
+            | st.sampled_from(
+                [
+                    b"Bearer \xff\xfe",
+                    b'Bearer a.b.c"',
+                    b"Basic \xe9t\xe9",
+                    b"application/json; charset=\xff",
+                    b"-1",
+                    b"99999999999999999999999",
+                    b"00-" + b"f" * 32 + b"-" + b"1" * 16 + b"-01",
+                    b"1.2.3.4, ::1, \xff",
+                    b"Bearer " + b"A" * 9000,
+                    b"Basic\t/ w==",
+                    b"basic  \xff\xfe",
+                    b"Basic",
+                    b"Basic =",
+                    b"Bearer\tx.y.z",
+                ]
+            ),
+        ),
+        max_size=6,
+    ),
+    body=st.sampled_from(
+        [
+            b"",
+            b"{}",
+            b'{"nin": "1"}',
+            b"\xff" * 10,
+            b"grant_type=client_credentials",
+            b"grant_type=client_credentials&client_id=a&client_assertion=x.y.z",
+        ]
+    ),
+)
+def test_no_header_value_gives_a_server_error(
+    fuzz_app: FastAPI, route: tuple[str, str], headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
     status, response_headers = _asgi_call(fuzz_app, route[0], route[1], headers, body)
     assert status < 500, status
     for _name, value in response_headers:
@@ -142,29 +212,36 @@ async def test_no_trailing_slash_redirect_echoes_the_host_or_path(local_realm: R
 
 async def test_an_anonymous_flood_does_not_keep_clients_from_their_tokens(local_realm: Realm) -> None:
     access_log = StubAccessLog()
-    app = _app(local_realm, access_log, unauthenticated_total_rate_limits="burst:5/1m",
-               trusted_proxies="192.0.2.10/32")
+    app = _app(local_realm, access_log, unauthenticated_total_rate_limits="burst:5/1m", trusted_proxies="192.0.2.10/32")
     async with served(app) as http:
         flood = [await http.get("/v1/nope", headers={"X-Forwarded-For": f"198.51.100.{n}"}) for n in range(1, 21)]
         assert [f.status_code for f in flood].count(429) == 15  # the totals hold the flood
-        token = await http.post("/oauth2/token", content=b"grant_type=client_credentials", headers={
-            "Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": "203.0.113.5"})
+        token = await http.post(
+            "/oauth2/token",
+            content=b"grant_type=client_credentials",
+            headers={"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": "203.0.113.5"},
+        )
         assert token.status_code == 401 and token.json()["code"] == "invalid_client"  # heard, not refused
 
 
 @pytest.mark.parametrize("authorization", ["Basic\t/ w==", "basic  //79", "Basic\t\t", "BASIC AAAA"])
-async def test_malformed_basic_credentials_are_invalid_client_not_a_crash(local_realm: Realm,
-                                                                         authorization: str) -> None:
+async def test_malformed_basic_credentials_are_invalid_client_not_a_crash(
+    local_realm: Realm, authorization: str
+) -> None:
     access_log = StubAccessLog()
     async with served(_app(local_realm, access_log)) as http:
-        response = await http.post("/oauth2/token", content=b"grant_type=client_credentials", headers={
-            "Authorization": authorization, "Content-Type": "application/x-www-form-urlencoded"})
+        response = await http.post(
+            "/oauth2/token",
+            content=b"grant_type=client_credentials",
+            headers={"Authorization": authorization, "Content-Type": "application/x-www-form-urlencoded"},
+        )
     assert response.status_code in (400, 401), response.text
     assert response.json()["code"] in ("invalid_client", "invalid_request")
 
 
-async def test_a_failing_admission_is_a_logged_internal_error(local_realm: Realm,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failing_admission_is_a_logged_internal_error(
+    local_realm: Realm, monkeypatch: pytest.MonkeyPatch
+) -> None:
     access_log = StubAccessLog()
     app = _app(local_realm, access_log)
 
@@ -177,18 +254,19 @@ async def test_a_failing_admission_is_a_logged_internal_error(local_realm: Realm
     assert response.status_code == 500 and response.json()["code"] == "internal_error"
     assert "nobody expected" not in response.text
     assert [(e["id"], e["reason"], e["status"]) for e in access_log.events] == [
-        (response.json()["transaction_id"], "internal_error", 500)]
+        (response.json()["transaction_id"], "internal_error", 500)
+    ]
 
 
 async def test_many_sources_together_are_held_by_the_total_windows(local_realm: Realm) -> None:
     """Behind a trusted proxy, each request from another address (an attacker holding many): the
     per-source windows never refuse, the total ones do, and the refusals are counted."""
     access_log = StubAccessLog()
-    app = _app(local_realm, access_log, unauthenticated_total_rate_limits="burst:5/1m",
-               trusted_proxies="192.0.2.10/32")
+    app = _app(local_realm, access_log, unauthenticated_total_rate_limits="burst:5/1m", trusted_proxies="192.0.2.10/32")
     async with served(app) as http:
-        answers = [await http.get("/v1/no-such-thing", headers={"X-Forwarded-For": f"198.51.100.{n}"})
-                   for n in range(1, 31)]
+        answers = [
+            await http.get("/v1/no-such-thing", headers={"X-Forwarded-For": f"198.51.100.{n}"}) for n in range(1, 31)
+        ]
         assert [a.status_code for a in answers].count(404) == 5
         assert [a.status_code for a in answers].count(429) == 25
     counted = [e for e in access_log.events if e["operation"] == "unauthenticated"]
@@ -198,17 +276,23 @@ async def test_many_sources_together_are_held_by_the_total_windows(local_realm: 
 
 # --- 4. the per-source limit before routing, refusals counted --------------------------------------------
 
+
 async def test_anonymous_floods_are_refused_before_routing_and_counted(local_realm: Realm) -> None:
     access_log = StubAccessLog()
     app = _app(local_realm, access_log, unauthenticated_rate_limits="burst:5/1s")
     async with served(app) as http:
-        requests = [("GET", "/v1/no-such-thing", None), ("DELETE", "/v1/verify", None),
-                    ("POST", "/v1/verify", b'{"nin": '), ("POST", "/oauth2/token", b"grant_type=x")]
+        requests = [
+            ("GET", "/v1/no-such-thing", None),
+            ("DELETE", "/v1/verify", None),
+            ("POST", "/v1/verify", b'{"nin": '),
+            ("POST", "/oauth2/token", b"grant_type=x"),
+        ]
         answers = [await http.request(method, path, content=body) for method, path, body in requests * 15]
         refused = [a for a in answers if a.status_code == 429]
         assert len(refused) >= 50
-        assert all(a.headers["content-type"] == "application/problem+json" and "retry-after" in a.headers
-                   for a in refused)
+        assert all(
+            a.headers["content-type"] == "application/problem+json" and "retry-after" in a.headers for a in refused
+        )
         logged_one_by_one = [e for e in access_log.events if e["operation"] != "unauthenticated"]
         assert len(logged_one_by_one) <= 10  # at most the burst (twice, if the run straddles a second)
         # An authenticated caller is not under the per-source limit.
@@ -218,8 +302,10 @@ async def test_anonymous_floods_are_refused_before_routing_and_counted(local_rea
     counted = [e for e in access_log.events if e["operation"] == "unauthenticated"]
     assert 1 <= len(counted) <= 3
     assert sum(e["count"] for e in counted) == len(refused)
-    assert all((e["decision"], e["reason"], e["status"], e["source"]) == ("deny", "rate_limited", 429, "192.0.2.10")
-               for e in counted)
+    assert all(
+        (e["decision"], e["reason"], e["status"], e["source"]) == ("deny", "rate_limited", 429, "192.0.2.10")
+        for e in counted
+    )
     assert {a.json()["transaction_id"] for a in refused} == {e["id"] for e in counted}
 
 
@@ -260,6 +346,7 @@ def test_x_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
 
 # --- 2. no data route around the log ---------------------------------------------------------------------
 
+
 async def test_a_data_route_reached_outside_the_logged_paths_answers_503(local_realm: Realm) -> None:
     access_log = StubAccessLog()
     app = _app(local_realm, access_log)
@@ -286,12 +373,17 @@ async def test_gateway_root_path_answers_with_or_without_the_prefix_and_logs(loc
 
 # --- 6. formula-safe CSV ---------------------------------------------------------------------------------
 
+
 def test_csv_cells_a_spreadsheet_would_run_are_neutralised() -> None:
-    for value in ("=HYPERLINK(\"http://x\")", "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"):
+    for value in ('=HYPERLINK("http://x")', "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"):
         assert spreadsheet_safe(value) == "'" + value
     assert spreadsheet_safe("voter_roll") == "voter_roll" and spreadsheet_safe(200) == 200
-    record = AccessRecord(operation="verify", purpose="=cmd|' /C calc'!A0", client_id="-x",
-                          evidence={"method": "in_person", "reference": "=1+1"})
+    record = AccessRecord(
+        operation="verify",
+        purpose="=cmd|' /C calc'!A0",
+        client_id="-x",
+        evidence={"method": "in_person", "reference": "=1+1"},
+    )
     record.finish(200)
     row = csv_row({**record.event(), "seq": 1, "prev_hash": "0", "hash": "1"})
     assert row["purpose"].startswith("'=") and row["client_id"] == "'-x"
@@ -300,6 +392,7 @@ def test_csv_cells_a_spreadsheet_would_run_are_neutralised() -> None:
 
 # --- 1. external scopes ----------------------------------------------------------------------------------
 
+
 def test_the_default_per_source_and_total_limits_are_the_documented_ones() -> None:
     defaults = Settings()
     assert defaults.unauthenticated_rate_limits == "burst:20/1s,hourly:1200/1h"
@@ -307,17 +400,23 @@ def test_the_default_per_source_and_total_limits_are_the_documented_ones() -> No
     assert defaults.metrics_host == "127.0.0.1" and defaults.root_path == "" and defaults.trusted_proxies == ""
 
 
-@pytest.mark.parametrize(("entry", "fault"), [
-    ({"jwks_url": "http://idp.example.ml/jwks.json"}, "must be https"),
-    ({"algorithms": ["HS256"]}, "algorithms must be among"),
-    ({"max_lifetime_s": 0}, "max_lifetime_s"),
-    ({"surprise": True}, "surprise"),
-])
+@pytest.mark.parametrize(
+    ("entry", "fault"),
+    [
+        ({"jwks_url": "http://idp.example.ml/jwks.json"}, "must be https"),
+        ({"algorithms": ["HS256"]}, "algorithms must be among"),
+        ({"max_lifetime_s": 0}, "max_lifetime_s"),
+        ({"surprise": True}, "surprise"),
+    ],
+)
 def test_a_bad_trusted_issuers_file_is_refused(tmp_path: Path, entry: dict, fault: str) -> None:
     from gateway.auth.trusted import load_trusted_issuers
 
-    base = {"issuer": "https://idp.example.ml", "jwks_url": "https://idp.example.ml/jwks.json",
-            "clients": {"ceni-portal": "ceni"}}
+    base = {
+        "issuer": "https://idp.example.ml",
+        "jwks_url": "https://idp.example.ml/jwks.json",
+        "clients": {"ceni-portal": "ceni"},
+    }
     path = tmp_path / "trusted.json"
     path.write_text(json.dumps({"issuers": [{**base, **entry}]}))
     with pytest.raises(ValueError) as caught:
@@ -338,6 +437,7 @@ def test_external_scopes_are_an_intersection_and_never_sensitive_unless_mapped()
 
 
 # --- 9. private data dir ---------------------------------------------------------------------------------
+
 
 def test_the_data_dir_is_made_private_whatever_the_umask(tmp_path: Path) -> None:
     data = tmp_path / "var"
@@ -380,16 +480,24 @@ def test_every_jamu_command_makes_the_data_dir_private(tmp_path: Path, local_rea
     data = tmp_path / "data"
     data.mkdir(mode=0o755)
     env = {**os.environ, **local_realm.env(GATEWAY_DATA_DIR=str(data))}
-    seeded = subprocess.run(["/bin/sh", "-c", f"umask 022; exec {sys.executable} -m gateway.cli register seed "
-                             "--count 20 --seed 3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    seeded = subprocess.run(
+        ["/bin/sh", "-c", f"umask 022; exec {sys.executable} -m gateway.cli register seed --count 20 --seed 3"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert seeded.returncode == 0, seeded.stderr
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     files = [p for p in data.rglob("*") if p.is_file()]
     assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), [
-        (p.name, oct(p.stat().st_mode)) for p in files]
+        (p.name, oct(p.stat().st_mode)) for p in files
+    ]
 
 
 # --- 13. keys mounted read-only, as the chart mounts them --------------------------------------------------
+
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.lstat().st_mtime_ns, p.lstat().st_size) for p in root.rglob("*")}
@@ -399,8 +507,12 @@ def test_start_up_writes_nothing_beside_read_only_key_secrets(tmp_path: Path, lo
     """Each key in a directory of its own, the file a link into `..data/` as the kubelet lays out a Secret
     (mode 0400, directories 0500); the gateway's data dir elsewhere."""
     secrets_root = tmp_path / "secrets"
-    material = {"signing": b"", "subject": os.urandom(32).hex().encode(), "pseudonym": os.urandom(32).hex().encode(),
-                "checkpoint": b""}
+    material = {
+        "signing": b"",
+        "subject": os.urandom(32).hex().encode(),
+        "pseudonym": os.urandom(32).hex().encode(),
+        "checkpoint": b"",
+    }
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
@@ -418,9 +530,15 @@ def test_start_up_writes_nothing_beside_read_only_key_secrets(tmp_path: Path, lo
         folder.chmod(0o500)
         paths[name] = folder / "key"
     before = _snapshot(secrets_root)
-    settings_ = Settings(policies_dir=local_realm.policies_dir, data_dir=tmp_path / "var", issuer=ISSUER,
-                         signing_key_file=paths["signing"], subject_key_file=paths["subject"],
-                         pseudonym_key_file=paths["pseudonym"], checkpoint_key_file=paths["checkpoint"])
+    settings_ = Settings(
+        policies_dir=local_realm.policies_dir,
+        data_dir=tmp_path / "var",
+        issuer=ISSUER,
+        signing_key_file=paths["signing"],
+        subject_key_file=paths["subject"],
+        pseudonym_key_file=paths["pseudonym"],
+        checkpoint_key_file=paths["checkpoint"],
+    )
     from gateway.app import create_app
 
     async def start_and_stop() -> None:

@@ -46,8 +46,16 @@ def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_every_manifest_is_valid_kubernetes(demo_policies: dict) -> None:
     docs = render({"policies": demo_policies})
     kinds = sorted(doc["kind"] for doc in docs)
-    assert kinds == ["ConfigMap", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget", "Service",
-                     "Service", "ServiceAccount", "StatefulSet"]
+    assert kinds == [
+        "ConfigMap",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Service",
+        "Service",
+        "ServiceAccount",
+        "StatefulSet",
+    ]
     for doc in docs:
         kubernetes_validate.validate(doc, KUBE, strict=True)
         kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
@@ -60,8 +68,12 @@ def test_the_pod_runs_locked_down_and_drains(demo_policies: dict) -> None:
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "privileged": False, "capabilities": {"drop": ["ALL"]}}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert container["resources"]["requests"] and container["resources"]["limits"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -73,11 +85,20 @@ def test_the_pod_runs_locked_down_and_drains(demo_policies: dict) -> None:
 
 
 def test_secrets_are_referenced_never_embedded(demo_policies: dict) -> None:
-    docs = render({"policies": demo_policies, "secrets": {
-        "signingKey": {"name": "sig", "key": "k.pem"}, "subjectKey": {"name": "sub", "key": "k"},
-        "consoleKey": {"name": "con", "key": "c"},
-        "pseudonymKey": {"name": "pse", "key": "k"}, "checkpointKey": {"name": "chk", "key": "c.pem"},
-        "databaseUrl": {"name": "db", "key": "url"}, "redisUrl": {"name": "redis", "key": "url"}}})
+    docs = render(
+        {
+            "policies": demo_policies,
+            "secrets": {
+                "signingKey": {"name": "sig", "key": "k.pem"},
+                "subjectKey": {"name": "sub", "key": "k"},
+                "consoleKey": {"name": "con", "key": "c"},
+                "pseudonymKey": {"name": "pse", "key": "k"},
+                "checkpointKey": {"name": "chk", "key": "c.pem"},
+                "databaseUrl": {"name": "db", "key": "url"},
+                "redisUrl": {"name": "redis", "key": "url"},
+            },
+        }
+    )
     assert "Secret" not in {doc["kind"] for doc in docs}
     container = by_kind(docs)["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in container["env"]}
@@ -107,18 +128,34 @@ def test_the_mounted_policies_load_as_the_gateway_reads_them(demo_policies: dict
 
 
 def test_options(demo_policies: dict) -> None:
-    docs = render({"policies": demo_policies, "autoscaling": {"enabled": False}, "replicaCount": 3,
-                   "podMonitor": {"enabled": True}, "networkPolicy": {"enabled": False},
-                   "telemetry": {"otlpEndpoint": "http://otel-collector:4318"}, "connectors": "connectors: []",
-                   "witnesses": "quorum: 1\nwitnesses: []\n",
-                   "console": {"alerts": "enumeration: {min_checks: 30}\n",
-                               "oidc": {"issuer": "https://idp.example.ml/realms/jamu", "clientId": "jamu-console",
-                                        "clientSecret": {"name": "jamu-console-oidc", "key": "secret"}}}})
+    docs = render(
+        {
+            "policies": demo_policies,
+            "autoscaling": {"enabled": False},
+            "replicaCount": 3,
+            "podMonitor": {"enabled": True},
+            "networkPolicy": {"enabled": False},
+            "telemetry": {"otlpEndpoint": "http://otel-collector:4318"},
+            "connectors": "connectors: []",
+            "witnesses": "quorum: 1\nwitnesses: []\n",
+            "console": {
+                "alerts": "enumeration: {min_checks: 30}\n",
+                "oidc": {
+                    "issuer": "https://idp.example.ml/realms/jamu",
+                    "clientId": "jamu-console",
+                    "clientSecret": {"name": "jamu-console-oidc", "key": "secret"},
+                },
+            },
+        }
+    )
     kinds = by_kind(docs)
     assert "HorizontalPodAutoscaler" not in kinds and "NetworkPolicy" not in kinds
     assert kinds["StatefulSet"]["spec"]["replicas"] == 3
-    assert kinds["PodMonitor"]["spec"]["podMetricsEndpoints"][0] == {"port": "metrics", "path": "/metrics",
-                                                                    "interval": "30s"}
+    assert kinds["PodMonitor"]["spec"]["podMetricsEndpoints"][0] == {
+        "port": "metrics",
+        "path": "/metrics",
+        "interval": "30s",
+    }
     env = {e["name"]: e.get("value") for e in kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
     assert env["GATEWAY_CONNECTORS_FILE"] == "/etc/jamu/config/connectors.yaml" and env["GATEWAY_REPLICAS"] == "3"
@@ -140,16 +177,19 @@ def test_options(demo_policies: dict) -> None:
     assert mounts["config"] == "/etc/jamu/config" and mounts["policies"] == "/etc/jamu/policies"
 
 
-@pytest.mark.parametrize("values, where", [
-    ({"issuer": "http://jamu.example.ml"}, "issuer"),
-    ({"replicaCount": "two"}, "replicaCount"),
-    ({"secrets": {"signingKey": {"name": "Not A Name!"}}}, "secrets"),
-    ({"logFormat": "xml"}, "logFormat"),
-    ({"policies": {"files": {"../escape.yaml": "x"}}}, "escape.yaml"),
-    ({"surprise": True}, "surprise"),
-    ({"console": {"oidc": {"issuer": "http://idp.example.ml"}}}, "issuer"),
-    ({"console": {"oidc": {"roleClaim": "role claim!"}}}, "roleClaim"),
-])
+@pytest.mark.parametrize(
+    "values, where",
+    [
+        ({"issuer": "http://jamu.example.ml"}, "issuer"),
+        ({"replicaCount": "two"}, "replicaCount"),
+        ({"secrets": {"signingKey": {"name": "Not A Name!"}}}, "secrets"),
+        ({"logFormat": "xml"}, "logFormat"),
+        ({"policies": {"files": {"../escape.yaml": "x"}}}, "escape.yaml"),
+        ({"surprise": True}, "surprise"),
+        ({"console": {"oidc": {"issuer": "http://idp.example.ml"}}}, "issuer"),
+        ({"console": {"oidc": {"roleClaim": "role claim!"}}}, "roleClaim"),
+    ],
+)
 def test_bad_values_are_refused_by_the_schema(values: dict, where: str) -> None:
     with pytest.raises(helm.HelmError) as caught:
         helm.Chart.load(CHART).render(values, name="jamu", namespace="identity")
@@ -157,8 +197,15 @@ def test_bad_values_are_refused_by_the_schema(values: dict, where: str) -> None:
 
 
 def test_metrics_are_scraped_from_a_port_no_service_exposes(demo_policies: dict) -> None:
-    docs = render({"policies": demo_policies, "trustedProxies": ["10.0.0.0/8", "fd00::/8"], "networkPolicy": {
-        "scrapeFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}})
+    docs = render(
+        {
+            "policies": demo_policies,
+            "trustedProxies": ["10.0.0.0/8", "fd00::/8"],
+            "networkPolicy": {
+                "scrapeFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+            },
+        }
+    )
     kinds = by_kind(docs)
     container = kinds["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -170,7 +217,8 @@ def test_metrics_are_scraped_from_a_port_no_service_exposes(demo_policies: dict)
     ingress = kinds["NetworkPolicy"]["spec"]["ingress"]
     scrape = [rule for rule in ingress if rule["ports"] == [{"port": 9100, "protocol": "TCP"}]]
     assert len(scrape) == 1 and scrape[0]["from"][0]["namespaceSelector"]["matchLabels"] == {
-        "kubernetes.io/metadata.name": "monitoring"}
+        "kubernetes.io/metadata.name": "monitoring"
+    }
     assert all({"port": 9100, "protocol": "TCP"} not in rule["ports"] for rule in ingress if rule not in scrape)
 
 
@@ -180,8 +228,10 @@ def test_each_replica_keeps_its_own_log_on_a_volume_of_its_own(demo_policies: di
     [claim] = statefulset["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data" and claim["spec"]["storageClassName"] == "fast"
     assert claim["spec"]["resources"]["requests"]["storage"] == "50Gi"
-    assert statefulset["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain",
-                                                                           "whenScaled": "Retain"}
+    assert statefulset["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
     pod = statefulset["spec"]["template"]["spec"]
     assert "data" not in {v["name"] for v in pod["volumes"]}  # the claim, not an emptyDir
     [container] = pod["containers"]

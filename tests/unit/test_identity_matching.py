@@ -56,8 +56,11 @@ def _reference(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKD", folded).split())
 
 
-@given(st.text(max_size=40) | st.text(alphabet=st.characters(max_codepoint=0x3100), max_size=40)
-       | st.sampled_from(["Traoré", "Koné", "Sékou Touré", "N\u2019Diaye", "ߒߞߏ", "ⵜⴰⵎⴰⵣⵉⵖⵜ", "Ba\u0301\u200bh"]))
+@given(
+    st.text(max_size=40)
+    | st.text(alphabet=st.characters(max_codepoint=0x3100), max_size=40)
+    | st.sampled_from(["Traoré", "Koné", "Sékou Touré", "N\u2019Diaye", "ߒߞߏ", "ⵜⴰⵎⴰⵣⵉⵖⵜ", "Ba\u0301\u200bh"])
+)
 def test_unicode_normalisation_is_the_reference(text: str) -> None:
     assert normalise_unicode(text) == _reference(text)
     assert normalise_unicode(text) == _reference(text)  # again, with what the first call cached
@@ -120,8 +123,9 @@ def test_dates_never_match_across_a_precision_boundary(a: date, b: date) -> None
     assert same_date(year_a, year_b) == (a.year == b.year)
 
 
-@pytest.mark.parametrize("text", ["1975-13", "1975-02-30", "75", "1975-3-02", "1975-03-02T00:00",
-                                  "\uff11\uff19\uff17\uff15", ""])
+@pytest.mark.parametrize(
+    "text", ["1975-13", "1975-02-30", "75", "1975-3-02", "1975-03-02T00:00", "\uff11\uff19\uff17\uff15", ""]
+)
 def test_invalid_dates_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         PartialDate.parse(text)
@@ -153,9 +157,16 @@ def test_leap_day_births_come_of_age_on_the_first_of_march() -> None:
     assert age_at_least(PartialDate(2008, 2, 29), 18, date(2026, 3, 1)) is True
 
 
-RECORD = {**decide.DECOY, "family_name": "Traoré", "given_names": "Aminata Fanta", "birth_date": "1990-04",
-          "residence_region": "Mopti", "residence_cercle": "Bandiagara", "residence_commune": "Dourou",
-          "displacement_status": "displaced"}
+RECORD = {
+    **decide.DECOY,
+    "family_name": "Traoré",
+    "given_names": "Aminata Fanta",
+    "birth_date": "1990-04",
+    "residence_region": "Mopti",
+    "residence_cercle": "Bandiagara",
+    "residence_commune": "Dourou",
+    "displacement_status": "displaced",
+}
 TODAY = date(2026, 11, 23)
 
 
@@ -170,8 +181,12 @@ def test_verification_answers() -> None:
     wrong = answer(RECORD, {**claims, "birth_date": "1990-05-12"})
     assert wrong["match"] is False and wrong["claims"]["birth_date"] is False
     assert "claims" not in answer(RECORD, claims, claim_details=False)
-    predicates = [decide.Predicate("age_at_least", 36, date(2026, 4, 15)), decide.Predicate("alive"),
-                  decide.Predicate("resides_in", "bandiagara"), decide.Predicate("registered_idp")]
+    predicates = [
+        decide.Predicate("age_at_least", 36, date(2026, 4, 15)),
+        decide.Predicate("alive"),
+        decide.Predicate("resides_in", "bandiagara"),
+        decide.Predicate("registered_idp"),
+    ]
     results = [p["result"] for p in answer(RECORD, predicates=predicates)["predicates"]]
     assert results == [None, True, True, True]  # April 1990: 36 on 15 April 2026 only if born by then
     dead = {**RECORD, "record_status": "deceased", "death_date": "2020-01-01"}
@@ -186,8 +201,11 @@ def test_an_unknown_person_answers_false_everywhere_in_the_same_shape() -> None:
     known = answer(decide.DECOY, claims, predicates)
     unknown = answer(None, claims, predicates)
     assert known["match"] is True  # the decoy matches itself ...
-    assert unknown == {"match": False, "claims": {"family_name": False, "birth_date": False},
-                       "predicates": [{"name": "alive", "result": False}, {"name": "age_at_least", "result": False}]}
+    assert unknown == {
+        "match": False,
+        "claims": {"family_name": False, "birth_date": False},
+        "predicates": [{"name": "alive", "result": False}, {"name": "age_at_least", "result": False}],
+    }
     assert set(known) == set(unknown)
 
 

@@ -63,15 +63,20 @@ def pointers(**fields: Any) -> list[str]:
 
 
 def test_each_type_takes_its_own_fields_and_no_other() -> None:
-    assert pointers(type="death", nin="120000000001", data={"death_date": "2026-01-01", "cause": "x"}) == \
-        ["/data/cause"]
+    assert pointers(type="death", nin="120000000001", data={"death_date": "2026-01-01", "cause": "x"}) == [
+        "/data/cause"
+    ]
     assert pointers(type="death", nin="120000000001", data={}) == ["/data/death_date"]
     assert pointers(type="death", nin="120000000001", data={"death_date": "2026-13-01"}) == ["/data/death_date"]
-    assert pointers(type="marriage", nin="120000000001", data={"spouse_nin": "no!", "date": "2026"}) == \
-        ["/data/spouse_nin"]
+    assert pointers(type="marriage", nin="120000000001", data={"spouse_nin": "no!", "date": "2026"}) == [
+        "/data/spouse_nin"
+    ]
     assert pointers(type="death", data={"death_date": "2026-01-01"}) == ["/nin"]
-    assert pointers(type="birth", nin="120000000001", data={
-        "family_name": "A", "given_names": "B", "sex": "F", "birth_date": "2026-01-01", "birth_place": "C"}) == ["/nin"]
+    assert pointers(
+        type="birth",
+        nin="120000000001",
+        data={"family_name": "A", "given_names": "B", "sex": "F", "birth_date": "2026-01-01", "birth_place": "C"},
+    ) == ["/nin"]
     assert pointers(type="name_change", nin="120000000001", data={"effective_date": "2026-01-01"}) == ["/data"]
     assert pointers(type="death", voids="0" * 36, data={"death_date": "2026-01-01"}) == ["/data"]
     assert pointers(type="death", corrects="0" * 36, data={}) == ["/data"]
@@ -91,14 +96,30 @@ def test_impossible_facts_are_named() -> None:
         (parse(body(type="death", nin="AAA111", data={"death_date": "1970-01-01"})), ALIVE, None, "death_before_birth"),
         (parse(body(type="death", nin="AAA111", data={"death_date": "2027-01-01"})), ALIVE, None, "date_in_future"),
         (death, None, None, "subject_not_found"),
-        (parse(body(type="marriage", nin="AAA111", data={"spouse_nin": "BBB222", "date": "2026"})), ALIVE, DEAD,
-         "subject_deceased"),
-        (parse(body(type="marriage", nin="AAA111", data={"spouse_nin": "AAA111", "date": "2026"})), ALIVE, ALIVE,
-         "same_person"),
-        (parse(body(type="divorce", nin="AAA111", data={"spouse_nin": "CCC333", "date": "2026"})), ALIVE,
-         {**ALIVE, "nin": "CCC333"}, "not_married"),
-        (parse(body(type="marriage", nin="AAA111", data={"spouse_nin": "CCC333", "date": "1970"})), ALIVE,
-         {**ALIVE, "nin": "CCC333"}, "date_before_birth"),
+        (
+            parse(body(type="marriage", nin="AAA111", data={"spouse_nin": "BBB222", "date": "2026"})),
+            ALIVE,
+            DEAD,
+            "subject_deceased",
+        ),
+        (
+            parse(body(type="marriage", nin="AAA111", data={"spouse_nin": "AAA111", "date": "2026"})),
+            ALIVE,
+            ALIVE,
+            "same_person",
+        ),
+        (
+            parse(body(type="divorce", nin="AAA111", data={"spouse_nin": "CCC333", "date": "2026"})),
+            ALIVE,
+            {**ALIVE, "nin": "CCC333"},
+            "not_married",
+        ),
+        (
+            parse(body(type="marriage", nin="AAA111", data={"spouse_nin": "CCC333", "date": "1970"})),
+            ALIVE,
+            {**ALIVE, "nin": "CCC333"},
+            "date_before_birth",
+        ),
     ]
     for declaration, record, spouse, reason in cases:
         with pytest.raises(Rejected) as caught:
@@ -132,33 +153,58 @@ async def test_the_register_change_and_its_outbox_commit_together(register: Path
     await writer.start()
     try:
         nin = PEOPLE[0]["nin"]
-        answers = await asyncio.gather(*(writer.declare(_submission(f"k{i}", {
-            "type": "death", "nin": p["nin"], "data": {"death_date": "2026-11-01"}}))
-            for i, p in enumerate(PEOPLE[:5])))
+        answers = await asyncio.gather(
+            *(
+                writer.declare(
+                    _submission(f"k{i}", {"type": "death", "nin": p["nin"], "data": {"death_date": "2026-11-01"}})
+                )
+                for i, p in enumerate(PEOPLE[:5])
+            )
+        )
         assert [a.status for a in answers] == [201] * 5
-        again = await writer.declare(_submission("k0", {"type": "death", "nin": nin,
-                                                        "data": {"death_date": "2026-11-01"}}))
+        again = await writer.declare(
+            _submission("k0", {"type": "death", "nin": nin, "data": {"death_date": "2026-11-01"}})
+        )
         assert again.replayed and again.body == answers[0].body
         with pytest.raises(KeyConflict):
             await writer.declare(_submission("k0", {"type": "death", "nin": nin, "data": {"death_date": "2026-11-02"}}))
-        second = await writer.declare(_submission("k9", {"type": "death", "nin": nin,
-                                                         "data": {"death_date": "2026-11-05"}}))
+        second = await writer.declare(
+            _submission("k9", {"type": "death", "nin": nin, "data": {"death_date": "2026-11-05"}})
+        )
         assert second.status == 422 and second.body["reason"] == "already_deceased"
-        born = await writer.declare(_submission("b1", {"type": "birth", "data": {
-            "family_name": "Keita", "given_names": "Sali", "sex": "M", "birth_date": "2026-11-20",
-            "birth_place": "Kati", "father_nin": PEOPLE[6]["nin"]}}))
+        born = await writer.declare(
+            _submission(
+                "b1",
+                {
+                    "type": "birth",
+                    "data": {
+                        "family_name": "Keita",
+                        "given_names": "Sali",
+                        "sex": "M",
+                        "birth_date": "2026-11-20",
+                        "birth_place": "Kati",
+                        "father_nin": PEOPLE[6]["nin"],
+                    },
+                },
+            )
+        )
         assert born.status == 201 and born.body["version"] == 1
         # A correction of a birth, then its void: the record goes, the NIN is never given again.
-        fix = await writer.declare(_submission("b2", {"type": "birth", "corrects": born.body["event_id"],
-                                                      "data": {"given_names": "Salif"}}))
+        fix = await writer.declare(
+            _submission("b2", {"type": "birth", "corrects": born.body["event_id"], "data": {"given_names": "Salif"}})
+        )
         assert fix.status == 201 and fix.body["version"] == 2
         void = await writer.declare(_submission("b3", {"type": "birth", "voids": born.body["event_id"], "data": {}}))
         assert void.status == 201
     finally:
         await writer.close()
     with sqlite3.connect(register) as db:
-        assert db.execute("SELECT count(*) FROM people WHERE record_status = 'deceased' AND death_date = "
-                          "'2026-11-01'").fetchone()[0] >= 5
+        assert (
+            db.execute(
+                "SELECT count(*) FROM people WHERE record_status = 'deceased' AND death_date = '2026-11-01'"
+            ).fetchone()[0]
+            >= 5
+        )
         assert db.execute("SELECT count(*) FROM people WHERE nin = ?", (born.body["nin"],)).fetchone()[0] == 0
         feed = db.execute("SELECT subscription, sequence FROM feed ORDER BY subscription, sequence").fetchall()
     assert [s for k, s in feed if k == "electoral/deaths"] == [1, 2, 3, 4, 5]
@@ -176,20 +222,29 @@ async def test_a_failed_commit_changes_nothing(register: Path) -> None:
     await writer.start()
     try:
         with pytest.raises(RegisterUnavailable):
-            await writer.declare(_submission("z", {"type": "death", "nin": PEOPLE[0]["nin"],
-                                                   "data": {"death_date": "2026-11-01"}}))
+            await writer.declare(
+                _submission("z", {"type": "death", "nin": PEOPLE[0]["nin"], "data": {"death_date": "2026-11-01"}})
+            )
     finally:
         await writer.close()
     with sqlite3.connect(register) as db:
-        assert db.execute("SELECT record_status FROM people WHERE nin = ?", (PEOPLE[0]["nin"],)).fetchone()[0] \
-            == "active"
+        assert (
+            db.execute("SELECT record_status FROM people WHERE nin = ?", (PEOPLE[0]["nin"],)).fetchone()[0] == "active"
+        )
 
 
 def test_cursors_are_opaque_and_refuse_what_they_did_not_make() -> None:
     for n in (0, 1, 987654321):
         assert decode_cursor("a/deaths", encode_cursor("a/deaths", n)) == n
-    for bad in ("", "abc", "ZmVlZDotMQ", encode_cursor("a/deaths", 1) + "A" * 40, "ZmVlZDp4", "!!!!",
-                encode_cursor("b/deaths", 1)):
+    for bad in (
+        "",
+        "abc",
+        "ZmVlZDotMQ",
+        encode_cursor("a/deaths", 1) + "A" * 40,
+        "ZmVlZDp4",
+        "!!!!",
+        encode_cursor("b/deaths", 1),
+    ):
         with pytest.raises(ValueError):
             decode_cursor("a/deaths", bad)
 
@@ -209,10 +264,24 @@ def _policy(directory: Path, subscriptions: dict[str, Any], consent: str = "not_
     purpose: dict[str, Any] = {"consent": consent, "operations": ["verify"]}
     if consent == "not_required":
         purpose["legal_basis"] = "Loi"
-    (directory / "a.yaml").write_text(yaml.safe_dump({
-        "id": "a", "name": "A", "clients": [{"client_id": "a-app", "auth": "private_key_jwt",
-                                             "jwks": jwks_of(new_key()), "scopes": ["events:read"]}],
-        "purposes": {"roll": purpose}, "subscriptions": subscriptions}))
+    (directory / "a.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "id": "a",
+                "name": "A",
+                "clients": [
+                    {
+                        "client_id": "a-app",
+                        "auth": "private_key_jwt",
+                        "jwks": jwks_of(new_key()),
+                        "scopes": ["events:read"],
+                    }
+                ],
+                "purposes": {"roll": purpose},
+                "subscriptions": subscriptions,
+            }
+        )
+    )
     try:
         load_policies(directory)
     except PolicyError as exc:
@@ -241,10 +310,19 @@ def test_subscriptions_are_validated(tmp_path: Path) -> None:
 
 
 def test_outbound_endpoints_must_be_public_addresses() -> None:
-    for url in ("https://127.0.0.1/x", "https://10.1.2.3/x", "https://[::1]/x", "https://169.254.169.254/x",
-                "http://93.184.215.14/x", "https://[::ffff:127.0.0.1]/x", "https://[64:ff9b::a9fe:a9fe]/x",
-                "https://[2002:7f00:1::1]/x", "https://[::7f00:1]/x", "https://[fec0::1]/x",
-                "https://roll.example.ml:99999/x"):
+    for url in (
+        "https://127.0.0.1/x",
+        "https://10.1.2.3/x",
+        "https://[::1]/x",
+        "https://169.254.169.254/x",
+        "http://93.184.215.14/x",
+        "https://[::ffff:127.0.0.1]/x",
+        "https://[64:ff9b::a9fe:a9fe]/x",
+        "https://[2002:7f00:1::1]/x",
+        "https://[::7f00:1]/x",
+        "https://[fec0::1]/x",
+        "https://roll.example.ml:99999/x",
+    ):
         with pytest.raises(UnsafeEndpoint):
             check_endpoint(url, internal=False)
     check_endpoint("https://93.184.215.14:8443/hooks?a=1", internal=False)
@@ -259,37 +337,66 @@ def test_outbound_endpoints_must_be_public_addresses() -> None:
         check_endpoint("https://\uff11\uff12\uff17\uff0e\uff10\uff0e\uff10\uff0e\uff11/x", internal=False)
 
 
-def _deaths_pushed_to(register: Path, receiver: Receiver, attributes: list[str], log: StubAccessLog,
-                      settings: PushSettings) -> tuple[RegisterWriter, Deliveries, Pusher]:
+def _deaths_pushed_to(
+    register: Path, receiver: Receiver, attributes: list[str], log: StubAccessLog, settings: PushSettings
+) -> tuple[RegisterWriter, Deliveries, Pusher]:
     """One administration whose `deaths` are pushed to `receiver`, the register's writer, and the pusher
     under `settings` (a simulated clock): the receiver trusts the pusher's key."""
     policies_dir = register.parent / "policies"
     policies_dir.mkdir()
-    (policies_dir / "electoral.yaml").write_text(yaml.safe_dump({
-        "id": "electoral", "name": "E", "purposes": {"roll": {"legal_basis": "Loi", "consent": "not_required",
-                                                              "operations": ["verify"]}},
-        "subscriptions": {"deaths": {"purpose": "roll", "events": ["death"], "attributes": attributes,
-                                     "endpoint": receiver.url, "endpoint_internal": True}}}))
-    writer = RegisterWriter(register, lambda: [Subscriber("electoral/deaths", frozenset({"death"}))],
-                            today=lambda: TODAY)
+    (policies_dir / "electoral.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "id": "electoral",
+                "name": "E",
+                "purposes": {"roll": {"legal_basis": "Loi", "consent": "not_required", "operations": ["verify"]}},
+                "subscriptions": {
+                    "deaths": {
+                        "purpose": "roll",
+                        "events": ["death"],
+                        "attributes": attributes,
+                        "endpoint": receiver.url,
+                        "endpoint_internal": True,
+                    }
+                },
+            }
+        )
+    )
+    writer = RegisterWriter(
+        register, lambda: [Subscriber("electoral/deaths", frozenset({"death"}))], today=lambda: TODAY
+    )
     signer = WebhookSigner(Ed25519PrivateKey.generate())
     receiver.public_keys.append(signer.public_key)
-    deliveries = Deliveries(PolicyStore(load_policies(policies_dir)), EventFeed(register),
-                            DeliveryStore(deliveries_path(register)), log, signer, SubjectHasher(b"k" * 32),
-                            SubjectRefs(b"s" * 32), "https://gw", Metrics(), settings)
+    deliveries = Deliveries(
+        PolicyStore(load_policies(policies_dir)),
+        EventFeed(register),
+        DeliveryStore(deliveries_path(register)),
+        log,
+        signer,
+        SubjectHasher(b"k" * 32),
+        SubjectRefs(b"s" * 32),
+        "https://gw",
+        Metrics(),
+        settings,
+    )
     return writer, deliveries, Pusher("electoral/deaths", "electoral", "deaths", deliveries)
 
 
 async def test_an_event_failing_past_the_horizon_is_set_aside_and_the_endpoint_waits_for_a_replay(
-        register: Path) -> None:
+    register: Path,
+) -> None:
     """A simulated clock: three days of failures pass in a few rounds; the event becomes a dead letter, the
     endpoint is disabled with the rest of the feed kept, and a replay from after it delivers the rest."""
     receiver = Receiver(answer=lambda d: (500, {}, 0.0) if d.event["sequence"] == "1" else (200, {}, 0.0)).start()
     clock = {"now": 1_000_000.0}
     log = StubAccessLog()
     writer, deliveries, pusher = _deaths_pushed_to(
-        register, receiver, ["death_date"], log,
-        PushSettings(backoff_s=(3600.0,), horizon_s=72 * 3600.0, poll_s=0.05, clock=lambda: clock["now"]))
+        register,
+        receiver,
+        ["death_date"],
+        log,
+        PushSettings(backoff_s=(3600.0,), horizon_s=72 * 3600.0, poll_s=0.05, clock=lambda: clock["now"]),
+    )
     await writer.start()
     for i, p in enumerate(PEOPLE[:2]):
         await writer.declare(_submission(f"h{i}", {"type": "death", "nin": p["nin"], "data": {"death_date": "2026"}}))
@@ -330,8 +437,7 @@ async def test_amendments_follow_the_records_history(register: Path) -> None:
 
     try:
         first = await declare("n1", type="name_change", nin=nin, data={"given_names": "Awa", "effective_date": "2026"})
-        widen = await declare("n1c", type="name_change", corrects=first.body["event_id"],
-                              data={"family_name": "Touré"})
+        widen = await declare("n1c", type="name_change", corrects=first.body["event_id"], data={"family_name": "Touré"})
         assert widen.status == 201
         # A void puts back every field the original and its corrections changed, as they were before.
         void = await declare("n1v", type="name_change", voids=first.body["event_id"], data={})
@@ -348,20 +454,31 @@ async def test_amendments_follow_the_records_history(register: Path) -> None:
         assert refused.status == 422 and refused.body["reason"] == "superseded"
         assert refused.subject == nin  # the refusal's access record names the person
         # A birth with a later death cannot be voided from under it; a marriage not after its divorce.
-        born = await declare("bb", type="birth", data={"family_name": "K", "given_names": "S", "sex": "F",
-                                                      "birth_date": "2026-01-01", "birth_place": "Kati"})
+        born = await declare(
+            "bb",
+            type="birth",
+            data={
+                "family_name": "K",
+                "given_names": "S",
+                "sex": "F",
+                "birth_date": "2026-01-01",
+                "birth_place": "Kati",
+            },
+        )
         await declare("bd", type="death", nin=born.body["nin"], data={"death_date": "2026-02-01"})
-        assert (await declare("bv", type="birth", voids=born.body["event_id"], data={})).body["reason"] == \
-            "superseded"
+        assert (await declare("bv", type="birth", voids=born.body["event_id"], data={})).body["reason"] == "superseded"
         spouse = PEOPLE[9]["nin"]
         married = await declare("m", type="marriage", nin=nin, data={"spouse_nin": spouse, "date": "2026-03-01"})
         assert married.status == 201
-        assert (await declare("m2", type="marriage", nin=spouse, data={"spouse_nin": nin, "date": "2026-03-02"})
-                ).body["reason"] == "already_married"
-        assert (await declare("d", type="divorce", nin=spouse, data={"spouse_nin": nin, "date": "2026-04-01"})
-                ).status == 201
-        assert (await declare("mv", type="marriage", voids=married.body["event_id"], data={})).body["reason"] == \
-            "superseded"
+        assert (await declare("m2", type="marriage", nin=spouse, data={"spouse_nin": nin, "date": "2026-03-02"})).body[
+            "reason"
+        ] == "already_married"
+        assert (
+            await declare("d", type="divorce", nin=spouse, data={"spouse_nin": nin, "date": "2026-04-01"})
+        ).status == 201
+        assert (await declare("mv", type="marriage", voids=married.body["event_id"], data={})).body[
+            "reason"
+        ] == "superseded"
         # A correction never blanks a field.
         with pytest.raises(FormProblem):
             parse(body(type="name_change", corrects=first.body["event_id"], data={"family_name": None}))
@@ -378,32 +495,50 @@ async def test_one_failing_declaration_fails_alone(register: Path) -> None:
             db.execute(statement)
         body_ = "20026000000001"
 
-        db.execute("INSERT INTO people (nin, family_name, record_status) VALUES (?, 'X', 'active')",
-                   (body_ + luhn_digit(body_),))
-        db.execute(f"CREATE TRIGGER refuse AFTER UPDATE ON people WHEN NEW.nin = '{PEOPLE[11]['nin']}' BEGIN "
-                   "SELECT RAISE(ABORT, 'refused'); END")
+        db.execute(
+            "INSERT INTO people (nin, family_name, record_status) VALUES (?, 'X', 'active')",
+            (body_ + luhn_digit(body_),),
+        )
+        db.execute(
+            f"CREATE TRIGGER refuse AFTER UPDATE ON people WHEN NEW.nin = '{PEOPLE[11]['nin']}' BEGIN "
+            "SELECT RAISE(ABORT, 'refused'); END"
+        )
     writer = RegisterWriter(register, lambda: [], today=lambda: TODAY)
     await writer.start()
     try:
-        birth = {"type": "birth", "data": {"family_name": "K", "given_names": "S", "sex": "F",
-                                           "birth_date": "2026-01-01", "birth_place": "Kati"}}
+        birth = {
+            "type": "birth",
+            "data": {
+                "family_name": "K",
+                "given_names": "S",
+                "sex": "F",
+                "birth_date": "2026-01-01",
+                "birth_place": "Kati",
+            },
+        }
         results = await asyncio.gather(
             writer.declare(_submission("ok1", birth)),
-            writer.declare(_submission("bad", {"type": "death", "nin": PEOPLE[11]["nin"],
-                                               "data": {"death_date": "2026-01-01"}})),
-            writer.declare(_submission("ok2", {"type": "death", "nin": PEOPLE[12]["nin"],
-                                               "data": {"death_date": "2026-01-01"}})),
-            return_exceptions=True)
+            writer.declare(
+                _submission("bad", {"type": "death", "nin": PEOPLE[11]["nin"], "data": {"death_date": "2026-01-01"}})
+            ),
+            writer.declare(
+                _submission("ok2", {"type": "death", "nin": PEOPLE[12]["nin"], "data": {"death_date": "2026-01-01"}})
+            ),
+            return_exceptions=True,
+        )
         assert results[0].status == 201 and results[0].body["nin"] != body_ + luhn_digit(body_)
         assert isinstance(results[1], RegisterUnavailable)
         assert results[2].status == 201
     finally:
         await writer.close()
     with sqlite3.connect(register) as db:
-        assert db.execute("SELECT record_status FROM people WHERE nin = ?", (PEOPLE[12]["nin"],)).fetchone()[0] \
+        assert (
+            db.execute("SELECT record_status FROM people WHERE nin = ?", (PEOPLE[12]["nin"],)).fetchone()[0]
             == "deceased"
-        assert db.execute("SELECT record_status FROM people WHERE nin = ?", (PEOPLE[11]["nin"],)).fetchone()[0] \
-            == "active"
+        )
+        assert (
+            db.execute("SELECT record_status FROM people WHERE nin = ?", (PEOPLE[11]["nin"],)).fetchone()[0] == "active"
+        )
 
 
 async def test_a_subscriber_down_for_a_simulated_hour_gets_everything_in_sequence(register: Path) -> None:
@@ -413,16 +548,18 @@ async def test_a_subscriber_down_for_a_simulated_hour_gets_everything_in_sequenc
     clock = {"now": 2_000_000.0}
     up_at = clock["now"] + 3600.0
     receiver = Receiver(answer=lambda d: (503, {}, 0.0) if clock["now"] < up_at else (204, {}, 0.0)).start()
-    writer, deliveries, pusher = _deaths_pushed_to(register, receiver, ["nin"], StubAccessLog(),
-                                                   PushSettings(poll_s=0.01, clock=lambda: clock["now"]))
+    writer, deliveries, pusher = _deaths_pushed_to(
+        register, receiver, ["nin"], StubAccessLog(), PushSettings(poll_s=0.01, clock=lambda: clock["now"])
+    )
     await writer.start()
     try:
         declared = []
         for minute in range(0, 4 * 60):  # four simulated hours, a minute a round
             if minute % 10 == 0 and len(declared) < 12:  # a death every ten minutes for two hours
                 person = PEOPLE[len(declared)]
-                answer = await writer.declare(_submission(f"s{minute}", {
-                    "type": "death", "nin": person["nin"], "data": {"death_date": "2026"}}))
+                answer = await writer.declare(
+                    _submission(f"s{minute}", {"type": "death", "nin": person["nin"], "data": {"death_date": "2026"}})
+                )
                 declared.append(answer.body["event_id"])
             await pusher.step()
             clock["now"] += 60.0

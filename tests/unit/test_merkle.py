@@ -22,9 +22,16 @@ from gateway.audit.merkle import (
 )
 
 # The eight leaves of RFC 6962's reference tree, as every implementation's tests use them.
-REFERENCE = [b"", b"\x00", b"\x10", b"\x20\x21", b"\x30\x31", b"\x40\x41\x42\x43",
-             b"\x50\x51\x52\x53\x54\x55\x56\x57",
-             b"\x60\x61\x62\x63\x64\x65\x66\x67\x68\x69\x6a\x6b\x6c\x6d\x6e\x6f"]
+REFERENCE = [
+    b"",
+    b"\x00",
+    b"\x10",
+    b"\x20\x21",
+    b"\x30\x31",
+    b"\x40\x41\x42\x43",
+    b"\x50\x51\x52\x53\x54\x55\x56\x57",
+    b"\x60\x61\x62\x63\x64\x65\x66\x67\x68\x69\x6a\x6b\x6c\x6d\x6e\x6f",
+]
 LEAVES = [leaf_hash(entry) for entry in REFERENCE]
 
 
@@ -33,9 +40,13 @@ def b64(text: str) -> bytes:
 
 
 # Published roots (base64) of the reference tree's prefixes.
-ROOTS = {1: "bjQLnP+zepicpUTmu3gKLHiQHT+zNzh2hRGjBhevoB0=", 2: "+sVCA+fMaWzw38tCySodnbr3CtnmIfS9jZhmLwDjwSU=",
-         3: "rra8/idLcKFPsGel5VeCZNsPqbUa9eC6FZFY8yngbnc=", 5: "Tju7H3tHjc/nH7YxYxUZo7yhLJrvyhYSv85ME6hiZNQ=",
-         8: "XcnaeacGWamtVZy3Ad7ZoqudgjqtL0lgz+Nw7/RgQyg="}
+ROOTS = {
+    1: "bjQLnP+zepicpUTmu3gKLHiQHT+zNzh2hRGjBhevoB0=",
+    2: "+sVCA+fMaWzw38tCySodnbr3CtnmIfS9jZhmLwDjwSU=",
+    3: "rra8/idLcKFPsGel5VeCZNsPqbUa9eC6FZFY8yngbnc=",
+    5: "Tju7H3tHjc/nH7YxYxUZo7yhLJrvyhYSv85ME6hiZNQ=",
+    8: "XcnaeacGWamtVZy3Ad7ZoqudgjqtL0lgz+Nw7/RgQyg=",
+}
 
 
 def test_roots_match_the_published_ones() -> None:
@@ -45,17 +56,24 @@ def test_roots_match_the_published_ones() -> None:
 
 
 def test_published_proofs_are_produced_and_accepted() -> None:
-    inclusion = [b64(p) for p in ("lqKW0iTyhcZ77pPDD4owkVfw2qNdxbh+QQt4YwoJz8c=",
-                                  "Xwg/ChozygdqlSeYMlgNs+DvRYS9/x9UyKNg9Q3jAx4=",
-                                  "a0eq8p7jwq+a+Im8H7klTavTEXfxYjLdaqsDXKOb9uQ=")]
+    inclusion = [
+        b64(p)
+        for p in (
+            "lqKW0iTyhcZ77pPDD4owkVfw2qNdxbh+QQt4YwoJz8c=",
+            "Xwg/ChozygdqlSeYMlgNs+DvRYS9/x9UyKNg9Q3jAx4=",
+            "a0eq8p7jwq+a+Im8H7klTavTEXfxYjLdaqsDXKOb9uQ=",
+        )
+    ]
     assert inclusion_proof(0, LEAVES) == inclusion
     verify_inclusion(0, 8, LEAVES[0], inclusion, b64(ROOTS[8]))
     assert inclusion_proof(2, LEAVES[:3]) == [b64(ROOTS[2])]
     verify_inclusion(2, 3, b64("ApjRIpBtz8EIkstTpzmS/FufST6kybrbJ7eRtBJ6f+c="), [b64(ROOTS[2])], b64(ROOTS[3]))
     assert consistency_proof(1, LEAVES) == inclusion  # from one leaf: its path
     verify_consistency(1, 8, b64(ROOTS[1]), b64(ROOTS[8]), inclusion)
-    two_to_five = [b64("Xwg/ChozygdqlSeYMlgNs+DvRYS9/x9UyKNg9Q3jAx4="),
-                   b64("vBoGQ7EuTS18d5GPROD095qDi2z57FtcKD4fTYhZnms=")]
+    two_to_five = [
+        b64("Xwg/ChozygdqlSeYMlgNs+DvRYS9/x9UyKNg9Q3jAx4="),
+        b64("vBoGQ7EuTS18d5GPROD095qDi2z57FtcKD4fTYhZnms="),
+    ]
     assert consistency_proof(2, LEAVES[:5]) == two_to_five
     verify_consistency(2, 5, b64(ROOTS[2]), b64(ROOTS[5]), two_to_five)
 
@@ -67,8 +85,8 @@ def _altered(proof: list[bytes]) -> list[list[bytes]]:
         for bit in (0, 7, 255):
             flipped = bytearray(node)
             flipped[bit // 8] ^= 1 << (bit % 8)
-            changed.append([*proof[:i], bytes(flipped), *proof[i + 1:]])
-        changed.append(proof[:i] + proof[i + 1:])
+            changed.append([*proof[:i], bytes(flipped), *proof[i + 1 :]])
+        changed.append(proof[:i] + proof[i + 1 :])
     return [*changed, [*proof, b"\x00" * 32], [b"\x00" * 32, *proof]]
 
 
@@ -97,7 +115,7 @@ def test_every_consistency_proof_holds_and_every_alteration_is_refused() -> None
         verify_consistency(old, new, roots[old], roots[new], proof)
         if 0 < old < new:
             with pytest.raises(InvalidProof):
-                verify_consistency(old, new, roots[old], root([*leaves[:new - 1], leaf_hash(b"x")]), proof)
+                verify_consistency(old, new, roots[old], root([*leaves[: new - 1], leaf_hash(b"x")]), proof)
             with pytest.raises(InvalidProof):
                 verify_consistency(old, new, root([leaf_hash(b"x"), *leaves[1:old]]), roots[new], proof)
             if new in (9, 16, 33):

@@ -24,8 +24,10 @@ from gateway.audit.notes import (
 PETER_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
 PETER_SEED = base64.b64decode("AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz")[1:]
 PETER_TEXT = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n"
-PETER_NOTE = PETER_TEXT + ("\n\u2014 PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZ"
-                           "SNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n")
+PETER_NOTE = PETER_TEXT + (
+    "\n\u2014 PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZ"
+    "SNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
+)
 
 
 def test_the_reference_note_is_signed_and_verified_byte_for_byte() -> None:
@@ -48,19 +50,28 @@ def test_tampering_and_unknown_keys_are_refused() -> None:
     impostor = sign(PETER_TEXT, Signer("PeterNeumann", Ed25519PrivateKey.generate()))
     with pytest.raises(NoteError):  # same name, another key: another key ID, so unknown
         verified(impostor, [peter])
-    for bad in (PETER_TEXT, PETER_TEXT + "\n", PETER_NOTE.replace("\u2014", "-"), PETER_NOTE.replace("\n\n", "\n"),
-                PETER_NOTE + "\u2014 x !!!\n", PETER_NOTE.replace("then", "\x07then")):
+    for bad in (
+        PETER_TEXT,
+        PETER_TEXT + "\n",
+        PETER_NOTE.replace("\u2014", "-"),
+        PETER_NOTE.replace("\n\n", "\n"),
+        PETER_NOTE + "\u2014 x !!!\n",
+        PETER_NOTE.replace("then", "\x07then"),
+    ):
         with pytest.raises(NoteError):
             parse(bad)
 
 
-@pytest.mark.parametrize("vkey", [
-    PETER_VKEY.replace("c74f20a3", "c74f20a4"),  # key ID of another key
-    PETER_VKEY.replace("+ARpc", "+AhpC"),  # another type
-    "Peter Neumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
-    "PeterNeumann+c74f20a3",
-    "PeterNeumann+zz+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
-])
+@pytest.mark.parametrize(
+    "vkey",
+    [
+        PETER_VKEY.replace("c74f20a3", "c74f20a4"),  # key ID of another key
+        PETER_VKEY.replace("+ARpc", "+AhpC"),  # another type
+        "Peter Neumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+        "PeterNeumann+c74f20a3",
+        "PeterNeumann+zz+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+    ],
+)
 def test_a_malformed_or_inconsistent_vkey_is_refused(vkey: str) -> None:
     with pytest.raises(NoteError):
         Verifier.parse(vkey)
@@ -83,7 +94,11 @@ def test_a_checkpoint_round_trips_and_a_witness_cosigns_it() -> None:
     moved = sign(text, log) + witness.signature_line(Checkpoint(log.name, 20852164, bytes(32)).text(), 5)
     with pytest.raises(NoteError, match="does not verify"):  # signed over another checkpoint
         verified(moved, [log.verifier, witness.verifier])
-    for bad in ("origin\n01\n" + base64.b64encode(bytes(32)).decode() + "\n", "origin\n1\nnot-base64\n",
-                "origin\n1\n" + base64.b64encode(bytes(31)).decode() + "\n", "origin\n1\n"):
+    for bad in (
+        "origin\n01\n" + base64.b64encode(bytes(32)).decode() + "\n",
+        "origin\n1\nnot-base64\n",
+        "origin\n1\n" + base64.b64encode(bytes(31)).decode() + "\n",
+        "origin\n1\n",
+    ):
         with pytest.raises(NoteError):
             Checkpoint.parse(bad)

@@ -20,9 +20,20 @@ GOOD_CLIENT = {"client_id": "app-one", "auth": "private_key_jwt", "scopes": ["id
 
 
 def _admin(admin_id: str = "alpha", **fields) -> dict:
-    doc = {"id": admin_id, "name": "Alpha", "clients": [{**GOOD_CLIENT, "jwks": jwks_of(new_key())}],
-           "purposes": {"check": {"legal_basis": "Loi", "consent": "not_required", "operations": ["verify"],
-                                  "claims": ["family_name"], "predicates": ["alive"]}}}
+    doc = {
+        "id": admin_id,
+        "name": "Alpha",
+        "clients": [{**GOOD_CLIENT, "jwks": jwks_of(new_key())}],
+        "purposes": {
+            "check": {
+                "legal_basis": "Loi",
+                "consent": "not_required",
+                "operations": ["verify"],
+                "claims": ["family_name"],
+                "predicates": ["alive"],
+            }
+        },
+    }
     doc.update(fields)
     return doc
 
@@ -79,24 +90,36 @@ def test_duplicate_client_across_files(tmp_path: Path) -> None:
     assert problem.startswith(f"{second}: clients[0].client_id: 'app-one' is already a client in {first}")
 
 
-@pytest.mark.parametrize(("mutate", "field", "reason"), [
-    (lambda d: d["purposes"]["check"].pop("legal_basis"), "purposes.check", "needs a legal_basis"),
-    (lambda d: d["purposes"]["check"].update(predicates=["is_rich"]), "purposes.check.predicates[0]", "'is_rich'"),
-    (lambda d: d["purposes"]["check"].update(attributes=["salary"]), "purposes.check.attributes[0]", "'salary'"),
-    (lambda d: d["purposes"]["check"].update(operations=["delete"]), "purposes.check.operations[0]", "'delete'"),
-    (lambda d: d["purposes"]["check"].update(claims=["nin"]), "purposes.check.claims[0]", "'nin'"),
-    (lambda d: d["purposes"]["check"].update(fuzzy_threshold=1.5), "purposes.check.fuzzy_threshold", "1"),
-    (lambda d: d.update(rate_limits=[{"name": "b", "limit": 5, "window": "1w"}]), "rate_limits[0].window", "1s"),
-    (lambda d: d.update(rate_limits=[{"name": "b", "limit": 10_000_000, "window": "1s"}]), "rate_limits[0]",
-     "at most 1000000 requests per second"),
-    (lambda d: d["clients"][0].update(auth="client_secret_basic"), "clients[0]", "secret_hash"),
-    (lambda d: d["clients"][0].update(jwks={"keys": [new_key().as_dict(private=True)]}), "clients[0].jwks",
-     "private key material"),
-    (lambda d: d["clients"][0].update(jwks={"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}), "clients[0].jwks",
-     "private key material"),
-    (lambda d: d["clients"][0].update(jwks={"keys": []}), "clients[0].jwks", "non-empty"),
-    (lambda d: d.update(id="gamma"), "id", "must match the file name"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "field", "reason"),
+    [
+        (lambda d: d["purposes"]["check"].pop("legal_basis"), "purposes.check", "needs a legal_basis"),
+        (lambda d: d["purposes"]["check"].update(predicates=["is_rich"]), "purposes.check.predicates[0]", "'is_rich'"),
+        (lambda d: d["purposes"]["check"].update(attributes=["salary"]), "purposes.check.attributes[0]", "'salary'"),
+        (lambda d: d["purposes"]["check"].update(operations=["delete"]), "purposes.check.operations[0]", "'delete'"),
+        (lambda d: d["purposes"]["check"].update(claims=["nin"]), "purposes.check.claims[0]", "'nin'"),
+        (lambda d: d["purposes"]["check"].update(fuzzy_threshold=1.5), "purposes.check.fuzzy_threshold", "1"),
+        (lambda d: d.update(rate_limits=[{"name": "b", "limit": 5, "window": "1w"}]), "rate_limits[0].window", "1s"),
+        (
+            lambda d: d.update(rate_limits=[{"name": "b", "limit": 10_000_000, "window": "1s"}]),
+            "rate_limits[0]",
+            "at most 1000000 requests per second",
+        ),
+        (lambda d: d["clients"][0].update(auth="client_secret_basic"), "clients[0]", "secret_hash"),
+        (
+            lambda d: d["clients"][0].update(jwks={"keys": [new_key().as_dict(private=True)]}),
+            "clients[0].jwks",
+            "private key material",
+        ),
+        (
+            lambda d: d["clients"][0].update(jwks={"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}),
+            "clients[0].jwks",
+            "private key material",
+        ),
+        (lambda d: d["clients"][0].update(jwks={"keys": []}), "clients[0].jwks", "non-empty"),
+        (lambda d: d.update(id="gamma"), "id", "must match the file name"),
+    ],
+)
 def test_each_fault_is_located(tmp_path: Path, mutate, field: str, reason: str) -> None:
     doc = _admin()
     mutate(doc)
@@ -106,8 +129,11 @@ def test_each_fault_is_located(tmp_path: Path, mutate, field: str, reason: str) 
 
 
 def test_secret_hash_format(tmp_path: Path) -> None:
-    doc = _admin(clients=[{"client_id": "s", "auth": "client_secret_basic", "secret_hash": "md5:abc",
-                           "scopes": ["identity:verify"]}])
+    doc = _admin(
+        clients=[
+            {"client_id": "s", "auth": "client_secret_basic", "secret_hash": "md5:abc", "scopes": ["identity:verify"]}
+        ]
+    )
     path = _write(tmp_path, "alpha.yaml", doc)
     [problem] = _problems(tmp_path)
     assert problem.startswith(f"{path}: clients[0].secret_hash:")
@@ -144,8 +170,13 @@ def test_repository_demo_set_is_valid_once_keys_exist(tmp_path: Path) -> None:
     shutil.copytree(REPO / "policies", policies, ignore=shutil.ignore_patterns("keys"))
     made = _ensure_demo_keys(Settings(policies_dir=policies, data_dir=tmp_path / "var"))
     assert {client for client, _ in made} == {
-        "ceni-voter-roll", "ceni-roll-sync", "canam-enrolment", "dnds-idp-assistance", "cec-bamako-c3-counter",
-        "apdp-audit"}
+        "ceni-voter-roll",
+        "ceni-roll-sync",
+        "canam-enrolment",
+        "dnds-idp-assistance",
+        "cec-bamako-c3-counter",
+        "apdp-audit",
+    }
     for _, pem in made:
         assert pem.stat().st_mode & 0o077 == 0, "private keys are owner-only"
     loaded = load_policies(policies)
@@ -168,9 +199,17 @@ def test_server_refuses_to_start_on_bad_policies(tmp_path: Path) -> None:
     doc["clients"][0]["extra"] = 1
     path = _write(tmp_path / "policies", "alpha.yaml", doc)
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "serve", "--port", "1"], capture_output=True, text=True, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "GATEWAY_POLICIES_DIR": str(tmp_path / "policies"),
-             "GATEWAY_DATA_DIR": str(tmp_path / "var")}, cwd=REPO)
+        [sys.executable, "-m", "gateway.cli", "serve", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "GATEWAY_POLICIES_DIR": str(tmp_path / "policies"),
+            "GATEWAY_DATA_DIR": str(tmp_path / "var"),
+        },
+        cwd=REPO,
+    )
     assert result.returncode == 1
     assert f"{path}: clients[0].extra: unknown field" in result.stderr
 

@@ -59,22 +59,28 @@ def _problem(response: httpx.Response, status: int, code: str) -> dict:
     return body
 
 
-@pytest.mark.parametrize(("content", "pointer"), [
-    (b'{"name": "x", "count": "many"}', "/count"),
-    (b'{"name": "x"}', "/count"),
-    (b'{"name": "x", "count": 1, "nin": "' + NIN.encode() + b'"}', "/nin"),
-    (b'{"name": "x", "count": 1', ""),
-    (b"", ""),
-    (b'["not", "an", "object"]', ""),
-    (b'{"name": "\\ud800", "count": 1}', None),
-    (b'{"name": "' + "\u202e".encode() + b'\\u0000", "count": 1.5}', "/count"),
-    (b'{"name": "\x00", "count": 1}', ""),
-])
-async def test_validation_errors_point_at_the_fault(client: httpx.AsyncClient, local_realm: Realm,
-                                                    access_log: StubAccessLog, content: bytes,
-                                                    pointer: str | None) -> None:
-    response = await client.post("/v1/probe/lookup", content=content, headers={
-        "Authorization": f"Bearer {_token(local_realm)}", "content-type": "application/json"})
+@pytest.mark.parametrize(
+    ("content", "pointer"),
+    [
+        (b'{"name": "x", "count": "many"}', "/count"),
+        (b'{"name": "x"}', "/count"),
+        (b'{"name": "x", "count": 1, "nin": "' + NIN.encode() + b'"}', "/nin"),
+        (b'{"name": "x", "count": 1', ""),
+        (b"", ""),
+        (b'["not", "an", "object"]', ""),
+        (b'{"name": "\\ud800", "count": 1}', None),
+        (b'{"name": "' + "\u202e".encode() + b'\\u0000", "count": 1.5}', "/count"),
+        (b'{"name": "\x00", "count": 1}', ""),
+    ],
+)
+async def test_validation_errors_point_at_the_fault(
+    client: httpx.AsyncClient, local_realm: Realm, access_log: StubAccessLog, content: bytes, pointer: str | None
+) -> None:
+    response = await client.post(
+        "/v1/probe/lookup",
+        content=content,
+        headers={"Authorization": f"Bearer {_token(local_realm)}", "content-type": "application/json"},
+    )
     if response.status_code == 200:  # a lone surrogate is a valid JSON string escape
         assert pointer is None
         return
@@ -85,7 +91,11 @@ async def test_validation_errors_point_at_the_fault(client: httpx.AsyncClient, l
     assert NIN not in response.text, "validation errors never echo what was sent"
     event = access_log.events[-1]
     assert (event["id"], event["decision"], event["reason"], event["operation"]) == (
-        body["transaction_id"], "deny", "invalid_request", "lookup")
+        body["transaction_id"],
+        "deny",
+        "invalid_request",
+        "lookup",
+    )
 
 
 async def test_unknown_route_and_method(client: httpx.AsyncClient, access_log: StubAccessLog) -> None:
@@ -96,18 +106,24 @@ async def test_unknown_route_and_method(client: httpx.AsyncClient, access_log: S
     assert "POST" in response.headers["allow"]
 
 
-async def test_unexpected_exception_is_a_bare_500(client: httpx.AsyncClient, local_realm: Realm,
-                                                  access_log: StubAccessLog) -> None:
+async def test_unexpected_exception_is_a_bare_500(
+    client: httpx.AsyncClient, local_realm: Realm, access_log: StubAccessLog
+) -> None:
     response = await client.get("/v1/probe/crash", headers={"Authorization": f"Bearer {_token(local_realm)}"})
     body = _problem(response, 500, "internal_error")
     assert "secret stack detail" not in response.text and NIN not in response.text
     event = access_log.events[-1]
     assert (event["id"], event["decision"], event["reason"], event["status"]) == (
-        body["transaction_id"], "error", "internal_error", 500)
+        body["transaction_id"],
+        "error",
+        "internal_error",
+        500,
+    )
 
 
-async def test_every_response_is_logged_before_it_leaves(client: httpx.AsyncClient, local_realm: Realm,
-                                                         access_log: StubAccessLog) -> None:
+async def test_every_response_is_logged_before_it_leaves(
+    client: httpx.AsyncClient, local_realm: Realm, access_log: StubAccessLog
+) -> None:
     response = await client.get("/v1/probe/verify", headers={"Authorization": f"Bearer {_token(local_realm)}"})
     assert response.status_code == 200
     event = access_log.events[-1]
@@ -120,11 +136,14 @@ async def test_every_response_is_logged_before_it_leaves(client: httpx.AsyncClie
     assert len(access_log.events) == count
 
 
-async def test_traceparent_is_honoured(client: httpx.AsyncClient, local_realm: Realm,
-                                       access_log: StubAccessLog) -> None:
+async def test_traceparent_is_honoured(
+    client: httpx.AsyncClient, local_realm: Realm, access_log: StubAccessLog
+) -> None:
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"
-    await client.get("/v1/probe/verify", headers={"Authorization": f"Bearer {_token(local_realm)}",
-                                                   "traceparent": f"00-{trace}-00f067aa0ba902b7-01"})
+    await client.get(
+        "/v1/probe/verify",
+        headers={"Authorization": f"Bearer {_token(local_realm)}", "traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+    )
     assert access_log.events[-1]["trace_id"] == trace
 
 
@@ -159,19 +178,30 @@ async def test_docs_document_every_problem_code(client: httpx.AsyncClient) -> No
 async def test_metrics_exposition(client: httpx.AsyncClient, local_realm: Realm) -> None:
     await client.get("/v1/probe/verify", headers={"Authorization": f"Bearer {_token(local_realm)}"})
     _problem(await client.get("/metrics"), 401, "invalid_token")
-    _problem(await client.get("/metrics", headers={"Authorization": f"Bearer {_token(local_realm)}"}),
-             403, "insufficient_scope")
+    _problem(
+        await client.get("/metrics", headers={"Authorization": f"Bearer {_token(local_realm)}"}),
+        403,
+        "insufficient_scope",
+    )
     reader = _token(local_realm, "metrics:read", "oversight-app")
     response = await client.get("/metrics", headers={"Authorization": f"Bearer {reader}"})
     assert response.status_code == 200
     text = response.text
-    assert ('http_server_request_duration_seconds_count{http_request_method="GET",'
-            'http_response_status_code="200",http_route="/v1/probe/verify"}') in text
+    assert (
+        'http_server_request_duration_seconds_count{http_request_method="GET",'
+        'http_response_status_code="200",http_route="/v1/probe/verify"}'
+    ) in text
     assert 'jamu_access_decisions_total{administration="elections",decision="permit",operation="verify"}' in text
 
 
-@given(st.datetimes(min_value=datetime(1000, 1, 1), timezones=st.sampled_from(
-    [UTC, timezone(timedelta(hours=-9, minutes=-30)), timezone(timedelta(hours=5, minutes=45))])))
+@given(
+    st.datetimes(
+        min_value=datetime(1000, 1, 1),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=-9, minutes=-30)), timezone(timedelta(hours=5, minutes=45))]
+        ),
+    )
+)
 def test_rfc3339_is_fixed_width_utc(moment: datetime) -> None:
     text = rfc3339(moment)
     assert text == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -191,15 +221,33 @@ def test_transaction_ids_are_version_4_uuids() -> None:
 @given(st.text(max_size=700), st.lists(st.text(max_size=600), max_size=80))
 def test_event_has_every_field_bounded(text: str, items: list[str]) -> None:
     """Whatever a stage copied into the record, the event names each field once, in bounds."""
-    record = AccessRecord(operation=text, administration=text, client_id=text, purpose=text, legal_basis=text,
-                          consent_id=text, subject_hash=text, reason=text, trace_id=text,
-                          attributes_requested=items, attributes_released=items)
+    record = AccessRecord(
+        operation=text,
+        administration=text,
+        client_id=text,
+        purpose=text,
+        legal_basis=text,
+        consent_id=text,
+        subject_hash=text,
+        reason=text,
+        trace_id=text,
+        attributes_requested=items,
+        attributes_released=items,
+    )
     record.finish(200)
     event = record.event()
     assert sorted(event) == sorted(EVENT_FIELDS)
     bounded = text.replace("\x00", "")[:512]
-    for name in ("operation", "administration", "client_id", "purpose", "legal_basis", "consent_id",
-                 "subject_hash", "trace_id"):
+    for name in (
+        "operation",
+        "administration",
+        "client_id",
+        "purpose",
+        "legal_basis",
+        "consent_id",
+        "subject_hash",
+        "trace_id",
+    ):
         assert event[name] == bounded
     assert event["reason"] is None  # a permit has no reason
     assert event["attributes_requested"] == [item.replace("\x00", "")[:512] for item in items[:64]]
@@ -207,8 +255,9 @@ def test_event_has_every_field_bounded(text: str, items: list[str]) -> None:
     assert event["time"] == rfc3339(record.time)
 
 
-def test_framework_telemetry_stays_off_when_providers_are_configured(local_realm: Realm,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_framework_telemetry_stays_off_when_providers_are_configured(
+    local_realm: Realm, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """FastAPI's own telemetry would log validation failures with their input (a NIN, say) once an
     OpenTelemetry provider is configured; the gateway's telemetry is its own, so the framework's stays off."""
     from fastapi import FastAPI

@@ -49,8 +49,11 @@ def test_the_population_looks_like_the_register() -> None:
     assert 0.01 < len(displaced) / len(people) < 0.06
     assert all(p["displacement_site"] in {s for sites in IDP_SITES.values() for s in sites} for p in displaced)
     assert all(p["death_date"] > p["birth_date"] for p in people if p["death_date"])
-    accents = Counter("é" in p["family_name"] or "ï" in p["family_name"] for p in people
-                      if p["family_name"].startswith(("Traor", "Ke", "Ma", "Ciss")))
+    accents = Counter(
+        "é" in p["family_name"] or "ï" in p["family_name"]
+        for p in people
+        if p["family_name"].startswith(("Traor", "Ke", "Ma", "Ciss"))
+    )
     assert accents[True] and accents[False]  # both spellings circulate
     assert sum(" " in p["given_names"] for p in people) > len(people) * 0.2
 
@@ -65,8 +68,9 @@ def test_seed_builds_a_register_file(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in rows) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        "\n".join(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8"
+    )
     return path
 
 
@@ -88,8 +92,16 @@ def test_import_rejects_bad_lines_by_number_and_imports_nothing(tmp_path: Path) 
     register = tmp_path / "register.db"
     seed_register(register, 5, 1)
     before = people_in(register)
-    rows = [GOOD[0], "{not json", {**GOOD[1], "sex": "X"}, {**GOOD[2], "shoe_size": 42}, "[1, 2]",
-            {**GOOD[2], "birth_date": "1975-02-30"}, {**GOOD[2], "nin": "12"}, GOOD[0]]
+    rows = [
+        GOOD[0],
+        "{not json",
+        {**GOOD[1], "sex": "X"},
+        {**GOOD[2], "shoe_size": 42},
+        "[1, 2]",
+        {**GOOD[2], "birth_date": "1975-02-30"},
+        {**GOOD[2], "nin": "12"},
+        GOOD[0],
+    ]
     report = import_people(write_jsonl(tmp_path / "in.jsonl", rows), register)
     reasons = dict(report.rejected)
     assert report.imported == 0 and sorted(reasons) == [2, 3, 4, 5, 6, 7, 8]
@@ -118,8 +130,9 @@ def test_import_csv(tmp_path: Path) -> None:
     assert import_people(bad, register).rejected == [(1, "header: unknown attributes favourite_colour")]
 
 
-def test_the_cli_reports_lines_and_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_cli_reports_lines_and_exit_codes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("GATEWAY_DATA_DIR", str(tmp_path / "var"))
     assert main(["register", "seed", "--count", "50", "--seed", "4"]) == 0
     assert "50 people seeded" in capsys.readouterr().out
@@ -178,7 +191,8 @@ async def test_loop_reads_share_a_short_snapshot_that_an_import_gets_past(small_
 
 
 async def test_a_snapshot_whose_timer_could_not_run_is_not_read_past_its_time(
-        small_register: tuple[Path, dict]) -> None:
+    small_register: tuple[Path, dict],
+) -> None:
     path, person = small_register
     nin = person["nin"]
     register = EmbeddedRegister(path)

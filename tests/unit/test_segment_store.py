@@ -85,10 +85,10 @@ def test_an_entry_rewritten_with_a_good_crc_is_found_by_the_chain(tmp_path: Path
         offset += HEADER.size + HEADER.unpack_from(data, offset)[0]
         seq += 1
     length = HEADER.unpack_from(data, offset)[0]
-    entry = orjson.loads(data[offset + HEADER.size:offset + HEADER.size + length])
+    entry = orjson.loads(data[offset + HEADER.size : offset + HEADER.size + length])
     forged = entry_bytes({**entry, "status": 403 if entry["status"] == 200 else 200})  # the same length
     assert len(forged) == length
-    path.write_bytes(data[:offset] + frame(5, forged) + data[offset + HEADER.size + length:])
+    path.write_bytes(data[:offset] + frame(5, forged) + data[offset + HEADER.size + length :])
     store = _opened(tmp_path)
     report = _verify(store)
     assert not report.ok  # type: ignore[attr-defined]
@@ -192,8 +192,9 @@ def test_the_reader_follows_a_log_across_segments_as_it_grows(tmp_path: Path) ->
     assert [seq for seq, _ in SegmentReader(tmp_path).read(33, 5)] == list(range(33, 38))  # a fresh seek
 
 
-def test_after_a_failed_append_the_probe_proves_there_is_room_again(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_after_a_failed_append_the_probe_proves_there_is_room_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def run() -> None:
         store = SegmentStore(tmp_path, origin="gw/access-log/a-0", segment_bytes=65536)
         await store.probe()
@@ -241,8 +242,9 @@ def test_an_origin_that_is_not_a_plain_schema_less_url_is_refused(origin: str) -
         Settings(log_origin=origin)
 
 
-def test_a_torn_tail_is_cut_and_reported_when_the_writer_opens_the_log(tmp_path: Path,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_a_torn_tail_is_cut_and_reported_when_the_writer_opens_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     asyncio.run(_write(tmp_path, 10))
     [segment] = sorted(tmp_path.glob("*.seg"))
     data = segment.read_bytes()

@@ -109,7 +109,7 @@ def test_read_only_open_reports_a_torn_tail_without_cutting(tmp_path: Path) -> N
 def _records_at(path: Path) -> list[tuple[int, int]]:
     """(offset, length) of each frame in a segment."""
     data, offset, found = path.read_bytes(), 0, []
-    while offset + HEADER.size <= len(data) and data[offset:offset + HEADER.size] != bytes(HEADER.size):
+    while offset + HEADER.size <= len(data) and data[offset : offset + HEADER.size] != bytes(HEADER.size):
         length = HEADER.unpack_from(data, offset)[0]
         found.append((offset, length))
         offset += HEADER.size + length
@@ -177,7 +177,7 @@ def test_a_removed_record_is_a_gap_even_as_the_last_one(tmp_path: Path) -> None:
     frames = _records_at(path)
     (a_offset, _a_length), (b_offset, b_length) = frames[-2], frames[-1]
     data = path.read_bytes()
-    last = data[b_offset:b_offset + HEADER.size + b_length]
+    last = data[b_offset : b_offset + HEADER.size + b_length]
     spliced = data[:a_offset] + last + bytes(len(data) - a_offset - len(last))
     path.write_bytes(spliced)
     with pytest.raises(CorruptLog) as caught:
@@ -203,8 +203,9 @@ def test_an_acknowledged_append_survives_sigkill(tmp_path: Path) -> None:
         "    first = log.append([b'{\"n\":%d}' % n])\n"
         "    print(first, flush=True)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                             cwd=Path(__file__).resolve().parents[2])
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2]
+    )
     assert child.stdout is not None
     acknowledged = [int(child.stdout.readline()) for _ in range(200)]
     child.kill()
@@ -233,8 +234,9 @@ def test_a_full_disk_fails_the_append_and_the_log_recovers(tmp_path: Path, monke
     assert [p for _, p in reopened(tmp_path).records()] == [b"one", b"two"]
 
 
-def test_a_write_whose_sync_fails_leaves_nothing_that_reads_as_records(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_whose_sync_fails_leaves_nothing_that_reads_as_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """pwrite reached the file but fdatasync failed (EIO): those records were never acknowledged, so they
     are zeroed; the next append takes their seq, and a follower or a restart sees only what was synced."""
     import gateway.audit.segments as segments

@@ -14,8 +14,7 @@ from gateway.auth.keys import HISTORY_FILE, load_signing_keys, rotate_signing_ke
 
 
 def _load(tmp_path: Path, alg: str = "Ed25519", now: float | None = None):
-    return load_signing_keys(tmp_path / "keys" / "signing-key.pem", tmp_path / "keys", alg, retire_after_s=330,
-                             now=now)
+    return load_signing_keys(tmp_path / "keys" / "signing-key.pem", tmp_path / "keys", alg, retire_after_s=330, now=now)
 
 
 def test_first_start_generates_an_owner_only_key(tmp_path: Path) -> None:

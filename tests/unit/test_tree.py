@@ -25,8 +25,12 @@ def _levels(leaves: list[bytes]) -> list[list[bytes]]:
     levels = [leaves]
     while len(levels[-1]) > 1:
         below = levels[-1]
-        levels.append([hashlib.sha256(b"\x01" + below[i] + below[i + 1]).digest() if i + 1 < len(below) else below[i]
-                       for i in range(0, len(below), 2)])
+        levels.append(
+            [
+                hashlib.sha256(b"\x01" + below[i] + below[i + 1]).digest() if i + 1 < len(below) else below[i]
+                for i in range(0, len(below), 2)
+            ]
+        )
     return levels
 
 
@@ -75,7 +79,7 @@ def test_a_tree_extended_in_uneven_batches_serves_every_root_and_proof(tmp_path:
     done = 0
     while done < len(leaves):
         step = rng.choice([1, 1, 2, 3, 7, 16, 33])
-        tree.extend(leaves[done:done + step])
+        tree.extend(leaves[done : done + step])
         done = min(len(leaves), done + step)
         assert tree.size == done
         assert tree.root(done) == merkle.root(leaves[:done])

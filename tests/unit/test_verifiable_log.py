@@ -38,8 +38,7 @@ ORIGIN = "gw.example/access-log/unit-0"
 def events(n: int, start: int = 0) -> list[dict[str, object]]:
     made = []
     for i in range(start, start + n):
-        record = AccessRecord(operation="verify", administration="ceni", client_id="ceni-app",
-                              subject_hash=f"{i:064x}")
+        record = AccessRecord(operation="verify", administration="ceni", client_id="ceni-app", subject_hash=f"{i:064x}")
         record.finish(200)
         made.append(record.event())
     return made
@@ -92,8 +91,11 @@ def _forge(directory: Path) -> None:
     """Entry 2 rewritten, the chain and every CRC recomputed: one segment written anew."""
     records = [orjson.loads(p) for _, p in SegmentLog(directory, read_only=True).records(0)]
     records[2]["decision"] = "deny"
-    forged = link([{k: v for k, v in e.items() if k not in ("seq", "prev_hash", "hash")} for e in records],
-                  -1, records[0]["prev_hash"])
+    forged = link(
+        [{k: v for k, v in e.items() if k not in ("seq", "prev_hash", "hash")} for e in records],
+        -1,
+        records[0]["prev_hash"],
+    )
     for path in directory.glob("*.seg"):
         path.unlink()
     (directory / f"{0:020d}.seg").write_bytes(b"".join(frame(e["seq"], entry_bytes(e)) for e in forged))
@@ -113,8 +115,9 @@ def test_a_tree_rewritten_with_the_entries_is_refused_at_start(tmp_path: Path, s
         # The tree left as it was: the start passes, the check of every entry finds seq 2.
         store = store_at(tmp_path, signer)
         await store.probe()
-        assert store.scrub() == ("entry seq 2 is not the entry the signed tree holds: it was rewritten after it "
-                                 "was logged")
+        assert store.scrub() == (
+            "entry seq 2 is not the entry the signed tree holds: it was rewritten after it was logged"
+        )
         with pytest.raises(NotAnExtension):
             await store.append(events(1, 6))
         assert await store.seal() is False
@@ -132,8 +135,9 @@ def test_a_tree_rewritten_with_the_entries_is_refused_at_start(tmp_path: Path, s
     asyncio.run(run())
 
 
-def test_a_log_cut_short_of_its_checkpoint_is_refused_and_its_tree_kept(tmp_path: Path,
-                                                                         signer: CheckpointSigner) -> None:
+def test_a_log_cut_short_of_its_checkpoint_is_refused_and_its_tree_kept(
+    tmp_path: Path, signer: CheckpointSigner
+) -> None:
     async def run() -> None:
         await (await fill(tmp_path, signer, [40])).close()
         size = _drop_segments(tmp_path)
@@ -147,7 +151,8 @@ def test_a_log_cut_short_of_its_checkpoint_is_refused_and_its_tree_kept(tmp_path
 
 
 def test_a_successor_continues_a_retired_log_and_the_retired_one_is_never_opened(
-        tmp_path: Path, signer: CheckpointSigner) -> None:
+    tmp_path: Path, signer: CheckpointSigner
+) -> None:
     async def run() -> None:
         directory = tmp_path / "log" / "a"
         store = await fill(directory, signer, [4])
@@ -184,7 +189,7 @@ def test_entries_are_found_by_seq_as_the_log_grows(tmp_path: Path) -> None:
     locator = EntryLocator(tmp_path)
     payloads = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * (i % 50)) for i in range(700)]
     for start in range(0, 300, 7):
-        log.append(payloads[start:min(start + 7, 300)])
+        log.append(payloads[start : min(start + 7, 300)])
     assert locator.read(299) == payloads[299] and locator.read(300) is None
     log.append(payloads[300:])  # the log grows past what the locator mapped
     for seq in (300, 0, 1, 127, 128, 129, 255, 256, 511, 699):
@@ -216,7 +221,7 @@ def test_a_receipt_holds_and_each_alteration_is_refused(tmp_path: Path, signer: 
         {**receipt, "origin": "other.example/log"},
         {**receipt, "proof": proof_text(4, parsed.hashes[:-1], parsed.note)},
         {**receipt, "proof": proof.replace("index 4", "index 04")},
-        {**receipt, "proof": "c2sp.org/tlog-proof@v2" + proof[len("c2sp.org/tlog-proof@v1"):]},
+        {**receipt, "proof": "c2sp.org/tlog-proof@v2" + proof[len("c2sp.org/tlog-proof@v1") :]},
         {"origin": ORIGIN},
     ]
     for altered in bad:
@@ -227,8 +232,9 @@ def test_a_receipt_holds_and_each_alteration_is_refused(tmp_path: Path, signer: 
     view.close()
 
 
-async def _witnessed(tmp_path: Path, signer: CheckpointSigner, quorum: int) -> tuple[SegmentStore, WitnessClient,
-                                                                                    list[notes.Verifier]]:
+async def _witnessed(
+    tmp_path: Path, signer: CheckpointSigner, quorum: int
+) -> tuple[SegmentStore, WitnessClient, list[notes.Verifier]]:
     store = store_at(tmp_path / "log", signer)
     await store.probe()
     assert store.verifier is not None
@@ -238,8 +244,10 @@ async def _witnessed(tmp_path: Path, signer: CheckpointSigner, quorum: int) -> t
         app = create_witness_app(tmp_path / name, {ORIGIN: [store.verifier]})
         witnesses.append(verifier)
         entries.append({"name": verifier.name, "url": f"http://{name}", "vkey": verifier.vkey()})
-    transports = {f"{n}": httpx.ASGITransport(app=create_witness_app(tmp_path / n, {ORIGIN: [store.verifier]}))
-                  for n in ("dpa", "court")}
+    transports = {
+        f"{n}": httpx.ASGITransport(app=create_witness_app(tmp_path / n, {ORIGIN: [store.verifier]}))
+        for n in ("dpa", "court")
+    }
     del app
 
     class Router(httpx.AsyncBaseTransport):
@@ -247,14 +255,16 @@ async def _witnessed(tmp_path: Path, signer: CheckpointSigner, quorum: int) -> t
             return await transports[request.url.host].handle_async_request(request)
 
     config = WitnessesFile.model_validate({"quorum": quorum, "witnesses": entries})
-    client = WitnessClient(config, ORIGIN, store.tree.consistency, store.record_witnessed,
-                           httpx.AsyncClient(transport=Router()), Metrics())
+    client = WitnessClient(
+        config, ORIGIN, store.tree.consistency, store.record_witnessed, httpx.AsyncClient(transport=Router()), Metrics()
+    )
     store.on_checkpoint = client.checkpoint_signed
     return store, client, witnesses
 
 
-def test_the_witnesses_cosign_each_checkpoint_and_a_quorum_publishes_it(tmp_path: Path,
-                                                                       signer: CheckpointSigner) -> None:
+def test_the_witnesses_cosign_each_checkpoint_and_a_quorum_publishes_it(
+    tmp_path: Path, signer: CheckpointSigner
+) -> None:
     async def run() -> None:
         store, client, witnesses = await _witnessed(tmp_path, signer, 2)
         for n in range(3):
@@ -277,8 +287,9 @@ def test_the_witnesses_cosign_each_checkpoint_and_a_quorum_publishes_it(tmp_path
     asyncio.run(run())
 
 
-def test_a_witness_holding_another_history_is_alarmed_and_nothing_published(tmp_path: Path,
-                                                                           signer: CheckpointSigner) -> None:
+def test_a_witness_holding_another_history_is_alarmed_and_nothing_published(
+    tmp_path: Path, signer: CheckpointSigner
+) -> None:
     async def run() -> None:
         store, client, _ = await _witnessed(tmp_path, signer, 1)
         await store.append(events(8))
@@ -302,8 +313,9 @@ def test_a_witness_holding_another_history_is_alarmed_and_nothing_published(tmp_
     asyncio.run(run())
 
 
-async def _witnessed_again(tmp_path: Path, signer: CheckpointSigner, old: WitnessClient
-                           ) -> tuple[SegmentStore, WitnessClient, None]:
+async def _witnessed_again(
+    tmp_path: Path, signer: CheckpointSigner, old: WitnessClient
+) -> tuple[SegmentStore, WitnessClient, None]:
     store = store_at(tmp_path / "log", signer)
     await store.probe()
     client = WitnessClient(old.witnesses, ORIGIN, store.tree.consistency, store.record_witnessed, old.http, Metrics())
@@ -320,10 +332,17 @@ def test_an_unreachable_witness_is_a_lag_not_a_conflict(tmp_path: Path, signer: 
         def refuse(request: httpx.Request) -> httpx.Response:
             raise httpx.ConnectError("down", request=request)
 
-        config = WitnessesFile.model_validate({"quorum": 1, "witnesses": [
-            {"name": "dpa.example", "url": "http://dpa", "vkey": verifier.vkey()}]})
-        client = WitnessClient(config, ORIGIN, store.tree.consistency, store.record_witnessed,
-                               httpx.AsyncClient(transport=httpx.MockTransport(refuse)), Metrics())
+        config = WitnessesFile.model_validate(
+            {"quorum": 1, "witnesses": [{"name": "dpa.example", "url": "http://dpa", "vkey": verifier.vkey()}]}
+        )
+        client = WitnessClient(
+            config,
+            ORIGIN,
+            store.tree.consistency,
+            store.record_witnessed,
+            httpx.AsyncClient(transport=httpx.MockTransport(refuse)),
+            Metrics(),
+        )
         store.on_checkpoint = client.checkpoint_signed
         await store.append(events(3))
         await store.seal()
@@ -340,18 +359,22 @@ def test_the_witnesses_file_is_validated() -> None:
     vkey = notes.Cosigner("dpa.example", Ed25519PrivateKey.generate()).verifier.vkey()
     ok = {"quorum": 1, "witnesses": [{"name": "dpa.example", "url": "https://w.example", "vkey": vkey}]}
     assert WitnessesFile.model_validate(ok).quorum == 1
-    for bad in ({**ok, "quorum": 2}, {**ok, "quorum": 0},
-                {"quorum": 1, "witnesses": [{"name": "other", "url": "https://w", "vkey": vkey}]},
-                {"quorum": 1, "witnesses": [{"name": "dpa.example", "url": "ftp://w", "vkey": vkey}]},
-                {"quorum": 1, "witnesses": [{"name": "dpa.example", "url": "https://w", "vkey": "x+y+z"}]},
-                {"quorum": 1, "witnesses": [ok["witnesses"][0], ok["witnesses"][0]]},
-                {**ok, "extra": True}):
+    for bad in (
+        {**ok, "quorum": 2},
+        {**ok, "quorum": 0},
+        {"quorum": 1, "witnesses": [{"name": "other", "url": "https://w", "vkey": vkey}]},
+        {"quorum": 1, "witnesses": [{"name": "dpa.example", "url": "ftp://w", "vkey": vkey}]},
+        {"quorum": 1, "witnesses": [{"name": "dpa.example", "url": "https://w", "vkey": "x+y+z"}]},
+        {"quorum": 1, "witnesses": [ok["witnesses"][0], ok["witnesses"][0]]},
+        {**ok, "extra": True},
+    ):
         with pytest.raises(ValueError):
             WitnessesFile.model_validate(bad)
     log_vkey = notes.Signer("dpa.example", Ed25519PrivateKey.generate()).verifier.vkey()
     with pytest.raises(ValueError, match="cosignature key"):
-        WitnessesFile.model_validate({"quorum": 1, "witnesses": [
-            {"name": "dpa.example", "url": "https://w", "vkey": log_vkey}]})
+        WitnessesFile.model_validate(
+            {"quorum": 1, "witnesses": [{"name": "dpa.example", "url": "https://w", "vkey": log_vkey}]}
+        )
 
 
 def test_witnesses_holding_a_larger_tree_show_the_log_was_restored(tmp_path: Path, signer: CheckpointSigner) -> None:
@@ -384,23 +407,33 @@ def test_witnesses_holding_a_larger_tree_show_the_log_was_restored(tmp_path: Pat
     asyncio.run(run())
 
 
-def test_a_witness_answer_that_is_compressed_or_oversized_is_not_read(tmp_path: Path,
-                                                                     signer: CheckpointSigner) -> None:
+def test_a_witness_answer_that_is_compressed_or_oversized_is_not_read(tmp_path: Path, signer: CheckpointSigner) -> None:
     async def run() -> None:
         store = store_at(tmp_path, signer)
         await store.probe()
         verifier = init_witness(tmp_path / "w", "dpa.example")
-        answers = iter([httpx.Response(200, stream=httpx.ByteStream(b"x"), headers={"content-encoding": "br"}),
-                        httpx.Response(200, stream=httpx.ByteStream("\u2014 x\n".encode() * 20_000))])
+        answers = iter(
+            [
+                httpx.Response(200, stream=httpx.ByteStream(b"x"), headers={"content-encoding": "br"}),
+                httpx.Response(200, stream=httpx.ByteStream("\u2014 x\n".encode() * 20_000)),
+            ]
+        )
 
         def witness(request: httpx.Request) -> httpx.Response:
             assert request.headers["accept-encoding"] == "identity"
             return next(answers)
 
-        config = WitnessesFile.model_validate({"quorum": 1, "witnesses": [
-            {"name": "dpa.example", "url": "http://dpa", "vkey": verifier.vkey()}]})
-        client = WitnessClient(config, ORIGIN, store.consistency, store.record_witnessed,
-                               httpx.AsyncClient(transport=httpx.MockTransport(witness)), Metrics())
+        config = WitnessesFile.model_validate(
+            {"quorum": 1, "witnesses": [{"name": "dpa.example", "url": "http://dpa", "vkey": verifier.vkey()}]}
+        )
+        client = WitnessClient(
+            config,
+            ORIGIN,
+            store.consistency,
+            store.record_witnessed,
+            httpx.AsyncClient(transport=httpx.MockTransport(witness)),
+            Metrics(),
+        )
         store.on_checkpoint = client.checkpoint_signed
         for n in range(2):
             await store.append(events(1, n))
@@ -413,7 +446,8 @@ def test_a_witness_answer_that_is_compressed_or_oversized_is_not_read(tmp_path: 
 
 
 def test_at_start_a_log_cut_short_of_its_checkpoint_is_continued_under_a_new_origin(
-        tmp_path: Path, signer: CheckpointSigner) -> None:
+    tmp_path: Path, signer: CheckpointSigner
+) -> None:
     from gateway.app import _settle_log
     from gateway.audit.index import IndexFollower
     from gateway.storage.database import create_engine, database_url, migrate

@@ -32,8 +32,12 @@ class Log:
 
     def body(self, old: int, size: int, *, proof: list[bytes] | None = None, leaves: list[bytes] | None = None) -> str:
         hashes = merkle.consistency_proof(old, (leaves or self.leaves)[:size]) if proof is None else proof
-        return (f"old {old}\n" + "".join(base64.b64encode(h).decode() + "\n" for h in hashes) + "\n"
-                + self.checkpoint(size, leaves))
+        return (
+            f"old {old}\n"
+            + "".join(base64.b64encode(h).decode() + "\n" for h in hashes)
+            + "\n"
+            + self.checkpoint(size, leaves)
+        )
 
 
 @pytest.fixture
@@ -92,8 +96,9 @@ async def test_state_survives_a_restart_and_concurrent_requests_never_roll_it_ba
     init_witness(tmp_path / "w", "dpa.example/witness")
     async with _client(tmp_path / "w", log) as client:
         assert (await client.post("/add-checkpoint", content=log.body(0, 50))).status_code == 200
-        answers = await asyncio.gather(*(client.post("/add-checkpoint", content=log.body(50, size))
-                                         for size in (60, 70, 80, 90)))
+        answers = await asyncio.gather(
+            *(client.post("/add-checkpoint", content=log.body(50, size)) for size in (60, 70, 80, 90))
+        )
         assert sorted(a.status_code for a in answers) == [200, 409, 409, 409]  # one wins; the rest learn its size
     async with _client(tmp_path / "w", log) as again:
         held = await again.post("/add-checkpoint", content=log.body(0, 100))

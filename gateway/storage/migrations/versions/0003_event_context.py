@@ -11,8 +11,13 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-_COLUMNS = (("claimed_client_id", sa.Text), ("evidence", sa.Text), ("job_id", sa.Text), ("count", sa.Integer),
-            ("source", sa.Text))
+_COLUMNS = (
+    ("claimed_client_id", sa.Text),
+    ("evidence", sa.Text),
+    ("job_id", sa.Text),
+    ("count", sa.Integer),
+    ("source", sa.Text),
+)
 
 
 def upgrade() -> None:

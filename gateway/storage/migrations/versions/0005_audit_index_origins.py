@@ -46,8 +46,7 @@ def upgrade() -> None:
     op.execute("DELETE FROM audit_index_watermarks")
     op.create_table(
         "audit_index",
-        sa.Column("position", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
-                  autoincrement=True),
+        sa.Column("position", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
         sa.Column("origin", sa.Text, nullable=False),
         sa.Column("seq", sa.BigInteger, nullable=False),
         *_event_columns(),

@@ -29,7 +29,8 @@ def upgrade() -> None:
         "SELECT origin, substr(time, 1, 13), coalesce(administration, ''), coalesce(operation, ''), decision, "
         "coalesce(reason, ''), count(*) FROM audit_index "
         "GROUP BY origin, substr(time, 1, 13), coalesce(administration, ''), coalesce(operation, ''), decision, "
-        "coalesce(reason, '')")
+        "coalesce(reason, '')"
+    )
     op.create_table(
         "console_officers",
         sa.Column("login", sa.String(64), primary_key=True),
@@ -106,6 +107,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("console_account_changes", "console_watcher", "console_alert_notes", "console_alerts",
-                  "console_sessions", "console_officers", "audit_rollup"):
+    for table in (
+        "console_account_changes",
+        "console_watcher",
+        "console_alert_notes",
+        "console_alerts",
+        "console_sessions",
+        "console_officers",
+        "audit_rollup",
+    ):
         op.drop_table(table)
