@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.errors import Problem
@@ -103,3 +105,24 @@ class Connector(Protocol):
     async def health(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+class ConnectorSettings(BaseModel):
+    """One entry of `GATEWAY_CONNECTORS_FILE`. Each connector type's module declares its own subclass,
+    with a `type` literal and `build`; the router's `ConnectorConfig` union is the table of them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    attributes: list[Any]
+
+    def build(self, built: BuildContext) -> Connector:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a connector may need from the gateway to build itself."""
+
+    data_dir: Path
+    client: httpx.AsyncClient

@@ -28,11 +28,19 @@ import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from gateway.connectors.base import BackendUnavailable, StandIn, TraceContext
+from gateway.connectors.base import (
+    BackendUnavailable,
+    BuildContext,
+    Connector,
+    ConnectorSettings,
+    StandIn,
+    TraceContext,
+)
 from gateway.identity.pseudonyms import normalise_nin
 from gateway.policy.catalogue import ATTRIBUTES
+from gateway.policy.model import Attribute
 
 COLUMNS = ATTRIBUTES  # nin first
 SCHEMA = (
@@ -180,3 +188,17 @@ class EmbeddedRegister:
             for connection in self._connections:
                 connection.close()
             self._connections.clear()
+
+
+class EmbeddedConfig(ConnectorSettings):
+    """`type: embedded`: the register in a SQLite file the gateway holds (the demo's, a pilot's)."""
+
+    name: str = "register"
+    type: Literal["embedded"]
+    attributes: list[Attribute] = list(ATTRIBUTES)
+    path: str | None = None  # default: <data dir>/register.db
+    reads: Literal["thread", "inline"] = "inline"
+
+    def build(self, built: BuildContext) -> Connector:
+        path = Path(self.path) if self.path else built.data_dir / "register.db"
+        return EmbeddedRegister(path, name=self.name, attributes=self.attributes, inline_reads=self.reads == "inline")

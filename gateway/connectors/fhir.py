@@ -18,16 +18,18 @@ every element read here), then mapped:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
-from gateway.connectors.base import BackendError, TraceContext
-from gateway.connectors.resilience import RemoteConnector, ResiliencePolicy, Resilient, traceparent
+from gateway.connectors.base import BackendError, BuildContext, Connector, TraceContext
+from gateway.connectors.resilience import RemoteConnector, RemoteSettings, ResiliencePolicy, Resilient, traceparent
 from gateway.connectors.rest import validated
+from gateway.policy.model import Attribute
+from gateway.urls import SecureUrl
 
 BIRTH_PLACE = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
 NATIONALITY = "http://hl7.org/fhir/StructureDefinition/patient-nationality"
@@ -136,3 +138,24 @@ class FhirConnector(RemoteConnector):
             return validated(self.name, nin, {a: mapped[a] for a in attributes & self.attributes - {"nin"}}, attributes)
 
         return await self._http.call(attempt, parse)
+
+
+class FhirConfig(RemoteSettings):
+    """`type: fhir`: a FHIR R4B server's `Patient` search by identifier."""
+
+    name: str
+    type: Literal["fhir"]
+    url: SecureUrl
+    identifier_system: str = "urn:ml:nina"
+    attributes: list[Attribute]
+
+    def build(self, built: BuildContext) -> Connector:
+        return FhirConnector(
+            name=self.name,
+            url=self.url,
+            identifier_system=self.identifier_system,
+            attributes=frozenset(self.attributes),
+            authoritative="record_status" in self.attributes,
+            client=built.client,
+            policy=self.policy(),
+        )

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
+from pydantic import Field
 
-from gateway.connectors.base import BackendError, BackendUnavailable, TraceContext
+from gateway.connectors.base import BackendError, BackendUnavailable, ConnectorSettings, TraceContext
 
 _T = TypeVar("_T")
 
@@ -159,3 +160,24 @@ class RemoteConnector:
 
     async def close(self) -> None:
         return None
+
+
+class RemoteSettings(ConnectorSettings):
+    """The resilience settings every remote connector's entry takes (docs/connectors.md)."""
+
+    connect_timeout_s: float = Field(1.0, gt=0, le=30)
+    read_timeout_s: float = Field(2.0, gt=0, le=60)
+    retries: int = Field(2, ge=0, le=5)
+    max_concurrency: int = Field(32, ge=1, le=1000)
+    failure_threshold: int = Field(5, ge=1)
+    open_s: float = Field(10.0, gt=0)
+
+    def policy(self) -> ResiliencePolicy:
+        return ResiliencePolicy(
+            connect_timeout_s=self.connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+            retries=self.retries,
+            max_concurrency=self.max_concurrency,
+            failure_threshold=self.failure_threshold,
+            open_s=self.open_s,
+        )

@@ -7,13 +7,15 @@ path; the answer is validated like every connector's before anything is used.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import httpx
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
-from gateway.connectors.base import BackendError, PersonRecord, TraceContext
-from gateway.connectors.resilience import RemoteConnector, ResiliencePolicy, Resilient, traceparent
+from gateway.connectors.base import BackendError, BuildContext, Connector, PersonRecord, TraceContext
+from gateway.connectors.resilience import RemoteConnector, RemoteSettings, ResiliencePolicy, Resilient, traceparent
+from gateway.policy.model import Attribute
+from gateway.urls import SecureUrl
 
 MISSING = object()
 
@@ -112,3 +114,63 @@ class RestConnector(RemoteConnector):
 
 IDP_MAPPING = {"displacement_status": "status", "displacement_site": "site", "idp_household_id": "household_id"}
 IDP_ATTRIBUTES = frozenset(IDP_MAPPING)
+
+
+# A path under the connector's URL: it starts with one "/" and holds no "@", "?", "#" or "\\", so joined
+# to the URL it can never name another host (`http://127.0.0.1` + `@registry.example/x`) or scheme.
+RequestPath = Annotated[str, Field(pattern=r"^/([^/@?#\\\s][^@?#\\\s]*)?$", max_length=500)]
+
+
+class RestConfig(RemoteSettings):
+    """`type: rest`: any JSON API, its fields mapped onto the catalogue's attributes."""
+
+    name: str
+    type: Literal["rest"]
+    url: SecureUrl
+    path: RequestPath = "/"
+    method: Literal["POST", "PUT"] = "POST"  # the NIN travels in the body, never in a URL
+    attributes: list[Attribute]
+    mapping: dict[Attribute, str] = {}
+    nin_field: str = "nin"
+    body: dict[str, Any] = {}
+    result: str = ""
+    not_found_status: list[int] = [404]
+
+    def build(self, built: BuildContext) -> Connector:
+        return RestConnector(
+            name=self.name,
+            url=self.url,
+            path=self.path,
+            attributes=frozenset(self.attributes),
+            mapping=dict(self.mapping),
+            nin_field=self.nin_field,
+            body=self.body,
+            result=self.result,
+            not_found_status=tuple(self.not_found_status),
+            authoritative="record_status" in self.attributes,
+            method=self.method,
+            client=built.client,
+            policy=self.policy(),
+        )
+
+
+class IdpConfig(RemoteSettings):
+    """`type: idp`: the displaced-persons registry's API, whose mapping is known."""
+
+    name: str = "idp"
+    type: Literal["idp"]
+    url: SecureUrl
+    path: RequestPath = "/v1/persons/search"
+    attributes: list[Attribute] = sorted(IDP_ATTRIBUTES)
+
+    def build(self, built: BuildContext) -> Connector:
+        return RestConnector(
+            name=self.name,
+            url=self.url,
+            path=self.path,
+            attributes=frozenset(self.attributes),
+            mapping=IDP_MAPPING,
+            authoritative="record_status" in self.attributes,
+            client=built.client,
+            policy=self.policy(),
+        )

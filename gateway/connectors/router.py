@@ -18,89 +18,31 @@ import asyncio
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import httpx
 import yaml
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.connectors.base import Connector, StandIn, TraceContext
-from gateway.connectors.embedded import EmbeddedRegister
-from gateway.connectors.fhir import FhirConnector
-from gateway.connectors.resilience import CircuitBreaker, RemoteConnector, ResiliencePolicy
-from gateway.connectors.rest import IDP_ATTRIBUTES, IDP_MAPPING, RestConnector
+from gateway.connectors.base import BuildContext, Connector, StandIn, TraceContext
+from gateway.connectors.embedded import EmbeddedConfig
+from gateway.connectors.fhir import FhirConfig
+from gateway.connectors.resilience import CircuitBreaker, RemoteConnector
+from gateway.connectors.rest import IdpConfig, RestConfig
 from gateway.errors import Problem
+from gateway.metrics import Metrics
 from gateway.observability import OffTracer
 from gateway.policy.catalogue import ATTRIBUTES
-from gateway.policy.model import Attribute
-from gateway.telemetry import Metrics
-from gateway.urls import SecureUrl
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Timeouts(_Strict):
-    connect_timeout_s: float = Field(1.0, gt=0, le=30)
-    read_timeout_s: float = Field(2.0, gt=0, le=60)
-    retries: int = Field(2, ge=0, le=5)
-    max_concurrency: int = Field(32, ge=1, le=1000)
-    failure_threshold: int = Field(5, ge=1)
-    open_s: float = Field(10.0, gt=0)
-
-    def policy(self) -> ResiliencePolicy:
-        return ResiliencePolicy(**self.model_dump(include=set(Timeouts.model_fields)))
-
-
-# A path under the connector's URL: it starts with one "/" and holds no "@", "?", "#" or "\\", so joined
-# to the URL it can never name another host (`http://127.0.0.1` + `@registry.example/x`) or scheme.
-RequestPath = Annotated[str, Field(pattern=r"^/([^/@?#\\\s][^@?#\\\s]*)?$", max_length=500)]
-
-
-class EmbeddedConfig(_Strict):
-    name: str = "register"
-    type: Literal["embedded"]
-    attributes: list[Attribute] = list(ATTRIBUTES)
-    path: str | None = None  # default: <data dir>/register.db
-    reads: Literal["thread", "inline"] = "inline"
-
-
-class RestConfig(Timeouts):
-    name: str
-    type: Literal["rest"]
-    url: SecureUrl
-    path: RequestPath = "/"
-    method: Literal["POST", "PUT"] = "POST"  # the NIN travels in the body, never in a URL
-    attributes: list[Attribute]
-    mapping: dict[Attribute, str] = {}
-    nin_field: str = "nin"
-    body: dict[str, Any] = {}
-    result: str = ""
-    not_found_status: list[int] = [404]
-
-
-class IdpConfig(Timeouts):
-    name: str = "idp"
-    type: Literal["idp"]
-    url: SecureUrl
-    path: RequestPath = "/v1/persons/search"
-    attributes: list[Attribute] = sorted(IDP_ATTRIBUTES)
-
-
-class FhirConfig(Timeouts):
-    name: str
-    type: Literal["fhir"]
-    url: SecureUrl
-    identifier_system: str = "urn:ml:nina"
-    attributes: list[Attribute]
-
-
+# The table of connector types: each module owns its configuration entry and how it builds itself
+# (`ConnectorSettings.build`). A new type is a module with such a subclass and one more member here.
 ConnectorConfig = Annotated[EmbeddedConfig | RestConfig | IdpConfig | FhirConfig, Field(discriminator="type")]
 
 
-class ConnectorsFile(_Strict):
+class ConnectorsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     connectors: list[ConnectorConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -139,59 +81,8 @@ def load_connectors_file(path: Path | None) -> ConnectorsFile:
 
 
 def build_connectors(config: ConnectorsFile, data_dir: Path, client: httpx.AsyncClient) -> list[Connector]:
-    made: list[Connector] = []
-    for entry in config.connectors:
-        attributes = frozenset(entry.attributes)
-        authoritative = "record_status" in attributes
-        if isinstance(entry, EmbeddedConfig):
-            path = Path(entry.path) if entry.path else data_dir / "register.db"
-            made.append(
-                EmbeddedRegister(path, name=entry.name, attributes=attributes, inline_reads=entry.reads == "inline")
-            )
-        elif isinstance(entry, RestConfig):
-            made.append(
-                RestConnector(
-                    name=entry.name,
-                    url=entry.url,
-                    path=entry.path,
-                    attributes=attributes,
-                    mapping=dict(entry.mapping),
-                    nin_field=entry.nin_field,
-                    body=entry.body,
-                    result=entry.result,
-                    not_found_status=tuple(entry.not_found_status),
-                    authoritative=authoritative,
-                    method=entry.method,
-                    client=client,
-                    policy=entry.policy(),
-                )
-            )
-        elif isinstance(entry, IdpConfig):
-            made.append(
-                RestConnector(
-                    name=entry.name,
-                    url=entry.url,
-                    path=entry.path,
-                    attributes=attributes,
-                    mapping=IDP_MAPPING,
-                    authoritative=authoritative,
-                    client=client,
-                    policy=entry.policy(),
-                )
-            )
-        else:
-            made.append(
-                FhirConnector(
-                    name=entry.name,
-                    url=entry.url,
-                    identifier_system=entry.identifier_system,
-                    attributes=attributes,
-                    authoritative=authoritative,
-                    client=client,
-                    policy=entry.policy(),
-                )
-            )
-    return made
+    context = BuildContext(data_dir, client)
+    return [entry.build(context) for entry in config.connectors]
 
 
 _NO_ANSWER: Mapping[str, Any] = {}
