@@ -28,10 +28,10 @@ from gateway.audit.log import AccessLog
 from gateway.audit.record import AccessRecord
 from gateway.audit.refusals import RefusalTally
 from gateway.errors import Problem, send_problem
+from gateway.metrics import Metrics
 from gateway.observability import request_trace_id
 from gateway.policy.catalogue import EVENT_OPERATIONS
 from gateway.ratelimit.admission import Admission, Admitter, Network, client_address, source_address
-from gateway.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from gateway.telemetry import Metrics
+from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

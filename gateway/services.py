@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from opentelemetry import trace
@@ -28,13 +26,11 @@ from gateway.events.delivery import Deliveries, WebhookSigner
 from gateway.events.feed import EventFeed
 from gateway.events.register import RegisterWriter
 from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
+from gateway.lifecycle import ReadinessCheck
+from gateway.metrics import Metrics
 from gateway.policy.store import PolicyStore
 from gateway.ratelimit.limiter import RateLimits
 from gateway.settings import Settings
-from gateway.telemetry import Metrics
-
-# A check answers True/"ok", "degraded" (still serving safely) or False/"failing".
-ReadinessCheck = Callable[[], Awaitable[bool | str | dict[str, Any]]]
 
 
 @dataclass
@@ -50,7 +46,7 @@ class Services:
     checkpoint_keys: dict[str, Ed25519PublicKey]
     subjects: SubjectHasher
     subject_refs: SubjectRefs
-    identity: ConnectorRouter
+    connectors: ConnectorRouter
     consents: ConsentStore
     tracer: trace.Tracer
     metrics: Metrics

@@ -35,8 +35,8 @@ from gateway.audit.record import AccessRecord
 from gateway.audit.segment_store import SegmentStore
 from gateway.audit.writer import DurableAccessLog
 from gateway.connectors.population import population, seed_register
+from gateway.metrics import Metrics
 from gateway.storage.database import create_engine, database_url, migrate
-from gateway.telemetry import Metrics
 from loadtests.harness import Run, drive_at_rate, in_scratch_dir, merge, report
 from tests.support.keys import token_form
 from tests.support.realm import build_realm

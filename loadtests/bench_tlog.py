@@ -39,7 +39,7 @@ from gateway.audit.segment_store import hold_writer_lock
 from gateway.audit.tree import TreeStore
 from gateway.audit.witness import WitnessClient, WitnessesFile
 from gateway.keyfiles import load_or_create_ed25519
-from gateway.telemetry import Metrics
+from gateway.metrics import Metrics
 from loadtests.harness import in_scratch_dir, report
 from tests.support.keys import token_form
 from tests.support.realm import build_realm

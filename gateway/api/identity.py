@@ -143,7 +143,7 @@ async def _person(
     """What the register read for this NIN (the person, a suspended person, a stand-in or nothing), and
     whether it is a usable record of this person. Unknown and suspended answer alike; the access log
     keeps which."""
-    person = await app.identity.fetch(nin, attributes, TraceContext(record.trace_id or "0" * 32))
+    person = await app.connectors.fetch(nin, attributes, TraceContext(record.trace_id or "0" * 32))
     record.outcome = unusable(person)
     return person, record.outcome is None
 

@@ -13,7 +13,8 @@ from starlette.responses import Response
 from gateway.api.responses import FastJSONResponse
 from gateway.auth.bearer import insufficient_scope
 from gateway.errors import CATALOGUE, Problem
-from gateway.services import ReadinessCheck, services
+from gateway.lifecycle import ReadinessCheck
+from gateway.services import services
 
 router = APIRouter(tags=["Operations"])
 

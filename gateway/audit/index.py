@@ -35,6 +35,7 @@ from gateway.audit.chain import GENESIS, ChainVerifier, Checkpoint, CheckpointSi
 from gateway.audit.rows import JSON_FIELDS, LIST_FIELDS, EventFilter, event_from_row, person_query
 from gateway.audit.segment_store import CHECKPOINTS_FILE, Link, checkpoint_of, read_link, read_origin
 from gateway.audit.segments import SegmentLog, SegmentReader
+from gateway.metrics import Metrics
 from gateway.storage.database import WRITER
 from gateway.storage.tables import (
     access_checkpoints,
@@ -44,7 +45,6 @@ from gateway.storage.tables import (
     audit_index_watermarks,
     audit_rollup,
 )
-from gateway.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 _origins = audit_index_watermarks

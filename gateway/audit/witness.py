@@ -34,7 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.audit import notes
-from gateway.telemetry import Metrics
+from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 SIZE_TYPE = "text/x.tlog.size"

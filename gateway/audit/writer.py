@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from gateway.audit.log import AccessLogUnavailable
 from gateway.audit.record import AccessRecord
-from gateway.telemetry import Metrics
+from gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -82,7 +82,7 @@ class ChunkRunner:
         files: JobFiles,
         *,
         policies: PolicyStore,
-        identity: Fetch,
+        connectors: Fetch,
         subjects: Callable[[str], str],
         access_log: AccessLog,
         log_position: Callable[[], tuple[str, int] | None],
@@ -93,7 +93,7 @@ class ChunkRunner:
         self.store = store
         self.files = files
         self.policies = policies
-        self.identity = identity
+        self.connectors = connectors
         self.subjects = subjects
         self.access_log = access_log
         self.log_position = log_position
@@ -296,7 +296,7 @@ class ChunkRunner:
     async def _answer(
         self, record: Record, spec: JobSpec, policy: PurposePolicy, needed: frozenset[str], event: AccessRecord
     ) -> dict[str, Any]:
-        person = await self.identity.fetch(record.nin, needed, TraceContext(event.id.replace("-", "")))
+        person = await self.connectors.fetch(record.nin, needed, TraceContext(event.id.replace("-", "")))
         event.outcome = unusable(person)
         # As /v1/verify: an unknown or suspended person's stand-in is judged and masked, never answered.
         return decide.verify(

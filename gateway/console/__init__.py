@@ -126,7 +126,7 @@ class Console:
     def sign(self, purpose: str, value: str) -> str:
         return hmac.new(self.key, f"{purpose}\0{value}".encode(), hashlib.sha256).hexdigest()
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self.watcher.start()
         self._relay = asyncio.create_task(self._relay_changes(), name="console-account-changes")
 

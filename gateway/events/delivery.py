@@ -59,9 +59,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from gateway.audit.log import AccessLog, AccessLogUnavailable
 from gateway.events.feed import EventFeed, FeedItem, cloud_event, release_record, subscription_key
 from gateway.events.register import BUSY_TIMEOUT_MS
+from gateway.metrics import Metrics
 from gateway.policy.model import AdministrationPolicy, SubscriptionPolicy
 from gateway.policy.store import PolicyStore
-from gateway.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 

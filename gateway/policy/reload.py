@@ -10,9 +10,9 @@ import logging
 import signal
 from pathlib import Path
 
+from gateway.metrics import Metrics
 from gateway.policy.loader import PolicyError, load_policies
 from gateway.policy.store import PolicyStore
-from gateway.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 

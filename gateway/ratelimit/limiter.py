@@ -16,15 +16,16 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from redis.exceptions import RedisError
 
 from gateway.errors import Problem
+from gateway.metrics import Metrics
 from gateway.policy.model import AdministrationPolicy
 from gateway.policy.store import PolicyStore
 from gateway.ratelimit.backends import LimiterBackend, MemoryBackend
 from gateway.ratelimit.gcra import Verdict, Window
-from gateway.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,17 @@ def _fields(verdict: Verdict) -> list[tuple[bytes, bytes]]:
     )
     policy = _policy_field(tuple(s.window for s in verdict.windows))
     return [(b"ratelimit-policy", policy), (b"ratelimit", state.encode())]
+
+
+class Limiter(Protocol):
+    """What the limits ask of a limiter: a verdict for a key under its windows (`check` also counts and
+    words a refusal), and its health."""
+
+    async def acquire(self, key: str, windows: tuple[Window, ...]) -> Verdict: ...
+
+    async def check(self, key: str, windows: tuple[Window, ...], subject: str) -> Outcome: ...
+
+    def health(self) -> str: ...
 
 
 class RateLimiter:
@@ -143,7 +155,7 @@ class RateLimits:
 
     def __init__(
         self,
-        limiter: RateLimiter,
+        limiter: Limiter,
         policies: PolicyStore,
         unauthenticated: tuple[Window, ...],
         unauthenticated_total: tuple[Window, ...] = (),

@@ -20,8 +20,8 @@ from gateway.audit.record import AccessRecord
 from gateway.audit.rows import EventFilter
 from gateway.audit.store import AccessLogStore
 from gateway.audit.writer import DurableAccessLog
+from gateway.metrics import Metrics
 from gateway.storage.database import create_engine, database_url, migrate
-from gateway.telemetry import Metrics
 
 SIGNER = CheckpointSigner(Ed25519PrivateKey.generate())
 EngineFactory = Callable[[], AsyncEngine]

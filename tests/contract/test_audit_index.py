@@ -27,9 +27,9 @@ from gateway.audit.rows import EventFilter
 from gateway.audit.segment_store import Link, SegmentStore, read_checkpoints
 from gateway.audit.store import AccessLogStore
 from gateway.audit.writer import DurableAccessLog
+from gateway.metrics import Metrics
 from gateway.storage.database import create_engine, database_url, migrate
 from gateway.storage.tables import audit_index
-from gateway.telemetry import Metrics
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -19,7 +19,7 @@ from gateway.connectors.population import population, seed_register
 from gateway.connectors.resilience import CircuitBreaker, ResiliencePolicy
 from gateway.connectors.rest import IDP_ATTRIBUTES, IDP_MAPPING, RestConnector
 from gateway.connectors.router import ConnectorRouter, ConnectorsFile, build_connectors
-from gateway.telemetry import Metrics
+from gateway.metrics import Metrics
 from tests.support.fake_backends import REST_ATTRIBUTES, FakeBackends
 from tests.support.servers import free_port
 

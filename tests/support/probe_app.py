@@ -12,9 +12,10 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.deps import access_record, protected
-from gateway.app import create_app
+from gateway.app import Replacements, create_app
 from gateway.audit.log import StubAccessLog
 from gateway.auth.bearer import Caller
+from gateway.ratelimit.limiter import Limiter
 from gateway.services import services
 from gateway.settings import Settings
 
@@ -36,9 +37,15 @@ def create_durable() -> Any:
     return create(durable=True)
 
 
-def create(settings: Settings | None = None, access_log: StubAccessLog | None = None, *, durable: bool = False) -> Any:
+def create(
+    settings: Settings | None = None,
+    access_log: StubAccessLog | None = None,
+    *,
+    durable: bool = False,
+    limiter: Limiter | None = None,
+) -> Any:
     access_log = None if durable else access_log or StubAccessLog()
-    app = create_app(settings or Settings(), access_log=access_log)
+    app = create_app(settings or Settings(), replace=Replacements(access_log=access_log, limiter=limiter))
     calls = {"verify": 0, "lookup": 0}
 
     @app.get("/v1/probe/verify", name="verify")

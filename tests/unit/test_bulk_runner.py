@@ -30,10 +30,10 @@ from gateway.connectors.embedded import EmbeddedRegister
 from gateway.connectors.population import population, seed_register
 from gateway.identity.decide import Predicate
 from gateway.identity.pseudonyms import SubjectHasher
+from gateway.metrics import Metrics
 from gateway.policy.loader import load_policies
 from gateway.policy.store import PolicyStore
 from gateway.storage.database import create_engine, database_url, migrate
-from gateway.telemetry import Metrics
 
 ORIGIN = "gw.test/access-log/bulk"
 PEOPLE = list(population(200, 5))
@@ -106,7 +106,7 @@ class Setup:
             self.jobs,
             self.files,
             policies=self.policies,
-            identity=self.register,
+            connectors=self.register,
             subjects=SubjectHasher(b"k" * 32),
             access_log=access_log,
             log_position=lambda: (ORIGIN, self.segments.next_seq),
@@ -266,13 +266,13 @@ class DownRegister:
 async def test_a_backend_down_gives_the_chunk_back_to_be_retried_later_with_nothing_logged(setup: Setup) -> None:
     job_id = await setup.job()
     runner = setup.runner("w", setup.log)
-    runner.identity = DownRegister()
+    runner.connectors = DownRegister()
     assert await runner.run(job_id, 0) is False
     assert setup.logged(job_id) == []
     assert await setup.jobs.takeable(setup.files.identity) == []  # not before its retry time (2 s)
     await asyncio.sleep(2.1)
     assert await setup.jobs.takeable(setup.files.identity) == [(job_id, 0)]
-    runner.identity = setup.register
+    runner.connectors = setup.register
     assert await runner.run(job_id, 0) is True and len(setup.logged(job_id)) == RECORDS
 
 

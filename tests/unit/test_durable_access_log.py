@@ -12,7 +12,7 @@ import pytest
 from gateway.audit.log import AccessLogUnavailable
 from gateway.audit.record import AccessRecord
 from gateway.audit.writer import DurableAccessLog
-from gateway.telemetry import Metrics
+from gateway.metrics import Metrics
 
 
 class HeldStore:

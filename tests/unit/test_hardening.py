@@ -29,6 +29,8 @@ from gateway.audit.refusals import OVERFLOW_SOURCE, RefusalTally
 from gateway.auth.bearer import Caller, external_scopes
 from gateway.datadir import secure_data_dir
 from gateway.ratelimit.admission import client_address, parse_networks, source_address
+from gateway.ratelimit.gcra import Verdict, Window
+from gateway.ratelimit.limiter import Limiter, Outcome
 from gateway.settings import Settings
 from tests.support import probe_app
 from tests.support.keys import b64, gateway_token
@@ -43,7 +45,7 @@ def local_realm(tmp_path: Path) -> Realm:
     return build_realm(tmp_path)
 
 
-def _app(realm: Realm, access_log: StubAccessLog, **overrides: Any) -> FastAPI:
+def _app(realm: Realm, access_log: StubAccessLog, limiter: Limiter | None = None, **overrides: Any) -> FastAPI:
     settings_ = Settings(
         policies_dir=realm.policies_dir,
         data_dir=realm.data_dir,
@@ -54,7 +56,7 @@ def _app(realm: Realm, access_log: StubAccessLog, **overrides: Any) -> FastAPI:
             **overrides,
         },
     )
-    return probe_app.create(settings_, access_log)
+    return probe_app.create(settings_, access_log, limiter=limiter)
 
 
 @asynccontextmanager
@@ -239,16 +241,22 @@ async def test_malformed_basic_credentials_are_invalid_client_not_a_crash(
     assert response.json()["code"] in ("invalid_client", "invalid_request")
 
 
-async def test_a_failing_admission_is_a_logged_internal_error(
-    local_realm: Realm, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    access_log = StubAccessLog()
-    app = _app(local_realm, access_log)
+class BrokenLimiter:
+    """A limiter whose backend answers what nobody expected."""
 
-    async def broken(*_: Any, **__: Any) -> Any:
+    async def acquire(self, key: str, windows: tuple[Window, ...]) -> Verdict:
         raise RuntimeError("an answer nobody expected")
 
-    monkeypatch.setattr(app.state.services.rate_limits.limiter, "check", broken)
+    async def check(self, key: str, windows: tuple[Window, ...], subject: str) -> Outcome:
+        raise RuntimeError("an answer nobody expected")
+
+    def health(self) -> str:
+        return "ok"
+
+
+async def test_a_failing_admission_is_a_logged_internal_error(local_realm: Realm) -> None:
+    access_log = StubAccessLog()
+    app = _app(local_realm, access_log, BrokenLimiter())
     async with served(app) as http:
         response = await http.get("/v1/probe/verify", headers={"Authorization": f"Bearer {_token(local_realm)}"})
     assert response.status_code == 500 and response.json()["code"] == "internal_error"

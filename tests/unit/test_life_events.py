@@ -39,10 +39,10 @@ from gateway.events.register import (
     request_hash,
 )
 from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
+from gateway.metrics import Metrics
 from gateway.policy.loader import PolicyError, load_policies
 from gateway.policy.model import SubscriptionPolicy
 from gateway.policy.store import PolicyStore
-from gateway.telemetry import Metrics
 from tests.support.keys import jwks_of, new_key
 from tests.support.realm import build_realm
 from tests.support.webhook_receiver import Receiver

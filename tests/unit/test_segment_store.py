@@ -19,8 +19,8 @@ from gateway.audit.record import AccessRecord
 from gateway.audit.segment_store import Link, LogMismatch, SegmentStore, entry_bytes, read_checkpoints, read_link
 from gateway.audit.segments import HEADER, SegmentLog, SegmentReader, frame
 from gateway.audit.writer import DurableAccessLog
+from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.telemetry import Metrics
 
 
 def record(n: int) -> AccessRecord:

@@ -29,7 +29,7 @@ from gateway.audit.segment_store import (
 )
 from gateway.audit.segments import EntryLocator, SegmentLog, frame
 from gateway.audit.witness import WitnessClient, WitnessesFile
-from gateway.telemetry import Metrics
+from gateway.metrics import Metrics
 from gateway.witness_server import create_witness_app, init_witness
 
 ORIGIN = "gw.example/access-log/unit-0"
@@ -448,7 +448,7 @@ def test_a_witness_answer_that_is_compressed_or_oversized_is_not_read(tmp_path: 
 def test_at_start_a_log_cut_short_of_its_checkpoint_is_continued_under_a_new_origin(
     tmp_path: Path, signer: CheckpointSigner
 ) -> None:
-    from gateway.app import _settle_log
+    from gateway.audit.component import settle_log
     from gateway.audit.index import IndexFollower
     from gateway.storage.database import create_engine, database_url, migrate
 
@@ -460,7 +460,7 @@ def test_at_start_a_log_cut_short_of_its_checkpoint_is_continued_under_a_new_ori
         await migrate(engine, None)
         store = store_at(directory, signer)
         follower = IndexFollower(engine, directory, origin=ORIGIN)
-        await _settle_log(store, follower, engine, None)
+        await settle_log(store, follower, engine, None)
         assert store.origin.startswith(f"{ORIGIN}/r") and follower.origin == store.origin
         retired = read_retired(directory)
         assert retired is not None and "entries were deleted from the end" in retired["reason"]

@@ -1,0 +1,68 @@
+"""The gateway's parts start in the order `create_app` adds them and close in reverse, each close tried
+even when one fails; a start that fails closes what had started."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.lifecycle import Component, Lifecycle, started
+
+
+def _part(name: str, seen: list[str], *, fail_start: bool = False, fail_close: bool = False) -> Component:
+    async def start() -> None:
+        if fail_start:
+            raise RuntimeError(f"{name} cannot start")
+        seen.append(f"start {name}")
+
+    async def close() -> None:
+        seen.append(f"close {name}")
+        if fail_close:
+            raise RuntimeError(f"{name} cannot close")
+
+    async def ready() -> bool:
+        return True
+
+    return Component(name, start, close, {name: ready})
+
+
+async def test_started_in_order_and_closed_in_reverse_past_a_failing_close() -> None:
+    seen: list[str] = []
+    lifecycle = Lifecycle()
+    lifecycle.add(_part("database", seen), _part("log", seen, fail_close=True), _part("console", seen))
+    await lifecycle.start()
+    await lifecycle.close()
+    assert seen == [
+        "start database",
+        "start log",
+        "start console",
+        "close console",
+        "close log",
+        "close database",
+    ]
+    assert list(lifecycle.readiness) == ["database", "log", "console"]
+
+
+async def test_a_failing_start_leaves_only_the_started_ones_to_close() -> None:
+    seen: list[str] = []
+    lifecycle = Lifecycle()
+    lifecycle.add(_part("database", seen), _part("log", seen, fail_start=True), _part("console", seen))
+    with pytest.raises(RuntimeError, match="log cannot start"):
+        await lifecycle.start()
+    await lifecycle.close()
+    assert seen == ["start database", "close database"]
+
+
+async def test_a_readiness_check_is_named_once() -> None:
+    lifecycle = Lifecycle()
+    lifecycle.add(_part("log", []))
+    with pytest.raises(ValueError, match="given twice"):
+        lifecycle.add(_part("log", []))
+
+
+async def test_a_synchronous_start_runs_when_the_component_starts() -> None:
+    calls: list[str] = []
+    lifecycle = Lifecycle()
+    lifecycle.add(Component("reloader", started(lambda: calls.append("scheduled"))))
+    assert calls == []
+    await lifecycle.start()
+    assert calls == ["scheduled"]
