@@ -11,6 +11,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -72,7 +73,7 @@ def _freeze_startup_objects() -> None:
 # metrics), so the framework's built-in telemetry (FastAPI ≥ 0.165) stays off: it would record validation
 # failures with their input, which can hold a NIN, and it asks the OpenTelemetry API on every request
 # whether providers are configured (about 5 µs a request).
-FRAMEWORK_TELEMETRY_OFF: dict[str, object] = (
+FRAMEWORK_TELEMETRY_OFF: dict[str, Any] = (
     {
         "telemetry": {
             "tracing": False,

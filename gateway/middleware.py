@@ -79,7 +79,7 @@ def _trace_id(scope: Scope) -> str:
 def _header(scope: Scope, wanted: bytes) -> str | None:
     for name, value in scope["headers"]:
         if name == wanted:
-            return value.decode("latin-1")
+            return bytes(value).decode("latin-1")
     return None
 
 

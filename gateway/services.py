@@ -68,4 +68,5 @@ class Services:
 
 
 def services(request: Request) -> Services:
-    return request.app.state.services
+    app_services: Services = request.app.state.services
+    return app_services

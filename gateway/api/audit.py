@@ -374,7 +374,7 @@ async def access_history(
     async with index_reads():
         events = await app.audit.subject_events(subject, HIDDEN_FROM_HISTORY, HISTORY_LIMIT)
     names = {a.id: a.name for a in app.policies.current.administrations.values()}
-    this_read = {
+    this_read: dict[str, Any] = {
         "time": rfc3339(record.time),
         "administration": caller.administration,
         "operation": "subject.history",

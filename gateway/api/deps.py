@@ -13,7 +13,8 @@ from gateway.ratelimit.admission import Admission
 
 
 def access_record(request: Request) -> AccessRecord:
-    return request.scope["state"]["access_record"]  # set by the middleware; no State wrapper per call
+    record: AccessRecord = request.scope["state"]["access_record"]  # set by the middleware; no State per call
+    return record
 
 
 def idempotency_key(value: str | None) -> str:

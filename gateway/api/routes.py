@@ -119,6 +119,8 @@ class GuardedBodyRoute(APIRoute):
             raise TypeError(f"{self.path}: GuardedBodyRoute needs a pydantic model as body")
         guard: Callable[[Request], Awaitable[Any]] = guards[0].call
         body_name, caller_name = body_field.name, guards[0].name
+        if caller_name is None:
+            raise TypeError(f"{self.path}: GuardedBodyRoute needs a named guard parameter")
         fields = [body_field]
 
         async def handle(request: Request) -> Response:

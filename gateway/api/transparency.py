@@ -213,11 +213,11 @@ async def receipt(
             raise Problem(
                 "conflict", "the entry is durable but no signed checkpoint covers it yet", headers={"Retry-After": "1"}
             )
-        entry, proof = await asyncio.to_thread(receipt_proof, view, seq, head)
+        proven, proof = await asyncio.to_thread(receipt_proof, view, seq, head)
     except (merkle.InvalidProof, notes.NoteError, LookupError):
         raise _unprovable() from None
     quorum = app.witnesses is None or cosigned_count(head.note, app.witnesses.verifiers()) >= app.witnesses.quorum
-    return FastJSONResponse({"origin": origin, "seq": seq, "entry": entry.decode(), "proof": proof, "quorum": quorum})
+    return FastJSONResponse({"origin": origin, "seq": seq, "entry": proven.decode(), "proof": proof, "quorum": quorum})
 
 
 def _unprovable() -> Problem:

@@ -42,7 +42,7 @@ from gateway.audit.segment_store import NotAnExtension, SegmentStore
 from gateway.audit.witness import WitnessClient, WitnessesFile, load_witnesses
 from gateway.audit.writer import DurableAccessLog
 from gateway.keyfiles import load_or_create_ed25519
-from gateway.lifecycle import Component, ConfigurationError
+from gateway.lifecycle import Component, ConfigurationError, ReadinessCheck
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 
@@ -127,7 +127,7 @@ def build_audit_log(
     store.on_refusal = lambda reason: metrics.audit_log_refusing.set(0 if reason is None else 1)
     views = LogViews(settings.log_dir)
     refusals = RefusalTally(writer)
-    scrub: list[asyncio.Task[None]] = []
+    scrub: list[asyncio.Task[str | None]] = []
 
     async def start() -> None:
         await continue_legacy_log(engine, signer, settings, store)
@@ -165,7 +165,7 @@ def build_audit_log(
         _, waited = index.lag()
         return "degraded" if index.failing or waited > settings.audit_index_max_lag_s else "ok"
 
-    readiness = {"access_log": access_log_ready, "audit_index": index_ready}
+    readiness: dict[str, ReadinessCheck] = {"access_log": access_log_ready, "audit_index": index_ready}
     if witness_client is not None:
         client = witness_client
 

@@ -18,7 +18,8 @@ class AccessLog(Protocol):
 
     async def start(self) -> None: ...
 
-    origin: str
+    @property
+    def origin(self) -> str: ...
 
     async def append(self, record: AccessRecord) -> int | None: ...
 

@@ -348,8 +348,8 @@ class SegmentStore:
         if recovery.next_seq == 0:
             linked = read_link(self.directory)
             return -1, linked.hash if linked else GENESIS
-        last = next(self.log.records(recovery.next_seq - 1))[1]
-        return recovery.next_seq - 1, orjson.loads(last)["hash"]
+        newest = next(self.log.records(recovery.next_seq - 1))[1]
+        return recovery.next_seq - 1, orjson.loads(newest)["hash"]
 
     def _open_tree(self, size: int, sealed: Checkpoint | None) -> None:
         """Resume the stored tree: keep it up to the last signed checkpoint (synced before that signature),

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from crc32c import crc32c
 
@@ -178,7 +178,7 @@ class SegmentLog:
         except BaseException:
             # What reached the file was never acknowledged: it must not read as records (a follower, a
             # restart), so it is zeroed now, or before anything else is written if that fails too.
-            self._failed = (self._segment, self._offset, len(data))
+            self._failed = (cast(Path, self._segment), self._offset, len(data))
             with contextlib.suppress(OSError):
                 self._clear_failed()
             raise

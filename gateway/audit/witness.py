@@ -237,8 +237,8 @@ class WitnessClient:
         pending = [w for w in self._state if w.cosigned != size]
         if not pending:
             return
-        answers = await asyncio.gather(*(self._submit(w, note, size) for w in pending), return_exceptions=True)
-        answers = [None if isinstance(a, BaseException) else a for a in answers]
+        gathered = await asyncio.gather(*(self._submit(w, note, size) for w in pending), return_exceptions=True)
+        answers = [None if isinstance(a, BaseException) else a for a in gathered]
         lines = self._gathered.setdefault(size, {})
         for witness, signed in zip(pending, answers, strict=True):
             if signed:
@@ -309,50 +309,59 @@ class WitnessClient:
         old = witness.size or 0
         for _ in range(3):
             if old > size:
-                return self._fault(
+                self._fault(
                     witness,
                     f"it holds this log at size {old}, larger than the log's {size}: "
                     "the log was restored from an older copy or forked",
                 )
+                return None
             try:
                 proof = await asyncio.to_thread(self.consistency, old, size)
             except (LookupError, ValueError) as exc:
-                return self._fault(witness, f"no consistency proof from its size {old}: {exc}", alarm=False)
+                self._fault(witness, f"no consistency proof from its size {old}: {exc}", alarm=False)
+                return None
             body = f"old {old}\n" + "".join(f"{base64.b64encode(h).decode()}\n" for h in proof) + "\n" + note
             try:
                 status, kind, text = await self._post(witness, body)
             except Exception as exc:  # unreachable, too slow, too long, or not HTTP at all: one witness's failure
                 self.metrics.audit_witness_failures.labels(witness.entry.name).inc()
-                return self._fault(witness, f"unreachable ({type(exc).__name__})", alarm=False)
+                self._fault(witness, f"unreachable ({type(exc).__name__})", alarm=False)
+                return None
             if status == 409 and kind.startswith(SIZE_TYPE):
                 match = re.fullmatch(r"(0|[1-9][0-9]{0,18})\n", text)
                 if match is None:
-                    return self._fault(witness, "a 409 without a size")
+                    self._fault(witness, "a 409 without a size")
+                    return None
                 their = int(match.group(1))
                 if their == old:  # its size is the one we sent: it holds another tree, or ours does not extend it
-                    return self._fault(
+                    self._fault(
                         witness,
                         f"it holds another tree at size {their}, which this log does not "
                         "extend: the log was restored from an older copy or forked",
                     )
+                    return None
                 witness.size, old = their, their
                 continue
             if status == 422:
-                return self._fault(
+                self._fault(
                     witness,
                     f"it cannot verify that this log extends the checkpoint it holds (size "
                     f"{old}): the log was restored from an older copy or forked",
                 )
+                return None
             if status != 200:
                 self.metrics.audit_witness_failures.labels(witness.entry.name).inc()
-                return self._fault(witness, f"answered {status}", alarm=False)
+                self._fault(witness, f"answered {status}", alarm=False)
+                return None
             own = _own_cosignatures(note, text, witness.entry.verifiers())
             if own is None:
-                return self._fault(witness, "its answer carries no valid cosignature")
+                self._fault(witness, "its answer carries no valid cosignature")
+                return None
             witness.size, witness.cosigned, witness.last_ok = size, size, time.time()
             witness.problem = witness.conflict = None
             return own
-        return self._fault(witness, "its size kept changing")
+        self._fault(witness, "its size kept changing")
+        return None
 
     def _fault(self, witness: _Witness, problem: str, *, alarm: bool = True) -> None:
         if witness.problem != problem:

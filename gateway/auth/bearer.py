@@ -156,6 +156,7 @@ class BearerValidator:
 
         external = None
         key: Key | None
+        algorithms: tuple[str, ...]
         if iss == self._issuer:
             algorithms, audience = _OWN_ALGORITHMS, self._audience
             key = self._keys.public_key(kid)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from joserfc.jwk import ECKey, Key, KeySet, OKPKey
+from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
 
 from gateway.keyfiles import create_exclusive
 from gateway.settings import SigningAlgorithm
@@ -41,7 +41,7 @@ def algorithm_of(key: Key) -> SigningAlgorithm:
     raise ValueError("signing key must be Ed25519 or EC P-256")
 
 
-def write_private_pem(path: Path, key: Key) -> bool:
+def write_private_pem(path: Path, key: ECKey | OKPKey | RSAKey) -> bool:
     """Write a new private key readable by its owner only; False if the file already exists."""
     return create_exclusive(path, key.as_pem(private=True))
 

@@ -48,7 +48,8 @@ def _check(response: httpx.Response, *expected: int) -> dict[str, Any]:
         except ValueError:
             detail = response.text[:200]
         raise JobError(f"HTTP {response.status_code} {detail}")
-    return response.json()
+    answer: dict[str, Any] = response.json()
+    return answer
 
 
 class JobsClient:
@@ -65,13 +66,14 @@ class JobsClient:
     def _send(
         self, method: str, url: str, *, retry: bool = True, headers: dict[str, str] | None = None, **kwargs: Any
     ) -> httpx.Response:
-        for attempt in range(2 if retry else 1):
+        response = self.http.request(
+            method, url, headers={**(headers or {}), "Authorization": f"Bearer {self._token}"}, **kwargs
+        )
+        if response.status_code == 401 and retry:  # the token expired: a new one, and once more
+            self._token = self._token_source()
             response = self.http.request(
                 method, url, headers={**(headers or {}), "Authorization": f"Bearer {self._token}"}, **kwargs
             )
-            if response.status_code != 401 or attempt or not retry:
-                return response
-            self._token = self._token_source()
         return response
 
     def refresh(self) -> None:
@@ -91,7 +93,7 @@ class JobsClient:
             digest = base64.b64encode(bytes.fromhex(sha)).decode()
             media = "text/csv" if spec["format"] == "csv" else "application/x-ndjson"
             headers = {"Content-Type": media, "Content-Digest": f"sha-256=:{digest}:"}
-            upload = {"content": _pieces(path), "timeout": None, "headers": headers, "retry": False}
+            upload: dict[str, Any] = {"content": _pieces(path), "timeout": None, "headers": headers, "retry": False}
             response = self._send("PUT", job["input_url"], **upload)
             if response.status_code == 401:  # the file is read once per send: a new token, then again
                 self.refresh()

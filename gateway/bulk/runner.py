@@ -538,7 +538,11 @@ class SaqChunkQueue:
         chunks not queued (Redis down) are found by the sweep."""
         task = asyncio.create_task(self._enqueue_all(job_id, chunks), name=f"bulk-enqueue-{job_id}")
         self._tasks.append(task)
-        task.add_done_callback(lambda done: done in self._tasks and self._tasks.remove(done))
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     async def _enqueue_all(self, job_id: str, chunks: Sequence[int]) -> None:
         try:

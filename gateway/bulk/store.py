@@ -106,11 +106,12 @@ async def _lock_job(connection: Any, job_id: str) -> str | None:
     """The job's status, its row locked first: every transaction touching a job and its chunks takes the
     job, then the chunks, so two cannot wait on each other, and the last chunk's finish sees the others'
     (PostgreSQL; SQLite's writers are serialised anyway)."""
-    return (
+    status: str | None = (
         await connection.execute(
             select(verification_jobs.c.status).where(verification_jobs.c.id == job_id).with_for_update()
         )
     ).scalar()
+    return status
 
 
 class JobStore:
@@ -164,9 +165,9 @@ class JobStore:
             if job.request_hash != request_hash:
                 raise IdempotencyConflict(idempotency_key) from None
             return job, True
-        job = await self.get(job_id)
-        assert job is not None
-        return job, False
+        made = await self.get(job_id)
+        assert made is not None
+        return made, False
 
     async def by_key(self, administration: str, idempotency_key: str) -> Job | None:
         async with self.engine.connect() as connection:

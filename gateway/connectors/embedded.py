@@ -179,7 +179,8 @@ class EmbeddedRegister:
 
     def count(self) -> int:
         with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True) as connection:
-            return connection.execute("SELECT count(*) FROM people").fetchone()[0]
+            counted: int = connection.execute("SELECT count(*) FROM people").fetchone()[0]
+            return counted
 
     async def close(self) -> None:
         self._end_snapshot()

@@ -65,7 +65,8 @@ def patient_attributes(patient: Patient) -> dict[str, Any]:
     address = next((a for a in addresses if a.use == "home"), addresses[0] if addresses else None)
     birth_place = _extension(patient, BIRTH_PLACE)
     nationality = None
-    for extension in (_extension(patient, NATIONALITY) or type("E", (), {"extension": None})).extension or ():
+    held = _extension(patient, NATIONALITY)
+    for extension in (held.extension if held is not None else None) or ():
         if extension.url == "code" and extension.valueCodeableConcept and extension.valueCodeableConcept.coding:
             nationality = extension.valueCodeableConcept.coding[0].code
     death_date = None
@@ -75,7 +76,7 @@ def patient_attributes(patient: Patient) -> dict[str, Any]:
     status = "deceased" if deceased else "suspended" if patient.active is False else "active"
     return {
         "family_name": name.family if name else None,
-        "given_names": " ".join(name.given) if name and name.given else None,
+        "given_names": " ".join(g for g in name.given if g) if name and name.given else None,
         "sex": {"male": "M", "female": "F"}.get(patient.gender or ""),
         "birth_date": str(patient.birthDate) if patient.birthDate is not None else None,
         "birth_place": birth_place.valueAddress.city if birth_place and birth_place.valueAddress else None,

@@ -37,7 +37,8 @@ class ResiliencePolicy:
     def deadline_s(self) -> float:
         """The longest one call can take, retries and waits included."""
         attempt = self.connect_timeout_s + self.read_timeout_s
-        return self.queue_timeout_s + (self.retries + 1) * attempt + self.retries * self.backoff_s * 2**self.retries
+        backoff: float = self.retries * self.backoff_s * 2**self.retries
+        return self.queue_timeout_s + (self.retries + 1) * attempt + backoff
 
 
 class CircuitBreaker:

@@ -15,6 +15,7 @@ Every attribute is served by exactly one connector; exactly one connector is aut
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -88,6 +89,10 @@ def build_connectors(config: ConnectorsFile, data_dir: Path, client: httpx.Async
 _NO_ANSWER: Mapping[str, Any] = {}
 
 
+def _breaker_value(breaker: CircuitBreaker) -> float:
+    return CircuitBreaker.STATE_VALUES[breaker.state]
+
+
 class ConnectorRouter:
     def __init__(
         self, connectors: list[Connector], metrics: Metrics | None = None, tracer: trace.Tracer | None = None
@@ -99,7 +104,7 @@ class ConnectorRouter:
         for connector in connectors:
             if isinstance(connector, RemoteConnector):
                 self._metrics.connector_breaker_state.labels(connector.name).set_function(
-                    lambda b=connector.breaker: CircuitBreaker.STATE_VALUES[b.state]
+                    functools.partial(_breaker_value, connector.breaker)
                 )
         self._authority = next(c for c in connectors if c.authoritative)
         self._plans: dict[frozenset[str], list[tuple[Connector, frozenset[str]]]] = {}

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import pyotp
 from argon2 import PasswordHasher
@@ -135,14 +135,8 @@ class TotpSeal:
         return self._aead.decrypt(raw[:12], raw[12:], login.encode()).decode()
 
 
-def _officer(row: object) -> Officer:
-    return Officer(
-        row.login,
-        row.role,
-        row.administration,
-        bool(row.disabled),  # type: ignore[attr-defined]
-        row.locked_until,
-    )  # type: ignore[attr-defined]
+def _officer(row: Any) -> Officer:
+    return Officer(row.login, row.role, row.administration, bool(row.disabled), row.locked_until)
 
 
 class OfficerStore:
@@ -330,7 +324,7 @@ class AccountChanges:
     no change goes unlogged."""
 
     def __init__(
-        self, engine: AsyncEngine, append: Callable[[AccessRecord], Awaitable[int]], *, reclaim_s: float = 60.0
+        self, engine: AsyncEngine, append: Callable[[AccessRecord], Awaitable[int | None]], *, reclaim_s: float = 60.0
     ) -> None:
         self.engine = engine
         self.append = append

@@ -121,7 +121,7 @@ class WatchedEvent(NamedTuple):
     reason: str | None
     subject_hash: str | None
     attributes_requested: str
-    count: int | None
+    count: int | None  # type: ignore[assignment]  # the event's field; tuple.count is never called
     source: str | None
 
 
@@ -236,8 +236,8 @@ class Evaluator:
 
     def restore_baseline(self, saved: dict[str, Any]) -> None:
         hours = self.rules.scraping.baseline_hours
-        closed = saved.get("closed") if isinstance(saved.get("closed"), dict) else {}
-        counted = saved.get("hours") if isinstance(saved.get("hours"), dict) else {}
+        closed: dict[str, Any] = saved["closed"] if isinstance(saved.get("closed"), dict) else {}
+        counted: dict[str, Any] = saved["hours"] if isinstance(saved.get("hours"), dict) else {}
         for client, counts in counted.items():
             if (
                 isinstance(client, str)
@@ -394,8 +394,8 @@ class Evaluator:
         distinct = len(persons)
         if distinct < rule.min_persons:
             return None
-        past = self._hourly.get(client)
-        baseline = sum(past) / len(past) if past else 0.0
+        hours = self._hourly.get(client)
+        baseline = sum(hours) / len(hours) if hours else 0.0
         if distinct <= rule.baseline_factor * baseline:
             return None
         if at - self._scrape_reported.get(client, float("-inf")) < REPEAT_S:
@@ -408,7 +408,7 @@ class Evaluator:
             {
                 "distinct_persons": distinct,
                 "baseline_per_hour": round(baseline, 1),
-                "baseline_hours": len(past or ()),
+                "baseline_hours": len(hours or ()),
                 "factor": rule.baseline_factor,
                 "min_persons": rule.min_persons,
             },

@@ -95,7 +95,7 @@ def console_of(request: Request) -> Console:
 
 
 def _base(request: Request) -> str:
-    return request.scope.get("root_path", "") + "/console"
+    return str(request.scope.get("root_path", "")) + "/console"
 
 
 def _lang(request: Request) -> str:
@@ -173,7 +173,7 @@ async def _session(request: Request) -> Session | None:
     return await console_of(request).sessions.get(request.cookies.get(COOKIE))
 
 
-async def _page(request: Request, operation: str, build: Any, **fields: Any) -> Response:
+async def _page(request: Request, operation: str, build: PageBuilder, **fields: Any) -> Response:
     """The frame of every signed-in page: session, the page's work (which may refuse), its event, then
     the page. `build(session, record)` returns the response to send once the event is durable."""
     session = await _session(request)
@@ -194,7 +194,8 @@ async def _page(request: Request, operation: str, build: Any, **fields: Any) -> 
         return render(request, "error.html", problem.status, session, message="unavailable")
     effect = None
     if isinstance(response, Deferred):
-        response, effect = response.response, response.effect
+        deferred = response
+        response, effect = deferred.response, deferred.effect
     if not await _log(request, record, response.status_code):
         discard = getattr(response, "on_discard", None)
         if discard is not None:  # an export that will never stream gives its slot back
@@ -229,6 +230,10 @@ class Deferred:
 
     response: Response
     effect: Callable[[], Awaitable[bool]]
+
+
+# A page's work: `(session, record)` to the response to send once the page's event is durable.
+PageBuilder = Callable[[Session, AccessRecord], Awaitable[Response | Deferred]]
 
 
 async def _form(request: Request, session: Session | None, limit: int = 16_384) -> dict[str, str]:
@@ -778,7 +783,7 @@ async def alert_detail(request: Request, alert_id: str) -> Response:
 async def alert_act(request: Request, alert_id: str) -> Response:
     """Acknowledge or close, with a note (both logged)."""
 
-    async def build(session: Session, record: AccessRecord) -> Response:
+    async def build(session: Session, record: AccessRecord) -> Response | Deferred:
         form = await _form(request, session)
         alert = await _visible_alert(request, session, alert_id)
         action = _field(form, "action")

@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -96,6 +96,7 @@ class UnsafeEndpoint(Exception):
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: a network's own translator
+_T = TypeVar("_T")
 _TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # RFC 2765 IPv4-translated
 _SITE_LOCAL = ipaddress.ip_network("fec0::/10")
 
@@ -250,11 +251,11 @@ class DeliveryStore:
             self._connection = connection
         return self._connection
 
-    async def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         async with self._lock:
             return await asyncio.to_thread(self._transaction, work)
 
-    def _transaction(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:

@@ -396,13 +396,13 @@ class _Transaction:
             if root == event_id or root in voided:
                 continue
             if whole or fields & set(orjson.loads(changed)):
-                return event
+                return str(event)
             if (
                 kind in ("marriage", "divorce")
                 and original["type"] in ("marriage", "divorce")
                 and spouse == original["spouse_nin"]
             ):
-                return event
+                return str(event)
         if whole:  # each term on its own index
             for condition in (
                 "spouse_nin = ?2",

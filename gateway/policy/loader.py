@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from gateway.policy.model import AdministrationPolicy, ClientPolicy
 
@@ -88,7 +89,7 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _reason(error: dict[str, Any]) -> str:
+def _reason(error: ErrorDetails) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown field"
@@ -121,12 +122,12 @@ def check_client_jwks(jwks: Any) -> KeySet:
         else:
             raise ValueError(f"keys[{index}]: key type {kty!r} is not accepted (OKP, EC or RSA)")
     try:
-        return KeySet.import_key_set(jwks)
+        return KeySet.import_key_set(cast(Any, jwks))  # each key's fields checked above
     except (JoseError, ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"not a valid JWK Set: {exc}") from None
 
 
-def _load_file(path: Path) -> tuple[AdministrationPolicy | None, list[PolicyProblem], dict]:
+def _load_file(path: Path) -> tuple[AdministrationPolicy | None, list[PolicyProblem], dict[str, Any]]:
     name = str(path)
     problems: list[PolicyProblem] = []
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -30,7 +30,7 @@ IDENTIFIER_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
 
 
-def is_identifier(value: object) -> bool:
+def is_identifier(value: object) -> TypeGuard[str]:
     """A well-formed administration, client or purpose id: what may be copied from a request into the log."""
     return isinstance(value, str) and _IDENTIFIER.fullmatch(value) is not None
 

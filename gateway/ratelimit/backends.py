@@ -7,6 +7,7 @@ contract test suite runs against both.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -21,7 +22,7 @@ class LimiterBackend(Protocol):
 class MemoryBackend:
     """State in a dict; a decision has no await inside, so it is atomic on the event loop."""
 
-    def __init__(self, clock=time.time, sweep_every: int = 10_000) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, sweep_every: int = 10_000) -> None:
         self._tats: dict[str, int] = {}
         self._names: dict[str, tuple[tuple[Window, ...], list[str]]] = {}  # per key: its windows' state names
         self._clock = clock

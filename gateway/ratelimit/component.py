@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from gateway.lifecycle import Component, ConfigurationError
+from gateway.lifecycle import Component, ConfigurationError, ReadinessCheck
 from gateway.metrics import Metrics
 from gateway.policy.store import PolicyStore
 from gateway.ratelimit.admission import Network, parse_networks
@@ -43,7 +43,7 @@ def build_limits(
         timeout_s=settings.redis_timeout_s,
         metrics=metrics,
     )
-    readiness = {}
+    readiness: dict[str, ReadinessCheck] = {}
     if redis is not None:
         shared = redis
 

@@ -3,6 +3,8 @@ time."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -12,7 +14,7 @@ branch_labels = None
 depends_on = None
 
 
-def _event_columns() -> list[sa.Column]:
+def _event_columns() -> list[sa.Column[Any]]:
     return [
         sa.Column("id", sa.Text, nullable=False),
         sa.Column("time", sa.String(32), nullable=False),
