@@ -3,18 +3,22 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo serve test unit lint fmt bench loadtest clean
+.PHONY: demo serve test unit lint typecheck fmt lock bench loadtest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+# Every dependency comes from a lock file, pinned with its hashes (`make lock` writes them from
+# pyproject.toml); the project itself is installed on top, editable, without resolving anything again.
+$(VENV)/.installed: requirements/runtime.txt pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/runtime.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(VENV)/.dev-installed: requirements/dev.txt pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -26,6 +30,7 @@ serve: $(VENV)/.installed
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The pure and in-process tests only: no Redis, no PostgreSQL, no browser, no server processes.
@@ -36,9 +41,20 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# mypy --strict on gateway/ (settings in pyproject.toml).
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy
+
 fmt: $(VENV)/.dev-installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Re-resolves the dependencies from pyproject.toml into the lock files (the dev lock is constrained by the
+# runtime one, so the two never disagree on a version).
+LOCK_FLAGS := --quiet --allow-unsafe --strip-extras --generate-hashes --no-emit-find-links --no-emit-index-url
+lock: $(VENV)/.dev-installed
+	$(BIN)/pip-compile $(LOCK_FLAGS) --upgrade -o requirements/runtime.txt pyproject.toml
+	$(BIN)/pip-compile $(LOCK_FLAGS) --upgrade --extra dev -c requirements/runtime.txt -o requirements/dev.txt pyproject.toml
 
 # wrk drives the gateway in the hardening benchmark; installed from Debian's packages where we are root.
 bench: $(VENV)/.dev-installed
