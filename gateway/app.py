@@ -38,7 +38,7 @@ from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
 from gateway.keyfiles import load_or_create_secret
 from gateway.lifecycle import Component, ConfigurationError, Lifecycle, started
 from gateway.metrics import Metrics
-from gateway.middleware import AccessMiddleware
+from gateway.middleware import AccessMiddleware, RootPath
 from gateway.observability import tracer_for, tracer_provider
 from gateway.policy.loader import load_policies
 from gateway.policy.reload import PolicyReloader
@@ -266,10 +266,11 @@ def create_app(settings: Settings | None = None, *, replace: Replacements | None
         admitter=Admitter(auth.bearer, limits.rate_limits),
         refusals=audit_log.refusals,
         trusted_proxies=limits.trusted_proxies,
-        root_path=settings.root_path,
         routes=app.router.routes,
         body_limits=[(jobs.UPLOAD_PATH, settings.bulk_max_upload_bytes)],
     )
+    if settings.root_path:
+        app.add_middleware(RootPath, root_path=settings.root_path)
     if provider is not None:
         # Outermost, so the access record takes the server span's trace id.
         FastAPIInstrumentor.instrument_app(

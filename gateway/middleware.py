@@ -1,14 +1,20 @@
-"""The outermost request stage: transaction id, the path prefix, admission (who calls, under which limit),
-body limit, last-resort error handling, and the hand-off of the request's AccessRecord to the one
-access-log writer before the response leaves.
+"""The access middleware: every request passes its stages in this order, each a method of its own.
 
-Whether a request is logged is decided on its route path (the path with any prefix removed: the
-server's `root_path` or `GATEWAY_ROOT_PATH`), never the raw path, so no mount point can take a request
-around the log. Routes that release data also refuse to run without the admission this stage gives only
-to logged requests (`gateway.api.deps.protected`).
+1. **Path**: the route path, without any prefix (`route_path`; `RootPath` strips `GATEWAY_ROOT_PATH`
+   before this), decides whether the request is logged (`is_logged`), never the raw path, so no mount
+   point takes a request around the log.
+2. **Admission** (`_admit`, logged paths only): who calls (bearer token) and under which limit, before
+   routing or reading the body. Refused without a caller: counted, answered at once (`_refuse_unknown`).
+3. **Record**: the request's `AccessRecord` and its `RequestContext` (`gateway.request_context`), which
+   the route reads; an authenticated caller over its limit is answered here, logged as usual.
+4. **Body limit** (`BodyLimit`): declared or streamed, past `max_body_bytes` (or its path's own limit).
+5. **Last resort** (`_run_route`): an exception a route lets out becomes `500 internal_error`.
+6. **Durable append** (`_logged`): the record goes to the one access-log writer before the response's
+   first byte; an answer that would release something without its event becomes `503`.
 
-Pure ASGI rather than BaseHTTPMiddleware: it must hold the response start until the event is durable,
-and it costs less on the hot path.
+Routes that release data also refuse to run without the admission stage 2 gives only to logged
+requests (`gateway.api.deps.protected`). Pure ASGI rather than BaseHTTPMiddleware: it must hold the
+response start until the event is durable, and it costs less on the hot path.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from gateway.metrics import Metrics
 from gateway.observability import request_trace_id
 from gateway.policy.catalogue import EVENT_OPERATIONS
 from gateway.ratelimit.admission import Admission, Admitter, Network, client_address, source_address
+from gateway.request_context import RequestContext, enter, leave
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,66 @@ def _header(scope: Scope, wanted: bytes) -> str | None:
     return None
 
 
+class RootPath:
+    """`GATEWAY_ROOT_PATH`: a path that carries the prefix is answered without it (on top of any
+    `root_path` the server was given), one that a proxy already stripped as it is."""
+
+    def __init__(self, app: ASGIApp, *, root_path: str) -> None:
+        self.app = app
+        self.root_path = root_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = route_path(scope)
+            if path == self.root_path or path.startswith(self.root_path + "/"):
+                scope["root_path"] = scope.get("root_path", "") + self.root_path
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """Stage 4: the body's size, declared (`Content-Length`) or as it streams in. Only a body past
+    `max_body_bytes` asks whether its path takes more (uploads), so the common request pays nothing."""
+
+    def __init__(self, max_body_bytes: int, by_path: Sequence[tuple[re.Pattern[str], int]]) -> None:
+        self.max_body_bytes = max_body_bytes
+        self.by_path = by_path
+
+    def limit(self, scope: Scope) -> int:
+        path = route_path(scope)
+        for pattern, limit in self.by_path:
+            if pattern.match(path):
+                return limit
+        return self.max_body_bytes
+
+    def refusal(self, scope: Scope) -> Problem | None:
+        """The answer to a body declared too large, before any of it is read."""
+        declared = _content_length(scope)
+        if declared is None or declared <= self.max_body_bytes:
+            return None
+        limit = self.limit(scope)
+        return (
+            Problem("invalid_request", f"the request body exceeds {limit} bytes", status=413)
+            if declared > limit
+            else None
+        )
+
+    def receive(self, scope: Scope, receive: Receive) -> Receive:
+        """`receive` that raises `BodyTooLarge` once the body streamed in passes the limit."""
+        received = 0
+        limit = self.max_body_bytes
+
+        async def receive_limited() -> Message:
+            nonlocal received, limit
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit and (limit := self.limit(scope)) < received:
+                    raise BodyTooLarge(limit)
+            return message
+
+        return receive_limited
+
+
 class AccessMiddleware:
     def __init__(
         self,
@@ -96,7 +163,6 @@ class AccessMiddleware:
         admitter: Admitter,
         refusals: RefusalTally,
         trusted_proxies: tuple[Network, ...],
-        root_path: str,
         routes: Sequence[BaseRoute],
         body_limits: Sequence[tuple[re.Pattern[str], int]] = (),
     ) -> None:
@@ -105,30 +171,44 @@ class AccessMiddleware:
         self.access_log = access_log
         self._origin = (access_log.origin, access_log.origin.encode())  # re-read: a successor renames it
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
+        self.body = BodyLimit(max_body_bytes, body_limits)  # paths that take larger bodies (uploads)
         self.problem_base = problem_base
         self.admitter = admitter
         self.refusals = refusals
         self.trusted_proxies = trusted_proxies
-        self.root_path = root_path
         self.routes = routes
-        self.body_limits = body_limits  # paths that take larger bodies than max_body_bytes (uploads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = route_path(scope)
-        if self.root_path and (path == self.root_path or path.startswith(self.root_path + "/")):
-            # GATEWAY_ROOT_PATH: a path that carries the prefix is answered without it (on top of any
-            # root_path the server was given), one that a proxy already stripped as it is.
-            scope["root_path"] = scope.get("root_path", "") + self.root_path
-            path = route_path(scope)
-        if not is_logged(path):
-            scope.setdefault("state", {})
-            await self._serve(scope, receive, send, None, None)
-            return
         started = time.perf_counter()
+        path = route_path(scope)  # stage 1
+        if not is_logged(path):
+            record = AccessRecord(trace_id=_trace_id(scope))  # unlogged paths still get a transaction id
+            await self._serve(scope, receive, self._unlogged(scope, send, started), RequestContext(record, None))
+            return
+        admitted = await self._admit(scope, send, path, started)  # stage 2
+        if admitted is None:
+            return  # answered already
+        admission, source = admitted
+        record = AccessRecord(trace_id=_trace_id(scope))  # stage 3
+        if admission.caller is not None:
+            record.administration = admission.caller.administration
+            record.client_id = admission.caller.client_id
+        else:  # no authenticated caller (the token endpoint's requests always): the address stands for it
+            record.source = source
+        send = self._logged(scope, send, record, admission, started)
+        refusal = admission.limit.refusal() if admission.limit is not None else None
+        if refusal is not None:  # an authenticated caller over its administration's limit: logged as usual
+            record.operation = self._operation_of(scope)
+            record.reason = refusal.code
+            await send_problem(send, refusal, record.id, self.problem_base)
+            return
+        await self._serve(scope, receive, send, RequestContext(record, admission))
+
+    async def _admit(self, scope: Scope, send: Send, path: str, started: float) -> tuple[Admission, str] | None:
+        """Stage 2: the caller and its limit, or None once a refusal has been answered."""
         try:
             source = source_address(
                 client_address(
@@ -145,36 +225,26 @@ class AccessMiddleware:
             # Admission itself failed (a backend's unexpected answer): answered and logged like any failure.
             record = AccessRecord(trace_id=_trace_id(scope), reason="internal_error")
             log.exception("admission failed in %s %s (transaction %s)", scope["method"], path, record.id)
-            empty = Admission(None, None, None)
             await send_problem(
-                self._logged(scope, send, record, empty, started),
+                self._logged(scope, send, record, Admission(None, None, None), started),
                 Problem("internal_error", "an unexpected error occurred"),
                 record.id,
                 self.problem_base,
             )
-            return
-        refusal = admission.limit.refusal() if admission.limit is not None else None
-        if refusal is not None and admission.caller is None:
-            # Refused before any work: counted, not logged one by one, answered at once.
-            transaction_id = self.refusals.count(source)
-            await send_problem(self._standard(send, admission), refusal, transaction_id, self.problem_base)
-            self._observe(scope, refusal.status, started)
-            return
-        record = AccessRecord(trace_id=_trace_id(scope))
-        if admission.caller is not None:
-            record.administration = admission.caller.administration
-            record.client_id = admission.caller.client_id
-        else:  # no authenticated caller (the token endpoint's requests always): the address stands for it
-            record.source = source
-        scope.setdefault("state", {})["admission"] = admission
-        if refusal is not None:  # an authenticated caller over its administration's limit: logged as usual
-            record.operation = self._operation_of(scope)
-            record.reason = refusal.code
-            await send_problem(
-                self._logged(scope, send, record, admission, started), refusal, record.id, self.problem_base
-            )
-            return
-        await self._serve(scope, receive, send, record, admission, started)
+            return None
+        if admission.caller is None and admission.limit is not None:
+            refusal = admission.limit.refusal()
+            if refusal is not None:
+                transaction_id = self._refuse_unknown(source)
+                await send_problem(self._standard(send, admission), refusal, transaction_id, self.problem_base)
+                self._observe(scope, refusal.status, started)
+                return None
+        return admission, source
+
+    def _refuse_unknown(self, source: str) -> str:
+        """Refused before any work and without a caller: counted, not logged one by one (the tally's
+        transaction id is the answer's)."""
+        return self.refusals.count(source)
 
     def _operation_of(self, scope: Scope) -> str | None:
         """The operation of the route a request would reach (only when it is refused before routing)."""
@@ -209,8 +279,8 @@ class AccessMiddleware:
         return send_unlogged
 
     def _logged(self, scope: Scope, send: Send, record: AccessRecord, admission: Admission, started: float) -> Send:
-        """`send` that appends the record, durably, before the response starts; an answer that would
-        release something without its event becomes `503 audit_unavailable`."""
+        """Stage 6: `send` that appends the record, durably, before the response starts; an answer that
+        would release something without its event becomes `503 audit_unavailable`."""
         send = self._standard(send, admission)
         withheld = False
 
@@ -246,58 +316,33 @@ class AccessMiddleware:
 
         return send_logged
 
-    async def _serve(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        record: AccessRecord | None,
-        admission: Admission | None,
-        started: float | None = None,
-    ) -> None:
-        started = time.perf_counter() if started is None else started
-        if record is None:
-            record = AccessRecord(trace_id=_trace_id(scope))  # unlogged paths still get a transaction id
-            send_wrapper = self._unlogged(scope, send, started)
-        else:
-            send_wrapper = self._logged(scope, send, record, admission or Admission(None, None, None), started)
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, context: RequestContext) -> None:
+        """Stages 4 and 5 around the route, with the request's context set for it."""
+        record = context.record
         request_trace_id.set(record.trace_id)
-        scope["state"]["access_record"] = record
+        too_large = self.body.refusal(scope)
+        if too_large is not None:
+            record.reason = "invalid_request"
+            await send_problem(send, too_large, record.id, self.problem_base)
+            return
+        token = enter(context)
+        try:
+            await self._run_route(scope, self.body.receive(scope, receive), send, record)
+        finally:
+            leave(token)
+
+    async def _run_route(self, scope: Scope, receive: Receive, send: Send, record: AccessRecord) -> None:
+        """Stage 5: the route; an exception it lets out is `500 internal_error`, logged by transaction."""
         response_started = False
 
         async def send_tracking(message: Message) -> None:
             nonlocal response_started
             if message["type"] == "http.response.start":
                 response_started = True
-            await send_wrapper(message)
-
-        limit = self.max_body_bytes
-        content_length = _content_length(scope)
-        if content_length is not None and content_length > limit:
-            limit = self._body_limit(scope)  # only a body past the usual limit asks whether its path takes more
-        if content_length is not None and content_length > limit:
-            record.reason = "invalid_request"
-            await send_problem(
-                send_tracking,
-                Problem("invalid_request", f"the request body exceeds {limit} bytes", status=413),
-                record.id,
-                self.problem_base,
-            )
-            return
-
-        received = 0
-
-        async def receive_limited() -> Message:
-            nonlocal received, limit
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit and (limit := self._body_limit(scope)) < received:
-                    raise BodyTooLarge(limit)
-            return message
+            await send(message)
 
         try:
-            await self.app(scope, receive_limited, send_tracking)
+            await self.app(scope, receive, send_tracking)
         except Exception:
             log.exception("unhandled error in %s %s (transaction %s)", scope["method"], scope["path"], record.id)
             if response_started:
@@ -306,15 +351,6 @@ class AccessMiddleware:
             await send_problem(
                 send_tracking, Problem("internal_error", "an unexpected error occurred"), record.id, self.problem_base
             )
-
-    def _body_limit(self, scope: Scope) -> int:
-        """The limit of this request's path: asked only of a body past `max_body_bytes`, so the common
-        request pays nothing for the few paths (uploads) that take more."""
-        path = route_path(scope)
-        for pattern, limit in self.body_limits:
-            if pattern.match(path):
-                return limit
-        return self.max_body_bytes
 
     async def _append(self, record: AccessRecord) -> bool:
         started = time.perf_counter()

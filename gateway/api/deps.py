@@ -9,12 +9,19 @@ from fastapi import Request
 from gateway.audit.record import AccessRecord
 from gateway.auth.bearer import Caller, insufficient_scope
 from gateway.errors import Problem, invalid_at
-from gateway.ratelimit.admission import Admission
+from gateway.request_context import RequestContext, current
+
+
+def request_context(request: Request) -> RequestContext:
+    """What the access middleware set for this request (`gateway.request_context`)."""
+    context = current()
+    if context is None:  # a route reached without the access middleware: nothing may be served
+        raise Problem("audit_unavailable", "this route is reached without the access middleware")
+    return context
 
 
 def access_record(request: Request) -> AccessRecord:
-    record: AccessRecord = request.scope["state"]["access_record"]  # set by the middleware; no State per call
-    return record
+    return request_context(request).record
 
 
 def idempotency_key(value: str | None) -> str:
@@ -33,10 +40,9 @@ def protected(operation: str, scope: str | None) -> Callable[[Request], Awaitabl
     see: one the access log would not record (`503 audit_unavailable`)."""
 
     async def guard(request: Request) -> Caller:
-        state = request.scope["state"]
-        record: AccessRecord = state["access_record"]
-        record.operation = operation
-        admission: Admission | None = state.get("admission")
+        context = request_context(request)
+        context.record.operation = operation
+        admission = context.admission
         if admission is None:
             raise Problem("audit_unavailable", "this route is reached on a path the access log does not record")
         caller = admission.caller

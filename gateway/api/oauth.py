@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from gateway.api.deps import access_record
+from gateway.api.deps import request_context
 from gateway.api.responses import FastJSONResponse
 from gateway.errors import Problem
 from gateway.policy.catalogue import ASYMMETRIC_ALGORITHMS, CLIENT_AUTH_METHODS, SCOPES
@@ -44,9 +44,10 @@ _TOKEN_FORM = {
     responses={400: {"description": "invalid_request"}, 401: {"description": "invalid_client"}},
 )
 async def token(request: Request) -> FastJSONResponse:
-    record = access_record(request)
+    context = request_context(request)
+    record = context.record
     record.operation = "token"
-    if "admission" not in request.scope["state"]:  # reached on a path the access log does not record
+    if context.admission is None:  # reached on a path the access log does not record
         raise Problem("audit_unavailable", "this route is reached on a path the access log does not record")
     tokens = services(request).tokens  # admission has already applied the per-source limit
     body = await request.body()

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 
 from gateway.api.responses import ProblemResponse
 from gateway.errors import CATALOGUE, PROBLEM_MEDIA_TYPE, Problem, problem_document
+from gateway.request_context import current
 
 
 def _pointer(parts: tuple[Any, ...]) -> str:
@@ -38,7 +39,8 @@ def _validation_entry(error: dict[str, Any]) -> dict[str, Any]:
 
 
 def _respond(request: Request, problem: Problem) -> ProblemResponse:
-    record = getattr(request.state, "access_record", None)
+    context = current()
+    record = context.record if context is not None else None
     if record is not None:
         record.reason = problem.code
     base = request.app.state.services.settings.issuer

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,9 +28,11 @@ from gateway.audit.record import AccessRecord
 from gateway.audit.refusals import OVERFLOW_SOURCE, RefusalTally
 from gateway.auth.bearer import Caller, external_scopes
 from gateway.datadir import secure_data_dir
+from gateway.errors import Problem
 from gateway.ratelimit.admission import client_address, parse_networks, source_address
 from gateway.ratelimit.gcra import Verdict, Window
 from gateway.ratelimit.limiter import Limiter, Outcome
+from gateway.request_context import current
 from gateway.settings import Settings
 from tests.support import probe_app
 from tests.support.keys import b64, gateway_token
@@ -566,3 +568,29 @@ def test_start_up_writes_nothing_beside_read_only_key_secrets(tmp_path: Path, lo
     assert data_files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in data_files)
     for folder in secrets_root.iterdir():
         folder.chmod(0o700)
+
+
+# --- the request's context: its own record and admission, gone when it ends ----------------------------------
+
+
+async def test_concurrent_requests_each_see_their_own_record_and_none_is_left_behind(local_realm: Realm) -> None:
+    access_log = StubAccessLog()
+    async with served(_app(local_realm, access_log)) as http:
+        token = _token(local_realm)
+        answers = await asyncio.gather(
+            *(http.get("/v1/probe/verify", headers={"Authorization": f"Bearer {token}"}) for _ in range(20))
+        )
+        answers.append(await http.get("/v1/probe/verify", headers={"Authorization": f"Bearer {token}"}))
+        assert current() is None  # the transport ran that one in this task: its context is gone with it
+    assert all(a.status_code == 200 for a in answers)
+    ids = [a.json()["transaction_id"] for a in answers]
+    assert len(set(ids)) == 21
+    assert sorted(ids) == sorted(e["id"] for e in access_log.events if e["operation"] == "verify")
+    assert all(a.headers["ratelimit-policy"] for a in answers)  # the limit's fields reached every answer
+
+
+async def test_a_guarded_route_without_the_access_middleware_refuses_to_run() -> None:
+    request = Request({"type": "http", "method": "GET", "path": "/v1/probe/verify", "headers": []})
+    with pytest.raises(Problem) as refused:
+        await protected("verify", "identity:verify")(request)
+    assert refused.value.code == "audit_unavailable"
