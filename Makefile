@@ -33,9 +33,10 @@ test: $(VENV)/.dev-installed
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The pure and in-process tests only: no Redis, no PostgreSQL, no browser, no server processes.
+# The pure and in-process tests, in seconds: no Redis, PostgreSQL, browser or process, no whole app and
+# no waiting on real time (those are marked slow and run in make test).
 unit: $(VENV)/.dev-installed
-	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit -m "not slow" $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

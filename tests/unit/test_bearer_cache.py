@@ -51,6 +51,7 @@ async def test_one_signature_check_per_token(setup) -> None:
     assert validator.signature_checks == 1
 
 
+@pytest.mark.slow
 async def test_cached_token_still_expires(setup) -> None:
     validator, _, token = setup
     value = token(exp=int(time.time()) + 2)

@@ -36,6 +36,7 @@ HEADER = ["ref", "nin", "family_name", "birth_date"]
     cuts=st.lists(st.integers(1, 30), max_size=20),
     final_newline=st.booleans(),
 )
+@pytest.mark.slow
 def test_chunks_cover_every_line_once_whatever_the_pieces(
     lines: list[str], chunk: int, cuts: list[int], final_newline: bool
 ) -> None:

@@ -160,6 +160,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         yield ready
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("through", [0, 20, RECORDS])
 async def test_an_attempt_cut_short_is_finished_by_the_next_with_each_event_once(setup: Setup, through: int) -> None:
     job_id = await setup.job()
@@ -198,6 +199,7 @@ async def test_a_purpose_withdrawn_fails_the_job_with_its_reason(setup: Setup) -
     assert setup.logged(job_id) == []
 
 
+@pytest.mark.slow
 async def test_results_are_deleted_after_their_retention_and_the_input_when_the_job_ends(setup: Setup) -> None:
     job_id = await setup.job()
     setup.jobs.results_s = 0.2
@@ -246,6 +248,7 @@ async def test_a_job_never_uploaded_fails_after_a_day_and_a_dead_upload_is_swept
     assert failed is not None and failed.status == "failed" and "within a day" in (failed.reason or "")
 
 
+@pytest.mark.slow
 async def test_a_chunk_that_keeps_failing_fails_its_job(setup: Setup) -> None:
     job_id = await setup.job()
     runner = setup.runner("w", Flaky(setup.log, 0), lease_s=0.05)  # the log refuses every event
@@ -263,6 +266,7 @@ class DownRegister:
         raise BackendUnavailable("register", "connection refused")
 
 
+@pytest.mark.slow
 async def test_a_backend_down_gives_the_chunk_back_to_be_retried_later_with_nothing_logged(setup: Setup) -> None:
     job_id = await setup.job()
     runner = setup.runner("w", setup.log)

@@ -42,6 +42,7 @@ def record(n: int) -> AccessRecord:
     return rec
 
 
+@pytest.mark.slow
 async def test_a_commit_that_does_not_come_in_time_fails_the_wait_and_readiness_asks_the_store() -> None:
     store = HeldStore()
     log = DurableAccessLog(store, Metrics(), write_timeout_s=0.2, seal_interval_s=3600)  # type: ignore[arg-type]
@@ -97,6 +98,7 @@ async def test_a_bulk_append_never_takes_the_room_requests_need() -> None:
     await log.close()
 
 
+@pytest.mark.slow
 async def test_an_event_whose_wait_ran_out_is_never_written_later() -> None:
     store = HeldStore()
     log = DurableAccessLog(store, Metrics(), write_timeout_s=0.2, seal_interval_s=3600)  # type: ignore[arg-type]

@@ -277,6 +277,7 @@ def _standard(model: type[BaseModel], raw: bytes) -> BaseModel | None:
         return None
 
 
+@pytest.mark.slow
 @settings(max_examples=600, deadline=None)
 @given(_CASES, st.sampled_from(["", " ", "\n"]))
 def test_the_one_pass_read_accepts_only_what_the_standard_path_accepts_and_alike(

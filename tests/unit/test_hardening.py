@@ -77,6 +77,7 @@ def _token(realm: Realm, scope: str = "identity:verify identity:lookup", client:
 # --- 8. nothing a client sends reaches a response header; no header value gives a 5xx ----------------------
 
 
+@pytest.mark.slow
 async def test_the_tokens_alg_is_never_echoed_into_a_header(local_realm: Realm) -> None:
     access_log = StubAccessLog()
     async with served(_app(local_realm, access_log)) as http:
@@ -194,6 +195,7 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
         ]
     ),
 )
+@pytest.mark.slow
 def test_no_header_value_gives_a_server_error(
     fuzz_app: FastAPI, route: tuple[str, str], headers: list[tuple[bytes, bytes]], body: bytes
 ) -> None:
@@ -204,6 +206,7 @@ def test_no_header_value_gives_a_server_error(
         value.decode("latin-1")
 
 
+@pytest.mark.slow
 async def test_no_trailing_slash_redirect_echoes_the_host_or_path(local_realm: Realm) -> None:
     access_log = StubAccessLog()
     async with served(_app(local_realm, access_log)) as http:
@@ -214,6 +217,7 @@ async def test_no_trailing_slash_redirect_echoes_the_host_or_path(local_realm: R
             assert all("evil.example" not in value for value in response.headers.values())
 
 
+@pytest.mark.slow
 async def test_an_anonymous_flood_does_not_keep_clients_from_their_tokens(local_realm: Realm) -> None:
     access_log = StubAccessLog()
     app = _app(local_realm, access_log, unauthenticated_total_rate_limits="burst:5/1m", trusted_proxies="192.0.2.10/32")
@@ -228,6 +232,7 @@ async def test_an_anonymous_flood_does_not_keep_clients_from_their_tokens(local_
         assert token.status_code == 401 and token.json()["code"] == "invalid_client"  # heard, not refused
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("authorization", ["Basic\t/ w==", "basic  //79", "Basic\t\t", "BASIC AAAA"])
 async def test_malformed_basic_credentials_are_invalid_client_not_a_crash(
     local_realm: Realm, authorization: str
@@ -256,6 +261,7 @@ class BrokenLimiter:
         return "ok"
 
 
+@pytest.mark.slow
 async def test_a_failing_admission_is_a_logged_internal_error(local_realm: Realm) -> None:
     access_log = StubAccessLog()
     app = _app(local_realm, access_log, BrokenLimiter())
@@ -268,6 +274,7 @@ async def test_a_failing_admission_is_a_logged_internal_error(local_realm: Realm
     ]
 
 
+@pytest.mark.slow
 async def test_many_sources_together_are_held_by_the_total_windows(local_realm: Realm) -> None:
     """Behind a trusted proxy, each request from another address (an attacker holding many): the
     per-source windows never refuse, the total ones do, and the refusals are counted."""
@@ -287,6 +294,7 @@ async def test_many_sources_together_are_held_by_the_total_windows(local_realm: 
 # --- 4. the per-source limit before routing, refusals counted --------------------------------------------
 
 
+@pytest.mark.slow
 async def test_anonymous_floods_are_refused_before_routing_and_counted(local_realm: Realm) -> None:
     access_log = StubAccessLog()
     app = _app(local_realm, access_log, unauthenticated_rate_limits="burst:5/1s")
@@ -357,6 +365,7 @@ def test_x_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
 # --- 2. no data route around the log ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_data_route_reached_outside_the_logged_paths_answers_503(local_realm: Realm) -> None:
     access_log = StubAccessLog()
     app = _app(local_realm, access_log)
@@ -371,6 +380,7 @@ async def test_a_data_route_reached_outside_the_logged_paths_answers_503(local_r
     assert "released" not in response.text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/jamu/v1/probe/verify", "/v1/probe/verify"])
 async def test_gateway_root_path_answers_with_or_without_the_prefix_and_logs(local_realm: Realm, path: str) -> None:
     access_log = StubAccessLog()
@@ -486,6 +496,7 @@ def test_a_data_dir_named_through_a_link_is_made_private(tmp_path: Path) -> None
     assert stat.S_IMODE(real.stat().st_mode) == 0o700
 
 
+@pytest.mark.slow
 def test_every_jamu_command_makes_the_data_dir_private(tmp_path: Path, local_realm: Realm) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o755)
@@ -513,6 +524,7 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.lstat().st_mtime_ns, p.lstat().st_size) for p in root.rglob("*")}
 
 
+@pytest.mark.slow
 def test_start_up_writes_nothing_beside_read_only_key_secrets(tmp_path: Path, local_realm: Realm) -> None:
     """Each key in a directory of its own, the file a link into `..data/` as the kubelet lays out a Secret
     (mode 0400, directories 0500); the gateway's data dir elsewhere."""
@@ -573,6 +585,7 @@ def test_start_up_writes_nothing_beside_read_only_key_secrets(tmp_path: Path, lo
 # --- the request's context: its own record and admission, gone when it ends ----------------------------------
 
 
+@pytest.mark.slow
 async def test_concurrent_requests_each_see_their_own_record_and_none_is_left_behind(local_realm: Realm) -> None:
     access_log = StubAccessLog()
     async with served(_app(local_realm, access_log)) as http:

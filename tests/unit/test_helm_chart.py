@@ -43,6 +43,7 @@ def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {doc["kind"]: doc for doc in docs}
 
 
+@pytest.mark.slow
 def test_every_manifest_is_valid_kubernetes(demo_policies: dict) -> None:
     docs = render({"policies": demo_policies})
     kinds = sorted(doc["kind"] for doc in docs)

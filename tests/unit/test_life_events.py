@@ -382,6 +382,7 @@ def _deaths_pushed_to(
     return writer, deliveries, Pusher("electoral/deaths", "electoral", "deaths", deliveries)
 
 
+@pytest.mark.slow
 async def test_an_event_failing_past_the_horizon_is_set_aside_and_the_endpoint_waits_for_a_replay(
     register: Path,
 ) -> None:
@@ -541,6 +542,7 @@ async def test_one_failing_declaration_fails_alone(register: Path) -> None:
         )
 
 
+@pytest.mark.slow
 async def test_a_subscriber_down_for_a_simulated_hour_gets_everything_in_sequence(register: Path) -> None:
     """The default schedule (5 s, 5 min, 30 min, 2 h…) under a simulated clock: the subscriber is down for
     an hour while deaths keep coming; afterwards it has every event once, in sequence, and any event it

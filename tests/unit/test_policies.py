@@ -194,6 +194,7 @@ def test_policies_check_command_exit_codes(tmp_path: Path, capsys: pytest.Captur
     assert f"{path}: clients[0].scopes[0]" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_server_refuses_to_start_on_bad_policies(tmp_path: Path) -> None:
     doc = _admin()
     doc["clients"][0]["extra"] = 1

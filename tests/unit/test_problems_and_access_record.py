@@ -273,6 +273,7 @@ def test_framework_telemetry_stays_off_when_providers_are_configured(
     assert not probe_app.create(settings, StubAccessLog())._native_telemetry.enabled()
 
 
+@pytest.mark.slow
 async def test_startup_objects_frozen_while_serving(local_realm: Realm) -> None:
     """What start-up built is out of the cyclic collector's reach while serving, and back at shutdown."""
     settings = Settings(policies_dir=local_realm.policies_dir, data_dir=local_realm.data_dir, issuer=ISSUER)

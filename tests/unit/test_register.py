@@ -32,6 +32,7 @@ def test_the_same_seed_gives_the_same_people_and_another_seed_others() -> None:
     assert list(population(200, 5)) != list(population(200, 6))
 
 
+@pytest.mark.slow
 def test_the_population_looks_like_the_register() -> None:
     people = list(population(20_000, 3))
     assert len({p["nin"] for p in people}) == len(people)
@@ -190,6 +191,7 @@ async def test_loop_reads_share_a_short_snapshot_that_an_import_gets_past(small_
         await register.close()
 
 
+@pytest.mark.slow
 async def test_a_snapshot_whose_timer_could_not_run_is_not_read_past_its_time(
     small_register: tuple[Path, dict],
 ) -> None:

@@ -95,6 +95,7 @@ def test_an_entry_rewritten_with_a_good_crc_is_found_by_the_chain(tmp_path: Path
     assert report.problems[0] == {"seq": 5, "problem": "event altered: its content does not match its hash"}  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_appends_return_their_seq_and_the_writer_hands_it_to_each_request(tmp_path: Path) -> None:
     async def run() -> list[int | None]:
         store = SegmentStore(tmp_path, origin="gw.example/access-log/a-0")
@@ -112,6 +113,7 @@ def test_appends_return_their_seq_and_the_writer_hands_it_to_each_request(tmp_pa
     assert len(by_seq) == 20
 
 
+@pytest.mark.slow
 def test_one_writer_per_log_and_one_origin_per_directory(tmp_path: Path) -> None:
     async def run() -> None:
         first = SegmentStore(tmp_path, origin="gw/access-log/a-0")
@@ -128,6 +130,7 @@ def test_one_writer_per_log_and_one_origin_per_directory(tmp_path: Path) -> None
     asyncio.run(run())
 
 
+@pytest.mark.slow
 def test_checkpoints_are_signed_beside_the_segments_and_verify(tmp_path: Path) -> None:
     signer = CheckpointSigner(Ed25519PrivateKey.generate())
 
@@ -151,6 +154,7 @@ def test_checkpoints_are_signed_beside_the_segments_and_verify(tmp_path: Path) -
     assert verifier.finish().ok
 
 
+@pytest.mark.slow
 def test_a_new_log_continues_the_head_it_is_linked_to(tmp_path: Path) -> None:
     head = Link("gw/access-log/1.0", 41, "ab" * 32)
 
@@ -271,6 +275,7 @@ def test_when_another_origin_holds_audit_reads_back() -> None:
     assert state(0.0, 0.0).behind(2.0, now, 10.0) is None  # never followed live (1.0 log, rebuilt)
 
 
+@pytest.mark.slow
 def test_the_index_lag_counts_from_the_oldest_entry_not_yet_indexed() -> None:
     """Under steady load the index is always a little behind: the lag is the age of the oldest entry it
     lacks, not the time since it was last fully caught up."""

@@ -193,6 +193,7 @@ def test_a_missing_segment_is_corruption(tmp_path: Path) -> None:
     assert "expected" in str(caught.value)
 
 
+@pytest.mark.slow
 def test_an_acknowledged_append_survives_sigkill(tmp_path: Path) -> None:
     """A child appends and prints each acknowledged sequence number, then is killed mid-stream: every
     number it printed is in the log afterwards."""

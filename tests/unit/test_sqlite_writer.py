@@ -51,6 +51,7 @@ async def store(tmp_path: Path) -> AccessLogStore:
     await made.close()
 
 
+@pytest.mark.slow
 async def test_a_writer_killed_mid_batch_fails_that_batch_and_a_new_one_takes_over(store: AccessLogStore) -> None:
     await store.append(events(3))
     pid = child_pid(store)
@@ -69,6 +70,7 @@ async def test_a_writer_killed_mid_batch_fails_that_batch_and_a_new_one_takes_ov
     assert await chain_ok(store) == 8
 
 
+@pytest.mark.slow
 async def test_the_writer_ignores_interrupts_and_ends_when_its_input_closes(store: AccessLogStore) -> None:
     await store.append(events(1))
     pid = child_pid(store)
@@ -83,6 +85,7 @@ async def test_the_writer_ignores_interrupts_and_ends_when_its_input_closes(stor
         os.kill(pid, 0)  # it ended once its input closed
 
 
+@pytest.mark.slow
 async def test_a_writer_that_does_not_answer_is_killed(tmp_path: Path) -> None:
     engine = create_engine(database_url(None, tmp_path), statement_timeout_s=0.1)
     await migrate(engine)
@@ -105,6 +108,7 @@ async def test_a_writer_that_does_not_answer_is_killed(tmp_path: Path) -> None:
         await store.close()
 
 
+@pytest.mark.slow
 def test_the_writer_serves_under_uvloop_as_the_gateway_runs(tmp_path: Path) -> None:
     """The served gateway runs uvloop, whose pipe transports are not asyncio's own classes."""
 

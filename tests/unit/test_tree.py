@@ -58,6 +58,7 @@ def test_the_stored_tree_agrees_with_an_independent_implementation(tmp_path: Pat
     tree.close()
 
 
+@pytest.mark.slow
 def test_paths_read_through_ranges_equal_the_recursive_definitions() -> None:
     for size in range(1, 70):
         leaves = _leaves(size)

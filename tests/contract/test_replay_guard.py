@@ -35,6 +35,7 @@ async def test_concurrent_presentations_admit_exactly_one(guard: ReplayGuard) ->
     assert results.count(True) == 1
 
 
+@pytest.mark.slow
 async def test_memory_guard_sweeps_expired_ids_and_fails_closed_when_full() -> None:
     guard = MemoryReplayGuard(max_entries=2)
     assert await guard.first_use("a", 0.001)
