@@ -17,6 +17,7 @@ from loadtests import (
     bench_bulk,
     bench_console,
     bench_events,
+    bench_fastpath,
     bench_hardening,
     bench_identity,
     bench_log,
@@ -91,6 +92,7 @@ def main() -> int:
     log = bench_log.measure(["--soak-seconds", "600"])
     result.update({key: log[key] for key in LOG_HEADLINE if key in log})
     result["log"] = log
+    result["fastpath"] = bench_fastpath.measure([])
     hardening = bench_hardening.measure([])
     result.update({key: hardening[key] for key in HARDENING_HEADLINE if key in hardening})
     result["hardening"] = hardening
@@ -106,6 +108,7 @@ def main() -> int:
                 result["bulk"],
                 result["events"],
                 result["console"],
+                result["fastpath"],
                 log,
                 hardening,
             )

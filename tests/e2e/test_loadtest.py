@@ -172,6 +172,18 @@ def test_the_log_benchmark_runs(tmp_path: Path, redis_url: str) -> None:
     assert result["soak_rss_mb"] and all(m > 0 for m in result["soak_rss_mb"])
 
 
+def test_the_fast_path_benchmark_runs(tmp_path: Path) -> None:
+    """The lean handler against FastAPI's own, at toy size: both gateways answer every verification 200
+    and the figures are measured, not set."""
+    _need_wrk()
+    result = _bench(tmp_path, "bench_fastpath", ["--people", "2000", "--rounds", "1", "--seconds", "1"])
+    assert "error" not in result, result
+    for connections in (64, 8):
+        assert result[f"lean_rps_{connections}c"] > 0 and result[f"plain_rps_{connections}c"] > 0, result
+        assert 0.2 < result[f"fastpath_rps_ratio_{connections}c"] < 5, result
+        assert result[f"lean_cpu_us_{connections}c"] > 0, result
+
+
 def test_the_verifiable_log_benchmark_runs(tmp_path: Path) -> None:
     argv = [
         "--tree-events",
