@@ -9,16 +9,14 @@ import gc
 import inspect
 import socket
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-from redis.asyncio import Redis
 
 from gateway import __version__
 from gateway.api import audit, consents, events, identity, jobs, oauth, ops, problems, transparency
@@ -27,30 +25,26 @@ from gateway.audit.component import build_audit_log
 from gateway.audit.log import AccessLog
 from gateway.auth.component import build_auth
 from gateway.bulk.component import build_bulk
+from gateway.clients import Clients, build_clients
 from gateway.connectors.base import Connector
-from gateway.connectors.component import build_router
+from gateway.connectors.component import build_connectors_router
 from gateway.consent.store import ConsentStore
 from gateway.console import build_console
 from gateway.console import web as console_web
 from gateway.datadir import secure_data_dir
 from gateway.events.component import build_life_events
-from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
-from gateway.keyfiles import load_or_create_secret
-from gateway.lifecycle import Component, ConfigurationError, Lifecycle, started
+from gateway.identity.component import build_pseudonyms
+from gateway.lifecycle import ConfigurationError, Lifecycle
 from gateway.metrics import Metrics
 from gateway.middleware import AccessMiddleware, RootPath
-from gateway.observability import tracer_for, tracer_provider
-from gateway.policy.loader import load_policies
-from gateway.policy.reload import PolicyReloader
-from gateway.policy.store import PolicyStore
+from gateway.policy.component import build_policies
 from gateway.ratelimit.admission import Admitter
 from gateway.ratelimit.component import build_limits
 from gateway.ratelimit.limiter import Limiter
-from gateway.scrape import ScrapeListener
+from gateway.scrape import build_metrics_listener
 from gateway.services import Services
 from gateway.settings import Settings
 from gateway.storage.component import build_database
-from gateway.urls import secure_url
 
 __all__ = ["ConfigurationError", "Replacements", "create_app"]
 
@@ -102,120 +96,12 @@ def create_app(settings: Settings | None = None, *, replace: Replacements | None
     settings = settings or Settings()
     replace = replace or Replacements()
     secure_data_dir(settings.data_dir)
-    try:
-        secure_url(settings.token_endpoint)
-    except ValueError:
-        raise ConfigurationError(
-            f"GATEWAY_ISSUER must be https (plain http only on loopback): {settings.issuer}"
-        ) from None
     lifecycle = Lifecycle()
-
-    # Shared clients: added first, so closed last.
-    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100), follow_redirects=False)
-    redis = (
-        Redis.from_url(
-            settings.redis_url, socket_timeout=settings.redis_timeout_s, socket_connect_timeout=settings.redis_timeout_s
-        )
-        if settings.redis_url
-        else None
-    )
-    provider = tracer_provider()
-    tracer = tracer_for(provider)
-
-    async def close_clients() -> None:
-        if provider is not None:
-            provider.shutdown()
-        await http.aclose()
-        if redis is not None:
-            await redis.aclose()
-
-    lifecycle.add(Component("clients", close=close_clients))
-    metrics = Metrics()
-    policies = PolicyStore(load_policies(settings.policies_dir))
-    auth = build_auth(settings, policies, http, redis)
-    engine, database = build_database(settings)
-    lifecycle.add(database)
-    audit_log = build_audit_log(settings, engine, http, metrics, replace.access_log)
-    lifecycle.add(audit_log.component)
-    connectors, connectors_component = build_router(settings, http, metrics, tracer, replace.connectors)
-    lifecycle.add(connectors_component)
-    limits = build_limits(settings, policies, redis, metrics, replace.limiter)
-    lifecycle.add(limits.component)
-    if settings.metrics_port:
-        scrape = ScrapeListener(metrics, settings.metrics_host, settings.metrics_port)
-        lifecycle.add(Component("metrics listener", scrape.start, scrape.close))
-    reloader = PolicyReloader(policies, settings.policies_dir, metrics, settings.policy_reload_interval_s)
-    lifecycle.add(Component("policy reloader", started(reloader.start), reloader.stop))
-    subjects = SubjectHasher(load_or_create_secret(settings.subject_key_path))
-    subject_refs = SubjectRefs(load_or_create_secret(settings.pseudonym_key_path))
-    bulk = build_bulk(
-        settings,
-        engine,
-        policies=policies,
-        connectors=connectors,
-        subjects=subjects,
-        access_log=audit_log.access_log,
-        log_position=lambda: (audit_log.store.origin, audit_log.store.next_seq),
-        owner=f"{audit_log.store.origin}#{uuid.uuid4()}",
-    )
-    lifecycle.add(bulk.component)
-    life_events = build_life_events(
-        settings,
-        policies=policies,
-        connectors=connectors.connectors,
-        access_log=audit_log.access_log,
-        subjects=subjects,
-        subject_refs=subject_refs,
-        metrics=metrics,
-        owner=f"{socket.gethostname()}:{settings.log_dir.resolve()}:slot:{audit_log.slot.index}",
-    )
-    lifecycle.add(life_events.component)
     try:
-        console = build_console(
-            settings,
-            engine,
-            http,
-            audit_log.access_log,
-            audit_log.refusals,
-            limits.trusted_proxies,
-            owner=f"{socket.gethostname()}:{audit_log.store.origin}#{uuid.uuid4()}",
-        )
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from None
-    lifecycle.add(Component("console", console.start, console.close))
-
-    app_services = Services(
-        settings=settings,
-        policies=policies,
-        signing_keys=auth.signing_keys,
-        tokens=auth.tokens,
-        bearer=auth.bearer,
-        access_log=audit_log.access_log,
-        audit=audit_log.audit,
-        index=audit_log.index,
-        log_views=audit_log.views,
-        log_store=audit_log.store,
-        witnesses=audit_log.witnesses,
-        witness_client=audit_log.witness_client,
-        checkpoint_keys=audit_log.checkpoint_keys,
-        subjects=subjects,
-        subject_refs=subject_refs,
-        connectors=connectors,
-        consents=ConsentStore(engine),
-        tracer=tracer,
-        metrics=metrics,
-        rate_limits=limits.rate_limits,
-        readiness=lifecycle.readiness,
-        jobs=bulk.jobs,
-        job_files=bulk.files,
-        chunk_queue=bulk.queue,
-        register=life_events.register,
-        feed=life_events.feed,
-        deliveries=life_events.deliveries,
-        webhook_signer=life_events.deliveries.signer,
-        events_source=life_events.deliveries.source,
-        console=console,
-    )
+        app_services, clients = _compose(settings, replace, lifecycle)
+    except BaseException:
+        lifecycle.abandon()
+        raise
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -227,6 +113,88 @@ def create_app(settings: Settings | None = None, *, replace: Replacements | None
             gc.unfreeze()
             await lifecycle.close()
 
+    return _mount(settings, app_services, clients, lifespan)
+
+
+def _compose(settings: Settings, replace: Replacements, lifecycle: Lifecycle) -> tuple[Services, Clients]:
+    """Every part, built from settings in the order they depend on each other; started in that order,
+    closed in reverse."""
+    clients = build_clients(settings)
+    lifecycle.add(clients.component)
+    metrics = Metrics()
+    policies = build_policies(settings, metrics)
+    lifecycle.add(policies.component)
+    auth = build_auth(settings, policies.store, clients.http, clients.redis)
+    lifecycle.add(auth.component)
+    database = build_database(settings)
+    lifecycle.add(database.component)
+    log = build_audit_log(settings, database.engine, clients.http, metrics, replace.access_log)
+    lifecycle.add(log.component)
+    connectors = build_connectors_router(settings, clients.http, metrics, clients.tracer, replace.connectors)
+    lifecycle.add(connectors.component)
+    limits = build_limits(settings, policies.store, clients.redis, metrics, replace.limiter)
+    lifecycle.add(limits.component, build_metrics_listener(settings, metrics))
+    pseudonyms = build_pseudonyms(settings)
+    bulk = build_bulk(
+        settings,
+        database.engine,
+        policies=policies.store,
+        connectors=connectors.router,
+        subjects=pseudonyms.subjects,
+        access_log=log.access_log,
+        log_position=lambda: (log.store.origin, log.store.next_seq),
+        owner=f"{log.store.origin}#{uuid.uuid4()}",
+    )
+    lifecycle.add(bulk.component)
+    life_events = build_life_events(
+        settings,
+        policies=policies.store,
+        connectors=connectors.router.connectors,
+        access_log=log.access_log,
+        subjects=pseudonyms.subjects,
+        subject_refs=pseudonyms.subject_refs,
+        metrics=metrics,
+        owner=f"{socket.gethostname()}:{settings.log_dir.resolve()}:slot:{log.slot.index}",
+    )
+    lifecycle.add(life_events.component)
+    console = build_console(
+        settings,
+        database.engine,
+        clients.http,
+        log.access_log,
+        log.refusals,
+        limits.trusted_proxies,
+        owner=f"{socket.gethostname()}:{log.store.origin}#{uuid.uuid4()}",
+    )
+    lifecycle.add(console.component)
+    services = Services(
+        settings=settings,
+        policies=policies.store,
+        auth=auth,
+        log=log,
+        connectors=connectors.router,
+        rate_limits=limits.rate_limits,
+        trusted_proxies=limits.trusted_proxies,
+        consents=ConsentStore(database.engine),
+        subjects=pseudonyms.subjects,
+        subject_refs=pseudonyms.subject_refs,
+        bulk=bulk,
+        events=life_events,
+        console=console,
+        tracer=clients.tracer,
+        metrics=metrics,
+        readiness=lifecycle.readiness,
+    )
+    return services, clients
+
+
+def _mount(
+    settings: Settings,
+    services: Services,
+    clients: Clients,
+    lifespan: Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]],
+) -> FastAPI:
+    """The app: its routes, the access middleware in front of them, tracing outermost when it is on."""
     app = FastAPI(
         # No redirect to the path with(out) a trailing slash: its Location would be built from what the
         # client sent (Host, path, query), and nothing a client sends is echoed into a header.
@@ -239,7 +207,7 @@ def create_app(settings: Settings | None = None, *, replace: Replacements | None
         lifespan=lifespan,
         **FRAMEWORK_TELEMETRY_OFF,
     )
-    app.state.services = app_services
+    app.state.services = services
     problems.install(app)
     problems.describe(app)
     # The busiest routes first: matching walks the table in order.
@@ -258,23 +226,26 @@ def create_app(settings: Settings | None = None, *, replace: Replacements | None
     app.mount(ops.DOCS_ASSETS_PATH, StaticFiles(directory=str(ops.DOCS_ASSETS_DIR)), name="docs-assets")
     app.add_middleware(
         AccessMiddleware,
-        access_log=audit_log.access_log,
-        metrics=metrics,
+        access_log=services.log.access_log,
+        metrics=services.metrics,
         max_body_bytes=settings.max_body_bytes,
         problem_base=settings.issuer,
-        tracer=tracer,
-        admitter=Admitter(auth.bearer, limits.rate_limits),
-        refusals=audit_log.refusals,
-        trusted_proxies=limits.trusted_proxies,
+        tracer=services.tracer,
+        admitter=Admitter(services.auth.bearer, services.rate_limits),
+        refusals=services.log.refusals,
+        trusted_proxies=services.trusted_proxies,
         routes=app.router.routes,
         body_limits=[(jobs.UPLOAD_PATH, settings.bulk_max_upload_bytes)],
     )
     if settings.root_path:
         app.add_middleware(RootPath, root_path=settings.root_path)
-    if provider is not None:
+    if clients.provider is not None:
         # Outermost, so the access record takes the server span's trace id.
         FastAPIInstrumentor.instrument_app(
-            app, tracer_provider=provider, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"]
+            app,
+            tracer_provider=clients.provider,
+            excluded_urls="healthz,readyz,metrics",
+            exclude_spans=["receive", "send"],
         )
-        HTTPXClientInstrumentor.instrument_client(http, tracer_provider=provider)
+        HTTPXClientInstrumentor.instrument_client(clients.http, tracer_provider=clients.provider)
     return app

@@ -5,6 +5,7 @@ that order and closes them in reverse, every close attempted even when an earlie
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ async def _nothing() -> None:
     return None
 
 
+def _nothing_held() -> None:
+    return None
+
+
 def started(start: Callable[[], object]) -> Callable[[], Awaitable[None]]:
     """A part whose start only schedules its tasks (synchronous), as a component's `start`."""
 
@@ -34,12 +39,26 @@ def started(start: Callable[[], object]) -> Callable[[], Awaitable[None]]:
     return run
 
 
+async def close_each(name: str, *steps: Callable[[], object]) -> None:
+    """Every step of a component's close, in order, each tried even when one before it failed (a step
+    may return an awaitable, which is awaited)."""
+    for step in steps:
+        try:
+            done = step()
+            if inspect.isawaitable(done):
+                await done
+        except Exception:
+            log.exception("closing %s: a step failed; going on", name)
+
+
 @dataclass(frozen=True)
 class Component:
     name: str
     start: Callable[[], Awaitable[None]] = _nothing
     close: Callable[[], Awaitable[None]] = _nothing
     readiness: Mapping[str, ReadinessCheck] = field(default_factory=dict)
+    # What a part holds from the moment it is built (a lock, a thread), let go if the app is never made.
+    abandon: Callable[[], None] = _nothing_held
 
 
 class Lifecycle:
@@ -59,10 +78,20 @@ class Lifecycle:
         return {name: check for c in self._components for name, check in c.readiness.items()}
 
     async def start(self) -> None:
-        """In order; a start that fails leaves the ones before it started, for `close` to stop."""
+        """In order. A start that fails part way is closed as well (a close tolerates what never
+        started), with the ones before it, by `close`."""
         for component in self._components:
-            await component.start()
             self._started.append(component)
+            await component.start()
+
+    def abandon(self) -> None:
+        """The app will not be made (a later part's settings are refused): what the parts built so far
+        hold is let go, in reverse."""
+        for component in reversed(self._components):
+            try:
+                component.abandon()
+            except Exception:
+                log.exception("abandoning %s failed", component.name)
 
     async def close(self) -> None:
         while self._started:

@@ -5,12 +5,14 @@
    point takes a request around the log.
 2. **Admission** (`_admit`, logged paths only): who calls (bearer token) and under which limit, before
    routing or reading the body. Refused without a caller: counted, answered at once (`_refuse_unknown`).
-3. **Record**: the request's `AccessRecord` and its `RequestContext` (`gateway.request_context`), which
-   the route reads; an authenticated caller over its limit is answered here, logged as usual.
+3. **Record** (`_record`): the request's `AccessRecord` and its `RequestContext`
+   (`gateway.request_context`), which the route reads; an authenticated caller over its limit is answered
+   here, logged as usual.
 4. **Body limit** (`BodyLimit`): declared or streamed, past `max_body_bytes` (or its path's own limit).
 5. **Last resort** (`_run_route`): an exception a route lets out becomes `500 internal_error`.
 6. **Durable append** (`_logged`): the record goes to the one access-log writer before the response's
-   first byte; an answer that would release something without its event becomes `503`.
+   first byte (`_append`); an answer that would release something without its event becomes `503`;
+   the others carry `no-store` and their event's place in the log (`_logged_headers`).
 
 Routes that release data also refuse to run without the admission stage 2 gives only to logged
 requests (`gateway.api.deps.protected`). Pure ASGI rather than BaseHTTPMiddleware: it must hold the
@@ -36,14 +38,13 @@ from gateway.audit.refusals import RefusalTally
 from gateway.errors import Problem, send_problem
 from gateway.metrics import Metrics
 from gateway.observability import request_trace_id
-from gateway.policy.catalogue import EVENT_OPERATIONS
+from gateway.policy.catalogue import EventOperation, is_event_operation
 from gateway.ratelimit.admission import Admission, Admitter, Network, client_address, source_address
 from gateway.request_context import RequestContext, enter, leave
 
 log = logging.getLogger(__name__)
 
 _TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
-_OPERATIONS = frozenset(EVENT_OPERATIONS)
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 (a path, not a secret)
 _STANDARD_HEADERS = ((b"x-content-type-options", b"nosniff"),)
 
@@ -186,18 +187,13 @@ class AccessMiddleware:
         path = route_path(scope)  # stage 1
         if not is_logged(path):
             record = AccessRecord(trace_id=_trace_id(scope))  # unlogged paths still get a transaction id
-            await self._serve(scope, receive, self._unlogged(scope, send, started), RequestContext(record, None))
+            await self._serve(scope, receive, self._unlogged(scope, send, started), RequestContext(record, None, scope))
             return
         admitted = await self._admit(scope, send, path, started)  # stage 2
         if admitted is None:
             return  # answered already
         admission, source = admitted
-        record = AccessRecord(trace_id=_trace_id(scope))  # stage 3
-        if admission.caller is not None:
-            record.administration = admission.caller.administration
-            record.client_id = admission.caller.client_id
-        else:  # no authenticated caller (the token endpoint's requests always): the address stands for it
-            record.source = source
+        record = _record(scope, admission, source)  # stage 3
         send = self._logged(scope, send, record, admission, started)
         refusal = admission.limit.refusal() if admission.limit is not None else None
         if refusal is not None:  # an authenticated caller over its administration's limit: logged as usual
@@ -205,7 +201,7 @@ class AccessMiddleware:
             record.reason = refusal.code
             await send_problem(send, refusal, record.id, self.problem_base)
             return
-        await self._serve(scope, receive, send, RequestContext(record, admission))
+        await self._serve(scope, receive, send, RequestContext(record, admission, scope))
 
     async def _admit(self, scope: Scope, send: Send, path: str, started: float) -> tuple[Admission, str] | None:
         """Stage 2: the caller and its limit, or None once a refusal has been answered."""
@@ -246,13 +242,13 @@ class AccessMiddleware:
         transaction id is the answer's)."""
         return self.refusals.count(source)
 
-    def _operation_of(self, scope: Scope) -> str | None:
+    def _operation_of(self, scope: Scope) -> EventOperation | None:
         """The operation of the route a request would reach (only when it is refused before routing)."""
         for route in self.routes:
             match, _ = route.matches(scope)
             if match == Match.FULL:
                 name = getattr(route, "name", None)
-                return name if name in _OPERATIONS else None
+                return name if is_event_operation(name) else None
         return None
 
     def _standard(self, send: Send, admission: Admission | None) -> Send:
@@ -290,7 +286,7 @@ class AccessMiddleware:
                 status = message["status"]
                 if record.operation is None:
                     name = getattr(scope.get("route"), "name", None)
-                    record.operation = name if name in _OPERATIONS else None
+                    record.operation = name if is_event_operation(name) else None
                 record.finish(status)
                 if not await self._append(record) and status < 400:
                     # Nothing is released without its trace: the answer becomes 503.
@@ -301,20 +297,24 @@ class AccessMiddleware:
                 self.metrics.labelled(
                     self.metrics.decisions, record.administration or "", record.operation or "", record.decision or ""
                 ).inc()
-                headers = list(message.get("headers", []))
-                if not any(k == b"cache-control" for k, _ in headers):
-                    headers.append((b"cache-control", b"no-store"))
-                if record.seq is not None:
-                    if self._origin[0] != (origin := self.access_log.origin):
-                        self._origin = (origin, origin.encode())
-                    headers.append((b"audit-log-position", self._origin[1] + b" %d" % record.seq))
-                message = {**message, "headers": headers}
+                message = {**message, "headers": self._logged_headers(message, record)}
                 self._observe(scope, status, started)
             elif withheld:
                 return
             await send(message)
 
         return send_logged
+
+    def _logged_headers(self, start: Message, record: AccessRecord) -> list[tuple[bytes, bytes]]:
+        """A logged answer's headers: never cached, and where its event lies in the log."""
+        headers = list(start.get("headers", []))
+        if not any(k == b"cache-control" for k, _ in headers):
+            headers.append((b"cache-control", b"no-store"))
+        if record.seq is not None:
+            if self._origin[0] != (origin := self.access_log.origin):
+                self._origin = (origin, origin.encode())
+            headers.append((b"audit-log-position", self._origin[1] + b" %d" % record.seq))
+        return headers
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, context: RequestContext) -> None:
         """Stages 4 and 5 around the route, with the request's context set for it."""
@@ -370,6 +370,18 @@ class AccessMiddleware:
         self.metrics.labelled(self.metrics.request_duration, scope["method"], template, str(status)).observe(
             time.perf_counter() - started
         )
+
+
+def _record(scope: Scope, admission: Admission, source: str) -> AccessRecord:
+    """Stage 3: the request's record, naming its caller, or, without one (the token endpoint's requests
+    always), its source address."""
+    record = AccessRecord(trace_id=_trace_id(scope))
+    if admission.caller is not None:
+        record.administration = admission.caller.administration
+        record.client_id = admission.caller.client_id
+    else:
+        record.source = source
+    return record
 
 
 def _content_length(scope: Scope) -> int | None:

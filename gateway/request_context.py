@@ -8,6 +8,8 @@ from __future__ import annotations
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
+from starlette.types import Scope
+
 from gateway.audit.record import AccessRecord
 from gateway.ratelimit.admission import Admission
 
@@ -16,6 +18,7 @@ from gateway.ratelimit.admission import Admission
 class RequestContext:
     record: AccessRecord
     admission: Admission | None  # None: a path the access log does not record (no route there releases data)
+    scope: Scope  # the request's own: a task started inside another request's send inherits that one's
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("jamu_request", default=None)
@@ -29,7 +32,9 @@ def leave(token: Token[RequestContext | None]) -> None:
     _current.reset(token)
 
 
-def current() -> RequestContext | None:
-    """The running request's context; None outside the access middleware (a test calling a route's
-    function directly)."""
-    return _current.get()
+def current(scope: Scope) -> RequestContext | None:
+    """The context of the request whose `scope` this is; None outside the access middleware (a route's
+    function called directly) or when the context in reach is another request's (uvicorn starts a
+    pipelined request's task from inside the previous one's response)."""
+    context = _current.get()
+    return context if context is not None and context.scope is scope else None

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
+from gateway.lifecycle import Component
 from gateway.metrics import Metrics
+from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +84,11 @@ class ScrapeListener:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._task, 5)
         self._task = None
+
+
+def build_metrics_listener(settings: Settings, metrics: Metrics) -> Component:
+    """The listener when `GATEWAY_METRICS_PORT` is set; otherwise a component that does nothing."""
+    if not settings.metrics_port:
+        return Component("metrics listener")
+    listener = ScrapeListener(metrics, settings.metrics_host, settings.metrics_port)
+    return Component("metrics listener", listener.start, listener.close)

@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     log_origin: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._~:/@%-]{0,190}$")] | None = None
     workers: int = Field(1, ge=1, le=256)  # set by `jamu serve --workers N`: an explicit origin gets /<slot>
     audit_segment_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
-    witnesses_file: Path | None = None  # outside witnesses of the access log and their quorum (§13)
+    witnesses_file: Path | None = None  # the access log's outside witnesses and quorum (docs/contract.md §13)
     witness_timeout_s: float = Field(3.0, gt=0)
     witness_retry_s: float = Field(5.0, gt=0, le=5)  # an unreachable witness is asked again this often
     # Past this, witnesses that have not reached their quorum make /readyz report "degraded" (never

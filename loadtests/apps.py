@@ -37,12 +37,12 @@ class DiscardingAccessLog:
 
 
 def create_discarding() -> Any:
-    return create(access_log=DiscardingAccessLog())  # type: ignore[arg-type]
+    return create(access_log=DiscardingAccessLog())
 
 
 def create_discarding_with_bare() -> Any:
     """The same, with a writer that discards: what the durable log costs, by difference."""
-    app = create(access_log=DiscardingAccessLog())  # type: ignore[arg-type]
+    app = create(access_log=DiscardingAccessLog())
     _add_bare(app)
     return app
 

@@ -31,7 +31,7 @@ from gateway.audit.rows import EventFilter
 from gateway.auth.bearer import Caller
 from gateway.errors import Problem
 from gateway.identity.pseudonyms import reference_names_person
-from gateway.policy.catalogue import EVENT_OPERATIONS
+from gateway.policy.catalogue import RecordedOperation
 from gateway.ratelimit.gcra import Window
 from gateway.ratelimit.limiter import Outcome
 from gateway.services import services
@@ -39,7 +39,6 @@ from gateway.services import services
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["Access log"])
 
-Operation = Literal[(*EVENT_OPERATIONS, "unauthenticated")]  # type: ignore[valid-type]
 Decision = Literal["permit", "deny", "error"]
 # What a citizen sees: every use of their record, but not security officers reading the log (an
 # investigation is not announced to the person investigated).
@@ -97,14 +96,14 @@ async def index_current(request: Request) -> list[OriginState]:
     Verification is never held back by the index. The origins as the index holds them."""
     app = services(request)
     max_lag = app.settings.audit_index_max_lag_s
-    own_behind = not await app.index.reach(max_lag)
+    own_behind = not await app.log.follower.reach(max_lag)
     async with index_reads():
-        states = await app.audit.origins()
+        states = await app.log.index.origins()
     now = time.time()
     behind = [
         why
         for state in states
-        if state.origin != app.access_log.origin and (why := state.behind(max_lag, now, LAG_REPORT_FRESH_S))
+        if state.origin != app.log.access_log.origin and (why := state.behind(max_lag, now, LAG_REPORT_FRESH_S))
     ]
     if own_behind or behind:
         log.warning("audit read refused: the index is behind (%s)", "; ".join(behind) or "this process's log")
@@ -181,7 +180,7 @@ async def _page(request: Request, where: EventFilter, cursor: str | None, limit:
     after = _after(cursor)
     states = await index_current(request)
     async with index_reads():
-        events, last = await services(request).audit.page(where, after, limit)
+        events, last = await services(request).log.index.page(where, after, limit)
     next_cursor = _cursor(last) if len(events) == limit and last is not None else None
     return FastJSONResponse(
         {
@@ -199,7 +198,7 @@ async def list_events(
     caller: Annotated[Caller, Depends(protected("audit.search", "audit:read"))],
     administration: Annotated[Text | None, Query()] = None,
     client_id: Annotated[Text | None, Query()] = None,
-    operation: Operation | None = None,
+    operation: RecordedOperation | None = None,
     decision: Decision | None = None,
     since: AwareDatetime | None = None,
     until: AwareDatetime | None = None,
@@ -252,19 +251,19 @@ async def integrity(
 
 async def integrity_report(app: Any, states: list[OriginState]) -> dict[str, Any]:
     """Every origin's chain walked against its checkpoints (the API's and the console's report)."""
-    own_origin = app.access_log.origin
+    own_origin = app.log.access_log.origin
     origins: list[dict[str, Any]] = []
     problems: list[dict[str, Any]] = []
     own: dict[str, Any] | None = None
     checked = 0
     for state in states:
         async with index_reads():
-            report = (await app.audit.verify(state, app.checkpoint_keys)).finish()
+            report = (await app.log.index.verify(state, app.log.checkpoint_keys)).finish()
         checked += report.events_checked
         named = [{"origin": state.origin, **problem} for problem in report.problems]
         problems += named
         # This process knows its own log's size; of another's, what the index holds.
-        tree_size = app.index.durable_end() if state.origin == own_origin else state.indexed
+        tree_size = app.log.follower.durable_end() if state.origin == own_origin else state.indexed
         signed, cosignatures = await _signed_head(app, state.origin)
         if state.origin == own_origin:
             mine = _own_log_problems(app, state.origin)
@@ -302,12 +301,12 @@ async def _signed_head(app: Any, origin: str) -> tuple[dict[str, Any] | None, li
     """The origin's last signed checkpoint (size, note) as its log holds it, and the cosignatures on the
     latest checkpoint witnesses cosigned (each with that checkpoint's size: witnesses are asked once a
     second, checkpoints come up to twice); (None, []) for a log this instance cannot read."""
-    view = app.log_views.get(origin) if app.log_views is not None else None
+    view = app.log.views.get(origin) if app.log.views is not None else None
     if view is None:
         return None, []
     try:
         head = await asyncio.to_thread(view.signed)
-        witnessed = await asyncio.to_thread(view.witnessed) if app.witnesses is not None else []
+        witnessed = await asyncio.to_thread(view.witnessed) if app.log.witnesses is not None else []
     except Exception as exc:  # a checkpoint that no longer verifies: the report's problems say so
         log.warning("access log %s: its last checkpoint cannot be read: %s", origin, exc)
         return None, []
@@ -316,7 +315,7 @@ async def _signed_head(app: Any, origin: str) -> tuple[dict[str, Any] | None, li
     cosignatures: list[dict[str, Any]] = []
     if witnessed:
         with contextlib.suppress(notes.NoteError):
-            _, good = notes.verified(witnessed[0].note, app.witnesses.verifiers())
+            _, good = notes.verified(witnessed[0].note, app.log.witnesses.verifiers())
             cosignatures = [
                 {"witness": s.name, "size": witnessed[0].size, "time": struct.unpack(">Q", s.blob[4:12])[0]}
                 for s in good
@@ -328,10 +327,10 @@ def _own_log_problems(app: Any, origin: str) -> list[dict[str, Any]]:
     """What this process knows of its own log that no walk of the index shows: a refusal to sign, and the
     witnesses' complaints and lag."""
     found: list[dict[str, Any]] = []
-    store = app.log_store
+    store = app.log.store
     if store is not None and store.refusal:
         found.append({"origin": origin, "seq": store.next_seq, "problem": store.refusal})
-    client = app.witness_client
+    client = app.log.witness_client
     if client is not None:
         found += [{"origin": origin, "seq": store.next_seq if store else 0, "problem": p} for p in client.problems()]
         lag = client.lag()
@@ -372,7 +371,7 @@ async def access_history(
             raise Outcome(verdict, []).refusal() or Problem("rate_limited")
     states = await index_current(request)
     async with index_reads():
-        events = await app.audit.subject_events(subject, HIDDEN_FROM_HISTORY, HISTORY_LIMIT)
+        events = await app.log.index.subject_events(subject, HIDDEN_FROM_HISTORY, HISTORY_LIMIT)
     names = {a.id: a.name for a in app.policies.current.administrations.values()}
     this_read: dict[str, Any] = {
         "time": rfc3339(record.time),

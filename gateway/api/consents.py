@@ -17,8 +17,7 @@ from gateway.auth.bearer import Caller
 from gateway.consent.store import Consent, now_text
 from gateway.errors import Problem, invalid_at
 from gateway.identity.pseudonyms import reference_names_person
-from gateway.policy.catalogue import predicate_reads
-from gateway.policy.model import Attribute, Operation
+from gateway.policy.catalogue import Attribute, PurposeOperation, predicate_reads
 from gateway.services import services
 
 router = APIRouter(tags=["Consents"])
@@ -38,7 +37,7 @@ class ConsentRequest(BaseModel):
     grantee: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     purpose: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     attributes: list[Attribute] = Field(max_length=32)
-    operations: list[Operation] = Field(min_length=1, max_length=2)
+    operations: list[PurposeOperation] = Field(min_length=1, max_length=2)
     expires_at: AwareDatetime
     max_uses: int | None = Field(None, ge=1, le=1_000_000)
     evidence: Evidence

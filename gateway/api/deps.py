@@ -9,12 +9,13 @@ from fastapi import Request
 from gateway.audit.record import AccessRecord
 from gateway.auth.bearer import Caller, insufficient_scope
 from gateway.errors import Problem, invalid_at
+from gateway.policy.catalogue import EventOperation
 from gateway.request_context import RequestContext, current
 
 
 def request_context(request: Request) -> RequestContext:
     """What the access middleware set for this request (`gateway.request_context`)."""
-    context = current()
+    context = current(request.scope)
     if context is None:  # a route reached without the access middleware: nothing may be served
         raise Problem("audit_unavailable", "this route is reached without the access middleware")
     return context
@@ -33,7 +34,7 @@ def idempotency_key(value: str | None) -> str:
     return value
 
 
-def protected(operation: str, scope: str | None) -> Callable[[Request], Awaitable[Caller]]:
+def protected(operation: EventOperation, scope: str | None) -> Callable[[Request], Awaitable[Caller]]:
     """The caller that admission authenticated (and limited, before routing), holding `scope`.
 
     A route behind this guard releases data, so it refuses to run for a request that admission did not

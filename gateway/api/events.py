@@ -56,13 +56,13 @@ async def declare(
         declaration = parse(body)
     except FormProblem as exc:
         raise Problem("invalid_request", "the declaration is malformed", extra={"errors": exc.errors}) from None
-    if app.register is None:
+    if app.events.register is None:
         raise Problem("backend_unavailable", "declarations need the embedded register; this gateway has none")
     submission = Submission(
         declaration, caller.administration, caller.client_id, key, request_hash(body.model_dump(mode="json"))
     )
     try:
-        answer = await app.register.declare(submission)
+        answer = await app.events.register.declare(submission)
     except KeyConflict:
         raise Problem("conflict", "this Idempotency-Key was used for another declaration") from None
     except RegisterUnavailable:
@@ -110,7 +110,7 @@ async def _position(app: Services, key: str, cursor: str | None, pointer: str) -
         position = decode_cursor(key, cursor)
     except ValueError:
         raise invalid_at(pointer, "not a cursor of this feed") from None
-    if position and position > (await app.feed.heads([key])).get(key, 0):
+    if position and position > (await app.events.feed.heads([key])).get(key, 0):
         raise invalid_at(pointer, "not a cursor of this feed")
     return position
 
@@ -131,12 +131,13 @@ async def read_events(
     record.purpose, record.legal_basis = policy.purpose, administration.purposes[policy.purpose].legal_basis
     key = subscription_key(administration.id, subscription)
     position = await _position(app, key, after, "/query/after")
-    items = await app.feed.read(key, position, limit)
+    items = await app.events.feed.read(key, position, limit)
     events = [
-        cloud_event(item, policy, app.subject_refs(administration.id, item.nin), app.events_source) for item in items
+        cloud_event(item, policy, app.subject_refs(administration.id, item.nin), app.events.deliveries.source)
+        for item in items
     ]
     try:
-        await app.access_log.append_many(
+        await app.log.access_log.append_many(
             [
                 release_record(administration, policy, app.subjects(item.nin), "events.read", caller.client_id)
                 for item in items
@@ -163,7 +164,7 @@ async def signing_keys(
 ) -> FastJSONResponse:
     """Ed25519 public keys as Standard Webhooks writes them (`whpk_<base64>`), for `v1a` signatures."""
     app = services(request)
-    return FastJSONResponse({"transaction_id": access_record(request).id, "keys": app.webhook_signer.keys()})
+    return FastJSONResponse({"transaction_id": access_record(request).id, "keys": app.events.deliveries.signer.keys()})
 
 
 def _time(value: float | None) -> str | None:
@@ -185,8 +186,8 @@ async def subscription_status(
     app = services(request)
     administration, policy = _subscription(app, caller, name)
     key = subscription_key(administration.id, name)
-    state, dead = await app.deliveries.store.status(key)
-    head = (await app.feed.heads([key])).get(key, 0)
+    state, dead = await app.events.deliveries.store.status(key)
+    head = (await app.events.feed.heads([key])).get(key, 0)
     push: dict[str, Any] | None = None
     if policy.endpoint is not None:
         push = {
@@ -244,8 +245,8 @@ async def replay(
         raise invalid_at("/", "this subscription has no endpoint: pull from any cursor instead")
     key = subscription_key(administration.id, name)
     position = await _position(app, key, body.after, "/after")
-    await app.deliveries.store.replay(key, position)
-    app.deliveries.notify()
+    await app.events.deliveries.store.replay(key, position)
+    app.events.deliveries.notify()
     return FastJSONResponse(
         {"transaction_id": access_record(request).id, "delivering_after": encode_cursor(key, position)}, status_code=202
     )

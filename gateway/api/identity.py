@@ -25,8 +25,9 @@ from gateway.consent.check import find_consent, use_consent
 from gateway.errors import Problem
 from gateway.identity import decide
 from gateway.identity.dates import PartialDate
+from gateway.policy.catalogue import Attribute, Claim
 from gateway.policy.enforce import authorise
-from gateway.policy.model import Attribute, Claim, PurposePolicy
+from gateway.policy.model import PurposePolicy
 from gateway.services import Services, services
 
 # Served by the lean handler (gateway/api/routes.py): each route here takes exactly (request, body, caller),
@@ -155,7 +156,7 @@ async def verify(
     caller: Annotated[Caller, Depends(protected("verify", "identity:verify"))],
 ) -> FastJSONResponse:
     """Answers booleans only; an unknown or suspended NIN answers like a person who matches nothing."""
-    claims = body.claims or {}
+    claims: dict[str, str] = {name: value for name, value in (body.claims or {}).items()}
     predicates = [decide.Predicate(p.name, p.value, p.as_of) for p in body.predicates or ()]
     record = access_record(request)
     record.attributes_requested = sorted(claims)
@@ -186,13 +187,13 @@ async def lookup(
 ) -> FastJSONResponse:
     """Every requested attribute must be granted by the purpose (and the consent, where required)."""
     record = access_record(request)
-    record.attributes_requested = body.attributes
+    record.attributes_requested = list(body.attributes)
     app, _ = await _start(request, caller, body, "lookup", attributes=body.attributes)
     person, usable = await _person(app, record, body.nin, frozenset(body.attributes))
     if not usable or person is None:  # nothing of a stand-in or a suspended record is ever released
         raise Problem("subject_not_found", "no usable record for this person")
     record.releases_data = True
-    record.attributes_released = body.attributes
+    record.attributes_released = list(body.attributes)
     return FastJSONResponse(
         {
             "transaction_id": record.id,

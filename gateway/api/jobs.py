@@ -30,8 +30,9 @@ from gateway.bulk.store import IdempotencyConflict, Job, NotAwaitingInput, Quota
 from gateway.bulk.upload import InputSplitter, UploadRefused
 from gateway.errors import Problem, invalid_at
 from gateway.identity.decide import Predicate
+from gateway.policy.catalogue import Claim
 from gateway.policy.enforce import authorise
-from gateway.policy.model import AdministrationPolicy, Claim
+from gateway.policy.model import AdministrationPolicy
 from gateway.services import Services, services
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def _administration(app: Services, caller: Caller) -> AdministrationPolicy | Non
 
 async def _job(request: Request, caller: Caller, job_id: str) -> tuple[Services, Job]:
     app = services(request)
-    job = await app.jobs.get(job_id, caller.administration)
+    job = await app.bulk.jobs.get(job_id, caller.administration)
     if job is None:
         raise Problem("not_found", "no such job")
     access_record(request).job_id = job.id
@@ -87,7 +88,7 @@ async def _job(request: Request, caller: Caller, job_id: str) -> tuple[Services,
 
 
 async def _status(app: Services, job: Job) -> dict[str, Any]:
-    progress = await app.jobs.progress(job.id)
+    progress = await app.bulk.jobs.progress(job.id)
     eta: float | None = None
     if job.status == "completed":
         eta = 0.0
@@ -136,7 +137,7 @@ async def create_job(
     key = required_key(idempotency_key)
     record = access_record(request)
     request_hash = hashlib.sha256(orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
-    earlier = await app.jobs.by_key(caller.administration, key)
+    earlier = await app.bulk.jobs.by_key(caller.administration, key)
     if earlier is not None:  # the same request again answers the same job, whatever happened since
         if earlier.request_hash != request_hash:
             raise Problem("conflict", "this Idempotency-Key was used for another job request")
@@ -167,7 +168,7 @@ async def create_job(
     if not body.claims and not body.predicates:
         raise invalid_at("/claims", "send at least one of claims, predicates")
     limit = administration.bulk_records_per_day if administration is not None else None
-    left = await app.jobs.bulk_left(caller.administration, limit)
+    left = await app.bulk.jobs.bulk_left(caller.administration, limit)
     if body.records is not None and left is not None and body.records > left:
         raise Problem(
             "rate_limited",
@@ -185,7 +186,7 @@ async def create_job(
         body.as_of or today,
     )
     try:
-        job, _ = await app.jobs.create(
+        job, _ = await app.bulk.jobs.create(
             job_id=str(uuid.uuid4()),
             administration=caller.administration,
             client_id=caller.client_id,
@@ -208,7 +209,7 @@ async def create_job(
 async def _discard(app: Services, job_id: str, upload: Upload) -> None:
     """An upload the request did not see accepted: gone, unless the job took it (a cancel that came just
     after the commit must not delete the job's input)."""
-    current = await app.jobs.get(job_id)
+    current = await app.bulk.jobs.get(job_id)
     taken = current is not None and current.input_file == upload.name
     await asyncio.to_thread(upload.discard, taken)
 
@@ -254,13 +255,13 @@ async def upload_input(
     settings = app.settings
     administration = _administration(app, caller)
     limit_per_day = administration.bulk_records_per_day if administration is not None else None
-    if await app.jobs.bulk_left(caller.administration, limit_per_day) == 0:  # refused before any byte is kept
+    if await app.bulk.jobs.bulk_left(caller.administration, limit_per_day) == 0:  # refused before any byte is kept
         raise Problem(
             "rate_limited", "no bulk records left today", headers={"Retry-After": str(_seconds_to_midnight())}
         )
     limit = min(settings.bulk_max_records, job.declared_records or settings.bulk_max_records)
     splitter = InputSplitter(job.format, job.spec, settings.bulk_chunk_records, limit)
-    upload = await asyncio.to_thread(app.job_files.start_upload, job.id)
+    upload = await asyncio.to_thread(app.bulk.files.start_upload, job.id)
     accepted = False
     try:
         pending: list[bytes] = []
@@ -282,12 +283,12 @@ async def upload_input(
         if wanted_sha is not None and wanted_sha != splitter.sha256:
             raise invalid_at("/headers/Content-Digest", "the body's SHA-256 differs from Content-Digest")
         input_file = await asyncio.to_thread(upload.keep)
-        await app.jobs.accept_input(
+        await app.bulk.jobs.accept_input(
             job,
             total=splitter.records,
             sha256=splitter.sha256,
             input_file=input_file,
-            jobs_dir=app.job_files.identity,
+            jobs_dir=app.bulk.files.identity,
             chunks=chunks,
             daily_limit=limit_per_day,
         )
@@ -311,7 +312,7 @@ async def upload_input(
     record = access_record(request)
     record.count = splitter.records
     try:
-        await app.chunk_queue.submit(job.id, [c.n for c in chunks])
+        await app.bulk.queue.submit(job.id, [c.n for c in chunks])
     except Exception as exc:  # the job is queued in the database: the queue's own sweep finds its chunks
         log.warning("bulk job %s: chunks not dispatched at once: %s", job.id, exc)
     return FastJSONResponse(
@@ -345,9 +346,9 @@ async def cancel_job(
     """Chunks already finished keep their results; no further record is verified. A job that has ended
     is left as it is."""
     app, job = await _job(request, caller, job_id)
-    if await app.jobs.cancel(job.id):
-        app.job_files.delete_input(job.id)
-        job = await app.jobs.get(job.id) or job
+    if await app.bulk.jobs.cancel(job.id):
+        app.bulk.files.delete_input(job.id)
+        job = await app.bulk.jobs.get(job.id) or job
     return FastJSONResponse({"transaction_id": access_record(request).id, **await _status(app, job)})
 
 
@@ -357,12 +358,12 @@ async def _output(request: Request, caller: Caller, job_id: str, kind: str) -> S
         raise Problem(
             "conflict", f"the job is {job.status}: its {kind} are ready when it ends", headers={"Retry-After": "5"}
         )
-    chunks = await app.jobs.done_chunks(job.id)
-    if job.expires_at is None or not await asyncio.to_thread(app.job_files.has_results, job.id, chunks):
+    chunks = await app.bulk.jobs.done_chunks(job.id)
+    if job.expires_at is None or not await asyncio.to_thread(app.bulk.files.has_results, job.id, chunks):
         raise Problem("not_found", f"the job's {kind} were deleted after their retention")
     header = results_header(job.format, job.spec) if kind == "results" else errors_header(job.format)
     return StreamingResponse(
-        app.job_files.stream(job.id, kind, chunks, header),
+        app.bulk.files.stream(job.id, kind, chunks, header),
         media_type=MEDIA[job.format],
         headers={
             "Cache-Control": "no-store",

@@ -49,7 +49,7 @@ async def token(request: Request) -> FastJSONResponse:
     record.operation = "token"
     if context.admission is None:  # reached on a path the access log does not record
         raise Problem("audit_unavailable", "this route is reached on a path the access log does not record")
-    tokens = services(request).tokens  # admission has already applied the per-source limit
+    tokens = services(request).auth.tokens  # admission has already applied the per-source limit
     body = await request.body()
     try:
         issued = await tokens.issue(request.headers, body)
@@ -66,7 +66,7 @@ async def token(request: Request) -> FastJSONResponse:
 
 @router.get("/.well-known/jwks.json", summary="Public keys that sign access tokens")
 async def jwks(request: Request) -> FastJSONResponse:
-    return FastJSONResponse(services(request).signing_keys.jwks(), headers={"Cache-Control": "public, max-age=60"})
+    return FastJSONResponse(services(request).auth.signing_keys.jwks(), headers={"Cache-Control": "public, max-age=60"})
 
 
 @router.get("/.well-known/oauth-authorization-server", summary="Authorization-server metadata (RFC 8414)")

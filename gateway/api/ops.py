@@ -54,7 +54,7 @@ async def metrics(request: Request) -> Response:
     """Per-administration volumes are not public: on this listener a token with `metrics:read` is needed.
     The cluster's scraper uses the separate listener of `GATEWAY_METRICS_PORT`, which needs none."""
     app = services(request)
-    caller = await app.bearer.authenticate(request.headers.get("authorization"))
+    caller = await app.auth.bearer.authenticate(request.headers.get("authorization"))
     if "metrics:read" not in caller.scopes:
         raise insufficient_scope("metrics:read")
     registry = app.metrics

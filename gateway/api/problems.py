@@ -39,7 +39,7 @@ def _validation_entry(error: dict[str, Any]) -> dict[str, Any]:
 
 
 def _respond(request: Request, problem: Problem) -> ProblemResponse:
-    context = current()
+    context = current(request.scope)
     record = context.record if context is not None else None
     if record is not None:
         record.reason = problem.code

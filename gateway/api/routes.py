@@ -1,7 +1,7 @@
 """A leaner request handler for the identity operations, the gateway's hot path.
 
 FastAPI's generic handler solves a dependency graph on every request: for `(request, body, caller)` that
-was about a sixth of a verification's CPU. `GuardedBodyRoute` keeps the route as FastAPI declares it
+costs 70-120 µs of a verification's CPU, 10-15 % (`loadtests/bench_fastpath.py`, docs/decisions.md). `GuardedBodyRoute` keeps the route as FastAPI declares it
 (the same OpenAPI document, the same body model) and serves it directly, in FastAPI's order and with its
 errors: a body that is not JSON first, then the guard (authentication, rate limit, scope), then the
 body's schema, so an unauthenticated caller learns nothing about what a valid body looks like.

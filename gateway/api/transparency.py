@@ -35,13 +35,11 @@ _TRANSACTION = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9
 
 
 def _views(app: Services) -> LogViews:
-    if app.log_views is None:
-        raise Problem("audit_unavailable", "this gateway serves no verifiable log")
-    return app.log_views
+    return app.log.views
 
 
 async def _view(app: Services, origin: str | None) -> LogView:
-    own = app.access_log.origin
+    own = app.log.access_log.origin
     view = await asyncio.to_thread(_views(app).get, origin or own)
     if view is None:
         raise Problem(
@@ -149,12 +147,12 @@ async def _locate(app: Services, transaction_id: str) -> tuple[str, int] | None:
     """(origin, seq) of a transaction: this process's recent entries first, then the index (which only
     says where to look: the entry itself is read from the log), then the local logs' entries the index has
     not reached yet (another worker's, within the index's lag)."""
-    store = app.log_store
+    store = app.log.store
     if store is not None and (seq := store.recent.get(transaction_id)) is not None:
         return store.origin, seq
-    if (indexed_at := await app.audit.locate(transaction_id)) is not None:
+    if (indexed_at := await app.log.index.locate(transaction_id)) is not None:
         return indexed_at
-    indexed = {state.origin: state.next_seq for state in await app.audit.origins()}
+    indexed = {state.origin: state.next_seq for state in await app.log.index.origins()}
     needle = transaction_id.encode()
 
     def tails() -> tuple[str, int] | None:
@@ -216,7 +214,10 @@ async def receipt(
         proven, proof = await asyncio.to_thread(receipt_proof, view, seq, head)
     except (merkle.InvalidProof, notes.NoteError, LookupError):
         raise _unprovable() from None
-    quorum = app.witnesses is None or cosigned_count(head.note, app.witnesses.verifiers()) >= app.witnesses.quorum
+    quorum = (
+        app.log.witnesses is None
+        or cosigned_count(head.note, app.log.witnesses.verifiers()) >= app.log.witnesses.quorum
+    )
     return FastJSONResponse({"origin": origin, "seq": seq, "entry": proven.decode(), "proof": proof, "quorum": quorum})
 
 
@@ -227,8 +228,8 @@ def _unprovable() -> Problem:
 def _receipt_head(app: Services, view: LogView, seq: int) -> SignedHead | None:
     """The checkpoint a receipt proves against: the latest published one (a quorum cosigned it) that
     covers the entry; else the latest one that has some cosignatures; else the latest signed."""
-    if app.witnesses is not None:
-        verifiers, quorum = app.witnesses.verifiers(), app.witnesses.quorum
+    if app.log.witnesses is not None:
+        verifiers, quorum = app.log.witnesses.verifiers(), app.log.witnesses.quorum
         covering = [head for head in view.witnessed() if head.size > seq]
         published = next((h for h in covering if cosigned_count(h.note, verifiers) >= quorum), None)
         partial = next((h for h in covering if cosigned_count(h.note, verifiers) > 0), None)

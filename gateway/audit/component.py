@@ -42,7 +42,7 @@ from gateway.audit.segment_store import NotAnExtension, SegmentStore
 from gateway.audit.witness import WitnessClient, WitnessesFile, load_witnesses
 from gateway.audit.writer import DurableAccessLog
 from gateway.keyfiles import load_or_create_ed25519
-from gateway.lifecycle import Component, ConfigurationError, ReadinessCheck
+from gateway.lifecycle import Component, ConfigurationError, ReadinessCheck, close_each
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 
@@ -53,8 +53,8 @@ log = logging.getLogger(__name__)
 class AuditLog:
     access_log: AccessLog
     store: SegmentStore  # this process's own log
-    index: IndexTask
-    audit: AuditIndex
+    index: AuditIndex  # reads of the query index (search, a person's history, integrity)
+    follower: IndexTask  # what keeps the query index up with the log
     views: LogViews  # proofs and receipts over the local logs
     witnesses: WitnessesFile | None
     witness_client: WitnessClient | None
@@ -141,19 +141,24 @@ def build_audit_log(
         index.adopt(adopt_idle_logs(engine, settings.log_dir, store.directory, signer))
         refusals.start()
 
-    async def close() -> None:
-        await refusals.close()
-        await writer.close()
+    async def close_witnesses() -> None:
         if witness_client is not None:
             with contextlib.suppress(Exception):  # the shutdown checkpoint, once, without a retry
                 await asyncio.wait_for(witness_client.round(), 3 * settings.witness_timeout_s + 1)
             await witness_client.close()
-        for task in scrub:
-            task.cancel()
-        views.close()
-        await index.close()
-        await store.close()
-        slot.release()
+
+    async def close() -> None:
+        await close_each(
+            "the access log",
+            refusals.close,
+            writer.close,
+            close_witnesses,
+            lambda: [task.cancel() for task in scrub],
+            views.close,
+            index.close,
+            store.close,
+            slot.release,
+        )
 
     async def access_log_ready() -> bool | dict[str, str]:
         if store.refusal:  # the log's tree does not extend its last checkpoint: say why
@@ -184,15 +189,15 @@ def build_audit_log(
     return AuditLog(
         access_log=writer,
         store=store,
-        index=index,
-        audit=AuditIndex(engine),
+        index=AuditIndex(engine),
+        follower=index,
         views=views,
         witnesses=witnesses,
         witness_client=witness_client,
         refusals=refusals,
         checkpoint_keys={**retired_log_keys(settings.checkpoint_key_path), signer.key_id: signer.public_key},
         slot=slot,
-        component=Component("access log", start, close, readiness),
+        component=Component("access log", start, close, readiness, abandon=slot.release),
     )
 
 

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any, Literal
 
+from gateway.policy.catalogue import RecordedOperation
+
 Decision = Literal["permit", "deny", "error"]
 
 
@@ -39,7 +41,7 @@ class AccessRecord:
     id: str = field(default_factory=new_id)
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=perf_counter)
-    operation: str | None = None
+    operation: RecordedOperation | None = None
     administration: str | None = None
     client_id: str | None = None
     purpose: str | None = None

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from gateway.audit.log import AccessLog
 from gateway.audit.record import AccessRecord
+from gateway.policy.catalogue import UNAUTHENTICATED
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class RefusalTally:
             if record is None:
                 record = self._open[key] = AccessRecord(
                     time=datetime.fromtimestamp(second, UTC),
-                    operation="unauthenticated",
+                    operation=UNAUTHENTICATED,
                     reason="rate_limited",
                     source=key[0],
                     count=0,

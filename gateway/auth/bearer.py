@@ -11,6 +11,7 @@ import base64
 import binascii
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,7 +230,7 @@ class BearerValidator:
 
 
 def external_scopes(
-    claimed: frozenset[str], administration: frozenset[str], mapped: list[str] | None
+    claimed: frozenset[str], administration: frozenset[str], mapped: Sequence[str] | None
 ) -> frozenset[str]:
     """What an external token may do (docs/contract.md §2): what it claims, within what the administration's own
     clients hold, within the mapping's list when it has one; the scopes that read the log, a person's

@@ -13,9 +13,10 @@ from gateway.auth.keys import SigningKeys, load_signing_keys
 from gateway.auth.replay import MemoryReplayGuard, RedisReplayGuard, ReplayGuard
 from gateway.auth.server import TokenService
 from gateway.auth.trusted import TrustedIssuers, load_trusted_issuers
-from gateway.lifecycle import ConfigurationError
+from gateway.lifecycle import Component, ConfigurationError
 from gateway.policy.store import PolicyStore
 from gateway.settings import Settings
+from gateway.urls import secure_url
 
 
 @dataclass
@@ -23,9 +24,16 @@ class Auth:
     signing_keys: SigningKeys
     tokens: TokenService
     bearer: BearerValidator
+    component: Component  # nothing to start or close: keys are read at build, trusted issuers' on use
 
 
 def build_auth(settings: Settings, policies: PolicyStore, http: httpx.AsyncClient, redis: Redis | None) -> Auth:
+    try:
+        secure_url(settings.token_endpoint)
+    except ValueError:
+        raise ConfigurationError(
+            f"GATEWAY_ISSUER must be https (plain http only on loopback): {settings.issuer}"
+        ) from None
     signing_keys = load_signing_keys(
         settings.signing_key_path,
         settings.keys_dir,
@@ -69,4 +77,4 @@ def build_auth(settings: Settings, policies: PolicyStore, http: httpx.AsyncClien
         max_token_bytes=settings.max_token_bytes,
         cache_size=settings.token_cache_size,
     )
-    return Auth(signing_keys, tokens, bearer)
+    return Auth(signing_keys, tokens, bearer, Component("tokens"))

@@ -22,9 +22,9 @@ import yaml
 from joserfc.jwk import Key, KeySet
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gateway.policy.catalogue import ASYMMETRIC_ALGORITHMS
+from gateway.policy.catalogue import ASYMMETRIC_ALGORITHMS, Scope
 from gateway.policy.loader import check_client_jwks
-from gateway.policy.model import Identifier, Scope
+from gateway.policy.model import Identifier
 from gateway.urls import SecureUrl
 
 log = logging.getLogger(__name__)

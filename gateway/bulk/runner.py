@@ -46,13 +46,14 @@ from gateway.bulk.store import JobStore, LeasedChunk
 from gateway.connectors.base import TraceContext, unusable
 from gateway.errors import Problem
 from gateway.identity import decide
+from gateway.policy.catalogue import EventOperation
 from gateway.policy.enforce import authorise
 from gateway.policy.model import PurposePolicy
 from gateway.policy.store import PolicyStore
 
 log = logging.getLogger(__name__)
 
-OPERATION = "verify.bulk"
+OPERATION: EventOperation = "verify.bulk"
 ABANDONED_S = 86400.0  # a job with no accepted input this long after its creation fails
 MAX_FAILURES = 20  # a chunk failing this often (about an hour of backoff) fails its job
 _LANES = 32  # records of a chunk in flight at once (remote connectors answer in parallel)

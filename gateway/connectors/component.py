@@ -4,6 +4,7 @@ that asks each the attributes it holds."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import httpx
 from opentelemetry import trace
@@ -15,13 +16,19 @@ from gateway.metrics import Metrics
 from gateway.settings import Settings
 
 
-def build_router(
+@dataclass
+class Connectors:
+    router: ConnectorRouter
+    component: Component
+
+
+def build_connectors_router(
     settings: Settings,
     http: httpx.AsyncClient,
     metrics: Metrics,
     tracer: trace.Tracer,
     connectors: Sequence[Connector] | None = None,
-) -> tuple[ConnectorRouter, Component]:
+) -> Connectors:
     """`connectors`: stand-ins for the configured ones (each meets the `Connector` protocol)."""
     if connectors is None:
         try:
@@ -34,4 +41,4 @@ def build_router(
     async def connectors_ready() -> bool:
         return all((await router.health()).values())
 
-    return router, Component("connectors", close=router.close, readiness={"connectors": connectors_ready})
+    return Connectors(router, Component("connectors", close=router.close, readiness={"connectors": connectors_ready}))

@@ -39,8 +39,7 @@ from gateway.connectors.base import (
     TraceContext,
 )
 from gateway.identity.pseudonyms import normalise_nin
-from gateway.policy.catalogue import ATTRIBUTES
-from gateway.policy.model import Attribute
+from gateway.policy.catalogue import ATTRIBUTES, Attribute
 
 COLUMNS = ATTRIBUTES  # nin first
 SCHEMA = (

@@ -7,14 +7,14 @@ path; the answer is validated like every connector's before anything is used.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import httpx
 from pydantic import Field, ValidationError
 
 from gateway.connectors.base import BackendError, BuildContext, Connector, PersonRecord, TraceContext
 from gateway.connectors.resilience import RemoteConnector, RemoteSettings, ResiliencePolicy, Resilient, traceparent
-from gateway.policy.model import Attribute
+from gateway.policy.catalogue import Attribute
 from gateway.urls import SecureUrl
 
 MISSING = object()
@@ -142,7 +142,7 @@ class RestConfig(RemoteSettings):
             url=self.url,
             path=self.path,
             attributes=frozenset(self.attributes),
-            mapping=dict(self.mapping),
+            mapping={attribute: field for attribute, field in self.mapping.items()},
             nin_field=self.nin_field,
             body=self.body,
             result=self.result,
@@ -161,7 +161,7 @@ class IdpConfig(RemoteSettings):
     type: Literal["idp"]
     url: SecureUrl
     path: RequestPath = "/v1/persons/search"
-    attributes: list[Attribute] = sorted(IDP_ATTRIBUTES)
+    attributes: list[Attribute] = sorted(cast("frozenset[Attribute]", IDP_ATTRIBUTES))
 
     def build(self, built: BuildContext) -> Connector:
         return RestConnector(

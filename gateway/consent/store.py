@@ -5,6 +5,7 @@ consent cannot both succeed, and a revocation is effective for the very next req
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,8 +83,8 @@ class ConsentStore:
         subject_hash: str,
         grantee: str,
         purpose: str,
-        attributes: list[str],
-        operations: list[str],
+        attributes: Sequence[str],
+        operations: Sequence[str],
         issued_by: str,
         issued_by_client: str,
         evidence_method: str,

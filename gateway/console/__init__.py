@@ -27,6 +27,7 @@ from gateway.console.oidc import OidcConfig, OidcSignIn
 from gateway.console.sessions import SessionStore
 from gateway.console.watch import AlertStore, AlertWatcher
 from gateway.keyfiles import load_or_create_secret
+from gateway.lifecycle import Component, ConfigurationError
 from gateway.ratelimit.admission import Network
 from gateway.ratelimit.gcra import Window
 from gateway.ratelimit.limiter import parse_windows
@@ -142,6 +143,10 @@ class Console:
                 failing = True
             await asyncio.sleep(self.poll_s)
 
+    @property
+    def component(self) -> Component:
+        return Component("console", self.start, self.close)
+
     async def close(self) -> None:
         if self._relay is not None:
             self._relay.cancel()
@@ -171,17 +176,21 @@ def build_console(
     trusted_proxies: tuple[Network, ...],
     owner: str,
 ) -> Console:
-    """ValueError when `GATEWAY_ALERTS_FILE` or the OpenID Connect settings are not usable."""
-    rules = load_alert_rules(settings.alerts_file)
+    """ConfigurationError when `GATEWAY_ALERTS_FILE`, the sign-in limits or the OpenID Connect settings
+    are not usable."""
+    try:
+        rules = load_alert_rules(settings.alerts_file)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
     try:
         login_windows = parse_windows(settings.console_login_rate_limits)
     except ValueError as exc:
-        raise ValueError(f"GATEWAY_CONSOLE_LOGIN_RATE_LIMITS: {exc}") from None
+        raise ConfigurationError(f"GATEWAY_CONSOLE_LOGIN_RATE_LIMITS: {exc}") from None
     alerts = AlertStore(engine)
     oidc = None
     if settings.console_oidc_issuer:
         if not settings.console_oidc_client_id:
-            raise ValueError("GATEWAY_CONSOLE_OIDC_CLIENT_ID is required with GATEWAY_CONSOLE_OIDC_ISSUER")
+            raise ConfigurationError("GATEWAY_CONSOLE_OIDC_CLIENT_ID is required with GATEWAY_CONSOLE_OIDC_ISSUER")
         oidc = OidcSignIn(
             OidcConfig(
                 settings.console_oidc_issuer,

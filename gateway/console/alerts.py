@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.policy.catalogue import UNAUTHENTICATED
+
 REPEAT_S = 60.0  # a crossed threshold is reported again at most this often (figures and events updated)
 SAMPLE = 50  # the events an alert names: the latest of those that count towards it
 MAX_PERSONS = 100_000  # distinct persons counted per client and hour (64 bits each): memory stays bounded
@@ -328,7 +330,7 @@ class Evaluator:
                 r.token_failures.enabled
                 and event.source is not None
                 and event.decision == "deny"
-                and (operation == "token" or operation == "unauthenticated")
+                and (operation == "token" or operation == UNAUTHENTICATED)
             ):
                 window, (failures,) = self._tokens.add(event.source, at, (event.count or 1,), event)
                 if failures >= r.token_failures.max_failures and self._tokens.due(window, at):

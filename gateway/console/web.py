@@ -45,7 +45,7 @@ from gateway.console.sessions import COOKIE, MAX_S, Session
 from gateway.console.watch import OPEN
 from gateway.errors import Problem
 from gateway.identity.pseudonyms import reference_names_person
-from gateway.policy.catalogue import EVENT_OPERATIONS
+from gateway.policy.catalogue import EVENT_OPERATIONS, UNAUTHENTICATED, EventOperation
 from gateway.ratelimit.admission import client_address, source_address
 from gateway.services import Services, services
 
@@ -57,7 +57,7 @@ OIDC_COOKIE = "__Host-jamu_console_oidc"
 LOGIN_COOKIE = "__Host-jamu_console_login"
 OFFICER_EVENTS = "console."  # officers' own console activity: shown to the dpa role only
 CONSOLE_OPERATIONS = tuple(o for o in EVENT_OPERATIONS if o.startswith(OFFICER_EVENTS))
-SEARCHABLE_OPERATIONS = (*(o for o in EVENT_OPERATIONS if o not in CONSOLE_OPERATIONS), "unauthenticated")
+SEARCHABLE_OPERATIONS = (*(o for o in EVENT_OPERATIONS if o not in CONSOLE_OPERATIONS), UNAUTHENTICATED)
 DECISIONS = ("permit", "deny", "error")
 # The page's own stylesheet and no script at all; pygal's charts are inline SVG whose <style> needs
 # 'unsafe-inline' for styles (never for scripts).
@@ -163,7 +163,7 @@ async def _log(request: Request, record: AccessRecord, status: int) -> bool:
     return True
 
 
-def _record(request: Request, session: Session, operation: str) -> AccessRecord:
+def _record(request: Request, session: Session, operation: EventOperation) -> AccessRecord:
     record = AccessRecord(operation=operation, administration=session.administration, client_id=session.login)
     record.source = _source(request, console_of(request))
     return record
@@ -173,7 +173,7 @@ async def _session(request: Request) -> Session | None:
     return await console_of(request).sessions.get(request.cookies.get(COOKIE))
 
 
-async def _page(request: Request, operation: str, build: PageBuilder, **fields: Any) -> Response:
+async def _page(request: Request, operation: EventOperation, build: PageBuilder, **fields: Any) -> Response:
     """The frame of every signed-in page: session, the page's work (which may refuse), its event, then
     the page. `build(session, record)` returns the response to send once the event is durable."""
     session = await _session(request)
@@ -488,7 +488,9 @@ async def overview(request: Request) -> Response:
         administration, hidden = scope_of(session)
         now = datetime.now(UTC)
         async with index_reads():
-            rows = await rollup_rows(app.audit.engine, window_start(now), administration, hidden[0] if hidden else None)
+            rows = await rollup_rows(
+                app.log.index.engine, window_start(now), administration, hidden[0] if hidden else None
+            )
         view = summarise(rows, now)
         charts = [
             volume_chart(t("volumes_24h"), [h[11:] + "h" for h in view.hours], view.hourly, area=True),
@@ -512,10 +514,10 @@ async def overview(request: Request) -> Response:
 
 
 async def _health(app: Services) -> dict[str, Any]:
-    lag_events, lag_s = app.index.lag()
+    lag_events, lag_s = app.log.follower.lag()
     head = None
-    if app.log_views is not None:
-        view = await asyncio.to_thread(app.log_views.get, app.access_log.origin)
+    if app.log.views is not None:
+        view = await asyncio.to_thread(app.log.views.get, app.log.access_log.origin)
         if view is not None:
             try:
                 signed = await asyncio.to_thread(view.signed)
@@ -524,14 +526,14 @@ async def _health(app: Services) -> dict[str, Any]:
             if signed is not None:
                 head = {"origin": view.origin, "size": signed.size}
     witnesses = None
-    if app.witness_client is not None:
-        witnesses = {"lag_s": round(app.witness_client.lag(), 1), "problems": app.witness_client.problems()}
+    if app.log.witness_client is not None:
+        witnesses = {"lag_s": round(app.log.witness_client.lag(), 1), "problems": app.log.witness_client.problems()}
     return {
         "checkpoint": head,
         "index_lag_events": lag_events,
         "index_lag_s": round(lag_s, 2),
         "witnesses": witnesses,
-        "refusing": app.log_store.refusal if app.log_store is not None else None,
+        "refusing": app.log.store.refusal if app.log.store is not None else None,
     }
 
 
@@ -615,7 +617,7 @@ async def events(request: Request) -> Response:
         before = _before(request.query_params.get("cursor"))
         await index_current(request)
         async with index_reads():
-            found, last = await services(request).audit.latest(where, before, PAGE_SIZE)
+            found, last = await services(request).log.index.latest(where, before, PAGE_SIZE)
         next_cursor = _cursor(last) if len(found) == PAGE_SIZE and last is not None else None
         return render(
             request,
@@ -651,7 +653,7 @@ async def event_detail(request: Request, transaction_id: str) -> Response:
         app = services(request)
         await index_current(request)
         async with index_reads():
-            found = await app.audit.locate(transaction_id)
+            found = await app.log.index.locate(transaction_id)
         if found is None:
             raise Refused(404, "not_found")
         origin, seq = found
@@ -667,13 +669,10 @@ async def event_detail(request: Request, transaction_id: str) -> Response:
 async def _proved_event(app: Services, origin: str, seq: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The event as its log holds it (not the index's copy), and its inclusion proof checked against the
     latest signed checkpoint: `ok`, `pending` (no checkpoint covers it yet) or `failed`."""
-    if app.log_views is None:
-        async with index_reads():
-            return await app.audit.event(origin, seq), {"status": "elsewhere"}
-    view = await asyncio.to_thread(app.log_views.get, origin)
+    view = await asyncio.to_thread(app.log.views.get, origin)
     if view is None:  # another instance's log: the index's copy, proved where that log is kept
         async with index_reads():
-            return await app.audit.event(origin, seq), {"status": "elsewhere"}
+            return await app.log.index.event(origin, seq), {"status": "elsewhere"}
     entry = await asyncio.to_thread(view.entry, seq)
     if entry is None:
         return None, {"status": "pending"}
@@ -707,7 +706,7 @@ async def person_form(request: Request) -> Response:
         before = _before(request.query_params.get("cursor"))
         await index_current(request)
         async with index_reads():
-            found, last = await services(request).audit.latest(where, before, PAGE_SIZE)
+            found, last = await services(request).log.index.latest(where, before, PAGE_SIZE)
         next_cursor = _cursor(last) if len(found) == PAGE_SIZE and last is not None else None
         return render(
             request,
@@ -841,7 +840,7 @@ async def export(request: Request) -> Response:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
         response = _Export(
-            _export_rows(services(request).audit, where, fmt),
+            _export_rows(services(request).log.index, where, fmt),
             media_type=media,
             headers={"Content-Disposition": f'attachment; filename="jamu-events-{stamp}.{fmt}"'},
         )

@@ -19,9 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, V
 
 from gateway.api.fields import Nin
 from gateway.identity.dates import PartialDate
-from gateway.policy.catalogue import DECLARATION_TYPES
-
-DeclarationType = Literal[DECLARATION_TYPES]  # type: ignore[valid-type]
+from gateway.policy.catalogue import DeclarationType
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Place = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
@@ -90,7 +88,8 @@ DATA: dict[str, type[_Data]] = {
     "displacement": DisplacementData,
 }
 
-# What each type sets on the person's record (the §3 attributes), beside the facts it only records.
+# What each type sets on the person's record (the attributes of docs/contract.md §3), beside the facts it
+# only records.
 RECORD_FIELDS: dict[str, tuple[str, ...]] = {
     "birth": (
         "family_name",

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from gateway.audit.record import AccessRecord
+from gateway.policy.catalogue import EventOperation
 from gateway.policy.model import AdministrationPolicy, SubscriptionPolicy
 
 EVENT_TYPE_PREFIX = "ml.etatcivil."
@@ -47,7 +48,7 @@ def release_record(
     administration: AdministrationPolicy,
     subscription: SubscriptionPolicy,
     subject_hash: str,
-    operation: str,
+    operation: EventOperation,
     client_id: str | None,
 ) -> AccessRecord:
     """The access-log event of one event released (pulled or pushed): its person, its purpose and legal

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final, Literal, TypeGuard, get_args
 
-SCOPES = (
+Scope = Literal[
     "identity:verify",
     "identity:lookup",
     "consent:write",
@@ -14,12 +15,13 @@ SCOPES = (
     "register:declare",
     "events:read",
     "metrics:read",
-)
+]
+SCOPES: tuple[Scope, ...] = get_args(Scope)
 
 # Scopes an external issuer's token never carries unless its mapping lists them (docs/contract.md §2).
 SENSITIVE_SCOPES = frozenset({"audit:read", "subject:history", "consent:write"})
 
-ATTRIBUTES = (
+Attribute = Literal[
     "nin",
     "family_name",
     "given_names",
@@ -37,12 +39,37 @@ ATTRIBUTES = (
     "displacement_status",
     "displacement_site",
     "idp_household_id",
-)
+]
+ATTRIBUTES: tuple[Attribute, ...] = get_args(Attribute)
 
 # A claim is compared against the record; the NIN is the key, never a claim.
-CLAIMS = tuple(a for a in ATTRIBUTES if a != "nin")
+Claim = Literal[
+    "family_name",
+    "given_names",
+    "sex",
+    "birth_date",
+    "birth_place",
+    "father_name",
+    "mother_name",
+    "nationality",
+    "residence_region",
+    "residence_cercle",
+    "residence_commune",
+    "death_date",
+    "record_status",
+    "displacement_status",
+    "displacement_site",
+    "idp_household_id",
+]
+CLAIMS: tuple[Claim, ...] = get_args(Claim)  # every attribute but the NIN (a test holds them to that)
 
-PREDICATES = ("age_at_least", "alive", "resides_in", "registered_idp")
+Predicate = Literal[
+    "age_at_least",
+    "alive",
+    "resides_in",
+    "registered_idp",
+]
+PREDICATES: tuple[Predicate, ...] = get_args(Predicate)
 
 # What each predicate reads from the record: a consent must cover these to let the predicate answer.
 PREDICATE_READS: dict[str, frozenset[str]] = {
@@ -58,21 +85,31 @@ def predicate_reads(predicates: Iterable[str]) -> set[str]:
     return {attribute for name in predicates for attribute in PREDICATE_READS[name]}
 
 
-OPERATIONS = ("verify", "lookup")
+PurposeOperation = Literal["verify", "lookup"]  # what a purpose may permit
+OPERATIONS: tuple[PurposeOperation, ...] = get_args(PurposeOperation)
 
 # Declarations the centres make (docs/contract.md §15), and the events a subscription may list: each type, its
 # correction and its void.
-DECLARATION_TYPES = ("birth", "death", "marriage", "divorce", "name_change", "displacement")
+DeclarationType = Literal[
+    "birth",
+    "death",
+    "marriage",
+    "divorce",
+    "name_change",
+    "displacement",
+]
+DECLARATION_TYPES: tuple[DeclarationType, ...] = get_args(DeclarationType)
 LIFE_EVENT_TYPES = tuple(f"{t}{suffix}" for t in DECLARATION_TYPES for suffix in ("", ".corrected", ".voided"))
 
-CLIENT_AUTH_METHODS = ("private_key_jwt", "client_secret_basic")
+AuthMethod = Literal["private_key_jwt", "client_secret_basic"]
+CLIENT_AUTH_METHODS: tuple[AuthMethod, ...] = get_args(AuthMethod)
 
 # Algorithms a client may sign its assertion with, and an external issuer its tokens with.
 ASYMMETRIC_ALGORITHMS = ("Ed25519", "EdDSA", "ES256", "PS256", "RS256")
 
-# Every operation an access-log event may name (docs/contract.md §7): the routes' names, the middleware's record
-# and the audit search's filter all come from this one list.
-EVENT_OPERATIONS = (
+# Every operation an access-log event may name (docs/contract.md §7): the routes' names, the guards, the
+# middleware's record, the console's pages and the audit search's filter all take this one type.
+EventOperation = Literal[
     "token",
     "verify",
     "lookup",
@@ -108,4 +145,19 @@ EVENT_OPERATIONS = (
     "console.integrity",
     "console.export",
     "console.account",
-)
+]
+EVENT_OPERATIONS: tuple[EventOperation, ...] = get_args(EventOperation)
+
+# Requests refused before any work, without a caller, are counted in one event per source and second under
+# this operation (docs/contract.md §7): an event's operation is an `EventOperation` or this.
+UNAUTHENTICATED: Final = "unauthenticated"
+RecordedOperation = Literal[EventOperation, "unauthenticated"]
+RECORDED_OPERATIONS: tuple[RecordedOperation, ...] = (*EVENT_OPERATIONS, UNAUTHENTICATED)
+
+
+def is_event_operation(name: object) -> TypeGuard[EventOperation]:
+    """Whether a route's name is an operation the access log records (a probe or a page is not)."""
+    return name in _EVENT_OPERATIONS
+
+
+_EVENT_OPERATIONS = frozenset(EVENT_OPERATIONS)

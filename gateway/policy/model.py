@@ -9,22 +9,16 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from gateway.policy.catalogue import (
-    ATTRIBUTES,
-    CLAIMS,
-    CLIENT_AUTH_METHODS,
     LIFE_EVENT_TYPES,
-    OPERATIONS,
-    PREDICATES,
-    SCOPES,
+    Attribute,
+    AuthMethod,
+    Claim,
+    Predicate,
+    PurposeOperation,
+    Scope,
 )
 
-Scope = Literal[SCOPES]  # type: ignore[valid-type]
-Attribute = Literal[ATTRIBUTES]  # type: ignore[valid-type]
-Claim = Literal[CLAIMS]  # type: ignore[valid-type]
-Predicate = Literal[PREDICATES]  # type: ignore[valid-type]
-Operation = Literal[OPERATIONS]  # type: ignore[valid-type]
-AuthMethod = Literal[CLIENT_AUTH_METHODS]  # type: ignore[valid-type]
-EventType = Literal[LIFE_EVENT_TYPES]  # type: ignore[valid-type]
+EventType = Literal[LIFE_EVENT_TYPES]  # type: ignore[valid-type]  # built from DeclarationType, see catalogue
 
 IDENTIFIER_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
@@ -88,7 +82,7 @@ class ClientPolicy(_Strict):
 class PurposePolicy(_Strict):
     legal_basis: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
     consent: Literal["required", "not_required"]
-    operations: list[Operation] = Field(min_length=1)
+    operations: list[PurposeOperation] = Field(min_length=1)
     claims: list[Claim] = []
     predicates: list[Predicate] = []
     attributes: list[Attribute] = []

@@ -3,6 +3,8 @@ else starts and disposed of after everything else has closed."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.lifecycle import Component, ConfigurationError
@@ -10,7 +12,13 @@ from gateway.settings import Settings
 from gateway.storage.database import DatabaseConfigError, create_engine, database_url, migrate
 
 
-def build_database(settings: Settings) -> tuple[AsyncEngine, Component]:
+@dataclass
+class Database:
+    engine: AsyncEngine
+    component: Component
+
+
+def build_database(settings: Settings) -> Database:
     try:
         engine = create_engine(
             database_url(settings.database_url, settings.data_dir),
@@ -23,4 +31,4 @@ def build_database(settings: Settings) -> tuple[AsyncEngine, Component]:
     async def start() -> None:
         await migrate(engine, settings.database_schema)
 
-    return engine, Component("database", start, engine.dispose)
+    return Database(engine, Component("database", start, engine.dispose))

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.deps import access_record, protected
 from gateway.app import Replacements, create_app
-from gateway.audit.log import StubAccessLog
+from gateway.audit.log import AccessLog, StubAccessLog
 from gateway.auth.bearer import Caller
 from gateway.ratelimit.limiter import Limiter
 from gateway.services import services
@@ -39,7 +39,7 @@ def create_durable() -> Any:
 
 def create(
     settings: Settings | None = None,
-    access_log: StubAccessLog | None = None,
+    access_log: AccessLog | None = None,
     *,
     durable: bool = False,
     limiter: Limiter | None = None,

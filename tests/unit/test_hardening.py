@@ -21,10 +21,12 @@ from fastapi import Depends, FastAPI, Request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway import request_context
 from gateway.api.deps import protected
 from gateway.audit.log import StubAccessLog
 from gateway.audit.offline import csv_row, spreadsheet_safe
 from gateway.audit.record import AccessRecord
+from gateway.audit.record import AccessRecord as Record
 from gateway.audit.refusals import OVERFLOW_SOURCE, RefusalTally
 from gateway.auth.bearer import Caller, external_scopes
 from gateway.datadir import secure_data_dir
@@ -32,7 +34,7 @@ from gateway.errors import Problem
 from gateway.ratelimit.admission import client_address, parse_networks, source_address
 from gateway.ratelimit.gcra import Verdict, Window
 from gateway.ratelimit.limiter import Limiter, Outcome
-from gateway.request_context import current
+from gateway.request_context import RequestContext, current, enter, leave
 from gateway.settings import Settings
 from tests.support import probe_app
 from tests.support.keys import b64, gateway_token
@@ -594,7 +596,7 @@ async def test_concurrent_requests_each_see_their_own_record_and_none_is_left_be
             *(http.get("/v1/probe/verify", headers={"Authorization": f"Bearer {token}"}) for _ in range(20))
         )
         answers.append(await http.get("/v1/probe/verify", headers={"Authorization": f"Bearer {token}"}))
-        assert current() is None  # the transport ran that one in this task: its context is gone with it
+        assert request_context._current.get() is None  # the transport ran that one in this task: gone with it
     assert all(a.status_code == 200 for a in answers)
     ids = [a.json()["transaction_id"] for a in answers]
     assert len(set(ids)) == 21
@@ -607,3 +609,16 @@ async def test_a_guarded_route_without_the_access_middleware_refuses_to_run() ->
     with pytest.raises(Problem) as refused:
         await protected("verify", "identity:verify")(request)
     assert refused.value.code == "audit_unavailable"
+
+
+def test_a_context_in_reach_is_only_its_own_requests() -> None:
+    """A task started from inside another request's response (uvicorn's pipelining) inherits that
+    request's context: it is not this request's, and a guarded route refuses rather than take it."""
+    theirs: dict[str, Any] = {"type": "http", "method": "GET", "path": "/v1/probe/verify", "headers": []}
+    ours: dict[str, Any] = {**theirs}
+    context = RequestContext(Record(), None, theirs)
+    token = enter(context)
+    try:
+        assert current(theirs) is context and current(ours) is None
+    finally:
+        leave(token)

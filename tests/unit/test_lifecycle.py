@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.lifecycle import Component, Lifecycle, started
+from gateway.lifecycle import Component, Lifecycle, close_each, started
 
 
 def _part(name: str, seen: list[str], *, fail_start: bool = False, fail_close: bool = False) -> Component:
@@ -42,14 +42,14 @@ async def test_started_in_order_and_closed_in_reverse_past_a_failing_close() -> 
     assert list(lifecycle.readiness) == ["database", "log", "console"]
 
 
-async def test_a_failing_start_leaves_only_the_started_ones_to_close() -> None:
+async def test_a_failing_start_is_closed_with_the_ones_before_it_and_none_after() -> None:
     seen: list[str] = []
     lifecycle = Lifecycle()
     lifecycle.add(_part("database", seen), _part("log", seen, fail_start=True), _part("console", seen))
     with pytest.raises(RuntimeError, match="log cannot start"):
         await lifecycle.start()
     await lifecycle.close()
-    assert seen == ["start database", "close database"]
+    assert seen == ["start database", "close log", "close database"]
 
 
 async def test_a_readiness_check_is_named_once() -> None:
@@ -66,3 +66,17 @@ async def test_a_synchronous_start_runs_when_the_component_starts() -> None:
     assert calls == []
     await lifecycle.start()
     assert calls == ["scheduled"]
+
+
+async def test_every_step_of_a_close_is_tried_past_a_failing_one() -> None:
+    seen: list[str] = []
+
+    def failing() -> None:
+        seen.append("writer")
+        raise RuntimeError("the writer cannot close")
+
+    async def store() -> None:
+        seen.append("store")
+
+    await close_each("the access log", failing, store, lambda: seen.append("slot"))
+    assert seen == ["writer", "store", "slot"]
