@@ -7,7 +7,6 @@ BIN    := $(VENV)/bin
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Every dependency comes from a lock file, pinned with its hashes (`make lock` writes them from
 # pyproject.toml); the project itself is installed on top, editable, without resolving anything again.
