@@ -3,9 +3,14 @@ even when one fails; a start that fails closes what had started."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from gateway.lifecycle import Component, Lifecycle, close_each, started
+from gateway.app import create_app
+from gateway.lifecycle import Component, ConfigurationError, Lifecycle, close_each, started
+from gateway.settings import Settings
+from tests.support.realm import build_realm
 
 
 def _part(name: str, seen: list[str], *, fail_start: bool = False, fail_close: bool = False) -> Component:
@@ -80,3 +85,18 @@ async def test_every_step_of_a_close_is_tried_past_a_failing_one() -> None:
 
     await close_each("the access log", failing, store, lambda: seen.append("slot"))
     assert seen == ["writer", "store", "slot"]
+
+
+def test_an_app_refused_for_its_settings_lets_go_of_its_log_slot(tmp_path: Path) -> None:
+    """A bad connectors file is refused after the access log claimed its slot: the slot is let go at
+    once (the refusal's traceback still holds the half-built app), so the next start takes the same one."""
+    realm = build_realm(tmp_path)
+    bad = tmp_path / "connectors.yaml"
+    bad.write_text("connectors: []\n")
+    settings = Settings(data_dir=realm.data_dir, policies_dir=realm.policies_dir)
+    with pytest.raises(ConfigurationError, match="GATEWAY_CONNECTORS_FILE") as refused:
+        create_app(settings.model_copy(update={"connectors_file": bad}))
+    assert refused.value.__traceback__ is not None  # the frames that built the slot are still alive
+    app = create_app(settings)
+    assert app.state.services.log.slot.index == 0
+    app.state.services.log.slot.release()
