@@ -1,10 +1,11 @@
 """A leaner request handler for the identity operations, the gateway's hot path.
 
 FastAPI's generic handler solves a dependency graph on every request: for `(request, body, caller)` that
-costs 70-120 µs of a verification's CPU, 10-15 % (`loadtests/bench_fastpath.py`, docs/decisions.md). `GuardedBodyRoute` keeps the route as FastAPI declares it
-(the same OpenAPI document, the same body model) and serves it directly, in FastAPI's order and with its
-errors: a body that is not JSON first, then the guard (authentication, rate limit, scope), then the
-body's schema, so an unauthenticated caller learns nothing about what a valid body looks like.
+costs 70-120 µs of a verification's CPU, 10-15 % (`loadtests/bench_fastpath.py`, docs/decisions.md).
+`GuardedBodyRoute` keeps the route as FastAPI declares it (the same OpenAPI document, the same body
+model) and serves it directly, in FastAPI's order and with its errors: a body that is not JSON first,
+then the guard (authentication, rate limit, scope), then the body's schema, so an unauthenticated caller
+learns nothing about what a valid body looks like.
 
 A plain `application/json` body is first read in one pass by pydantic's own JSON parser. When that
 succeeds the body was valid JSON and valid against the schema, and the value is the one the standard
