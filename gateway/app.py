@@ -97,11 +97,6 @@ def create_app(settings: Settings | None = None, *, replace: Replacements | None
     replace = replace or Replacements()
     secure_data_dir(settings.data_dir)
     lifecycle = Lifecycle()
-    try:
-        app_services, clients = _compose(settings, replace, lifecycle)
-    except BaseException:
-        lifecycle.abandon()
-        raise
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -113,7 +108,12 @@ def create_app(settings: Settings | None = None, *, replace: Replacements | None
             gc.unfreeze()
             await lifecycle.close()
 
-    return _mount(settings, app_services, clients, lifespan)
+    try:
+        app_services, clients = _compose(settings, replace, lifecycle)
+        return _mount(settings, app_services, clients, lifespan)
+    except BaseException:  # no app: what the parts built so far hold is let go
+        lifecycle.abandon()
+        raise
 
 
 def _compose(settings: Settings, replace: Replacements, lifecycle: Lifecycle) -> tuple[Services, Clients]:

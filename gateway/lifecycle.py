@@ -80,9 +80,14 @@ class Lifecycle:
     async def start(self) -> None:
         """In order. A start that fails part way is closed as well (a close tolerates what never
         started), with the ones before it, by `close`."""
-        for component in self._components:
-            self._started.append(component)
-            await component.start()
+        try:
+            for component in self._components:
+                self._started.append(component)
+                await component.start()
+        except BaseException:
+            for component in self._components[len(self._started) :]:
+                component.abandon()  # never started: what it holds since it was built is let go
+            raise
 
     def abandon(self) -> None:
         """The app will not be made (a later part's settings are refused): what the parts built so far

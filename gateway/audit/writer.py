@@ -210,6 +210,8 @@ class DurableAccessLog:
         if self._closed:
             return
         self._closed = True
+        if not self._tasks:  # never started (a start that failed before it): nothing to commit or seal
+            return
         if self._tasks:
             commit_loop, seal_loop = self._tasks
             seal_loop.cancel()

@@ -12,7 +12,7 @@ from gateway.audit.log import AccessLog
 from gateway.bulk.files import JobFiles
 from gateway.bulk.runner import ChunkQueue, ChunkRunner, Fetch, LocalChunkQueue, Retention, SaqChunkQueue
 from gateway.bulk.store import JobStore
-from gateway.lifecycle import Component
+from gateway.lifecycle import Component, close_each
 from gateway.policy.store import PolicyStore
 from gateway.settings import Settings
 
@@ -69,7 +69,6 @@ def build_bulk(
         retention.start()
 
     async def close() -> None:
-        await queue.close()
-        await retention.close()
+        await close_each("bulk jobs", queue.close, retention.close)
 
     return Bulk(jobs, files, queue, Component("bulk jobs", start, close))

@@ -18,7 +18,7 @@ every element read here), then mapped:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import httpx
 from fhir.resources.R4B.bundle import Bundle
@@ -76,7 +76,7 @@ def patient_attributes(patient: Patient) -> dict[str, Any]:
     status = "deceased" if deceased else "suspended" if patient.active is False else "active"
     return {
         "family_name": name.family if name else None,
-        "given_names": " ".join(cast("list[str]", name.given)) if name and name.given else None,
+        "given_names": (" ".join(g for g in name.given if g) or None) if name and name.given else None,
         "sex": {"male": "M", "female": "F"}.get(patient.gender or ""),
         "birth_date": str(patient.birthDate) if patient.birthDate is not None else None,
         "birth_place": birth_place.valueAddress.city if birth_place and birth_place.valueAddress else None,

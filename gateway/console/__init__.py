@@ -210,7 +210,10 @@ def build_console(
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    key = load_or_create_secret(console_key_path(settings))
+    try:
+        key = load_or_create_secret(console_key_path(settings))
+    except ValueError as exc:
+        raise ConfigurationError(f"GATEWAY_CONSOLE_KEY_FILE: {exc}") from None
     return Console(
         officers=OfficerStore(engine, TotpSeal(key), PasswordChecks()),
         sessions=SessionStore(engine),

@@ -16,7 +16,7 @@ from gateway.events.feed import EventFeed
 from gateway.events.register import RegisterWriter, subscribers
 from gateway.identity.pseudonyms import SubjectHasher, SubjectRefs
 from gateway.keyfiles import load_or_create_ed25519
-from gateway.lifecycle import Component
+from gateway.lifecycle import Component, close_each
 from gateway.metrics import Metrics
 from gateway.policy.store import PolicyStore
 from gateway.settings import Settings
@@ -79,10 +79,7 @@ def build_life_events(
         await deliveries.start()
 
     async def close() -> None:
-        await deliveries.close()
-        if register is not None:
-            await register.close()
-        feed.close()
+        await close_each("life events", deliveries.close, register.close if register else lambda: None, feed.close)
 
     async def events_ready() -> dict[str, object]:
         # Never "failing": the gateway serves whatever a subscriber does; a backlog or a failing push is degraded.

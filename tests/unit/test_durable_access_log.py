@@ -33,6 +33,7 @@ class HeldStore:
             settle()
 
     async def seal(self, older_than_s: float = 0.0) -> bool:
+        self.seals = getattr(self, "seals", 0) + 1
         return False
 
 
@@ -112,3 +113,20 @@ async def test_an_event_whose_wait_ran_out_is_never_written_later() -> None:
     store.gate.set()
     await log.close()
     assert [e["subject_hash"] for e in store.committed] == [f"{1:064x}"]  # the one already being written
+
+
+async def test_a_writer_that_never_started_closes_without_touching_its_log() -> None:
+    """Its start never ran (an earlier step of the log's start failed): closing it seals nothing, so a log
+    that was never set up is not created by the close."""
+    store = HeldStore()
+    log = DurableAccessLog(store, Metrics(), seal_interval_s=3600)  # type: ignore[arg-type]
+    await log.close()
+    assert getattr(store, "seals", 0) == 0 and store.probes == 0
+
+
+async def test_a_started_writer_seals_its_tail_when_it_closes() -> None:
+    store = HeldStore()
+    log = DurableAccessLog(store, Metrics(), seal_interval_s=3600)  # type: ignore[arg-type]
+    await log.start()
+    await log.close()
+    assert store.seals == 1

@@ -14,6 +14,9 @@ from tests.support.realm import build_realm
 
 
 def _part(name: str, seen: list[str], *, fail_start: bool = False, fail_close: bool = False) -> Component:
+    def abandon() -> None:
+        seen.append(f"abandon {name}")
+
     async def start() -> None:
         if fail_start:
             raise RuntimeError(f"{name} cannot start")
@@ -27,7 +30,7 @@ def _part(name: str, seen: list[str], *, fail_start: bool = False, fail_close: b
     async def ready() -> bool:
         return True
 
-    return Component(name, start, close, {name: ready})
+    return Component(name, start, close, {name: ready}, abandon=abandon)
 
 
 async def test_started_in_order_and_closed_in_reverse_past_a_failing_close() -> None:
@@ -54,7 +57,7 @@ async def test_a_failing_start_is_closed_with_the_ones_before_it_and_none_after(
     with pytest.raises(RuntimeError, match="log cannot start"):
         await lifecycle.start()
     await lifecycle.close()
-    assert seen == ["start database", "close log", "close database"]
+    assert seen == ["start database", "abandon console", "close log", "close database"]
 
 
 async def test_a_readiness_check_is_named_once() -> None:
@@ -100,3 +103,13 @@ def test_an_app_refused_for_its_settings_lets_go_of_its_log_slot(tmp_path: Path)
     app = create_app(settings)
     assert app.state.services.log.slot.index == 0
     app.state.services.log.slot.release()
+
+
+def test_a_console_key_too_short_is_a_configuration_error_naming_its_setting(tmp_path: Path) -> None:
+    realm = build_realm(tmp_path)
+    short = tmp_path / "console-key"
+    short.write_bytes(b"12345678")
+    short.chmod(0o600)
+    settings = Settings(data_dir=realm.data_dir, policies_dir=realm.policies_dir, console_key_file=short)
+    with pytest.raises(ConfigurationError, match="GATEWAY_CONSOLE_KEY_FILE"):
+        create_app(settings)
