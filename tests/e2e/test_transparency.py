@@ -471,9 +471,10 @@ def _rewrites(realm: Realm, data: Path, witnesses: list[Witness], log_vkey: str,
             assert person(forged, elections).status_code == 200
         deadline = time.monotonic() + 20
         while True:
-            ready = httpx.get(f"{forged.base_url}/readyz", timeout=5).json()["checks"]["witnesses"]
+            # The integrity report first: once it names the witnesses' refusal, readiness has seen it too.
             integrity = get(forged, "/v1/audit/integrity", token(forged, realm, "oversight-app")).json()
             problems = [p["problem"] for o in integrity["origins"] for p in o["problems"]]
+            ready = httpx.get(f"{forged.base_url}/readyz", timeout=5).json()["checks"]["witnesses"]
             if any("restored from an older copy or forked" in p for p in problems):
                 break
             assert time.monotonic() < deadline, (ready, problems)
