@@ -4,11 +4,13 @@ even when one fails; a start that fails closes what had started."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gateway.app import create_app
+from gateway.app import Replacements, create_app
 from gateway.lifecycle import Component, ConfigurationError, Lifecycle, close_each, started
+from gateway.policy.catalogue import ATTRIBUTES
 from gateway.settings import Settings
 from tests.support.realm import build_realm
 
@@ -113,3 +115,41 @@ def test_a_console_key_too_short_is_a_configuration_error_naming_its_setting(tmp
     settings = Settings(data_dir=realm.data_dir, policies_dir=realm.policies_dir, console_key_file=short)
     with pytest.raises(ConfigurationError, match="GATEWAY_CONSOLE_KEY_FILE"):
         create_app(settings)
+
+
+class StaticRegister:
+    """A register of one person, meeting the `Connector` protocol: a stand-in passed to `create_app`."""
+
+    name = "register"
+    attributes = frozenset(ATTRIBUTES)
+    authoritative = True
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.closed = False
+
+    async def fetch(self, nin: str, attributes: frozenset[str], trace: object = None) -> dict[str, Any] | None:
+        self.asked.append(nin)
+        return {"nin": nin, "family_name": "Traoré", "record_status": "active"} if nin == "AB1234567" else None
+
+    async def health(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_connectors_passed_as_replacements_serve_the_lookups_and_close_with_the_app(tmp_path: Path) -> None:
+    realm = build_realm(tmp_path)
+    register = StaticRegister()
+    app = create_app(
+        Settings(data_dir=realm.data_dir, policies_dir=realm.policies_dir),
+        replace=Replacements(connectors=[register]),
+    )
+    async with app.router.lifespan_context(app):
+        router = app.state.services.connectors
+        person = await router.fetch("AB1234567", frozenset({"family_name", "record_status"}))
+        assert person is not None and person["family_name"] == "Traoré"
+        assert await router.fetch("ZZ0000000", frozenset({"family_name"})) is None
+        assert await app.state.services.readiness["connectors"]() is True
+    assert register.asked == ["AB1234567", "ZZ0000000"] and register.closed
