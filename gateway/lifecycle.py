@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,18 +85,13 @@ class Lifecycle:
                 self._started.append(component)
                 await component.start()
         except BaseException:
-            for component in self._components[len(self._started) :]:
-                component.abandon()  # never started: what it holds since it was built is let go
+            _let_go(reversed(self._components[len(self._started) :]))  # never started
             raise
 
     def abandon(self) -> None:
         """The app will not be made (a later part's settings are refused): what the parts built so far
         hold is let go, in reverse."""
-        for component in reversed(self._components):
-            try:
-                component.abandon()
-            except Exception:
-                log.exception("abandoning %s failed", component.name)
+        _let_go(reversed(self._components))
 
     async def close(self) -> None:
         while self._started:
@@ -105,3 +100,11 @@ class Lifecycle:
                 await component.close()
             except Exception:
                 log.exception("closing %s failed; closing the rest", component.name)
+
+
+def _let_go(components: Iterable[Component]) -> None:
+    for component in components:
+        try:
+            component.abandon()
+        except Exception:
+            log.exception("abandoning %s failed", component.name)

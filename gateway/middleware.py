@@ -4,7 +4,7 @@
    before this), decides whether the request is logged (`is_logged`), never the raw path, so no mount
    point takes a request around the log.
 2. **Admission** (`_admit`, logged paths only): who calls (bearer token) and under which limit, before
-   routing or reading the body. Refused without a caller: counted, answered at once (`_refuse_unknown`).
+   routing or reading the body. Refused without a caller: counted, answered at once.
 3. **Record** (`_record`): the request's `AccessRecord` and its `RequestContext`
    (`gateway.request_context`), which the route reads; an authenticated caller over its limit is answered
    here, logged as usual.
@@ -231,16 +231,11 @@ class AccessMiddleware:
         if admission.caller is None and admission.limit is not None:
             refusal = admission.limit.refusal()
             if refusal is not None:
-                transaction_id = self._refuse_unknown(source)
+                transaction_id = self.refusals.count(source)  # counted, not logged one by one
                 await send_problem(self._standard(send, admission), refusal, transaction_id, self.problem_base)
                 self._observe(scope, refusal.status, started)
                 return None
         return admission, source
-
-    def _refuse_unknown(self, source: str) -> str:
-        """Refused before any work and without a caller: counted, not logged one by one (the tally's
-        transaction id is the answer's)."""
-        return self.refusals.count(source)
 
     def _operation_of(self, scope: Scope) -> EventOperation | None:
         """The operation of the route a request would reach (only when it is refused before routing)."""

@@ -34,7 +34,7 @@ from gateway.identity.pseudonyms import reference_names_person
 from gateway.policy.catalogue import RecordedOperation
 from gateway.ratelimit.gcra import Window
 from gateway.ratelimit.limiter import Outcome
-from gateway.services import services
+from gateway.services import Services, services
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["Access log"])
@@ -249,7 +249,7 @@ async def integrity(
     return FastJSONResponse({"transaction_id": access_record(request).id, **report})
 
 
-async def integrity_report(app: Any, states: list[OriginState]) -> dict[str, Any]:
+async def integrity_report(app: Services, states: list[OriginState]) -> dict[str, Any]:
     """Every origin's chain walked against its checkpoints (the API's and the console's report)."""
     own_origin = app.log.access_log.origin
     origins: list[dict[str, Any]] = []
@@ -323,16 +323,16 @@ async def _signed_head(app: Any, origin: str) -> tuple[dict[str, Any] | None, li
     return {"size": head.size, "root": notes.b64encode(head.root), "note": head.note}, cosignatures
 
 
-def _own_log_problems(app: Any, origin: str) -> list[dict[str, Any]]:
+def _own_log_problems(app: Services, origin: str) -> list[dict[str, Any]]:
     """What this process knows of its own log that no walk of the index shows: a refusal to sign, and the
     witnesses' complaints and lag."""
     found: list[dict[str, Any]] = []
     store = app.log.store
-    if store is not None and store.refusal:
+    if store.refusal:
         found.append({"origin": origin, "seq": store.next_seq, "problem": store.refusal})
     client = app.log.witness_client
     if client is not None:
-        found += [{"origin": origin, "seq": store.next_seq if store else 0, "problem": p} for p in client.problems()]
+        found += [{"origin": origin, "seq": store.next_seq, "problem": p} for p in client.problems()]
         lag = client.lag()
         if lag > app.settings.witness_max_lag_s:
             found.append(

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from gateway.api.deps import protected
 from gateway.api.responses import FastJSONResponse
 from gateway.audit import merkle, notes
-from gateway.audit.proofs import LogView, LogViews, NotProvable, SignedHead, cosigned_count, receipt_proof
+from gateway.audit.proofs import LogView, NotProvable, SignedHead, cosigned_count, receipt_proof
 from gateway.auth.bearer import Caller
 from gateway.errors import Problem
 from gateway.services import Services, services
@@ -34,13 +34,9 @@ Size = Annotated[int, Query(ge=0, lt=2**63)]
 _TRANSACTION = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _views(app: Services) -> LogViews:
-    return app.log.views
-
-
 async def _view(app: Services, origin: str | None) -> LogView:
     own = app.log.access_log.origin
-    view = await asyncio.to_thread(_views(app).get, origin or own)
+    view = await asyncio.to_thread(app.log.views.get, origin or own)
     if view is None:
         raise Problem(
             "not_found",
@@ -98,7 +94,7 @@ async def origins(
     request: Request,
     caller: Annotated[Caller, Depends(protected("audit.proof", None))],
 ) -> FastJSONResponse:
-    views = await asyncio.to_thread(_views(services(request)).all)
+    views = await asyncio.to_thread(services(request).log.views.all)
     return FastJSONResponse({"origins": [{"origin": v.origin, "vkey": v.vkey} for v in views if v.vkey]})
 
 
@@ -148,7 +144,7 @@ async def _locate(app: Services, transaction_id: str) -> tuple[str, int] | None:
     says where to look: the entry itself is read from the log), then the local logs' entries the index has
     not reached yet (another worker's, within the index's lag)."""
     store = app.log.store
-    if store is not None and (seq := store.recent.get(transaction_id)) is not None:
+    if (seq := store.recent.get(transaction_id)) is not None:
         return store.origin, seq
     if (indexed_at := await app.log.index.locate(transaction_id)) is not None:
         return indexed_at
@@ -156,7 +152,7 @@ async def _locate(app: Services, transaction_id: str) -> tuple[str, int] | None:
     needle = transaction_id.encode()
 
     def tails() -> tuple[str, int] | None:
-        for view in _views(app).all():
+        for view in app.log.views.all():
             tail = view.entries.scan(indexed.get(view.origin, 0), TAIL_SCAN)
             for seq, payload in tail:
                 if needle in payload and orjson.loads(payload).get("id") == transaction_id:
@@ -165,7 +161,7 @@ async def _locate(app: Services, transaction_id: str) -> tuple[str, int] | None:
                 raise _NotYet
         return None
 
-    async with _views(app).tail_scans:
+    async with app.log.views.tail_scans:
         return await asyncio.to_thread(tails)
 
 
@@ -196,7 +192,7 @@ async def receipt(
     if found is None:
         raise unknown
     origin, seq = found
-    view = await asyncio.to_thread(_views(app).get, origin)
+    view = await asyncio.to_thread(app.log.views.get, origin)
     if view is None:
         raise unknown
     entry = await asyncio.to_thread(view.entry, seq)

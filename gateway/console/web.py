@@ -533,7 +533,7 @@ async def _health(app: Services) -> dict[str, Any]:
         "index_lag_events": lag_events,
         "index_lag_s": round(lag_s, 2),
         "witnesses": witnesses,
-        "refusing": app.log.store.refusal if app.log.store is not None else None,
+        "refusing": app.log.store.refusal,
     }
 
 

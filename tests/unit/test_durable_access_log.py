@@ -22,6 +22,7 @@ class HeldStore:
         self.gate = asyncio.Event()
         self.committed: list[dict[str, Any]] = []
         self.probes = 0
+        self.seals = 0
 
     async def probe(self) -> None:
         self.probes += 1
@@ -33,7 +34,7 @@ class HeldStore:
             settle()
 
     async def seal(self, older_than_s: float = 0.0) -> bool:
-        self.seals = getattr(self, "seals", 0) + 1
+        self.seals += 1
         return False
 
 
@@ -121,7 +122,7 @@ async def test_a_writer_that_never_started_closes_without_touching_its_log() -> 
     store = HeldStore()
     log = DurableAccessLog(store, Metrics(), seal_interval_s=3600)  # type: ignore[arg-type]
     await log.close()
-    assert getattr(store, "seals", 0) == 0 and store.probes == 0
+    assert store.seals == 0 and store.probes == 0
 
 
 async def test_a_started_writer_seals_its_tail_when_it_closes() -> None:
